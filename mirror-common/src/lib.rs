@@ -1,0 +1,156 @@
+//! Types shared between the kernel programs (`mirror-ebpf`) and the daemon.
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel writes these bytes into
+//! the ring buffer and the daemon reads them back without parsing.
+#![no_std]
+
+/// Payload bytes carried by one ring-buffer record. Larger TCP payloads (GSO/GRO
+/// super-packets) are split into several records, each with the sequence number of
+/// its own first byte, so a record is itself a valid TCP segment.
+pub const CHUNK_BYTES: usize = 4096;
+
+/// Most records one packet is split into: 16 × 4 KiB covers the 64 KiB GSO maximum
+/// twice over. Anything beyond is counted in [`counter::OVERSIZE`] (the daemon then
+/// sees a sequence gap, never silently cut data).
+pub const MAX_CHUNKS_PER_PACKET: u32 = 32;
+
+/// Direction of a captured segment relative to the tapped service.
+pub mod direction {
+    /// Client to server: the destination port is a tapped port.
+    pub const TO_SERVER: u8 = 0;
+    /// Server to client: the source port is a tapped port.
+    pub const TO_CLIENT: u8 = 1;
+}
+
+/// TCP flag bits as they appear in the TCP header's flags byte.
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Header of one ring-buffer record; `chunk_len` payload bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Kernel monotonic clock (`bpf_ktime_get_ns`) when the packet passed the tap.
+    pub ts_ns: u64,
+    /// Source address; IPv4 addresses use the first 4 bytes.
+    pub saddr: [u8; 16],
+    /// Destination address; IPv4 addresses use the first 4 bytes.
+    pub daddr: [u8; 16],
+    /// Source port, host byte order.
+    pub sport: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// Sequence number of this record's first payload byte.
+    pub seq: u32,
+    /// Acknowledgement number of the packet.
+    pub ack: u32,
+    /// Whole TCP payload length of the packet this record came from.
+    pub segment_len: u32,
+    /// Offset of this record's payload within the packet's payload.
+    pub chunk_offset: u32,
+    /// Payload bytes in this record.
+    pub chunk_len: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// [`direction::TO_SERVER`] or [`direction::TO_CLIENT`].
+    pub direction: u8,
+    /// TCP flags for this record: SYN only on the first record of a packet, FIN and RST
+    /// only on the last.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Size of [`SegmentHeader`] in bytes (the payload starts here).
+pub const HEADER_BYTES: usize = core::mem::size_of::<SegmentHeader>();
+
+/// One record as the kernel builds it in per-CPU scratch memory before output.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SegmentRecord {
+    pub header: SegmentHeader,
+    pub payload: [u8; CHUNK_BYTES],
+}
+
+/// Indices of the tap's per-CPU counters map.
+pub mod counter {
+    /// TCP segments on a tapped port (including pure ACKs, which are not emitted).
+    pub const SEGMENTS: u32 = 0;
+    /// TCP payload bytes on a tapped port.
+    pub const PAYLOAD_BYTES: u32 = 1;
+    /// Records written to the ring buffer.
+    pub const RECORDS: u32 = 2;
+    /// Records lost because the ring buffer was full.
+    pub const RING_FULL: u32 = 3;
+    /// Payload bytes beyond `MAX_CHUNKS_PER_PACKET` records (never expected).
+    pub const OVERSIZE: u32 = 4;
+    /// Segments skipped by in-kernel pre-sampling.
+    pub const SAMPLED_OUT: u32 = 5;
+    /// Payload bytes that could not be read from the packet.
+    pub const LOAD_ERRORS: u32 = 6;
+    /// Number of counters.
+    pub const COUNT: u32 = 7;
+}
+
+/// Indices of the tap's settings array.
+pub mod setting {
+    /// Connections kept by pre-sampling, in parts per million of client addresses.
+    /// `1_000_000` (the default) keeps everything.
+    pub const SAMPLE_PPM: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
+/// Parts per million meaning "keep everything".
+pub const PPM_ALL: u32 = 1_000_000;
+
+/// Map names, shared so the daemon looks up exactly what the kernel defines.
+pub mod map_name {
+    pub const SEGMENTS: &str = "SEGMENTS";
+    pub const PORTS: &str = "PORTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const GUARD_ALLOW4: &str = "GUARD_ALLOW4";
+    pub const GUARD_ALLOW6: &str = "GUARD_ALLOW6";
+    pub const GUARD_EVENTS: &str = "GUARD_EVENTS";
+    pub const GUARD_SETTINGS: &str = "GUARD_SETTINGS";
+}
+
+/// Program names in the object file.
+pub mod program_name {
+    pub const TAP: &str = "mirror_tap";
+}
+
+/// Sticky sampling hash of a client address, identical in kernel and daemon so a client
+/// skipped by the kernel is also the one the daemon would skip (FNV-1a, 32 bit).
+#[inline(always)]
+pub fn client_hash(addr: &[u8; 16]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < 16 {
+        h ^= addr[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+}
+
+/// Whether a client with `hash` is kept at `ppm` parts per million.
+#[inline(always)]
+pub fn sample_keep(hash: u32, ppm: u32) -> bool {
+    if ppm >= PPM_ALL {
+        return true;
+    }
+    (hash % PPM_ALL) < ppm
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, `repr(C)`, no padding the kernel leaves uninitialised
+    // (explicit `_pad`).
+    unsafe impl aya::Pod for super::SegmentHeader {}
+}

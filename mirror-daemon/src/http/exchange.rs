@@ -1,0 +1,95 @@
+use bytes::Bytes;
+
+use crate::capture::FlowKey;
+
+/// Sortable, unique id of one exchange (a ULID: time-ordered, 26 characters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CorrelationId(pub ulid::Ulid);
+
+impl CorrelationId {
+    pub fn new() -> Self {
+        Self(ulid::Ulid::new())
+    }
+}
+
+impl Default for CorrelationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One header as it was on the wire: original name case, original order; the value is
+/// raw bytes (not necessarily UTF-8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub headers: Vec<Header>,
+    /// De-chunked body (chunked transfer coding removed; content coding kept).
+    pub body: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub version: u8,
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<Header>,
+    /// De-chunked body (chunked transfer coding removed; content coding kept).
+    pub body: Bytes,
+}
+
+/// Kernel timestamps (ns, monotonic) of one exchange on the legacy host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    pub request_first_ns: u64,
+    pub request_last_ns: u64,
+    pub response_first_ns: u64,
+    pub response_last_ns: u64,
+}
+
+impl Timing {
+    /// Time to first byte: last request byte to first response byte.
+    pub fn ttfb_ns(&self) -> u64 {
+        self.response_first_ns.saturating_sub(self.request_last_ns)
+    }
+    /// Time to last byte: last request byte to last response byte.
+    pub fn ttlb_ns(&self) -> u64 {
+        self.response_last_ns.saturating_sub(self.request_last_ns)
+    }
+}
+
+/// A request and the legacy response it got, as seen on the legacy host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub id: CorrelationId,
+    pub flow: FlowKey,
+    pub request: Request,
+    pub response: Response,
+    pub timing: Timing,
+}
+
+impl Header {
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Self { name: name.into(), value: value.into() }
+    }
+}
+
+/// First header named `name` (case-insensitive).
+pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_slice())
+}

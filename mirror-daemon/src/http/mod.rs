@@ -1,0 +1,6 @@
+//! HTTP/1.x framing on httparse: incremental request and response parsing, pairing of
+//! requests with responses per connection. The same framing reads the candidate's
+//! responses (see `replay`).
+mod exchange;
+
+pub use exchange::{CorrelationId, Exchange, Header, Request, Response, Timing, header};

@@ -1,0 +1,4 @@
+//! `mirror-daemon`: the command-line entry point.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

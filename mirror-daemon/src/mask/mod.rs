@@ -1,0 +1,1 @@
+//! mask stage (see DESIGN.md).

@@ -1,0 +1,1 @@
+//! verdict stage (see DESIGN.md).
