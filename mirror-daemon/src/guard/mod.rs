@@ -1,1 +1,30 @@
-//! guard stage (see DESIGN.md).
+//! Egress guard control: loads the cgroup programs on the candidate's cgroup, reads their
+//! reports, runs the sink listener for redirected connections.
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// What the guard did with an outbound attempt of the candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressAction {
+    Refused,
+    /// Redirected to the daemon's sink listener.
+    Redirected,
+    Allowed,
+}
+
+/// One outbound connection attempt (or datagram) by the candidate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressAttempt {
+    pub ts_unix_ms: i64,
+    pub pid: u32,
+    /// Process name (`comm`) as the kernel saw it.
+    pub command: String,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    pub destination: SocketAddr,
+    pub action: EgressAction,
+    /// For redirected TCP: the first KiB the candidate sent, masked.
+    pub first_bytes: Option<String>,
+}
