@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why an exchange (or the bytes that would have made one) was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
     /// The kernel ring buffer was full (counted by the kernel, in records).
@@ -55,7 +57,9 @@ impl DropReason {
 }
 
 /// How a replay to the candidate failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CandidateErrorKind {
     Timeout,
@@ -127,7 +131,12 @@ impl LedgerSnapshot {
     }
     /// Exchanges with a terminal outcome.
     pub fn terminal(&self) -> u64 {
-        self.matched + self.differed + self.sampled_out + self.excluded + self.candidate_errors() + self.drops()
+        self.matched
+            + self.differed
+            + self.sampled_out
+            + self.excluded
+            + self.candidate_errors()
+            + self.drops()
     }
     /// Seen but not yet terminal (in a queue or waiting for the candidate).
     pub fn in_flight(&self) -> u64 {
@@ -172,7 +181,12 @@ impl Ledger {
             excluded: self.excluded.load(Ordering::Relaxed),
             candidate_error: CandidateErrorKind::ALL
                 .iter()
-                .map(|k| (*k, self.candidate_error[*k as usize].load(Ordering::Relaxed)))
+                .map(|k| {
+                    (
+                        *k,
+                        self.candidate_error[*k as usize].load(Ordering::Relaxed),
+                    )
+                })
                 .collect(),
             dropped: DropReason::ALL
                 .iter()

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mirror_common::{
-    CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, PPM_ALL, SegmentRecord, client_hash,
-    counter, direction, sample_keep, setting, tcp_flag,
+    CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, PPM_ALL, SegmentRecord, client_hash, counter,
+    direction, sample_keep, setting, tcp_flag,
 };
 
 /// Default 64 MiB; the daemon resizes it at load time (`--ring-mib`).
@@ -96,7 +96,13 @@ fn parse_ip(ctx: &TcContext) -> Result<Packet, i64> {
         daddr[..4].copy_from_slice(&d);
         // total == 0 is BIG TCP / TSO: the skb length is the only truth.
         let ip_end = if total == 0 { skb_len } else { off + total };
-        Ok(Packet { saddr, daddr, ip_version: 4, l4: off + ihl, ip_end })
+        Ok(Packet {
+            saddr,
+            daddr,
+            ip_version: 4,
+            l4: off + ihl,
+            ip_end,
+        })
     } else if proto == ETH_P_IPV6 {
         // Extension headers before TCP are rare for HTTP; such packets are not tapped.
         if ctx.load::<u8>(off + 6)? != IPPROTO_TCP {
@@ -105,8 +111,18 @@ fn parse_ip(ctx: &TcContext) -> Result<Packet, i64> {
         let payload = u16::from_be(ctx.load::<u16>(off + 4)?) as usize;
         saddr = ctx.load(off + 8)?;
         daddr = ctx.load(off + 24)?;
-        let ip_end = if payload == 0 { skb_len } else { off + 40 + payload };
-        Ok(Packet { saddr, daddr, ip_version: 6, l4: off + 40, ip_end })
+        let ip_end = if payload == 0 {
+            skb_len
+        } else {
+            off + 40 + payload
+        };
+        Ok(Packet {
+            saddr,
+            daddr,
+            ip_version: 6,
+            l4: off + 40,
+            ip_end,
+        })
     } else {
         Err(0)
     }
@@ -132,15 +148,26 @@ fn try_tap(ctx: &TcContext) -> Result<(), i64> {
     let payload_off = l4 + doff;
     let skb_len = ctx.len() as usize;
     // Ethernet padding of short frames is beyond ip_end and never counted as payload.
-    let end = if pkt.ip_end < skb_len { pkt.ip_end } else { skb_len };
+    let end = if pkt.ip_end < skb_len {
+        pkt.ip_end
+    } else {
+        skb_len
+    };
     let payload_len = end.saturating_sub(payload_off);
 
     bump(counter::SEGMENTS, 1);
     bump(counter::PAYLOAD_BYTES, payload_len as u64);
 
-    let ppm = SETTINGS.get(setting::SAMPLE_PPM).copied().unwrap_or(PPM_ALL);
+    let ppm = SETTINGS
+        .get(setting::SAMPLE_PPM)
+        .copied()
+        .unwrap_or(PPM_ALL);
     if ppm < PPM_ALL {
-        let client = if dir == direction::TO_SERVER { &pkt.saddr } else { &pkt.daddr };
+        let client = if dir == direction::TO_SERVER {
+            &pkt.saddr
+        } else {
+            &pkt.daddr
+        };
         if !sample_keep(client_hash(client), ppm) {
             bump(counter::SAMPLED_OUT, 1);
             return Ok(());
@@ -173,7 +200,11 @@ fn try_tap(ctx: &TcContext) -> Result<(), i64> {
             break;
         }
         let remaining = payload_len - offset;
-        let mut len = if remaining > CHUNK_BYTES { CHUNK_BYTES } else { remaining };
+        let mut len = if remaining > CHUNK_BYTES {
+            CHUNK_BYTES
+        } else {
+            remaining
+        };
         let first = i == 0;
         let last = offset + len >= payload_len;
         let mut f = flags;
@@ -187,11 +218,10 @@ fn try_tap(ctx: &TcContext) -> Result<(), i64> {
         rec.header.chunk_offset = offset as u32;
         rec.header.tcp_flags = f;
         if len > 0 {
-            // Clamp in a form the verifier tracks: 1..=CHUNK_BYTES.
-            len &= 0x1fff;
-            if len == 0 || len > CHUNK_BYTES {
-                break;
-            }
+            // Re-derive the length in a form the verifier can bound to 1..=CHUNK_BYTES
+            // on its own: it does not correlate the earlier checks with this register
+            // ("invalid zero-sized read"), and black_box keeps LLVM from folding it away.
+            len = ((core::hint::black_box(len) - 1) & (CHUNK_BYTES - 1)) + 1;
             let r = unsafe {
                 bpf_skb_load_bytes(
                     ctx.skb.skb as *const _,
@@ -208,7 +238,10 @@ fn try_tap(ctx: &TcContext) -> Result<(), i64> {
         rec.header.chunk_len = len as u16;
         // SAFETY: HEADER_BYTES + len <= size_of::<SegmentRecord>() by the clamp above.
         let bytes = unsafe {
-            core::slice::from_raw_parts(rec as *const SegmentRecord as *const u8, HEADER_BYTES + len)
+            core::slice::from_raw_parts(
+                rec as *const SegmentRecord as *const u8,
+                HEADER_BYTES + len,
+            )
         };
         if SEGMENTS.output::<[u8]>(bytes, 0).is_ok() {
             bump(counter::RECORDS, 1);

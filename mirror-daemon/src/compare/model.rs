@@ -23,9 +23,14 @@ pub enum FieldDiffKind {
 pub enum DiffKind {
     Status,
     /// Header name, lower-case.
-    Header { name: String },
+    Header {
+        name: String,
+    },
     /// JSON path (`$.a.b[3]`, with array indexes kept) and how it differs.
-    Field { path: String, how: FieldDiffKind },
+    Field {
+        path: String,
+        how: FieldDiffKind,
+    },
     /// Body sizes differ (non-JSON bodies compared by length and hash).
     Size,
     /// Non-JSON bodies of equal size with different content.

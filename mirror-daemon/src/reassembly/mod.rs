@@ -7,12 +7,26 @@ use crate::capture::{Direction, FlowKey};
 pub enum StreamEvent<'a> {
     /// In-order bytes of one direction. `ts_ns` is the timestamp of the segment that
     /// carried them.
-    Data { flow: FlowKey, direction: Direction, ts_ns: u64, bytes: &'a [u8] },
+    Data {
+        flow: FlowKey,
+        direction: Direction,
+        ts_ns: u64,
+        bytes: &'a [u8],
+    },
     /// Bytes of one direction were lost (never captured, evicted or over a memory cap):
     /// whatever message they belonged to is incomplete. The stream continues after them.
-    Gap { flow: FlowKey, direction: Direction, ts_ns: u64, lost_bytes: u64 },
+    Gap {
+        flow: FlowKey,
+        direction: Direction,
+        ts_ns: u64,
+        lost_bytes: u64,
+    },
     /// The connection ended; no more events for this flow.
-    Closed { flow: FlowKey, ts_ns: u64, reason: CloseReason },
+    Closed {
+        flow: FlowKey,
+        ts_ns: u64,
+        reason: CloseReason,
+    },
 }
 
 /// Why a connection's reassembly ended.

@@ -1,0 +1,82 @@
+//! Command-line interface (clap). Flag names are a user contract: keep them.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirror-daemon",
+    version,
+    about = "Shadow real HTTP traffic to a candidate service and prove parity before cutover",
+    long_about = "mirror taps a legacy HTTP/1.x service with eBPF (observe only), rebuilds every \
+request/response exchange, masks PII, replays a sample to a candidate service whose outbound \
+network is fenced in the kernel, compares the responses and gives a go/no-go verdict against \
+criteria written before the run.",
+    after_help = "Examples:\n  mirror-daemon check --iface eth0\n  mirror-daemon record --iface eth0 --port 8080 --out golden.pcapng --duration 60\n  mirror-daemon exchanges --pcap golden.pcapng --port 8080 --format table\n\nExit codes: 0 ok/GO, 1 NO-GO (or check failed), 2 usage error, 3 INSUFFICIENT EVIDENCE, 4 runtime failure."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Default log filter when RUST_LOG is not set (e.g. `info`, `mirror_daemon=debug`).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Preflight: BPF syscall, BTF, capabilities, cgroup2 and the interface, one line each with the fix.
+    #[command(after_help = "Example:\n  mirror-daemon check --iface eth0")]
+    Check {
+        /// Interface to check.
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// Capture the tapped ports' TCP segments into a pcapng file (raw traffic: the file is created 0600).
+    #[command(
+        after_help = "Examples:\n  mirror-daemon record --iface eth0 --port 8080 --out golden.pcapng --duration 60\n  mirror-daemon record --iface eth0 --port 80,8080 --out sample.pcapng --count 100000"
+    )]
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TapArgs {
+    /// Interface of the legacy service to tap (ingress and egress).
+    #[arg(long)]
+    pub iface: String,
+    /// Server port(s) of the legacy service, comma-separated or repeated.
+    #[arg(long = "port", value_delimiter = ',', required = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Kernel ring-buffer size in MiB (power of two). Bigger absorbs longer bursts.
+    #[arg(long, default_value_t = 64)]
+    pub ring_mib: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub tap: TapArgs,
+    /// Output pcapng file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stop after this many seconds.
+    #[arg(long, conflicts_with = "count")]
+    pub duration: Option<f64>,
+    /// Stop after this many segments.
+    #[arg(long)]
+    pub count: Option<u64>,
+}

@@ -1,0 +1,186 @@
+//! `mirror-daemon check`: preflight of everything the kernel side needs, one line each,
+//! with the fix. Exit non-zero when anything required is missing.
+use std::path::Path;
+
+/// One preflight finding.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    /// What to do when not ok.
+    pub fix: &'static str,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ok {
+            write!(f, "ok    {:<14} {}", self.name, self.detail)
+        } else {
+            write!(
+                f,
+                "FAIL  {:<14} {} — fix: {}",
+                self.name, self.detail, self.fix
+            )
+        }
+    }
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Runs every check. `iface` is checked when given.
+pub fn run(iface: Option<&str>) -> Vec<Finding> {
+    let mut out = vec![bpf_syscall(), btf(), capabilities(), cgroup2()];
+    if let Some(iface) = iface {
+        out.push(interface(iface));
+    }
+    out
+}
+
+fn bpf_syscall() -> Finding {
+    // Creating a one-entry array map is the cheapest call that proves the syscall works
+    // for us (it fails with EPERM without privileges, ENOSYS without BPF).
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        pad: [u32; 16],
+    }
+    let attr = MapCreate {
+        map_type: 2,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        pad: [0; 16],
+    };
+    // SAFETY: BPF_MAP_CREATE (0) with a valid, zero-padded attribute struct.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const MapCreate,
+            std::mem::size_of::<MapCreate>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: fd was just returned to us by the kernel.
+        unsafe { libc::close(fd as i32) };
+        Finding {
+            name: "bpf syscall",
+            ok: true,
+            detail: "map creation works".into(),
+            fix: "",
+        }
+    } else {
+        let err = std::io::Error::last_os_error();
+        Finding {
+            name: "bpf syscall",
+            ok: false,
+            detail: format!("BPF_MAP_CREATE failed: {err}"),
+            fix: "run as root (or with CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON) on a kernel built with CONFIG_BPF_SYSCALL",
+        }
+    }
+}
+
+fn btf() -> Finding {
+    let ok = Path::new("/sys/kernel/btf/vmlinux").exists();
+    Finding {
+        name: "btf",
+        ok,
+        detail: if ok {
+            "/sys/kernel/btf/vmlinux present".into()
+        } else {
+            "/sys/kernel/btf/vmlinux missing".into()
+        },
+        fix: "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels ≥ 5.8)",
+    }
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+fn capabilities() -> Finding {
+    let Some(caps) = effective_caps() else {
+        return Finding {
+            name: "capabilities",
+            ok: false,
+            detail: "cannot read /proc/self/status".into(),
+            fix: "mount /proc",
+        };
+    };
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let sys_admin = has(CAP_SYS_ADMIN);
+    let mut missing = Vec::new();
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !(has(CAP_BPF) || sys_admin) {
+        missing.push("CAP_BPF");
+    }
+    if !(has(CAP_PERFMON) || sys_admin) {
+        missing.push("CAP_PERFMON");
+    }
+    Finding {
+        name: "capabilities",
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON effective".into()
+        } else {
+            format!("missing {}", missing.join(", "))
+        },
+        fix: "run as root, or grant them (systemd: AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON)",
+    }
+}
+
+/// Where cgroup v2 is mounted (pure-v2 hosts: /sys/fs/cgroup; hybrid: .../unified).
+pub fn cgroup2_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        let _dev = parts.next()?;
+        let path = parts.next()?;
+        (parts.next()? == "cgroup2").then(|| path.to_string())
+    })
+}
+
+fn cgroup2() -> Finding {
+    match cgroup2_mount() {
+        Some(p) => Finding {
+            name: "cgroup2",
+            ok: true,
+            detail: format!("mounted at {p}"),
+            fix: "",
+        },
+        None => Finding {
+            name: "cgroup2",
+            ok: false,
+            detail: "no cgroup2 mount (needed for the candidate's egress guard)".into(),
+            fix: "mount -t cgroup2 none /sys/fs/cgroup/unified",
+        },
+    }
+}
+
+fn interface(iface: &str) -> Finding {
+    match nix::net::if_::if_nametoindex(iface) {
+        Ok(idx) => Finding {
+            name: "interface",
+            ok: true,
+            detail: format!("{iface} (index {idx})"),
+            fix: "",
+        },
+        Err(_) => Finding {
+            name: "interface",
+            ok: false,
+            detail: format!("{iface} does not exist"),
+            fix: "pass an interface listed by `ip link` (in the legacy service's network namespace)",
+        },
+    }
+}
