@@ -46,6 +46,13 @@ pub enum Command {
         #[arg(long)]
         iface: Option<String>,
     },
+    /// Show which mirror programs are attached to an interface (TCX links and tc filters).
+    #[command(after_help = "Example:\n  mirror-daemon status --iface eth0")]
+    Status {
+        /// Interface to inspect.
+        #[arg(long)]
+        iface: String,
+    },
     /// Capture the tapped ports' TCP segments into a pcapng file (raw traffic: the file is created 0600).
     #[command(
         after_help = "Examples:\n  mirror-daemon record --iface eth0 --port 8080 --out golden.pcapng --duration 60\n  mirror-daemon record --iface eth0 --port 80,8080 --out sample.pcapng --count 100000"

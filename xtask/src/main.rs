@@ -1,1 +1,81 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, test, demo, bench, install — everything a fresh machine
+//! needs, done by the project itself.
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "mirror's build and project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make sure of the nightly's rust-src, a cached bpf-linker matching its LLVM, and the
+    /// Debian packages the tests need. Idempotent; quick when everything is present.
+    Setup {
+        /// Skip the Debian packages (toolchain only).
+        #[arg(long)]
+        no_packages: bool,
+    },
+    /// Set up, then build the daemon (release) and the example services.
+    Build,
+    /// Set up, then run formatting and lint checks and every test (unit, property,
+    /// privileged end-to-end). This is what CI runs.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup { no_packages } => {
+            setup::run(!no_packages)?;
+        }
+        Cmd::Build => {
+            let env = setup::run(false)?;
+            util::cargo(
+                &env,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "mirror-daemon",
+                    "-p",
+                    "mirror-examples",
+                ],
+            )?;
+        }
+        Cmd::Test { args } => {
+            let env = setup::run(true)?;
+            util::cargo(&env, &["fmt", "--all", "--check"])?;
+            util::cargo(
+                &env,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            // The end-to-end tests drive the real binaries: build them first.
+            util::cargo(
+                &env,
+                &["build", "-p", "mirror-daemon", "-p", "mirror-examples"],
+            )?;
+            let mut test = vec!["test", "--workspace"];
+            test.extend(args.iter().map(String::as_str));
+            util::cargo(&env, &test)?;
+        }
+    }
+    Ok(())
+}

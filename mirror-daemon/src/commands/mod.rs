@@ -4,6 +4,7 @@ mod check;
 mod check_impl;
 mod record;
 mod signals;
+mod status;
 
 use crate::cli::{Cli, Command};
 
@@ -11,6 +12,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check { iface } => check::run(iface.as_deref()),
         Command::Record(args) => record::run(args),
+        Command::Status { iface } => status::run(&iface),
     }
 }
 
