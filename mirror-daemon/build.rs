@@ -10,11 +10,13 @@ use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
-    let object = out_dir.join("mirror-probes");
+    let objects = [out_dir.join("mirror-tap"), out_dir.join("mirror-guard")];
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if skip {
-        fs::write(&object, b"").context("writing the placeholder eBPF object")?;
+        for object in &objects {
+            fs::write(object, b"").context("writing the placeholder eBPF object")?;
+        }
         return Ok(());
     }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -32,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         aya_build::Toolchain::Nightly,
     )
     .context("building the eBPF programs: run `cargo xtask setup` first (nightly rust-src and bpf-linker)")?;
-    if !object.exists() {
+    if let Some(object) = objects.iter().find(|o| !o.exists()) {
         return Err(anyhow!("eBPF build left no {}", object.display()));
     }
     Ok(())

@@ -118,11 +118,102 @@ pub mod map_name {
     pub const GUARD_ALLOW6: &str = "GUARD_ALLOW6";
     pub const GUARD_EVENTS: &str = "GUARD_EVENTS";
     pub const GUARD_SETTINGS: &str = "GUARD_SETTINGS";
+    pub const GUARD_COUNTERS: &str = "GUARD_COUNTERS";
 }
 
-/// Program names in the object file.
+/// Program names in the object files.
 pub mod program_name {
     pub const TAP: &str = "mirror_tap";
+    pub const GUARD_CONNECT4: &str = "guard_connect4";
+    pub const GUARD_CONNECT6: &str = "guard_connect6";
+    pub const GUARD_SENDMSG4: &str = "guard_sendmsg4";
+    pub const GUARD_SENDMSG6: &str = "guard_sendmsg6";
+}
+
+/// Ports one allowlist prefix permits; `any_port` permits all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowPorts {
+    pub ports: [u16; 8],
+    pub count: u8,
+    pub any_port: u8,
+    pub _pad: [u8; 6],
+}
+
+impl AllowPorts {
+    #[inline(always)]
+    pub fn permits(&self, port: u16) -> bool {
+        if self.any_port != 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < 8 {
+            if i < self.count as usize && self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// What the guard does with a destination that is not allowed.
+pub mod guard_mode {
+    /// connect()/sendmsg() fails with EPERM.
+    pub const REFUSE: u32 = 0;
+    /// TCP connects are rewritten to the daemon's sink listener; UDP is refused.
+    pub const REDIRECT: u32 = 1;
+}
+
+/// Guard configuration (one entry in `GUARD_SETTINGS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardConfig {
+    pub mode: u32,
+    /// Sink listener port, host byte order.
+    pub sink_port: u16,
+    pub _pad: [u8; 2],
+    /// Sink IPv4 address, network byte order bytes.
+    pub sink_ip4: [u8; 4],
+    /// Sink IPv6 address, network byte order bytes.
+    pub sink_ip6: [u8; 16],
+}
+
+/// Guard decisions as reported in [`GuardEvent::action`].
+pub mod guard_action {
+    pub const ALLOWED: u8 = 0;
+    pub const REFUSED: u8 = 1;
+    pub const REDIRECTED: u8 = 2;
+}
+
+/// One outbound attempt seen by the guard.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuardEvent {
+    pub ts_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub protocol: u8,
+    /// Destination address (IPv4 in the first 4 bytes), network byte order.
+    pub addr: [u8; 16],
+    pub comm: [u8; 16],
+    pub action: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Indices of the guard's per-CPU counters.
+pub mod guard_counter {
+    pub const ALLOWED: u32 = 0;
+    pub const REFUSED: u32 = 1;
+    pub const REDIRECTED: u32 = 2;
+    /// Events lost because the guard's ring buffer was full.
+    pub const EVENTS_LOST: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Sticky sampling hash of a client address, identical in kernel and daemon so a client
@@ -153,4 +244,10 @@ mod pod {
     // SAFETY: plain-old-data, `repr(C)`, no padding the kernel leaves uninitialised
     // (explicit `_pad`).
     unsafe impl aya::Pod for super::SegmentHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AllowPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GuardConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GuardEvent {}
 }

@@ -53,6 +53,15 @@ pub enum Command {
         #[arg(long)]
         iface: String,
     },
+    /// Fence a candidate's outbound network without replaying anything: attach the egress
+    /// guard to its cgroup, prove it works, and report every attempt until stopped.
+    #[command(
+        after_help = "Examples:\n  mirror-daemon guard --candidate-cmd './new-service --port 9090' --allow-egress 10.0.5.7:5432\n  mirror-daemon guard --candidate-cgroup /sys/fs/cgroup/candidate.slice --egress-sink 127.0.0.1:4999"
+    )]
+    Guard(GuardArgs),
+    /// Internal: the egress guard's self-test probe.
+    #[command(name = "__guard-probe", hide = true)]
+    GuardProbe { target: std::net::SocketAddr },
     /// Capture the tapped ports' TCP segments into a pcapng file (raw traffic: the file is created 0600).
     #[command(
         after_help = "Examples:\n  mirror-daemon record --iface eth0 --port 8080 --out golden.pcapng --duration 60\n  mirror-daemon record --iface eth0 --port 80,8080 --out sample.pcapng --count 100000"
@@ -86,4 +95,28 @@ pub struct RecordArgs {
     /// Stop after this many segments.
     #[arg(long)]
     pub count: Option<u64>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GuardArgs {
+    /// An existing cgroup v2 directory holding the candidate's processes.
+    #[arg(long, conflicts_with = "candidate_cmd")]
+    pub candidate_cgroup: Option<PathBuf>,
+    /// Start the candidate with this shell command, in a new cgroup of its own.
+    #[arg(long)]
+    pub candidate_cmd: Option<String>,
+    /// Allowed outbound destination, CIDR[:PORT] (repeatable), e.g. 10.0.5.0/24:5432.
+    #[arg(long = "allow-egress", value_parser = parse_allow)]
+    pub allow_egress: Vec<mirror_daemon::guard::rules::AllowRule>,
+    /// Redirect refused TCP connections to a sink listener at this address (reachable
+    /// from the candidate) instead of refusing them; the sink records what was sent.
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    pub egress_sink: Option<std::net::SocketAddr>,
+    /// Run without the egress guard (the candidate can reach anything). Explicit only.
+    #[arg(long)]
+    pub no_egress_guard: bool,
+}
+
+fn parse_allow(s: &str) -> Result<mirror_daemon::guard::rules::AllowRule, String> {
+    mirror_daemon::guard::rules::AllowRule::parse(s).map_err(|e| e.to_string())
 }

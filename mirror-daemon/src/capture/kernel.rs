@@ -14,7 +14,7 @@ use mirror_common::{
 use super::{Direction, FlowKey, Segment, TcpFlags, ip_from_bytes};
 
 /// The kernel object built by `build.rs` from `mirror-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror-probes"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror-tap"));
 
 /// Errors of the live tap. Each says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -140,19 +140,11 @@ fn capabilities() -> Finding {
     }
 }
 
-/// Where cgroup v2 is mounted (pure-v2 hosts: /sys/fs/cgroup; hybrid: .../unified).
-pub fn cgroup2_mount() -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let mut parts = l.split_whitespace();
-        let _dev = parts.next()?;
-        let path = parts.next()?;
-        (parts.next()? == "cgroup2").then(|| path.to_string())
-    })
-}
-
 fn cgroup2() -> Finding {
-    match cgroup2_mount() {
+    match mirror_daemon::guard::cgroup::cgroup2_mount()
+        .ok()
+        .map(|p| p.display().to_string())
+    {
         Some(p) => Finding {
             name: "cgroup2",
             ok: true,

@@ -2,6 +2,7 @@
 //! and stages are wired (anyhow with context here; thiserror inside the stages).
 mod check;
 mod check_impl;
+mod guard;
 mod record;
 mod signals;
 mod status;
@@ -12,6 +13,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check { iface } => check::run(iface.as_deref()),
         Command::Record(args) => record::run(args),
+        Command::Guard(args) => guard::run(args),
+        Command::GuardProbe { target } => {
+            Ok(mirror_daemon::guard::selftest::run_probe(target) as u8)
+        }
         Command::Status { iface } => status::run(&iface),
     }
 }

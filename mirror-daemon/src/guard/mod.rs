@@ -1,5 +1,12 @@
 //! Egress guard control: loads the cgroup programs on the candidate's cgroup, reads their
-//! reports, runs the sink listener for redirected connections.
+//! reports, runs the sink listener for redirected connections, and proves at start-up
+//! that the fence holds.
+pub mod cgroup;
+pub mod kernel;
+pub mod rules;
+pub mod selftest;
+pub mod sink;
+
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,140 @@
+//! The candidate's cgroup (v2): an existing one given by the user, or one the daemon
+//! creates for a candidate it starts itself.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "{0} is not a cgroup v2 directory (mount cgroup2, e.g. at /sys/fs/cgroup or /sys/fs/cgroup/unified, and pass a directory inside it)"
+    )]
+    NotV2(String),
+    #[error("no cgroup2 mount found (run `mirror-daemon check`)")]
+    NoMount,
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// A cgroup v2 directory, opened.
+#[derive(Debug)]
+pub struct Cgroup {
+    pub path: PathBuf,
+    pub dir: File,
+    /// Created by us: removed on drop (after its processes are gone).
+    owned: bool,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Cgroup {
+    /// Opens an existing cgroup v2 directory.
+    pub fn open(path: &Path) -> Result<Self, CgroupError> {
+        let st = nix::sys::statfs::statfs(path)
+            .map_err(|_| CgroupError::NotV2(path.display().to_string()))?;
+        if st.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+            return Err(CgroupError::NotV2(path.display().to_string()));
+        }
+        let dir = File::open(path).map_err(io(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            dir,
+            owned: false,
+        })
+    }
+
+    /// Creates `<cgroup2 mount>/<name>`, removed again on drop.
+    pub fn create(mount: &Path, name: &str) -> Result<Self, CgroupError> {
+        let path = mount.join(name);
+        std::fs::create_dir(&path).map_err(io(&path))?;
+        let mut cg = Self::open(&path)?;
+        cg.owned = true;
+        Ok(cg)
+    }
+
+    /// The file a process writes its pid (or "0" for itself) to, to join the cgroup.
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// Pids currently in the cgroup.
+    pub fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.procs_file())
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if self.owned {
+            // Kill leftovers (cgroup.kill, kernels ≥ 5.14), then remove the directory.
+            let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(&self.path).is_ok() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            tracing::warn!(path = %self.path.display(), "could not remove the candidate cgroup");
+        }
+    }
+}
+
+/// Where cgroup v2 is mounted (pure v2: /sys/fs/cgroup; hybrid: /sys/fs/cgroup/unified).
+///
+/// `ip netns exec` runs a process in a private mount namespace with /sys remounted, which
+/// hides the host's cgroup2 mount. When PID 1's mount table shows cgroup2 but ours does
+/// not, we are in such a private namespace: mount cgroup2 again at a private directory
+/// (the same single hierarchy; the mount is invisible outside this namespace).
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let find = |mounts: &str| {
+        mounts.lines().find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let _dev = parts.next()?;
+            let path = parts.next()?;
+            (parts.next()? == "cgroup2").then(|| PathBuf::from(path))
+        })
+    };
+    if let Some(p) = std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .as_deref()
+        .and_then(find)
+    {
+        return Ok(p);
+    }
+    let host_has_it = std::fs::read_to_string("/proc/1/mounts")
+        .ok()
+        .as_deref()
+        .and_then(find)
+        .is_some();
+    if !host_has_it {
+        return Err(CgroupError::NoMount);
+    }
+    let dir = std::env::temp_dir().join(format!("mirror-cgroup2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    nix::mount::mount(
+        None::<&str>,
+        &dir,
+        Some("cgroup2"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| CgroupError::Io {
+        path: dir.display().to_string(),
+        source: e.into(),
+    })?;
+    tracing::debug!(path = %dir.display(), "mounted cgroup2 in this private mount namespace");
+    Ok(dir)
+}

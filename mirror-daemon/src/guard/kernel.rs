@@ -1,0 +1,298 @@
+//! Loads the guard programs, fills the allowlist, attaches to the candidate's cgroup and
+//! turns the kernel's reports into [`EgressAttempt`]s.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsFd as _,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSockAddr},
+};
+use mirror_common::{
+    AllowPorts, GuardConfig, GuardEvent, guard_action, guard_counter, guard_mode, map_name,
+    program_name,
+};
+
+use super::{EgressAction, EgressAttempt, cgroup::Cgroup, rules::AllowRule};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror-guard"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("this binary was built without its eBPF programs; rebuild with `cargo xtask build`")]
+    NoObject,
+    #[error("loading the egress guard: {0} (run `mirror-daemon check`)")]
+    Load(String),
+    #[error("attaching the egress guard to {cgroup}: {detail}")]
+    Attach { cgroup: String, detail: String },
+    #[error("too many --allow-egress ports for {0} (at most 8 per prefix)")]
+    TooManyPorts(String),
+    #[error(
+        "egress guard self-test failed: {0}; refusing to replay (pass --no-egress-guard to run without the guard, at your own risk)"
+    )]
+    SelfTest(String),
+}
+
+/// Guard settings from the CLI.
+#[derive(Clone, Debug, Default)]
+pub struct GuardSettings {
+    pub allow: Vec<AllowRule>,
+    /// Redirect refused TCP connects to this sink listener instead of refusing them.
+    pub sink: Option<SocketAddr>,
+}
+
+/// Kernel counters of the guard, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GuardCounters {
+    pub allowed: u64,
+    pub refused: u64,
+    pub redirected: u64,
+    pub events_lost: u64,
+}
+
+/// The loaded, attached guard. Detaches when dropped.
+pub struct EgressGuard {
+    _ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    epoch_offset_ns: i128,
+}
+
+impl std::fmt::Debug for EgressGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressGuard").finish_non_exhaustive()
+    }
+}
+
+fn load_err(e: impl std::fmt::Display) -> GuardError {
+    GuardError::Load(e.to_string())
+}
+
+/// An error and its causes on one line (aya's messages keep the errno in the source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl EgressGuard {
+    /// Loads and attaches the four hooks to `cgroup`.
+    pub fn attach(
+        cgroup: &Cgroup,
+        settings: &GuardSettings,
+        epoch_offset_ns: i128,
+    ) -> Result<Self, GuardError> {
+        if OBJECT.is_empty() {
+            return Err(GuardError::NoObject);
+        }
+        let mut ebpf = Ebpf::load(OBJECT).map_err(load_err)?;
+        {
+            let mut v4: LpmTrie<_, [u8; 4], AllowPorts> = LpmTrie::try_from(
+                ebpf.map_mut(map_name::GUARD_ALLOW4)
+                    .ok_or_else(|| load_err("no GUARD_ALLOW4"))?,
+            )
+            .map_err(load_err)?;
+            for (addr, prefix, ports) in merged(&settings.allow, true)? {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(&addr[..4]);
+                v4.insert(&Key::new(u32::from(prefix), b), ports, 0)
+                    .map_err(load_err)?;
+            }
+        }
+        {
+            let mut v6: LpmTrie<_, [u8; 16], AllowPorts> = LpmTrie::try_from(
+                ebpf.map_mut(map_name::GUARD_ALLOW6)
+                    .ok_or_else(|| load_err("no GUARD_ALLOW6"))?,
+            )
+            .map_err(load_err)?;
+            for (addr, prefix, ports) in merged(&settings.allow, false)? {
+                v6.insert(&Key::new(u32::from(prefix), addr), ports, 0)
+                    .map_err(load_err)?;
+            }
+        }
+        {
+            let mut cfg = GuardConfig {
+                mode: guard_mode::REFUSE,
+                ..Default::default()
+            };
+            if let Some(sink) = settings.sink {
+                cfg.mode = guard_mode::REDIRECT;
+                cfg.sink_port = sink.port();
+                match sink.ip() {
+                    IpAddr::V4(v4) => {
+                        cfg.sink_ip4 = v4.octets();
+                        cfg.sink_ip6 = v4.to_ipv6_mapped().octets();
+                    }
+                    IpAddr::V6(v6) => {
+                        cfg.sink_ip6 = v6.octets();
+                        cfg.sink_ip4 = v6
+                            .to_ipv4_mapped()
+                            .map(|a| a.octets())
+                            .unwrap_or([127, 0, 0, 1]);
+                    }
+                }
+            }
+            let mut arr: Array<_, GuardConfig> = Array::try_from(
+                ebpf.map_mut(map_name::GUARD_SETTINGS)
+                    .ok_or_else(|| load_err("no GUARD_SETTINGS"))?,
+            )
+            .map_err(load_err)?;
+            arr.set(0, cfg, 0).map_err(load_err)?;
+        }
+        let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
+            ebpf.take_map(map_name::GUARD_COUNTERS)
+                .ok_or_else(|| load_err("no GUARD_COUNTERS"))?,
+        )
+        .map_err(load_err)?;
+        let events: RingBuf<MapData> = RingBuf::try_from(
+            ebpf.take_map(map_name::GUARD_EVENTS)
+                .ok_or_else(|| load_err("no GUARD_EVENTS"))?,
+        )
+        .map_err(load_err)?;
+        for name in [
+            program_name::GUARD_CONNECT4,
+            program_name::GUARD_CONNECT6,
+            program_name::GUARD_SENDMSG4,
+            program_name::GUARD_SENDMSG6,
+        ] {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| load_err(format!("program {name} missing")))?
+                .try_into()
+                .map_err(load_err)?;
+            prog.load().map_err(load_err)?;
+            // Links (kernel ≥ 5.7) always coexist with other programs on the cgroup; their
+            // flags must be 0 (ALLOW_MULTI is refused with EINVAL).
+            prog.attach(cgroup.dir.as_fd(), CgroupAttachMode::Single)
+                .map_err(|e| GuardError::Attach {
+                    cgroup: cgroup.path.display().to_string(),
+                    detail: chain(&e),
+                })?;
+        }
+        Ok(Self {
+            _ebpf: ebpf,
+            counters,
+            events: Some(events),
+            epoch_offset_ns,
+        })
+    }
+
+    pub fn counters(&self) -> GuardCounters {
+        let sum = |i: u32| -> u64 {
+            self.counters
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        GuardCounters {
+            allowed: sum(guard_counter::ALLOWED),
+            refused: sum(guard_counter::REFUSED),
+            redirected: sum(guard_counter::REDIRECTED),
+            events_lost: sum(guard_counter::EVENTS_LOST),
+        }
+    }
+
+    /// The event reader (taken once).
+    pub fn take_events(&mut self) -> Option<GuardEvents> {
+        self.events.take().map(|ring| GuardEvents {
+            ring,
+            epoch_offset_ns: self.epoch_offset_ns,
+        })
+    }
+}
+
+/// Groups rules of one family by prefix, merging their ports into the kernel's value.
+fn merged(rules: &[AllowRule], v4: bool) -> Result<Vec<([u8; 16], u8, AllowPorts)>, GuardError> {
+    let mut out: Vec<([u8; 16], u8, AllowPorts)> = Vec::new();
+    for r in rules.iter().filter(|r| r.addr.is_ipv4() == v4) {
+        let addr = crate::capture::ip_to_bytes(r.addr);
+        let slot = match out
+            .iter_mut()
+            .position(|(a, p, _)| *a == addr && *p == r.prefix)
+        {
+            Some(i) => &mut out[i].2,
+            None => {
+                out.push((addr, r.prefix, AllowPorts::default()));
+                let last = out.len() - 1;
+                &mut out[last].2
+            }
+        };
+        match r.port {
+            None => slot.any_port = 1,
+            Some(p) => {
+                if usize::from(slot.count) >= slot.ports.len() {
+                    return Err(GuardError::TooManyPorts(r.to_string()));
+                }
+                slot.ports[usize::from(slot.count)] = p;
+                slot.count += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads guard reports from the kernel.
+pub struct GuardEvents {
+    ring: RingBuf<MapData>,
+    epoch_offset_ns: i128,
+}
+
+impl GuardEvents {
+    /// Drains every queued report.
+    pub fn drain(&mut self, out: &mut Vec<EgressAttempt>) {
+        while let Some(item) = self.ring.next() {
+            if item.len() < std::mem::size_of::<GuardEvent>() {
+                continue;
+            }
+            // SAFETY: GuardEvent is plain data and the record is at least its size.
+            let ev: GuardEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            out.push(decode(&ev, self.epoch_offset_ns));
+        }
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
+
+fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
+    let ip = if ev.ip_version == 4 {
+        IpAddr::V4(Ipv4Addr::new(
+            ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3],
+        ))
+    } else {
+        let v6 = Ipv6Addr::from(ev.addr);
+        v6.to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6))
+    };
+    let comm_len = ev
+        .comm
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(ev.comm.len());
+    EgressAttempt {
+        ts_unix_ms: ((i128::from(ev.ts_ns) + epoch_offset_ns) / 1_000_000) as i64,
+        pid: ev.pid,
+        command: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+        protocol: if ev.protocol == 6 {
+            "tcp".into()
+        } else {
+            "udp".into()
+        },
+        destination: SocketAddr::new(ip, ev.port),
+        action: match ev.action {
+            guard_action::ALLOWED => EgressAction::Allowed,
+            guard_action::REDIRECTED => EgressAction::Redirected,
+            _ => EgressAction::Refused,
+        },
+        first_bytes: None,
+    }
+}

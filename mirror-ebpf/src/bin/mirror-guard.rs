@@ -1,0 +1,248 @@
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that could get here.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    //! The egress guard: cgroup socket-address hooks on the candidate's cgroup.
+    //!
+    //! Every outbound connect()/sendmsg() of a process in the cgroup is checked against an
+    //! allowlist of prefixes and ports. Anything else is refused (EPERM) or, for TCP in
+    //! redirect mode, rewritten to the daemon's sink listener. Inbound connections (the
+    //! replayed requests the candidate accepts) never pass through these hooks.
+    use aya_ebpf::{
+        helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+        macros::{cgroup_sock_addr, map},
+        maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+        programs::SockAddrContext,
+    };
+    use mirror_common::{
+        AllowPorts, GuardConfig, GuardEvent, guard_action, guard_counter, guard_mode,
+    };
+
+    const ALLOW: i32 = 1;
+    const DENY: i32 = 0;
+    const IPPROTO_TCP: u8 = 6;
+    const IPPROTO_UDP: u8 = 17;
+    const SOCK_STREAM: u32 = 1;
+
+    #[map(name = "GUARD_ALLOW4")]
+    static GUARD_ALLOW4: LpmTrie<[u8; 4], AllowPorts> = LpmTrie::with_max_entries(1024, 1);
+
+    #[map(name = "GUARD_ALLOW6")]
+    static GUARD_ALLOW6: LpmTrie<[u8; 16], AllowPorts> = LpmTrie::with_max_entries(1024, 1);
+
+    #[map(name = "GUARD_SETTINGS")]
+    static GUARD_SETTINGS: Array<GuardConfig> = Array::with_max_entries(1, 0);
+
+    #[map(name = "GUARD_EVENTS")]
+    static GUARD_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+    #[map(name = "GUARD_COUNTERS")]
+    static GUARD_COUNTERS: PerCpuArray<u64> =
+        PerCpuArray::with_max_entries(guard_counter::COUNT, 0);
+
+    #[cgroup_sock_addr(connect4)]
+    pub fn guard_connect4(ctx: SockAddrContext) -> i32 {
+        check4(&ctx, true)
+    }
+
+    #[cgroup_sock_addr(sendmsg4)]
+    pub fn guard_sendmsg4(ctx: SockAddrContext) -> i32 {
+        check4(&ctx, false)
+    }
+
+    #[cgroup_sock_addr(connect6)]
+    pub fn guard_connect6(ctx: SockAddrContext) -> i32 {
+        check6(&ctx, true)
+    }
+
+    #[cgroup_sock_addr(sendmsg6)]
+    pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
+        check6(&ctx, false)
+    }
+
+    #[inline(always)]
+    fn bump(index: u32) {
+        if let Some(slot) = GUARD_COUNTERS.get_ptr_mut(index) {
+            // SAFETY: per-CPU slot, written only by this CPU while the program runs.
+            unsafe { *slot += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn protocol(ctx: &SockAddrContext) -> u8 {
+        // SAFETY: the context pointer is valid for the program's run.
+        let ty = unsafe { (*ctx.sock_addr).type_ };
+        if ty == SOCK_STREAM {
+            IPPROTO_TCP
+        } else {
+            IPPROTO_UDP
+        }
+    }
+
+    #[inline(always)]
+    fn report(addr: [u8; 16], ip_version: u8, port: u16, protocol: u8, action: u8) {
+        let counter = match action {
+            guard_action::ALLOWED => guard_counter::ALLOWED,
+            guard_action::REDIRECTED => guard_counter::REDIRECTED,
+            _ => guard_counter::REFUSED,
+        };
+        bump(counter);
+        let Some(mut entry) = GUARD_EVENTS.reserve::<GuardEvent>(0) else {
+            bump(guard_counter::EVENTS_LOST);
+            return;
+        };
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        entry.write(GuardEvent {
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            port,
+            ip_version,
+            protocol,
+            addr,
+            comm,
+            action,
+            _pad: [0; 7],
+        });
+        entry.submit(0);
+    }
+
+    #[inline(always)]
+    fn allowed4(ip: [u8; 4], port: u16) -> bool {
+        GUARD_ALLOW4
+            .get(Key::new(32, ip))
+            .is_some_and(|rule| rule.permits(port))
+    }
+
+    #[inline(always)]
+    fn check4(ctx: &SockAddrContext, connect: bool) -> i32 {
+        let sa = ctx.sock_addr;
+        // SAFETY: the context pointer is valid for the program's run; fields are read
+        // with the access sizes the verifier allows (u32).
+        let (ip_raw, port_raw) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+        let ip = ip_raw.to_ne_bytes();
+        let port = u16::from_be(port_raw as u16);
+        let proto = protocol(ctx);
+        let mut addr = [0u8; 16];
+        addr[0] = ip[0];
+        addr[1] = ip[1];
+        addr[2] = ip[2];
+        addr[3] = ip[3];
+        if allowed4(ip, port) {
+            report(addr, 4, port, proto, guard_action::ALLOWED);
+            return ALLOW;
+        }
+        if connect && proto == IPPROTO_TCP {
+            if let Some(cfg) = GUARD_SETTINGS.get(0)
+                && cfg.mode == guard_mode::REDIRECT
+                && cfg.sink_port != 0
+            {
+                // SAFETY: writable fields of the connect4 context.
+                unsafe {
+                    (*sa).user_ip4 = u32::from_ne_bytes(cfg.sink_ip4);
+                    (*sa).user_port = u32::from(cfg.sink_port.to_be());
+                }
+                report(addr, 4, port, proto, guard_action::REDIRECTED);
+                return ALLOW;
+            }
+        }
+        report(addr, 4, port, proto, guard_action::REFUSED);
+        DENY
+    }
+
+    #[inline(always)]
+    fn check6(ctx: &SockAddrContext, connect: bool) -> i32 {
+        let sa = ctx.sock_addr;
+        // SAFETY: as in check4; user_ip6 is read as four u32 words.
+        let (w0, w1, w2, w3, port_raw) = unsafe {
+            (
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+                (*sa).user_port,
+            )
+        };
+        let port = u16::from_be(port_raw as u16);
+        let proto = protocol(ctx);
+        let mut addr = [0u8; 16];
+        let words = [
+            w0.to_ne_bytes(),
+            w1.to_ne_bytes(),
+            w2.to_ne_bytes(),
+            w3.to_ne_bytes(),
+        ];
+        let mut i = 0;
+        while i < 4 {
+            addr[i * 4] = words[i][0];
+            addr[i * 4 + 1] = words[i][1];
+            addr[i * 4 + 2] = words[i][2];
+            addr[i * 4 + 3] = words[i][3];
+            i += 1;
+        }
+        // A dual-stack socket reaching an IPv4 host uses ::ffff:a.b.c.d: judge the IPv4.
+        let mapped = w0 == 0 && w1 == 0 && words[2] == [0, 0, 0xff, 0xff];
+        let ok = if mapped {
+            allowed4(words[3], port)
+        } else {
+            GUARD_ALLOW6
+                .get(Key::new(128, addr))
+                .is_some_and(|rule| rule.permits(port))
+        };
+        if ok {
+            report(addr, 6, port, proto, guard_action::ALLOWED);
+            return ALLOW;
+        }
+        if connect && proto == IPPROTO_TCP {
+            if let Some(cfg) = GUARD_SETTINGS.get(0)
+                && cfg.mode == guard_mode::REDIRECT
+                && cfg.sink_port != 0
+            {
+                let target = if mapped {
+                    [
+                        0,
+                        0,
+                        0x0000_ffff_u32.to_be(),
+                        u32::from_ne_bytes(cfg.sink_ip4),
+                    ]
+                } else {
+                    let s = cfg.sink_ip6;
+                    [
+                        u32::from_ne_bytes([s[0], s[1], s[2], s[3]]),
+                        u32::from_ne_bytes([s[4], s[5], s[6], s[7]]),
+                        u32::from_ne_bytes([s[8], s[9], s[10], s[11]]),
+                        u32::from_ne_bytes([s[12], s[13], s[14], s[15]]),
+                    ]
+                };
+                // SAFETY: writable fields of the connect6 context, written as u32 words.
+                unsafe {
+                    (*sa).user_ip6[0] = target[0];
+                    (*sa).user_ip6[1] = target[1];
+                    (*sa).user_ip6[2] = target[2];
+                    (*sa).user_ip6[3] = target[3];
+                    (*sa).user_port = u32::from(cfg.sink_port.to_be());
+                }
+                report(addr, 6, port, proto, guard_action::REDIRECTED);
+                return ALLOW;
+            }
+        }
+        report(addr, 6, port, proto, guard_action::REFUSED);
+        DENY
+    }
+}

@@ -1,0 +1,282 @@
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that could get here.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    //! The tap: a TC classifier that observes TCP segments of the tapped ports.
+    //!
+    //! Promise: it never changes what happens to a packet. Every path returns
+    //! `TC_ACT_UNSPEC`, which in both cls_bpf direct-action and TCX means "carry on as if
+    //! this program were not here" (other filters still decide).
+    use aya_ebpf::{
+        bindings::TC_ACT_UNSPEC,
+        helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+        macros::{classifier, map},
+        maps::{Array, HashMap, PerCpuArray, RingBuf},
+        programs::TcContext,
+    };
+    use mirror_common::{
+        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, PPM_ALL, SegmentRecord, client_hash,
+        counter, direction, sample_keep, setting, tcp_flag,
+    };
+
+    /// Default 64 MiB; the daemon resizes it at load time (`--ring-mib`).
+    #[map(name = "SEGMENTS")]
+    static SEGMENTS: RingBuf = RingBuf::with_byte_size(64 * 1024 * 1024, 0);
+
+    /// Tapped server ports (host byte order) → 1.
+    #[map(name = "PORTS")]
+    static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+    #[map(name = "COUNTERS")]
+    static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+    #[map(name = "SETTINGS")]
+    static SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
+
+    /// Per-CPU scratch record: events are built here, then copied to the ring at their exact
+    /// size, so a 60-byte request costs 60 + header bytes of ring space, not a full chunk.
+    #[map(name = "SCRATCH")]
+    static SCRATCH: PerCpuArray<SegmentRecord> = PerCpuArray::with_max_entries(1, 0);
+
+    const ETH_P_IP: u16 = 0x0800;
+    const ETH_P_IPV6: u16 = 0x86DD;
+    const ETH_P_8021Q: u16 = 0x8100;
+    const ETH_P_8021AD: u16 = 0x88A8;
+    const IPPROTO_TCP: u8 = 6;
+
+    #[classifier]
+    pub fn mirror_tap(ctx: TcContext) -> i32 {
+        let _ = try_tap(&ctx);
+        TC_ACT_UNSPEC
+    }
+
+    #[inline(always)]
+    fn bump(index: u32, by: u64) {
+        if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+            // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+            unsafe { *slot += by };
+        }
+    }
+
+    struct Packet {
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+        ip_version: u8,
+        l4: usize,
+        ip_end: usize,
+    }
+
+    #[inline(always)]
+    fn parse_ip(ctx: &TcContext) -> Result<Packet, i64> {
+        let mut proto = u16::from_be(ctx.load::<u16>(12)?);
+        let mut off = 14usize;
+        // 802.1Q / 802.1ad: skip up to two tags (QinQ). Tags the driver offloaded into
+        // skb->vlan_tci are already gone from the data and need nothing.
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            proto = u16::from_be(ctx.load::<u16>(off + 2)?);
+            off += 4;
+            if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+                proto = u16::from_be(ctx.load::<u16>(off + 2)?);
+                off += 4;
+            }
+        }
+        let skb_len = ctx.len() as usize;
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        if proto == ETH_P_IP {
+            let vihl: u8 = ctx.load(off)?;
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return Err(0);
+            }
+            let total = u16::from_be(ctx.load::<u16>(off + 2)?) as usize;
+            let frag = u16::from_be(ctx.load::<u16>(off + 6)?);
+            if frag & 0x1fff != 0 || ctx.load::<u8>(off + 9)? != IPPROTO_TCP {
+                return Err(0);
+            }
+            let s: [u8; 4] = ctx.load(off + 12)?;
+            let d: [u8; 4] = ctx.load(off + 16)?;
+            saddr[..4].copy_from_slice(&s);
+            daddr[..4].copy_from_slice(&d);
+            // total == 0 is BIG TCP / TSO: the skb length is the only truth.
+            let ip_end = if total == 0 { skb_len } else { off + total };
+            Ok(Packet {
+                saddr,
+                daddr,
+                ip_version: 4,
+                l4: off + ihl,
+                ip_end,
+            })
+        } else if proto == ETH_P_IPV6 {
+            // Extension headers before TCP are rare for HTTP; such packets are not tapped.
+            if ctx.load::<u8>(off + 6)? != IPPROTO_TCP {
+                return Err(0);
+            }
+            let payload = u16::from_be(ctx.load::<u16>(off + 4)?) as usize;
+            saddr = ctx.load(off + 8)?;
+            daddr = ctx.load(off + 24)?;
+            let ip_end = if payload == 0 {
+                skb_len
+            } else {
+                off + 40 + payload
+            };
+            Ok(Packet {
+                saddr,
+                daddr,
+                ip_version: 6,
+                l4: off + 40,
+                ip_end,
+            })
+        } else {
+            Err(0)
+        }
+    }
+
+    #[inline(always)]
+    fn try_tap(ctx: &TcContext) -> Result<(), i64> {
+        let pkt = parse_ip(ctx)?;
+        let l4 = pkt.l4;
+        let sport = u16::from_be(ctx.load::<u16>(l4)?);
+        let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
+        let dir = if PORTS.get_ptr(dport).is_some() {
+            direction::TO_SERVER
+        } else if PORTS.get_ptr(sport).is_some() {
+            direction::TO_CLIENT
+        } else {
+            return Ok(());
+        };
+        let seq = u32::from_be(ctx.load::<u32>(l4 + 4)?);
+        let ack = u32::from_be(ctx.load::<u32>(l4 + 8)?);
+        let doff = ((ctx.load::<u8>(l4 + 12)? >> 4) as usize) * 4;
+        let flags: u8 = ctx.load(l4 + 13)?;
+        let payload_off = l4 + doff;
+        let skb_len = ctx.len() as usize;
+        // Ethernet padding of short frames is beyond ip_end and never counted as payload.
+        let end = if pkt.ip_end < skb_len {
+            pkt.ip_end
+        } else {
+            skb_len
+        };
+        let payload_len = end.saturating_sub(payload_off);
+
+        bump(counter::SEGMENTS, 1);
+        bump(counter::PAYLOAD_BYTES, payload_len as u64);
+
+        let ppm = SETTINGS
+            .get(setting::SAMPLE_PPM)
+            .copied()
+            .unwrap_or(PPM_ALL);
+        if ppm < PPM_ALL {
+            let client = if dir == direction::TO_SERVER {
+                &pkt.saddr
+            } else {
+                &pkt.daddr
+            };
+            if !sample_keep(client_hash(client), ppm) {
+                bump(counter::SAMPLED_OUT, 1);
+                return Ok(());
+            }
+        }
+        // Pure ACKs carry nothing the daemon needs.
+        if payload_len == 0 && flags & (tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST) == 0 {
+            return Ok(());
+        }
+
+        let rec = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+        // SAFETY: per-CPU scratch, exclusively ours for the duration of this program run.
+        let rec = unsafe { &mut *rec };
+        let h = &mut rec.header;
+        h.ts_ns = unsafe { bpf_ktime_get_ns() };
+        h.saddr = pkt.saddr;
+        h.daddr = pkt.daddr;
+        h.sport = sport;
+        h.dport = dport;
+        h.ack = ack;
+        h.segment_len = payload_len as u32;
+        h.ip_version = pkt.ip_version;
+        h.direction = dir;
+        h._pad = [0; 7];
+
+        let mut i: u32 = 0;
+        while i < MAX_CHUNKS_PER_PACKET {
+            let offset = (i as usize) * CHUNK_BYTES;
+            if offset >= payload_len && i > 0 {
+                break;
+            }
+            let remaining = payload_len - offset;
+            let mut len = if remaining > CHUNK_BYTES {
+                CHUNK_BYTES
+            } else {
+                remaining
+            };
+            let first = i == 0;
+            let last = offset + len >= payload_len;
+            let mut f = flags;
+            if !first {
+                f &= !tcp_flag::SYN;
+            }
+            if !last {
+                f &= !(tcp_flag::FIN | tcp_flag::RST);
+            }
+            rec.header.seq = seq.wrapping_add(offset as u32);
+            rec.header.chunk_offset = offset as u32;
+            rec.header.tcp_flags = f;
+            if len > 0 {
+                // Re-derive the length in a form the verifier can bound to 1..=CHUNK_BYTES
+                // on its own: it does not correlate the earlier checks with this register
+                // ("invalid zero-sized read"), and black_box keeps LLVM from folding it away.
+                len = ((core::hint::black_box(len) - 1) & (CHUNK_BYTES - 1)) + 1;
+                let r = unsafe {
+                    bpf_skb_load_bytes(
+                        ctx.skb.skb as *const _,
+                        (payload_off + offset) as u32,
+                        rec.payload.as_mut_ptr() as *mut _,
+                        len as u32,
+                    )
+                };
+                if r != 0 {
+                    bump(counter::LOAD_ERRORS, len as u64);
+                    break;
+                }
+            }
+            rec.header.chunk_len = len as u16;
+            // SAFETY: HEADER_BYTES + len <= size_of::<SegmentRecord>() by the clamp above.
+            let bytes = unsafe {
+                core::slice::from_raw_parts(
+                    rec as *const SegmentRecord as *const u8,
+                    HEADER_BYTES + len,
+                )
+            };
+            if SEGMENTS.output::<[u8]>(bytes, 0).is_ok() {
+                bump(counter::RECORDS, 1);
+            } else {
+                bump(counter::RING_FULL, 1);
+            }
+            if last {
+                break;
+            }
+            i += 1;
+        }
+        let carried = (MAX_CHUNKS_PER_PACKET as usize) * CHUNK_BYTES;
+        if payload_len > carried {
+            bump(counter::OVERSIZE, (payload_len - carried) as u64);
+        }
+        Ok(())
+    }
+}
