@@ -5,6 +5,9 @@
 //! `store` → `verdict` → `serve`. `app` wires them; `pipeline` owns channels and the
 //! drop policy; `accounting` counts every exchange's terminal outcome.
 pub mod accounting;
+pub mod app;
+pub mod clock;
+pub mod pipeline;
 pub mod capture;
 pub mod compare;
 pub mod guard;

@@ -21,25 +21,4 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// Kernel monotonic clock → Unix epoch offset, for turning tap timestamps into wall time.
-pub fn monotonic_to_epoch_offset_ns() -> i128 {
-    use nix::time::{ClockId, clock_gettime};
-    let to_ns = |t: nix::sys::time::TimeSpec| {
-        i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
-    };
-    match (
-        clock_gettime(ClockId::CLOCK_REALTIME),
-        clock_gettime(ClockId::CLOCK_MONOTONIC),
-    ) {
-        (Ok(real), Ok(mono)) => to_ns(real) - to_ns(mono),
-        _ => 0,
-    }
-}
-
-/// Current kernel monotonic time in ns (the tap's clock).
-pub fn monotonic_now_ns() -> u64 {
-    use nix::time::{ClockId, clock_gettime};
-    clock_gettime(ClockId::CLOCK_MONOTONIC)
-        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
+pub use mirror_daemon::clock::monotonic_to_epoch_offset_ns;

@@ -1,0 +1,169 @@
+//! The capture thread: segments (live ring buffer or capture file) → reassembly → HTTP
+//! framing → exchanges on a bounded queue. Runs on a dedicated OS thread so nothing in
+//! the async pipeline can slow the reader; per segment it does not allocate.
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    accounting::Ledger,
+    capture::{Segment, kernel::SegmentReader, pcap},
+    http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits},
+    pipeline,
+    reassembly::{ReassemblyConfig, ReassemblyStats, Reassembler},
+};
+
+/// Where segments come from.
+pub enum Source {
+    Live(SegmentReader),
+    File { path: PathBuf, ports: Vec<u16> },
+}
+
+/// Settings of the capture thread.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureSettings {
+    pub reassembly: ReassemblyConfig,
+    pub limits: Limits,
+    pub max_connections: usize,
+}
+
+/// Live figures of the capture thread (shared with reports and metrics).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CaptureFigures {
+    pub segments: u64,
+    pub payload_bytes: u64,
+    pub malformed_records: u64,
+    pub reassembly: ReassemblyStats,
+    pub http: HttpStats,
+    pub open_flows: usize,
+    pub buffered_bytes: usize,
+    pub file: Option<pcap::PcapStats>,
+}
+
+struct Stages {
+    reassembler: Reassembler,
+    tracker: ExchangeTracker,
+    exchanges: mpsc::Sender<Exchange>,
+    ledger: Arc<Ledger>,
+    segments: u64,
+    payload_bytes: u64,
+}
+
+impl Stages {
+    fn segment(&mut self, seg: &Segment<'_>) {
+        self.segments += 1;
+        self.payload_bytes += seg.payload.len() as u64;
+        let Self { reassembler, tracker, exchanges, ledger, .. } = self;
+        reassembler.process(seg, &mut |ev| tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger)));
+    }
+
+    fn expire(&mut self, now_ns: u64) {
+        let Self { reassembler, tracker, exchanges, ledger, .. } = self;
+        reassembler.expire(now_ns, &mut |ev| tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger)));
+    }
+
+    fn finish(&mut self) {
+        let Self { reassembler, tracker, exchanges, ledger, .. } = self;
+        reassembler.finish(&mut |ev| tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger)));
+        tracker.finish(&mut |o| deliver(o, exchanges, ledger));
+    }
+
+    fn figures(&self, malformed: u64, file: Option<pcap::PcapStats>) -> CaptureFigures {
+        CaptureFigures {
+            segments: self.segments,
+            payload_bytes: self.payload_bytes,
+            malformed_records: malformed,
+            reassembly: self.reassembler.stats().clone(),
+            http: self.tracker.stats().clone(),
+            open_flows: self.reassembler.open_flows(),
+            buffered_bytes: self.reassembler.buffered_bytes(),
+            file,
+        }
+    }
+}
+
+fn deliver(o: HttpOutput, exchanges: &mpsc::Sender<Exchange>, ledger: &Ledger) {
+    match o {
+        HttpOutput::Exchange(ex) => {
+            ledger.saw(1);
+            pipeline::offer(exchanges, ex, ledger);
+        }
+        HttpOutput::Dropped { reason, count, .. } => ledger.saw_dropped(reason, count),
+    }
+}
+
+/// Runs until the source ends (file) or `stop` is set (live), then flushes every flow.
+/// `figures` is refreshed about once a second.
+pub fn run(
+    source: Source,
+    settings: CaptureSettings,
+    exchanges: mpsc::Sender<Exchange>,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+    figures: Arc<Mutex<CaptureFigures>>,
+) -> Result<CaptureFigures, pcap::PcapError> {
+    let mut st = Stages {
+        reassembler: Reassembler::new(settings.reassembly.clone()),
+        tracker: ExchangeTracker::new(settings.limits.clone(), settings.max_connections.max(1)),
+        exchanges,
+        ledger,
+        segments: 0,
+        payload_bytes: 0,
+    };
+    let publish = |st: &Stages, malformed: u64, file: Option<pcap::PcapStats>| {
+        if let Ok(mut f) = figures.lock() {
+            *f = st.figures(malformed, file);
+        }
+    };
+    match source {
+        Source::Live(mut reader) => {
+            let mut malformed = 0u64;
+            let mut last_expire = crate::clock::monotonic_ns();
+            while !stop.load(Ordering::Relaxed) {
+                match reader.poll(Duration::from_millis(100), &mut |seg| st.segment(seg)) {
+                    Ok(p) => malformed += p.malformed,
+                    Err(e) => tracing::warn!(error = %e, "ring buffer poll failed"),
+                }
+                let now = crate::clock::monotonic_ns();
+                if now.saturating_sub(last_expire) >= 100_000_000 {
+                    last_expire = now;
+                    st.expire(now);
+                    publish(&st, malformed, None);
+                }
+            }
+            // The tap is detached by now: drain what the kernel already queued.
+            if let Ok(p) = reader.poll(Duration::ZERO, &mut |seg| st.segment(seg)) {
+                malformed += p.malformed;
+            }
+            st.finish();
+            publish(&st, malformed, None);
+            Ok(st.figures(malformed, None))
+        }
+        Source::File { path, ports } => {
+            let mut last_expire = 0u64;
+            let mut last_ts = 0u64;
+            let stats = pcap::read_file(&path, &ports, &mut |seg| {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                st.segment(seg);
+                last_ts = last_ts.max(seg.ts_ns);
+                // File time drives timeouts, so a capture replays as it happened.
+                if last_ts.saturating_sub(last_expire) >= 100_000_000 {
+                    last_expire = last_ts;
+                    st.expire(last_ts);
+                }
+            })?;
+            st.finish();
+            publish(&st, 0, Some(stats));
+            Ok(st.figures(0, Some(stats)))
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Wiring of the stages (the one place that knows every stage).
+pub mod capture_loop;
