@@ -97,13 +97,12 @@ impl AllowRule {
         if self.addr.is_ipv4() != ip.is_ipv4() {
             return false;
         }
-        let width = if ip.is_ipv4() { 32 } else { 128 };
+        // Both families are aligned to the top bits, so the mask is the same shape.
         let prefix = u32::from(self.prefix);
         if prefix == 0 {
             return true;
         }
-        let shift = 128 - prefix.min(width) - (128 - width);
-        let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
+        let mask = u128::MAX << (128 - prefix.min(128));
         bits(self.addr) & mask == bits(ip) & mask
     }
 }
