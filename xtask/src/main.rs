@@ -1,6 +1,8 @@
 //! `cargo xtask`: set-up, build, test, demo, bench, install — everything a fresh machine
 //! needs, done by the project itself.
+mod fuzz;
 mod setup;
+mod tools;
 mod util;
 
 use anyhow::Result;
@@ -30,6 +32,15 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Run every fuzz target for a bounded time; report executions and crashes.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -75,6 +86,10 @@ fn main() -> Result<()> {
             let mut test = vec!["test", "--workspace"];
             test.extend(args.iter().map(String::as_str));
             util::cargo(&env, &test)?;
+        }
+        Cmd::Fuzz { seconds, target } => {
+            setup::run(false)?;
+            fuzz::run(seconds, target.as_deref())?;
         }
     }
     Ok(())

@@ -72,7 +72,7 @@ fn ensure_nightly() -> Result<()> {
     Ok(())
 }
 
-fn cache_root() -> PathBuf {
+pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("MIRROR_CACHE_DIR") {
         return PathBuf::from(dir);
     }

@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target: see `mirror_daemon::http::fuzz_framing` for the invariants it asserts.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    mirror_daemon::http::fuzz_framing(data);
+});
