@@ -62,6 +62,27 @@ pub enum Command {
     /// Internal: the egress guard's self-test probe.
     #[command(name = "__guard-probe", hide = true)]
     GuardProbe { target: std::net::SocketAddr },
+    /// Shadow live traffic: tap the legacy interface, replay a sample to the candidate,
+    /// compare, store, and judge against the criteria.
+    #[command(
+        after_help = "Examples:\n  mirror-daemon run --iface eth0 --port 8080 --candidate http://127.0.0.1:9090 \\\n      --candidate-cmd './new-service --port 9090' --allow-egress 10.0.5.7:5432 \\\n      --sample 1 --max-mismatch 0.5% --max-p95-regression 10% --min-exchanges 1000\n  mirror-daemon run --config /etc/mirror/mirror.toml"
+    )]
+    Run(RunArgs),
+    /// Replay a capture file (a golden set) to the candidate through the same pipeline.
+    #[command(
+        after_help = "Example:\n  mirror-daemon replay --pcap golden.pcapng --port 8080 --candidate http://127.0.0.1:9090 \\\n      --candidate-cgroup /sys/fs/cgroup/candidate --max-mismatch 0%"
+    )]
+    Replay(ReplayArgs),
+    /// Print the HTTP exchanges rebuilt from a capture file or the live tap.
+    #[command(
+        after_help = "Examples:\n  mirror-daemon exchanges --pcap golden.pcapng --port 8080 --format table\n  mirror-daemon exchanges --pcap golden.pcapng --masked > shareable.jsonl\n  mirror-daemon exchanges --iface eth0 --port 8080 --count 100"
+    )]
+    Exchanges(ExchangesArgs),
+    /// Judge a store against criteria: the parity card and GO / NO-GO / INSUFFICIENT EVIDENCE.
+    #[command(
+        after_help = "Examples:\n  mirror-daemon report --store /var/lib/mirror/mirror.db --max-mismatch 0.5% --max-p95-regression 10%\n  mirror-daemon report --store postgres://mirror@db/mirror --since 24h --format markdown\n\nExit codes: 0 GO, 1 NO-GO, 2 usage error, 3 INSUFFICIENT EVIDENCE, 4 failure."
+    )]
+    Report(ReportArgs),
     /// Capture the tapped ports' TCP segments into a pcapng file (raw traffic: the file is created 0600).
     #[command(
         after_help = "Examples:\n  mirror-daemon record --iface eth0 --port 8080 --out golden.pcapng --duration 60\n  mirror-daemon record --iface eth0 --port 80,8080 --out sample.pcapng --count 100000"
@@ -119,4 +140,240 @@ pub struct GuardArgs {
 
 fn parse_allow(s: &str) -> Result<mirror_daemon::guard::rules::AllowRule, String> {
     mirror_daemon::guard::rules::AllowRule::parse(s).map_err(|e| e.to_string())
+}
+
+/// Criteria written before the run (percentages like `0.5%`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct CriteriaArgs {
+    /// Most exchanges with a (non-noise) difference, e.g. `0.5%`.
+    #[arg(long)]
+    pub max_mismatch: Option<String>,
+    /// Most p95 latency regression of the candidate over legacy, e.g. `10%`.
+    #[arg(long)]
+    pub max_p95_regression: Option<String>,
+    /// Most candidate errors (timeouts, refused, resets, malformed), e.g. `0.1%`.
+    #[arg(long)]
+    pub max_candidate_errors: Option<String>,
+    /// Fewest compared exchanges for a verdict (else INSUFFICIENT EVIDENCE).
+    #[arg(long)]
+    pub min_exchanges: Option<u64>,
+    /// Lowest capture completeness for a verdict, e.g. `99%`.
+    #[arg(long)]
+    pub min_completeness: Option<String>,
+    /// Per-route mismatch limit `ROUTE=PCT`, e.g. `"GET /users/{id}=1%"` (repeatable).
+    #[arg(long)]
+    pub route_max_mismatch: Vec<String>,
+}
+
+/// How exchanges are compared.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CompareArgs {
+    /// Ignore `json:PATH` or `header:NAME` (repeatable), e.g. `json:$.generated_at`.
+    #[arg(long)]
+    pub ignore: Vec<String>,
+    /// Numeric tolerance `json:PATH=0.01` (absolute) or `json:PATH=1%` (relative).
+    #[arg(long)]
+    pub tolerance: Vec<String>,
+    /// Compare arrays at `json:PATH` as multisets.
+    #[arg(long)]
+    pub unordered: Vec<String>,
+    /// Treat a null field and a missing field as equal.
+    #[arg(long)]
+    pub null_equals_missing: bool,
+    /// Compare text bodies with whitespace normalized.
+    #[arg(long)]
+    pub normalize_whitespace: bool,
+    /// Name routes: `REGEX=NAME` matched against `METHOD /path` (repeatable).
+    #[arg(long)]
+    pub route: Vec<String>,
+}
+
+/// PII masking.
+#[derive(Debug, Args, Clone, Default)]
+pub struct MaskArgs {
+    /// Extra masking rule: `header:NAME`, `json:PATH`, `query:NAME`, `form:NAME` (repeatable).
+    #[arg(long)]
+    pub mask: Vec<String>,
+    /// Detectors to run everywhere: `email,card,ssn,phone,iban,ip` (default email,card,ssn,phone).
+    #[arg(long)]
+    pub detect: Option<String>,
+    /// `tokenize` (deterministic keyed tokens, default) or `redact`.
+    #[arg(long, default_value = "tokenize")]
+    pub mask_action: String,
+    /// HMAC key for tokens; created (mode 0600) when absent.
+    #[arg(long, default_value = "/var/lib/mirror/mask.key")]
+    pub mask_key_file: PathBuf,
+}
+
+/// Everything shared by `run` and `replay`.
+#[derive(Debug, Args, Clone)]
+pub struct PipelineArgs {
+    /// The candidate service: `http://HOST:PORT`.
+    #[arg(long)]
+    pub candidate: String,
+    /// Rewrite the Host header to this value (otherwise sent as captured).
+    #[arg(long)]
+    pub candidate_host: Option<String>,
+    /// Header carrying the correlation id.
+    #[arg(long, default_value = "X-Mirror-Id")]
+    pub id_header: String,
+    /// A second legacy instance: enables legacy-vs-legacy noise cancellation.
+    #[arg(long)]
+    pub secondary: Option<String>,
+    /// Percent of exchanges to replay (sticky per key with --sticky).
+    #[arg(long, default_value = "100")]
+    pub sample: String,
+    /// Sticky sampling key: `header:NAME`, `cookie:NAME`, `query:NAME` or `client-ip`.
+    #[arg(long)]
+    pub sticky: Option<String>,
+    /// Only replay matching requests: `method:GET`, `path:REGEX`, `header:NAME[=REGEX]` (repeatable).
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Never replay matching requests (same syntax as --include; wins over it).
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Most replayed requests per second (excess is dropped and counted).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Most requests in flight to the candidate.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Per-request timeout to the candidate, e.g. `5s`, `500ms`.
+    #[arg(long, default_value = "5s")]
+    pub timeout: String,
+    /// Send the candidate the captured values unmasked (it must authenticate as the
+    /// user, say). Everything stored, logged or shown stays masked either way.
+    #[arg(long)]
+    pub replay_raw: bool,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub mask: MaskArgs,
+    #[command(flatten)]
+    pub compare: CompareArgs,
+    #[command(flatten)]
+    pub criteria: CriteriaArgs,
+    /// Where outcomes go: a SQLite file, or `postgres://…` for a fleet-wide store.
+    #[arg(long, default_value = "/var/lib/mirror/mirror.db")]
+    pub store: String,
+    /// Delete stored rows older than this (e.g. `7d`).
+    #[arg(long)]
+    pub retention_age: Option<String>,
+    /// Keep the store under this size in MiB (oldest rows go first).
+    #[arg(long)]
+    pub retention_mib: Option<u64>,
+    /// This host's name in the store (default: the hostname).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Local listener for /metrics, /healthz, /readyz and the dashboard.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Bearer token file, required when --listen is not loopback.
+    #[arg(long)]
+    pub listen_token_file: Option<PathBuf>,
+    /// Largest body kept per message, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_body: usize,
+    /// Largest header block, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most headers per message.
+    #[arg(long, default_value_t = 128)]
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(args_override_self = true)]
+pub struct RunArgs {
+    /// TOML file whose keys are these flags' long names; flags on the command line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub tap: TapArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Stop after this long (e.g. `10m`); default: until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub duration: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_override_self = true)]
+pub struct ReplayArgs {
+    /// TOML file whose keys are these flags' long names; flags on the command line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Capture file (pcap or pcapng, from tcpdump or `mirror-daemon record`).
+    #[arg(long)]
+    pub pcap: PathBuf,
+    /// Server port(s) in the capture (default: learned from SYNs).
+    #[arg(long = "port", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ExchangeFormat {
+    Jsonl,
+    Table,
+}
+
+#[derive(Debug, Args)]
+pub struct ExchangesArgs {
+    /// Capture file to read (pcap or pcapng).
+    #[arg(long, conflicts_with = "iface")]
+    pub pcap: Option<PathBuf>,
+    /// Live: interface to tap.
+    #[arg(long, requires = "ports")]
+    pub iface: Option<String>,
+    /// Server port(s).
+    #[arg(long = "port", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    #[arg(long, value_enum, default_value_t = ExchangeFormat::Jsonl)]
+    pub format: ExchangeFormat,
+    /// Include bodies (text, or base64 for binary) instead of length + sha256.
+    #[arg(long)]
+    pub bodies: bool,
+    /// Mask PII (for sharing the export).
+    #[arg(long)]
+    pub masked: bool,
+    #[command(flatten)]
+    pub mask: MaskArgs,
+    /// Live: stop after this many exchanges.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Live: stop after this long (e.g. `30s`).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Live: kernel ring-buffer size in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub ring_mib: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The store: a SQLite file or `postgres://…`.
+    #[arg(long, default_value = "/var/lib/mirror/mirror.db")]
+    pub store: String,
+    /// Only exchanges newer than this (`24h`, `30m`) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this run id.
+    #[arg(long)]
+    pub run: Option<String>,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    #[command(flatten)]
+    pub criteria: CriteriaArgs,
 }

@@ -11,8 +11,13 @@ pub fn monotonic_ns() -> u64 {
 
 /// Add to a monotonic timestamp to get Unix-epoch ns.
 pub fn monotonic_to_epoch_offset_ns() -> i128 {
-    let to_ns = |t: nix::sys::time::TimeSpec| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec());
-    match (clock_gettime(ClockId::CLOCK_REALTIME), clock_gettime(ClockId::CLOCK_MONOTONIC)) {
+    let to_ns = |t: nix::sys::time::TimeSpec| {
+        i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+    };
+    match (
+        clock_gettime(ClockId::CLOCK_REALTIME),
+        clock_gettime(ClockId::CLOCK_MONOTONIC),
+    ) {
         (Ok(real), Ok(mono)) => to_ns(real) - to_ns(mono),
         _ => 0,
     }

@@ -6,13 +6,13 @@
 //! drop policy; `accounting` counts every exchange's terminal outcome.
 pub mod accounting;
 pub mod app;
-pub mod clock;
-pub mod pipeline;
 pub mod capture;
+pub mod clock;
 pub mod compare;
 pub mod guard;
 pub mod http;
 pub mod mask;
+pub mod pipeline;
 pub mod reassembly;
 pub mod replay;
 pub mod sample;

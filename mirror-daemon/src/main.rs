@@ -2,6 +2,7 @@
 //! one subcommand, and maps the outcome to the documented exit codes.
 mod cli;
 mod commands;
+mod config;
 mod progress;
 
 use std::process::ExitCode;
@@ -22,7 +23,14 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let args = match config::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let cli = cli::Cli::parse_from(args);
     if let Err(e) = init_logging(&cli.global) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);

@@ -34,6 +34,12 @@ mod tests {
         let queued = (0..5).filter(|i| offer(&tx, *i, &ledger)).count();
         assert_eq!(queued, 2);
         let s = ledger.snapshot();
-        assert_eq!(s.dropped.iter().find(|(r, _)| *r == DropReason::QueueFull).map(|(_, n)| *n), Some(3));
+        assert_eq!(
+            s.dropped
+                .iter()
+                .find(|(r, _)| *r == DropReason::QueueFull)
+                .map(|(_, n)| *n),
+            Some(3)
+        );
     }
 }

@@ -18,13 +18,21 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
     let mut report = Vec::new();
     let mut failed = Vec::new();
     for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
-        let corpus = workspace_root().join("target").join("fuzz-corpus").join(target);
+        let corpus = workspace_root()
+            .join("target")
+            .join("fuzz-corpus")
+            .join(target);
         std::fs::create_dir_all(&corpus)?;
         eprintln!("xtask: fuzzing {target} for {seconds}s");
         let out = Command::new("cargo")
             .args(["+nightly", "fuzz", "run", target])
             .arg(&corpus)
-            .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048", "-print_final_stats=1"])
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ])
             .current_dir(workspace_root().join("fuzz"))
             .env("PATH", &path)
             .env("AYA_BUILD_SKIP", "1")
@@ -37,10 +45,23 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|| "?".into());
         let ok = out.status.success();
-        report.push(format!("{target:<14} {execs:>12} executions  {}", if ok { "0 crashes" } else { "CRASH" }));
+        report.push(format!(
+            "{target:<14} {execs:>12} executions  {}",
+            if ok { "0 crashes" } else { "CRASH" }
+        ));
         if !ok {
             failed.push(*target);
-            eprintln!("{}", text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "{}",
+                text.lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
     }
     println!("fuzz report ({seconds}s per target):");

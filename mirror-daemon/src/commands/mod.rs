@@ -14,6 +14,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Check { iface } => check::run(iface.as_deref()),
         Command::Record(args) => record::run(args),
         Command::Guard(args) => guard::run(args),
+        Command::Run(_) | Command::Replay(_) | Command::Exchanges(_) | Command::Report(_) => {
+            anyhow::bail!("this subcommand is being wired up")
+        }
         Command::GuardProbe { target } => {
             Ok(mirror_daemon::guard::selftest::run_probe(target) as u8)
         }

@@ -21,12 +21,20 @@ use crate::{
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplayError {
-    #[error("candidate URL {0:?}: https is not supported — mirror replays HTTP/1.1 in clear to the candidate; give http://HOST:PORT (terminate TLS in front of the candidate if it needs it)")]
+    #[error(
+        "candidate URL {0:?}: https is not supported — mirror replays HTTP/1.1 in clear to the candidate; give http://HOST:PORT (terminate TLS in front of the candidate if it needs it)"
+    )]
     Https(String),
-    #[error("candidate URL {0:?}: expected http://HOST:PORT with no path (requests keep their captured path)")]
+    #[error(
+        "candidate URL {0:?}: expected http://HOST:PORT with no path (requests keep their captured path)"
+    )]
     Form(String),
     #[error("candidate URL {url:?}: cannot resolve {host}: {detail}")]
-    Resolve { url: String, host: String, detail: String },
+    Resolve {
+        url: String,
+        host: String,
+        detail: String,
+    },
 }
 
 /// Where replayed requests go.
@@ -44,13 +52,24 @@ pub fn parse_candidate_url(url: &str) -> Result<CandidateTarget, ReplayError> {
     if lower.starts_with("https://") {
         return Err(ReplayError::Https(url.into()));
     }
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("HTTP://")).ok_or_else(|| ReplayError::Form(url.into()))?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("HTTP://"))
+        .ok_or_else(|| ReplayError::Form(url.into()))?;
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains('/') || authority.contains('?') || authority.contains('@') {
+    if authority.is_empty()
+        || authority.contains('/')
+        || authority.contains('?')
+        || authority.contains('@')
+    {
         return Err(ReplayError::Form(url.into()));
     }
     let with_port = if authority.starts_with('[') {
-        if authority.contains("]:") { authority.to_string() } else { format!("{authority}:80") }
+        if authority.contains("]:") {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        }
     } else if authority.contains(':') {
         authority.to_string()
     } else {
@@ -58,10 +77,22 @@ pub fn parse_candidate_url(url: &str) -> Result<CandidateTarget, ReplayError> {
     };
     let addr = with_port
         .to_socket_addrs()
-        .map_err(|e| ReplayError::Resolve { url: url.into(), host: with_port.clone(), detail: e.to_string() })?
+        .map_err(|e| ReplayError::Resolve {
+            url: url.into(),
+            host: with_port.clone(),
+            detail: e.to_string(),
+        })?
         .next()
-        .ok_or_else(|| ReplayError::Resolve { url: url.into(), host: with_port.clone(), detail: "no address".into() })?;
-    Ok(CandidateTarget { url: url.into(), addr, authority: authority.into() })
+        .ok_or_else(|| ReplayError::Resolve {
+            url: url.into(),
+            host: with_port.clone(),
+            detail: "no address".into(),
+        })?;
+    Ok(CandidateTarget {
+        url: url.into(),
+        addr,
+        authority: authority.into(),
+    })
 }
 
 /// Replay settings.
@@ -105,16 +136,27 @@ pub struct Replayer {
 
 impl std::fmt::Debug for Replayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replayer").field("target", &self.cfg.target).finish_non_exhaustive()
+        f.debug_struct("Replayer")
+            .field("target", &self.cfg.target)
+            .finish_non_exhaustive()
     }
 }
 
 impl Replayer {
     pub fn new(cfg: ReplayConfig) -> Arc<Self> {
         let bucket = cfg.rate_per_s.filter(|r| *r > 0.0).map(|rate| {
-            Mutex::new(TokenBucket { rate, tokens: rate.max(1.0), last: Instant::now() })
+            Mutex::new(TokenBucket {
+                rate,
+                tokens: rate.max(1.0),
+                last: Instant::now(),
+            })
         });
-        Arc::new(Self { permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))), pool: Mutex::new(Vec::new()), bucket, cfg })
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            pool: Mutex::new(Vec::new()),
+            bucket,
+            cfg,
+        })
     }
 
     pub fn target(&self) -> &CandidateTarget {
@@ -123,8 +165,12 @@ impl Replayer {
 
     /// Takes a token from the rate limiter; false means "over the rate: drop".
     pub fn try_rate(&self) -> bool {
-        let Some(bucket) = &self.bucket else { return true };
-        let Ok(mut b) = bucket.lock() else { return true };
+        let Some(bucket) = &self.bucket else {
+            return true;
+        };
+        let Ok(mut b) = bucket.lock() else {
+            return true;
+        };
         let now = Instant::now();
         let elapsed = now.duration_since(b.last).as_secs_f64();
         b.last = now;
@@ -172,7 +218,9 @@ impl Replayer {
                 Ok(reply) => return Ok(reply),
             }
         }
-        let conn = TcpStream::connect(self.cfg.target.addr).await.map_err(|e| connect_error(&e))?;
+        let conn = TcpStream::connect(self.cfg.target.addr)
+            .await
+            .map_err(|e| connect_error(&e))?;
         let _ = conn.set_nodelay(true);
         match self.exchange(conn, wire, method).await {
             Ok(reply) => Ok(reply),
@@ -193,9 +241,18 @@ impl Replayer {
         }
     }
 
-    async fn exchange(&self, mut conn: TcpStream, wire: &[u8], method: &str) -> Result<CandidateReply, Attempt> {
+    async fn exchange(
+        &self,
+        mut conn: TcpStream,
+        wire: &[u8],
+        method: &str,
+    ) -> Result<CandidateReply, Attempt> {
         if let Err(e) = conn.write_all(wire).await {
-            return Err(if is_reset(&e) { Attempt::Stale } else { Attempt::Failed(io_error(&e)) });
+            return Err(if is_reset(&e) {
+                Attempt::Stale
+            } else {
+                Attempt::Failed(io_error(&e))
+            });
         }
         let sent = Instant::now();
         let mut reader = ResponseReader::new(method, self.cfg.limits.clone());
@@ -240,7 +297,12 @@ enum Attempt {
     Failed(CandidateErrorKind),
 }
 
-fn reply(response: Response, sent: Instant, first: Option<Instant>, done: Instant) -> CandidateReply {
+fn reply(
+    response: Response,
+    sent: Instant,
+    first: Option<Instant>,
+    done: Instant,
+) -> CandidateReply {
     let first = first.unwrap_or(done);
     CandidateReply {
         response,
@@ -257,7 +319,9 @@ fn keeps_alive(r: &Response) -> bool {
 fn is_reset(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionAborted
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
     )
 }
 
@@ -270,7 +334,11 @@ fn connect_error(e: &std::io::Error) -> CandidateErrorKind {
 }
 
 fn io_error(e: &std::io::Error) -> CandidateErrorKind {
-    if e.kind() == std::io::ErrorKind::TimedOut { CandidateErrorKind::Timeout } else { CandidateErrorKind::Reset }
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        CandidateErrorKind::Timeout
+    } else {
+        CandidateErrorKind::Reset
+    }
 }
 
 #[cfg(test)]
@@ -281,12 +349,30 @@ mod tests {
     fn candidate_urls() {
         let t = parse_candidate_url("http://127.0.0.1:9090").unwrap();
         assert_eq!(t.addr, "127.0.0.1:9090".parse().unwrap());
-        assert_eq!(parse_candidate_url("http://127.0.0.1").unwrap().addr.port(), 80);
-        assert_eq!(parse_candidate_url("http://[::1]:81/").unwrap().addr, "[::1]:81".parse().unwrap());
-        assert!(matches!(parse_candidate_url("https://x:1"), Err(ReplayError::Https(_))));
-        assert!(matches!(parse_candidate_url("http://x:1/api"), Err(ReplayError::Form(_))));
-        assert!(matches!(parse_candidate_url("ftp://x"), Err(ReplayError::Form(_))));
-        assert!(matches!(parse_candidate_url("http://no-such-host.invalid:1"), Err(ReplayError::Resolve { .. })));
+        assert_eq!(
+            parse_candidate_url("http://127.0.0.1").unwrap().addr.port(),
+            80
+        );
+        assert_eq!(
+            parse_candidate_url("http://[::1]:81/").unwrap().addr,
+            "[::1]:81".parse().unwrap()
+        );
+        assert!(matches!(
+            parse_candidate_url("https://x:1"),
+            Err(ReplayError::Https(_))
+        ));
+        assert!(matches!(
+            parse_candidate_url("http://x:1/api"),
+            Err(ReplayError::Form(_))
+        ));
+        assert!(matches!(
+            parse_candidate_url("ftp://x"),
+            Err(ReplayError::Form(_))
+        ));
+        assert!(matches!(
+            parse_candidate_url("http://no-such-host.invalid:1"),
+            Err(ReplayError::Resolve { .. })
+        ));
     }
 
     #[test]

@@ -11,5 +11,8 @@
 mod client;
 mod request;
 
-pub use client::{CandidateReply, CandidateTarget, ReplayConfig, ReplayError, ReplayResult, Replayer, parse_candidate_url};
+pub use client::{
+    CandidateReply, CandidateTarget, ReplayConfig, ReplayError, ReplayResult, Replayer,
+    parse_candidate_url,
+};
 pub use request::{RewriteRules, build_request};

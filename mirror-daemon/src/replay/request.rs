@@ -14,7 +14,11 @@ pub struct RewriteRules {
 
 impl Default for RewriteRules {
     fn default() -> Self {
-        Self { host: None, id_header: "X-Mirror-Id".into(), shadow_header: "X-Mirror-Shadow".into() }
+        Self {
+            host: None,
+            id_header: "X-Mirror-Id".into(),
+            shadow_header: "X-Mirror-Shadow".into(),
+        }
     }
 }
 
@@ -48,7 +52,12 @@ pub fn build_request(req: &Request, id: &CorrelationId, rules: &RewriteRules, ou
         .headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| String::from_utf8_lossy(&h.value).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .flat_map(|h| {
+            String::from_utf8_lossy(&h.value)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
         .collect();
     let mut saw_host = false;
     for h in &req.headers {
@@ -56,7 +65,9 @@ pub fn build_request(req: &Request, id: &CorrelationId, rules: &RewriteRules, ou
         if HOP_BY_HOP.contains(&lower.as_str()) || named_in_connection.iter().any(|n| *n == lower) {
             continue;
         }
-        if lower == rules.id_header.to_ascii_lowercase() || lower == rules.shadow_header.to_ascii_lowercase() {
+        if lower == rules.id_header.to_ascii_lowercase()
+            || lower == rules.shadow_header.to_ascii_lowercase()
+        {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -99,7 +110,10 @@ mod tests {
             method: "POST".into(),
             target: "/orders?x=1".into(),
             version: 1,
-            headers: headers.iter().map(|(n, v)| Header::new(*n, v.as_bytes())).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header::new(*n, v.as_bytes()))
+                .collect(),
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
         }
     }
@@ -132,7 +146,10 @@ mod tests {
         let r = req(&[("Host", "legacy.local")], "");
         let id = CorrelationId::new();
         let mut out = Vec::new();
-        let rules = RewriteRules { host: Some("candidate:9090".into()), ..Default::default() };
+        let rules = RewriteRules {
+            host: Some("candidate:9090".into()),
+            ..Default::default()
+        };
         build_request(&r, &id, &rules, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\r\nHost: candidate:9090\r\n") && !text.contains("legacy.local"));
@@ -142,7 +159,12 @@ mod tests {
     fn captured_id_headers_are_replaced_not_duplicated() {
         let r = req(&[("x-mirror-id", "spoofed")], "");
         let mut out = Vec::new();
-        build_request(&r, &CorrelationId::new(), &RewriteRules::default(), &mut out);
+        build_request(
+            &r,
+            &CorrelationId::new(),
+            &RewriteRules::default(),
+            &mut out,
+        );
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.to_ascii_lowercase().matches("x-mirror-id").count(), 1);
         assert!(!text.contains("spoofed"));
