@@ -51,7 +51,13 @@ const QUERY_COUNT: usize = 8;
 /// Appends ` AND …` conditions for the filter on a table with `host`, `run_id` and
 /// `ts_unix_ms` columns (prefixed by `alias.` when given).
 fn filter_sql(f: &ReportFilter, alias: &str, with_since: bool, params: &mut Vec<Value>) -> String {
-    let col = |c: &str| if alias.is_empty() { c.to_string() } else { format!("{alias}.{c}") };
+    let col = |c: &str| {
+        if alias.is_empty() {
+            c.to_string()
+        } else {
+            format!("{alias}.{c}")
+        }
+    };
     let mut sql = String::new();
     if let (true, Some(since)) = (with_since, f.since) {
         params.push(Value::Int(since));
@@ -269,7 +275,9 @@ pub fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
 fn text(row: &[Value], i: usize) -> Result<String, StoreError> {
     match row.get(i) {
         Some(Value::Text(s)) => Ok(s.clone()),
-        other => Err(StoreError::Corrupt(format!("column {i}: expected text, got {other:?}"))),
+        other => Err(StoreError::Corrupt(format!(
+            "column {i}: expected text, got {other:?}"
+        ))),
     }
 }
 
@@ -285,7 +293,9 @@ fn int(row: &[Value], i: usize) -> Result<i64, StoreError> {
         Some(Value::Int(v)) => Ok(*v),
         // SUM over no rows is NULL; every SUM here is over a non-empty group, but be lenient.
         Some(Value::Null) => Ok(0),
-        other => Err(StoreError::Corrupt(format!("column {i}: expected integer, got {other:?}"))),
+        other => Err(StoreError::Corrupt(format!(
+            "column {i}: expected integer, got {other:?}"
+        ))),
     }
 }
 
@@ -328,12 +338,18 @@ fn error_kind(s: &str) -> Result<CandidateErrorKind, StoreError> {
 
 pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidence, StoreError> {
     if results.len() != QUERY_COUNT {
-        return Err(StoreError::Corrupt(format!("expected {QUERY_COUNT} result sets, got {}", results.len())));
+        return Err(StoreError::Corrupt(format!(
+            "expected {QUERY_COUNT} result sets, got {}",
+            results.len()
+        )));
     }
     let mut ev = StoredEvidence {
         ledger_total: LedgerSnapshot {
             candidate_error: CandidateErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
-            dropped: crate::accounting::DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
+            dropped: crate::accounting::DropReason::ALL
+                .iter()
+                .map(|r| (*r, 0))
+                .collect(),
             ..LedgerSnapshot::default()
         },
         ..StoredEvidence::default()
@@ -348,16 +364,24 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
             criteria: text(row, 4)?,
         });
     }
-    ev.runs.sort_by(|a, b| (&a.host, &a.run_id).cmp(&(&b.host, &b.run_id)));
+    ev.runs
+        .sort_by(|a, b| (&a.host, &a.run_id).cmp(&(&b.host, &b.run_id)));
 
     for row in &results[Q_LEDGERS] {
         let ledger: LedgerSnapshot = serde_json::from_str(&text(row, 3)?)?;
         let kernel: KernelCounters = serde_json::from_str(&text(row, 4)?)?;
         sum_ledger(&mut ev.ledger_total, &ledger);
         ev.kernel_total.add(&kernel);
-        ev.ledgers.push(HostLedger { host: text(row, 0)?, run_id: text(row, 1)?, ts_unix_ms: int(row, 2)?, ledger, kernel });
+        ev.ledgers.push(HostLedger {
+            host: text(row, 0)?,
+            run_id: text(row, 1)?,
+            ts_unix_ms: int(row, 2)?,
+            ledger,
+            kernel,
+        });
     }
-    ev.ledgers.sort_by(|a, b| (&a.host, &a.run_id).cmp(&(&b.host, &b.run_id)));
+    ev.ledgers
+        .sort_by(|a, b| (&a.host, &a.run_id).cmp(&(&b.host, &b.run_id)));
 
     let mut routes: BTreeMap<String, RouteStats> = BTreeMap::new();
     for row in &results[Q_ROUTES] {
@@ -386,11 +410,13 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
     let mut kinds: BTreeMap<(String, String), DiffKindStats> = BTreeMap::new();
     for row in &results[Q_KINDS] {
         let (route, key) = (text(row, 0)?, text(row, 1)?);
-        let k = kinds.entry((route.clone(), key.clone())).or_insert_with(|| DiffKindStats {
-            route,
-            key,
-            ..DiffKindStats::default()
-        });
+        let k = kinds
+            .entry((route.clone(), key.clone()))
+            .or_insert_with(|| DiffKindStats {
+                route,
+                key,
+                ..DiffKindStats::default()
+            });
         if int(row, 2)? != 0 {
             k.secondary_diffs += count(row, 3)?;
             k.secondary_exchanges += count(row, 4)?;
@@ -402,9 +428,11 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
     }
     for row in &results[Q_EXAMPLES] {
         let bodies = match (opt_text(row, 8)?, opt_text(row, 9)?, opt_text(row, 10)?) {
-            (Some(request), Some(legacy_body), Some(candidate_body)) => {
-                Some(Example { request, legacy_body, candidate_body })
-            }
+            (Some(request), Some(legacy_body), Some(candidate_body)) => Some(Example {
+                request,
+                legacy_body,
+                candidate_body,
+            }),
             _ => None,
         };
         let example = DiffExample {
@@ -423,11 +451,21 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
     let mut diffs: Vec<DiffKindStats> = kinds.into_values().collect();
     for d in &mut diffs {
         d.examples.sort_by(|a, b| {
-            (a.bodies.is_none(), a.ts_unix_ms, &a.host, &a.id).cmp(&(b.bodies.is_none(), b.ts_unix_ms, &b.host, &b.id))
+            (a.bodies.is_none(), a.ts_unix_ms, &a.host, &a.id).cmp(&(
+                b.bodies.is_none(),
+                b.ts_unix_ms,
+                &b.host,
+                &b.id,
+            ))
         });
     }
     diffs.sort_by(|a, b| {
-        (b.exchanges, b.secondary_exchanges, &a.route, &a.key).cmp(&(a.exchanges, a.secondary_exchanges, &b.route, &b.key))
+        (b.exchanges, b.secondary_exchanges, &a.route, &a.key).cmp(&(
+            a.exchanges,
+            a.secondary_exchanges,
+            &b.route,
+            &b.key,
+        ))
     });
     ev.diffs = diffs;
 
@@ -439,21 +477,33 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
             candidate_ttfb_ns: opt_count(row, 6)?,
             candidate_ttlb_ns: opt_count(row, 7)?,
         };
-        latency.entry(text(row, 0)?).or_default().push((int(row, 1)?, text(row, 2)?, text(row, 3)?, sample));
+        latency.entry(text(row, 0)?).or_default().push((
+            int(row, 1)?,
+            text(row, 2)?,
+            text(row, 3)?,
+            sample,
+        ));
     }
     ev.latency = routes
         .values()
         .map(|r| {
             let mut rows = latency.remove(&r.route).unwrap_or_default();
             rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
-            RouteLatency { route: r.route.clone(), exchanges: r.compared, samples: rows.into_iter().map(|x| x.3).collect() }
+            RouteLatency {
+                route: r.route.clone(),
+                exchanges: r.compared,
+                samples: rows.into_iter().map(|x| x.3).collect(),
+            }
         })
         .collect();
     ev.routes = routes.into_values().collect();
 
     let mut commands: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
     for row in &results[Q_EGRESS_COMMANDS] {
-        commands.entry((text(row, 0)?, text(row, 1)?, text(row, 2)?)).or_default().push(text(row, 3)?);
+        commands
+            .entry((text(row, 0)?, text(row, 1)?, text(row, 2)?))
+            .or_default()
+            .push(text(row, 3)?);
     }
     for row in &results[Q_EGRESS] {
         let group = (text(row, 0)?, text(row, 1)?, text(row, 2)?);

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounting::{CandidateErrorKind, LedgerSnapshot, Outcome};
+use crate::accounting::{LedgerSnapshot, Outcome};
 use crate::compare::{Diff, DiffKind};
 use crate::guard::EgressAttempt;
 
@@ -121,7 +121,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { busy_timeout: Duration::from_secs(5), examples_per_kind: 5, latency_samples_per_route: 100_000 }
+        StoreOptions {
+            busy_timeout: Duration::from_secs(5),
+            examples_per_kind: 5,
+            latency_samples_per_route: 100_000,
+        }
     }
 }
 
@@ -209,7 +213,9 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("store worker thread failed: {0}")]
     Worker(String),
-    #[error("store schema version {found} is newer than this build supports ({supported}); upgrade mirror")]
+    #[error(
+        "store schema version {found} is newer than this build supports ({supported}); upgrade mirror"
+    )]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("unexpected value in store: {0}")]
     Corrupt(String),
@@ -231,7 +237,9 @@ impl Store {
     /// Opens (creating if needed) the store and brings its schema up to date.
     pub async fn open(url: &StoreUrl, opts: StoreOptions) -> Result<Store, StoreError> {
         let backend = match url {
-            StoreUrl::Sqlite(path) => Backend::Sqlite(sqlite::SqliteStore::open(path.clone(), opts.clone()).await?),
+            StoreUrl::Sqlite(path) => {
+                Backend::Sqlite(sqlite::SqliteStore::open(path.clone(), opts.clone()).await?)
+            }
             StoreUrl::Postgres(url) => Backend::Postgres(postgres::PgStore::open(url).await?),
         };
         Ok(Store { backend, opts })
@@ -270,7 +278,12 @@ impl Store {
         }
     }
 
-    pub async fn write_egress(&self, host: &str, run_id: &str, attempts: &[EgressAttempt]) -> Result<(), StoreError> {
+    pub async fn write_egress(
+        &self,
+        host: &str,
+        run_id: &str,
+        attempts: &[EgressAttempt],
+    ) -> Result<(), StoreError> {
         let rows = rows::egress_rows(host, run_id, attempts)?;
         match &self.backend {
             Backend::Sqlite(s) => s.write_egress(rows).await,

@@ -18,7 +18,13 @@ fn find_bin() -> Option<PathBuf> {
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let version = e.file_name().to_str()?.split('.').next()?.parse::<u32>().ok()?;
+            let version = e
+                .file_name()
+                .to_str()?
+                .split('.')
+                .next()?
+                .parse::<u32>()
+                .ok()?;
             let bin = e.path().join("bin");
             bin.join("initdb").is_file().then_some((version, bin))
         })
@@ -33,7 +39,9 @@ impl PgTestServer {
     pub(crate) fn start() -> Option<PgTestServer> {
         let Some(bin) = find_bin() else {
             if std::env::var("MIRROR_SKIP_PG").as_deref() == Ok("1") {
-                eprintln!("note: PostgreSQL not installed; MIRROR_SKIP_PG=1, skipping PostgreSQL test");
+                eprintln!(
+                    "note: PostgreSQL not installed; MIRROR_SKIP_PG=1, skipping PostgreSQL test"
+                );
                 return None;
             }
             panic!(
@@ -41,7 +49,10 @@ impl PgTestServer {
                  or set MIRROR_SKIP_PG=1 to skip PostgreSQL tests"
             );
         };
-        let dir = tempfile::Builder::new().prefix("mirror-pg").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("mirror-pg")
+            .tempdir()
+            .expect("temp dir");
         let as_postgres = nix::unistd::geteuid().is_root();
         if as_postgres {
             let user = nix::unistd::User::from_name("postgres")
@@ -49,17 +60,50 @@ impl PgTestServer {
                 .expect("the `postgres` system user is missing: run `cargo xtask setup`");
             std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
                 .expect("chown temp dir to postgres");
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod temp dir");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+                .expect("chmod temp dir");
         }
-        let server = PgTestServer { dir, bin, as_postgres };
+        let server = PgTestServer {
+            dir,
+            bin,
+            as_postgres,
+        };
         let data = server.data_dir();
         server.run(
             "initdb",
-            &["-D", path_str(&data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"],
+            &[
+                "-D",
+                path_str(&data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
         );
-        let opts = format!("-k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off", server.socket_dir());
+        let opts = format!(
+            "-k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off",
+            server.socket_dir()
+        );
         let log = server.dir.path().join("server.log");
-        server.run("pg_ctl", &["-D", path_str(&data), "-l", path_str(&log), "-w", "-t", "60", "-o", &opts, "start"]);
+        server.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
         Some(server)
     }
 
@@ -82,9 +126,14 @@ impl PgTestServer {
         } else {
             Command::new(&exe)
         };
-        let out = cmd.args(args).current_dir(self.dir.path()).output().expect("run PostgreSQL tool");
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run PostgreSQL tool");
         if !out.status.success() {
-            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             panic!(
                 "{program} failed: {}\nstdout: {}\nstderr: {}\nserver log: {log}",
                 out.status,
@@ -100,7 +149,10 @@ impl PgTestServer {
             .await
             .expect("connect to test server");
         let task = tokio::spawn(conn);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
         drop(client);
         let _ = task.await;
         self.url(name)
@@ -122,7 +174,11 @@ impl Drop for PgTestServer {
         let data = self.data_dir();
         let args = ["-D", path_str(&data), "-m", "immediate", "-w", "stop"];
         let _ = if self.as_postgres {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).output()
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
         } else {
             Command::new(&exe).args(args).output()
         };

@@ -33,10 +33,16 @@ impl PgStore {
             }
         });
         migrate(&mut client).await?;
-        Ok(PgStore { client: Mutex::new(client) })
+        Ok(PgStore {
+            client: Mutex::new(client),
+        })
     }
 
-    pub(crate) async fn write_batch(&self, rows: Vec<PreparedExchange>, cap: u32) -> Result<WriteReport, StoreError> {
+    pub(crate) async fn write_batch(
+        &self,
+        rows: Vec<PreparedExchange>,
+        cap: u32,
+    ) -> Result<WriteReport, StoreError> {
         let mut client = self.client.lock().await;
         let tx = client.transaction().await?;
         let report = write_rows(&tx, &rows, i64::from(cap)).await?;
@@ -47,7 +53,10 @@ impl PgStore {
     pub(crate) async fn write_ledger(&self, r: &LedgerRow) -> Result<(), StoreError> {
         let client = self.client.lock().await;
         client
-            .execute(&sql(schema::UPSERT_LEDGER), &[&r.host, &r.run_id, &r.ts_unix_ms, &r.ledger, &r.kernel])
+            .execute(
+                &sql(schema::UPSERT_LEDGER),
+                &[&r.host, &r.run_id, &r.ts_unix_ms, &r.ledger, &r.kernel],
+            )
             .await?;
         Ok(())
     }
@@ -82,7 +91,13 @@ impl PgStore {
         client
             .execute(
                 &sql(schema::UPSERT_RUN),
-                &[&run.host, &run.run_id, &run.started_unix_ms, &run.args, &run.criteria],
+                &[
+                    &run.host,
+                    &run.run_id,
+                    &run.started_unix_ms,
+                    &run.args,
+                    &run.criteria,
+                ],
             )
             .await?;
         Ok(())
@@ -94,7 +109,10 @@ impl PgStore {
         max_bytes: Option<u64>,
     ) -> Result<RetentionReport, StoreError> {
         let mut client = self.client.lock().await;
-        let mut report = RetentionReport { bytes_before: used_bytes(&client).await?, ..RetentionReport::default() };
+        let mut report = RetentionReport {
+            bytes_before: used_bytes(&client).await?,
+            ..RetentionReport::default()
+        };
         if let Some(cutoff) = cutoff {
             loop {
                 let n = delete_oldest(&mut client, cutoff, RETENTION_CHUNK).await?;
@@ -103,15 +121,22 @@ impl PgStore {
                     break;
                 }
             }
-            report.egress_deleted += client.execute(&sql(schema::DELETE_EGRESS_BEFORE), &[&cutoff]).await?;
-            report.ledgers_deleted += client.execute(&sql(schema::DELETE_LEDGERS_BEFORE), &[&cutoff]).await?;
+            report.egress_deleted += client
+                .execute(&sql(schema::DELETE_EGRESS_BEFORE), &[&cutoff])
+                .await?;
+            report.ledgers_deleted += client
+                .execute(&sql(schema::DELETE_LEDGERS_BEFORE), &[&cutoff])
+                .await?;
         }
         if let Some(max) = max_bytes {
             // PostgreSQL keeps deleted rows' space for reuse (autovacuum) rather than
             // returning it, so the size cannot be re-measured: one proportional pass.
             let used = report.bytes_before;
             if used > max {
-                let total: i64 = client.query_one(schema::COUNT_EXCHANGES, &[]).await?.try_get(0)?;
+                let total: i64 = client
+                    .query_one(schema::COUNT_EXCHANGES, &[])
+                    .await?
+                    .try_get(0)?;
                 let share = (used - max) as f64 / used as f64 * 1.05;
                 let mut left = ((total as f64 * share).ceil() as i64).clamp(0, total);
                 let mut deleted = 0;
@@ -125,9 +150,14 @@ impl PgStore {
                 }
                 report.exchanges_deleted += deleted;
                 if deleted > 0 {
-                    let oldest: Option<i64> = client.query_one(schema::OLDEST_EXCHANGE_TS, &[]).await?.try_get(0)?;
+                    let oldest: Option<i64> = client
+                        .query_one(schema::OLDEST_EXCHANGE_TS, &[])
+                        .await?
+                        .try_get(0)?;
                     if let Some(oldest) = oldest {
-                        report.egress_deleted += client.execute(&sql(schema::DELETE_EGRESS_BEFORE), &[&oldest]).await?;
+                        report.egress_deleted += client
+                            .execute(&sql(schema::DELETE_EGRESS_BEFORE), &[&oldest])
+                            .await?;
                     }
                 }
             }
@@ -161,26 +191,44 @@ impl PgStore {
 
 async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     tx.batch_execute(schema::CREATE_VERSION_TABLE).await?;
-    let version: i64 =
-        tx.query_one("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_version", &[]).await?.try_get(0)?;
+    let version: i64 = tx
+        .query_one(
+            "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_version",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
     if version > schema::SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found: version, supported: schema::SCHEMA_VERSION });
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: schema::SCHEMA_VERSION,
+        });
     }
-    let from = usize::try_from(version).map_err(|_| StoreError::Corrupt(format!("schema version {version}")))?;
+    let from = usize::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("schema version {version}")))?;
     for step in schema::MIGRATIONS.iter().skip(from) {
         for q in *step {
             tx.batch_execute(&sql(q)).await?;
         }
     }
     tx.execute("DELETE FROM schema_version", &[]).await?;
-    tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&schema::SCHEMA_VERSION]).await?;
+    tx.execute(
+        "INSERT INTO schema_version (version) VALUES ($1)",
+        &[&schema::SCHEMA_VERSION],
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
 
-async fn write_rows(tx: &Transaction<'_>, rows: &[PreparedExchange], cap: i64) -> Result<WriteReport, StoreError> {
+async fn write_rows(
+    tx: &Transaction<'_>,
+    rows: &[PreparedExchange],
+    cap: i64,
+) -> Result<WriteReport, StoreError> {
     let insert = tx.prepare(&sql(schema::INSERT_EXCHANGE)).await?;
     let insert_kind = tx.prepare(&sql(schema::INSERT_KIND)).await?;
     let insert_example = tx.prepare(&sql(schema::INSERT_EXAMPLE)).await?;
@@ -191,7 +239,12 @@ async fn write_rows(tx: &Transaction<'_>, rows: &[PreparedExchange], cap: i64) -
     let wanted: BTreeSet<(&str, &str)> = rows
         .iter()
         .filter(|r| r.example.is_some())
-        .flat_map(|r| r.kinds.iter().filter(|k| !k.secondary).map(move |k| (r.route.as_str(), k.key.as_str())))
+        .flat_map(|r| {
+            r.kinds
+                .iter()
+                .filter(|k| !k.secondary)
+                .map(move |k| (r.route.as_str(), k.key.as_str()))
+        })
         .collect();
     if cap > 0 && !wanted.is_empty() {
         let create = tx.prepare(&sql(schema::CREATE_SLOT)).await?;
@@ -236,14 +289,31 @@ async fn write_rows(tx: &Transaction<'_>, rows: &[PreparedExchange], cap: i64) -
         report.inserted += 1;
         let mut states = vec![0i64; r.kinds.len()];
         if let Some(ex) = &r.example {
-            for (k, state) in r.kinds.iter().zip(states.iter_mut()).filter(|(k, _)| !k.secondary) {
-                let took = cap > 0 && tx.query_opt(&take_slot, &[&r.route, &k.key, &cap]).await?.is_some();
+            for (k, state) in r
+                .kinds
+                .iter()
+                .zip(states.iter_mut())
+                .filter(|(k, _)| !k.secondary)
+            {
+                let took = cap > 0
+                    && tx
+                        .query_opt(&take_slot, &[&r.route, &k.key, &cap])
+                        .await?
+                        .is_some();
                 *state = if took { 1 } else { 2 };
             }
             if states.contains(&1) {
                 tx.execute(
                     &insert_example,
-                    &[&seq, &r.host, &r.run_id, &r.ts_unix_ms, &ex.request, &ex.legacy_body, &ex.candidate_body],
+                    &[
+                        &seq,
+                        &r.host,
+                        &r.run_id,
+                        &r.ts_unix_ms,
+                        &ex.request,
+                        &ex.legacy_body,
+                        &ex.candidate_body,
+                    ],
                 )
                 .await?;
                 report.examples_kept += 1;
@@ -288,7 +358,10 @@ async fn read_rows(tx: &Transaction<'_>, q: &Query) -> Result<Rows, StoreError> 
             }
         })
         .collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect();
     let rows = tx.query(&sql(&q.sql), &refs).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -296,15 +369,22 @@ async fn read_rows(tx: &Transaction<'_>, q: &Query) -> Result<Rows, StoreError> 
         for (i, col) in row.columns().iter().enumerate() {
             let t = col.type_();
             let v = if *t == Type::INT8 {
-                row.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Int)
+                row.try_get::<_, Option<i64>>(i)?
+                    .map_or(Value::Null, Value::Int)
             } else if *t == Type::INT4 {
-                row.try_get::<_, Option<i32>>(i)?.map_or(Value::Null, |v| Value::Int(i64::from(v)))
+                row.try_get::<_, Option<i32>>(i)?
+                    .map_or(Value::Null, |v| Value::Int(i64::from(v)))
             } else if *t == Type::INT2 {
-                row.try_get::<_, Option<i16>>(i)?.map_or(Value::Null, |v| Value::Int(i64::from(v)))
+                row.try_get::<_, Option<i16>>(i)?
+                    .map_or(Value::Null, |v| Value::Int(i64::from(v)))
             } else if *t == Type::TEXT || *t == Type::VARCHAR || *t == Type::NAME {
-                row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Text)
+                row.try_get::<_, Option<String>>(i)?
+                    .map_or(Value::Null, Value::Text)
             } else {
-                return Err(StoreError::Corrupt(format!("unexpected column type {t} in {}", col.name())));
+                return Err(StoreError::Corrupt(format!(
+                    "unexpected column type {t} in {}",
+                    col.name()
+                )));
             };
             vals.push(v);
         }

@@ -122,7 +122,13 @@ pub(crate) fn prepare(rows: &[ExchangeRecord]) -> Result<(Vec<PreparedExchange>,
             let key = diff_kind_key(d);
             match kinds.iter_mut().find(|k| k.secondary && k.key == key) {
                 Some(k) => k.occurrences += 1,
-                None => kinds.push(PreparedKind { key, secondary: true, occurrences: 1, legacy: None, candidate: None }),
+                None => kinds.push(PreparedKind {
+                    key,
+                    secondary: true,
+                    occurrences: 1,
+                    legacy: None,
+                    candidate: None,
+                }),
             }
         }
         let candidate_status = r.candidate_status.map(i64::from);
@@ -138,7 +144,9 @@ pub(crate) fn prepare(rows: &[ExchangeRecord]) -> Result<(Vec<PreparedExchange>,
             error_kind,
             legacy_status: i64::from(r.legacy_status),
             candidate_status,
-            status_mismatch: i64::from(candidate_status.is_some_and(|c| c != i64::from(r.legacy_status))),
+            status_mismatch: i64::from(
+                candidate_status.is_some_and(|c| c != i64::from(r.legacy_status)),
+            ),
             legacy_ttfb_ns: ns(r.legacy_ttfb_ns),
             legacy_ttlb_ns: ns(r.legacy_ttlb_ns),
             candidate_ttfb_ns: r.candidate_ttfb_ns.map(ns),
@@ -190,7 +198,11 @@ pub(crate) fn parse_action(s: &str) -> Result<EgressAction, StoreError> {
     }
 }
 
-pub(crate) fn egress_rows(host: &str, run_id: &str, attempts: &[EgressAttempt]) -> Result<Vec<EgressRow>, StoreError> {
+pub(crate) fn egress_rows(
+    host: &str,
+    run_id: &str,
+    attempts: &[EgressAttempt],
+) -> Result<Vec<EgressRow>, StoreError> {
     Ok(attempts
         .iter()
         .map(|a| EgressRow {
@@ -214,14 +226,24 @@ mod tests {
 
     #[test]
     fn key_stars_array_indexes_only() {
-        let k = |p: &str| diff_kind_key(&DiffKind::Field { path: p.into(), how: FieldDiffKind::Value });
+        let k = |p: &str| {
+            diff_kind_key(&DiffKind::Field {
+                path: p.into(),
+                how: FieldDiffKind::Value,
+            })
+        };
         assert_eq!(k("$.items[3].price"), "field($.items[*].price,value)");
         assert_eq!(k("$.items[7].price"), "field($.items[*].price,value)");
         assert_eq!(k("$.a[10][2].b"), "field($.a[*][*].b,value)");
         // Not an index: quoted names or empty brackets stay.
         assert_eq!(k("$['x'][1a]"), "field($['x'][1a],value)");
         assert_eq!(k("$.a[]"), "field($.a[],value)");
-        assert_eq!(diff_kind_key(&DiffKind::Header { name: "x-a[1]".into() }), "header(x-a[1])");
+        assert_eq!(
+            diff_kind_key(&DiffKind::Header {
+                name: "x-a[1]".into()
+            }),
+            "header(x-a[1])"
+        );
     }
 
     #[test]
@@ -229,7 +251,9 @@ mod tests {
         assert_eq!(sample_key("h", "01A"), sample_key("h", "01A"));
         assert_ne!(sample_key("h", "01A"), sample_key("h", "01B"));
         assert_ne!(sample_key("h1", "01A"), sample_key("h", "101A"));
-        let negatives = (0..1000).filter(|i| sample_key("h", &i.to_string()) < 0).count();
+        let negatives = (0..1000)
+            .filter(|i| sample_key("h", &i.to_string()) < 0)
+            .count();
         assert!((400..600).contains(&negatives), "{negatives}");
     }
 }

@@ -45,7 +45,13 @@ fn connect(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
 fn open_writer(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
     // Create the file ourselves so it is never world-readable, even for a moment; SQLite
     // gives the -wal and -shm files the database file's mode.
-    let file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     drop(file);
 
@@ -54,7 +60,9 @@ fn open_writer(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Corrupt(format!("could not enable WAL, journal_mode is {mode}")));
+        return Err(StoreError::Corrupt(format!(
+            "could not enable WAL, journal_mode is {mode}"
+        )));
     }
     migrate(&mut conn)?;
     Ok(conn)
@@ -64,18 +72,29 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     // IMMEDIATE: two processes opening a fresh file at once do not both migrate.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(schema::CREATE_VERSION_TABLE, [])?;
-    let version: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?;
+    let version: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
     if version > schema::SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found: version, supported: schema::SCHEMA_VERSION });
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: schema::SCHEMA_VERSION,
+        });
     }
-    let from = usize::try_from(version).map_err(|_| StoreError::Corrupt(format!("schema version {version}")))?;
+    let from = usize::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("schema version {version}")))?;
     for step in schema::MIGRATIONS.iter().skip(from) {
         for q in *step {
             tx.execute(&sql(q), [])?;
         }
     }
     tx.execute("DELETE FROM schema_version", [])?;
-    tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [schema::SCHEMA_VERSION])?;
+    tx.execute(
+        "INSERT INTO schema_version (version) VALUES (?1)",
+        [schema::SCHEMA_VERSION],
+    )?;
     tx.commit()?;
     Ok(())
 }
@@ -83,8 +102,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 impl SqliteStore {
     pub(crate) async fn open(path: PathBuf, opts: StoreOptions) -> Result<SqliteStore, StoreError> {
         let (p, busy) = (path.clone(), opts.busy_timeout);
-        let conn = tokio::task::spawn_blocking(move || open_writer(&p, busy)).await.map_err(worker_err)??;
-        Ok(SqliteStore { path, writer: Arc::new(Mutex::new(conn)), opts })
+        let conn = tokio::task::spawn_blocking(move || open_writer(&p, busy))
+            .await
+            .map_err(worker_err)??;
+        Ok(SqliteStore {
+            path,
+            writer: Arc::new(Mutex::new(conn)),
+            opts,
+        })
     }
 
     /// Runs `f` on the writer connection on the blocking pool.
@@ -95,14 +120,19 @@ impl SqliteStore {
     {
         let conn = Arc::clone(&self.writer);
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StoreError::Worker("writer connection poisoned".into()))?;
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Worker("writer connection poisoned".into()))?;
             f(&mut guard)
         })
         .await
         .map_err(worker_err)?
     }
 
-    pub(crate) async fn write_batch(&self, rows: Vec<PreparedExchange>) -> Result<WriteReport, StoreError> {
+    pub(crate) async fn write_batch(
+        &self,
+        rows: Vec<PreparedExchange>,
+    ) -> Result<WriteReport, StoreError> {
         let cap = i64::from(self.opts.examples_per_kind);
         self.with_writer(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -153,7 +183,13 @@ impl SqliteStore {
         self.with_writer(move |conn| {
             conn.execute(
                 &sql(schema::UPSERT_RUN),
-                params![run.host, run.run_id, run.started_unix_ms, run.args, run.criteria],
+                params![
+                    run.host,
+                    run.run_id,
+                    run.started_unix_ms,
+                    run.args,
+                    run.criteria
+                ],
             )?;
             Ok(())
         })
@@ -165,7 +201,8 @@ impl SqliteStore {
         cutoff: Option<i64>,
         max_bytes: Option<u64>,
     ) -> Result<RetentionReport, StoreError> {
-        self.with_writer(move |conn| retention(conn, cutoff, max_bytes)).await
+        self.with_writer(move |conn| retention(conn, cutoff, max_bytes))
+            .await
     }
 
     pub(crate) async fn run_queries(&self, queries: Vec<Query>) -> Result<Vec<Rows>, StoreError> {
@@ -186,7 +223,11 @@ impl SqliteStore {
     }
 }
 
-fn write_rows(tx: &Transaction<'_>, rows: &[PreparedExchange], cap: i64) -> Result<WriteReport, StoreError> {
+fn write_rows(
+    tx: &Transaction<'_>,
+    rows: &[PreparedExchange],
+    cap: i64,
+) -> Result<WriteReport, StoreError> {
     let mut report = WriteReport::default();
     let mut insert = tx.prepare_cached(&sql(schema::INSERT_EXCHANGE))?;
     let mut insert_kind = tx.prepare_cached(&sql(schema::INSERT_KIND))?;
@@ -226,8 +267,17 @@ fn write_rows(tx: &Transaction<'_>, rows: &[PreparedExchange], cap: i64) -> Resu
         // Which keys this exchange's example is kept for (0 none offered, 1 kept, 2 dropped).
         let mut states = vec![0i64; r.kinds.len()];
         if let Some(ex) = &r.example {
-            for (k, state) in r.kinds.iter().zip(states.iter_mut()).filter(|(k, _)| !k.secondary) {
-                let took = cap > 0 && take_slot.query_row(params![r.route, k.key, cap], |_| Ok(())).optional()?.is_some();
+            for (k, state) in r
+                .kinds
+                .iter()
+                .zip(states.iter_mut())
+                .filter(|(k, _)| !k.secondary)
+            {
+                let took = cap > 0
+                    && take_slot
+                        .query_row(params![r.route, k.key, cap], |_| Ok(()))
+                        .optional()?
+                        .is_some();
                 *state = if took { 1 } else { 2 };
             }
             if states.contains(&1) {
@@ -282,9 +332,16 @@ fn read_rows(conn: &Connection, q: &Query) -> Result<Rows, StoreError> {
                 ValueRef::Null => Value::Null,
                 ValueRef::Integer(v) => Value::Int(v),
                 ValueRef::Text(t) => Value::Text(
-                    std::str::from_utf8(t).map_err(|e| StoreError::Corrupt(format!("text column: {e}")))?.to_string(),
+                    std::str::from_utf8(t)
+                        .map_err(|e| StoreError::Corrupt(format!("text column: {e}")))?
+                        .to_string(),
                 ),
-                other => return Err(StoreError::Corrupt(format!("unexpected column type {:?}", other.data_type()))),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "unexpected column type {:?}",
+                        other.data_type()
+                    )));
+                }
             });
         }
         out.push(vals);
@@ -323,8 +380,15 @@ fn shrink(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn retention(conn: &mut Connection, cutoff: Option<i64>, max_bytes: Option<u64>) -> Result<RetentionReport, StoreError> {
-    let mut report = RetentionReport { bytes_before: used_bytes(conn)?, ..RetentionReport::default() };
+fn retention(
+    conn: &mut Connection,
+    cutoff: Option<i64>,
+    max_bytes: Option<u64>,
+) -> Result<RetentionReport, StoreError> {
+    let mut report = RetentionReport {
+        bytes_before: used_bytes(conn)?,
+        ..RetentionReport::default()
+    };
     if let Some(cutoff) = cutoff {
         loop {
             let n = delete_oldest(conn, cutoff, RETENTION_CHUNK)?;
@@ -334,7 +398,8 @@ fn retention(conn: &mut Connection, cutoff: Option<i64>, max_bytes: Option<u64>)
             }
         }
         report.egress_deleted += conn.execute(&sql(schema::DELETE_EGRESS_BEFORE), [cutoff])? as u64;
-        report.ledgers_deleted += conn.execute(&sql(schema::DELETE_LEDGERS_BEFORE), [cutoff])? as u64;
+        report.ledgers_deleted +=
+            conn.execute(&sql(schema::DELETE_LEDGERS_BEFORE), [cutoff])? as u64;
     }
     if let Some(max) = max_bytes {
         let mut deleted_for_size = 0u64;
@@ -361,9 +426,11 @@ fn retention(conn: &mut Connection, cutoff: Option<i64>, max_bytes: Option<u64>)
         report.exchanges_deleted += deleted_for_size;
         if deleted_for_size > 0 {
             // Egress attempts older than every remaining exchange go with them.
-            let oldest: Option<i64> = conn.query_row(schema::OLDEST_EXCHANGE_TS, [], |r| r.get(0))?;
+            let oldest: Option<i64> =
+                conn.query_row(schema::OLDEST_EXCHANGE_TS, [], |r| r.get(0))?;
             if let Some(oldest) = oldest {
-                report.egress_deleted += conn.execute(&sql(schema::DELETE_EGRESS_BEFORE), [oldest])? as u64;
+                report.egress_deleted +=
+                    conn.execute(&sql(schema::DELETE_EGRESS_BEFORE), [oldest])? as u64;
             }
         }
     }
