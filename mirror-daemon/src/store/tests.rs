@@ -739,6 +739,28 @@ async fn store_throughput() {
         ev.latency.iter().map(|l| l.samples.len()).sum::<usize>(),
         std::fs::metadata(&path).expect("stat").len() / 1_000_000
     );
+    // Where load's time goes, query by query.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    for (i, q) in super::evidence::plan(&ReportFilter::default(), &opts())
+        .queries
+        .iter()
+        .enumerate()
+    {
+        let start = Instant::now();
+        let mut st = conn
+            .prepare(&super::schema::Dialect::Sqlite.sql(&q.sql))
+            .expect("prepare");
+        let params = rusqlite::params_from_iter(q.params.iter().map(|v| match v {
+            super::evidence::Value::Int(i) => rusqlite::types::Value::Integer(*i),
+            super::evidence::Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
+            super::evidence::Value::Null => rusqlite::types::Value::Null,
+        }));
+        let n = st.query_map(params, |_| Ok(())).expect("query").count();
+        println!(
+            "  query {i}: {n} rows in {:.2}s",
+            start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 // PostgreSQL: a real server per test.
