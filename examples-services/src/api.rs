@@ -150,10 +150,8 @@ fn pick<T: Copy>(list: &[T], x: u64) -> T {
 
 /// (first, last): id 1 is Ana Silva, ids cycle through every combination.
 pub fn name(id: u64) -> (&'static str, &'static str) {
-    (
-        pick(&FIRST, id - 1),
-        pick(&LAST, (id - 1) / FIRST.len() as u64),
-    )
+    let i = id.saturating_sub(1);
+    (pick(&FIRST, i), pick(&LAST, i / FIRST.len() as u64))
 }
 
 pub fn email(id: u64) -> String {
