@@ -1,1 +1,157 @@
-fn main() {}
+//! `mirror-examples`: run one of the example services (see README.md).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use mirror_examples::candidate::{Candidate, Profile};
+use mirror_examples::http::{self, Handler};
+use mirror_examples::legacy::Legacy;
+use mirror_examples::{load, mail};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Example services for mirror's demo and tests")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The legacy API.
+    Legacy {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// The rewrite of the legacy API.
+    Candidate {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, value_enum, default_value_t = Profile::Parity)]
+        profile: Profile,
+        /// SMTP host for order confirmations (demo profile): HOST or HOST:PORT, port 25
+        /// by default. Without it no email is attempted.
+        #[arg(long)]
+        mail_host: Option<String>,
+    },
+    /// An SMTP sink: accepts mail, prints one line per message to stdout.
+    MailSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Keep the number of received messages in this file.
+        #[arg(long)]
+        count_file: Option<PathBuf>,
+    },
+    /// A bounded load generator over keep-alive connections; prints a summary and exits
+    /// non-zero if any request got no response or was not sent in time.
+    Load {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        requests: u64,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Requests per second over all connections (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Stop after this many seconds whatever is left.
+        #[arg(long, default_value_t = 120)]
+        max_duration: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli.cmd))
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Legacy { listen } => serve(listen, Legacy).await,
+        Cmd::Candidate {
+            listen,
+            profile,
+            mail_host,
+        } => serve(listen, Candidate { profile, mail_host }).await,
+        Cmd::MailSink { listen, count_file } => {
+            let listener = bind(listen).await?;
+            let (stop, stopped) = http::shutdown_channel();
+            let task = tokio::spawn(mail::sink(
+                listener,
+                Arc::new(mail::Sink::new(count_file)),
+                stopped,
+            ));
+            http::signal().await.context("installing signal handlers")?;
+            let _ = stop.send(true);
+            task.await.context("mail sink task")?;
+            Ok(())
+        }
+        Cmd::Load {
+            target,
+            requests,
+            concurrency,
+            rate,
+            max_duration,
+        } => {
+            anyhow::ensure!(
+                rate.is_none_or(|r| r > 0.0 && r.is_finite()),
+                "--rate must be a positive number"
+            );
+            let cfg = load::LoadConfig {
+                target,
+                requests,
+                concurrency,
+                rate,
+                max_duration: Duration::from_secs(max_duration),
+            };
+            let summary = tokio::select! {
+                s = load::run(cfg) => s,
+                r = http::signal() => {
+                    r.context("installing signal handlers")?;
+                    anyhow::bail!("interrupted");
+                }
+            };
+            println!("{summary}");
+            anyhow::ensure!(
+                summary.failed == 0 && summary.not_sent == 0,
+                "some requests got no response"
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    // First stdout line: the real address, so callers can use port 0.
+    println!("listening on {}", listener.local_addr()?);
+    Ok(listener)
+}
+
+async fn serve<H: Handler>(addr: SocketAddr, handler: H) -> anyhow::Result<()> {
+    let listener = bind(addr).await?;
+    let (stop, stopped) = http::shutdown_channel();
+    let task = tokio::spawn(http::serve(listener, Arc::new(handler), stopped));
+    http::signal().await.context("installing signal handlers")?;
+    tracing::info!("stopping: finishing in-flight requests");
+    let _ = stop.send(true);
+    task.await.context("server task")?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The rewrite. Same API as `legacy`, rendered differently (keys in reverse order,
+//! pretty-printed, `Server: candidate/2.0`), plus the per-profile deviations documented in
+//! `examples-services/README.md`.
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tracing::{info, warn};
+
+use crate::api::{self, Reply, Route};
+use crate::http::{Handler, Request, Response};
+use crate::mail;
+
+pub const SERVER: &str = "candidate/2.0";
+/// Demo profile: extra latency of `GET /users/{id}/orders`.
+pub const DEMO_ORDERS_LATENCY: Duration = Duration::from_millis(20);
+/// Deviations profile: extra latency of `GET /slow/{id}`.
+pub const DEVIATIONS_SLOW_LATENCY: Duration = Duration::from_millis(30);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Real regression on orders (rounding, +20 ms) and a confirmation email on new orders.
+    Demo,
+    /// Same semantics as legacy; only key order, whitespace and `Server` differ.
+    #[default]
+    Parity,
+    /// Exact, id-determined deviations for end-to-end tests.
+    Deviations,
+}
+
+#[derive(Debug, Default)]
+pub struct Candidate {
+    pub profile: Profile,
+    /// SMTP host (`HOST` or `HOST:PORT`, port 25 by default) for demo confirmation emails.
+    pub mail_host: Option<String>,
+}
+
+impl Handler for Candidate {
+    async fn handle(&self, req: Request) -> Response {
+        let reply = match api::route(&req) {
+            Ok(route) => self.reply(route, &req).await,
+            Err(reply) => reply,
+        };
+        let body = serde_json::to_vec_pretty(&reversed(reply.body)).unwrap_or_default();
+        Response::new(reply.status, "application/json", body).with_header("Server", SERVER)
+    }
+}
+
+impl Candidate {
+    async fn reply(&self, route: Route, req: &Request) -> Reply {
+        let extra = match (self.profile, route) {
+            (Profile::Demo, Route::UserOrders(_)) => DEMO_ORDERS_LATENCY,
+            (Profile::Deviations, Route::Slow(_)) => DEVIATIONS_SLOW_LATENCY,
+            _ => Duration::ZERO,
+        };
+        let base = if let Route::Slow(_) = route {
+            api::SLOW_LATENCY
+        } else {
+            Duration::ZERO
+        };
+        if !(base + extra).is_zero() {
+            tokio::time::sleep(base + extra).await;
+        }
+        let mut reply = api::reply(route, &req.body);
+        match (self.profile, route) {
+            (Profile::Parity, _) => {}
+            (Profile::Demo, Route::UserOrders(id)) if id % 5 == 0 => {
+                round_prices_to_dimes(&mut reply.body)
+            }
+            (Profile::Demo, Route::CreateOrder) if reply.status == 201 => {
+                self.confirm(&reply.body).await
+            }
+            (Profile::Demo, _) => {}
+            (Profile::Deviations, route) => deviate(route, &mut reply),
+        }
+        reply
+    }
+
+    /// Send the order confirmation; a failure is logged and never fails the order.
+    async fn confirm(&self, order: &Value) {
+        let Some(host) = &self.mail_host else { return };
+        let to = order
+            .get("user_id")
+            .and_then(Value::as_u64)
+            .map_or_else(String::new, api::email);
+        let id = order.get("id").and_then(Value::as_str).unwrap_or_default();
+        let text =
+            format!("Subject: Order {id} confirmed\r\n\r\nThank you for your order {id}.\r\n");
+        match mail::send(host, "orders@example.com", &to, &text).await {
+            Ok(()) => info!(%host, order = id, "confirmation email sent"),
+            Err(e) => warn!(%host, order = id, error = %e, "confirmation email failed, order kept"),
+        }
+    }
+}
+
+/// The deviations profile: see the table in README.md.
+fn deviate(route: Route, reply: &mut Reply) {
+    match route {
+        Route::User(id) => {
+            let Value::Object(user) = &mut reply.body else {
+                return;
+            };
+            if id % 33 == 0 {
+                let (first, last) = api::name(id);
+                user.insert("name".into(), json!(format!("{last}, {first}")));
+            }
+            // Read time instead of the stored time: differs on every call.
+            let now = api::now_ms();
+            user.insert(
+                "updated_at".into(),
+                json!(api::rfc3339(now / 1000, (now % 1000) as u32)),
+            );
+        }
+        Route::Products { page } => {
+            let Some(price) = reply.body.pointer_mut("/items/0/price") else {
+                return;
+            };
+            let cents = (price.as_f64().unwrap_or_default() * 100.0).round() as u64;
+            if page % 2 == 1 {
+                *price = json!((cents * 10 + 5) as f64 / 1000.0);
+            } else if page % 10 == 0 {
+                *price = api::money(cents + 2);
+            }
+        }
+        Route::UserOrders(id) if id % 10 == 0 => *reply = Reply::error(500, "internal error"),
+        _ => {}
+    }
+}
+
+/// Demo bug: every item price rounded half-up to 0.10 and the total recomputed from them.
+fn round_prices_to_dimes(orders: &mut Value) {
+    let cents =
+        |v: Option<&Value>| (v.and_then(Value::as_f64).unwrap_or_default() * 100.0).round() as u64;
+    for order in orders.as_array_mut().into_iter().flatten() {
+        let mut total = 0;
+        for item in order
+            .get_mut("items")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let qty = item.get("qty").and_then(Value::as_u64).unwrap_or_default();
+            let Some(price) = item.get_mut("price") else {
+                continue;
+            };
+            let dimes = (cents(Some(price)) + 5) / 10 * 10;
+            *price = api::money(dimes);
+            total += dimes * qty;
+        }
+        if let Some(t) = order.get_mut("total") {
+            *t = api::money(total);
+        }
+    }
+}
+
+/// Same values, every object's keys in reverse order.
+fn reversed(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .rev()
+                .map(|(k, v)| (k, reversed(v)))
+                .collect::<Map<_, _>>(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(reversed).collect()),
+        other => other,
+    }
+}

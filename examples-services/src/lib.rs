@@ -1,0 +1,9 @@
+//! Example services for mirror's demo and end-to-end tests: a legacy API, its rewrite
+//! (with selectable, documented deviations), an SMTP sink and a load generator.
+//! All share the minimal HTTP/1.1 plumbing in [`http`].
+pub mod api;
+pub mod candidate;
+pub mod http;
+pub mod legacy;
+pub mod load;
+pub mod mail;
