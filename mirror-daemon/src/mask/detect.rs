@@ -297,6 +297,13 @@ impl Detector {
                     let ipv6_next = b.get(end) == Some(&b':')
                         && b.get(end + 1).is_some_and(u8::is_ascii_hexdigit);
                     if (8..=15).contains(&digits) && bounded(b, start, end) && !ipv6_next {
+                        // `+1 10.1.2.3`, `+3 123-45-6789`: an address or an SSN after a
+                        // stray plus belongs to its own detector (and its masked form
+                        // must not turn into a phone on a second pass).
+                        let span = &s[start..end];
+                        if self.ssn.is_match(span) || self.ipv4.is_match(span) {
+                            break;
+                        }
                         out.push(Found {
                             start,
                             end,
@@ -711,6 +718,9 @@ mod tests {
             kinds("1-800-555-0199")[0].1,
             PiiKind::PhoneNanp { area: 1 }
         ));
+        // A stray plus before an SSN or an address does not make a phone.
+        assert_eq!(kinds("+3 123-45-6789")[0].1, PiiKind::Ssn);
+        assert!(matches!(kinds("+1 10.1.2.3")[0].1, PiiKind::Ipv4(_)));
         // Masked forms (area/country 0) are not phones.
         assert!(found("(055) 123-4567 +0 372 981 2201 +04479460958").is_empty());
     }

@@ -52,6 +52,9 @@ use body::{BodyKind, Coding, DecodeError};
 use detect::{Detector, Found};
 use token::Tokenizer;
 
+/// Re-detection passes after the first (see `Masker::mask_str`).
+const MAX_EXTRA_PASSES: usize = 3;
+
 /// Default cap on a decoded body: 16 MiB.
 pub const DEFAULT_MAX_DECODED_BODY: usize = 16 << 20;
 
@@ -346,21 +349,38 @@ impl Masker {
     }
 
     /// Detectors over text; borrowed when nothing was found.
+    ///
+    /// Masked forms are built to be invisible to the detectors, but a span masked by one
+    /// detector can still contain the shape another one wants; masking the result again
+    /// until nothing is found keeps `mask(mask(x)) == mask(x)` (a candidate echoing a
+    /// masked value must compare equal). Only strings with findings pay for the re-check.
     fn mask_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let mut found: Vec<Found> = Vec::new();
         self.detector.find(s, &mut found);
         if found.is_empty() {
             return Cow::Borrowed(s);
         }
+        let mut out = self.replace_found(s, &found);
+        for _ in 0..MAX_EXTRA_PASSES {
+            self.detector.find(&out, &mut found);
+            if found.is_empty() {
+                break;
+            }
+            out = self.replace_found(&out, &found);
+        }
+        Cow::Owned(out)
+    }
+
+    fn replace_found(&self, s: &str, found: &[Found]) -> String {
         let mut out = String::with_capacity(s.len() + 16 * found.len());
         let mut last = 0;
-        for f in &found {
+        for f in found {
             out.push_str(&s[last..f.start]);
             out.push_str(&self.detected_value(f.kind, &s[f.start..f.end]));
             last = f.end;
         }
         out.push_str(&s[last..]);
-        Cow::Owned(out)
+        out
     }
 
     /// Detectors over bytes that may not be UTF-8: each valid UTF-8 run is scanned (PII
