@@ -120,35 +120,61 @@ pub(crate) struct Found {
 }
 
 /// Cheap one-pass character profile; decides which detectors can possibly match.
-#[derive(Default)]
 struct Profile {
     digits: usize,
     at: bool,
     pct: bool,
     plus: bool,
-    dash: bool,
+    dash: usize,
+    /// Spaces and parentheses (phone separators besides dash and dot).
+    seps: usize,
     dots: usize,
     colons: usize,
     upper: usize,
 }
 
+/// Byte classes counted by [`Profile`] (index into its counters; 0 = not counted).
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = b'0';
+    while c <= b'9' {
+        t[c as usize] = 1;
+        c += 1;
+    }
+    let mut c = b'A';
+    while c <= b'Z' {
+        t[c as usize] = 2;
+        c += 1;
+    }
+    t[b'@' as usize] = 3;
+    t[b'%' as usize] = 4;
+    t[b'+' as usize] = 5;
+    t[b'-' as usize] = 6;
+    t[b'.' as usize] = 7;
+    t[b':' as usize] = 8;
+    t[b' ' as usize] = 9;
+    t[b'(' as usize] = 9;
+    t
+};
+
 impl Profile {
     fn of(s: &[u8]) -> Self {
-        let mut p = Profile::default();
+        // Table lookup + counter increment, no branches: this runs on every string.
+        let mut n = [0usize; 10];
         for &b in s {
-            match b {
-                b'0'..=b'9' => p.digits += 1,
-                b'A'..=b'Z' => p.upper += 1,
-                b'@' => p.at = true,
-                b'%' => p.pct = true,
-                b'+' => p.plus = true,
-                b'-' => p.dash = true,
-                b'.' => p.dots += 1,
-                b':' => p.colons += 1,
-                _ => {}
-            }
+            n[usize::from(CLASS[usize::from(b)])] += 1;
         }
-        p
+        Profile {
+            digits: n[1],
+            upper: n[2],
+            at: n[3] > 0,
+            pct: n[4] > 0,
+            plus: n[5] > 0,
+            dash: n[6],
+            seps: n[9],
+            dots: n[7],
+            colons: n[8],
+        }
     }
 }
 
@@ -210,11 +236,14 @@ impl Detector {
         if on.card && p.digits >= 13 {
             find_cards(b, out);
         }
-        if on.ssn && p.digits >= 9 && p.dash {
+        if on.ssn && p.digits >= 9 && p.dash >= 2 {
             self.find_ssn(s, out);
         }
-        if on.phone && (p.digits >= 10 || (p.plus && p.digits >= 8)) {
-            self.find_phone(s, out, p.plus);
+        // NANP needs 10 digits and two separators; E.164 a plus and 8 digits.
+        let nanp = p.digits >= 10 && p.dash + p.dots + p.seps >= 2;
+        let e164 = p.plus && p.digits >= 8;
+        if on.phone && (nanp || e164) {
+            self.find_phone(s, out, e164, nanp);
         }
         if on.iban && p.upper >= 2 && p.digits >= 2 && b.len() >= 15 {
             self.find_iban(s, out);
@@ -283,7 +312,7 @@ impl Detector {
         }
     }
 
-    fn find_phone(&self, s: &str, out: &mut Vec<Found>, plus: bool) {
+    fn find_phone(&self, s: &str, out: &mut Vec<Found>, plus: bool, nanp: bool) {
         let b = s.as_bytes();
         if plus {
             for m in self.e164.find_iter(s) {
@@ -325,6 +354,9 @@ impl Detector {
                     }
                 }
             }
+        }
+        if !nanp {
+            return;
         }
         for m in self.nanp.find_iter(s) {
             let (start, end) = (m.start(), m.end());

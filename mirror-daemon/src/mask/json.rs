@@ -290,6 +290,12 @@ impl<'a> Scan<'a, '_> {
 pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
+    // Tokens never need escaping.
+    if !s.bytes().any(|c| c < 0x20 || c == b'"' || c == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return out;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
