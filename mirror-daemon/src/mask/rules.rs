@@ -64,7 +64,9 @@ impl FromStr for Rule {
                 }
                 Ok(Rule::Header(arg.to_string()))
             }
-            "json" => Ok(Rule::Json(JsonPath::parse(arg).map_err(|why| bad(&why))?)),
+            "json" => Ok(Rule::Json(
+                JsonPath::parse_inner(arg).map_err(|why| bad(&why))?,
+            )),
             "query" => Ok(Rule::Query(arg.to_string())),
             "form" => Ok(Rule::Form(arg.to_string())),
             _ => Err(bad("unknown kind; expected header, json, query or form")),
@@ -163,7 +165,15 @@ pub(crate) enum Child<'a> {
 }
 
 impl JsonPath {
-    pub fn parse(s: &str) -> Result<JsonPath, String> {
+    /// Parse a path such as `$.items[*].card.number`.
+    pub fn parse(s: &str) -> Result<JsonPath, MaskError> {
+        Self::parse_inner(s).map_err(|why| MaskError::InvalidRule {
+            rule: format!("json:{s}"),
+            why,
+        })
+    }
+
+    fn parse_inner(s: &str) -> Result<JsonPath, String> {
         let b = s.as_bytes();
         if b.first() != Some(&b'$') {
             return Err("a JSON path starts with `$`".into());
