@@ -1,1 +1,611 @@
-//! mask stage (see DESIGN.md).
+//! PII masking stage: nothing the daemon stores, logs, exports, shows or replays may hold
+//! PII in clear.
+//!
+//! What is masked:
+//! - headers: `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie`, `X-Api-Key`
+//!   and any header whose name contains `token`, `secret`, `password`, `passwd`,
+//!   `api-key`, `api_key`, `apikey`, `credential` (plus `header:NAME` rules): whole value,
+//!   keeping cookie names and the auth scheme. Other headers go through the detectors;
+//!   `Referer`/`Location` are masked like targets. Framing headers are never touched.
+//! - the request target: path segments (detectors) and query (`query:NAME` + detectors);
+//! - bodies of requests and responses: JSON (`json:PATH` + detectors, document otherwise
+//!   byte-identical), forms (`form:NAME` + detectors), text (detectors). gzip/deflate are
+//!   decoded up to `max_decoded_body`, masked and re-encoded with the same coding.
+//!
+//! Bodies that cannot be read as text (unknown coding such as `br`, corrupt coding, over
+//! the size cap, binary media types): `persistable_body` never passes them through (only
+//! length and keyed digest). `mask_request`/`mask_response` keep them as they are only when no
+//! detector fires on their UTF-8 text runs; otherwise those runs are masked in place
+//! (which may break a binary format, by design: no PII beats a valid body). A compressed
+//! body that cannot be decoded is therefore replayed as is: its PII is not visible to us.
+//!
+//! Tokens are deterministic under the key, so legacy and candidate traffic mask alike,
+//! and stable: a masked value is never masked again (see `token.rs`).
+mod body;
+mod detect;
+mod headers;
+mod json;
+mod key;
+mod rules;
+mod stats;
+mod token;
+mod urlenc;
+
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+pub use detect::{Detectors, PiiKind, parse_detectors};
+pub use key::{MIN_KEY_LEN, MaskKey, load_or_create_key};
+pub use rules::{Action, DEFAULT_HEADER_FRAGMENTS, DEFAULT_HEADERS, JsonPath, Rule, default_rules};
+pub use stats::{MaskKind, MaskStats, MaskStatsSnapshot};
+pub use token::{EMAIL_TOKEN_DOMAIN, REDACTED, TOKEN_PREFIX};
+
+use crate::capture::FlowKey;
+use crate::http::{Exchange, Header, Request, Response};
+use body::{BodyKind, Coding, DecodeError};
+use detect::{Detector, Found};
+use token::Tokenizer;
+
+/// Re-detection passes after the first (see `Masker::mask_str`).
+const MAX_EXTRA_PASSES: usize = 3;
+
+/// Default cap on a decoded body: 16 MiB.
+pub const DEFAULT_MAX_DECODED_BODY: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    #[error("invalid mask rule `{rule}`: {why}")]
+    InvalidRule { rule: String, why: String },
+    #[error("unknown PII detector `{0}` (expected email, card, ssn, phone, iban, ip, all, none)")]
+    UnknownDetector(String),
+    #[error("unknown mask action `{0}` (expected redact or tokenize)")]
+    UnknownAction(String),
+    #[error("mask key is {len} bytes; at least {min} are required")]
+    KeyTooShort { len: usize, min: usize },
+    #[error(
+        "mask key {path} has mode {mode:04o}: it must not be accessible by group or others \
+         (chmod 600 {path})"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("mask key {path}: {op} failed: {source}")]
+    KeyIo {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("OS random number generator failed: {0}")]
+    Rng(String),
+    #[error("mask configuration: {0}")]
+    Config(String),
+    #[error("detector pattern failed to compile: {0}")]
+    Regex(String),
+}
+
+/// Masking configuration (from the CLI).
+#[derive(Clone, Debug)]
+pub struct MaskConfig {
+    pub rules: Vec<Rule>,
+    pub detectors: Detectors,
+    pub action: Action,
+    pub key: MaskKey,
+    /// Largest decoded (decompressed) body that is parsed and masked.
+    pub max_decoded_body: usize,
+}
+
+impl MaskConfig {
+    /// The default header rules, detectors email/card/ssn/phone, `tokenize`, 16 MiB cap.
+    pub fn with_defaults(key: MaskKey) -> Self {
+        MaskConfig {
+            rules: default_rules(),
+            detectors: Detectors::default_set(),
+            action: Action::Tokenize,
+            key,
+            max_decoded_body: DEFAULT_MAX_DECODED_BODY,
+        }
+    }
+
+    /// Parse and add one `header:` / `json:` / `query:` / `form:` rule.
+    pub fn add_rule_str(&mut self, s: &str) -> Result<(), MaskError> {
+        self.rules.push(s.parse()?);
+        Ok(())
+    }
+}
+
+/// What of a body may be stored or shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersistBody {
+    /// Decoded (decompressed) and masked text.
+    Text(String),
+    /// Not readable as text: only its wire length and a digest. The digest is
+    /// HMAC-SHA256 under the mask key (hex), not a bare SHA-256, so that a short body
+    /// (a bare card number) cannot be recovered by hashing guesses; equal bodies still
+    /// have equal digests.
+    Opaque { len: usize, sha256: String },
+}
+
+/// The masking stage. `Send + Sync`; share it in an `Arc`.
+pub struct Masker {
+    action: Action,
+    detector: Detector,
+    tokens: Tokenizer,
+    header_names: Vec<String>,
+    header_fragments: Vec<String>,
+    json_paths: Vec<JsonPath>,
+    query_names: Vec<String>,
+    form_names: Vec<String>,
+    max_decoded_body: usize,
+    stats: MaskStats,
+}
+
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Masker")
+            .field("action", &self.action)
+            .field("detectors", &self.detector.enabled())
+            .field("header_names", &self.header_names)
+            .field(
+                "json_paths",
+                &self
+                    .json_paths
+                    .iter()
+                    .map(JsonPath::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .field("query_names", &self.query_names)
+            .field("form_names", &self.form_names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The replacement for one body, `None` when unchanged.
+struct BodyChange {
+    body: Vec<u8>,
+    /// Re-encoding failed: the body is sent decoded, so `Content-Encoding` must go.
+    drop_content_encoding: bool,
+}
+
+impl Masker {
+    pub fn new(cfg: MaskConfig) -> Result<Self, MaskError> {
+        if cfg.max_decoded_body == 0 {
+            return Err(MaskError::Config(
+                "max_decoded_body must be greater than 0".into(),
+            ));
+        }
+        let mut m = Masker {
+            action: cfg.action,
+            detector: Detector::new(cfg.detectors)?,
+            tokens: Tokenizer::new(&cfg.key)?,
+            header_names: Vec::new(),
+            header_fragments: Vec::new(),
+            json_paths: Vec::new(),
+            query_names: Vec::new(),
+            form_names: Vec::new(),
+            max_decoded_body: cfg.max_decoded_body,
+            stats: MaskStats::default(),
+        };
+        for rule in cfg.rules {
+            match rule {
+                Rule::Header(n) => m.header_names.push(n.to_ascii_lowercase()),
+                Rule::HeaderContains(n) => m.header_fragments.push(n.to_ascii_lowercase()),
+                Rule::Json(p) => m.json_paths.push(p),
+                Rule::Query(n) => m.query_names.push(n),
+                Rule::Form(n) => m.form_names.push(n),
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn stats(&self) -> &MaskStats {
+        &self.stats
+    }
+
+    pub fn mask_request(&self, r: &Request) -> Request {
+        let mut headers = self.mask_headers(&r.headers);
+        let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
+        Request {
+            method: r.method.clone(),
+            target: self.mask_target(&r.target),
+            version: r.version,
+            headers,
+            body,
+        }
+    }
+
+    pub fn mask_response(&self, r: &Response) -> Response {
+        let mut headers = self.mask_headers(&r.headers);
+        let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
+        Response {
+            version: r.version,
+            status: r.status,
+            reason: self.mask_text(&r.reason),
+            headers,
+            body,
+        }
+    }
+
+    /// Request, response, and the client address when the `ip` detector is on (the
+    /// server address is the legacy service's, not a user's).
+    pub fn mask_exchange(&self, e: &Exchange) -> Exchange {
+        let flow = if self.detector.enabled().ip {
+            FlowKey {
+                client: self.mask_socket_addr(e.flow.client),
+                server: e.flow.server,
+            }
+        } else {
+            e.flow
+        };
+        Exchange {
+            id: e.id,
+            flow,
+            request: self.mask_request(&e.request),
+            response: self.mask_response(&e.response),
+            timing: e.timing,
+        }
+    }
+
+    /// Free text (log lines, diff renderings): detectors only, rules need structure.
+    pub fn mask_text(&self, s: &str) -> String {
+        self.mask_str(s).into_owned()
+    }
+
+    /// A request target or URL: path segments through the detectors, query parameters
+    /// through `query:` rules and the detectors.
+    pub fn mask_target(&self, target: &str) -> String {
+        urlenc::mask_target(self, target).into_owned()
+    }
+
+    /// What of a body may be stored or shown (see [`PersistBody`]).
+    pub fn persistable_body(&self, headers: &[Header], body: &[u8]) -> PersistBody {
+        let opaque = || PersistBody::Opaque {
+            len: body.len(),
+            sha256: self.tokens.digest(body),
+        };
+        let decoded = match self.decode(headers, body) {
+            Ok((d, _)) => d,
+            Err(_) => {
+                MaskStats::bump(&self.stats.opaque_bodies);
+                return opaque();
+            }
+        };
+        let kind = body::classify(headers, &decoded);
+        if kind == BodyKind::Binary {
+            MaskStats::bump(&self.stats.opaque_bodies);
+            return opaque();
+        }
+        let text = String::from_utf8_lossy(&decoded);
+        let masked = match kind {
+            BodyKind::Json => match json::mask_json(self, &self.json_paths, &text) {
+                Ok(Some(s)) => Cow::Owned(s),
+                Ok(None) => text,
+                Err(_) => {
+                    MaskStats::bump(&self.stats.json_fallbacks);
+                    Cow::Owned(self.mask_str(&text).into_owned())
+                }
+            },
+            BodyKind::Form => {
+                match urlenc::mask_pairs(self, &text, &self.form_names, MaskKind::Form) {
+                    Some(s) => Cow::Owned(s),
+                    None => text,
+                }
+            }
+            BodyKind::Text | BodyKind::Binary => Cow::Owned(self.mask_str(&text).into_owned()),
+        };
+        PersistBody::Text(masked.into_owned())
+    }
+
+    // ---- internals shared by the submodules ----
+
+    fn header_is_sensitive(&self, lname: &str) -> bool {
+        self.header_names.iter().any(|n| n == lname)
+            || self
+                .header_fragments
+                .iter()
+                .any(|f| lname.contains(f.as_str()))
+    }
+
+    fn mask_headers(&self, headers: &[Header]) -> Vec<Header> {
+        headers
+            .iter()
+            .map(|h| match headers::mask_header(self, &h.name, &h.value) {
+                Some(value) => Header {
+                    name: h.name.clone(),
+                    value,
+                },
+                None => h.clone(),
+            })
+            .collect()
+    }
+
+    /// The value for a field selected by a rule.
+    fn rule_value(&self, value: &[u8], kind: MaskKind) -> String {
+        self.stats.count(kind);
+        match self.action {
+            Action::Redact => REDACTED.to_string(),
+            Action::Tokenize => self.tokens.generic(value),
+        }
+    }
+
+    /// The value for a detected span.
+    fn detected_value(&self, kind: PiiKind, text: &str) -> String {
+        self.stats.count(match kind {
+            PiiKind::Email => MaskKind::Email,
+            PiiKind::Card => MaskKind::Card,
+            PiiKind::Ssn => MaskKind::Ssn,
+            PiiKind::PhoneE164 | PiiKind::PhoneNanp { .. } => MaskKind::Phone,
+            PiiKind::Iban => MaskKind::Iban,
+            PiiKind::Ipv4(_) | PiiKind::Ipv6(_) => MaskKind::Ip,
+        });
+        match self.action {
+            Action::Redact => REDACTED.to_string(),
+            Action::Tokenize => self.tokens.detected(kind, text),
+        }
+    }
+
+    /// Detectors over text; borrowed when nothing was found.
+    ///
+    /// Masked forms are built to be invisible to the detectors, but a span masked by one
+    /// detector can still contain the shape another one wants; masking the result again
+    /// until nothing is found keeps `mask(mask(x)) == mask(x)` (a candidate echoing a
+    /// masked value must compare equal). Only strings with findings pay for the re-check.
+    fn mask_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        let mut found: Vec<Found> = Vec::new();
+        self.detector.find(s, &mut found);
+        if found.is_empty() {
+            return Cow::Borrowed(s);
+        }
+        let mut out = self.replace_found(s, &found);
+        for _ in 0..MAX_EXTRA_PASSES {
+            self.detector.find(&out, &mut found);
+            if found.is_empty() {
+                break;
+            }
+            out = self.replace_found(&out, &found);
+        }
+        Cow::Owned(out)
+    }
+
+    fn replace_found(&self, s: &str, found: &[Found]) -> String {
+        let mut out = String::with_capacity(s.len() + 16 * found.len());
+        let mut last = 0;
+        for f in found {
+            out.push_str(&s[last..f.start]);
+            out.push_str(&self.detected_value(f.kind, &s[f.start..f.end]));
+            last = f.end;
+        }
+        out.push_str(&s[last..]);
+        out
+    }
+
+    /// Detectors over bytes that may not be UTF-8: each valid UTF-8 run is scanned (PII
+    /// we can detect is ASCII), invalid bytes are kept.
+    fn mask_bytes<'a>(&self, b: &'a [u8]) -> Cow<'a, [u8]> {
+        if let Ok(s) = std::str::from_utf8(b) {
+            return match self.mask_str(s) {
+                Cow::Owned(o) => Cow::Owned(o.into_bytes()),
+                Cow::Borrowed(_) => Cow::Borrowed(b),
+            };
+        }
+        let mut out: Vec<u8> = Vec::new();
+        let mut changed = false;
+        for chunk in b.utf8_chunks() {
+            match self.mask_str(chunk.valid()) {
+                Cow::Owned(o) => {
+                    changed = true;
+                    out.extend_from_slice(o.as_bytes());
+                }
+                Cow::Borrowed(v) => out.extend_from_slice(v.as_bytes()),
+            }
+            out.extend_from_slice(chunk.invalid());
+        }
+        if changed {
+            Cow::Owned(out)
+        } else {
+            Cow::Borrowed(b)
+        }
+    }
+
+    fn decode<'a>(
+        &self,
+        headers: &[Header],
+        body: &'a [u8],
+    ) -> Result<(Cow<'a, [u8]>, Coding), DecodeError> {
+        let r = body::decode(headers, body, self.max_decoded_body);
+        match &r {
+            Ok((_, Coding::Identity)) => {}
+            Ok(_) => MaskStats::bump(&self.stats.bodies_decoded),
+            Err(DecodeError::Unsupported) => MaskStats::bump(&self.stats.unsupported_encoding),
+            Err(DecodeError::Corrupt) => MaskStats::bump(&self.stats.decode_failures),
+            Err(DecodeError::Oversize) => MaskStats::bump(&self.stats.oversize_bodies),
+        }
+        r
+    }
+
+    /// Mask a body for replay: same coding, `Content-Length` fixed up in `headers`.
+    fn mask_message_body(
+        &self,
+        orig_headers: &[Header],
+        body: &Bytes,
+        headers: &mut Vec<Header>,
+    ) -> Bytes {
+        let Some(change) = self.mask_body(orig_headers, body) else {
+            return body.clone();
+        };
+        if change.drop_content_encoding {
+            headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
+        }
+        for h in headers
+            .iter_mut()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        {
+            h.value = change.body.len().to_string().into_bytes();
+        }
+        Bytes::from(change.body)
+    }
+
+    fn mask_body(&self, headers: &[Header], body: &[u8]) -> Option<BodyChange> {
+        if body.is_empty() {
+            return None;
+        }
+        match self.decode(headers, body) {
+            Ok((decoded, coding)) => {
+                let masked = self.mask_decoded(body::classify(headers, &decoded), &decoded)?;
+                match body::encode(&masked, coding) {
+                    Ok(body) => Some(BodyChange {
+                        body,
+                        drop_content_encoding: false,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-encoding a masked body failed; sending it decoded");
+                        Some(BodyChange {
+                            body: masked,
+                            drop_content_encoding: coding != Coding::Identity,
+                        })
+                    }
+                }
+            }
+            // Unreadable: only the visible text runs can be checked.
+            Err(_) => match self.mask_bytes(body) {
+                Cow::Owned(b) => {
+                    MaskStats::bump(&self.stats.raw_bodies_masked);
+                    Some(BodyChange {
+                        body: b,
+                        drop_content_encoding: false,
+                    })
+                }
+                Cow::Borrowed(_) => None,
+            },
+        }
+    }
+
+    /// Masked decoded body, `None` when unchanged.
+    fn mask_decoded(&self, kind: BodyKind, data: &[u8]) -> Option<Vec<u8>> {
+        let text = std::str::from_utf8(data).ok();
+        match (kind, text) {
+            (BodyKind::Json, Some(s)) => match json::mask_json(self, &self.json_paths, s) {
+                Ok(r) => r.map(String::into_bytes),
+                Err(_) => {
+                    MaskStats::bump(&self.stats.json_fallbacks);
+                    self.mask_bytes(data).into_owned_if_changed()
+                }
+            },
+            (BodyKind::Form, Some(s)) => {
+                urlenc::mask_pairs(self, s, &self.form_names, MaskKind::Form)
+                    .map(String::into_bytes)
+            }
+            (BodyKind::Binary, _) => {
+                let r = self.mask_bytes(data).into_owned_if_changed();
+                if r.is_some() {
+                    MaskStats::bump(&self.stats.raw_bodies_masked);
+                }
+                r
+            }
+            _ => self.mask_bytes(data).into_owned_if_changed(),
+        }
+    }
+
+    fn mask_socket_addr(&self, a: SocketAddr) -> SocketAddr {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => {
+                self.stats.count(MaskKind::Ip);
+                IpAddr::V4(self.tokens.ipv4(v4))
+            }
+            IpAddr::V6(v6) if !v6.is_loopback() && !v6.is_unspecified() => {
+                self.stats.count(MaskKind::Ip);
+                IpAddr::V6(self.tokens.ipv6(v6))
+            }
+            other => other,
+        };
+        SocketAddr::new(ip, a.port())
+    }
+}
+
+trait OwnedIfChanged {
+    fn into_owned_if_changed(self) -> Option<Vec<u8>>;
+}
+
+impl OwnedIfChanged for Cow<'_, [u8]> {
+    fn into_owned_if_changed(self) -> Option<Vec<u8>> {
+        match self {
+            Cow::Owned(v) => Some(v),
+            Cow::Borrowed(_) => None,
+        }
+    }
+}
+
+/// Entry point for a cargo-fuzz target: any bytes as body, header values and content
+/// type must neither panic nor leave the masker in a bad state.
+pub fn fuzz_mask(data: &[u8]) {
+    use std::sync::OnceLock;
+    static MASKER: OnceLock<Option<Masker>> = OnceLock::new();
+    let masker = MASKER.get_or_init(|| {
+        let key = MaskKey::from_bytes(&[0x5a; 32]).ok()?;
+        let mut cfg = MaskConfig::with_defaults(key);
+        cfg.detectors = Detectors::all();
+        cfg.max_decoded_body = 1 << 16;
+        for r in [
+            "json:$.user.email",
+            "json:$..card",
+            "json:$.items[*].n",
+            "query:q",
+            "form:f",
+        ] {
+            cfg.add_rule_str(r).ok()?;
+        }
+        Masker::new(cfg).ok()
+    });
+    let Some(m) = masker else { return };
+    const TYPES: &[&str] = &[
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "application/octet-stream",
+        "",
+        "application/problem+json",
+    ];
+    const CODINGS: &[&str] = &["", "gzip", "deflate", "br"];
+    let (sel, rest) = data.split_first().unwrap_or((&0, &[]));
+    let ct = TYPES[usize::from(*sel) % TYPES.len()];
+    let ce = CODINGS[usize::from(*sel / 8) % CODINGS.len()];
+    // The first line doubles as a header value and target, the rest is the body.
+    let split = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+    let (line, body) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
+    let mut headers = vec![
+        Header::new("Cookie", line.to_vec()),
+        Header::new("X-Note", line.to_vec()),
+        Header::new("Content-Length", body.len().to_string()),
+    ];
+    if !ct.is_empty() {
+        headers.push(Header::new("Content-Type", ct));
+    }
+    if !ce.is_empty() {
+        headers.push(Header::new("Content-Encoding", ce));
+    }
+    let target = String::from_utf8_lossy(line).into_owned();
+    let req = Request {
+        method: "POST".into(),
+        target: format!("/x?{target}"),
+        version: 1,
+        headers: headers.clone(),
+        body: Bytes::copy_from_slice(body),
+    };
+    let masked = m.mask_request(&req);
+    // Already-masked input must be handled too.
+    let _ = m.mask_request(&masked);
+    let resp = Response {
+        version: 1,
+        status: 200,
+        reason: target.clone(),
+        headers,
+        body: req.body.clone(),
+    };
+    let _ = m.mask_response(&resp);
+    let _ = m.persistable_body(&req.headers, body);
+    let _ = m.mask_text(&target);
+}

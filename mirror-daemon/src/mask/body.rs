@@ -1,0 +1,278 @@
+//! Body plumbing: content coding (gzip/deflate, size-capped), media type classification
+//! and re-encoding with the original coding.
+use std::borrow::Cow;
+use std::io::{Read, Write};
+
+use flate2::Compression;
+use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+
+use crate::http::{Header, header};
+
+/// Content coding of a body, as decoded (deflate is zlib-wrapped per RFC 9110, but some
+/// servers send raw deflate: we remember which one we saw to re-encode the same way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Coding {
+    Identity,
+    Gzip,
+    Zlib,
+    RawDeflate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// A coding we do not decode (br, zstd, compress, stacked codings...).
+    Unsupported,
+    /// Declared coding, but the bytes do not decode.
+    Corrupt,
+    /// The decoded body is larger than the cap.
+    Oversize,
+}
+
+/// Decode `body` according to its `Content-Encoding`, refusing more than `cap` bytes.
+pub(crate) fn decode<'a>(
+    headers: &[Header],
+    body: &'a [u8],
+    cap: usize,
+) -> Result<(Cow<'a, [u8]>, Coding), DecodeError> {
+    let ce = header(headers, "content-encoding")
+        .map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase());
+    let ce = ce.as_deref().unwrap_or("");
+    let coding = match ce {
+        "" | "identity" => Coding::Identity,
+        "gzip" | "x-gzip" => Coding::Gzip,
+        "deflate" => Coding::Zlib,
+        _ => return Err(DecodeError::Unsupported),
+    };
+    if body.is_empty() {
+        return Ok((Cow::Borrowed(body), Coding::Identity));
+    }
+    match coding {
+        Coding::Identity if body.len() > cap => Err(DecodeError::Oversize),
+        Coding::Identity => Ok((Cow::Borrowed(body), Coding::Identity)),
+        Coding::Gzip => {
+            read_capped(MultiGzDecoder::new(body), cap).map(|v| (Cow::Owned(v), Coding::Gzip))
+        }
+        Coding::Zlib | Coding::RawDeflate => match read_capped(ZlibDecoder::new(body), cap) {
+            Ok(v) => Ok((Cow::Owned(v), Coding::Zlib)),
+            Err(DecodeError::Oversize) => Err(DecodeError::Oversize),
+            Err(_) => read_capped(DeflateDecoder::new(body), cap)
+                .map(|v| (Cow::Owned(v), Coding::RawDeflate)),
+        },
+    }
+}
+
+fn read_capped(r: impl Read, cap: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+    r.take(limit)
+        .read_to_end(&mut out)
+        .map_err(|_| DecodeError::Corrupt)?;
+    if out.len() > cap {
+        Err(DecodeError::Oversize)
+    } else {
+        Ok(out)
+    }
+}
+
+/// Encode `data` with `coding` (the inverse of [`decode`]).
+pub(crate) fn encode(data: &[u8], coding: Coding) -> std::io::Result<Vec<u8>> {
+    let level = Compression::default();
+    match coding {
+        Coding::Identity => Ok(data.to_vec()),
+        Coding::Gzip => {
+            let mut e = GzEncoder::new(Vec::with_capacity(data.len() / 4), level);
+            e.write_all(data)?;
+            e.finish()
+        }
+        Coding::Zlib => {
+            let mut e = ZlibEncoder::new(Vec::with_capacity(data.len() / 4), level);
+            e.write_all(data)?;
+            e.finish()
+        }
+        Coding::RawDeflate => {
+            let mut e = DeflateEncoder::new(Vec::with_capacity(data.len() / 4), level);
+            e.write_all(data)?;
+            e.finish()
+        }
+    }
+}
+
+/// How a (decoded) body is read for masking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyKind {
+    Json,
+    Form,
+    Text,
+    /// A binary media type, or content that does not look like text.
+    Binary,
+}
+
+/// Classify by `Content-Type`, sniffing when it is absent or not specific.
+pub(crate) fn classify(headers: &[Header], data: &[u8]) -> BodyKind {
+    let ct = header(headers, "content-type").map(|v| {
+        let v = String::from_utf8_lossy(v);
+        v.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match ct.as_deref() {
+        Some("application/x-www-form-urlencoded") => BodyKind::Form,
+        Some(t) if t.contains("ndjson") || t.contains("json-seq") => BodyKind::Text,
+        Some(t) if t == "application/json" || t.ends_with("+json") || t.ends_with("/json") => {
+            BodyKind::Json
+        }
+        Some(t) if t.starts_with("text/") || t.ends_with("+xml") || TEXT_TYPES.contains(&t) => {
+            BodyKind::Text
+        }
+        Some(t)
+            if BINARY_PREFIXES.iter().any(|p| t.starts_with(p)) || BINARY_TYPES.contains(&t) =>
+        {
+            BodyKind::Binary
+        }
+        _ => sniff(data),
+    }
+}
+
+const TEXT_TYPES: &[&str] = &[
+    "application/xml",
+    "application/javascript",
+    "application/x-javascript",
+    "application/ecmascript",
+    "application/graphql",
+    "application/yaml",
+    "application/x-yaml",
+    "application/csv",
+    "application/sql",
+    "application/x-sh",
+];
+
+const BINARY_PREFIXES: &[&str] = &["image/", "audio/", "video/", "font/"];
+
+const BINARY_TYPES: &[&str] = &[
+    "application/octet-stream",
+    "application/pdf",
+    "application/zip",
+    "application/gzip",
+    "application/x-tar",
+    "application/protobuf",
+    "application/x-protobuf",
+    "application/vnd.google.protobuf",
+    "application/grpc",
+    "application/msgpack",
+    "application/x-msgpack",
+    "application/cbor",
+    "application/wasm",
+];
+
+/// Text if it is UTF-8 without control characters other than whitespace; JSON if it also
+/// starts like a JSON document.
+fn sniff(data: &[u8]) -> BodyKind {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return BodyKind::Binary;
+    };
+    if s.bytes()
+        .any(|c| c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r') || c == 0x7f)
+    {
+        return BodyKind::Binary;
+    }
+    match s.trim_start().as_bytes().first() {
+        Some(b'{' | b'[') => BodyKind::Json,
+        _ => BodyKind::Text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(name: &str, v: &str) -> Header {
+        Header::new(name, v)
+    }
+
+    #[test]
+    fn gzip_and_deflate_round_trip() {
+        let data = b"{\"email\":\"alice@example.com\"}".repeat(10);
+        for (ce, coding) in [
+            ("gzip", Coding::Gzip),
+            ("deflate", Coding::Zlib),
+            ("deflate", Coding::RawDeflate),
+        ] {
+            let enc = encode(&data, coding).unwrap();
+            let (dec, seen) = decode(&[h("Content-Encoding", ce)], &enc, 1 << 20).unwrap();
+            assert_eq!(dec.as_ref(), data.as_slice());
+            assert_eq!(seen, coding);
+        }
+    }
+
+    #[test]
+    fn decode_failures() {
+        let big = encode(&vec![b'a'; 10_000], Coding::Gzip).unwrap();
+        assert_eq!(
+            decode(&[h("Content-Encoding", "gzip")], &big, 9_999).unwrap_err(),
+            DecodeError::Oversize
+        );
+        assert!(decode(&[h("Content-Encoding", "gzip")], &big, 10_000).is_ok());
+        assert_eq!(
+            decode(&[h("Content-Encoding", "gzip")], b"not gzip", 100).unwrap_err(),
+            DecodeError::Corrupt
+        );
+        assert_eq!(
+            decode(
+                &[h("Content-Encoding", "deflate")],
+                b"not deflate at all \xff\xff",
+                100
+            )
+            .unwrap_err(),
+            DecodeError::Corrupt
+        );
+        assert_eq!(
+            decode(&[h("Content-Encoding", "br")], b"x", 100).unwrap_err(),
+            DecodeError::Unsupported
+        );
+        assert_eq!(decode(&[], b"12345", 4).unwrap_err(), DecodeError::Oversize);
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(
+            classify(
+                &[h("Content-Type", "application/json; charset=utf-8")],
+                b"x"
+            ),
+            BodyKind::Json
+        );
+        assert_eq!(
+            classify(&[h("content-type", "application/problem+json")], b"x"),
+            BodyKind::Json
+        );
+        assert_eq!(
+            classify(
+                &[h("Content-Type", "application/x-www-form-urlencoded")],
+                b"a=b"
+            ),
+            BodyKind::Form
+        );
+        assert_eq!(
+            classify(&[h("Content-Type", "text/html")], b"<p>"),
+            BodyKind::Text
+        );
+        assert_eq!(
+            classify(&[h("Content-Type", "application/x-ndjson")], b"{}\n{}"),
+            BodyKind::Text
+        );
+        assert_eq!(
+            classify(&[h("Content-Type", "image/png")], b"plain"),
+            BodyKind::Binary
+        );
+        assert_eq!(classify(&[], b"  {\"a\":1}"), BodyKind::Json);
+        assert_eq!(classify(&[], b"hello"), BodyKind::Text);
+        assert_eq!(classify(&[], b"he\0llo"), BodyKind::Binary);
+        assert_eq!(
+            classify(&[h("Content-Type", "application/vnd.custom")], b"\xff\xfe"),
+            BodyKind::Binary
+        );
+    }
+}

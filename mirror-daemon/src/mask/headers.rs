@@ -1,0 +1,118 @@
+//! Header values: sensitive headers are tokenized whole (keeping cookie names and the
+//! auth scheme readable), URL headers go through target masking, everything else through
+//! the detectors. Framing headers are never touched.
+use std::borrow::Cow;
+
+use super::Masker;
+use super::stats::MaskKind;
+use super::token::is_masked_value;
+use super::urlenc::mask_target;
+
+/// Never masked: rewriting them would break framing or body decoding of the replay.
+const PROTECTED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "content-encoding",
+    "content-type",
+];
+/// Values that are URLs (queries may carry `query:` fields).
+const URL_HEADERS: &[&str] = &["referer", "location", "content-location"];
+
+/// The masked value of one header, `None` when unchanged.
+pub(crate) fn mask_header(m: &Masker, name: &str, value: &[u8]) -> Option<Vec<u8>> {
+    let lname = name.to_ascii_lowercase();
+    if PROTECTED.contains(&lname.as_str()) || value.is_empty() {
+        return None;
+    }
+    if m.header_is_sensitive(&lname) {
+        return match lname.as_str() {
+            "cookie" => mask_cookie_pairs(m, value, false),
+            "set-cookie" => mask_cookie_pairs(m, value, true),
+            "authorization" | "proxy-authorization" => mask_credentials(m, value),
+            _ => whole(m, value),
+        };
+    }
+    if URL_HEADERS.contains(&lname.as_str())
+        && let Ok(s) = std::str::from_utf8(value)
+    {
+        return match mask_target(m, s) {
+            Cow::Owned(v) => Some(v.into_bytes()),
+            Cow::Borrowed(_) => None,
+        };
+    }
+    match m.mask_bytes(value) {
+        Cow::Owned(v) => Some(v),
+        Cow::Borrowed(_) => None,
+    }
+}
+
+fn whole(m: &Masker, value: &[u8]) -> Option<Vec<u8>> {
+    let v = value.trim_ascii();
+    if v.is_empty() || is_masked_value(v) {
+        return None;
+    }
+    Some(m.rule_value(v, MaskKind::Header).into_bytes())
+}
+
+/// `Scheme credentials` → `Scheme <token>`: the scheme says nothing about the user and
+/// helps reading a diff (Basic vs Bearer).
+fn mask_credentials(m: &Masker, value: &[u8]) -> Option<Vec<u8>> {
+    let v = value.trim_ascii();
+    let Some(sp) = v.iter().position(|&c| c == b' ') else {
+        return whole(m, v);
+    };
+    let (scheme, creds) = (&v[..sp], v[sp..].trim_ascii());
+    if scheme.is_empty()
+        || !scheme
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._".contains(c))
+    {
+        return whole(m, v);
+    }
+    if creds.is_empty() || is_masked_value(creds) {
+        return None;
+    }
+    let mut out = scheme.to_vec();
+    out.push(b' ');
+    out.extend_from_slice(m.rule_value(creds, MaskKind::Header).as_bytes());
+    Some(out)
+}
+
+/// `a=1; b=2` → `a=<tok>; b=<tok>`. For `Set-Cookie` only the first pair is the cookie;
+/// attributes (`Path`, `Expires`...) are kept and only scanned by the detectors.
+fn mask_cookie_pairs(m: &Masker, value: &[u8], set_cookie: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(value.len() + 16);
+    let mut changed = false;
+    for (i, part) in value.split(|&c| c == b';').enumerate() {
+        if i > 0 {
+            out.push(b';');
+        }
+        if set_cookie && i > 0 {
+            match m.mask_bytes(part) {
+                Cow::Owned(p) => {
+                    changed = true;
+                    out.extend_from_slice(&p);
+                }
+                Cow::Borrowed(p) => out.extend_from_slice(p),
+            }
+            continue;
+        }
+        let (prefix, val) = match part.iter().position(|&c| c == b'=') {
+            Some(eq) => part.split_at(eq + 1),
+            None => {
+                // No name: keep the leading whitespace, mask the rest.
+                let lead = part.len() - part.trim_ascii_start().len();
+                part.split_at(lead)
+            }
+        };
+        let trimmed = val.trim_ascii();
+        if trimmed.is_empty() || is_masked_value(trimmed) {
+            out.extend_from_slice(part);
+            continue;
+        }
+        changed = true;
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(m.rule_value(trimmed, MaskKind::Header).as_bytes());
+    }
+    changed.then_some(out)
+}
