@@ -200,6 +200,12 @@ fn luhn_check_digit(body: &str) -> u32 {
     (10 - sum % 10) % 10
 }
 
+/// 13 to 19 digits, with optional spaces or dashes.
+pub fn plausible_card(card: &str) -> bool {
+    let digits = card.chars().filter(char::is_ascii_digit).count();
+    card.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-') && (13..=19).contains(&digits)
+}
+
 /// Luhn check of a card number; spaces and dashes ignored.
 pub fn luhn_valid(card: &str) -> bool {
     let digits: Vec<u32> = card
@@ -358,8 +364,10 @@ fn create_order(body: &[u8]) -> Reply {
         .get("card_number")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if !luhn_valid(card) {
-        return Reply::error(422, "card_number is not a valid card number");
+    // Shape check only (the payment processor validates the number): a masked replay
+    // carries a format-preserving token of the same length, which must still be accepted.
+    if !plausible_card(card) {
+        return Reply::error(422, "card_number must have 13 to 19 digits");
     }
     let mut lines = Vec::new();
     for item in v
