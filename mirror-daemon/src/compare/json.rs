@@ -387,8 +387,8 @@ fn mix(a: u64, b: u64) -> u64 {
 /// Numbers equal under `numbers_equal` (without tolerance) get the same bits.
 fn number_bits(n: &Number) -> u64 {
     match n.as_f64() {
-        Some(f) if f == 0.0 => 0,
-        Some(f) => f.to_bits(),
+        // -0.0 == 0.0, so both hash as 0.
+        Some(f) => (f + 0.0).to_bits(),
         None => 1,
     }
 }

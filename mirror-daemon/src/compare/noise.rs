@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(m.classify(R, &ts), NoiseClass::LikelyNoise);
         assert_eq!(m.classify(R, &price), NoiseClass::Signal);
         // LikelyNoise is still a mismatch.
-        assert!(m.counts_as_mismatch(R, &cmp(&[ts.clone()])));
+        assert!(m.counts_as_mismatch(R, &cmp(std::slice::from_ref(&ts))));
         // Too few samples: no opinion.
         let mut few = NoiseModel::default();
         for _ in 0..19 {
@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(m.classify(R, &hdr), NoiseClass::Signal);
         // Never seen legacy vs legacy: signal however rare.
         assert_eq!(m.classify(R, &price), NoiseClass::Signal);
-        assert!(!m.counts_as_mismatch(R, &cmp(&[ts.clone()])));
+        assert!(!m.counts_as_mismatch(R, &cmp(std::slice::from_ref(&ts))));
         assert!(m.counts_as_mismatch(R, &cmp(&[ts.clone(), price.clone()])));
         // Serializable and mergeable.
         let json = serde_json::to_string(&m).unwrap();
