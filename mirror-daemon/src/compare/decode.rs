@@ -35,7 +35,8 @@ pub(crate) fn decode<'a>(body: &'a [u8], encoding: Option<&[u8]>, cap: usize) ->
                 .collect()
         })
         .unwrap_or_default();
-    if codings.is_empty() {
+    // HEAD, 204 and 304 responses carry the coding header with no body.
+    if codings.is_empty() || body.is_empty() {
         return if body.len() > cap {
             Decoded::Hashed {
                 len: body.len() as u64,
@@ -178,6 +179,8 @@ pub(crate) mod tests {
             text
         );
         assert_eq!(full(decode(text, Some(b"identity"), 1024)), text);
+        assert_eq!(full(decode(b"", Some(b"gzip"), 1024)), b"");
+        assert_eq!(full(decode(b"", Some(b"br"), 1024)), b"");
     }
 
     #[test]
