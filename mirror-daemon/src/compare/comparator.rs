@@ -467,42 +467,84 @@ mod tests {
     #[test]
     #[ignore]
     fn compare_throughput() {
-        let items: Vec<Value> = (0..700)
+        let items: Vec<Value> = (0..880)
             .map(|i| {
                 json!({"id": i, "name": format!("item-{i}"), "price": f64::from(i) * 1.25,
                        "tags": ["a", "b", "c"], "updated_at": "2024-01-01T00:00:00Z", "stock": {"n": i % 7}})
             })
             .collect();
-        let body = json!({"items": items, "total": 700}).to_string();
+        let body = json!({"items": items, "total": 880}).to_string();
         let mut changed = body.replacen("item-3\"", "item-X\"", 1);
         changed = changed.replace("2024-01-01", "2024-01-02");
-        assert!(body.len() > 90_000, "{}", body.len());
-        let cfg = CompareConfig::from_cli(
+        assert!(body.len() > 100_000, "{}", body.len());
+        let with_rules = CompareConfig::from_cli(
             &["json:$..updated_at".into()],
             &["json:$.items[*].price=0.01".into()],
             &["json:$.items[*].tags".into()],
         )
         .unwrap();
-        let cmp = Comparator::new(cfg).unwrap();
         let h = [("Content-Type", "application/json")];
-        for (label, cand) in [("equal", body.clone()), ("one diff", changed)] {
-            let legacy = resp(200, &h, body.clone());
-            let candidate = resp(200, &h, cand);
-            let n = 200;
+        let n = 200;
+        // Throughput is counted in decoded JSON bytes, both sides.
+        let timed = |label: &str, cmp: &Comparator, legacy: &Response, candidate: &Response| {
             let start = std::time::Instant::now();
             let mut diffs = 0;
             for _ in 0..n {
-                diffs += cmp.compare(&legacy, &candidate).diffs.len();
+                diffs += cmp.compare(legacy, candidate).diffs.len();
             }
             let secs = start.elapsed().as_secs_f64();
             let mb = (body.len() * 2 * n) as f64 / 1e6;
             println!(
-                "compare_throughput [{label}]: {} KiB bodies, {:.1} MB/s (both sides), {:.0} µs/exchange, {} diffs/exchange",
+                "compare_throughput [{label}]: {} KiB bodies ({} on the wire), {:.1} MB/s (both sides), {:.0} µs/exchange, {} diffs/exchange",
                 body.len() / 1024,
+                legacy.body.len(),
                 mb / secs,
                 secs * 1e6 / n as f64,
                 diffs / n
             );
+        };
+        let legacy = resp(200, &h, body.clone());
+        let parse_only = std::time::Instant::now();
+        for _ in 0..n {
+            let a: Value = serde_json::from_slice(&legacy.body).unwrap();
+            let b: Value = serde_json::from_slice(&legacy.body).unwrap();
+            assert_eq!(a.is_object(), b.is_object());
         }
+        let secs = parse_only.elapsed().as_secs_f64();
+        println!(
+            "compare_throughput [parse only]: {:.1} MB/s (both sides)",
+            (body.len() * 2 * n) as f64 / 1e6 / secs
+        );
+        let strict = Comparator::new(CompareConfig::default()).unwrap();
+        let rules = Comparator::new(with_rules).unwrap();
+        timed(
+            "equal, no rules",
+            &strict,
+            &legacy,
+            &resp(200, &h, body.clone()),
+        );
+        timed(
+            "equal, 3 rules",
+            &rules,
+            &legacy,
+            &resp(200, &h, body.clone()),
+        );
+        timed(
+            "one diff, 3 rules",
+            &rules,
+            &legacy,
+            &resp(200, &h, changed),
+        );
+        let gz = [
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+        ];
+        let zipped = resp(200, &gz, gzip(body.as_bytes()));
+        timed(
+            "equal, gzip both, 3 rules",
+            &rules,
+            &zipped,
+            &zipped.clone(),
+        );
     }
 }
