@@ -66,14 +66,44 @@ pub struct Diff {
     pub candidate: Option<String>,
 }
 
+/// How the bodies of one exchange were compared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyMode {
+    /// Both bodies empty.
+    #[default]
+    Empty,
+    /// Parsed and compared as JSON.
+    Json,
+    /// Compared as UTF-8 text.
+    Text,
+    /// Compared byte for byte.
+    Bytes,
+    /// A decoded body was over `max_decoded_body`: compared by length and SHA-256.
+    Hashed,
+    /// A body could not be decoded (unknown coding, corrupt stream): raw bytes compared.
+    Undecodable,
+}
+
 /// Result of comparing one legacy response with the candidate's.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comparison {
+    /// At most `CompareConfig::max_diffs` diffs, in order: status, headers, body.
     pub diffs: Vec<Diff>,
+    /// Diffs found beyond the cap, counted but not kept.
+    #[serde(default)]
+    pub omitted: u64,
+    #[serde(default)]
+    pub body: BodyMode,
 }
 
 impl Comparison {
     pub fn matched(&self) -> bool {
-        self.diffs.is_empty()
+        self.diffs.is_empty() && self.omitted == 0
+    }
+
+    /// Diffs found, kept or not.
+    pub fn total_diffs(&self) -> u64 {
+        self.diffs.len() as u64 + self.omitted
     }
 }

@@ -1,0 +1,258 @@
+//! Header comparison.
+//!
+//! Every response header is compared (case-insensitive names, values normalized) except:
+//! - [`VOLATILE_HEADERS`]: per-request or per-process values (dates, ids, trace context,
+//!   server identity and timing), hop-by-hop and framing headers, and headers made moot
+//!   by comparing decoded bodies (`content-length`, `content-encoding`,
+//!   `transfer-encoding`); a changed body length shows up as a body diff anyway;
+//! - `--ignore header:NAME` names (a trailing `*` matches a prefix).
+//!
+//! Some headers are compared in a weaker form:
+//! - [`PRESENCE_ONLY_HEADERS`] (`etag`, `last-modified`, `expires`): values are derived
+//!   from time or implementation, but dropping one breaks client caching, so only
+//!   presence is compared;
+//! - `set-cookie`: the set of cookie names (values are session ids and the like);
+//! - `cache-control`, `vary`, `allow`: directive/token lists compared as sets;
+//! - `content-type`: lower-cased, spaces and quotes around parameters removed.
+use std::collections::BTreeMap;
+
+use super::model::{Diff, DiffKind};
+use super::render::truncate;
+
+/// Not compared at all (exact names or `prefix*`).
+pub const VOLATILE_HEADERS: &[&str] = &[
+    "date",
+    "server",
+    "x-powered-by",
+    "age",
+    "via",
+    "x-request-id",
+    "request-id",
+    "x-correlation-id",
+    "correlation-id",
+    "traceparent",
+    "tracestate",
+    "x-trace-id",
+    "x-b3-*",
+    "b3",
+    "x-amzn-trace-id",
+    "x-cloud-trace-context",
+    "x-runtime",
+    "x-response-time",
+    "server-timing",
+    "x-envoy-*",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+];
+
+/// Compared by presence only.
+pub const PRESENCE_ONLY_HEADERS: &[&str] = &["etag", "last-modified", "expires"];
+
+/// Headers whose comma-separated tokens are compared as a set.
+const TOKEN_SET_HEADERS: &[&str] = &["cache-control", "vary", "allow"];
+
+#[derive(Debug)]
+pub(crate) struct HeaderRules {
+    ignore: Vec<String>,
+}
+
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+impl HeaderRules {
+    pub(crate) fn new(extra_ignore: &[String]) -> Self {
+        let mut ignore: Vec<String> = VOLATILE_HEADERS.iter().map(|s| s.to_string()).collect();
+        ignore.extend(extra_ignore.iter().map(|s| s.to_ascii_lowercase()));
+        HeaderRules { ignore }
+    }
+
+    fn ignored(&self, name: &str) -> bool {
+        self.ignore.iter().any(|p| name_matches(p, name))
+    }
+
+    /// Diffs between two header lists, in name order.
+    pub(crate) fn diff(
+        &self,
+        legacy: &[crate::http::Header],
+        candidate: &[crate::http::Header],
+    ) -> Vec<Diff> {
+        let a = self.collect(legacy);
+        let b = self.collect(candidate);
+        let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+        names.sort();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            let (va, vb) = (a.get(name), b.get(name));
+            let (ra, rb) = if PRESENCE_ONLY_HEADERS.contains(&name.as_str()) {
+                if va.is_some() == vb.is_some() {
+                    continue;
+                }
+                (
+                    va.map(|v| normalize(name, v)),
+                    vb.map(|v| normalize(name, v)),
+                )
+            } else {
+                let (na, nb) = (
+                    va.map(|v| normalize(name, v)),
+                    vb.map(|v| normalize(name, v)),
+                );
+                if na == nb {
+                    continue;
+                }
+                (na, nb)
+            };
+            out.push(Diff {
+                kind: DiffKind::Header { name: name.clone() },
+                legacy: ra.as_deref().map(truncate),
+                candidate: rb.as_deref().map(truncate),
+            });
+        }
+        out
+    }
+
+    /// Lower-case name → raw values in order, skipping ignored names.
+    fn collect<'h>(&self, headers: &'h [crate::http::Header]) -> BTreeMap<String, Vec<&'h [u8]>> {
+        let mut m: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
+        for h in headers {
+            let name = h.name.trim().to_ascii_lowercase();
+            if !self.ignored(&name) {
+                m.entry(name).or_default().push(&h.value);
+            }
+        }
+        m
+    }
+}
+
+/// Normalized comparable form of all values of one header.
+fn normalize(name: &str, values: &[&[u8]]) -> String {
+    let texts: Vec<String> = values
+        .iter()
+        .map(|v| collapse_ws(&String::from_utf8_lossy(v)))
+        .collect();
+    match name {
+        "set-cookie" => {
+            let mut names: Vec<&str> = texts
+                .iter()
+                .map(|c| c.split_once('=').map_or(c.as_str(), |(n, _)| n).trim())
+                .collect();
+            names.sort_unstable();
+            format!("cookies: {}", names.join(", "))
+        }
+        "content-type" => texts
+            .iter()
+            .map(|t| {
+                t.to_ascii_lowercase()
+                    .split(';')
+                    .map(|p| {
+                        p.split('=')
+                            .map(|x| x.trim().trim_matches('"'))
+                            .collect::<Vec<_>>()
+                            .join("=")
+                    })
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(";")
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        n if TOKEN_SET_HEADERS.contains(&n) => {
+            let mut tokens: Vec<String> = texts
+                .iter()
+                .flat_map(|t| t.split(','))
+                .map(|t| t.trim().replace(' ', "").to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect();
+            tokens.sort_unstable();
+            tokens.dedup();
+            tokens.join(",")
+        }
+        _ => texts.join(", "),
+    }
+}
+
+fn collapse_ws(s: &str) -> String {
+    s.split_ascii_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Header;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<Header> {
+        pairs
+            .iter()
+            .map(|(n, v)| Header::new(*n, v.as_bytes()))
+            .collect()
+    }
+
+    fn keys(d: &[Diff]) -> Vec<String> {
+        d.iter().map(|d| d.kind.to_string()).collect()
+    }
+
+    #[test]
+    fn volatile_headers_are_ignored() {
+        let rules = HeaderRules::new(&[]);
+        let a = h(&[
+            ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ("X-Request-Id", "1"),
+            ("traceparent", "00-a-b-01"),
+            ("X-B3-TraceId", "abc"),
+            ("Content-Length", "10"),
+            ("Content-Encoding", "gzip"),
+            ("Server", "legacy/1.0"),
+            ("Content-Type", "application/json; charset=UTF-8"),
+            ("ETag", "\"v1\""),
+            ("Set-Cookie", "sid=abc; Path=/"),
+        ]);
+        let b = h(&[
+            ("date", "Tue, 02 Jan 2024 00:00:00 GMT"),
+            ("x-request-id", "2"),
+            ("Content-Length", "12"),
+            ("server", "candidate"),
+            ("content-type", "application/json;charset=\"utf-8\""),
+            ("etag", "W/\"other\""),
+            ("set-cookie", "sid=zzz; Path=/; HttpOnly"),
+        ]);
+        assert!(rules.diff(&a, &b).is_empty(), "{:?}", rules.diff(&a, &b));
+    }
+
+    #[test]
+    fn compared_headers_differ_and_ignore_flag_works() {
+        let a = h(&[
+            ("Cache-Control", "no-cache, max-age=0"),
+            ("Location", "/a"),
+            ("ETag", "x"),
+            ("X-Custom", "1"),
+        ]);
+        let b = h(&[
+            ("cache-control", "max-age=0,no-cache"),
+            ("location", "/b"),
+            ("x-custom", "2"),
+        ]);
+        let rules = HeaderRules::new(&[]);
+        let d = rules.diff(&a, &b);
+        assert_eq!(
+            keys(&d),
+            ["header(etag)", "header(location)", "header(x-custom)"]
+        );
+        assert_eq!(d[1].legacy.as_deref(), Some("/a"));
+        assert_eq!(d[0].candidate, None);
+        let rules = HeaderRules::new(&["location".into(), "x-*".into()]);
+        assert_eq!(keys(&rules.diff(&a, &b)), ["header(etag)"]);
+        let c = h(&[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]);
+        let d = h(&[("Set-Cookie", "a=9")]);
+        assert_eq!(
+            keys(&HeaderRules::new(&[]).diff(&c, &d)),
+            ["header(set-cookie)"]
+        );
+    }
+}

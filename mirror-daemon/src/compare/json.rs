@@ -1,0 +1,705 @@
+//! Semantic JSON comparison: key order ignored, numbers compared as numbers, ignore paths,
+//! tolerances, unordered arrays, null-vs-missing, and `order` diffs for arrays that hold
+//! the same elements in another order.
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::ops::ControlFlow;
+
+use serde_json::{Map, Number, Value};
+
+use super::config::{CompareConfig, Tolerance};
+use super::model::{Diff, DiffKind, FieldDiffKind};
+use super::path::{Elem, render};
+use super::render::render_json;
+
+/// Element comparisons allowed per body when matching arrays as multisets; bounds the
+/// quadratic worst case (many elements that hash alike under tolerances).
+const PROBE_BUDGET: u64 = 1_000_000;
+
+/// Collected diffs, bounded; the rest are only counted.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    pub diffs: Vec<Diff>,
+    pub omitted: u64,
+    pub max: usize,
+}
+
+impl Sink {
+    pub(crate) fn new(max: usize) -> Self {
+        Sink {
+            diffs: Vec::new(),
+            omitted: 0,
+            max,
+        }
+    }
+
+    pub(crate) fn push_with(&mut self, make: impl FnOnce() -> Diff) {
+        if self.diffs.len() < self.max {
+            self.diffs.push(make());
+        } else {
+            self.omitted += 1;
+        }
+    }
+}
+
+/// Where diffs go: collected, or a probe that stops at the first one.
+enum Out<'s> {
+    Collect(&'s mut Sink),
+    Probe,
+}
+
+type Flow = ControlFlow<()>;
+
+/// Compares two parsed bodies and adds their diffs to `sink`. Returns `true` when the
+/// multiset budget ran out (some unordered elements were then reported unmatched).
+pub(crate) fn diff_json(
+    cfg: &CompareConfig,
+    legacy: &Value,
+    candidate: &Value,
+    sink: &mut Sink,
+) -> bool {
+    let mut w = Walker {
+        cfg,
+        has_rules: !(cfg.ignore_json.is_empty()
+            && cfg.tolerance.is_empty()
+            && cfg.unordered.is_empty()),
+        path: Vec::new(),
+        budget: PROBE_BUDGET,
+        exhausted: false,
+    };
+    let _ = w.diff(legacy, candidate, &mut Out::Collect(sink));
+    w.exhausted
+}
+
+struct Walker<'c, 'v> {
+    cfg: &'c CompareConfig,
+    has_rules: bool,
+    path: Vec<Elem<'v>>,
+    budget: u64,
+    exhausted: bool,
+}
+
+impl<'v> Walker<'_, 'v> {
+    fn ignored(&self) -> bool {
+        self.has_rules && self.cfg.ignore_json.iter().any(|p| p.matches(&self.path))
+    }
+
+    fn unordered(&self) -> bool {
+        self.has_rules && self.cfg.unordered.iter().any(|p| p.matches(&self.path))
+    }
+
+    fn tolerance(&self) -> Option<Tolerance> {
+        if !self.has_rules {
+            return None;
+        }
+        self.cfg
+            .tolerance
+            .iter()
+            .find(|t| t.path.matches(&self.path))
+            .map(|t| t.tolerance)
+    }
+
+    fn emit(
+        &self,
+        out: &mut Out<'_>,
+        how: FieldDiffKind,
+        a: Option<&Value>,
+        b: Option<&Value>,
+    ) -> Flow {
+        match out {
+            Out::Probe => ControlFlow::Break(()),
+            Out::Collect(sink) => {
+                sink.push_with(|| Diff {
+                    kind: DiffKind::Field {
+                        path: render(&self.path),
+                        how,
+                    },
+                    legacy: a.map(render_json),
+                    candidate: b.map(render_json),
+                });
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// Compares the values at the current path.
+    fn diff(&mut self, a: &'v Value, b: &'v Value, out: &mut Out<'_>) -> Flow {
+        if self.ignored() {
+            return ControlFlow::Continue(());
+        }
+        let equal = match (a, b) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(x), Value::Bool(y)) => x == y,
+            (Value::Number(x), Value::Number(y)) => numbers_equal(x, y, self.tolerance()),
+            (Value::String(x), Value::String(y)) => x == y,
+            (Value::Array(x), Value::Array(y)) => return self.arrays(x, y, out),
+            (Value::Object(x), Value::Object(y)) => return self.objects(x, y, out),
+            _ => return self.emit(out, FieldDiffKind::Type, Some(a), Some(b)),
+        };
+        if equal {
+            ControlFlow::Continue(())
+        } else {
+            self.emit(out, FieldDiffKind::Value, Some(a), Some(b))
+        }
+    }
+
+    fn objects(
+        &mut self,
+        a: &'v Map<String, Value>,
+        b: &'v Map<String, Value>,
+        out: &mut Out<'_>,
+    ) -> Flow {
+        let nem = self.cfg.null_equals_missing;
+        for (k, va) in a {
+            self.path.push(Elem::Key(k));
+            match b.get(k) {
+                Some(vb) => self.diff(va, vb, out)?,
+                None if nem && va.is_null() => {}
+                None if self.ignored() => {}
+                None => self.emit(out, FieldDiffKind::Missing, Some(va), None)?,
+            }
+            self.path.pop();
+        }
+        for (k, vb) in b {
+            if a.contains_key(k) || (nem && vb.is_null()) {
+                continue;
+            }
+            self.path.push(Elem::Key(k));
+            if !self.ignored() {
+                self.emit(out, FieldDiffKind::Extra, None, Some(vb))?;
+            }
+            self.path.pop();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn arrays(&mut self, a: &'v [Value], b: &'v [Value], out: &mut Out<'_>) -> Flow {
+        if self.unordered() {
+            return self.unordered_arrays(a, b, out);
+        }
+        let common = a.len().min(b.len());
+        let first_unequal = (0..common).find(|&i| !self.probe_eq(Elem::Index(i), &a[i], &b[i]));
+        if first_unequal.is_none() && a.len() == b.len() {
+            return ControlFlow::Continue(());
+        }
+        if a.len() == b.len() {
+            let (matched, _) = self.match_multiset(a, b);
+            if matched.iter().all(Option::is_some) {
+                return match out {
+                    Out::Probe => ControlFlow::Break(()),
+                    Out::Collect(sink) => {
+                        sink.push_with(|| Diff {
+                            kind: DiffKind::Field {
+                                path: render(&self.path),
+                                how: FieldDiffKind::Order,
+                            },
+                            legacy: Some(render_json_slice(a)),
+                            candidate: Some(render_json_slice(b)),
+                        });
+                        ControlFlow::Continue(())
+                    }
+                };
+            }
+        }
+        for i in first_unequal.unwrap_or(common)..common {
+            self.path.push(Elem::Index(i));
+            self.diff(&a[i], &b[i], out)?;
+            self.path.pop();
+        }
+        self.tails(a, common..a.len(), FieldDiffKind::Missing, out)?;
+        self.tails(b, common..b.len(), FieldDiffKind::Extra, out)
+    }
+
+    /// Reports elements `idx` of one side as missing or extra.
+    fn tails(
+        &mut self,
+        side: &'v [Value],
+        idx: impl IntoIterator<Item = usize>,
+        how: FieldDiffKind,
+        out: &mut Out<'_>,
+    ) -> Flow {
+        for i in idx {
+            self.path.push(Elem::Index(i));
+            if !self.ignored() {
+                let (l, c) = match how {
+                    FieldDiffKind::Missing => (Some(&side[i]), None),
+                    _ => (None, Some(&side[i])),
+                };
+                self.emit(out, how, l, c)?;
+            }
+            self.path.pop();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn unordered_arrays(&mut self, a: &'v [Value], b: &'v [Value], out: &mut Out<'_>) -> Flow {
+        let (matched, used) = self.match_multiset(a, b);
+        let left_a: Vec<usize> = (0..a.len()).filter(|&i| matched[i].is_none()).collect();
+        let left_b: Vec<usize> = (0..b.len()).filter(|&j| !used[j]).collect();
+        if left_a.is_empty() && left_b.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        // Leftovers are paired in index order so a changed element shows field-level
+        // diffs rather than a whole missing + extra pair.
+        let paired = left_a.len().min(left_b.len());
+        for (&i, &j) in left_a.iter().zip(&left_b) {
+            self.path.push(Elem::Index(i));
+            self.diff(&a[i], &b[j], out)?;
+            self.path.pop();
+        }
+        self.tails(
+            a,
+            left_a[paired..].iter().copied(),
+            FieldDiffKind::Missing,
+            out,
+        )?;
+        self.tails(
+            b,
+            left_b[paired..].iter().copied(),
+            FieldDiffKind::Extra,
+            out,
+        )
+    }
+
+    /// Whether `a` and `b` are equal under the rules, at the current path + `at`.
+    fn probe_eq(&mut self, at: Elem<'v>, a: &'v Value, b: &'v Value) -> bool {
+        let depth = self.path.len();
+        self.path.push(at);
+        let r = self.diff(a, b, &mut Out::Probe);
+        // A probe stops early without unwinding the path.
+        self.path.truncate(depth);
+        r.is_continue()
+    }
+
+    /// Pairs equal elements of `a` and `b` (as multisets). Candidates are bucketed by a
+    /// hash that is equal for any two values the rules consider equal, so only
+    /// same-bucket pairs are compared.
+    fn match_multiset(
+        &mut self,
+        a: &'v [Value],
+        b: &'v [Value],
+    ) -> (Vec<Option<usize>>, Vec<bool>) {
+        let mut buckets: HashMap<u64, Vec<usize>> = HashMap::with_capacity(b.len());
+        for (j, v) in b.iter().enumerate() {
+            let h = self.hash_at(Elem::Index(j), v);
+            buckets.entry(h).or_default().push(j);
+        }
+        let mut matched = vec![None; a.len()];
+        let mut used = vec![false; b.len()];
+        for (i, v) in a.iter().enumerate() {
+            let h = self.hash_at(Elem::Index(i), v);
+            let Some(list) = buckets.get_mut(&h) else {
+                continue;
+            };
+            let mut found = None;
+            for (pos, &j) in list.iter().enumerate() {
+                if self.budget == 0 {
+                    self.exhausted = true;
+                    break;
+                }
+                self.budget -= 1;
+                if self.probe_eq(Elem::Index(i), v, &b[j]) {
+                    found = Some(pos);
+                    break;
+                }
+            }
+            if let Some(pos) = found {
+                let j = list.swap_remove(pos);
+                matched[i] = Some(j);
+                used[j] = true;
+            }
+        }
+        (matched, used)
+    }
+
+    fn hash_at(&mut self, at: Elem<'v>, v: &'v Value) -> u64 {
+        self.path.push(at);
+        let h = self.rule_hash(v);
+        self.path.pop();
+        h
+    }
+
+    /// A hash that agrees whenever `diff` finds no difference: ignored nodes, numbers
+    /// under a tolerance and null members (with null-equals-missing) do not contribute;
+    /// object members and unordered array elements are combined order-independently.
+    fn rule_hash(&mut self, v: &'v Value) -> u64 {
+        match v {
+            Value::Null => mix(1, 0),
+            Value::Bool(b) => mix(2, u64::from(*b)),
+            Value::Number(_) if self.tolerance().is_some() => mix(3, 0),
+            Value::Number(n) => mix(3, number_bits(n)),
+            Value::String(s) => mix(4, std_hash(s)),
+            Value::Array(xs) => {
+                let unordered = self.unordered();
+                let mut acc = mix(5, u64::from(unordered));
+                for (i, x) in xs.iter().enumerate() {
+                    self.path.push(Elem::Index(i));
+                    if !self.ignored() {
+                        let h = self.rule_hash(x);
+                        acc = if unordered {
+                            acc.wrapping_add(mix(h, 0))
+                        } else {
+                            mix(acc, h)
+                        };
+                    }
+                    self.path.pop();
+                }
+                acc
+            }
+            Value::Object(m) => {
+                let mut acc = mix(6, 0);
+                for (k, x) in m {
+                    if self.cfg.null_equals_missing && x.is_null() {
+                        continue;
+                    }
+                    self.path.push(Elem::Key(k));
+                    if !self.ignored() {
+                        let h = self.rule_hash(x);
+                        acc = acc.wrapping_add(mix(std_hash(k), h));
+                    }
+                    self.path.pop();
+                }
+                acc
+            }
+        }
+    }
+}
+
+fn render_json_slice(v: &[Value]) -> String {
+    // Arrays are rendered through a borrowed Value-like serialization.
+    super::render::render_serialize(&v)
+}
+
+fn std_hash<T: Hash + ?Sized>(t: &T) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// splitmix64-style combination: cheap, and good enough to spread buckets.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Numbers equal under `numbers_equal` (without tolerance) get the same bits.
+fn number_bits(n: &Number) -> u64 {
+    match n.as_f64() {
+        // -0.0 == 0.0, so both hash as 0.
+        Some(f) => (f + 0.0).to_bits(),
+        None => 1,
+    }
+}
+
+/// Integers compare exactly (no precision loss above 2^53); anything involving a float
+/// compares as f64, so `1.0 == 1`.
+fn numbers_equal(x: &Number, y: &Number, tol: Option<Tolerance>) -> bool {
+    if let Some(t) = tol
+        && let (Some(a), Some(b)) = (x.as_f64(), y.as_f64())
+    {
+        return a == b || t.accepts(a, b);
+    }
+    if x.is_f64() || y.is_f64() {
+        return x.as_f64() == y.as_f64();
+    }
+    match (x.as_i64(), y.as_i64()) {
+        (Some(a), Some(b)) => a == b,
+        _ => matches!((x.as_u64(), y.as_u64()), (Some(a), Some(b)) if a == b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::compare::config::{IgnoreRule, parse_ignore, parse_tolerance, parse_unordered};
+
+    fn cfg(ignore: &[&str], tol: &[&str], unordered: &[&str]) -> CompareConfig {
+        let mut c = CompareConfig::default();
+        for s in ignore {
+            if let IgnoreRule::Json(p) = parse_ignore(s).unwrap() {
+                c.ignore_json.push(p);
+            }
+        }
+        c.tolerance = tol.iter().map(|s| parse_tolerance(s).unwrap()).collect();
+        c.unordered = unordered
+            .iter()
+            .map(|s| parse_unordered(s).unwrap())
+            .collect();
+        c
+    }
+
+    fn diffs(c: &CompareConfig, a: &Value, b: &Value) -> Vec<String> {
+        let mut sink = Sink::new(1000);
+        diff_json(c, a, b, &mut sink);
+        sink.diffs.iter().map(|d| d.kind.to_string()).collect()
+    }
+
+    #[test]
+    fn key_order_and_number_form_do_not_matter() {
+        let c = CompareConfig::default();
+        let a = json!({"a": 1, "b": {"x": [1, 2], "y": "s"}, "c": 1.0});
+        let b: Value =
+            serde_json::from_str(r#"{"c": 1, "b": {"y": "s", "x": [1.0, 2]}, "a": 1.00}"#).unwrap();
+        assert!(diffs(&c, &a, &b).is_empty());
+        assert_eq!(
+            diffs(&c, &json!({"n": 1}), &json!({"n": 2})),
+            ["field($.n,value)"]
+        );
+        assert_eq!(
+            diffs(&c, &json!({"n": 1}), &json!({"n": "1"})),
+            ["field($.n,type)"]
+        );
+        // Large integers compare exactly, not through f64.
+        assert_eq!(
+            diffs(
+                &c,
+                &json!({"n": 9_007_199_254_740_993u64}),
+                &json!({"n": 9_007_199_254_740_992u64})
+            ),
+            ["field($.n,value)"]
+        );
+    }
+
+    #[test]
+    fn absolute_and_relative_tolerance() {
+        let c = cfg(&[], &["json:$.items[*].price=0.01"], &[]);
+        let a = json!({"items": [{"price": 1.0}, {"price": 2.0}]});
+        assert!(
+            diffs(
+                &c,
+                &a,
+                &json!({"items": [{"price": 1.005}, {"price": 2.0}]})
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            diffs(&c, &a, &json!({"items": [{"price": 1.0}, {"price": 2.02}]})),
+            ["field($.items[1].price,value)"]
+        );
+        let c = cfg(&[], &["json:$.total=1%"], &[]);
+        assert!(diffs(&c, &json!({"total": 1000}), &json!({"total": 1009})).is_empty());
+        assert_eq!(
+            diffs(&c, &json!({"total": 1000}), &json!({"total": 1011})),
+            ["field($.total,value)"]
+        );
+        // Tolerance only where declared.
+        assert_eq!(
+            diffs(&c, &json!({"other": 1000}), &json!({"other": 1001})),
+            ["field($.other,value)"]
+        );
+    }
+
+    #[test]
+    fn unordered_arrays_are_multisets() {
+        let c = cfg(&[], &[], &["json:$.tags", "json:$..ids"]);
+        assert!(
+            diffs(
+                &c,
+                &json!({"tags": ["a", "b", "a"]}),
+                &json!({"tags": ["a", "a", "b"]})
+            )
+            .is_empty()
+        );
+        assert!(
+            diffs(
+                &c,
+                &json!({"x": {"ids": [3, 1, 2]}}),
+                &json!({"x": {"ids": [1, 2, 3]}})
+            )
+            .is_empty()
+        );
+        // Multiplicity counts.
+        assert_eq!(
+            diffs(
+                &c,
+                &json!({"tags": ["a", "b", "a"]}),
+                &json!({"tags": ["a", "b", "b"]})
+            ),
+            ["field($.tags[2],value)"]
+        );
+        assert_eq!(
+            diffs(&c, &json!({"tags": ["a", "b"]}), &json!({"tags": ["b"]})),
+            ["field($.tags[0],missing)"]
+        );
+        assert_eq!(
+            diffs(&c, &json!({"tags": ["b"]}), &json!({"tags": ["b", "c"]})),
+            ["field($.tags[1],extra)"]
+        );
+        // Objects inside unordered arrays, with a field-level diff for the changed one.
+        let c = cfg(&[], &[], &["json:$.items"]);
+        let a = json!({"items": [{"id": 1, "p": 5}, {"id": 2, "p": 6}]});
+        let b = json!({"items": [{"p": 7, "id": 2}, {"id": 1, "p": 5}]});
+        assert_eq!(diffs(&c, &a, &b), ["field($.items[1].p,value)"]);
+    }
+
+    #[test]
+    fn same_elements_in_another_order_is_an_order_diff() {
+        let c = CompareConfig::default();
+        assert_eq!(
+            diffs(&c, &json!({"a": [1, 2, 3]}), &json!({"a": [3, 1, 2]})),
+            ["field($.a,order)"]
+        );
+        assert_eq!(
+            diffs(
+                &c,
+                &json!([{"k": 1}, {"k": 2}]),
+                &json!([{"k": 2}, {"k": 1}])
+            ),
+            ["field($,order)"]
+        );
+        let a: Value = serde_json::from_str(r#"[{"a": 1, "b": 2}, {"c": 3}]"#).unwrap();
+        let b: Value = serde_json::from_str(r#"[{"c": 3.0}, {"b": 2, "a": 1}]"#).unwrap();
+        assert_eq!(diffs(&c, &a, &b), ["field($,order)"]);
+        // Not the same multiset: positional diffs, starting at the first difference.
+        assert_eq!(
+            diffs(&c, &json!({"a": [1, 2, 3]}), &json!({"a": [1, 5, 3, 4]})),
+            ["field($.a[1],value)", "field($.a[3],extra)"]
+        );
+    }
+
+    #[test]
+    fn null_versus_missing_both_ways() {
+        let strict = CompareConfig::default();
+        let lenient = CompareConfig {
+            null_equals_missing: true,
+            ..CompareConfig::default()
+        };
+        let with_null = json!({"a": 1, "b": null});
+        let without = json!({"a": 1});
+        assert_eq!(diffs(&strict, &with_null, &without), ["field($.b,missing)"]);
+        assert_eq!(diffs(&strict, &without, &with_null), ["field($.b,extra)"]);
+        assert!(diffs(&lenient, &with_null, &without).is_empty());
+        assert!(diffs(&lenient, &without, &with_null).is_empty());
+        // A non-null value is still missing.
+        assert_eq!(
+            diffs(&lenient, &json!({"b": 0}), &json!({})),
+            ["field($.b,missing)"]
+        );
+    }
+
+    #[test]
+    fn ignore_paths_with_wildcards_and_descendants() {
+        let c = cfg(
+            &["json:$..updated_at", "json:$.items[*].etag", "json:$.meta"],
+            &[],
+            &[],
+        );
+        let a = json!({
+            "updated_at": 1, "meta": {"t": 1},
+            "items": [{"etag": "a", "v": 1, "sub": {"updated_at": 5}}],
+        });
+        let b = json!({
+            "updated_at": 2, "meta": {"t": 2, "u": 3},
+            "items": [{"etag": "b", "v": 1, "sub": {}}],
+        });
+        assert!(diffs(&c, &a, &b).is_empty());
+        let b2 =
+            json!({"updated_at": 2, "items": [{"etag": "b", "v": 2, "sub": {"updated_at": 9}}]});
+        assert_eq!(diffs(&c, &a, &b2), ["field($.items[0].v,value)"]);
+        // Ignored fields inside unordered arrays do not break the multiset match.
+        let c = cfg(&["json:$..updated_at"], &[], &["json:$.list"]);
+        let a = json!({"list": [{"id": 1, "updated_at": 1}, {"id": 2, "updated_at": 2}]});
+        let b = json!({"list": [{"id": 2, "updated_at": 7}, {"id": 1, "updated_at": 8}]});
+        assert!(diffs(&c, &a, &b).is_empty());
+    }
+
+    #[test]
+    fn diffs_are_bounded_and_counted() {
+        let a = Value::Array((0..10_000).map(|i| json!(i)).collect());
+        let b = Value::Array((0..10_000).map(|i| json!(i + 1_000_000)).collect());
+        let mut sink = Sink::new(64);
+        diff_json(&CompareConfig::default(), &a, &b, &mut sink);
+        assert_eq!(sink.diffs.len(), 64);
+        assert_eq!(sink.omitted, 10_000 - 64);
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                (-1e9f64..1e9).prop_map(|f| json!(f)),
+                "[a-z]{0,6}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-e]{1,2}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Reverses every object's key order, recursively.
+        fn shuffle_keys(v: &Value) -> Value {
+            match v {
+                Value::Object(m) => Value::Object(
+                    m.iter()
+                        .rev()
+                        .map(|(k, v)| (k.clone(), shuffle_keys(v)))
+                        .collect(),
+                ),
+                Value::Array(xs) => Value::Array(xs.iter().map(shuffle_keys).collect()),
+                other => other.clone(),
+            }
+        }
+
+        fn counts(c: &CompareConfig, a: &Value, b: &Value) -> (usize, usize, usize) {
+            let mut sink = Sink::new(usize::MAX);
+            diff_json(c, a, b, &mut sink);
+            let n = |h: FieldDiffKind| {
+                sink.diffs
+                    .iter()
+                    .filter(|d| matches!(&d.kind, DiffKind::Field { how, .. } if *how == h))
+                    .count()
+            };
+            (
+                n(FieldDiffKind::Missing),
+                n(FieldDiffKind::Extra),
+                sink.diffs.len(),
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn identical_values_have_no_diffs(x in arb_json()) {
+                prop_assert_eq!(counts(&CompareConfig::default(), &x, &x).2, 0);
+                let lenient = CompareConfig { null_equals_missing: true, ..CompareConfig::default() };
+                prop_assert_eq!(counts(&lenient, &x, &x).2, 0);
+            }
+
+            #[test]
+            fn key_order_never_matters(x in arb_json()) {
+                prop_assert_eq!(counts(&CompareConfig::default(), &x, &shuffle_keys(&x)).2, 0);
+            }
+
+            #[test]
+            fn swapping_sides_swaps_missing_and_extra(a in arb_json(), b in arb_json()) {
+                let (m1, e1, n1) = counts(&CompareConfig::default(), &a, &b);
+                let (m2, e2, n2) = counts(&CompareConfig::default(), &b, &a);
+                prop_assert_eq!((m1, e1, n1), (e2, m2, n2));
+            }
+
+            #[test]
+            fn unordered_arrays_ignore_permutations(xs in prop::collection::vec(arb_json(), 0..8), seed in any::<u64>()) {
+                let c = cfg(&[], &[], &["json:$[*]", "json:$"]);
+                let mut ys: Vec<Value> = xs.iter().map(shuffle_keys).collect();
+                // Deterministic permutation from the seed.
+                let n = ys.len();
+                for i in (1..n).rev() {
+                    ys.swap(i, (seed.rotate_left(i as u32) as usize) % (i + 1));
+                }
+                prop_assert_eq!(counts(&c, &Value::Array(xs), &Value::Array(ys)).2, 0);
+            }
+        }
+    }
+}

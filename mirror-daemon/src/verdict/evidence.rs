@@ -1,0 +1,32 @@
+//! What the run measured, as the verdict sees it (assembled by the store/report from the
+//! ledger, the noise model and the latency histograms).
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Exchanges compared: matched + differed.
+    pub compared: u64,
+    /// Exchanges with at least one non-noise diff (`NoiseModel::counts_as_mismatch`).
+    pub mismatched: u64,
+    /// Replays the candidate failed (timeout, refused, reset, malformed).
+    pub candidate_errors: u64,
+    /// Requests replayed to the candidate (the denominator of the error rate).
+    pub replayed: u64,
+    /// Capture completeness, 0..=1.
+    pub completeness: f64,
+    /// Run-wide p95 time to last byte.
+    pub p95_legacy_ttlb_ns: Option<u64>,
+    pub p95_candidate_ttlb_ns: Option<u64>,
+    pub per_route: Vec<(String, RouteEvidence)>,
+}
+
+/// The same measures for one route.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEvidence {
+    pub compared: u64,
+    pub mismatched: u64,
+    pub candidate_errors: u64,
+    pub replayed: u64,
+    pub p95_legacy_ttlb_ns: Option<u64>,
+    pub p95_candidate_ttlb_ns: Option<u64>,
+}
