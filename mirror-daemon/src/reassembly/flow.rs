@@ -13,6 +13,11 @@ use crate::capture::{Direction, FlowKey, Segment};
 /// cannot belong to this stream; it is dropped rather than opening a giant hole.
 const MAX_AHEAD: u64 = 1 << 30;
 
+/// What one buffered chunk costs besides its payload (its Box allocation and its slot in
+/// a BTreeMap node, rounded up). Charged against the buffer caps so that a flood of tiny
+/// out-of-order segments cannot hold many times the configured memory.
+pub const BUFFER_CHUNK_OVERHEAD: usize = 96;
+
 /// `fin_off` value when no FIN was seen.
 const NO_FIN: u64 = u64::MAX;
 
@@ -51,6 +56,10 @@ impl Chunk {
     fn len(&self) -> u64 {
         self.data.len() as u64
     }
+
+    fn cost(&self) -> usize {
+        self.data.len() + BUFFER_CHUNK_OVERHEAD
+    }
 }
 
 /// One direction of a connection.
@@ -64,7 +73,7 @@ pub(super) struct Half {
     fin_off: u64,
     /// When the oldest unfilled hole (before the first chunk, or before the FIN) was seen.
     hole_since_ns: u64,
-    /// Bytes in `ooo`.
+    /// Memory charged for `ooo`: payload plus `BUFFER_CHUNK_OVERHEAD` per chunk.
     buffered: usize,
     /// Sequence number of `next_off`.
     next_seq: u32,
@@ -325,9 +334,9 @@ impl Half {
                 cx.stats.retransmitted_bytes += data.len() as u64;
                 return;
             }
-            let fresh_len = fresh as usize;
-            let flow_ok = self.buffered + fresh_len <= cx.cfg.max_flow_buffer_bytes;
-            let total_ok = *cx.total + fresh_len <= cx.cfg.max_total_buffer_bytes;
+            let cost = fresh as usize + pieces.len() * BUFFER_CHUNK_OVERHEAD;
+            let flow_ok = self.buffered + cost <= cx.cfg.max_flow_buffer_bytes;
+            let total_ok = *cx.total + cost <= cx.cfg.max_total_buffer_bytes;
             if flow_ok && total_ok {
                 self.buffer(start, data, &pieces, ts, cx);
                 return;
@@ -380,7 +389,7 @@ impl Half {
         let fin = self.fin_off;
         let beyond = self.ooo.split_off(&fin);
         for chunk in beyond.values() {
-            self.forget(chunk.data.len(), cx);
+            self.forget(chunk.cost(), cx);
             cx.stats.bytes_after_fin += chunk.len();
         }
         // A chunk straddling the FIN keeps only its part before it.
@@ -405,9 +414,10 @@ impl Half {
         }
     }
 
-    fn forget<F>(&mut self, len: usize, cx: &mut Ctx<'_, F>) {
-        self.buffered -= len;
-        *cx.total -= len;
+    /// Releases `cost` bytes of buffer accounting.
+    fn forget<F>(&mut self, cost: usize, cx: &mut Ctx<'_, F>) {
+        self.buffered -= cost;
+        *cx.total -= cost;
     }
 
     /// The parts of `[start, start+len)` not already buffered, in order.
@@ -444,18 +454,13 @@ impl Half {
         }
         let mut fresh = 0;
         for &(s, e) in pieces {
-            let bytes: Box<[u8]> = data[(s - start) as usize..(e - start) as usize].into();
-            fresh += bytes.len();
-            self.ooo.insert(
-                s,
-                Chunk {
-                    ts_ns: ts,
-                    data: bytes,
-                },
-            );
+            let data = data[(s - start) as usize..(e - start) as usize].into();
+            let chunk = Chunk { ts_ns: ts, data };
+            fresh += chunk.data.len();
+            self.buffered += chunk.cost();
+            *cx.total += chunk.cost();
+            self.ooo.insert(s, chunk);
         }
-        self.buffered += fresh;
-        *cx.total += fresh;
         cx.stats.out_of_order_segments += 1;
         cx.stats.out_of_order_bytes += fresh as u64;
         cx.stats.overlap_bytes += (data.len() - fresh) as u64;
@@ -484,7 +489,7 @@ impl Half {
             }
             let (start, chunk) = entry.remove_entry();
             took = true;
-            self.forget(chunk.data.len(), cx);
+            self.forget(chunk.cost(), cx);
             let old = self.next_off - start;
             if old >= chunk.len() {
                 // A later in-order segment covered it already.

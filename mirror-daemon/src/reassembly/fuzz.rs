@@ -100,12 +100,13 @@ impl Checker {
 /// delivered byte at its right stream position, never more bytes delivered than sent.
 pub fn fuzz_reassembly(data: &[u8]) {
     let mut input = Input(data);
-    let flow_cap = 1 + usize::from(input.u8()) * 8;
+    // Up to ~8 KiB per flow: room for a few chunks at BUFFER_CHUNK_OVERHEAD each.
+    let flow_cap = 1 + usize::from(input.u8()) * 32;
     let cfg = ReassemblyConfig {
         idle_timeout_ns: 1 + u64::from(input.u16()) * 64,
         reorder_timeout_ns: 1 + u64::from(input.u16()),
         max_flow_buffer_bytes: flow_cap,
-        max_total_buffer_bytes: flow_cap + usize::from(input.u8()) * 8,
+        max_total_buffer_bytes: flow_cap + usize::from(input.u8()) * 32,
         max_flows: 1 + usize::from(input.u8() % 2),
         evict_min_idle_ns: u64::from(input.u16()) * 64,
     };

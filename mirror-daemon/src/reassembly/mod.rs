@@ -49,6 +49,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use flow::BUFFER_CHUNK_OVERHEAD;
 pub use fuzz::fuzz_reassembly;
 pub use stats::ReassemblyStats;
 
@@ -106,9 +107,10 @@ pub struct ReassemblyConfig {
     pub idle_timeout_ns: u64,
     /// A hole not filled for this long becomes a `Gap`.
     pub reorder_timeout_ns: u64,
-    /// Out-of-order bytes one direction of one flow may hold.
+    /// Reorder-buffer memory one direction of one flow may hold (payload plus
+    /// [`BUFFER_CHUNK_OVERHEAD`] per buffered chunk).
     pub max_flow_buffer_bytes: usize,
-    /// Out-of-order bytes all flows together may hold.
+    /// Reorder-buffer memory all flows together may hold (same accounting).
     pub max_total_buffer_bytes: usize,
     /// Flow-table size.
     pub max_flows: usize,
@@ -175,7 +177,7 @@ pub struct Reassembler {
     // a weak hash would let them degrade the table.
     flows: HashMap<FlowKey, Flow>,
     stats: ReassemblyStats,
-    /// Out-of-order bytes held by all flows.
+    /// Reorder-buffer memory held by all flows (see `buffered_bytes`).
     total_buffered: usize,
     last_table_sweep_ns: Option<u64>,
 }
@@ -200,50 +202,56 @@ impl Reassembler {
         self.stats.segments += 1;
         self.stats.payload_bytes += seg.payload.len() as u64;
 
-        if !self.flows.contains_key(&seg.flow) {
-            if !opens_flow(seg) {
-                // Pure ACKs, stray RSTs and FINs (often the tail of a flow already closed)
-                // must not create state.
-                self.stats.segments_unknown_flow += 1;
-                return;
+        // Hot path: one lookup for a known flow.
+        if let Some(flow) = self.flows.get_mut(&seg.flow) {
+            let mut cx = Ctx {
+                key: seg.flow,
+                dir: seg.direction,
+                cfg: &self.cfg,
+                stats: &mut self.stats,
+                total: &mut self.total_buffered,
+                out,
+            };
+            if seg.flags.syn() && !seg.flags.ack() && flow.superseded_by_syn(seg.direction, seg.seq)
+            {
+                // A new connection on the same 4-tuple: end the old one, reuse the slot.
+                flow.close(seg.ts_ns, CloseReason::PortReuse, &mut cx);
+                *flow = Flow::new(seg.ts_ns);
+                cx.stats.flows_opened += 1;
             }
-            if !self.make_room(seg.ts_ns, out) {
-                self.stats.new_flow_refusals_table_full += 1;
-                return;
+            if let Some(reason) = flow.on_segment(seg, &mut cx) {
+                flow.close(seg.ts_ns, reason, &mut cx);
+                self.flows.remove(&seg.flow);
             }
-            self.flows.insert(seg.flow, Flow::new(seg.ts_ns));
-            self.stats.flows_opened += 1;
+            return;
         }
 
-        let Self {
-            cfg,
-            flows,
-            stats,
-            total_buffered,
-            ..
-        } = self;
-        let Some(flow) = flows.get_mut(&seg.flow) else {
+        if !opens_flow(seg) {
+            // Pure ACKs, stray RSTs and FINs (often the tail of a flow already closed)
+            // must not create state.
+            self.stats.segments_unknown_flow += 1;
             return;
-        };
+        }
+        if !self.make_room(seg.ts_ns, out) {
+            self.stats.new_flow_refusals_table_full += 1;
+            return;
+        }
+        let mut flow = Flow::new(seg.ts_ns);
+        self.stats.flows_opened += 1;
         let mut cx = Ctx {
             key: seg.flow,
             dir: seg.direction,
-            cfg,
-            stats,
-            total: total_buffered,
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            total: &mut self.total_buffered,
             out,
         };
-
-        if seg.flags.syn() && !seg.flags.ack() && flow.superseded_by_syn(seg.direction, seg.seq) {
-            // A new connection on the same 4-tuple: end the old one, reuse the slot.
-            flow.close(seg.ts_ns, CloseReason::PortReuse, &mut cx);
-            *flow = Flow::new(seg.ts_ns);
-            cx.stats.flows_opened += 1;
-        }
-
-        if let Some(reason) = flow.on_segment(seg, &mut cx) {
-            flow.close(seg.ts_ns, reason, &mut cx);
-            flows.remove(&seg.flow);
+        // A flow can end with its first segment (e.g. SYN+RST); keep it only if not.
+        match flow.on_segment(seg, &mut cx) {
+            Some(reason) => flow.close(seg.ts_ns, reason, &mut cx),
+            None => {
+                self.flows.insert(seg.flow, flow);
+            }
         }
     }
 
@@ -313,7 +321,8 @@ impl Reassembler {
         self.flows.len()
     }
 
-    /// Out-of-order bytes currently held, all flows together.
+    /// Reorder-buffer memory currently held, all flows together: payload plus
+    /// [`BUFFER_CHUNK_OVERHEAD`] per chunk.
     pub fn buffered_bytes(&self) -> usize {
         self.total_buffered
     }

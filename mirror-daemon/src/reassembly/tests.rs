@@ -13,6 +13,8 @@ const RST: u8 = TcpFlags::RST;
 const MS: u64 = 1_000_000;
 const S: Direction = Direction::ToServer;
 const C: Direction = Direction::ToClient;
+/// Buffer accounting per chunk besides its payload.
+const O: usize = BUFFER_CHUNK_OVERHEAD;
 
 fn key(port: u16) -> FlowKey {
     FlowKey {
@@ -178,7 +180,7 @@ fn out_of_order_is_buffered_until_the_hole_fills() {
     h.send(S, 7, ACK, 1, b"ccc");
     h.send(S, 4, ACK, 2, b"bbb");
     assert!(h.data(key(1), S).is_empty());
-    assert_eq!(h.r.buffered_bytes(), 6);
+    assert_eq!(h.r.buffered_bytes(), 6 + 2 * O);
     h.send(S, 1, ACK, 3, b"aaa");
     assert_eq!(h.data(key(1), S), b"aaabbbccc");
     assert_eq!(h.r.buffered_bytes(), 0);
@@ -410,18 +412,18 @@ fn consecutive_holes_each_get_their_own_gap() {
 #[test]
 fn flow_buffer_cap_turns_the_first_hole_into_a_gap() {
     let cfg = ReassemblyConfig {
-        max_flow_buffer_bytes: 10,
+        max_flow_buffer_bytes: 2 * O + 10,
         ..ReassemblyConfig::default()
     };
     let mut h = H::with(cfg);
     h.handshake(0, 0);
     h.send(S, 5, ACK, 1, b"efgh"); // 1..5 missing
     h.send(S, 11, ACK, 2, b"klmn"); // 9..11 missing
-    assert_eq!(h.r.buffered_bytes(), 8);
-    h.send(S, 17, ACK, 3, b"qrst"); // would make 12 > 10
+    assert_eq!(h.r.buffered_bytes(), 2 * O + 8);
+    h.send(S, 17, ACK, 3, b"qrst"); // a third chunk would not fit
     assert_eq!(h.gaps(key(1), S), vec![4]);
     assert_eq!(h.data(key(1), S), b"efgh");
-    assert_eq!(h.r.buffered_bytes(), 8);
+    assert_eq!(h.r.buffered_bytes(), 2 * O + 8);
     assert_eq!(h.r.stats().gaps_flow_buffer_cap, 1);
     assert_eq!(h.r.stats().lost_bytes_flow_buffer_cap, 4);
     h.send(S, 9, ACK, 4, b"ij"); // fills the remaining holes
@@ -444,22 +446,41 @@ fn segment_bigger_than_the_flow_cap_is_delivered_after_a_gap() {
 }
 
 #[test]
+fn tiny_segment_flood_is_bounded_by_chunk_accounting() {
+    let cap = 10 * (1 + O);
+    let cfg = ReassemblyConfig {
+        max_flow_buffer_bytes: cap,
+        ..ReassemblyConfig::default()
+    };
+    let mut h = H::with(cfg);
+    h.handshake(0, 0);
+    // 1000 one-byte segments, each after its own one-byte hole.
+    for i in 0..1000u32 {
+        h.send(S, 2 + 2 * i, ACK, 1, b"x");
+        assert!(h.r.buffered_bytes() <= cap);
+    }
+    assert_eq!(h.r.buffered_bytes(), cap);
+    assert_eq!(h.r.stats().lost_bytes_flow_buffer_cap, 990);
+}
+
+#[test]
 fn global_cap_forces_the_offending_flow_to_flush() {
     let cfg = ReassemblyConfig {
-        max_total_buffer_bytes: 10,
+        max_total_buffer_bytes: 2 * O + 10,
         ..ReassemblyConfig::default()
     };
     let mut h = H::with(cfg);
     for k in [key(1), key(2)] {
         h.seg(k, S, 0, SYN, 0, b"");
     }
-    h.seg(key(1), S, 5, ACK, 1, b"123456"); // flow 1 holds 6
-    h.seg(key(2), S, 3, ACK, 2, b"ab"); // flow 2 holds 2
-    h.seg(key(2), S, 9, ACK, 3, b"cdefg"); // 13 > 10: flow 2 flushes, flow 1 untouched
+    h.seg(key(1), S, 5, ACK, 1, b"123456"); // flow 1 holds 6 + O
+    h.seg(key(2), S, 3, ACK, 2, b"ab"); // flow 2 holds 2 + O
+    // 3 chunks, 13 bytes: over the cap; flow 2 flushes, flow 1 is untouched.
+    h.seg(key(2), S, 9, ACK, 3, b"cdefg");
     assert_eq!(h.gaps(key(2), S), vec![2, 4]);
     assert_eq!(h.data(key(2), S), b"abcdefg");
     assert!(h.gaps(key(1), S).is_empty());
-    assert_eq!(h.r.buffered_bytes(), 6);
+    assert_eq!(h.r.buffered_bytes(), 6 + O);
     assert_eq!(h.r.stats().gaps_global_buffer_cap, 2);
     assert_eq!(h.r.stats().lost_bytes_global_buffer_cap, 6);
 }
@@ -819,13 +840,14 @@ proptest! {
     }
 }
 
-/// `cargo test --release -p mirror-daemon --lib reassembly_throughput -- --ignored --nocapture`
-#[test]
-#[ignore = "throughput measurement; run in release mode"]
-fn reassembly_throughput() {
-    const FLOWS: u16 = 1000;
+/// Pushes ~1 GiB of 1400-byte segments over 1000 flows (round robin, crossing the 2^32
+/// wrap); every `swap_every`-th pair of a flow's segments arrives swapped, so the first
+/// of the pair is copied into the reorder buffer.
+fn throughput(swap_every: Option<u32>) {
+    const FLOWS: usize = 1000;
     const SEG: usize = 1400;
     const TOTAL: usize = 1 << 30;
+    let isn = u32::MAX - 5000;
     let payload = vec![b'x'; SEG];
     let mut r = Reassembler::new(ReassemblyConfig::default());
     let mut delivered = 0usize;
@@ -836,9 +858,9 @@ fn reassembly_throughput() {
     };
     for i in 0..FLOWS {
         let s = Segment {
-            flow: key(i),
+            flow: key(i as u16),
             direction: S,
-            seq: u32::MAX - 5000,
+            seq: isn,
             ack: 0,
             flags: TcpFlags(SYN),
             ts_ns: 0,
@@ -846,18 +868,27 @@ fn reassembly_throughput() {
         };
         r.process(&s, &mut out);
     }
-    let segments = TOTAL / SEG;
+    let rounds = (TOTAL / SEG / FLOWS) as u32;
+    let segments = rounds as usize * FLOWS;
     let start = std::time::Instant::now();
     for n in 0..segments {
-        let flow = (n % FLOWS as usize) as u16;
-        let round = (n / FLOWS as usize) as u32;
-        let seq = (u32::MAX - 5000)
-            .wrapping_add(1)
-            .wrapping_add(round.wrapping_mul(SEG as u32));
+        let flow = key((n % FLOWS) as u16);
+        let mut round = (n / FLOWS) as u32;
+        if let Some(k) = swap_every
+            && round + 1 < rounds
+        {
+            match round % k {
+                0 => round += 1,
+                1 => round -= 1,
+                _ => {}
+            }
+        }
         let s = Segment {
-            flow: key(flow),
+            flow,
             direction: S,
-            seq,
+            seq: isn
+                .wrapping_add(1)
+                .wrapping_add(round.wrapping_mul(SEG as u32)),
             ack: 0,
             flags: TcpFlags(ACK),
             ts_ns: n as u64,
@@ -868,9 +899,24 @@ fn reassembly_throughput() {
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(delivered, segments * SEG);
     assert_eq!(r.buffered_bytes(), 0);
+    assert!(r.stats().gaps_reorder_timeout == 0 && r.stats().retransmitted_bytes == 0);
+    let label = match swap_every {
+        None => "in order".to_string(),
+        Some(k) => format!("1 pair in {k} swapped"),
+    };
     println!(
-        "reassembly_throughput: {segments} segments x {SEG} B over {FLOWS} flows in {secs:.3} s: {:.0} MB/s, {:.2} M segments/s",
+        "reassembly_throughput ({label}): {segments} segments x {SEG} B over {FLOWS} flows \
+         in {secs:.3} s: {:.0} MB/s, {:.2} M segments/s, {} copied out of order",
         (segments * SEG) as f64 / secs / 1e6,
-        segments as f64 / secs / 1e6
+        segments as f64 / secs / 1e6,
+        r.stats().out_of_order_segments,
     );
+}
+
+/// `cargo test --release -p mirror-daemon --lib reassembly_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "throughput measurement; run in release mode"]
+fn reassembly_throughput() {
+    throughput(None);
+    throughput(Some(10));
 }
