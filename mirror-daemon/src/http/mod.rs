@@ -6,7 +6,9 @@ mod error;
 mod exchange;
 mod head;
 mod reader;
+mod tracker;
 
 pub use error::{FramingError, Limits, OversizeKind, Protocol};
 pub use exchange::{CorrelationId, Exchange, Header, Request, Response, Timing, header};
 pub use reader::{ReadProgress, ResponseReader};
+pub use tracker::{ExchangeTracker, HttpOutput, HttpStats, MAX_PENDING};
