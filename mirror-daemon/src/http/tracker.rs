@@ -10,10 +10,12 @@
 //!    a response with no pending request, or a pipeline over [`MAX_PENDING`]
 //!    desynchronizes the connection: every pending request is dropped (reason of the
 //!    cause), a damaged direction scans line by line for the next request/status line,
-//!    and pairing is suspended.
+//!    and pairing is suspended. If only the request direction is damaged, the dropped
+//!    requests stay queued as placeholders: the response direction is still in step and
+//!    their responses are consumed in order.
 //! 3. While suspended, requests that start are dropped (`Gap`) but stay queued as
-//!    placeholders so that their responses are consumed in order; responses with nothing
-//!    pending are discarded and counted (`responses_unpaired`).
+//!    placeholders as well; responses with nothing pending are discarded and counted
+//!    (`responses_unpaired`).
 //! 4. Pairing resumes with a request only if, when it starts, nothing is pending and the
 //!    response direction is not inside a parsed message; the response direction is then
 //!    declared to be at a message boundary. This relies on the client not pipelining
@@ -460,11 +462,10 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
             Ok(step) => step,
             Err(e) => {
                 on_error(conn, Direction::ToServer, &e, sink);
-                // Skip the rest of this data: the decoder is scanning from here on.
-                if conn.mode != Mode::Ignored {
-                    conn.requests.resync();
-                }
-                return;
+                // Scan the same bytes again: the next request line may be in them. Each
+                // error is preceded by consumed input, so this terminates.
+                conn.requests.resync();
+                continue;
             }
         };
         rest = rest.get(step.consumed..).unwrap_or_default();
@@ -515,6 +516,7 @@ fn request_started<F: FnMut(HttpOutput)>(conn: &mut Conn, ts: u64, sink: &mut Si
                 conn,
                 DropReason::QueueFull,
                 "pipelined requests over the pending cap",
+                false,
                 sink,
             );
             sink.drop_one(
@@ -585,10 +587,8 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
             Ok(step) => step,
             Err(e) => {
                 on_error(conn, Direction::ToClient, &e, sink);
-                if conn.mode != Mode::Ignored {
-                    conn.responses.resync();
-                }
-                return;
+                conn.responses.resync();
+                continue;
             }
         };
         rest = rest.get(step.consumed..).unwrap_or_default();
@@ -607,6 +607,7 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
                             conn,
                             DropReason::Unpaired,
                             "response without a pending request",
+                            false,
                             sink,
                         );
                     }
@@ -722,7 +723,13 @@ fn on_gap<F: FnMut(HttpOutput)>(
                 }
             }
         }
-        GapEffect::Desync => desync(conn, DropReason::Gap, "bytes lost in a stream", sink),
+        GapEffect::Desync => desync(
+            conn,
+            DropReason::Gap,
+            "bytes lost in a stream",
+            direction == Direction::ToServer,
+            sink,
+        ),
     }
 }
 
@@ -738,21 +745,40 @@ fn on_error<F: FnMut(HttpOutput)>(
         drop_all(conn, DropReason::Unsupported, e.detail(), sink);
         conn.mode = Mode::Ignored;
     } else {
-        desync(conn, e.drop_reason(), e.detail(), sink);
+        desync(
+            conn,
+            e.drop_reason(),
+            e.detail(),
+            direction == Direction::ToServer,
+            sink,
+        );
     }
 }
 
 /// Rule 2 of the module docs: drop everything pending and suspend pairing.
+/// `keep_placeholders`: the loss is on the request side only, so the response direction
+/// is still in step and the dropped requests stay queued to consume their responses.
 fn desync<F: FnMut(HttpOutput)>(
     conn: &mut Conn,
     reason: DropReason,
     detail: &'static str,
+    keep_placeholders: bool,
     sink: &mut Sink<'_, F>,
 ) {
     if conn.mode == Mode::Paired {
         sink.stats.desyncs += 1;
     }
-    drop_all(conn, reason, detail, sink);
+    if keep_placeholders {
+        for entry in conn.queue.iter_mut() {
+            sink.drop_entry(entry, reason, detail);
+            // Its remaining bytes, if any, are not followed any more.
+            entry.request_done = true;
+        }
+        conn.request_tracked = false;
+        pop_complete(conn, sink);
+    } else {
+        drop_all(conn, reason, detail, sink);
+    }
     if conn.mode != Mode::Ignored {
         conn.mode = Mode::Suspended;
     }
