@@ -228,10 +228,6 @@ impl Decoder {
         matches!(self.state, State::Idle | State::Scan { .. })
     }
 
-    pub(crate) fn is_scanning(&self) -> bool {
-        matches!(self.state, State::Scan { .. })
-    }
-
     /// Bytes held by this decoder (buffers and body so far), for memory checks.
     pub(crate) fn buffered_bytes(&self) -> usize {
         let body = match &self.state {
@@ -552,11 +548,11 @@ fn accumulate<T>(
     let fresh = &input[..take];
     buf.extend_from_slice(fresh);
     // Short buffers are always re-parsed so a protocol preface is recognized early.
-    if fresh.contains(&b'\n') || old < 16 {
-        if let Some((len, v)) = parse(buf)? {
-            buf.truncate(len);
-            return Ok(Acc::Done(len.saturating_sub(old), v));
-        }
+    if (fresh.contains(&b'\n') || old < 16)
+        && let Some((len, v)) = parse(buf)?
+    {
+        buf.truncate(len);
+        return Ok(Acc::Done(len.saturating_sub(old), v));
     }
     if buf.len() >= limit {
         return Err(too_large);
