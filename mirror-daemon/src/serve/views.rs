@@ -136,7 +136,7 @@ pub fn egress_views(attempts: &[EgressAttempt]) -> Vec<EgressView> {
         }
     }
     let mut out: Vec<EgressView> = groups.into_values().collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out.sort_by_key(|v| std::cmp::Reverse(v.count));
     out
 }
 
