@@ -1,0 +1,292 @@
+//! Prometheus metrics of the daemon.
+//!
+//! Names (all prefixed `mirror_`):
+//! - `mirror_exchanges_total{outcome,reason}`: terminal outcome of every exchange
+//!   (`reason` is the drop reason or candidate error kind, empty otherwise);
+//! - `mirror_ttfb_seconds{route,side}` / `mirror_ttlb_seconds{route,side}`: histograms of
+//!   time to first / last response byte, `side` is `legacy` or `candidate`;
+//! - `mirror_egress_attempts_total{action,protocol}`: the candidate's outbound attempts;
+//! - `mirror_kernel_*_total`: the tap's own counters (see [`Metrics::set_kernel`]).
+//!
+//! Every label value comes from a small closed set except `route`, which comes from
+//! traffic through the route templater: it is capped (see [`Metrics::set_routes_cap`]).
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::capture::kernel::KernelCounters;
+
+/// Routes kept as their own label value before the rest become `other`.
+pub const DEFAULT_ROUTES_CAP: usize = 100;
+/// The label value for routes beyond the cap.
+pub const OTHER_ROUTE: &str = "other";
+
+/// Histogram bounds in seconds: 100 µs to 30 s, roughly 1-2.5-5 per decade, so p95 of
+/// both a 300 µs cache hit and a 12 s report fall in a bucket of useful width.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    route: String,
+    side: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EgressLabels {
+    action: String,
+    protocol: String,
+}
+
+type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.into_iter())
+}
+
+/// The daemon's metrics. Cheap to record into from any task (`&self`, atomics).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    outcomes: Family<OutcomeLabels, Counter>,
+    ttfb: HistogramFamily,
+    ttlb: HistogramFamily,
+    egress: Family<EgressLabels, Counter>,
+    kernel: Arc<KernelValues>,
+    routes_cap: AtomicUsize,
+    /// Routes that own a label value; read-locked on the hot path, written once per route.
+    routes: RwLock<HashSet<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mirror");
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "exchanges",
+            "Exchanges by terminal outcome (reason: drop reason or candidate error kind)",
+            outcomes.clone(),
+        );
+        let ttfb: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "ttfb_seconds",
+            "Time from the end of the request to the first response byte",
+            ttfb.clone(),
+        );
+        let ttlb: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "ttlb_seconds",
+            "Time from the end of the request to the last response byte",
+            ttlb.clone(),
+        );
+        let egress = Family::<EgressLabels, Counter>::default();
+        registry.register(
+            "egress_attempts",
+            "Outbound attempts of the candidate seen by the egress guard",
+            egress.clone(),
+        );
+        let kernel = Arc::new(KernelValues::default());
+        registry.register_collector(Box::new(KernelCollector(Arc::clone(&kernel))));
+        Self {
+            registry,
+            outcomes,
+            ttfb,
+            ttlb,
+            egress,
+            kernel,
+            routes_cap: AtomicUsize::new(DEFAULT_ROUTES_CAP),
+            routes: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// Counts one terminal outcome (`matched`, `differed`, `sampled_out`, `excluded`,
+    /// `candidate_error`, `dropped`); `reason` is the drop reason or candidate error kind.
+    pub fn outcome(&self, outcome: &str, reason: &str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records one response's latency for `route` on `side` (`legacy` or `candidate`).
+    pub fn latency(&self, route: &str, side: &str, ttfb_ns: u64, ttlb_ns: u64) {
+        let labels = LatencyLabels {
+            route: self.route_label(route),
+            side: side.to_string(),
+        };
+        self.ttfb.get_or_create(&labels).observe(ns_to_s(ttfb_ns));
+        self.ttlb.get_or_create(&labels).observe(ns_to_s(ttlb_ns));
+    }
+
+    /// Counts one outbound attempt of the candidate (`refused`, `redirected`, `allowed`).
+    pub fn egress(&self, action: &str, protocol: &str) {
+        self.egress
+            .get_or_create(&EgressLabels {
+                action: action.to_string(),
+                protocol: protocol.to_string(),
+            })
+            .inc();
+    }
+
+    /// Publishes the tap's counters. They are already cumulative in the kernel (summed
+    /// over CPUs when read), so they are stored as values and exposed as constant
+    /// counters at scrape time rather than re-counted here: a scrape always shows the
+    /// kernel's own figure, and nothing drifts if a read is skipped.
+    pub fn set_kernel(&self, k: &KernelCounters) {
+        self.kernel.store(k);
+    }
+
+    /// Caps the number of distinct `route` label values; later routes count as `other`.
+    /// Routes already admitted keep their label (their series cannot be withdrawn).
+    pub fn set_routes_cap(&self, n: usize) {
+        self.routes_cap.store(n, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition (OpenMetrics text format).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoder error would only come from a
+        // metric we built, and half an exposition is still better than none.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!("encoding metrics: {e}");
+        }
+        out
+    }
+
+    fn route_label(&self, route: &str) -> String {
+        let known = match self.routes.read() {
+            Ok(set) => set.contains(route),
+            Err(poisoned) => poisoned.into_inner().contains(route),
+        };
+        if known {
+            return route.to_string();
+        }
+        let mut set = match self.routes.write() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if set.contains(route) || set.len() < self.routes_cap.load(Ordering::Relaxed) {
+            set.insert(route.to_string());
+            route.to_string()
+        } else {
+            OTHER_ROUTE.to_string()
+        }
+    }
+}
+
+fn ns_to_s(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// The last kernel counters read, as atomics so `set_kernel` stays `&self` and lock-free.
+#[derive(Debug, Default)]
+struct KernelValues {
+    segments: AtomicU64,
+    payload_bytes: AtomicU64,
+    records: AtomicU64,
+    ring_full: AtomicU64,
+    oversize: AtomicU64,
+    sampled_out: AtomicU64,
+    load_errors: AtomicU64,
+}
+
+impl KernelValues {
+    fn store(&self, k: &KernelCounters) {
+        for (slot, v) in self.slots().iter().zip(values(k)) {
+            slot.0.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn slots(&self) -> [(&AtomicU64, &'static str, &'static str); 7] {
+        [
+            (
+                &self.segments,
+                "kernel_segments",
+                "TCP segments seen on a tapped port (including pure ACKs)",
+            ),
+            (
+                &self.payload_bytes,
+                "kernel_payload_bytes",
+                "TCP payload bytes seen on a tapped port",
+            ),
+            (
+                &self.records,
+                "kernel_records",
+                "Ring-buffer records written by the tap",
+            ),
+            (
+                &self.ring_full,
+                "kernel_ring_full",
+                "Records lost because the ring buffer was full",
+            ),
+            (
+                &self.oversize,
+                "kernel_oversize",
+                "Payload bytes beyond the per-packet record limit (never expected)",
+            ),
+            (
+                &self.sampled_out,
+                "kernel_sampled_out",
+                "Segments skipped by in-kernel pre-sampling",
+            ),
+            (
+                &self.load_errors,
+                "kernel_load_errors",
+                "Payload bytes the tap could not read from the packet",
+            ),
+        ]
+    }
+}
+
+fn values(k: &KernelCounters) -> [u64; 7] {
+    [
+        k.segments,
+        k.payload_bytes,
+        k.records,
+        k.ring_full,
+        k.oversize,
+        k.sampled_out,
+        k.load_errors,
+    ]
+}
+
+#[derive(Debug)]
+struct KernelCollector(Arc<KernelValues>);
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (slot, name, help) in self.0.slots() {
+            let counter = ConstCounter::new(slot.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
