@@ -25,6 +25,10 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("mirror-daemon has no parent directory"))?
         .join("mirror-ebpf");
     let root_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
+    // aya-build forwards every line the nested cargo prints as a build warning; keep it
+    // quiet so only real diagnostics surface.
+    // SAFETY: build scripts are single-threaded here; nothing else reads the environment.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "mirror-ebpf",

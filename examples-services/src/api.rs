@@ -203,7 +203,9 @@ fn luhn_check_digit(body: &str) -> u32 {
 /// 13 to 19 digits, with optional spaces or dashes.
 pub fn plausible_card(card: &str) -> bool {
     let digits = card.chars().filter(char::is_ascii_digit).count();
-    card.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-') && (13..=19).contains(&digits)
+    card.chars()
+        .all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
+        && (13..=19).contains(&digits)
 }
 
 /// Luhn check of a card number; spaces and dashes ignored.

@@ -17,7 +17,7 @@ use crate::{
     capture::{Segment, kernel::SegmentReader, pcap},
     http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits},
     pipeline,
-    reassembly::{ReassemblyConfig, ReassemblyStats, Reassembler},
+    reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats},
 };
 
 /// Where segments come from.
@@ -60,17 +60,39 @@ impl Stages {
     fn segment(&mut self, seg: &Segment<'_>) {
         self.segments += 1;
         self.payload_bytes += seg.payload.len() as u64;
-        let Self { reassembler, tracker, exchanges, ledger, .. } = self;
-        reassembler.process(seg, &mut |ev| tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger)));
+        let Self {
+            reassembler,
+            tracker,
+            exchanges,
+            ledger,
+            ..
+        } = self;
+        reassembler.process(seg, &mut |ev| {
+            tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger))
+        });
     }
 
     fn expire(&mut self, now_ns: u64) {
-        let Self { reassembler, tracker, exchanges, ledger, .. } = self;
-        reassembler.expire(now_ns, &mut |ev| tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger)));
+        let Self {
+            reassembler,
+            tracker,
+            exchanges,
+            ledger,
+            ..
+        } = self;
+        reassembler.expire(now_ns, &mut |ev| {
+            tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger))
+        });
     }
 
     fn finish(&mut self) {
-        let Self { reassembler, tracker, exchanges, ledger, .. } = self;
+        let Self {
+            reassembler,
+            tracker,
+            exchanges,
+            ledger,
+            ..
+        } = self;
         reassembler.finish(&mut |ev| tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger)));
         tracker.finish(&mut |o| deliver(o, exchanges, ledger));
     }
@@ -111,7 +133,7 @@ pub fn run(
 ) -> Result<CaptureFigures, pcap::PcapError> {
     let mut st = Stages {
         reassembler: Reassembler::new(settings.reassembly.clone()),
-        tracker: ExchangeTracker::new(settings.limits.clone(), settings.max_connections.max(1)),
+        tracker: ExchangeTracker::new(settings.limits, settings.max_connections.max(1)),
         exchanges,
         ledger,
         segments: 0,

@@ -1,3 +1,2 @@
 //! Wiring of the stages (the one place that knows every stage).
-// capture_loop joins once the HTTP tracker lands.
-// pub mod capture_loop;
+pub mod capture_loop;

@@ -266,7 +266,7 @@ fn handle_frame(
             });
         }
         Ok(None) => stats.ignored += 1,
-        Err(()) => stats.malformed += 1,
+        Err(MalformedFrame) => stats.malformed += 1,
     }
 }
 
@@ -280,8 +280,13 @@ pub struct ParsedTcp<'a> {
     pub payload: &'a [u8],
 }
 
+/// A frame too short or inconsistent to parse (counted as malformed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed frame")]
+pub struct MalformedFrame;
+
 /// Parses a frame down to TCP. `Ok(None)`: valid but not TCP; `Err`: malformed.
-pub fn parse_frame(link: DataLink, frame: &[u8]) -> Result<Option<ParsedTcp<'_>>, ()> {
+pub fn parse_frame(link: DataLink, frame: &[u8]) -> Result<Option<ParsedTcp<'_>>, MalformedFrame> {
     let (ethertype, l3) = match link {
         DataLink::ETHERNET => {
             let mut off = 12;
@@ -298,23 +303,23 @@ pub fn parse_frame(link: DataLink, frame: &[u8]) -> Result<Option<ParsedTcp<'_>>
         DataLink::LINUX_SLL => (be16(frame, 14)?, 16),
         DataLink::LINUX_SLL2 => (be16(frame, 0)?, 20),
         DataLink::NULL | DataLink::LOOP => {
-            let fam = frame.get(..4).ok_or(())?;
+            let fam = frame.get(..4).ok_or(MalformedFrame)?;
             let v = u32::from_le_bytes([fam[0], fam[1], fam[2], fam[3]]);
             let v = if v > 0xffff { v.swap_bytes() } else { v };
             (if v == 2 { 0x0800 } else { 0x86dd }, 4)
         }
         DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => {
-            let v = frame.first().ok_or(())? >> 4;
+            let v = frame.first().ok_or(MalformedFrame)? >> 4;
             (if v == 4 { 0x0800 } else { 0x86dd }, 0)
         }
-        _ => return Err(()),
+        _ => return Err(MalformedFrame),
     };
-    let ip = frame.get(l3..).ok_or(())?;
+    let ip = frame.get(l3..).ok_or(MalformedFrame)?;
     let (src_ip, dst_ip, tcp): (IpAddr, IpAddr, &[u8]) = match ethertype {
         0x0800 => {
-            let ihl = usize::from(ip.first().ok_or(())? & 0x0f) * 4;
+            let ihl = usize::from(ip.first().ok_or(MalformedFrame)? & 0x0f) * 4;
             if ihl < 20 || ip.len() < ihl {
-                return Err(());
+                return Err(MalformedFrame);
             }
             if ip[9] != 6 {
                 return Ok(None);
@@ -330,15 +335,15 @@ pub fn parse_frame(link: DataLink, frame: &[u8]) -> Result<Option<ParsedTcp<'_>>
                 total.min(ip.len())
             };
             if end < ihl {
-                return Err(());
+                return Err(MalformedFrame);
             }
-            let s: [u8; 4] = ip[12..16].try_into().map_err(|_| ())?;
-            let d: [u8; 4] = ip[16..20].try_into().map_err(|_| ())?;
+            let s: [u8; 4] = ip[12..16].try_into().map_err(|_| MalformedFrame)?;
+            let d: [u8; 4] = ip[16..20].try_into().map_err(|_| MalformedFrame)?;
             (IpAddr::from(s), IpAddr::from(d), &ip[ihl..end])
         }
         0x86dd => {
             if ip.len() < 40 {
-                return Err(());
+                return Err(MalformedFrame);
             }
             if ip[6] != 6 {
                 return Ok(None);
@@ -349,18 +354,18 @@ pub fn parse_frame(link: DataLink, frame: &[u8]) -> Result<Option<ParsedTcp<'_>>
             } else {
                 (40 + plen).min(ip.len())
             };
-            let s: [u8; 16] = ip[8..24].try_into().map_err(|_| ())?;
-            let d: [u8; 16] = ip[24..40].try_into().map_err(|_| ())?;
+            let s: [u8; 16] = ip[8..24].try_into().map_err(|_| MalformedFrame)?;
+            let d: [u8; 16] = ip[24..40].try_into().map_err(|_| MalformedFrame)?;
             (IpAddr::from(s), IpAddr::from(d), &ip[40..end])
         }
         _ => return Ok(None),
     };
     if tcp.len() < 20 {
-        return Err(());
+        return Err(MalformedFrame);
     }
     let doff = usize::from(tcp[12] >> 4) * 4;
     if doff < 20 || tcp.len() < doff {
-        return Err(());
+        return Err(MalformedFrame);
     }
     Ok(Some(ParsedTcp {
         src: SocketAddr::new(src_ip, be16(tcp, 0)?),
@@ -372,13 +377,13 @@ pub fn parse_frame(link: DataLink, frame: &[u8]) -> Result<Option<ParsedTcp<'_>>
     }))
 }
 
-fn be16(b: &[u8], off: usize) -> Result<u16, ()> {
-    let s = b.get(off..off + 2).ok_or(())?;
+fn be16(b: &[u8], off: usize) -> Result<u16, MalformedFrame> {
+    let s = b.get(off..off + 2).ok_or(MalformedFrame)?;
     Ok(u16::from_be_bytes([s[0], s[1]]))
 }
 
-fn be32(b: &[u8], off: usize) -> Result<u32, ()> {
-    let s = b.get(off..off + 4).ok_or(())?;
+fn be32(b: &[u8], off: usize) -> Result<u32, MalformedFrame> {
+    let s = b.get(off..off + 4).ok_or(MalformedFrame)?;
     Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 

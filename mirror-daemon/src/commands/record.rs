@@ -46,10 +46,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     loop {
         let limit_reached = |n: u64| args.count.is_some_and(|c| n >= c);
         let mut sink_fn = |seg: &mirror_daemon::capture::Segment<'_>| {
-            if write_error.is_none() && !limit_reached(sink.packets) {
-                if let Err(e) = sink.write(seg) {
-                    write_error = Some(e.into());
-                }
+            if write_error.is_none()
+                && !limit_reached(sink.packets)
+                && let Err(e) = sink.write(seg)
+            {
+                write_error = Some(e.into());
             }
         };
         reader
@@ -79,10 +80,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     let kernel = tap.counters();
     drop(tap);
     let mut tail = |seg: &mirror_daemon::capture::Segment<'_>| {
-        if write_error.is_none() && !args.count.is_some_and(|c| sink.packets >= c) {
-            if let Err(e) = sink.write(seg) {
-                write_error = Some(e.into());
-            }
+        if write_error.is_none()
+            && args.count.is_none_or(|c| sink.packets < c)
+            && let Err(e) = sink.write(seg)
+        {
+            write_error = Some(e.into());
         }
     };
     reader

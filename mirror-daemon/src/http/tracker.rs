@@ -821,9 +821,11 @@ fn close<F: FnMut(HttpOutput)>(
     }
     let (reason, detail) = match reason {
         CloseReason::Evicted => (DropReason::Evicted, "connection evicted by reassembly"),
-        CloseReason::Fin | CloseReason::Reset | CloseReason::IdleTimeout => {
-            (DropReason::Unpaired, "no complete response before close")
-        }
+        CloseReason::Fin
+        | CloseReason::Reset
+        | CloseReason::IdleTimeout
+        | CloseReason::PortReuse
+        | CloseReason::EndOfCapture => (DropReason::Unpaired, "no complete response before close"),
     };
     drop_all(conn, reason, detail, sink);
 }

@@ -255,7 +255,7 @@ impl Replayer {
             });
         }
         let sent = Instant::now();
-        let mut reader = ResponseReader::new(method, self.cfg.limits.clone());
+        let mut reader = ResponseReader::new(method, self.cfg.limits);
         let mut buf = vec![0u8; 16 * 1024];
         let mut first: Option<Instant> = None;
         loop {

@@ -62,7 +62,7 @@ pub fn build_request(req: &Request, id: &CorrelationId, rules: &RewriteRules, ou
     let mut saw_host = false;
     for h in &req.headers {
         let lower = h.name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) || named_in_connection.iter().any(|n| *n == lower) {
+        if HOP_BY_HOP.contains(&lower.as_str()) || named_in_connection.contains(&lower) {
             continue;
         }
         if lower == rules.id_header.to_ascii_lowercase()
