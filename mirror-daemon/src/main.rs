@@ -37,6 +37,10 @@ fn main() -> ExitCode {
     }
     match commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.downcast_ref::<commands::UsageError>().is_some() => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::USAGE)
+        }
         Err(e) => {
             // One line a user can act on, then the causes.
             eprintln!("error: {e}");

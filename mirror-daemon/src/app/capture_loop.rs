@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    accounting::Ledger,
+    accounting::{DropReason, Ledger, Outcome},
     capture::{Segment, kernel::SegmentReader, pcap},
     http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits},
     pipeline,
@@ -47,11 +47,35 @@ pub struct CaptureFigures {
     pub file: Option<pcap::PcapStats>,
 }
 
+/// Where the HTTP stage's outputs go.
+struct Outlet {
+    exchanges: mpsc::Sender<Exchange>,
+    ledger: Arc<Ledger>,
+    /// Offline input waits for the pipeline instead of dropping: no legacy user waits on
+    /// a file, and a golden set should be replayed whole.
+    wait_when_full: bool,
+}
+
+impl Outlet {
+    fn deliver(&self, o: HttpOutput) {
+        match o {
+            HttpOutput::Exchange(ex) => {
+                self.ledger.saw(1);
+                if !self.wait_when_full {
+                    pipeline::offer(&self.exchanges, ex, &self.ledger);
+                } else if self.exchanges.blocking_send(ex).is_err() {
+                    self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
+                }
+            }
+            HttpOutput::Dropped { reason, count, .. } => self.ledger.saw_dropped(reason, count),
+        }
+    }
+}
+
 struct Stages {
     reassembler: Reassembler,
     tracker: ExchangeTracker,
-    exchanges: mpsc::Sender<Exchange>,
-    ledger: Arc<Ledger>,
+    outlet: Outlet,
     segments: u64,
     payload_bytes: u64,
 }
@@ -60,41 +84,24 @@ impl Stages {
     fn segment(&mut self, seg: &Segment<'_>) {
         self.segments += 1;
         self.payload_bytes += seg.payload.len() as u64;
-        let Self {
-            reassembler,
-            tracker,
-            exchanges,
-            ledger,
-            ..
-        } = self;
-        reassembler.process(seg, &mut |ev| {
-            tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger))
+        let (tracker, outlet) = (&mut self.tracker, &self.outlet);
+        self.reassembler.process(seg, &mut |ev| {
+            tracker.on_event(&ev, &mut |o| outlet.deliver(o))
         });
     }
 
     fn expire(&mut self, now_ns: u64) {
-        let Self {
-            reassembler,
-            tracker,
-            exchanges,
-            ledger,
-            ..
-        } = self;
-        reassembler.expire(now_ns, &mut |ev| {
-            tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger))
+        let (tracker, outlet) = (&mut self.tracker, &self.outlet);
+        self.reassembler.expire(now_ns, &mut |ev| {
+            tracker.on_event(&ev, &mut |o| outlet.deliver(o))
         });
     }
 
     fn finish(&mut self) {
-        let Self {
-            reassembler,
-            tracker,
-            exchanges,
-            ledger,
-            ..
-        } = self;
-        reassembler.finish(&mut |ev| tracker.on_event(&ev, &mut |o| deliver(o, exchanges, ledger)));
-        tracker.finish(&mut |o| deliver(o, exchanges, ledger));
+        let (tracker, outlet) = (&mut self.tracker, &self.outlet);
+        self.reassembler
+            .finish(&mut |ev| tracker.on_event(&ev, &mut |o| outlet.deliver(o)));
+        tracker.finish(&mut |o| outlet.deliver(o));
     }
 
     fn figures(&self, malformed: u64, file: Option<pcap::PcapStats>) -> CaptureFigures {
@@ -111,16 +118,6 @@ impl Stages {
     }
 }
 
-fn deliver(o: HttpOutput, exchanges: &mpsc::Sender<Exchange>, ledger: &Ledger) {
-    match o {
-        HttpOutput::Exchange(ex) => {
-            ledger.saw(1);
-            pipeline::offer(exchanges, ex, ledger);
-        }
-        HttpOutput::Dropped { reason, count, .. } => ledger.saw_dropped(reason, count),
-    }
-}
-
 /// Runs until the source ends (file) or `stop` is set (live), then flushes every flow.
 /// `figures` is refreshed about once a second.
 pub fn run(
@@ -134,8 +131,11 @@ pub fn run(
     let mut st = Stages {
         reassembler: Reassembler::new(settings.reassembly.clone()),
         tracker: ExchangeTracker::new(settings.limits, settings.max_connections.max(1)),
-        exchanges,
-        ledger,
+        outlet: Outlet {
+            exchanges,
+            ledger,
+            wait_when_full: matches!(source, Source::File { .. }),
+        },
         segments: 0,
         payload_bytes: 0,
     };

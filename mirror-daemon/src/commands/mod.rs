@@ -2,6 +2,8 @@
 //! and stages are wired (anyhow with context here; thiserror inside the stages).
 mod check;
 mod check_impl;
+mod common;
+mod exchanges;
 mod guard;
 mod record;
 mod signals;
@@ -14,7 +16,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Check { iface } => check::run(iface.as_deref()),
         Command::Record(args) => record::run(args),
         Command::Guard(args) => guard::run(args),
-        Command::Run(_) | Command::Replay(_) | Command::Exchanges(_) | Command::Report(_) => {
+        Command::Exchanges(args) => exchanges::run(args),
+        Command::Run(_) | Command::Replay(_) | Command::Report(_) => {
             anyhow::bail!("this subcommand is being wired up")
         }
         Command::GuardProbe { target } => {
@@ -24,4 +27,5 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+pub use common::UsageError;
 pub use mirror_daemon::clock::monotonic_to_epoch_offset_ns;

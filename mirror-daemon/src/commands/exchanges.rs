@@ -1,0 +1,171 @@
+//! `mirror-daemon exchanges`: print the exchanges rebuilt from a capture file or the live
+//! tap, as JSON lines (schema in the README) or a table.
+use std::{
+    io::Write as _,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use mirror_common::PPM_ALL;
+use mirror_daemon::{
+    accounting::Ledger,
+    app::capture_loop::{self, CaptureSettings, Source},
+    capture::kernel::{Tap, TapConfig},
+    http::{EXCHANGE_TABLE_HEADER, Exchange, exchange_json, exchange_table_row},
+    pipeline::EXCHANGE_QUEUE,
+};
+use tokio::sync::mpsc;
+
+use super::{common, signals};
+use crate::{
+    cli::{ExchangeFormat, ExchangesArgs},
+    exit,
+};
+
+pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
+    let masker = if args.masked {
+        Some(common::build_masker(&args.mask)?)
+    } else {
+        None
+    };
+    let duration = args
+        .duration
+        .as_deref()
+        .map(|d| common::parse_duration("--duration", d))
+        .transpose()?;
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let figures = Arc::new(Mutex::new(capture_loop::CaptureFigures::default()));
+    let (tx, mut rx) = mpsc::channel::<Exchange>(EXCHANGE_QUEUE);
+
+    let (source, tap) = match (&args.pcap, &args.iface) {
+        (Some(path), None) => (
+            Source::File {
+                path: path.clone(),
+                ports: args.ports.clone(),
+            },
+            None,
+        ),
+        (None, Some(iface)) => {
+            signals::install()?;
+            let mut tap = Tap::load(&TapConfig {
+                iface: iface.clone(),
+                ports: args.ports.clone(),
+                ring_mib: args.ring_mib,
+                sample_ppm: PPM_ALL,
+            })?;
+            let reader = tap
+                .take_reader()
+                .context("ring buffer reader already taken")?;
+            (Source::Live(reader), Some(tap))
+        }
+        _ => {
+            return Err(common::usage(
+                "give --pcap FILE, or --iface IF --port P for the live tap",
+            ));
+        }
+    };
+    let live = tap.is_some();
+    let thread = {
+        let (ledger, stop, figures) = (ledger.clone(), stop.clone(), figures.clone());
+        std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || {
+                capture_loop::run(
+                    source,
+                    CaptureSettings::default(),
+                    tx,
+                    ledger,
+                    stop,
+                    figures,
+                )
+            })?
+    };
+    let mut tap = tap;
+    if let Some(t) = tap.as_mut() {
+        t.attach()?;
+        eprintln!(
+            "tap attached to {}; printing exchanges (Ctrl-C stops)",
+            t.iface()
+        );
+    }
+
+    let started = Instant::now();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.format == ExchangeFormat::Table {
+        writeln!(out, "{EXCHANGE_TABLE_HEADER}")?;
+    }
+    let mut printed = 0u64;
+    loop {
+        let next = if live {
+            // Poll so that signals, --count and --duration are noticed promptly.
+            match rx.try_recv() {
+                Ok(ex) => Some(ex),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let done = signals::stop_requested()
+                        || args.count.is_some_and(|c| printed >= c)
+                        || duration.is_some_and(|d| started.elapsed() >= d);
+                    if done {
+                        break;
+                    }
+                    out.flush()?;
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        } else {
+            rx.blocking_recv()
+        };
+        let Some(ex) = next else { break };
+        let shown = match &masker {
+            Some(m) => m.mask_exchange(&ex),
+            None => ex,
+        };
+        match args.format {
+            ExchangeFormat::Jsonl => writeln!(out, "{}", exchange_json(&shown, args.bodies))?,
+            ExchangeFormat::Table => writeln!(out, "{}", exchange_table_row(&shown))?,
+        }
+        printed += 1;
+        if live && args.count.is_some_and(|c| printed >= c) {
+            break;
+        }
+    }
+    out.flush()?;
+    // Detach first, then let the capture thread drain and flush every flow.
+    drop(tap);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Keep draining so the capture thread never waits on a full queue while finishing.
+    let drain = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+    let figures = thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
+    let _ = drain.join();
+    let s = ledger.snapshot();
+    let drops: Vec<String> = s
+        .dropped
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{}={n}", r.as_str()))
+        .collect();
+    eprintln!(
+        "{printed} exchanges printed; {} rebuilt from {} segments; dropped: {}",
+        s.seen - s.drops(),
+        figures.segments,
+        if drops.is_empty() {
+            "none".into()
+        } else {
+            drops.join(", ")
+        }
+    );
+    if let Some(f) = figures.file {
+        if f.truncated > 0 || f.malformed > 0 {
+            eprintln!(
+                "capture file: {} packets cut by the snap length, {} malformed",
+                f.truncated, f.malformed
+            );
+        }
+    }
+    Ok(exit::OK)
+}
