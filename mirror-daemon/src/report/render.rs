@@ -141,30 +141,40 @@ fn identity_lines(card: &ParityCard) -> Vec<String> {
             line.push_str(t);
         }
     }
-    lines.push(line);
-    lines.push(if a.identity_holds {
-        "identity holds".into()
+    let verdict = if a.identity_holds {
+        "(identity holds)"
     } else {
-        "IDENTITY DOES NOT HOLD (see notes)".into()
-    });
+        "(IDENTITY DOES NOT HOLD, see notes)"
+    };
+    if line.chars().count() + 3 + verdict.len() > WRAP - 4 {
+        lines.push(line);
+        lines.push(format!("{}{verdict}", " ".repeat(head.len())));
+    } else {
+        lines.push(format!("{line}   {verdict}"));
+    }
     lines
 }
 
-fn completeness_line(card: &ParityCard) -> String {
+/// The formula, then the same with the numbers.
+fn completeness_lines(card: &ParityCard) -> Vec<String> {
     let d = &card.completeness_detail;
     let k = &card.accounting.kernel;
     if !card.completeness.is_finite() {
-        return "completeness: unknown (no covered exchange reached an outcome)".into();
+        return vec!["completeness: unknown (no covered exchange reached an outcome)".into()];
     }
-    format!(
-        "completeness {} = (1 - {} capture losses / {} covered) x {} records / ({} + {} ring_full)",
-        pct(card.completeness),
-        d.capture_losses,
-        d.covered,
-        k.records,
-        k.records,
-        k.ring_full
-    )
+    let head = format!("completeness {} = ", pct(card.completeness));
+    vec![
+        format!("{head}(1 - capture losses / covered) x records / (records + ring_full)"),
+        format!(
+            "{}= (1 - {} / {}) x {} / ({} + {})",
+            " ".repeat(head.chars().count() - 2),
+            d.capture_losses,
+            d.covered,
+            k.records,
+            k.records,
+            k.ring_full
+        ),
+    ]
 }
 
 fn nonzero(pairs: &std::collections::BTreeMap<String, u64>, order: &[&str]) -> String {
@@ -335,7 +345,35 @@ fn example_lines(out: &mut String, e: &ExampleCard) {
     let _ = writeln!(out, "      candidate: {}", example_value(&e.candidate));
 }
 
-fn scope_line(card: &ParityCard) -> String {
+/// Joins `parts` with `sep`, starting new lines (indented by `indent`) before `width`.
+fn wrap(first: &str, parts: &[String], sep: &str, indent: usize, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = first.to_string();
+    let mut empty = true;
+    for p in parts {
+        let add = if empty {
+            p.clone()
+        } else {
+            format!("{sep}{p}")
+        };
+        if !empty && line.chars().count() + add.chars().count() > width {
+            // The separator stays at the end of the broken line.
+            lines.push(format!("{line}{}", sep.trim_end()));
+            line = format!("{}{p}", " ".repeat(indent));
+        } else {
+            line.push_str(&add);
+        }
+        empty = false;
+    }
+    lines.push(line);
+    lines
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+fn scope_parts(card: &ParityCard) -> Vec<String> {
     let s = &card.scope;
     let list = |v: &[String]| {
         if v.is_empty() {
@@ -358,7 +396,11 @@ fn scope_line(card: &ParityCard) -> String {
         parts.push(format!("ledgers as of {}", time(t)));
     }
     parts.push(format!("generated {}", time(s.generated_at_unix_ms)));
-    format!("Scope: {}", parts.join("; "))
+    parts
+}
+
+fn scope_line(card: &ParityCard) -> String {
+    format!("Scope: {}", scope_parts(card).join("; "))
 }
 
 /// The terminal report: plain text, aligned columns, ~100 columns wide.
@@ -397,7 +439,9 @@ pub fn render_table(card: &ParityCard) -> String {
         a.kernel.pre_sampled,
         a.kernel.load_errors
     );
-    let _ = writeln!(out, "  {}", completeness_line(card));
+    for l in completeness_lines(card) {
+        let _ = writeln!(out, "  {l}");
+    }
     let _ = writeln!(
         out,
         "  uncovered (TLS, HTTP/2, upgrades; not a loss): {}",
@@ -616,10 +660,15 @@ pub fn render_table(card: &ParityCard) -> String {
     if !card.notes.is_empty() {
         section(&mut out, "Notes");
         for n in &card.notes {
-            let _ = writeln!(out, "  - {n}");
+            for l in wrap("  - ", &words(n), " ", 4, WRAP) {
+                let _ = writeln!(out, "{l}");
+            }
         }
     }
-    let _ = writeln!(out, "\n{}", scope_line(card));
+    out.push('\n');
+    for l in wrap("Scope: ", &scope_parts(card), "; ", 7, WRAP) {
+        let _ = writeln!(out, "{l}");
+    }
     out
 }
 
@@ -722,7 +771,9 @@ pub fn render_markdown(card: &ParityCard) -> String {
         "kernel: segments {}, records {}, ring_full {}, pre-sampled {}",
         a.kernel.segments, a.kernel.records, a.kernel.ring_full, a.kernel.pre_sampled
     );
-    let _ = writeln!(out, "{}", completeness_line(card));
+    for l in completeness_lines(card) {
+        let _ = writeln!(out, "{l}");
+    }
     let _ = writeln!(
         out,
         "uncovered (TLS, HTTP/2, upgrades; not a loss): {}",
