@@ -15,6 +15,7 @@ pub mod mask;
 pub mod pipeline;
 pub mod reassembly;
 pub mod replay;
+pub mod report;
 pub mod sample;
 pub mod serve;
 pub mod store;
