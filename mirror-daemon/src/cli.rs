@@ -59,6 +59,12 @@ pub enum Command {
         after_help = "Examples:\n  mirror-daemon guard --candidate-cmd './new-service --port 9090' --allow-egress 10.0.5.7:5432\n  mirror-daemon guard --candidate-cgroup /sys/fs/cgroup/candidate.slice --egress-sink 127.0.0.1:4999"
     )]
     Guard(GuardArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
     /// Internal: the egress guard's self-test probe.
     #[command(name = "__guard-probe", hide = true)]
     GuardProbe { target: std::net::SocketAddr },
@@ -163,6 +169,15 @@ pub struct CriteriaArgs {
     /// Per-route mismatch limit `ROUTE=PCT`, e.g. `"GET /users/{id}=1%"` (repeatable).
     #[arg(long)]
     pub route_max_mismatch: Vec<String>,
+    /// Per-route p95 regression limit `ROUTE=PCT` (repeatable).
+    #[arg(long)]
+    pub route_max_p95_regression: Vec<String>,
+    /// Per-route candidate error limit `ROUTE=PCT` (repeatable).
+    #[arg(long)]
+    pub route_max_candidate_errors: Vec<String>,
+    /// Per-route minimum of compared exchanges `ROUTE=N` (repeatable).
+    #[arg(long)]
+    pub route_min_exchanges: Vec<String>,
 }
 
 /// How exchanges are compared.

@@ -1,2 +1,4 @@
 //! Wiring of the stages (the one place that knows every stage).
 pub mod capture_loop;
+pub mod live;
+pub mod shadow;

@@ -53,3 +53,93 @@ fn ensure_private_dir(file: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The go/no-go criteria from the flags.
+pub fn criteria(
+    args: &crate::cli::CriteriaArgs,
+) -> anyhow::Result<mirror_daemon::verdict::Criteria> {
+    use mirror_daemon::verdict::{Criteria, RouteLimit, parse_percent};
+    let pct = |v: &Option<String>| v.as_deref().map(parse_percent).transpose().map_err(usage);
+    let mut c = Criteria {
+        max_mismatch: pct(&args.max_mismatch)?,
+        max_p95_regression: pct(&args.max_p95_regression)?,
+        max_candidate_errors: pct(&args.max_candidate_errors)?,
+        min_exchanges: args.min_exchanges,
+        min_completeness: pct(&args.min_completeness)?,
+        per_route: Vec::new(),
+    };
+    for (limit, values) in [
+        (RouteLimit::MaxMismatch, &args.route_max_mismatch),
+        (RouteLimit::MaxP95Regression, &args.route_max_p95_regression),
+        (
+            RouteLimit::MaxCandidateErrors,
+            &args.route_max_candidate_errors,
+        ),
+        (RouteLimit::MinExchanges, &args.route_min_exchanges),
+    ] {
+        for v in values {
+            c.add_route_limit(limit, v).map_err(usage)?;
+        }
+    }
+    c.validate().map_err(usage)?;
+    Ok(c)
+}
+
+/// The criteria as the user wrote them, for the store and the report header.
+pub fn criteria_text(args: &crate::cli::CriteriaArgs) -> String {
+    let mut parts = Vec::new();
+    let mut push = |flag: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("--{flag} {v}"));
+        }
+    };
+    push("max-mismatch", &args.max_mismatch);
+    push("max-p95-regression", &args.max_p95_regression);
+    push("max-candidate-errors", &args.max_candidate_errors);
+    push("min-completeness", &args.min_completeness);
+    if let Some(n) = args.min_exchanges {
+        parts.push(format!("--min-exchanges {n}"));
+    }
+    for (flag, values) in [
+        ("route-max-mismatch", &args.route_max_mismatch),
+        ("route-max-p95-regression", &args.route_max_p95_regression),
+        (
+            "route-max-candidate-errors",
+            &args.route_max_candidate_errors,
+        ),
+        ("route-min-exchanges", &args.route_min_exchanges),
+    ] {
+        for v in values {
+            parts.push(format!("--{flag} {v:?}"));
+        }
+    }
+    parts.join(" ")
+}
+
+/// Sampling settings from the flags.
+pub fn sample_config(
+    p: &crate::cli::PipelineArgs,
+) -> anyhow::Result<mirror_daemon::sample::SampleConfig> {
+    use mirror_daemon::sample::{SampleConfig, parse_percent, parse_rule, parse_sticky};
+    Ok(SampleConfig {
+        percent: parse_percent(&p.sample).map_err(usage)?,
+        sticky: p
+            .sticky
+            .as_deref()
+            .map(parse_sticky)
+            .transpose()
+            .map_err(usage)?,
+        include: p
+            .include
+            .iter()
+            .map(|r| parse_rule(r))
+            .collect::<Result<_, _>>()
+            .map_err(usage)?,
+        exclude: p
+            .exclude
+            .iter()
+            .map(|r| parse_rule(r))
+            .collect::<Result<_, _>>()
+            .map_err(usage)?,
+    })
+}

@@ -6,6 +6,7 @@ mod common;
 mod exchanges;
 mod guard;
 mod record;
+mod shadow;
 mod signals;
 mod status;
 
@@ -17,9 +18,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Record(args) => record::run(args),
         Command::Guard(args) => guard::run(args),
         Command::Exchanges(args) => exchanges::run(args),
-        Command::Run(_) | Command::Replay(_) | Command::Report(_) => {
-            anyhow::bail!("this subcommand is being wired up")
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "mirror-daemon", &mut std::io::stdout());
+            Ok(crate::exit::OK)
         }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(crate::exit::OK)
+        }
+        Command::Run(args) => shadow::run_live(args),
+        Command::Replay(args) => shadow::run_replay(args),
+        Command::Report(_) => anyhow::bail!("this subcommand is being wired up"),
         Command::GuardProbe { target } => {
             Ok(mirror_daemon::guard::selftest::run_probe(target) as u8)
         }
