@@ -159,13 +159,13 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             drops.join(", ")
         }
     );
-    if let Some(f) = figures.file {
-        if f.truncated > 0 || f.malformed > 0 {
-            eprintln!(
-                "capture file: {} packets cut by the snap length, {} malformed",
-                f.truncated, f.malformed
-            );
-        }
+    if let Some(f) = figures.file
+        && (f.truncated > 0 || f.malformed > 0)
+    {
+        eprintln!(
+            "capture file: {} packets cut by the snap length, {} malformed",
+            f.truncated, f.malformed
+        );
     }
     Ok(exit::OK)
 }

@@ -381,10 +381,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                         if let Ok(mut l) = live.lock() { l.record_egress(&a); }
                         to_store.push(a);
                     }
-                    if !to_store.is_empty() {
-                        if let Err(e) = store.write_egress(&host, &run_id, &to_store).await {
-                            tracing::warn!(error = %e, "storing egress attempts failed");
-                        }
+                    if !to_store.is_empty()
+                        && let Err(e) = store.write_egress(&host, &run_id, &to_store).await
+                    {
+                        tracing::warn!(error = %e, "storing egress attempts failed");
                     }
                     let ev = evidence_now(&live, &ledger, &kernel);
                     let card = report::build(&ev, &criteria, &NoiseRule::default());
