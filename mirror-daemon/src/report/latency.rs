@@ -29,7 +29,7 @@ fn weighted_percentile(sorted: &[(u64, f64)], q: f64) -> Option<u64> {
 }
 
 fn weighted_percentiles(mut v: Vec<(u64, f64)>) -> Percentiles {
-    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.sort_by_key(|a| a.0);
     Percentiles {
         p50_ns: weighted_percentile(&v, 0.50),
         p95_ns: weighted_percentile(&v, 0.95),
