@@ -901,7 +901,12 @@ pub fn render_markdown(card: &ParityCard) -> String {
 
     let _ = writeln!(out, "### Examples\n");
     let mut any = false;
-    for d in signal.iter().chain(other.iter()) {
+    let with_examples: Vec<&&DiffCard> = signal
+        .iter()
+        .chain(other.iter())
+        .filter(|d| !d.examples.is_empty())
+        .collect();
+    for d in with_examples.iter().take(TABLE_EXAMPLE_DIFFS) {
         for e in &d.examples {
             if !any {
                 let _ = writeln!(out, "| route | key | id | host | legacy | candidate |");
@@ -922,6 +927,12 @@ pub fn render_markdown(card: &ParityCard) -> String {
     }
     if !any {
         let _ = writeln!(out, "None.");
+    } else if with_examples.len() > TABLE_EXAMPLE_DIFFS {
+        let _ = writeln!(
+            out,
+            "\nExamples of {} more diffs: see `--format json`.",
+            with_examples.len() - TABLE_EXAMPLE_DIFFS
+        );
     }
     out.push('\n');
 

@@ -988,7 +988,9 @@ fn suggested_flags_from_keys() {
 }
 
 #[tokio::test]
-async fn zz_print_sample() {
+/// A fuller run, rendered: every section present, in the order an SRE reads them, and
+/// lines within 100 columns. (`cargo test … sample_card -- --nocapture` prints it.)
+async fn sample_card_renders_every_section_in_order() {
     let mut sims = timestamp_sims(true);
     let mut a = Sim::new("legacy-api-07");
     a.matched("GET /users/{id}", 9_000, 12, 13);
@@ -1027,6 +1029,42 @@ async fn zz_print_sample() {
     sims.push(a);
     let ev = load_sims(&sims).await;
     let card = card_of(&ev, &criteria());
-    println!("{}", render_table(&card));
-    println!("{}", render_markdown(&card));
+    let text = render_table(&card);
+    println!("{text}");
+    let order = [
+        "VERDICT: NO-GO — max_mismatch 3.16% > 0.5%; max_p95_regression +40% > +10%  (exit 1)",
+        "\nCriteria\n",
+        "\nAccounting",
+        "(identity holds)",
+        "completeness 99.93% = ",
+        "= (1 - 41 / 100361) x 41280 / (41280 + 12)",
+        "\nRoutes\n",
+        "\nDiffs (signal",
+        "\nLikely noise and noise (shown, not hidden)",
+        "\nExamples",
+        "\nLatency",
+        "\nEgress attempts by the candidate",
+        "10.20.0.15:5432",
+        "\nNotes",
+        "\nScope: hosts host-t, legacy-api-07",
+    ];
+    let mut at = 0;
+    for o in order {
+        let i = text[at..]
+            .find(o)
+            .unwrap_or_else(|| panic!("{o:?} missing or out of order in\n{text}"));
+        at += i;
+    }
+    for l in text.lines().skip(1) {
+        assert!(l.chars().count() <= 100, "{l}");
+    }
+    let orders = line_with(&text, "POST /orders  ");
+    let cells: Vec<&str> = orders.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "POST", "/orders", "906", "6", "0.66%", "4", "0.44%", "6", "1.40"
+        ],
+        "{orders}"
+    );
 }
