@@ -6,6 +6,7 @@ mod common;
 mod exchanges;
 mod guard;
 mod record;
+mod report;
 mod shadow;
 mod signals;
 mod status;
@@ -30,7 +31,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Run(args) => shadow::run_live(args),
         Command::Replay(args) => shadow::run_replay(args),
-        Command::Report(_) => anyhow::bail!("this subcommand is being wired up"),
+        Command::Report(args) => report::run(args),
         Command::GuardProbe { target } => {
             Ok(mirror_daemon::guard::selftest::run_probe(target) as u8)
         }
