@@ -43,13 +43,17 @@ pub fn flags_from_file(path: &Path, subcommand: &str) -> anyhow::Result<Vec<OsSt
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("config {} is not valid TOML", path.display()))?;
+    // The subcommand's flags plus the top-level ones, which are all global (log level and
+    // format); help and version make no sense in a file.
     let cmd = Cli::command();
     let sub = cmd
         .find_subcommand(subcommand)
         .context("unknown subcommand")?;
     let known: Vec<String> = sub
         .get_arguments()
+        .chain(cmd.get_arguments())
         .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|l| l != "help" && l != "version")
         .collect();
     let mut out = Vec::new();
     for (key, value) in table {
@@ -96,7 +100,11 @@ mod tests {
     fn config_values_come_before_command_line_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
-        std::fs::write(&path, "iface = \"eth9\"\nport = [80, 8080]\nsample = 1.5\nreplay-raw = true\ncandidate = \"http://127.0.0.1:9\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "iface = \"eth9\"\nport = [80, 8080]\nsample = 1.5\nreplay-raw = true\ncandidate = \"http://127.0.0.1:9\"\nlog-level = \"debug\"\n",
+        )
+        .unwrap();
         let args: Vec<OsString> = [
             "mirror-daemon",
             "run",
@@ -118,6 +126,7 @@ mod tests {
         assert!(iface_cfg < iface_cli, "{s:?}");
         assert!(s.contains(&"--port=80".to_string()) && s.contains(&"--port=8080".to_string()));
         let cli = <Cli as clap::Parser>::try_parse_from(expanded).unwrap();
+        assert_eq!(cli.global.log_level, "debug");
         let crate::cli::Command::Run(run) = cli.command else {
             panic!("not run")
         };
@@ -133,5 +142,16 @@ mod tests {
         std::fs::write(&path, "ifface = \"eth0\"\n").unwrap();
         let e = flags_from_file(&path, "run").unwrap_err().to_string();
         assert!(e.contains("unknown key `ifface`"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod shipped_config {
+    /// The commented default configuration in deploy/ must be accepted as it ships.
+    #[test]
+    fn deploy_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mirror.toml");
+        let flags = super::flags_from_file(&path, "run").unwrap();
+        assert!(flags.iter().any(|f| f == "--iface=eth0"), "{flags:?}");
     }
 }

@@ -83,7 +83,8 @@ fn main() -> Result<()> {
                 &env,
                 &["build", "-p", "mirror-daemon", "-p", "mirror-examples"],
             )?;
-            let mut test = vec!["test", "--workspace"];
+            // Every test binary runs even when one fails, so a CI log shows all failures.
+            let mut test = vec!["test", "--workspace", "--no-fail-fast"];
             test.extend(args.iter().map(String::as_str));
             util::cargo(&env, &test)?;
         }
