@@ -78,6 +78,17 @@ fn main() -> Result<()> {
                     "warnings",
                 ],
             )?;
+            // The fuzz targets must keep compiling against the library (they run, for a
+            // bounded time, with `cargo xtask fuzz`).
+            // Sharing the workspace's target directory reuses the dependencies clippy checked.
+            let target = util::workspace_root().join("target");
+            let target = target.to_string_lossy();
+            util::cargo_in(
+                &env,
+                "fuzz",
+                &["check", "--bins"],
+                &[("AYA_BUILD_SKIP", "1"), ("CARGO_TARGET_DIR", &target)],
+            )?;
             // The end-to-end tests drive the real binaries: build them first.
             util::cargo(
                 &env,

@@ -46,6 +46,25 @@ pub fn cargo(env: &BuildEnv, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs cargo in a sub-directory of the workspace (a crate outside it, like `fuzz/`) with
+/// extra environment variables.
+pub fn cargo_in(env: &BuildEnv, dir: &str, args: &[&str], vars: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: (in {dir}) cargo {}", args.join(" "));
+    let mut cmd = Command::new(cargo);
+    cmd.args(args)
+        .current_dir(workspace_root().join(dir))
+        .env("PATH", env.path());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} in {dir} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
 /// Runs a command and returns its stdout; fails with the command's stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
