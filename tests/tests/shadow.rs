@@ -18,6 +18,8 @@ use serde_json::Value;
 
 const PAY_PORT: u16 = 4444;
 const DB_PORT: u16 = 5432;
+/// Allowed only by a broader rule (the whole outside /24 on this port).
+const LEDGER_PORT: u16 = 7000;
 
 /// The candidate namespace gets a second link to an "outside" namespace holding the
 /// payment service and the database (both reachable if the guard did nothing).
@@ -26,6 +28,7 @@ struct Outside {
     veth: Veth,
     pay: Listener,
     db: Listener,
+    ledger: Listener,
 }
 
 impl Outside {
@@ -34,15 +37,18 @@ impl Outside {
         let veth = Veth::join(&topo.cand, &ext).expect("outside veth");
         let pay = Listener::start(&ext, PAY_PORT, None).expect("payment listener");
         let db = Listener::start(&ext, DB_PORT, Some(b"db-ok\n")).expect("database listener");
+        let ledger = Listener::start(&ext, LEDGER_PORT, None).expect("ledger listener");
         // Prove the services are reachable from the candidate namespace (outside the
-        // cgroup), so "nothing arrived" later means the guard stopped it. These probes are
-        // counted and subtracted below.
+        // cgroup), so "nothing arrived" later means the guard stopped it. Each probe is
+        // counted once (hence the 1s below).
         wait_for_port(&topo.cand, &veth.b_ip, PAY_PORT, Duration::from_secs(10))
             .expect("payment service reachable");
         wait_for_port(&topo.cand, &veth.b_ip, DB_PORT, Duration::from_secs(10))
             .expect("database reachable");
-        // Each probe is one accepted connection; wait until both are counted.
-        for l in [&pay, &db] {
+        wait_for_port(&topo.cand, &veth.b_ip, LEDGER_PORT, Duration::from_secs(10))
+            .expect("ledger reachable");
+        // Each probe is one accepted connection; wait until all are counted.
+        for l in [&pay, &db, &ledger] {
             let deadline = Instant::now() + Duration::from_secs(5);
             while l.tcp() < 1 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -54,6 +60,7 @@ impl Outside {
             veth,
             pay,
             db,
+            ledger,
         }
     }
 }
@@ -81,6 +88,7 @@ try() {{
   try pay-udp4c-python {py} -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(("{p4}", {PAY_PORT})); s.send(b"charge")'
   try pay-udp6-python {py} -c 'import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.sendto(b"charge", ("{p6}", {PAY_PORT}))'
   try db-tcp4-bash bash -c 'exec 3<>/dev/tcp/{db4}/{DB_PORT}; read -t 3 line <&3; [ "$line" = db-ok ]'
+  try ledger-tcp4-bash bash -c 'exec 3<>/dev/tcp/{db4}/{LEDGER_PORT}'
   echo done >>"$log"
 ) &
 exec {bin} candidate --listen {cand} --profile parity
@@ -140,9 +148,13 @@ fn live_traffic_is_replayed_and_every_payment_attempt_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
     let mut args = topo.run_args(dir.path(), &candidate_script(dir.path(), &topo, &out));
+    // The database by address and port; the "ledger" only through a broader /24 rule,
+    // which must still hold for the database's address.
     args.extend([
         "--allow-egress".to_string(),
         format!("{}:{DB_PORT}", out.veth.b_ip),
+        "--allow-egress".to_string(),
+        format!("{}/24:{LEDGER_PORT}", out.veth.a_ip),
     ]);
     let mut daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
     daemon
@@ -161,27 +173,29 @@ fn live_traffic_is_replayed_and_every_payment_attempt_is_refused() {
     let exit = daemon.stop(Duration::from_secs(60)).unwrap();
     assert_eq!(exit.code, Some(0), "no criteria: exit 0; {}", exit.stderr);
 
-    // Every payment attempt failed in the candidate, the database call worked.
+    // Every payment attempt failed in the candidate, the database and ledger calls worked.
     for (name, result) in &tried {
-        let want = if name.starts_with("db-") {
+        let want = if name.starts_with("db-") || name.starts_with("ledger-") {
             "ok"
         } else {
             "fail"
         };
         assert_eq!(result, want, "{name}: {tried:?}");
     }
-    assert_eq!(tried.len(), 8, "{tried:?}");
+    assert_eq!(tried.len(), 9, "{tried:?}");
     // …and the independent listeners agree: nothing reached the payment service.
     // (1 = the reachability probe made before the run, from outside the cgroup.)
     assert_eq!(out.pay.tcp(), 1, "payment service got TCP");
     assert_eq!(out.pay.udp(), 0, "payment service got UDP");
     assert_eq!(out.db.tcp(), 2, "the allowlisted database got one call");
+    assert_eq!(out.ledger.tcp(), 2, "the ledger got one call");
 
     // Log lines: one per attempt, with destination, protocol and the command.
-    let (p4, p6, db) = (
+    let (p4, p6, db, ledger) = (
         format!("{}:{PAY_PORT}", out.veth.b_ip),
         format!("[{}]:{PAY_PORT}", out.veth.b_ip6),
         format!("{}:{DB_PORT}", out.veth.b_ip),
+        format!("{}:{LEDGER_PORT}", out.veth.b_ip),
     );
     let log = &exit.stderr;
     for (line, count, cmd) in [
@@ -190,6 +204,7 @@ fn live_traffic_is_replayed_and_every_payment_attempt_is_refused() {
         (format!("egress REFUSED: udp {p4} "), 2, "python3"),
         (format!("egress REFUSED: udp {p6} "), 1, "python3"),
         (format!("egress allowed: tcp {db} "), 1, "bash"),
+        (format!("egress allowed: tcp {ledger} "), 1, "bash"),
     ] {
         let found = lines_with(log, &line);
         assert_eq!(found.len(), count, "{line}: {found:#?}\n{log}");
@@ -220,6 +235,7 @@ fn live_traffic_is_replayed_and_every_payment_attempt_is_refused() {
         (p4.clone(), "udp", "refused", 2),
         (p6.clone(), "udp", "refused", 1),
         (db.clone(), "tcp", "allowed", 1),
+        (ledger.clone(), "tcp", "allowed", 1),
     ]
     .into_iter()
     .collect();
@@ -250,6 +266,8 @@ fn egress_sink_records_the_attempt_and_the_payment_service_gets_nothing() {
     args.extend([
         "--allow-egress".to_string(),
         format!("{}:{DB_PORT}", out.veth.b_ip),
+        "--allow-egress".to_string(),
+        format!("{}/24:{LEDGER_PORT}", out.veth.a_ip),
         "--egress-sink".into(),
         sink.clone(),
     ]);
