@@ -170,6 +170,11 @@ fn live_traffic_is_replayed_and_every_payment_attempt_is_refused() {
     daemon
         .wait_settled(topo.legacy(), load.answered(), Duration::from_secs(60))
         .unwrap();
+    // For comparison with the hanging-candidate test's figure.
+    eprintln!(
+        "peak RSS with a healthy candidate: {} KiB",
+        daemon.peak_rss_kib().unwrap()
+    );
     let exit = daemon.stop(Duration::from_secs(60)).unwrap();
     assert_eq!(exit.code, Some(0), "no criteria: exit 0; {}", exit.stderr);
 
