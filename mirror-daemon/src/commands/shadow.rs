@@ -20,8 +20,13 @@ use mirror_daemon::{
     },
     capture::kernel::{KernelCounters, Tap, TapConfig},
     compare::{Comparator, CompareConfig, NoiseRule, RouteTemplater},
-    guard::EgressAttempt,
+    guard::{
+        EgressAction, EgressAttempt,
+        kernel::GuardEvents,
+        sink::{PAIRING_GRACE, RedirectPairing, SinkCapture},
+    },
     http::Limits,
+    mask::Masker,
     pipeline::{EXCHANGE_QUEUE, STORE_QUEUE},
     replay::{ReplayConfig, Replayer, RewriteRules, parse_candidate_url},
     report,
@@ -330,7 +335,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
 
         let mut guard_events = fence.as_mut().and_then(|f| f.guard.take_events());
         let mut sink_rx = fence.as_mut().and_then(|f| f.sink_rx.take());
-        let mut pending_redirects: std::collections::VecDeque<EgressAttempt> = Default::default();
+        let mut pairing = RedirectPairing::default();
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -358,34 +363,8 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                         metrics.set_kernel(&kernel);
                     }
                     // Egress reports: counted, logged (no payload), stored, shown.
-                    if let Some(ev) = guard_events.as_mut() {
-                        ev.drain(&mut attempts_buf);
-                    }
-                    if let Some(rx) = sink_rx.as_mut() {
-                        while let Ok(cap) = rx.try_recv() {
-                            // Redirected attempts reach the sink in connect order.
-                            let text = masker.mask_text(&String::from_utf8_lossy(&cap.first_bytes));
-                            if let Some(mut a) = pending_redirects.pop_front() {
-                                a.first_bytes = Some(text);
-                                attempts_buf.push(a);
-                            }
-                        }
-                    }
-                    let mut to_store = Vec::new();
-                    for a in attempts_buf.drain(..) {
-                        if a.action == mirror_daemon::guard::EgressAction::Redirected && a.first_bytes.is_none() && pending_redirects.len() < 1024 {
-                            pending_redirects.push_back(a.clone());
-                        }
-                        metrics.egress(action_label(&a), &a.protocol);
-                        tracing::info!("{}", describe(&a));
-                        if let Ok(mut l) = live.lock() { l.record_egress(&a); }
-                        to_store.push(a);
-                    }
-                    if !to_store.is_empty()
-                        && let Err(e) = store.write_egress(&host, &run_id, &to_store).await
-                    {
-                        tracing::warn!(error = %e, "storing egress attempts failed");
-                    }
+                    let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, false);
+                    report_egress(ready, &metrics, &live, &store, &host, &run_id).await;
                     let ev = evidence_now(&live, &ledger, &kernel);
                     let card = report::build(&ev, &criteria, &NoiseRule::default());
                     publish(&snapshot, &run_view, &card, &ledger, &kernel, sampler.ppm());
@@ -440,6 +419,9 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         }
         drop(shadow);
         let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
+        // Attempts still waiting for their sink capture are reported without bytes.
+        let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, true);
+        report_egress(ready, &metrics, &live, &store, &host, &run_id).await;
         store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &store_kernel(&kernel)).await?;
         drop(fence);
         let _ = shutdown_tx.send(());
@@ -455,6 +437,69 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         let has_criteria = criteria.has_parity_limit() || criteria.min_exchanges.is_some() || criteria.min_completeness.is_some();
         Ok(if has_criteria { card.verdict.exit_code() as u8 } else { exit::OK })
     })
+}
+
+/// Kernel reports and sink captures turned into attempts to report, each exactly once: a
+/// redirected attempt waits (bounded) for the first bytes the sink captured on its
+/// connection; with `closing`, nothing waits.
+fn ready_egress(
+    events: &mut Option<GuardEvents>,
+    sink_rx: &mut Option<mpsc::Receiver<SinkCapture>>,
+    pairing: &mut RedirectPairing,
+    masker: &Masker,
+    buf: &mut Vec<EgressAttempt>,
+    closing: bool,
+) -> Vec<EgressAttempt> {
+    let now = Instant::now();
+    let with_bytes = |(mut a, bytes): (EgressAttempt, Vec<u8>)| {
+        a.first_bytes = Some(masker.mask_text(&String::from_utf8_lossy(&bytes)));
+        a
+    };
+    if let Some(ev) = events.as_mut() {
+        ev.drain(buf);
+    }
+    let mut ready = Vec::new();
+    for a in buf.drain(..) {
+        if a.action == EgressAction::Redirected && sink_rx.is_some() {
+            ready.extend(pairing.attempt(a, now).map(with_bytes));
+        } else {
+            ready.push(a);
+        }
+    }
+    if let Some(rx) = sink_rx.as_mut() {
+        while let Ok(cap) = rx.try_recv() {
+            ready.extend(pairing.capture(cap, now).map(with_bytes));
+        }
+    }
+    ready.extend(pairing.expired(now, PAIRING_GRACE));
+    if closing {
+        ready.extend(pairing.drain());
+    }
+    ready
+}
+
+/// Counts, logs (no payload), shows and stores egress attempts.
+async fn report_egress(
+    attempts: Vec<EgressAttempt>,
+    metrics: &Metrics,
+    live: &Mutex<LiveEvidence>,
+    store: &Store,
+    host: &str,
+    run_id: &str,
+) {
+    if attempts.is_empty() {
+        return;
+    }
+    for a in &attempts {
+        metrics.egress(action_label(a), &a.protocol);
+        tracing::info!("{}", describe(a));
+        if let Ok(mut l) = live.lock() {
+            l.record_egress(a);
+        }
+    }
+    if let Err(e) = store.write_egress(host, run_id, &attempts).await {
+        tracing::warn!(error = %e, "storing egress attempts failed");
+    }
 }
 
 fn action_label(a: &EgressAttempt) -> &'static str {

@@ -208,34 +208,54 @@ impl EgressGuard {
     }
 }
 
-/// Groups rules of one family by prefix, merging their ports into the kernel's value.
+/// The kernel's allowlist entries for one family: one per distinct prefix (host bits
+/// cleared), each carrying the ports of every rule that contains it. The kernel looks up
+/// only the longest matching prefix, so without that a narrow rule (`10.0.5.7:5432`)
+/// would hide a broader one (`10.0.0.0/8`, any port) for the addresses it covers.
 fn merged(rules: &[AllowRule], v4: bool) -> Result<Vec<([u8; 16], u8, AllowPorts)>, GuardError> {
+    let family: Vec<&AllowRule> = rules.iter().filter(|r| r.addr.is_ipv4() == v4).collect();
     let mut out: Vec<([u8; 16], u8, AllowPorts)> = Vec::new();
-    for r in rules.iter().filter(|r| r.addr.is_ipv4() == v4) {
-        let addr = crate::capture::ip_to_bytes(r.addr);
-        let slot = match out
-            .iter_mut()
-            .position(|(a, p, _)| *a == addr && *p == r.prefix)
-        {
-            Some(i) => &mut out[i].2,
-            None => {
-                out.push((addr, r.prefix, AllowPorts::default()));
-                let last = out.len() - 1;
-                &mut out[last].2
-            }
-        };
-        match r.port {
-            None => slot.any_port = 1,
-            Some(p) => {
-                if usize::from(slot.count) >= slot.ports.len() {
-                    return Err(GuardError::TooManyPorts(r.to_string()));
+    for r in &family {
+        let network = network_of(r);
+        if out.iter().any(|(a, p, _)| *a == network && *p == r.prefix) {
+            continue;
+        }
+        let mut slot = AllowPorts::default();
+        // Every rule whose prefix contains this one (itself included).
+        for c in family.iter().filter(|c| {
+            c.prefix <= r.prefix
+                && AllowRule {
+                    port: None,
+                    ..(**c).clone()
                 }
-                slot.ports[usize::from(slot.count)] = p;
-                slot.count += 1;
+                .admits(r.addr, 0)
+        }) {
+            match c.port {
+                None => slot.any_port = 1,
+                Some(p) if slot.ports[..usize::from(slot.count)].contains(&p) => {}
+                Some(p) => {
+                    if usize::from(slot.count) >= slot.ports.len() {
+                        return Err(GuardError::TooManyPorts(r.to_string()));
+                    }
+                    slot.ports[usize::from(slot.count)] = p;
+                    slot.count += 1;
+                }
             }
         }
+        out.push((network, r.prefix, slot));
     }
     Ok(out)
+}
+
+/// The rule's address with the host bits cleared, in the kernel key's byte layout.
+fn network_of(r: &AllowRule) -> [u8; 16] {
+    let mut b = crate::capture::ip_to_bytes(r.addr);
+    let bits = usize::from(r.prefix);
+    for (i, byte) in b.iter_mut().enumerate() {
+        let keep = bits.saturating_sub(i * 8).min(8);
+        *byte &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    b
 }
 
 /// Reads guard reports from the kernel.
@@ -294,5 +314,48 @@ fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
             _ => EgressAction::Refused,
         },
         first_bytes: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(s: &[&str]) -> Vec<AllowRule> {
+        s.iter().map(|r| AllowRule::parse(r).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_narrow_rule_keeps_the_ports_of_a_broader_one() {
+        let m = merged(
+            &rules(&["10.0.5.7:5432", "10.0.0.0/8", "10.0.5.0/24:443"]),
+            true,
+        )
+        .unwrap();
+        let find = |prefix: u8| m.iter().find(|(_, p, _)| *p == prefix).unwrap().2;
+        // 10.0.5.7 is inside 10.0.0.0/8 (any port): every port stays allowed there.
+        assert!(find(32).permits(5432) && find(32).permits(9999));
+        assert!(find(24).permits(443) && find(24).permits(80));
+        assert_eq!(find(8).any_port, 1);
+        let m = merged(&rules(&["10.0.5.7:5432", "10.0.5.0/24:443"]), true).unwrap();
+        let find = |prefix: u8| m.iter().find(|(_, p, _)| *p == prefix).unwrap().2;
+        assert!(find(32).permits(5432) && find(32).permits(443) && !find(32).permits(80));
+        assert!(find(24).permits(443) && !find(24).permits(5432));
+    }
+
+    #[test]
+    fn host_bits_are_cleared_and_families_kept_apart() {
+        let m = merged(
+            &rules(&["10.1.2.3/24:80", "10.1.2.0/24:81", "fd00::1/64"]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(m.len(), 1, "one /24 entry: {m:?}");
+        assert_eq!(&m[0].0[..4], &[10, 1, 2, 0]);
+        assert!(m[0].2.permits(80) && m[0].2.permits(81));
+        let m6 = merged(&rules(&["fd00::1/64", "10.0.0.0/8"]), false).unwrap();
+        assert_eq!(m6.len(), 1);
+        assert_eq!(m6[0].0[15], 0);
+        assert_eq!(m6[0].2.any_port, 1);
     }
 }

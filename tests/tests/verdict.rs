@@ -1,0 +1,297 @@
+//! Issue 6: compare and verdict, live. The example candidate's `deviations` profile is
+//! driven with real traffic; the expected diffs and their rates are computed from the
+//! requests that were actually replayed (the store's rows: id and page of each target),
+//! then the same store is judged with three criteria sets.
+use std::collections::{BTreeMap, BTreeSet};
+
+use mirror_e2e::*;
+use serde_json::Value;
+
+const USERS: &str = "GET /users/{id}";
+const ORDERS: &str = "GET /users/{id}/orders";
+const PRODUCTS: &str = "GET /products";
+const SLOW: &str = "GET /slow/{id}";
+const NAME: &str = "field($.name,value)";
+const UPDATED_AT: &str = "field($.updated_at,value)";
+const PRICE: &str = "field($.items[*].price,value)";
+
+/// The number in a target: `/users/12/orders` → 12, `/products?page=7` → 7.
+fn number(target: &str) -> u64 {
+    let digits: String = target
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap_or(0)
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn deviations_are_named_with_their_rates_and_the_verdict_follows_the_criteria() {
+    require_root();
+    let topo = Topology::new("v").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+    let mut args = topo.run_args(dir.path(), &topo.example_candidate_cmd("deviations"));
+    args.extend(
+        [
+            "--tolerance",
+            "json:$.items[*].price=0.01",
+            "--ignore",
+            "json:$..generated_at",
+            "--max-mismatch",
+            "0.5%",
+            "--max-p95-regression",
+            "10%",
+            "--min-exchanges",
+            "100",
+        ]
+        .map(String::from),
+    );
+    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
+    let load = run_load(topo.client(), &topo.legacy_addr(), 3000, 4).unwrap();
+    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
+    daemon
+        .wait_settled(
+            topo.legacy(),
+            load.answered(),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    let exit = daemon.stop(std::time::Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        exit.code,
+        Some(1),
+        "strict criteria on the run: NO-GO\n{}",
+        exit.stdout
+    );
+    assert!(exit.stdout.contains("NO-GO"), "{}", exit.stdout);
+
+    // What was replayed, per route, and which exchanges carry which diff key.
+    let rows = sqlite_rows(&db, "SELECT id, route, target, outcome FROM exchanges").unwrap();
+    let kinds = sqlite_rows(
+        &db,
+        "SELECT exchange_id, route, kind_key FROM diff_kinds WHERE secondary = 0",
+    )
+    .unwrap();
+    let s = |v: &Value| v.as_str().unwrap().to_string();
+    let mut by_route: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for r in &rows {
+        by_route
+            .entry(s(&r[1]))
+            .or_default()
+            .push((s(&r[0]), number(&s(&r[2]))));
+    }
+    let mut with_key: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for k in &kinds {
+        with_key
+            .entry((s(&k[1]), s(&k[2])))
+            .or_default()
+            .insert(s(&k[0]));
+    }
+    let ids_where = |route: &str, pred: &dyn Fn(u64) -> bool| -> BTreeSet<String> {
+        by_route[route]
+            .iter()
+            .filter(|(_, n)| pred(*n))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let exchanges_with = |route: &str, key: &str| -> BTreeSet<String> {
+        with_key
+            .get(&(route.to_string(), key.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    for ((route, key), ids) in &with_key {
+        eprintln!("stored diff {route} {key}: {} exchanges", ids.len());
+    }
+    let name_expected = ids_where(USERS, &|id| id % 33 == 0);
+    let price_expected = ids_where(PRODUCTS, &|page| page % 10 == 0);
+    let status_expected = ids_where(ORDERS, &|id| id % 10 == 0);
+    // Exactly the exchanges the profile deviates on, no more, no fewer.
+    assert!(!name_expected.is_empty() && !price_expected.is_empty() && !status_expected.is_empty());
+    assert_eq!(exchanges_with(USERS, NAME), name_expected);
+    assert_eq!(exchanges_with(PRODUCTS, PRICE), price_expected);
+    assert_eq!(exchanges_with(ORDERS, "status"), status_expected);
+    assert_eq!(
+        exchanges_with(USERS, UPDATED_AT).len(),
+        by_route[USERS].len(),
+        "updated_at differs on every user"
+    );
+
+    // The report: exactly these diff keys, with these rates and classes.
+    let (_, card) = report_json(&db, &[]).unwrap();
+    let acc = &card["accounting"];
+    eprintln!("load {load:?}\naccounting {acc}");
+    assert_eq!(acc["identity_holds"], true, "{acc}");
+    assert_eq!(acc["seen"].as_u64(), Some(load.answered()), "{acc}");
+    assert_eq!(acc["in_flight"].as_u64(), Some(0), "{acc}");
+    let routes: BTreeMap<String, &Value> = card["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (s(&r["route"]), r))
+        .collect();
+    let compared = |route: &str| routes[route]["compared"].as_u64().unwrap();
+    let diffs: BTreeMap<(String, String), &Value> = card["diffs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| ((s(&d["route"]), s(&d["key"])), d))
+        .collect();
+    for (route, key, expected) in [
+        (USERS, NAME, &name_expected),
+        (PRODUCTS, PRICE, &price_expected),
+        (ORDERS, "status", &status_expected),
+    ] {
+        let d = diffs
+            .get(&(route.to_string(), key.to_string()))
+            .unwrap_or_else(|| panic!("{route} {key} not reported: {diffs:#?}"));
+        let rate = expected.len() as f64 / compared(route) as f64;
+        eprintln!(
+            "{route} {key}: {} of {} = {rate:.4} (reported {} {})",
+            expected.len(),
+            compared(route),
+            d["rate"],
+            d["class"]
+        );
+        assert_eq!(d["count"].as_u64(), Some(expected.len() as u64), "{d}");
+        assert!((f(&d["rate"]) - rate).abs() < 1e-9, "{d} vs {rate}");
+        assert_eq!(d["class"], "signal", "{d}");
+        // Each kept example is one of the exchanges that deviates.
+        for ex in d["examples"].as_array().unwrap() {
+            assert!(expected.contains(&s(&ex["id"])), "{ex}");
+        }
+    }
+    // The rates match the profile's rules over what was sent: ids/pages are spread evenly.
+    let r = |key: (&str, &str)| f(&diffs[&(key.0.to_string(), key.1.to_string())]["rate"]);
+    assert!((0.0..0.08).contains(&r((USERS, NAME))), "~3 %");
+    assert!((0.04..0.16).contains(&r((PRODUCTS, PRICE))), "~10 %");
+    assert!((0.04..0.16).contains(&r((ORDERS, "status"))), "~10 %");
+    assert_eq!(
+        routes[ORDERS]["status_mismatches"].as_u64(),
+        Some(status_expected.len() as u64)
+    );
+    // updated_at: shown as (likely) noise, not hidden and not a signal.
+    let upd = diffs
+        .get(&(USERS.to_string(), UPDATED_AT.to_string()))
+        .expect("updated_at must be shown");
+    assert!(
+        ["likely_noise", "noise"].contains(&upd["class"].as_str().unwrap()),
+        "{upd}"
+    );
+    assert_eq!(upd["count"].as_u64(), Some(compared(USERS)), "{upd}");
+    // Nothing else: key order, whitespace, Server header and the 0.005 price are no diff;
+    // the 500s may add body keys on the orders route only.
+    for (route, key) in diffs.keys() {
+        let known = matches!(
+            (route.as_str(), key.as_str()),
+            (USERS, NAME) | (USERS, UPDATED_AT) | (PRODUCTS, PRICE)
+        ) || route == ORDERS;
+        assert!(
+            known,
+            "unexpected diff {route} {key}: {}",
+            diffs[&(route.clone(), key.clone())]
+        );
+    }
+    for (_, key) in diffs.keys().filter(|(r, _)| r == ORDERS) {
+        assert!(
+            exchanges_with(ORDERS, key).is_subset(&status_expected),
+            "{key} on an orders exchange that did not fail"
+        );
+    }
+    for route in ["POST /orders", "GET /health", SLOW] {
+        let r = routes[route];
+        assert_eq!(r["differed"].as_u64(), Some(0), "{route}: {r}");
+        assert!(r["compared"].as_u64().unwrap() > 0, "{route}: {r}");
+    }
+    // +30 ms on the slow route shows as a p95 ratio above 1 there.
+    let slow_ratio = f(&routes[SLOW]["latency"]["p95_ttlb_ratio"]);
+    eprintln!("{SLOW} p95 ttlb ratio {slow_ratio:.2}");
+    assert!(slow_ratio > 1.0, "{}", routes[SLOW]);
+
+    // Three criteria sets on the same store.
+    let loose = [
+        "--max-mismatch",
+        "50%",
+        "--max-p95-regression",
+        "1000%",
+        "--min-exchanges",
+        "100",
+    ];
+    let (code, card) = report_json(&db, &loose).unwrap();
+    assert_eq!(
+        (code, card["exit_code"].as_i64()),
+        (0, Some(0)),
+        "{}",
+        card["verdict"]
+    );
+    assert_eq!(card["verdict"]["verdict"], "go");
+    let (code, table) = report(&db, &loose).unwrap();
+    assert_eq!(code, 0);
+    assert!(table.contains("VERDICT: GO"), "{table}");
+
+    let strict = [
+        "--max-mismatch",
+        "1%",
+        "--max-p95-regression",
+        "10%",
+        "--min-exchanges",
+        "100",
+    ];
+    let (code, card) = report_json(&db, &strict).unwrap();
+    assert_eq!((code, card["exit_code"].as_i64()), (1, Some(1)));
+    assert_eq!(card["verdict"]["verdict"], "no_go", "{}", card["verdict"]);
+    let failing = card["verdict"]["failing"].to_string();
+    assert!(
+        failing.contains("max_mismatch") && failing.contains("max_p95_regression"),
+        "{failing}"
+    );
+    let (code, table) = report(&db, &strict).unwrap();
+    assert_eq!(code, 1);
+    let banner = table
+        .lines()
+        .find(|l| l.contains("VERDICT"))
+        .unwrap_or_default();
+    assert!(
+        banner.contains("NO-GO")
+            && banner.contains("max_mismatch")
+            && banner.contains("max_p95_regression"),
+        "{banner}"
+    );
+
+    let too_few = [
+        "--max-mismatch",
+        "50%",
+        "--max-p95-regression",
+        "1000%",
+        "--min-exchanges",
+        "1000000",
+    ];
+    let (code, card) = report_json(&db, &too_few).unwrap();
+    assert_eq!((code, card["exit_code"].as_i64()), (3, Some(3)));
+    assert_eq!(card["verdict"]["verdict"], "insufficient_evidence");
+    assert!(
+        card["verdict"]["reasons"].to_string().contains("exchanges"),
+        "{}",
+        card["verdict"]
+    );
+    let (code, md) = report(
+        &db,
+        &[
+            "--format",
+            "markdown",
+            "--min-exchanges",
+            "1000000",
+            "--max-mismatch",
+            "50%",
+        ],
+    )
+    .unwrap();
+    assert_eq!(code, 3);
+    assert!(md.contains("INSUFFICIENT EVIDENCE"), "{md}");
+}
