@@ -86,20 +86,29 @@ impl Fence {
     }
 }
 
-impl Drop for Fence {
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct ChildGuard(pub Option<std::process::Child>);
+
+impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.0.take() {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             for _ in 0..100 {
                 if let Ok(Some(_)) = c.try_wait() {
-                    break;
+                    return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        drop(ChildGuard(self.child.take()));
     }
 }
 

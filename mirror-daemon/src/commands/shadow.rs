@@ -227,8 +227,17 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             .await?;
 
         // The fence first: a candidate we start must never run unfenced.
+        let mut unfenced_candidate = None;
         let mut fence = if p.guard.no_egress_guard {
             tracing::warn!("--no-egress-guard: the candidate's outbound network is NOT fenced; its side effects are real");
+            if let Some(cmd) = &p.guard.candidate_cmd {
+                let child = std::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .spawn()
+                    .with_context(|| format!("starting the candidate: {cmd}"))?;
+                unfenced_candidate = Some(super::guard::ChildGuard(Some(child)));
+            }
             None
         } else {
             Some(Fence::setup(&p.guard, &run_id).await?)
@@ -424,6 +433,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         report_egress(ready, &metrics, &live, &store, &host, &run_id).await;
         store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &store_kernel(&kernel)).await?;
         drop(fence);
+        drop(unfenced_candidate);
         let _ = shutdown_tx.send(());
 
         let stored = store.load(&ReportFilter { run_id: Some(run_id.clone()), ..Default::default() }).await?;
