@@ -228,22 +228,26 @@ fn tshark_fields(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<Vec<Stri
         .collect()
 }
 
-/// tshark's exchanges: every request it dissects, with the status of the final response
-/// it matched to it (`http.request_in`).
+/// tshark's exchanges: per connection (tcp stream), the requests its HTTP dissector
+/// found, in order, each with the final response in the same position of the responses
+/// it found (HTTP/1.1 answers in request order). The framing (where each message starts
+/// and ends, including chunked, close-delimited and HEAD responses) is tshark's own.
 ///
 /// Reconciled quirks:
-/// * `100 Continue` is a response of its own for tshark (matched to the same request);
-///   mirror's exchange holds the final response, so 1xx responses are left out here.
-/// * Several requests in one frame (pipelining) share the frame number that
-///   `http.request_in` points to; responses are matched by (frame, uri), the URI coming
-///   from `http.response_for.uri` (an absolute URI built from Host + target).
-/// * A request tshark never saw a response for is kept with status 0; mirror has no such
-///   exchange, so any of them shows up as a difference.
+/// * `100 Continue` is a response of its own for tshark; mirror's exchange holds the final
+///   response, so 1xx responses are left out here.
+/// * tshark 4.0 pairs pipelined requests badly: when several requests share one frame,
+///   every response gets `http.request_in` = that frame (or none) and
+///   `http.response_for.uri` = the last request of the frame. So pairing is by position;
+///   `http.request_in` is only cross-checked where a frame holds one request.
+/// * A request tshark has no response for gets status 0; mirror has no such exchange, so
+///   any of them shows up as a difference.
 fn tshark_exchanges(pcap: &Path) -> Vec<Key> {
     let requests = tshark_fields(
         pcap,
         "http.request",
         &[
+            "tcp.stream",
             "frame.number",
             "tcp.srcport",
             "http.request.method",
@@ -254,61 +258,71 @@ fn tshark_exchanges(pcap: &Path) -> Vec<Key> {
         pcap,
         "http.response",
         &[
+            "tcp.stream",
+            "frame.number",
             "http.response.code",
             "http.request_in",
-            "http.response_for.uri",
         ],
     );
-    // (frame, target) -> final status
-    let mut status: BTreeMap<(String, String), u16> = BTreeMap::new();
-    for row in &responses {
-        let [codes, request_in, uris] = &row[..] else {
-            panic!("unexpected tshark response row {row:?}");
-        };
-        assert_eq!(codes.len(), request_in.len(), "{row:?}");
-        for (i, code) in codes.iter().enumerate() {
-            let code: u16 = code.parse().expect("status code");
-            if (100..200).contains(&code) {
-                continue;
-            }
-            let uri = uris.get(i).cloned().unwrap_or_default();
-            let target = strip_authority(&uri);
-            let prev = status.insert((request_in[i].clone(), target.clone()), code);
-            assert!(prev.is_none(), "two final responses for {target}: {row:?}");
-        }
-    }
-    let mut keys = Vec::new();
+    // stream -> requests in order: (frame, requests in that frame, port, method, uri)
+    let mut by_stream: BTreeMap<String, Vec<(String, usize, u16, String, String)>> =
+        BTreeMap::new();
     for row in &requests {
-        let [frame, port, methods, uris] = &row[..] else {
+        let [stream, frame, port, methods, uris] = &row[..] else {
             panic!("unexpected tshark request row {row:?}");
         };
         assert_eq!(methods.len(), uris.len(), "{row:?}");
         for (method, uri) in methods.iter().zip(uris) {
-            let code = status
-                .get(&(frame[0].clone(), uri.clone()))
-                .copied()
-                .unwrap_or(0);
-            keys.push((
+            by_stream.entry(stream[0].clone()).or_default().push((
+                frame[0].clone(),
+                methods.len(),
                 port[0].parse().expect("port"),
                 method.clone(),
                 uri.clone(),
-                code,
             ));
         }
     }
+    // stream -> final responses in order: (status, request_in if unambiguous)
+    let mut answers: BTreeMap<String, Vec<(u16, Option<String>)>> = BTreeMap::new();
+    for row in &responses {
+        let [stream, _frame, codes, request_in] = &row[..] else {
+            panic!("unexpected tshark response row {row:?}");
+        };
+        for code in codes {
+            let code: u16 = code.parse().expect("status code");
+            if (100..200).contains(&code) {
+                continue;
+            }
+            let req = (codes.len() == 1 && request_in.len() == 1 && !request_in[0].is_empty())
+                .then(|| request_in[0].clone());
+            answers
+                .entry(stream[0].clone())
+                .or_default()
+                .push((code, req));
+        }
+    }
+    let mut keys = Vec::new();
+    for (stream, reqs) in &by_stream {
+        let resps = answers.remove(stream).unwrap_or_default();
+        assert!(
+            resps.len() <= reqs.len(),
+            "stream {stream}: tshark found more responses than requests"
+        );
+        for (i, (frame, in_frame, port, method, uri)) in reqs.iter().enumerate() {
+            let status = match resps.get(i) {
+                Some((code, Some(req_frame))) if *in_frame == 1 => {
+                    assert_eq!(req_frame, frame, "stream {stream}: tshark's own pairing");
+                    *code
+                }
+                Some((code, _)) => *code,
+                None => 0,
+            };
+            keys.push((*port, method.clone(), uri.clone(), status));
+        }
+    }
+    assert!(answers.is_empty(), "responses on streams without requests");
     keys.sort();
     keys
-}
-
-/// `http://host:port/path?q` -> `/path?q` (tshark's `http.response_for.uri`).
-fn strip_authority(uri: &str) -> String {
-    match uri.split_once("://") {
-        Some((_, rest)) => match rest.find('/') {
-            Some(i) => rest[i..].to_string(),
-            None => "/".into(),
-        },
-        None => uri.to_string(),
-    }
 }
 
 /// The tcp streams tshark finds (connections in the file).
