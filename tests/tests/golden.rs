@@ -228,6 +228,9 @@ fn tshark_fields(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<Vec<Stri
         .collect()
 }
 
+/// (frame, requests in that frame, client port, method, uri)
+type TsharkRequest = (String, usize, u16, String, String);
+
 /// tshark's exchanges: per connection (tcp stream), the requests its HTTP dissector
 /// found, in order, each with the final response in the same position of the responses
 /// it found (HTTP/1.1 answers in request order). The framing (where each message starts
@@ -264,9 +267,8 @@ fn tshark_exchanges(pcap: &Path) -> Vec<Key> {
             "http.request_in",
         ],
     );
-    // stream -> requests in order: (frame, requests in that frame, port, method, uri)
-    let mut by_stream: BTreeMap<String, Vec<(String, usize, u16, String, String)>> =
-        BTreeMap::new();
+    // stream -> its requests in order
+    let mut by_stream: BTreeMap<String, Vec<TsharkRequest>> = BTreeMap::new();
     for row in &requests {
         let [stream, frame, port, methods, uris] = &row[..] else {
             panic!("unexpected tshark request row {row:?}");
