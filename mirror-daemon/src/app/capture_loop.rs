@@ -26,12 +26,27 @@ pub enum Source {
     File { path: PathBuf, ports: Vec<u16> },
 }
 
+/// HTTP connection states kept by default (the `run` command's figure).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
 /// Settings of the capture thread.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CaptureSettings {
     pub reassembly: ReassemblyConfig,
     pub limits: Limits,
     pub max_connections: usize,
+}
+
+// Not derived: a derived 0 became a table of one connection, so `exchanges` evicted every
+// connection but the latest as soon as two overlapped.
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        Self {
+            reassembly: ReassemblyConfig::default(),
+            limits: Limits::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// Live figures of the capture thread (shared with reports and metrics).
@@ -187,5 +202,18 @@ pub fn run(
             publish(&st, 0, Some(stats));
             Ok(st.figures(0, Some(stats)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_track_many_connections() {
+        assert_eq!(
+            CaptureSettings::default().max_connections,
+            DEFAULT_MAX_CONNECTIONS
+        );
     }
 }

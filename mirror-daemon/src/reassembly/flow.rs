@@ -25,6 +25,9 @@ const INIT: u8 = 1;
 /// The direction was opened by a SYN: `isn` is valid and there was no mid-stream join.
 const SYN_INIT: u8 = 2;
 const FIN_DONE: u8 = 4;
+/// The direction's mid-stream `Gap { lost_bytes: 0 }` was emitted (possibly before any of
+/// its segments, when the other direction's first segment joined the flow).
+const JOIN_SHOWN: u8 = 8;
 
 /// Why a hole is given up on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +115,25 @@ impl Flow {
     ) -> Option<CloseReason> {
         let ts = seg.ts_ns;
         self.last_ts_ns = self.last_ts_ns.max(ts);
+        if !seg.flags.syn()
+            && self
+                .halves
+                .iter()
+                .all(|h| !h.is_init() && h.flags & JOIN_SHOWN == 0)
+        {
+            // The flow is joined mid-stream: both directions are, and the consumer must
+            // know it for both before any data. Otherwise the other direction's join would
+            // only be reported with its first bytes, after requests were already paired
+            // on the assumption that it was at a message boundary.
+            let dirs = match seg.direction {
+                Direction::ToServer => [Direction::ToServer, Direction::ToClient],
+                Direction::ToClient => [Direction::ToClient, Direction::ToServer],
+            };
+            for dir in dirs {
+                cx.dir = dir;
+                self.halves[dir.index()].show_join(ts, cx);
+            }
+        }
         cx.dir = seg.direction;
         let half = &mut self.halves[seg.direction.index()];
         let mut data_seq = seg.seq;
@@ -235,6 +257,15 @@ impl Half {
     ) {
         self.next_seq = seq;
         self.flags |= INIT;
+        self.show_join(ts, cx);
+    }
+
+    /// Emits this direction's mid-stream join, once.
+    fn show_join<F: FnMut(StreamEvent<'_>)>(&mut self, ts: u64, cx: &mut Ctx<'_, F>) {
+        if self.flags & JOIN_SHOWN != 0 {
+            return;
+        }
+        self.flags |= JOIN_SHOWN;
         cx.stats.gaps_midstream_join += 1;
         (cx.out)(StreamEvent::Gap {
             flow: cx.key,

@@ -17,7 +17,8 @@
 //!   while the connection was open, or the flow was evicted/refused earlier). Nothing is
 //!   known to be lost, but the first bytes may start in the middle of a message: the
 //!   consumer must resynchronise at the next message boundary. A direction opened by a
-//!   SYN gets no such event.
+//!   SYN gets no such event. When a flow's first segment is not a SYN, both directions
+//!   get it then, before any `Data` of the flow.
 //! * `Gap { lost_bytes: n > 0 }`: `n` bytes of the stream were never delivered (never
 //!   captured, not retransmitted within `reorder_timeout_ns`, or dropped to respect a
 //!   memory cap). Delivery continues with the byte after them.

@@ -255,9 +255,10 @@ fn mid_stream_join_emits_gap_zero_before_data() {
     assert_eq!(
         h.ev,
         vec![
+            // Both directions are joined with the flow's first segment, before any data.
             Ev::Gap(key(1), C, 0),
-            Ev::Data(key(1), C, b"tail of a response".to_vec()),
             Ev::Gap(key(1), S, 0),
+            Ev::Data(key(1), C, b"tail of a response".to_vec()),
             Ev::Data(key(1), S, b"GET /".to_vec()),
             Ev::Data(key(1), S, b" HTTP/1.1".to_vec()),
         ]
