@@ -37,6 +37,9 @@ pub fn run(ctx: &Ctx) -> Result<Table> {
     let mb = bytes as f64 / 1e6;
 
     let ours = count_exchanges(&ctx.daemon, &pcap, NGINX_PORT)?;
+    let t_scan = Instant::now();
+    let scanned = super::pcapscan::count_requests(&pcap, NGINX_PORT)?;
+    let scan_s = t_scan.elapsed().as_secs_f64();
 
     let t0 = Instant::now();
     let mut child = Command::new("tshark")
@@ -80,6 +83,7 @@ pub fn run(ctx: &Ctx) -> Result<Table> {
     for (name, secs, n) in [
         ("mirror-daemon exchanges --pcap", ours.seconds, ours.lines),
         ("tshark -Y http.request", tshark_s, tshark_lines),
+        ("xtask segment scan (reference)", scan_s, scanned),
     ] {
         t.row(vec![
             name.into(),
@@ -88,6 +92,12 @@ pub fn run(ctx: &Ctx) -> Result<Table> {
             n.to_string(),
             format!("{:.0}", n as f64 / secs.max(0.001)),
         ]);
+    }
+    if ours.drops > 0 {
+        t.note(format!(
+            "mirror-daemon dropped {} exchanges ({}): its exchanges/s counts only what it printed",
+            ours.drops, ours.drop_reasons
+        ));
     }
     t.note("wall time, file in the page cache (just written); mirror-daemon output is full JSON per exchange, tshark's one URI per request");
     Ok(t)

@@ -13,7 +13,7 @@ use super::servers::{
     DATA_PATH, EXAMPLES_PATH, EXAMPLES_PORT, NGINX_PORT, TEE_PROXY_PORT, TEE_STATIC_PORT,
 };
 use super::table::{Table, f, median, ratio};
-use super::tap::{self, BpfStats, TAP_MODE, TapDaemon, TapReport, Tcpdump, TcpdumpReport};
+use super::tap::{self, BpfStats, TAP_MODE, TapDaemon, TapMode, TapReport, Tcpdump, TcpdumpReport};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Config {
@@ -299,6 +299,8 @@ pub fn completeness_table(runs: &[Run]) -> Table {
             "legacy",
             "load",
             "completed",
+            "in capture",
+            "tap %",
             "exchanges",
             "completeness",
             "kernel ring_full",
@@ -322,6 +324,10 @@ pub fn completeness_table(runs: &[Run]) -> Table {
                 .iter()
                 .filter_map(|r| r.tap.as_ref())
                 .map(|t| t.exchanges)
+                .sum();
+            let in_capture: Option<u64> = taps
+                .iter()
+                .map(|r| r.tap.as_ref().and_then(|t| t.requests_in_capture))
                 .sum();
             let ring: Option<u64> = taps
                 .iter()
@@ -349,6 +355,10 @@ pub fn completeness_table(runs: &[Run]) -> Table {
                 target.label().into(),
                 l.label(),
                 completed.to_string(),
+                in_capture.map_or("-".into(), |n| n.to_string()),
+                in_capture.map_or("-".into(), |n| {
+                    format!("{:.3}%", n as f64 * 100.0 / completed.max(1) as f64)
+                }),
                 exchanges.to_string(),
                 format!("{:.3}%", exchanges as f64 * 100.0 / completed.max(1) as f64),
                 ring.map_or("-".into(), |r| r.to_string()),
@@ -364,14 +374,26 @@ pub fn completeness_table(runs: &[Run]) -> Table {
     }
     t.note(match TAP_MODE {
         TapMode::Run => "exchanges = ledger `seen` − dropped, from /metrics".to_string(),
-        _ => "exchanges = `mirror-daemon exchanges --pcap` on the pcapng `record` wrote; at \
-              saturation wrk stops with requests in flight that the tap saw, so >100% is possible"
+        _ => "exchanges = `mirror-daemon exchanges --pcap` on the pcapng `record` wrote; \
+              \"in capture\" = requests found in that file by xtask's own segment scan (what the \
+              kernel tap delivered); at saturation wrk stops with requests in flight that the tap \
+              saw, so >100% is possible"
             .to_string(),
     });
+    if runs
+        .iter()
+        .filter_map(|r| r.tap.as_ref())
+        .any(|t| t.drop_reasons.contains("evicted"))
+    {
+        t.note(
+            "daemon drops `evicted`: `exchanges` builds CaptureSettings::default(), whose \
+             derived max_connections is 0 (clamped to 1), so the HTTP tracker keeps one \
+             connection's state and evicts the rest whenever more than one connection is \
+             open: a mirror-daemon bug, not a capture loss",
+        );
+    }
     t
 }
-
-use super::tap::TapMode;
 
 /// Section 3: (b) at fixed rates with BPF statistics on.
 pub fn cost(ctx: &mut Ctx, rates: &[u32]) -> Result<Vec<Run>> {

@@ -66,6 +66,9 @@ pub struct TapReport {
     pub mode: String,
     /// Exchanges rebuilt (request + response), all outcomes but `dropped`.
     pub exchanges: u64,
+    /// Requests found in the capture file by an independent scan (record mode): what
+    /// the kernel tap delivered, whatever the daemon's reader then made of it.
+    pub requests_in_capture: Option<u64>,
     /// Kernel: failed ring-buffer reservations.
     pub kernel_ring_full: Option<u64>,
     pub kernel_segments: Option<u64>,
@@ -186,6 +189,8 @@ impl TapDaemon {
         match self.mode {
             TapMode::Record => {
                 parse_record_summary(&self.proc.stdout(), &mut report);
+                report.requests_in_capture =
+                    Some(super::pcapscan::count_requests(&self.pcap, self.port)?);
                 let counted = count_exchanges(daemon, &self.pcap, self.port)?;
                 report.exchanges = counted.lines;
                 report.daemon_drops = counted.drops;
