@@ -11,7 +11,7 @@ use super::load::{self, Load};
 use super::procs::{Proc, cpu_seconds, status_mib};
 use super::servers::{BODY_SIZES, MANY_PORT, NGINX_PORT, body_path, nginx_many};
 use super::table::{Table, f};
-use super::tap::{TAP_MODE, TapDaemon};
+use super::tap::{TAP_MODE, TapDaemon, TapMode};
 
 /// Seconds the connections stay open and idle while the daemon's idle CPU is read.
 const IDLE_WINDOW: u64 = 5;
@@ -119,6 +119,13 @@ pub fn connections(ctx: &Ctx, counts: &[usize]) -> Result<(Table, Vec<(usize, f6
          daemon stopped (after the holders closed their connections)",
         mode.label()
     ));
+    if mode == TapMode::LiveExchanges {
+        t.note(
+            "stand-in caveat: `exchanges` keeps HTTP state for 1 connection (max_connections \
+             defaults to 0, see completeness): reassembly flow state is measured, per-connection \
+             HTTP state is not, so this RSS is a lower bound for `run`",
+        );
+    }
     Ok((t, peaks))
 }
 
