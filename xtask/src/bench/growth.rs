@@ -146,8 +146,9 @@ pub fn bodies(ctx: &Ctx) -> Result<Table> {
             "load",
             "MiB/s",
             "completed",
+            "in capture",
+            "tap %",
             "exchanges",
-            "completeness",
             "kernel ring_full",
             "daemon CPU %",
             "peak RSS MiB",
@@ -186,11 +187,14 @@ pub fn bodies(ctx: &Ctx) -> Result<Table> {
             Load::Rate(rate).label(),
             format!("{:.1}", rate as f64 * *size as f64 / 1048576.0),
             res.completed.to_string(),
-            report.exchanges.to_string(),
-            format!(
-                "{:.3}%",
-                report.exchanges as f64 * 100.0 / res.completed.max(1) as f64
+            f(report.requests_in_capture.map(|v| v as f64), 0),
+            f(
+                report
+                    .requests_in_capture
+                    .map(|v| v as f64 * 100.0 / res.completed.max(1) as f64),
+                3,
             ),
+            report.exchanges.to_string(),
             f(report.kernel_ring_full.map(|v| v as f64), 0),
             format!("{:.1}", (cpu1 - cpu0) * 100.0 / wall.max(0.001)),
             format!("{hwm:.1}"),

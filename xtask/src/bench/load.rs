@@ -135,16 +135,18 @@ fn oha_rate(
     seconds: u64,
     name: &str,
 ) -> Result<LoadResult> {
-    // A request count, not a duration: every request is sent and answered, so the
-    // capture can be compared request for request.
-    let n = u64::from(rate) * seconds;
+    // A fixed duration, and `-w` waits for the requests still in flight at its end
+    // (instead of aborting them), so every request sent is answered and counted: the
+    // capture can be compared request for request, and an overloaded configuration
+    // shows as fewer requests, not as a run that never ends.
     let argv: Vec<String> = vec![
         oha.display().to_string(),
         "--no-tui".into(),
         "--output-format".into(),
         "json".into(),
-        "-n".into(),
-        n.to_string(),
+        "-z".into(),
+        format!("{seconds}s"),
+        "-w".into(),
         "-c".into(),
         CONNECTIONS.to_string(),
         "-q".into(),
@@ -155,7 +157,7 @@ fn oha_rate(
         url.into(),
     ];
     let mut p = Proc::spawn(lab, &lab.client_ns, name, &argv)?;
-    let st = p.wait(Duration::from_secs(seconds * 3 + 20))?;
+    let st = p.wait(Duration::from_secs(seconds + 30))?;
     if !st.success() {
         bail!("oha failed ({st}): {}", p.tail());
     }

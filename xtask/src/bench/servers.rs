@@ -104,8 +104,17 @@ http {{
     scgi_temp_path {d}/{name}-scgi;
     # Keep-alive to the upstreams: a new connection per mirrored request would exhaust
     # ephemeral ports at 10k req/s and measure connection set-up instead of the tee.
-    upstream candidate {{ server {CANDIDATE_IP}:{CANDIDATE_PORT}; keepalive 64; }}
-    upstream legacy_app {{ server {SERVER_IP}:{EXAMPLES_PORT}; keepalive 64; }}
+    # Idle pools larger than the client concurrency and no per-connection request cap:
+    # otherwise nginx closes upstream connections, and the churn fills the namespace
+    # with TIME-WAIT until connects stall (seen: the tee fell to ~100 req/s).
+    upstream candidate {{
+        server {CANDIDATE_IP}:{CANDIDATE_PORT};
+        keepalive 1024; keepalive_requests 100000000; keepalive_timeout 600s;
+    }}
+    upstream legacy_app {{
+        server {SERVER_IP}:{EXAMPLES_PORT};
+        keepalive 1024; keepalive_requests 100000000; keepalive_timeout 600s;
+    }}
 {servers}
 }}
 "#,

@@ -399,14 +399,15 @@ impl Tcpdump {
     }
 }
 
-/// BPF run time of the tap programs held by `pid` (from `bpftool prog show`, which
-/// counts only while kernel.bpf_stats_enabled=1).
+/// BPF run time of the tap program loaded by the daemon `pid` (`bpftool prog show`
+/// counts only while kernel.bpf_stats_enabled=1). The program ids come from the
+/// daemon's own file descriptors (/proc/PID/fdinfo), so other mirror_tap programs on a
+/// shared host are not mixed in.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BpfStats {
+    pub prog_ids: Vec<u64>,
     pub run_cnt: u64,
     pub run_time_ns: u64,
-    /// false: bpftool showed no pids, so every mirror_tap program was summed.
-    pub by_pid: bool,
 }
 
 impl BpfStats {
@@ -416,36 +417,44 @@ impl BpfStats {
 }
 
 pub fn bpf_stats(pid: u32) -> Result<BpfStats> {
-    let text = crate::util::output(Command::new("bpftool").args([
-        "prog",
-        "show",
-        "name",
-        mirror_tap_name(),
-        "-j",
-    ]))?;
-    let v: serde_json::Value = serde_json::from_str(&text).context("bpftool JSON")?;
-    let progs: Vec<&serde_json::Value> = match &v {
-        serde_json::Value::Array(a) => a.iter().collect(),
-        other => vec![other],
-    };
-    let held_by = |p: &serde_json::Value| {
-        p.get("pids").and_then(|x| x.as_array()).is_some_and(|a| {
-            a.iter()
-                .any(|e| e.get("pid").and_then(|x| x.as_u64()) == Some(u64::from(pid)))
-        })
-    };
-    let any_pids = progs.iter().any(|p| p.get("pids").is_some());
-    let mut s = BpfStats {
-        by_pid: any_pids,
-        ..BpfStats::default()
-    };
-    for p in progs.iter().filter(|p| !any_pids || held_by(p)) {
-        s.run_cnt += p.get("run_cnt").and_then(|x| x.as_u64()).unwrap_or(0);
-        s.run_time_ns += p.get("run_time_ns").and_then(|x| x.as_u64()).unwrap_or(0);
+    let mut s = BpfStats::default();
+    for id in prog_ids(pid)? {
+        let text = crate::util::output(Command::new("bpftool").args([
+            "prog",
+            "show",
+            "id",
+            &id.to_string(),
+            "-j",
+        ]))?;
+        let v: serde_json::Value = serde_json::from_str(&text).context("bpftool JSON")?;
+        if v.get("name").and_then(|n| n.as_str()) != Some("mirror_tap") {
+            continue;
+        }
+        s.prog_ids.push(id);
+        s.run_cnt += v.get("run_cnt").and_then(|x| x.as_u64()).unwrap_or(0);
+        s.run_time_ns += v.get("run_time_ns").and_then(|x| x.as_u64()).unwrap_or(0);
+    }
+    if s.prog_ids.is_empty() {
+        bail!("no mirror_tap program among the file descriptors of pid {pid}");
     }
     Ok(s)
 }
 
-fn mirror_tap_name() -> &'static str {
-    "mirror_tap"
+fn prog_ids(pid: u32) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
