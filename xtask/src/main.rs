@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, build, test, demo, bench, install — everything a fresh machine
 //! needs, done by the project itself.
+mod bench;
 mod fuzz;
 mod setup;
 mod tools;
@@ -42,6 +43,10 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Benchmark the legacy path with nothing / the mirror tap / nginx mirror / tcpdump
+    /// attached, in network namespaces it creates and removes; tables on stdout, JSON
+    /// under target/bench/. Needs root.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -103,6 +108,7 @@ fn main() -> Result<()> {
             setup::run(false)?;
             fuzz::run(seconds, target.as_deref())?;
         }
+        Cmd::Bench(args) => bench::run(args)?,
     }
     Ok(())
 }

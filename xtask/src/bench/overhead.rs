@@ -1,0 +1,465 @@
+//! Sections 1–3: legacy-path overhead (a/b/c/d interleaved, medians over rounds),
+//! capture completeness and cost, all from the same kind of measured run.
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Ctx;
+use super::lab::{SERVER_IP, check_interrupted};
+use super::load::{self, Load, LoadResult};
+use super::procs::{cpu_seconds, status_mib};
+use super::servers::{
+    DATA_PATH, EXAMPLES_PATH, EXAMPLES_PORT, NGINX_PORT, TEE_PROXY_PORT, TEE_STATIC_PORT,
+};
+use super::table::{Table, f, median, ratio};
+use super::tap::{self, BpfStats, TAP_MODE, TapDaemon, TapMode, TapReport, Tcpdump, TcpdumpReport};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Config {
+    /// (a) nothing attached.
+    Nothing,
+    /// (b) the mirror tap + daemon.
+    Tap,
+    /// (c) nginx's `mirror` directive as an in-path tee.
+    NginxMirror,
+    /// (d) tcpdump writing a capture.
+    Tcpdump,
+}
+
+pub const CONFIGS: [Config; 4] = [
+    Config::Nothing,
+    Config::Tap,
+    Config::NginxMirror,
+    Config::Tcpdump,
+];
+
+impl Config {
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::Nothing => "a nothing",
+            Config::Tap => "b mirror tap",
+            Config::NginxMirror => "c nginx mirror",
+            Config::Tcpdump => "d tcpdump",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Target {
+    Nginx,
+    Examples,
+}
+
+pub const TARGETS: [Target; 2] = [Target::Nginx, Target::Examples];
+
+impl Target {
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::Nginx => "nginx static",
+            Target::Examples => "mirror-examples legacy",
+        }
+    }
+
+    pub fn port(self) -> u16 {
+        match self {
+            Target::Nginx => NGINX_PORT,
+            Target::Examples => EXAMPLES_PORT,
+        }
+    }
+
+    fn tee_port(self) -> u16 {
+        match self {
+            Target::Nginx => TEE_STATIC_PORT,
+            Target::Examples => TEE_PROXY_PORT,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Target::Nginx => DATA_PATH,
+            Target::Examples => EXAMPLES_PATH,
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub target: Target,
+    pub load: String,
+    #[serde(skip)]
+    pub load_spec: Load,
+    pub config: Config,
+    pub round: usize,
+    pub result: LoadResult,
+    pub tap: Option<TapReport>,
+    pub tcpdump: Option<TcpdumpReport>,
+    /// CPU seconds of the daemon (or tcpdump) during the load.
+    pub observer_cpu_s: Option<f64>,
+    pub observer_hwm_mib: Option<f64>,
+    pub bpf: Option<BpfStats>,
+    pub load_wall_s: f64,
+}
+
+impl Run {
+    pub fn completeness(&self) -> Option<f64> {
+        let tap = self.tap.as_ref()?;
+        (self.result.completed > 0).then(|| tap.exchanges as f64 / self.result.completed as f64)
+    }
+}
+
+/// Runs one load against one target with one configuration attached.
+pub fn measure(
+    ctx: &Ctx,
+    target: Target,
+    load_spec: Load,
+    config: Config,
+    round: usize,
+    with_bpf_stats: bool,
+) -> Result<Run> {
+    check_interrupted()?;
+    let port = if config == Config::NginxMirror {
+        target.tee_port()
+    } else {
+        target.port()
+    };
+    let url = format!("http://{SERVER_IP}:{port}{}", target.path());
+    // The observer stops by itself well after the load would have.
+    let bound = ctx.seconds * 4 + 60;
+    let mut daemon = None;
+    let mut dump = None;
+    match config {
+        Config::Tap => {
+            daemon = Some(TapDaemon::start(
+                &ctx.lab,
+                &ctx.daemon,
+                TAP_MODE,
+                target.port(),
+                bound,
+            )?)
+        }
+        Config::Tcpdump => dump = Some(Tcpdump::start(&ctx.lab, target.port())?),
+        Config::Nothing | Config::NginxMirror => {}
+    }
+    let observer = daemon
+        .as_ref()
+        .map(TapDaemon::pid)
+        .or(dump.as_ref().map(Tcpdump::pid));
+    let cpu0 = observer.map(|p| cpu_seconds(p, ctx.ticks)).transpose()?;
+    let t0 = Instant::now();
+    let result = load::run(
+        &ctx.lab,
+        &ctx.oha,
+        load_spec,
+        &url,
+        ctx.seconds,
+        &format!("load-{}-{round}", config.label().replace(' ', "-")),
+    )?;
+    let load_wall_s = t0.elapsed().as_secs_f64();
+    // Let the observer catch up with what is already queued before reading its CPU.
+    super::lab::sleep(std::time::Duration::from_millis(300))?;
+    let cpu1 = observer.map(|p| cpu_seconds(p, ctx.ticks)).transpose()?;
+    let hwm = observer.map(|p| status_mib(p, "VmHWM:")).transpose()?;
+    let bpf = match (&daemon, with_bpf_stats) {
+        (Some(d), true) => Some(tap::bpf_stats(d.pid())?),
+        _ => None,
+    };
+    let tap = daemon.map(|d| d.stop(&ctx.lab, &ctx.daemon)).transpose()?;
+    let tcpdump = dump.map(Tcpdump::stop).transpose()?;
+    let run = Run {
+        target,
+        load: load_spec.label(),
+        load_spec,
+        config,
+        round,
+        result,
+        tap,
+        tcpdump,
+        observer_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        observer_hwm_mib: hwm,
+        bpf,
+        load_wall_s,
+    };
+    eprintln!(
+        "xtask bench: {:<22} {:<10} {:<15} round {}: {:>8.0} req/s p50 {:>7.3} ms p99 {:>7.3} ms{}",
+        target.label(),
+        run.load,
+        config.label(),
+        round + 1,
+        run.result.rps,
+        run.result.p50_ms,
+        run.result.p99_ms,
+        run.completeness()
+            .map(|c| format!(" completeness {:.3}%", c * 100.0))
+            .unwrap_or_default()
+    );
+    Ok(run)
+}
+
+/// Section 1: every configuration, interleaved a,b,c,d per load, repeated `rounds` times.
+pub fn overhead(ctx: &Ctx, loads: &[Load]) -> Result<Vec<Run>> {
+    // One unmeasured pass per target warms caches, connection pools and the JIT'd paths.
+    for target in TARGETS {
+        for config in [Config::Nothing, Config::NginxMirror] {
+            let port = if config == Config::NginxMirror {
+                target.tee_port()
+            } else {
+                target.port()
+            };
+            let url = format!("http://{SERVER_IP}:{port}{}", target.path());
+            load::run(&ctx.lab, &ctx.oha, Load::Saturation, &url, 1, "warm-up")?;
+        }
+    }
+    let mut runs = Vec::new();
+    for round in 0..ctx.rounds {
+        for target in TARGETS {
+            for &l in loads {
+                for config in CONFIGS {
+                    runs.push(measure(ctx, target, l, config, round, false)?);
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
+    let mut t = Table::new(
+        format!(
+            "1. legacy-path overhead (median of {rounds} round(s); ratios to (a) nothing attached)"
+        ),
+        &[
+            "legacy", "load", "config", "req/s", "p50 ms", "p99 ms", "max ms", "req/s×", "p50×",
+            "p99×", "max×", "errors",
+        ],
+        3,
+    );
+    for target in TARGETS {
+        for l in distinct_loads(runs) {
+            let med = |config: Config, pick: fn(&LoadResult) -> f64| {
+                median(
+                    runs.iter()
+                        .filter(|r| r.target == target && r.load_spec == l && r.config == config)
+                        .map(|r| pick(&r.result))
+                        .collect(),
+                )
+            };
+            let base =
+                |pick: fn(&LoadResult) -> f64| med(Config::Nothing, pick).unwrap_or(f64::NAN);
+            for config in CONFIGS {
+                let Some(rps) = med(config, |r| r.rps) else {
+                    continue;
+                };
+                let p50 = med(config, |r| r.p50_ms).unwrap_or(f64::NAN);
+                let p99 = med(config, |r| r.p99_ms).unwrap_or(f64::NAN);
+                let max = med(config, |r| r.max_ms).unwrap_or(f64::NAN);
+                let errors: u64 = runs
+                    .iter()
+                    .filter(|r| r.target == target && r.load_spec == l && r.config == config)
+                    .map(|r| r.result.errors)
+                    .sum();
+                t.row(vec![
+                    target.label().into(),
+                    l.label(),
+                    config.label().into(),
+                    format!("{rps:.0}"),
+                    format!("{p50:.3}"),
+                    format!("{p99:.3}"),
+                    format!("{max:.2}"),
+                    ratio(rps, base(|r| r.rps)),
+                    ratio(p50, base(|r| r.p50_ms)),
+                    ratio(p99, base(|r| r.p99_ms)),
+                    ratio(max, base(|r| r.max_ms)),
+                    errors.to_string(),
+                ]);
+            }
+        }
+    }
+    t.note(format!(
+        "(b) = {}; fixed rates by oha (-q, --latency-correction), saturation by wrk (-t2 -c64); \
+         (c) for mirror-examples is nginx proxy+mirror in front of it, so it includes a proxy hop",
+        TAP_MODE.label()
+    ));
+    t
+}
+
+fn distinct_loads(runs: &[Run]) -> Vec<Load> {
+    let mut loads: Vec<Load> = runs.iter().map(|r| r.load_spec).collect();
+    loads.sort();
+    loads.dedup();
+    loads
+}
+
+/// Section 2 from every (b) run measured so far (and tcpdump's own drops for contrast).
+pub fn completeness_table(runs: &[Run]) -> Table {
+    let mut t = Table::new(
+        "2. capture completeness (exchanges rebuilt ÷ requests completed, summed over runs)",
+        &[
+            "legacy",
+            "load",
+            "completed",
+            "in capture",
+            "tap %",
+            "exchanges",
+            "completeness",
+            "kernel ring_full",
+            "daemon drops",
+            "drop reasons",
+            "tcpdump drops",
+        ],
+        2,
+    );
+    for target in TARGETS {
+        for l in distinct_loads(runs) {
+            let taps: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.target == target && r.load_spec == l && r.tap.is_some())
+                .collect();
+            if taps.is_empty() {
+                continue;
+            }
+            let completed: u64 = taps.iter().map(|r| r.result.completed).sum();
+            let exchanges: u64 = taps
+                .iter()
+                .filter_map(|r| r.tap.as_ref())
+                .map(|t| t.exchanges)
+                .sum();
+            let in_capture: Option<u64> = taps
+                .iter()
+                .map(|r| r.tap.as_ref().and_then(|t| t.requests_in_capture))
+                .sum();
+            let ring: Option<u64> = taps
+                .iter()
+                .map(|r| r.tap.as_ref().and_then(|t| t.kernel_ring_full))
+                .sum();
+            let drops: u64 = taps
+                .iter()
+                .filter_map(|r| r.tap.as_ref())
+                .map(|t| t.daemon_drops)
+                .sum();
+            let mut reasons: Vec<String> = taps
+                .iter()
+                .filter_map(|r| r.tap.as_ref())
+                .map(|t| t.drop_reasons.clone())
+                .filter(|s| !s.is_empty() && s != "none")
+                .collect();
+            reasons.dedup();
+            let dumps: Option<u64> = runs
+                .iter()
+                .filter(|r| r.target == target && r.load_spec == l)
+                .filter_map(|r| r.tcpdump.as_ref())
+                .map(|d| d.dropped_by_kernel)
+                .sum();
+            t.row(vec![
+                target.label().into(),
+                l.label(),
+                completed.to_string(),
+                in_capture.map_or("-".into(), |n| n.to_string()),
+                in_capture.map_or("-".into(), |n| {
+                    format!("{:.3}%", n as f64 * 100.0 / completed.max(1) as f64)
+                }),
+                exchanges.to_string(),
+                format!("{:.3}%", exchanges as f64 * 100.0 / completed.max(1) as f64),
+                ring.map_or("-".into(), |r| r.to_string()),
+                drops.to_string(),
+                if reasons.is_empty() {
+                    "none".into()
+                } else {
+                    reasons.join("; ")
+                },
+                dumps.map_or("-".into(), |d| d.to_string()),
+            ]);
+        }
+    }
+    t.note(match TAP_MODE {
+        TapMode::Run => "exchanges = ledger `seen` − dropped, from /metrics".to_string(),
+        _ => "exchanges = `mirror-daemon exchanges --pcap` on the pcapng `record` wrote; \
+              \"in capture\" = requests found in that file by xtask's own segment scan (what the \
+              kernel tap delivered); at saturation wrk stops with requests in flight that the tap \
+              saw, so >100% is possible"
+            .to_string(),
+    });
+    if runs
+        .iter()
+        .filter_map(|r| r.tap.as_ref())
+        .any(|t| t.drop_reasons.contains("evicted"))
+    {
+        t.note(
+            "daemon drops `evicted`: `exchanges` builds CaptureSettings::default(), whose \
+             derived max_connections is 0 (clamped to 1), so the HTTP tracker keeps one \
+             connection's state and evicts the rest whenever more than one connection is \
+             open: a mirror-daemon bug, not a capture loss",
+        );
+    }
+    t
+}
+
+/// Section 3: (b) at fixed rates with BPF statistics on.
+pub fn cost(ctx: &mut Ctx, rates: &[u32]) -> Result<Vec<Run>> {
+    ctx.lab.set_bpf_stats(true)?;
+    let mut runs = Vec::new();
+    let res = (|| -> Result<()> {
+        for &rate in rates {
+            runs.push(measure(
+                ctx,
+                Target::Nginx,
+                Load::Rate(rate),
+                Config::Tap,
+                0,
+                true,
+            )?);
+        }
+        Ok(())
+    })();
+    ctx.lab.set_bpf_stats(false)?;
+    res?;
+    Ok(runs)
+}
+
+pub fn cost_table(runs: &[Run]) -> Table {
+    let mut t = Table::new(
+        "3. cost of the tap + daemon (nginx legacy, fixed rates, bpf_stats on)",
+        &[
+            "load",
+            "req/s tapped",
+            "daemon CPU %",
+            "CPU % per 1k req/s",
+            "peak RSS MiB",
+            "RSS MiB per 1k req/s",
+            "kernel ns/packet",
+            "packets/request",
+        ],
+        1,
+    );
+    for r in runs {
+        // Requests on the wire, not exchanges rebuilt: the tap's work follows the
+        // traffic whatever the daemon's reader makes of it.
+        let rps = r.result.completed as f64 / r.load_wall_s.max(0.001);
+        let cpu_pct = r
+            .observer_cpu_s
+            .map(|c| c * 100.0 / r.load_wall_s.max(0.001));
+        let per_k = |v: Option<f64>| v.map(|v| v / (rps / 1000.0).max(0.001));
+        let bpf = r.bpf.as_ref();
+        t.row(vec![
+            r.load.clone(),
+            format!("{rps:.0}"),
+            f(cpu_pct, 1),
+            f(per_k(cpu_pct), 2),
+            f(r.observer_hwm_mib, 1),
+            f(per_k(r.observer_hwm_mib), 1),
+            f(bpf.and_then(BpfStats::ns_per_packet), 0),
+            f(
+                bpf.map(|b| b.run_cnt as f64 / r.result.completed.max(1) as f64),
+                1,
+            ),
+        ]);
+    }
+    t.note(format!(
+        "daemon = {}: CPU from /proc/PID/stat (utime+stime) over the load, RSS = VmHWM (includes \
+         the mmap'd 64 MiB ring once touched); kernel ns/packet = run_time_ns/run_cnt of this \
+         daemon's mirror_tap program (ingress and egress runs, all packets on the interface)",
+        TAP_MODE.label()
+    ));
+    t
+}
