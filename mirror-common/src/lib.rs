@@ -101,7 +101,13 @@ pub mod setting {
     /// Connections kept by pre-sampling, in parts per million of client addresses.
     /// `1_000_000` (the default) keeps everything.
     pub const SAMPLE_PPM: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// Ring-buffer submit flags for every record: 0 lets the kernel wake the reader for
+    /// each record it finds caught up (a wake-up per record under light load);
+    /// `BPF_RB_NO_WAKEUP` (1, the default the daemon sets) never wakes it: the reader polls
+    /// on a short timer instead, saving an irq_work and a wake-up per record. Read from the
+    /// map as a plain value so the verifier does not split states on it.
+    pub const SUBMIT_FLAGS: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Parts per million meaning "keep everything".

@@ -107,6 +107,10 @@ pub struct TapArgs {
     /// Kernel ring-buffer size in MiB (power of two). Bigger absorbs longer bursts.
     #[arg(long, default_value_t = 64)]
     pub ring_mib: u32,
+    /// Let the kernel wake the reader for every record instead of the reader polling the
+    /// ring every 20 ms (costs kernel time per packet; for comparison in benchmarks).
+    #[arg(long)]
+    pub wakeup_per_record: bool,
 }
 
 #[derive(Debug, Args)]
@@ -364,6 +368,9 @@ pub struct ExchangesArgs {
     /// Live: kernel ring-buffer size in MiB.
     #[arg(long, default_value_t = 64)]
     pub ring_mib: u32,
+    /// Live: let the kernel wake the reader for every record.
+    #[arg(long)]
+    pub wakeup_per_record: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

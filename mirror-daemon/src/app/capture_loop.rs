@@ -164,7 +164,9 @@ pub fn run(
             let mut malformed = 0u64;
             let mut last_expire = crate::clock::monotonic_ns();
             while !stop.load(Ordering::Relaxed) {
-                match reader.poll(Duration::from_millis(100), &mut |seg| st.segment(seg)) {
+                match reader.poll(crate::capture::kernel::POLL_INTERVAL, &mut |seg| {
+                    st.segment(seg)
+                }) {
                     Ok(p) => malformed += p.malformed,
                     Err(e) => tracing::warn!(error = %e, "ring buffer poll failed"),
                 }

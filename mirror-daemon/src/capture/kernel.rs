@@ -69,7 +69,17 @@ pub struct TapConfig {
     pub ring_mib: u32,
     /// Pre-sampling in parts per million of client addresses (`PPM_ALL` keeps all).
     pub sample_ppm: u32,
+    /// Let the kernel wake the reader for each record (otherwise the reader polls every
+    /// [`POLL_INTERVAL`] and the kernel never wakes it).
+    pub wakeup_per_record: bool,
 }
+
+/// How often the reader looks at the ring without a wake-up (bounds the added latency of
+/// wake-up batching; exchanges are not latency-critical, the legacy path never waits).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// `BPF_RB_NO_WAKEUP`.
+const RB_NO_WAKEUP: u32 = 1;
 
 /// A loaded and attached tap. Detaches on drop (TCX links are owned by this process, so
 /// they also go away if the process is killed: nothing stale is left on the interface).
@@ -130,6 +140,17 @@ impl Tap {
         let mut settings: Array<MapData, u32> = take_map(&mut ebpf, map_name::SETTINGS)?;
         settings
             .set(setting::SAMPLE_PPM, cfg.sample_ppm.min(PPM_ALL), 0)
+            .map_err(map_err(map_name::SETTINGS))?;
+        settings
+            .set(
+                setting::SUBMIT_FLAGS,
+                if cfg.wakeup_per_record {
+                    0
+                } else {
+                    RB_NO_WAKEUP
+                },
+                0,
+            )
             .map_err(map_err(map_name::SETTINGS))?;
         let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, map_name::COUNTERS)?;
         let ring: RingBuf<MapData> = take_map(&mut ebpf, map_name::SEGMENTS)?;

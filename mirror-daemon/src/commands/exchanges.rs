@@ -54,6 +54,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
                 ports: args.ports.clone(),
                 ring_mib: args.ring_mib,
                 sample_ppm: PPM_ALL,
+                wakeup_per_record: args.wakeup_per_record,
             })?;
             let reader = tap
                 .take_reader()

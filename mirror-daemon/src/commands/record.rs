@@ -23,6 +23,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
         ports: args.tap.ports.clone(),
         ring_mib: args.tap.ring_mib,
         sample_ppm: PPM_ALL,
+        wakeup_per_record: args.tap.wakeup_per_record,
     };
     // Validate everything that can fail before touching the kernel or the file system.
     let mut tap = Tap::load(&cfg)?;
@@ -54,7 +55,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
             }
         };
         reader
-            .poll(Duration::from_millis(100), &mut sink_fn)
+            .poll(mirror_daemon::capture::kernel::POLL_INTERVAL, &mut sink_fn)
             .context("reading the ring buffer")?;
         if write_error.is_some()
             || signals::stop_requested()

@@ -68,6 +68,7 @@ pub fn run_live(args: RunArgs) -> anyhow::Result<u8> {
         ports: args.tap.ports.clone(),
         ring_mib: args.tap.ring_mib,
         sample_ppm: PPM_ALL,
+        wakeup_per_record: args.tap.wakeup_per_record,
     };
     shadow_run(args.pipeline, Input::Live { tap, duration }, args.config)
 }

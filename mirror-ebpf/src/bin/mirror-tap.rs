@@ -198,6 +198,8 @@ mod program {
             return Ok(());
         }
 
+        // Read as a plain map value so the verifier does not split states on it.
+        let flags_out = u64::from(SETTINGS.get(setting::SUBMIT_FLAGS).copied().unwrap_or(0));
         let rec = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
         // SAFETY: per-CPU scratch, exclusively ours for the duration of this program run.
         let rec = unsafe { &mut *rec };
@@ -263,7 +265,10 @@ mod program {
                     HEADER_BYTES + len,
                 )
             };
-            if SEGMENTS.output::<[u8]>(bytes, 0).is_ok() {
+            if SEGMENTS
+                .output::<[u8]>(bytes, flags_out)
+                .is_ok()
+            {
                 bump(counter::RECORDS, 1);
             } else {
                 bump(counter::RING_FULL, 1);
