@@ -1,6 +1,10 @@
 //! `cargo xtask`: set-up, build, test, demo, bench, install — everything a fresh machine
 //! needs, done by the project itself.
+mod demo;
+mod docs;
 mod fuzz;
+mod install;
+mod lab;
 mod setup;
 mod tools;
 mod util;
@@ -42,6 +46,33 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Build, then show the whole product on this machine in network namespaces of its
+    /// own: tap, masked replay to a fenced candidate, comparison, dashboard, verdict.
+    /// Needs root; removes everything it created on exit and on Ctrl-C.
+    Demo {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 45)]
+        seconds: u64,
+        /// Keep the work directory (store, logs) for `mirror-daemon report`.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Build, then install the daemon, systemd unit, default config (never over an
+    /// existing one), completions and man page.
+    Install {
+        /// Installation prefix of the binary (PREFIX/bin/mirror-daemon).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Stage everything under this directory instead of / (nothing else is touched).
+        #[arg(long)]
+        root: Option<std::path::PathBuf>,
+        /// Print what would be done, do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Build the daemon, then write shell completions (bash, zsh, fish) and the man page
+    /// into target/docs/.
+    Docs,
 }
 
 fn main() -> Result<()> {
@@ -91,6 +122,17 @@ fn main() -> Result<()> {
             setup::run(false)?;
             fuzz::run(seconds, target.as_deref())?;
         }
+        Cmd::Demo { seconds, keep } => demo::run(&demo::Options { seconds, keep })?,
+        Cmd::Install {
+            prefix,
+            root,
+            dry_run,
+        } => install::run(&install::Options {
+            prefix,
+            root,
+            dry_run,
+        })?,
+        Cmd::Docs => docs::run()?,
     }
     Ok(())
 }
