@@ -12,7 +12,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -81,6 +81,14 @@ pub fn run(opts: &Options) -> Result<()> {
         (5..=3600).contains(&opts.seconds),
         "--seconds must be between 5 and 3600"
     );
+    println!("mirror demo: a legacy HTTP service, its replacement (the candidate) and real load,");
+    println!("all on this machine in four network namespaces of the demo's own. mirror taps the");
+    println!("legacy's interface (observe only), replays every request, masked, to the candidate,");
+    println!("whose outbound network is fenced in the kernel, compares the answers and gives a");
+    println!(
+        "go/no-go verdict. About {} s after the build; Ctrl-C stops and removes everything.",
+        opts.seconds + 15
+    );
     say("Building mirror-daemon and the example services (release)");
     let env = setup::run(true)?;
     util::cargo(
@@ -122,6 +130,11 @@ pub fn run(opts: &Options) -> Result<()> {
         for what in &left {
             note(&format!("could NOT remove {what}"));
         }
+    }
+    if lab::interrupted() && left.is_empty() {
+        // A clean stop on request, not a failure to report with a backtrace.
+        println!("interrupted: everything the demo created is removed");
+        std::process::exit(130);
     }
     result
 }
@@ -198,8 +211,10 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     note("so without a fence every order confirmation the candidate sends would really arrive");
 
     say("Starting mirror-daemon in the legacy namespace");
+    // The candidate inherits the daemon's stdout, where the parity card goes: send its
+    // output to stderr (our log). `exec` keeps the daemon's SIGTERM going to it.
     let candidate_cmd = format!(
-        "ip netns exec {} {} candidate --listen {CANDIDATE} --profile demo --mail-host {MAIL}",
+        "exec ip netns exec {} {} candidate --listen {CANDIDATE} --profile demo --mail-host {MAIL} >&2",
         sh_quote(&n.candidate),
         sh_quote(&examples.to_string_lossy()),
     );
@@ -244,6 +259,11 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
             return interrupted(lab, d, &relay);
         }
     }
+    if let Some(dir) = relay.cgroup.lock().ok().and_then(|c| c.clone()) {
+        for d in leftover_dirs(Path::new(&dir)) {
+            lab.remove_empty_dir_later(d);
+        }
+    }
     let shown = lab::forward_loopback(&n.legacy, 9464, DASHBOARD.parse()?);
     say("Live dashboard");
     match shown {
@@ -258,7 +278,7 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     ));
 
     say(&format!(
-        "Driving {} s of load with wrk (~{} connections, routes with varied ids, new orders with JSON bodies)",
+        "Driving {} s of load with wrk ({} connections, routes with varied ids, new orders with JSON bodies)",
         opts.seconds, CONNECTIONS
     ));
     note("the tap only observes: legacy's answers go back to wrk untouched and undelayed");
@@ -364,91 +384,142 @@ fn summary(
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
-    let mails = std::fs::read_to_string(count_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let refused: u64 = report["egress"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["action"] == "refused")
-        .filter_map(|e| e["attempts"].as_u64())
-        .sum();
-    let orders = report["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["route"].as_str().is_some_and(|s| s.contains("POST")))
-        .and_then(|r| r["replayed"].as_u64())
-        .unwrap_or(0);
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let routes = list(&report["routes"]);
+    let route = |name: &str| routes.iter().find(|r| r["route"] == name).cloned();
 
     say("What this run showed");
-    let verdict = match code {
-        Some(0) => "GO",
-        Some(1) => "NO-GO",
-        Some(3) => "INSUFFICIENT EVIDENCE",
-        _ => "no verdict (the daemon failed: see daemon.log)",
-    };
-    note(&format!(
-        "verdict: {verdict} (mirror-daemon exit code {})",
-        code.map_or("none".into(), |c| c.to_string())
-    ));
-    if code == Some(1) {
-        note("expected: the demo candidate has a real regression. The criteria it failed:");
-        for c in report["verdict"]["failing"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            note(&format!("  - {}", criterion_line(c)));
+    match code {
+        Some(1) => note(
+            "verdict: NO-GO (exit code 1), as expected: the demo candidate has a real regression",
+        ),
+        Some(0) => note(
+            "verdict: GO (exit code 0): unexpected, the demo candidate's regression was missed",
+        ),
+        Some(3) => note(
+            "verdict: INSUFFICIENT EVIDENCE (exit code 3): too little traffic was compared (try a longer --seconds)",
+        ),
+        _ => note("no verdict: mirror-daemon failed (see its lines above)"),
+    }
+    for c in list(&report["verdict"]["failing"]) {
+        note(&format!("  failed {}", criterion_line(&c)));
+    }
+    for r in list(&report["verdict"]["reasons"]) {
+        note(&format!("  reason: {}", r.as_str().unwrap_or_default()));
+    }
+    // The signal diffs, per route.
+    let diffs: Vec<Value> = list(&report["diffs"])
+        .into_iter()
+        .filter(|d| d["class"] == "signal")
+        .collect();
+    let mut seen_routes: Vec<&str> = Vec::new();
+    for d in &diffs {
+        let Some(name) = d["route"].as_str() else {
+            continue;
+        };
+        if seen_routes.contains(&name) {
+            continue;
         }
-        let signal: Vec<String> = report["diffs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|d| d["class"] == "signal")
-            .take(4)
-            .map(|d| {
-                format!(
-                    "{} {} ({} exchanges)",
-                    d["route"].as_str().unwrap_or("?"),
-                    d["key"].as_str().unwrap_or("?"),
-                    d["count"]
-                )
+        seen_routes.push(name);
+        let keys: Vec<&str> = diffs
+            .iter()
+            .filter(|x| x["route"] == name)
+            .filter_map(|x| x["key"].as_str())
+            .map(|k| {
+                // `field($.a.b,value)` → `$.a.b`, for a first-time reader.
+                k.strip_prefix("field(")
+                    .and_then(|k| k.strip_suffix(",value)"))
+                    .unwrap_or(k)
             })
             .collect();
-        if !signal.is_empty() {
-            note(&format!("  real differences: {}", signal.join("; ")));
+        let r = route(name).unwrap_or_default();
+        note(&format!(
+            "  {name}: {} of {} exchanges differ ({}) in {}",
+            r["mismatched"],
+            r["compared"],
+            pct(&r["mismatch_rate"]),
+            keys.join(", ")
+        ));
+        if let Some(ex) = d["examples"].get(0) {
+            note(&format!(
+                "    e.g. exchange {}: legacy {}, candidate {}",
+                ex["id"].as_str().unwrap_or("?"),
+                text(&ex["legacy"]),
+                text(&ex["candidate"])
+            ));
         }
-        note(
-            "  (the candidate rounds item prices to 0.10 on GET /users/{id}/orders for 1 user in 5,",
-        );
-        note("   and answers that route 20 ms slower: both are caught)");
-    } else if code == Some(0) {
-        note("unexpected: the demo candidate has a regression that should have been caught");
     }
-    note("noise: generated_at differs on every call by design; --ignore 'json:$..generated_at'");
-    note("       keeps it out of the verdict (key order and whitespace differ too: not a diff)");
+    if seen_routes.contains(&"GET /users/{id}/orders") {
+        note(
+            "    (the demo candidate rounds item prices to 0.10 for one user in five, so totals change)",
+        );
+    }
+    if let Some(r) = route("GET /users/{id}/orders") {
+        let lat = &r["latency"];
+        note(&format!(
+            "latency: GET /users/{{id}}/orders is slower on the candidate: p95 {} ms -> {} ms (p95x {});",
+            ms(&lat["legacy"]["ttlb"]["p95_ns"]),
+            ms(&lat["candidate"]["ttlb"]["p95_ns"]),
+            ratio(&lat["p95_ttlb_ratio"]),
+        ));
+        note(&format!(
+            "         max_p95_regression is run-wide (measured p95x {}): that p95 is set by GET /slow/{{id}}",
+            ratio(&report["latency"]["p95_ttlb_ratio"])
+        ));
+        let slow = route("GET /slow/{id}").unwrap_or_default();
+        note(&format!(
+            "         (legacy {} ms, candidate {} ms). To gate one route, add e.g.",
+            ms(&slow["latency"]["legacy"]["ttlb"]["p95_ns"]),
+            ms(&slow["latency"]["candidate"]["ttlb"]["p95_ns"])
+        ));
+        note("         --route-max-p95-regression 'GET /users/{id}/orders=10%'");
+    }
+    note("noise: generated_at differs on every call (it is the time of the reply); the");
+    note(
+        "       --ignore 'json:$..generated_at' written before the run keeps it out of the verdict;",
+    );
+    note("       key order, whitespace and the Server header differ too, and are no diff");
+
+    // Egress: what the candidate tried, what the guard did, what arrived.
+    let to_mail: u64 = list(&report["egress"])
+        .iter()
+        .filter(|e| e["destination"] == MAIL && e["action"] == "refused")
+        .filter_map(|e| e["attempts"].as_u64())
+        .sum();
+    let orders = route("POST /orders")
+        .and_then(|r| r["replayed"].as_u64())
+        .unwrap_or(0);
+    let messages = lab.log("mail-sink").matches("mail-sink: message ").count();
+    let count = std::fs::read_to_string(count_file).map_or_else(
+        |_| "no count file: the sink writes it on its first message".into(),
+        |s| format!("count file: {}", s.trim()),
+    );
     note(&format!(
-        "egress: the candidate tried to email {orders} order confirmations to {MAIL};"
+        "egress: {orders} new orders replayed; the candidate tried to email a confirmation for each."
     ));
     note(&format!(
-        "        the guard refused {refused} connection attempts (stored) / {} reported live,",
+        "        The guard refused {to_mail} connections to {MAIL} in the kernel (EPERM; {} \"egress",
         relay.refused.load(Ordering::SeqCst)
     ));
     note(&format!(
-        "        and the mail host received {mails} message(s) (its count file says {mails})"
+        "        REFUSED\" reports live). The mail host received {messages} messages ({count})."
     ));
-    if mails != 0 {
+    if messages != 0 {
         note("        UNEXPECTED: mail reached the mail host");
     }
-    note(&format!(
-        "dashboard was at http://{DASHBOARD}/ inside the legacy namespace (gone with the daemon)"
-    ));
+    let other: u64 = list(&report["egress"])
+        .iter()
+        .filter(|e| e["destination"] != MAIL)
+        .filter_map(|e| e["attempts"].as_u64())
+        .sum();
+    if other > 0 {
+        note(&format!(
+            "        ({other} other attempt(s) in the card's egress table: the guard's self-test probe)"
+        ));
+    }
     if lab.keep_dir {
         note(&format!(
-            "re-read the evidence: {} report --store {}",
+            "evidence kept: {} report --store {} --max-mismatch 0.5%",
             daemon.display(),
             store.display()
         ));
@@ -458,11 +529,28 @@ fn summary(
     // The demo ran: the NO-GO is its expected result, not a failure of the demo.
     match code {
         Some(0 | 1 | 3) => Ok(()),
-        _ => bail!(
-            "mirror-daemon failed (exit {code:?}); log: {}",
-            lab.log("daemon")
-        ),
+        _ => bail!("mirror-daemon failed (exit {code:?})"),
     }
+}
+
+/// A JSON value as a reader expects it: strings without their quotes.
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "n/a".into(), |x| format!("{:.1}%", x * 100.0))
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "n/a".into(), |ns| format!("{:.2}", ns / 1e6))
+}
+
+fn ratio(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "n/a".into(), |x| format!("{x:.2}"))
 }
 
 fn criterion_line(c: &Value) -> String {
@@ -471,14 +559,16 @@ fn criterion_line(c: &Value) -> String {
         .as_str()
         .map(|r| format!(" on {r}"))
         .unwrap_or_default();
-    let unit = if c["unit"] == "percent" { "%" } else { "" };
-    let num = |v: &Value| match v.as_f64() {
-        Some(x) if unit == "%" => format!("{:.1}%", x * 100.0),
-        Some(x) => format!("{x}"),
-        None => "not measured".into(),
+    let num = |v: &Value| {
+        if c["unit"] == "percent" {
+            pct(v)
+        } else {
+            v.as_f64()
+                .map_or_else(|| "not measured".into(), |x| format!("{x}"))
+        }
     };
     format!(
-        "{name}{route}: measured {} > limit {}",
+        "{name}{route}: measured {}, limit {}",
         num(&c["measured"]),
         num(&c["limit"])
     )
@@ -488,7 +578,10 @@ fn criterion_line(c: &Value) -> String {
 /// terminal (thousands of refusals are counted, a few shown).
 struct Relay {
     tap_attached: AtomicBool,
+    /// Refusals of the candidate's connections (not the guard's self-test probe).
     refused: AtomicU64,
+    /// The candidate's cgroup as the daemon names it.
+    cgroup: Mutex<Option<String>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -501,6 +594,7 @@ impl Relay {
         let relay = Arc::new(Self {
             tap_attached: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            cgroup: Mutex::new(None),
             thread: Mutex::new(None),
         });
         let r = relay.clone();
@@ -510,11 +604,15 @@ impl Relay {
                 let Ok(line) = line else { break };
                 let line = strip_ansi(&line);
                 let _ = writeln!(file, "{line}");
-                let text = without_timestamp(&line);
+                let (who, text) = without_timestamp(&line);
+                if text.contains("egress REFUSED") && text.ends_with("(mirror-daemon)") {
+                    println!("    {who} | {text}   <- the guard's self-test probe");
+                    continue;
+                }
                 if text.contains("egress REFUSED") {
                     let n = r.refused.fetch_add(1, Ordering::SeqCst) + 1;
                     if n <= SHOWN_REFUSALS {
-                        println!("    daemon | {text}");
+                        println!("    {who} | {text}");
                     }
                     if n == SHOWN_REFUSALS {
                         println!("    daemon | … (further refusals counted, not shown)");
@@ -524,9 +622,16 @@ impl Relay {
                 if text.contains("confirmation email failed") {
                     mail_failures += 1;
                     if mail_failures == 1 {
-                        println!("    candidate | {text}");
+                        println!("    {who} | {text}");
                     }
                     continue;
+                }
+                if let Some(path) = text
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("cgroup="))
+                    && let Ok(mut c) = r.cgroup.lock()
+                {
+                    *c = Some(path.to_string());
                 }
                 if text.contains("tap attached") {
                     r.tap_attached.store(true, Ordering::SeqCst);
@@ -544,7 +649,7 @@ impl Relay {
                     "Error",
                 ];
                 if shown.iter().any(|s| text.contains(s)) {
-                    println!("    daemon | {text}");
+                    println!("    {who} | {text}");
                 }
             }
         });
@@ -561,6 +666,38 @@ impl Relay {
             let _ = h.join();
         }
     }
+}
+
+/// What a daemon that is killed (not stopped) would leave: the candidate's cgroup, and
+/// the directory it mounts cgroup2 on inside its private mount namespace (`ip netns exec`
+/// hides the host's), which stays behind in /tmp as an empty directory even on a clean
+/// exit. Both are removed with rmdir, so only when empty.
+fn leftover_dirs(cgroup: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let (Some(parent), Some(name)) = (cgroup.parent(), cgroup.file_name()) else {
+        return dirs;
+    };
+    let private = parent
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("mirror-cgroup2-"));
+    if !private {
+        dirs.push(cgroup.to_path_buf());
+        return dirs;
+    }
+    // The same cgroup seen through the host's own cgroup2 mount.
+    let host_mount = std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f.get(1).map(PathBuf::from))?
+            })
+        });
+    if let Some(m) = host_mount {
+        dirs.push(m.join(name));
+    }
+    dirs.push(parent.to_path_buf());
+    dirs
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -581,21 +718,32 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// `2026-05-20T10:00:00.123456Z  INFO mirror_daemon: msg` → `INFO msg`.
-fn without_timestamp(line: &str) -> String {
+/// `2026-05-20T10:00:00.123456Z  INFO mirror_daemon::x: msg` → (`daemon`, `INFO msg`).
+/// The candidate shares the daemon's stderr; its lines come from `mirror_examples`.
+fn without_timestamp(line: &str) -> (&'static str, String) {
+    let plain = ("daemon", line.to_string());
     let Some((first, rest)) = line.split_once(' ') else {
-        return line.to_string();
+        return plain;
     };
     if !(first.len() > 20 && first.ends_with('Z') && first.contains('T')) {
-        return line.to_string();
+        return plain;
     }
     let rest = rest.trim_start();
     match rest.split_once(": ") {
         Some((head, msg)) if head.split_whitespace().count() == 2 => {
-            let level = head.split_whitespace().next().unwrap_or_default();
-            format!("{level} {msg}")
+            let mut parts = head.split_whitespace();
+            let level = parts.next().unwrap_or_default();
+            let who = if parts
+                .next()
+                .is_some_and(|t| t.starts_with("mirror_examples"))
+            {
+                "candidate"
+            } else {
+                "daemon"
+            };
+            (who, format!("{level} {msg}"))
         }
-        _ => rest.to_string(),
+        _ => ("daemon", rest.to_string()),
     }
 }
 
@@ -657,8 +805,18 @@ mod tests {
             plain,
             "2026-05-20T10:00:00.123456Z  INFO mirror_daemon: tap attached iface=mdl1"
         );
-        assert_eq!(without_timestamp(&plain), "INFO tap attached iface=mdl1");
-        assert_eq!(without_timestamp("12s: seen 3"), "12s: seen 3");
+        assert_eq!(
+            without_timestamp(&plain),
+            ("daemon", "INFO tap attached iface=mdl1".to_string())
+        );
+        assert_eq!(
+            without_timestamp("2026-05-20T10:00:00.123456Z  WARN mirror_examples::candidate: x"),
+            ("candidate", "WARN x".to_string())
+        );
+        assert_eq!(
+            without_timestamp("12s: seen 3"),
+            ("daemon", "12s: seen 3".to_string())
+        );
     }
 
     #[test]

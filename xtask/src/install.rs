@@ -57,10 +57,14 @@ impl Step {
     fn describe(&self) -> String {
         match self {
             Step::Copy { src, dst, mode } => {
-                format!("install {} -> {} ({mode:o})", src.display(), dst.display())
+                format!(
+                    "install {} -> {} (mode {mode:04o})",
+                    src.display(),
+                    dst.display()
+                )
             }
             Step::Write { dst, mode, why, .. } => {
-                format!("write {} ({mode:o}): {why}", dst.display())
+                format!("write {} (mode {mode:04o}): {why}", dst.display())
             }
             Step::Keep { dst, why } => format!("keep {}: {why}", dst.display()),
         }

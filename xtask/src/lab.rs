@@ -138,6 +138,8 @@ pub struct Lab {
     pub keep_dir: bool,
     namespaces: Vec<String>,
     procs: Vec<Proc>,
+    /// Empty directories others create for us (a cgroup, a mount point), removed last.
+    dirs: Vec<PathBuf>,
 }
 
 impl Lab {
@@ -151,6 +153,7 @@ impl Lab {
             keep_dir: false,
             namespaces: Vec::new(),
             procs: Vec::new(),
+            dirs: Vec::new(),
         })
     }
 
@@ -190,6 +193,13 @@ impl Lab {
         self.spawn(name, cmd)
     }
 
+    /// Removes `dir` on cleanup if it is then empty (`rmdir`: never deletes contents).
+    pub fn remove_empty_dir_later(&mut self, dir: PathBuf) {
+        if !self.dirs.contains(&dir) {
+            self.dirs.push(dir);
+        }
+    }
+
     pub fn proc(&mut self, i: usize) -> Result<&mut Proc> {
         self.procs.get_mut(i).context("no such process")
     }
@@ -221,6 +231,14 @@ impl Lab {
             // Deleting a namespace deletes the veth ends inside it, and with them the peers.
             if quiet(Command::new("ip").args(["netns", "del", &ns])).is_err() {
                 left.push(format!("network namespace {ns}"));
+            }
+        }
+        for dir in self.dirs.drain(..) {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    left.push(format!("directory {} ({e})", dir.display()));
+                }
+                _ => {}
             }
         }
         if !self.keep_dir && self.dir.exists() && std::fs::remove_dir_all(&self.dir).is_err() {
