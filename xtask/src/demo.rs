@@ -278,10 +278,11 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     ));
 
     say(&format!(
-        "Driving {} s of load with wrk ({} connections, routes with varied ids, new orders with JSON bodies)",
+        "Driving {} s of load with wrk: {} connections, ~280 requests/s, every route, varied ids,",
         opts.seconds, CONNECTIONS
     ));
-    note("the tap only observes: legacy's answers go back to wrk untouched and undelayed");
+    note("new orders (POST /orders) with JSON bodies holding card numbers");
+    note("the tap only observes: it never alters, blocks or holds a packet of legacy's traffic");
     note("every exchange is masked (emails, cards, phones) before it is replayed, stored or shown");
     let script = lab.dir.join("demo.lua");
     std::fs::write(&script, wrk_script(PAUSE_MS))?;
@@ -396,9 +397,7 @@ fn summary(
         Some(0) => note(
             "verdict: GO (exit code 0): unexpected, the demo candidate's regression was missed",
         ),
-        Some(3) => note(
-            "verdict: INSUFFICIENT EVIDENCE (exit code 3): too little traffic was compared (try a longer --seconds)",
-        ),
+        Some(3) => note("verdict: INSUFFICIENT EVIDENCE (exit code 3); the reasons:"),
         _ => note("no verdict: mirror-daemon failed (see its lines above)"),
     }
     for c in list(&report["verdict"]["failing"]) {
@@ -494,16 +493,18 @@ fn summary(
         |_| "no count file: the sink writes it on its first message".into(),
         |s| format!("count file: {}", s.trim()),
     );
+    let all = if to_mail == orders { "all " } else { "" };
     note(&format!(
-        "egress: {orders} new orders replayed; the candidate tried to email a confirmation for each."
+        "egress: {orders} new orders were replayed and the candidate tried to email a confirmation"
     ));
     note(&format!(
-        "        The guard refused {to_mail} connections to {MAIL} in the kernel (EPERM; {} \"egress",
+        "        for each: the guard refused {all}{to_mail} connections to {MAIL} in the kernel (EPERM;"
+    ));
+    note(&format!(
+        "        {} live \"egress REFUSED\" reports), and the mail host received {messages} messages",
         relay.refused.load(Ordering::SeqCst)
     ));
-    note(&format!(
-        "        REFUSED\" reports live). The mail host received {messages} messages ({count})."
-    ));
+    note(&format!("        ({count})."));
     if messages != 0 {
         note("        UNEXPECTED: mail reached the mail host");
     }
