@@ -241,12 +241,16 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     note("(go/no-go criteria are written down before the run; full log in daemon.log)");
     let d = lab.spawn("mirror-daemon", &mut cmd)?;
     let relay = Relay::start(lab.proc(d)?.take_stderr(), &lab.dir.join("daemon.log"))?;
+    // Where the daemon mounts cgroup2 in its private mount namespace (see leftover_dirs).
+    let private_mount = std::env::temp_dir().join(format!("mirror-cgroup2-{}", lab.proc(d)?.pid()));
+    lab.remove_empty_dir_later(private_mount);
 
     // Ready = the tap is attached (after the fence is self-tested and the candidate is up).
     let t0 = Instant::now();
     while !relay.tap_attached.load(Ordering::SeqCst) {
         if let Some(status) = lab.proc(d)?.try_wait() {
             relay.finish();
+            relay.register_leftovers(lab);
             bail!(
                 "mirror-daemon exited during start-up ({status}); its log:\n{}",
                 std::fs::read_to_string(lab.dir.join("daemon.log")).unwrap_or_default()
@@ -259,11 +263,7 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
             return interrupted(lab, d, &relay);
         }
     }
-    if let Some(dir) = relay.cgroup.lock().ok().and_then(|c| c.clone()) {
-        for d in leftover_dirs(Path::new(&dir)) {
-            lab.remove_empty_dir_later(d);
-        }
-    }
+    relay.register_leftovers(lab);
     let shown = lab::forward_loopback(&n.legacy, 9464, DASHBOARD.parse()?);
     say("Live dashboard");
     match shown {
@@ -351,11 +351,24 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
 
 /// Ctrl-C: stop the daemon first (it detaches and prints its card so far), then clean up.
 fn interrupted(lab: &mut Lab, d: usize, relay: &Relay) -> Result<()> {
+    // The daemon handles SIGTERM only once it runs its main loop; stopped earlier it
+    // would leave its candidate's cgroup behind. Let it finish starting first.
+    let t0 = Instant::now();
+    if !relay.tap_attached.load(Ordering::SeqCst) {
+        say("Interrupted: letting mirror-daemon finish starting, so it can stop cleanly");
+        while !relay.tap_attached.load(Ordering::SeqCst)
+            && lab.proc(d)?.try_wait().is_none()
+            && t0.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     say("Interrupted: stopping mirror-daemon (it detaches its eBPF programs first)");
     let p = lab.proc(d)?;
     p.signal(Signal::SIGTERM);
     p.wait_for(Duration::from_secs(30));
     relay.finish();
+    relay.register_leftovers(lab);
     let card = std::fs::read_to_string(lab.dir.join("card.txt")).unwrap_or_default();
     if !card.trim().is_empty() {
         say("The parity card so far");
@@ -658,6 +671,15 @@ impl Relay {
             *t = Some(handle);
         }
         Ok(relay)
+    }
+
+    /// Has `lab` remove (if empty) what a daemon killed mid-way would leave behind.
+    fn register_leftovers(&self, lab: &mut Lab) {
+        if let Some(dir) = self.cgroup.lock().ok().and_then(|c| c.clone()) {
+            for d in leftover_dirs(Path::new(&dir)) {
+                lab.remove_empty_dir_later(d);
+            }
+        }
     }
 
     /// Waits for the daemon's stderr to close (it has exited) so all lines are relayed.
