@@ -121,8 +121,7 @@ pub fn run(opts: &Options) -> Result<()> {
         ));
         if opts.keep {
             note(&format!(
-                "kept {} (store, logs): mirror-daemon report --store {}/mirror.db",
-                lab.dir.display(),
+                "kept {} (store, logs; remove it when done)",
                 lab.dir.display()
             ));
         }
@@ -533,9 +532,10 @@ fn summary(
     }
     if lab.keep_dir {
         note(&format!(
-            "evidence kept: {} report --store {} --max-mismatch 0.5%",
+            "evidence kept: {} report --store {} {}",
             daemon.display(),
-            store.display()
+            store.display(),
+            CRITERIA.join(" ")
         ));
     } else {
         note("re-run with --keep to keep the store and logs for `mirror-daemon report`");

@@ -264,7 +264,7 @@ pub fn run(opts: &Options) -> Result<()> {
     println!("  3. systemctl enable --now mirror");
     println!("  4. journalctl -u mirror -f; dashboard at http://127.0.0.1:9464/ on the host");
     println!(
-        "     {} report   (the parity card from the store)",
+        "  5. {} report --max-mismatch 0.5% --max-p95-regression 10%   (the parity card)",
         bin.display()
     );
     Ok(())
