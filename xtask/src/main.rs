@@ -1,7 +1,11 @@
 //! `cargo xtask`: set-up, build, test, demo, bench, install — everything a fresh machine
 //! needs, done by the project itself.
 mod bench;
+mod demo;
+mod docs;
 mod fuzz;
+mod install;
+mod lab;
 mod setup;
 mod tools;
 mod util;
@@ -47,6 +51,33 @@ enum Cmd {
     /// attached, in network namespaces it creates and removes; tables on stdout, JSON
     /// under target/bench/. Needs root.
     Bench(bench::BenchArgs),
+    /// Build, then show the whole product on this machine in network namespaces of its
+    /// own: tap, masked replay to a fenced candidate, comparison, dashboard, verdict.
+    /// Needs root; removes everything it created on exit and on Ctrl-C.
+    Demo {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 45)]
+        seconds: u64,
+        /// Keep the work directory (store, logs) for `mirror-daemon report`.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Build, then install the daemon, systemd unit, default config (never over an
+    /// existing one), completions and man page.
+    Install {
+        /// Installation prefix of the binary (PREFIX/bin/mirror-daemon).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Stage everything under this directory instead of / (nothing else is touched).
+        #[arg(long)]
+        root: Option<std::path::PathBuf>,
+        /// Print what would be done, do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Build the daemon, then write shell completions (bash, zsh, fish) and the man page
+    /// into target/docs/.
+    Docs,
 }
 
 fn main() -> Result<()> {
@@ -109,6 +140,17 @@ fn main() -> Result<()> {
             fuzz::run(seconds, target.as_deref())?;
         }
         Cmd::Bench(args) => bench::run(args)?,
+        Cmd::Demo { seconds, keep } => demo::run(&demo::Options { seconds, keep })?,
+        Cmd::Install {
+            prefix,
+            root,
+            dry_run,
+        } => install::run(&install::Options {
+            prefix,
+            root,
+            dry_run,
+        })?,
+        Cmd::Docs => docs::run()?,
     }
     Ok(())
 }
