@@ -381,7 +381,11 @@ pub enum ReportFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct ReportArgs {
+    /// The service's configuration file: its store and criteria are used (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The store: a SQLite file or `postgres://…`.
     #[arg(long, default_value = "/var/lib/mirror/mirror.db")]
     pub store: String,

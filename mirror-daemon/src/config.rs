@@ -26,8 +26,8 @@ pub fn expand(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     };
     let sub_pos = args
         .iter()
-        .position(|a| a == "run" || a == "replay")
-        .context("--config is accepted by `run` and `replay`")?;
+        .position(|a| a == "run" || a == "replay" || a == "report")
+        .context("--config is accepted by `run`, `replay` and `report`")?;
     let sub = args[sub_pos].to_string_lossy().into_owned();
     let extra = flags_from_file(Path::new(&path), &sub)?;
     let mut out = args[..=sub_pos].to_vec();
@@ -56,7 +56,13 @@ pub fn flags_from_file(path: &Path, subcommand: &str) -> anyhow::Result<Vec<OsSt
         .filter(|l| l != "help" && l != "version")
         .collect();
     let mut out = Vec::new();
+    // `report` reads the service's run configuration for what it shares with it (the
+    // store and the criteria) and ignores the rest.
+    let lenient = subcommand == "report";
     for (key, value) in table {
+        if lenient && !known.contains(&key) {
+            continue;
+        }
         if key == "config" {
             bail!(
                 "config {}: `config` cannot be set inside a config file",

@@ -21,6 +21,8 @@ pub struct Fence {
     pub sink_rx: Option<mpsc::Receiver<SinkCapture>>,
     pub child: Option<std::process::Child>,
     pub self_test: String,
+    /// The self-test probe's pid: its refused attempt is not the candidate's.
+    pub probe_pid: u32,
 }
 
 impl Fence {
@@ -63,11 +65,13 @@ impl Fence {
             selftest::self_test(&exe, &cg_for_test, &allow, redirect)
         })
         .await??;
+        let probe_pid = self_test.probe_pid;
+        let self_test = self_test.message;
         tracing::info!(cgroup = %cgroup.path.display(), result = %self_test, "egress guard attached and self-tested");
         let child = match &args.candidate_cmd {
             Some(cmd) => {
                 let mut c = Command::new("/bin/sh");
-                c.arg("-c").arg(cmd);
+                c.arg("-c").arg(cmd).stdout(stderr_stdio()?);
                 let child = selftest::spawn_in_cgroup(&mut c, &cgroup)
                     .with_context(|| format!("starting the candidate: {cmd}"))?;
                 tracing::info!(pid = child.id(), "candidate started in its cgroup");
@@ -82,8 +86,17 @@ impl Fence {
             sink_rx,
             child,
             self_test,
+            probe_pid,
         })
     }
+}
+
+/// The candidate's stdout goes to our stderr: our stdout is the parity card.
+pub fn stderr_stdio() -> anyhow::Result<std::process::Stdio> {
+    use std::os::fd::AsFd as _;
+    Ok(std::process::Stdio::from(
+        std::io::stderr().as_fd().try_clone_to_owned()?,
+    ))
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.
@@ -155,6 +168,7 @@ pub fn run(args: GuardArgs) -> anyhow::Result<u8> {
                 _ = sigterm.recv() => break,
                 _ = tick.tick() => {
                     events.drain(&mut buf);
+                    buf.retain(|a| a.pid != fence.probe_pid);
                     for a in buf.drain(..) {
                         println!("{}", describe(&a));
                         if let Ok(mut v) = attempts.lock() { v.push(a); }
@@ -176,6 +190,8 @@ pub fn run(args: GuardArgs) -> anyhow::Result<u8> {
             "guard summary: {} refused, {} redirected, {} allowed, {} reports lost",
             c.refused, c.redirected, c.allowed, c.events_lost
         );
+        drop(fence);
+        mirror_daemon::guard::cgroup::release_private_mount();
         Ok(exit::OK)
     })
 }

@@ -25,8 +25,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(crate::exit::OK)
         }
         Command::Man => {
+            // One roff file: the top-level page, then a page per subcommand with every
+            // flag (the SEE ALSO names point at these).
             let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            let mut out = std::io::stdout();
+            clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let name = format!("mirror-daemon-{}", sub.get_name());
+                let page = sub
+                    .clone()
+                    .name(name)
+                    .version(cmd.get_version().unwrap_or_default().to_string());
+                clap_mangen::Man::new(page).render(&mut out)?;
+            }
             Ok(crate::exit::OK)
         }
         Command::Run(args) => shadow::run_live(args),

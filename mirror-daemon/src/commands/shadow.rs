@@ -227,6 +227,11 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             })
             .await?;
 
+        // Signals are ours from here on: a stop request during start-up is honoured once
+        // the loop starts, with everything created so far torn down in order.
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         // The fence first: a candidate we start must never run unfenced.
         let mut unfenced_candidate = None;
         let mut fence = if p.guard.no_egress_guard {
@@ -235,6 +240,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                 let child = std::process::Command::new("/bin/sh")
                     .arg("-c")
                     .arg(cmd)
+                    .stdout(super::guard::stderr_stdio()?)
                     .spawn()
                     .with_context(|| format!("starting the candidate: {cmd}"))?;
                 unfenced_candidate = Some(super::guard::ChildGuard(Some(child)));
@@ -343,11 +349,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         let mut watchdog_usec = 0u64;
         let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
 
+        let probe_pid = fence.as_ref().map(|f| f.probe_pid).unwrap_or(0);
         let mut guard_events = fence.as_mut().and_then(|f| f.guard.take_events());
         let mut sink_rx = fence.as_mut().and_then(|f| f.sink_rx.take());
         let mut pairing = RedirectPairing::default();
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let started = Instant::now();
         let mut progress = Progress::new();
@@ -360,7 +365,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         let mut stopped_by = "end of input";
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => { stopped_by = "SIGINT"; break; }
+                _ = sigint.recv() => { stopped_by = "SIGINT"; break; }
                 _ = sigterm.recv() => { stopped_by = "SIGTERM"; break; }
                 _ = sighup.recv() => reload(&config, &sampler, &desired_ppm),
                 _ = tick.tick() => {
@@ -374,7 +379,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                     }
                     // Egress reports: counted, logged (no payload), stored, shown.
                     let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, false);
-                    report_egress(ready, &metrics, &live, &store, &host, &run_id).await;
+                    report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
                     let ev = evidence_now(&live, &ledger, &kernel);
                     let card = report::build(&ev, &criteria, &NoiseRule::default());
                     publish(&snapshot, &run_view, &card, &ledger, &kernel, sampler.ppm());
@@ -431,10 +436,11 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
         // Attempts still waiting for their sink capture are reported without bytes.
         let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, true);
-        report_egress(ready, &metrics, &live, &store, &host, &run_id).await;
+        report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
         store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &store_kernel(&kernel)).await?;
         drop(fence);
         drop(unfenced_candidate);
+        mirror_daemon::guard::cgroup::release_private_mount();
         let _ = shutdown_tx.send(());
 
         let stored = store.load(&ReportFilter { run_id: Some(run_id.clone()), ..Default::default() }).await?;
@@ -490,6 +496,13 @@ fn ready_egress(
 }
 
 /// Counts, logs (no payload), shows and stores egress attempts.
+/// The self-test probe's attempt is the guard's own (logged at start-up), not the
+/// candidate's.
+fn without_probe(mut attempts: Vec<EgressAttempt>, probe_pid: u32) -> Vec<EgressAttempt> {
+    attempts.retain(|a| a.pid != probe_pid);
+    attempts
+}
+
 async fn report_egress(
     attempts: Vec<EgressAttempt>,
     metrics: &Metrics,

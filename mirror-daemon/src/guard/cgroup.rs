@@ -136,5 +136,20 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
         source: e.into(),
     })?;
     tracing::debug!(path = %dir.display(), "mounted cgroup2 in this private mount namespace");
+    if let Ok(mut m) = PRIVATE_MOUNT.lock() {
+        *m = Some(dir.clone());
+    }
     Ok(dir)
+}
+
+static PRIVATE_MOUNT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Unmounts and removes the private cgroup2 mount point, if one was made (call once the
+/// candidate's cgroup is gone).
+pub fn release_private_mount() {
+    let Some(dir) = PRIVATE_MOUNT.lock().ok().and_then(|mut m| m.take()) else {
+        return;
+    };
+    let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&dir);
 }

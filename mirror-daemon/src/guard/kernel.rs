@@ -301,7 +301,8 @@ fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
     EgressAttempt {
         ts_unix_ms: ((i128::from(ev.ts_ns) + epoch_offset_ns) / 1_000_000) as i64,
         pid: ev.pid,
-        command: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+        command: process_name(ev.pid)
+            .unwrap_or_else(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
         protocol: if ev.protocol == 6 {
             "tcp".into()
         } else {
@@ -358,4 +359,13 @@ mod tests {
         assert_eq!(m6[0].0[15], 0);
         assert_eq!(m6[0].2.any_port, 1);
     }
+}
+
+/// The process's own name (the kernel's `comm` is the calling thread's, e.g. a runtime
+/// worker thread); `None` once the process is gone.
+fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }

@@ -57,6 +57,14 @@ pub fn spawn_in_cgroup(cmd: &mut Command, cgroup: &Cgroup) -> std::io::Result<st
     cmd.spawn()
 }
 
+/// A passed self-test.
+#[derive(Clone, Debug)]
+pub struct SelfTest {
+    pub message: String,
+    /// The probe's pid: its attempt is the guard's own, not the candidate's.
+    pub probe_pid: u32,
+}
+
 /// Runs the probe inside `cgroup`. `redirect` says whether refused connects are
 /// redirected to a sink (then the probe connects, but must not reach the target).
 pub fn self_test(
@@ -64,7 +72,7 @@ pub fn self_test(
     cgroup: &Cgroup,
     allow: &[AllowRule],
     redirect: bool,
-) -> Result<String, GuardError> {
+) -> Result<SelfTest, GuardError> {
     let fail = |s: String| GuardError::SelfTest(s);
     // A loopback listener the allowlist does not admit: it must never see the probe.
     let listener = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 77, 0, 1)]
@@ -87,15 +95,20 @@ pub fn self_test(
     cmd.arg("__guard-probe").arg(target.to_string());
     let mut child =
         spawn_in_cgroup(&mut cmd, cgroup).map_err(|e| fail(format!("starting the probe: {e}")))?;
+    let probe_pid = child.id();
     let status = child.wait().map_err(|e| fail(e.to_string()))?;
     std::thread::sleep(Duration::from_millis(50));
     let reached = listener.accept().is_ok();
     let code = status.code().unwrap_or(-1);
     match (reached, code, redirect) {
-        (false, probe_exit::REFUSED, false) => Ok(format!("probe to {target} refused with EPERM")),
-        (false, probe_exit::CONNECTED, true) => {
-            Ok(format!("probe to {target} redirected to the sink"))
-        }
+        (false, probe_exit::REFUSED, false) => Ok(SelfTest {
+            message: format!("probe to {target} refused with EPERM"),
+            probe_pid,
+        }),
+        (false, probe_exit::CONNECTED, true) => Ok(SelfTest {
+            message: format!("probe to {target} redirected to the sink"),
+            probe_pid,
+        }),
         (true, _, _) => Err(fail(format!(
             "the probe reached {target}: the guard is not enforcing"
         ))),

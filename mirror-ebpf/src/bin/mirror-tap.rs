@@ -265,10 +265,7 @@ mod program {
                     HEADER_BYTES + len,
                 )
             };
-            if SEGMENTS
-                .output::<[u8]>(bytes, flags_out)
-                .is_ok()
-            {
+            if SEGMENTS.output::<[u8]>(bytes, flags_out).is_ok() {
                 bump(counter::RECORDS, 1);
             } else {
                 bump(counter::RING_FULL, 1);
