@@ -318,6 +318,15 @@ fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
     }
 }
 
+/// The process's own name (the kernel's `comm` is the calling thread's, e.g. a runtime
+/// worker thread); `None` once the process is gone.
+fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,13 +368,4 @@ mod tests {
         assert_eq!(m6[0].0[15], 0);
         assert_eq!(m6[0].2.any_port, 1);
     }
-}
-
-/// The process's own name (the kernel's `comm` is the calling thread's, e.g. a runtime
-/// worker thread); `None` once the process is gone.
-fn process_name(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
 }
