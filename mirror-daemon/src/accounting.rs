@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum DropReason {
     /// The kernel ring buffer was full (counted by the kernel, in records).
     RingFull,
-    /// A bounded queue between stages was full.
+    /// The capture → pipeline queue was full (the pipeline fell behind the capture).
     QueueFull,
+    /// The replay queue was full: the candidate (or the replay concurrency) could not keep
+    /// up. A replay decision like rate limiting, not a capture loss.
+    ReplayQueueFull,
     /// Bytes of the exchange were never captured.
     Gap,
     /// The request or response was not valid HTTP/1.x.
@@ -30,9 +33,10 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::RingFull,
         DropReason::QueueFull,
+        DropReason::ReplayQueueFull,
         DropReason::Gap,
         DropReason::ParseError,
         DropReason::Oversize,
@@ -45,6 +49,7 @@ impl DropReason {
         match self {
             DropReason::RingFull => "ring_full",
             DropReason::QueueFull => "queue_full",
+            DropReason::ReplayQueueFull => "replay_queue_full",
             DropReason::Gap => "gap",
             DropReason::ParseError => "parse_error",
             DropReason::Oversize => "oversize",
@@ -107,7 +112,7 @@ pub struct Ledger {
     pub sampled_out: AtomicU64,
     pub excluded: AtomicU64,
     candidate_error: [AtomicU64; 4],
-    dropped: [AtomicU64; 9],
+    dropped: [AtomicU64; 10],
 }
 
 /// A consistent-enough copy of the ledger for reports.

@@ -14,10 +14,20 @@ pub const STORE_QUEUE: usize = 16384;
 /// Offers `item` to a bounded queue. When the queue is full (or closed) the item is
 /// dropped and counted as `queue_full`; returns whether it was queued.
 pub fn offer<T>(tx: &mpsc::Sender<T>, item: T, ledger: &Ledger) -> bool {
+    offer_or_drop(tx, item, ledger, DropReason::QueueFull)
+}
+
+/// [`offer`], counting a full queue under `reason`.
+pub fn offer_or_drop<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    ledger: &Ledger,
+    reason: DropReason,
+) -> bool {
     match tx.try_send(item) {
         Ok(()) => true,
         Err(_) => {
-            ledger.record(Outcome::Dropped(DropReason::QueueFull));
+            ledger.record(Outcome::Dropped(reason));
             false
         }
     }

@@ -88,9 +88,9 @@ impl Shadow {
             }
             // A slow candidate fills this queue; the newest exchange is then dropped and
             // counted, and the capture never waits.
-            if !pipeline::offer(&replay_tx, ex, &self.ledger) {
+            if !pipeline::offer_or_drop(&replay_tx, ex, &self.ledger, DropReason::ReplayQueueFull) {
                 self.metrics
-                    .outcome("dropped", DropReason::QueueFull.as_str());
+                    .outcome("dropped", DropReason::ReplayQueueFull.as_str());
             }
         }
         drop(replay_tx);

@@ -211,8 +211,11 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             .with_context(|| format!("creating {}", dir.display()))?;
     }
 
+    // A few blocking threads (masking and comparing run there) are enough for 2 cores and
+    // keep the thread count, and the allocator arenas that come with threads, bounded.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(4)
         .enable_all()
         .build()?;
     rt.block_on(async move {

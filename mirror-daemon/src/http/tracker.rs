@@ -117,7 +117,7 @@ impl HttpStats {
             DropReason::Oversize => &mut self.dropped_oversize,
             DropReason::Unsupported => &mut self.dropped_unsupported,
             DropReason::Evicted => &mut self.dropped_evicted,
-            DropReason::QueueFull => &mut self.dropped_queue_full,
+            DropReason::QueueFull | DropReason::ReplayQueueFull => &mut self.dropped_queue_full,
             DropReason::Unpaired | DropReason::RingFull | DropReason::RateLimited => {
                 &mut self.dropped_unpaired
             }

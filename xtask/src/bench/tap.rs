@@ -30,8 +30,8 @@ pub enum TapMode {
     Run,
 }
 
-/// Switch to `TapMode::Run` once `mirror-daemon run` works; everything else follows.
-pub const TAP_MODE: TapMode = TapMode::Record;
+/// What configuration (b) runs: the whole daemon (`run`), replaying every request.
+pub const TAP_MODE: TapMode = TapMode::Run;
 
 impl TapMode {
     pub fn label(self) -> &'static str {
@@ -155,8 +155,11 @@ impl TapDaemon {
         match mode {
             TapMode::Record => proc.wait_for("tap attached", Duration::from_secs(20))?,
             TapMode::LiveExchanges => proc.wait_for("tap attached", Duration::from_secs(20))?,
-            TapMode::Run => wait_port(&lab.server_ns, METRICS_ADDR, Duration::from_secs(30))
-                .with_context(|| format!("mirror-daemon run: {}", proc.tail()))?,
+            TapMode::Run => {
+                wait_port(&lab.server_ns, METRICS_ADDR, Duration::from_secs(30))
+                    .with_context(|| format!("mirror-daemon run: {}", proc.tail()))?;
+                proc.wait_for("tap attached", Duration::from_secs(30))?;
+            }
         }
         Ok(TapDaemon {
             mode,
