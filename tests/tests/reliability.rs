@@ -360,6 +360,18 @@ fn sigkill_under_load_harms_no_legacy_request_and_restarts_clean() {
     );
     assert!(running(&mut load), "the load must outlive the daemon");
     load_ok(load, requests);
+    // The candidate dies with the daemon (its guard did).
+    assert!(
+        eventually(5, || !pid_alive(first_candidate)),
+        "the killed run's candidate (pid {first_candidate}) still runs, unfenced"
+    );
+    // A leftover the kernel could not clean (say, a candidate's own child process): an
+    // unguarded candidate cgroup with a process in it. The next start must end it.
+    let leftover = cgroup2_mount().join(format!("mirror-candidate-test-{}", unique_tag()));
+    std::fs::create_dir(&leftover).unwrap();
+    let _leftover_cleanup = CgroupCleanup(leftover.clone());
+    let mut sleeper = Proc::spawn("sleep", Command::new("sleep").arg("300")).unwrap();
+    std::fs::write(leftover.join("cgroup.procs"), sleeper.pid().to_string()).unwrap();
 
     // Restart on the same store: attached exactly once, the killed run's candidate and
     // cgroup do not linger (its egress guard died with the daemon: a candidate left
@@ -380,6 +392,11 @@ fn sigkill_under_load_harms_no_legacy_request_and_restarts_clean() {
         !pid_alive(first_candidate),
         "the killed run's candidate (pid {first_candidate}) still runs, unfenced"
     );
+    assert!(
+        eventually(5, || !running(&mut sleeper)),
+        "a process left in an unguarded candidate cgroup survived the restart"
+    );
+    assert!(!leftover.exists(), "{} not removed", leftover.display());
     let stale_procs = std::fs::read_to_string(stale.join("cgroup.procs")).unwrap_or_default();
     assert!(
         stale_procs.trim().is_empty(),
