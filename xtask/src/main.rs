@@ -7,6 +7,7 @@ mod fuzz;
 mod install;
 mod lab;
 mod setup;
+mod soak;
 mod tools;
 mod util;
 
@@ -78,6 +79,25 @@ enum Cmd {
     /// Build the daemon, then write shell completions (bash, zsh, fish) and the man page
     /// into target/docs/.
     Docs,
+    /// Long reliability run (root): idle keep-alive connections plus steady legacy load
+    /// through the tap; prints the daemon's RSS and CPU over time and the accounting.
+    Soak {
+        /// Minutes of steady load once the idle connections are open.
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+        /// Idle keep-alive connections held for the whole run.
+        #[arg(long, default_value_t = 100_000)]
+        connections: u64,
+        /// Legacy requests per second during the run.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Fail when the daemon's peak RSS exceeds this many MiB.
+        #[arg(long, default_value_t = 256)]
+        rss_cap_mib: u64,
+        /// Use release binaries (default: the debug ones the tests use).
+        #[arg(long)]
+        release: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -134,6 +154,27 @@ fn main() -> Result<()> {
             let mut test = vec!["test", "--workspace", "--no-fail-fast"];
             test.extend(args.iter().map(String::as_str));
             util::cargo(&env, &test)?;
+        }
+        Cmd::Soak {
+            minutes,
+            connections,
+            rate,
+            rss_cap_mib,
+            release,
+        } => {
+            let env = setup::run(false)?;
+            let mut build = vec!["build", "-p", "mirror-daemon", "-p", "mirror-examples"];
+            if release {
+                build.push("--release");
+            }
+            util::cargo(&env, &build)?;
+            soak::run(soak::SoakArgs {
+                minutes,
+                connections,
+                rate,
+                rss_cap_mib,
+                release,
+            })?;
         }
         Cmd::Fuzz { seconds, target } => {
             setup::run(false)?;

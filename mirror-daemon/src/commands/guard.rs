@@ -33,7 +33,12 @@ impl Fence {
             (Some(path), _) => Cgroup::open(path)?,
             (None, Some(_)) => {
                 let mount = mirror_daemon::guard::cgroup::cgroup2_mount()?;
-                Cgroup::create(&mount, &format!("mirror-candidate-{run_id}"))?
+                // A killed earlier run may have left its candidate running, unfenced.
+                mirror_daemon::guard::cgroup::remove_stale_candidates(&mount);
+                Cgroup::create(
+                    &mount,
+                    &format!("{}{run_id}", mirror_daemon::guard::cgroup::CANDIDATE_PREFIX),
+                )?
             }
             (None, None) => anyhow::bail!(
                 "give --candidate-cgroup PATH or --candidate-cmd \"…\" to fence the candidate"

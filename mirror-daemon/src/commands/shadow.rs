@@ -454,6 +454,19 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             figures_final.segments,
             store_failures.load(Ordering::Relaxed)
         );
+        // The capture side's bounded state (flow table, connection states) evicts rather
+        // than grows; those counts are not exchange outcomes, so they are shown here.
+        let (r, h) = (&figures_final.reassembly, &figures_final.http);
+        eprintln!(
+            "capture figures: flows_opened={} flows_evicted={} flows_refused_table_full={} connections_opened={} connections_evicted={} parse_errors={} oversize={}",
+            r.flows_opened,
+            r.flows_closed_evicted,
+            r.new_flow_refusals_table_full,
+            h.connections_opened,
+            h.connections_evicted,
+            h.parse_errors,
+            h.oversize_header_bytes + h.oversize_header_count + h.oversize_body
+        );
         let has_criteria = criteria.has_parity_limit() || criteria.min_exchanges.is_some() || criteria.min_completeness.is_some();
         Ok(if has_criteria { card.verdict.exit_code() as u8 } else { exit::OK })
     })

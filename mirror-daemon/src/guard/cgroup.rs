@@ -92,6 +92,95 @@ impl Drop for Cgroup {
     }
 }
 
+/// Name prefix of the cgroups the daemon creates for a candidate it starts.
+pub const CANDIDATE_PREFIX: &str = "mirror-candidate-";
+
+/// Whether an egress-guard program is attached directly to the cgroup (BPF_PROG_QUERY on
+/// the connect4 hook; the guard attaches all four hooks together).
+fn guard_attached(dir: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    /// The `query` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgQuery {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+    let mut attr = ProgQuery {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_INET4_CONNECT,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid, initialized bpf_attr prefix of the size passed; with
+    // prog_ids = 0 the kernel only writes prog_cnt and attach_flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut attr as *mut ProgQuery,
+            std::mem::size_of::<ProgQuery>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(attr.prog_cnt > 0)
+}
+
+/// Kills and removes candidate cgroups left by a daemon that died without cleaning up
+/// (SIGKILL, OOM kill): such a cgroup may still hold processes, but no guard is attached
+/// any more, so they run unfenced. A live daemon's cgroup is never touched: it holds
+/// processes only once its guard is attached, and an empty one is removed only when it
+/// is more than a minute old. Returns the removed paths.
+pub fn remove_stale_candidates(mount: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(mount) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(CANDIDATE_PREFIX) {
+            continue;
+        }
+        let Ok(mut cg) = Cgroup::open(&entry.path()) else {
+            continue;
+        };
+        if guard_attached(&cg.dir).unwrap_or(true) {
+            continue;
+        }
+        if cg.pids().is_empty() {
+            // Empty and unguarded: a leftover, unless a daemon is starting right now
+            // (created, guard not attached yet); those are seconds old.
+            let old = std::fs::metadata(&cg.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60));
+            if old && std::fs::remove_dir(&cg.path).is_ok() {
+                removed.push(cg.path.clone());
+            }
+            continue;
+        }
+        tracing::warn!(path = %cg.path.display(), pids = ?cg.pids(), "a candidate cgroup left by a dead daemon still runs processes without the egress guard: killing them");
+        // Owned from here: dropping it kills what is left and removes the directory.
+        cg.owned = true;
+        let path = cg.path.clone();
+        drop(cg);
+        if !path.exists() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Where cgroup v2 is mounted (pure v2: /sys/fs/cgroup; hybrid: /sys/fs/cgroup/unified).
 ///
 /// `ip netns exec` runs a process in a private mount namespace with /sys remounted, which

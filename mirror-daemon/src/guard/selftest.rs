@@ -35,13 +35,18 @@ pub fn run_probe(target: SocketAddr) -> i32 {
 }
 
 /// Spawns `cmd` so that it joins `cgroup` before it execs (so even a command that then
-/// enters a network namespace stays fenced).
+/// enters a network namespace stays fenced). The child is killed by the kernel if the
+/// spawning thread dies (SIGKILL of the daemon included): the guard's links die with the
+/// daemon, and a candidate left running would be unfenced.
 pub fn spawn_in_cgroup(cmd: &mut Command, cgroup: &Cgroup) -> std::io::Result<std::process::Child> {
     let procs = std::ffi::CString::new(cgroup.procs_file().as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::other("cgroup path contains NUL"))?;
-    // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
+    // SAFETY: only async-signal-safe calls (prctl/open/write/close) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
