@@ -5,6 +5,8 @@
 //! Assertions are on counts, memory caps and success/failure only, never on timings.
 //! Misbehaving peers are tiny Python programs in `tests/scripts/` (shared with
 //! `cargo xtask soak`).
+// Test helpers here fail the test on error, like the #[test] functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
