@@ -57,8 +57,8 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0", "--duration", "200s"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let proc = Proc::spawn("mirror-daemon run", &mut cmd).unwrap();
+            .stderr(std::fs::File::create(&log).expect("daemon log file"));
+        let proc = Proc::spawn("mirror-daemon run", &mut cmd).expect("starting the daemon");
         let d = Daemon { proc, log };
         d.wait_log("tap attached", 60);
         assert!(
@@ -71,7 +71,7 @@ impl Daemon {
     }
 
     fn wait_log(&self, needle: &str, secs: u64) -> String {
-        wait_for_text(&self.log, needle, Duration::from_secs(secs)).unwrap()
+        wait_for_text(&self.log, needle, Duration::from_secs(secs)).expect("daemon log line")
     }
 
     fn log_text(&self) -> String {
@@ -94,8 +94,8 @@ impl Daemon {
     fn kill9(&mut self) -> std::process::ExitStatus {
         let mut child = self.proc.child.take().expect("running");
         drop(child.stdout.take());
-        child.kill().unwrap();
-        child.wait().unwrap()
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaping the daemon")
     }
 
     /// Peak resident memory so far (VmHWM), in KiB.
@@ -105,7 +105,10 @@ impl Daemon {
 
     /// SIGTERM, then the exit must be clean; returns the run id and the stderr log.
     fn stop_ok(mut self) -> (String, String) {
-        let out = self.proc.stop(Duration::from_secs(90)).unwrap();
+        let out = self
+            .proc
+            .stop(Duration::from_secs(90))
+            .expect("daemon stops on SIGTERM");
         let log = self.log_text();
         assert!(out.status.success(), "daemon exit {}: {log}", out.status);
         assert!(!log.contains("panicked"), "{log}");
@@ -136,7 +139,7 @@ fn accounting(dir: &Path, run: &str) -> serde_json::Value {
         .args(["report", "--format", "json", "--run", run, "--store"])
         .arg(dir.join("m.db"))
         .output()
-        .unwrap();
+        .expect("running mirror-daemon report");
     // The exit code is the verdict (no criteria here): only the JSON matters.
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -175,8 +178,9 @@ fn start_legacy(link: &Link) -> Proc {
     ])
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    let p = Proc::spawn("legacy", &mut cmd).unwrap();
-    wait_for_port(&link.a, &link.a_ip, LEGACY_PORT, Duration::from_secs(20)).unwrap();
+    let p = Proc::spawn("legacy", &mut cmd).expect("spawning a helper process");
+    wait_for_port(&link.a, &link.a_ip, LEGACY_PORT, Duration::from_secs(20))
+        .expect("service port reachable");
     p
 }
 
@@ -188,15 +192,16 @@ fn start_toy_legacy(link: &Link, processes: usize) -> Vec<Proc> {
             cmd.args([&script("toy_server.py"), "answer", &link.a_ip, "8080"])
                 .arg("--reuseport")
                 .stdout(Stdio::null());
-            Proc::spawn("toy legacy", &mut cmd).unwrap()
+            Proc::spawn("toy legacy", &mut cmd).expect("spawning a helper process")
         })
         .collect();
-    wait_for_port(&link.a, &link.a_ip, LEGACY_PORT, Duration::from_secs(20)).unwrap();
+    wait_for_port(&link.a, &link.a_ip, LEGACY_PORT, Duration::from_secs(20))
+        .expect("service port reachable");
     procs
 }
 
 fn toy_candidate_cmd(mode: &str) -> String {
-    let (ip, port) = CANDIDATE.split_once(':').unwrap();
+    let (ip, port) = CANDIDATE.split_once(':').expect("IP:PORT");
     format!(
         "exec python3 {} {mode} {ip} {port}",
         script("toy_server.py")
@@ -219,12 +224,12 @@ fn start_load(link: &Link, requests: u64, concurrency: u64, rate: u64) -> Proc {
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    Proc::spawn("load", &mut cmd).unwrap()
+    Proc::spawn("load", &mut cmd).expect("spawning a helper process")
 }
 
 /// Waits for the load generator; every legacy request must have succeeded.
 fn load_ok(mut load: Proc, requests: u64) -> String {
-    let out = load.wait(Duration::from_secs(180)).unwrap();
+    let out = load.wait(Duration::from_secs(180)).expect("process exits");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -256,7 +261,7 @@ fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 fn attached_count(link: &Link) -> u64 {
-    let status = attached_programs(&link.a, &link.a_if).unwrap();
+    let status = attached_programs(&link.a, &link.a_if).expect("mirror-daemon status");
     status
         .lines()
         .find_map(|l| {
@@ -278,7 +283,7 @@ fn cgroup_of(pid: u32) -> Option<String> {
 }
 
 fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("readable file");
     mounts
         .lines()
         .find_map(|l| {
@@ -439,8 +444,8 @@ fn sigkill_under_load_harms_no_legacy_request_and_restarts_clean() {
 /// no failure; the outcomes are counted; the daemon's memory stays under a cap.
 fn misbehaving_candidate(mode: &str, timeout: &str, expect: &[&str]) {
     require_root();
-    let link = Link::new("mleg", "mcli").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let link = Link::new("mleg", "mcli").expect("namespaces and veth pair");
+    let dir = tempfile::tempdir().expect("temporary directory");
     let _legacy = start_legacy(&link);
     let pid_file = dir.path().join("candidate.pid");
     let candidate_cmd = if mode == "down" {

@@ -296,7 +296,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
     sample("idle connections closed", &mut peak_rss);
     peak_rss = peak_rss.max(status_kib(daemon, "VmHWM:").unwrap_or(0));
     signal(daemon, "TERM");
-    let (_, mut d) = env
+    let (_, d) = env
         .children
         .iter()
         .position(|(n, _)| n == "mirror-daemon")
