@@ -19,8 +19,12 @@ use mirror_e2e::*;
 /// that namespace) reaches it, nothing else does.
 const CANDIDATE: &str = "127.0.0.1:9090";
 const LEGACY_PORT: u16 = 8080;
-/// Peak RSS allowed for the daemon in the misbehaving-candidate and hostile-input tests.
+/// Peak RSS allowed for the daemon with a misbehaving candidate (debug build; the
+/// 64 MiB kernel ring's pages count once touched).
 const RSS_CAP_KIB: u64 = 200 * 1024;
+/// Peak RSS allowed with hostile input (it may hold up to a 64 KiB head and a 16 MiB
+/// body per message on top).
+const HOSTILE_RSS_CAP_KIB: u64 = 256 * 1024;
 
 fn script(name: &str) -> String {
     workspace_root()
@@ -55,8 +59,8 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0", "--duration", "200s"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let proc = Proc::spawn("mirror-daemon run", &mut cmd).unwrap();
+            .stderr(std::fs::File::create(&log).expect("daemon log file"));
+        let proc = Proc::spawn("mirror-daemon run", &mut cmd).expect("starting the daemon");
         let d = Daemon { proc, log };
         d.wait_log("tap attached", 60);
         assert!(
@@ -69,7 +73,7 @@ impl Daemon {
     }
 
     fn wait_log(&self, needle: &str, secs: u64) -> String {
-        wait_for_text(&self.log, needle, Duration::from_secs(secs)).unwrap()
+        wait_for_text(&self.log, needle, Duration::from_secs(secs)).expect("daemon log line")
     }
 
     fn log_text(&self) -> String {
@@ -92,8 +96,8 @@ impl Daemon {
     fn kill9(&mut self) -> std::process::ExitStatus {
         let mut child = self.proc.child.take().expect("running");
         drop(child.stdout.take());
-        child.kill().unwrap();
-        child.wait().unwrap()
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaping the daemon")
     }
 
     /// Peak resident memory so far (VmHWM), in KiB.
@@ -103,7 +107,10 @@ impl Daemon {
 
     /// SIGTERM, then the exit must be clean; returns the run id and the stderr log.
     fn stop_ok(mut self) -> (String, String) {
-        let out = self.proc.stop(Duration::from_secs(90)).unwrap();
+        let out = self
+            .proc
+            .stop(Duration::from_secs(90))
+            .expect("daemon stops on SIGTERM");
         let log = self.log_text();
         assert!(out.status.success(), "daemon exit {}: {log}", out.status);
         assert!(!log.contains("panicked"), "{log}");
@@ -134,7 +141,7 @@ fn accounting(dir: &Path, run: &str) -> serde_json::Value {
         .args(["report", "--format", "json", "--run", run, "--store"])
         .arg(dir.join("m.db"))
         .output()
-        .unwrap();
+        .expect("running mirror-daemon report");
     // The exit code is the verdict (no criteria here): only the JSON matters.
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -173,8 +180,9 @@ fn start_legacy(link: &Link) -> Proc {
     ])
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    let p = Proc::spawn("legacy", &mut cmd).unwrap();
-    wait_for_port(&link.a, &link.a_ip, LEGACY_PORT, Duration::from_secs(20)).unwrap();
+    let p = Proc::spawn("legacy", &mut cmd).expect("spawning a helper process");
+    wait_for_port(&link.a, &link.a_ip, LEGACY_PORT, Duration::from_secs(20))
+        .expect("service port reachable");
     p
 }
 
@@ -186,15 +194,16 @@ fn start_toy_legacy(link: &Link, processes: usize) -> Vec<Proc> {
             cmd.args([&script("toy_server.py"), "answer", &link.a_ip, "8080"])
                 .arg("--reuseport")
                 .stdout(Stdio::null());
-            Proc::spawn("toy legacy", &mut cmd).unwrap()
+            Proc::spawn("toy legacy", &mut cmd).expect("spawning a helper process")
         })
         .collect();
-    wait_for_port(&link.a, &link.a_ip, LEGACY_PORT, Duration::from_secs(20)).unwrap();
+    wait_for_port(&link.a, &link.a_ip, LEGACY_PORT, Duration::from_secs(20))
+        .expect("service port reachable");
     procs
 }
 
 fn toy_candidate_cmd(mode: &str) -> String {
-    let (ip, port) = CANDIDATE.split_once(':').unwrap();
+    let (ip, port) = CANDIDATE.split_once(':').expect("IP:PORT");
     format!(
         "exec python3 {} {mode} {ip} {port}",
         script("toy_server.py")
@@ -217,12 +226,12 @@ fn start_load(link: &Link, requests: u64, concurrency: u64, rate: u64) -> Proc {
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    Proc::spawn("load", &mut cmd).unwrap()
+    Proc::spawn("load", &mut cmd).expect("spawning a helper process")
 }
 
 /// Waits for the load generator; every legacy request must have succeeded.
 fn load_ok(mut load: Proc, requests: u64) -> String {
-    let out = load.wait(Duration::from_secs(180)).unwrap();
+    let out = load.wait(Duration::from_secs(180)).expect("process exits");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -254,7 +263,7 @@ fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 fn attached_count(link: &Link) -> u64 {
-    let status = attached_programs(&link.a, &link.a_if).unwrap();
+    let status = attached_programs(&link.a, &link.a_if).expect("mirror-daemon status");
     status
         .lines()
         .find_map(|l| {
@@ -276,7 +285,7 @@ fn cgroup_of(pid: u32) -> Option<String> {
 }
 
 fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("readable file");
     mounts
         .lines()
         .find_map(|l| {
@@ -437,8 +446,8 @@ fn sigkill_under_load_harms_no_legacy_request_and_restarts_clean() {
 /// no failure; the outcomes are counted; the daemon's memory stays under a cap.
 fn misbehaving_candidate(mode: &str, timeout: &str, expect: &[&str]) {
     require_root();
-    let link = Link::new("mleg", "mcli").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let link = Link::new("mleg", "mcli").expect("namespaces and veth pair");
+    let dir = tempfile::tempdir().expect("temporary directory");
     let _legacy = start_legacy(&link);
     let pid_file = dir.path().join("candidate.pid");
     let candidate_cmd = if mode == "down" {
@@ -535,7 +544,10 @@ fn idle_connections_stay_within_memory_cap() {
     require_root();
     const PER_SOURCE: u64 = 10_000;
     const SOURCES: u64 = 2;
-    const CAP_KIB: u64 = 200 * 1024;
+    // Peak RSS cap (debug build; the 64 MiB kernel ring's pages count once touched).
+    const CAP_KIB: u64 = 256 * 1024;
+    // Growth allowed per held connection (flow-table entry + HTTP connection state).
+    const PER_CONN_BYTES: u64 = 4096;
     let link = Link::new("ileg", "icli").unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Two server processes share the port: each stays within RLIMIT_NOFILE.
@@ -547,6 +559,7 @@ fn idle_connections_stay_within_memory_cap() {
         &toy_candidate_cmd("answer"),
         &["--exclude", "path:^/idle/"],
     );
+    let rss_before = proc_status_kib(daemon.pid(), "VmRSS:");
     let net = link.b_ip.rsplit_once('.').unwrap().0.to_string();
     let stop = dir.path().join("stop");
     let mut clients: Vec<(Proc, PathBuf)> = Vec::new();
@@ -587,10 +600,20 @@ fn idle_connections_stay_within_memory_cap() {
     let (run, log) = daemon.stop_ok();
     let acc = accounting(dir.path(), &run);
     let total = PER_SOURCE * SOURCES;
+    let growth = rss.saturating_sub(rss_before);
     eprintln!(
-        "{total} idle connections: daemon VmRSS {rss} KiB while held, VmHWM {peak} KiB; {acc}"
+        "{total} idle connections: daemon VmRSS {rss_before} KiB before, {rss} KiB while held \
+         ({} bytes per connection), VmHWM {peak} KiB; {acc}\n{}",
+        growth * 1024 / total,
+        log.lines()
+            .filter(|l| l.starts_with("capture figures:"))
+            .collect::<String>()
     );
     assert!(peak < CAP_KIB, "daemon VmHWM {peak} KiB over {CAP_KIB} KiB");
+    assert!(
+        growth * 1024 < PER_CONN_BYTES * total,
+        "daemon grew {growth} KiB for {total} idle connections"
+    );
     assert_eq!(acc["identity_holds"], true, "{acc}");
     assert_eq!(n(&acc, &["seen"]), total, "{acc}");
     assert_eq!(n(&acc, &["excluded"]), total, "{acc}");
@@ -618,7 +641,7 @@ fn hostile_http_corpus_is_counted_not_fatal() {
         &link,
         dir.path(),
         &toy_candidate_cmd("answer"),
-        &["--include", "path:^/normal/", "--ring-mib", "128"],
+        &["--include", "path:^/normal/"],
     );
     let out = link
         .b
@@ -644,7 +667,10 @@ fn hostile_http_corpus_is_counted_not_fatal() {
     let (run, log) = daemon.stop_ok();
     let acc = accounting(dir.path(), &run);
     eprintln!("hostile corpus: daemon VmHWM {peak} KiB; {acc}\n{text}");
-    assert!(peak < RSS_CAP_KIB, "daemon VmHWM {peak} KiB over the cap");
+    assert!(
+        peak < HOSTILE_RSS_CAP_KIB,
+        "daemon VmHWM {peak} KiB over the cap"
+    );
     assert_eq!(acc["identity_holds"], true, "{acc}");
     assert_eq!(n(&acc, &["in_flight"]), 0, "{acc}");
     // Every normal request became an exchange and was compared (the toy candidate
