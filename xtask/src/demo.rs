@@ -91,17 +91,7 @@ pub fn run(opts: &Options) -> Result<()> {
     );
     say("Building mirror-daemon and the example services (release)");
     let env = setup::run(true)?;
-    util::cargo(
-        &env,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "mirror-daemon",
-            "-p",
-            "mirror-examples",
-        ],
-    )?;
+    util::build_release(&env)?;
     let release = docs::target_dir().join("release");
     let (daemon, examples) = (
         release.join("mirror-daemon"),

@@ -108,17 +108,7 @@ fn main() -> Result<()> {
         }
         Cmd::Build => {
             let env = setup::run(false)?;
-            util::cargo(
-                &env,
-                &[
-                    "build",
-                    "--release",
-                    "-p",
-                    "mirror-daemon",
-                    "-p",
-                    "mirror-examples",
-                ],
-            )?;
+            util::build_release(&env)?;
         }
         Cmd::Test { args } => {
             let env = setup::run(true)?;

@@ -46,6 +46,21 @@ pub fn cargo(env: &BuildEnv, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Builds the daemon and the example services in release (demo, bench, `xtask build`).
+pub fn build_release(env: &BuildEnv) -> Result<()> {
+    cargo(
+        env,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "mirror-daemon",
+            "-p",
+            "mirror-examples",
+        ],
+    )
+}
+
 /// Runs cargo in a sub-directory of the workspace (a crate outside it, like `fuzz/`) with
 /// extra environment variables.
 pub fn cargo_in(env: &BuildEnv, dir: &str, args: &[&str], vars: &[(&str, &str)]) -> Result<()> {

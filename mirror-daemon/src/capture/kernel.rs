@@ -48,8 +48,8 @@ pub enum TapError {
     RingSize(u32),
 }
 
-/// Kernel-side counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// Kernel-side counters, summed over CPUs (also what the store keeps with each ledger).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelCounters {
     pub segments: u64,
     pub payload_bytes: u64,
@@ -58,6 +58,19 @@ pub struct KernelCounters {
     pub oversize: u64,
     pub sampled_out: u64,
     pub load_errors: u64,
+}
+
+impl KernelCounters {
+    /// Adds another host's or run's counters (reports aggregate across hosts).
+    pub fn add(&mut self, o: &KernelCounters) {
+        self.segments += o.segments;
+        self.payload_bytes += o.payload_bytes;
+        self.records += o.records;
+        self.ring_full += o.ring_full;
+        self.oversize += o.oversize;
+        self.sampled_out += o.sampled_out;
+        self.load_errors += o.load_errors;
+    }
 }
 
 /// Settings of the live tap.

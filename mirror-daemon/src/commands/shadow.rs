@@ -388,7 +388,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                     publish(&snapshot, &run_view, &card, &ledger, &kernel, sampler.ppm());
                     if last_ledger_write.elapsed() >= Duration::from_secs(2) {
                         last_ledger_write = Instant::now();
-                        if let Err(e) = store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &store_kernel(&kernel)).await {
+                        if let Err(e) = store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &kernel).await {
                             tracing::warn!(error = %e, "storing the ledger failed");
                         }
                     }
@@ -440,7 +440,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         // Attempts still waiting for their sink capture are reported without bytes.
         let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, true);
         report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
-        store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &store_kernel(&kernel)).await?;
+        store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &kernel).await?;
         drop(fence);
         drop(unfenced_candidate);
         mirror_daemon::guard::cgroup::release_private_mount();
@@ -550,18 +550,6 @@ fn action_label(a: &EgressAttempt) -> &'static str {
     }
 }
 
-fn store_kernel(k: &KernelCounters) -> store::KernelCounters {
-    store::KernelCounters {
-        segments: k.segments,
-        payload_bytes: k.payload_bytes,
-        records: k.records,
-        ring_full: k.ring_full,
-        oversize: k.oversize,
-        sampled_out: k.sampled_out,
-        load_errors: k.load_errors,
-    }
-}
-
 fn evidence_now(
     live: &Mutex<LiveEvidence>,
     ledger: &Ledger,
@@ -569,7 +557,7 @@ fn evidence_now(
 ) -> store::StoredEvidence {
     let mut ev = live.lock().map(|l| l.evidence()).unwrap_or_default();
     ev.ledger_total = ledger.snapshot();
-    ev.kernel_total = store_kernel(kernel);
+    ev.kernel_total = *kernel;
     ev
 }
 

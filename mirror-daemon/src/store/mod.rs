@@ -155,28 +155,7 @@ pub struct RetentionReport {
 }
 
 /// Counters read from the kernel tap, stored with each ledger snapshot.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KernelCounters {
-    pub segments: u64,
-    pub payload_bytes: u64,
-    pub records: u64,
-    pub ring_full: u64,
-    pub oversize: u64,
-    pub sampled_out: u64,
-    pub load_errors: u64,
-}
-
-impl KernelCounters {
-    pub fn add(&mut self, o: &KernelCounters) {
-        self.segments += o.segments;
-        self.payload_bytes += o.payload_bytes;
-        self.records += o.records;
-        self.ring_full += o.ring_full;
-        self.oversize += o.oversize;
-        self.sampled_out += o.sampled_out;
-        self.load_errors += o.load_errors;
-    }
-}
+pub use crate::capture::kernel::KernelCounters;
 
 /// One daemon run on one host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

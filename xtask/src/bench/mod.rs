@@ -78,17 +78,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let started = Instant::now();
     let env = setup::run(true)?;
-    util::cargo(
-        &env,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "mirror-daemon",
-            "-p",
-            "mirror-examples",
-        ],
-    )?;
+    util::build_release(&env)?;
     let want = |s: Section| args.only.is_none_or(|o| o == s);
     // oha drives the fixed rates; the offline section alone does not need it.
     let oha = if want(Section::Overhead)
