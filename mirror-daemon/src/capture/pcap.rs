@@ -160,10 +160,7 @@ fn read_pcap<R: Read>(
             detail: e.to_string(),
         })?;
         let ts = pkt.timestamp.as_nanos() as u64;
-        if (pkt.orig_len as usize) > pkt.data.len() {
-            stats.truncated += 1;
-        }
-        handle_frame(link, &pkt.data, ts, selector, stats, sink);
+        handle_frame(link, &pkt.data, pkt.orig_len, ts, selector, stats, sink);
     }
     Ok(())
 }
@@ -204,17 +201,14 @@ fn read_pcapng<R: Read>(
                     continue;
                 };
                 let ts = (epb.timestamp.as_nanos() as u64).saturating_mul(unit_ns);
-                if (epb.original_len as usize) > epb.data.len() {
-                    stats.truncated += 1;
-                }
-                handle_frame(link, &epb.data, ts, selector, stats, sink);
+                handle_frame(link, &epb.data, epb.original_len, ts, selector, stats, sink);
             }
             Block::SimplePacket(spb) => {
                 let Some(&(link, _)) = interfaces.first() else {
                     stats.malformed += 1;
                     continue;
                 };
-                handle_frame(link, &spb.data, 0, selector, stats, sink);
+                handle_frame(link, &spb.data, spb.original_len, 0, selector, stats, sink);
             }
             _ => {}
         }
@@ -237,6 +231,7 @@ fn tsresol_unit_ns(r: u8) -> u64 {
 fn handle_frame(
     link: DataLink,
     frame: &[u8],
+    original_len: u32,
     ts_ns: u64,
     selector: &mut PortSelector,
     stats: &mut PcapStats,
@@ -244,6 +239,10 @@ fn handle_frame(
 ) {
     stats.packets += 1;
     stats.bytes += frame.len() as u64;
+    // Cut by the capture's snap length: the payload is incomplete.
+    if original_len as usize > frame.len() {
+        stats.truncated += 1;
+    }
     match parse_frame(link, frame) {
         Ok(Some(p)) => {
             let Some(direction) = selector.direction(p.src, p.dst, p.flags) else {

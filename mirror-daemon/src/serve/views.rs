@@ -19,7 +19,6 @@ pub struct LiveSnapshot {
     pub ledger: LedgerSnapshot,
     /// Capture completeness, 0..=1.
     pub completeness: f64,
-    #[serde(with = "kernel_counters")]
     pub kernel: KernelCounters,
     pub verdict: VerdictView,
     pub routes: Vec<RouteView>,
@@ -138,40 +137,4 @@ pub fn egress_views(attempts: &[EgressAttempt]) -> Vec<EgressView> {
     let mut out: Vec<EgressView> = groups.into_values().collect();
     out.sort_by_key(|v| std::cmp::Reverse(v.count));
     out
-}
-
-/// `KernelCounters` is only `Serialize` (capture has no need to read it back); the
-/// snapshot must round-trip, so it is read through a local twin with the same fields.
-mod kernel_counters {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use crate::capture::kernel::KernelCounters;
-
-    #[derive(Deserialize)]
-    struct Twin {
-        segments: u64,
-        payload_bytes: u64,
-        records: u64,
-        ring_full: u64,
-        oversize: u64,
-        sampled_out: u64,
-        load_errors: u64,
-    }
-
-    pub fn serialize<S: Serializer>(k: &KernelCounters, s: S) -> Result<S::Ok, S::Error> {
-        k.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KernelCounters, D::Error> {
-        let t = Twin::deserialize(d)?;
-        Ok(KernelCounters {
-            segments: t.segments,
-            payload_bytes: t.payload_bytes,
-            records: t.records,
-            ring_full: t.ring_full,
-            oversize: t.oversize,
-            sampled_out: t.sampled_out,
-            load_errors: t.load_errors,
-        })
-    }
 }
