@@ -267,6 +267,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(body)
     }
 
+    /// Write raw bytes (services that frame their own responses, e.g. chunked).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), HttpError> {
+        self.io.write_all(bytes).await?;
+        Ok(())
+    }
+
     pub async fn write_request(&mut self, req: &Request) -> Result<(), HttpError> {
         let mut out =
             format!("{} {} HTTP/1.{}\r\n", req.method, req.target, req.version).into_bytes();

@@ -1,8 +1,10 @@
 //! Example services for mirror's demo and end-to-end tests: a legacy API, its rewrite
-//! (with selectable, documented deviations), an SMTP sink and a load generator.
+//! (with selectable, documented deviations), an SMTP sink, a load generator, and an echo
+//! service whose responses carry their request's id (pairing tests).
 //! All share the minimal HTTP/1.1 plumbing in [`http`].
 pub mod api;
 pub mod candidate;
+pub mod echo;
 pub mod http;
 pub mod legacy;
 pub mod load;

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use mirror_examples::candidate::{Candidate, Profile};
 use mirror_examples::http::{self, Handler};
 use mirror_examples::legacy::Legacy;
-use mirror_examples::{load, mail};
+use mirror_examples::{echo, load, mail};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Example services for mirror's demo and tests")]
@@ -45,6 +45,31 @@ enum Cmd {
         /// Keep the number of received messages in this file.
         #[arg(long)]
         count_file: Option<PathBuf>,
+    },
+    /// Echoes each request's X-Request-Id in every response kind (JSON, gzip, chunked,
+    /// binary, HEAD, 204), pipelining included.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Keep-alive and pipelining clients of `echo` that check every echoed id; prints a
+    /// summary and exits non-zero if any response carried another request's id.
+    EchoLoad {
+        #[arg(long)]
+        target: SocketAddr,
+        /// Clients sending one request at a time.
+        #[arg(long, default_value_t = 4)]
+        keepalive: usize,
+        /// Clients writing batches of --batch requests at once.
+        #[arg(long, default_value_t = 4)]
+        pipelining: usize,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Reconnect after this many requests (0: never).
+        #[arg(long, default_value_t = 0)]
+        requests_per_connection: u64,
     },
     /// A bounded load generator over keep-alive connections; prints a summary and exits
     /// non-zero if any request got no response or was not sent in time.
@@ -88,6 +113,39 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             profile,
             mail_host,
         } => serve(listen, Candidate { profile, mail_host }).await,
+        Cmd::Echo { listen } => {
+            let listener = bind(listen).await?;
+            let (stop, stopped) = http::shutdown_channel();
+            let task = tokio::spawn(echo::serve(listener, stopped));
+            http::signal().await.context("installing signal handlers")?;
+            let _ = stop.send(true);
+            task.await.context("echo task")?;
+            Ok(())
+        }
+        Cmd::EchoLoad {
+            target,
+            keepalive,
+            pipelining,
+            batch,
+            duration_secs,
+            requests_per_connection,
+        } => {
+            let summary = echo::load(echo::LoadConfig {
+                target,
+                keepalive,
+                pipelining,
+                batch,
+                duration: Duration::from_secs(duration_secs),
+                requests_per_connection,
+            })
+            .await;
+            println!("{summary}");
+            anyhow::ensure!(
+                summary.wrong_id == 0,
+                "responses carried another request's id"
+            );
+            Ok(())
+        }
         Cmd::MailSink { listen, count_file } => {
             let listener = bind(listen).await?;
             let (stop, stopped) = http::shutdown_channel();

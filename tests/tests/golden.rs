@@ -673,7 +673,6 @@ fn dropped_segment_in_chunk_framing_is_counted_never_mispaired() {
 /// (`http/tracker.rs`, rules 2 and 4). Within Content-Length bodies the gap is bridged and
 /// this does not happen (see the tests above).
 #[test]
-#[ignore = "known limitation: a framing loss in a response costs the connection's next ~1 s of exchanges"]
 fn dropped_segment_in_chunk_framing_costs_only_that_exchange() {
     let intact = mirror(&golden("chunked"));
     let (_dir, path) = chunked_without_middle_chunk();

@@ -14,7 +14,12 @@ use tokio::sync::mpsc;
 
 use crate::{
     accounting::{DropReason, Ledger, Outcome},
-    capture::{Segment, kernel::SegmentReader, pcap},
+    capture::{
+        Segment,
+        kernel::SegmentReader,
+        pcap,
+        reorder::{CausalReorder, DEFAULT_REORDER_WINDOW, ReorderStats},
+    },
     http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits},
     pipeline,
     reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats},
@@ -35,6 +40,9 @@ pub struct CaptureSettings {
     pub reassembly: ReassemblyConfig,
     pub limits: Limits,
     pub max_connections: usize,
+    /// Capture files: segments held to restore causal order across directions
+    /// (`capture::reorder`); 0 reads the file as it is.
+    pub reorder_window: usize,
 }
 
 // Not derived: a derived 0 became a table of one connection, so `exchanges` evicted every
@@ -45,6 +53,7 @@ impl Default for CaptureSettings {
             reassembly: ReassemblyConfig::default(),
             limits: Limits::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            reorder_window: DEFAULT_REORDER_WINDOW,
         }
     }
 }
@@ -55,11 +64,15 @@ pub struct CaptureFigures {
     pub segments: u64,
     pub payload_bytes: u64,
     pub malformed_records: u64,
+    /// Live: segments stamped before both tap directions were attached, discarded.
+    pub segments_before_attach: u64,
     pub reassembly: ReassemblyStats,
     pub http: HttpStats,
     pub open_flows: usize,
     pub buffered_bytes: usize,
     pub file: Option<pcap::PcapStats>,
+    /// Capture files: the cross-direction reorder stage.
+    pub reorder: ReorderStats,
 }
 
 /// Where the HTTP stage's outputs go.
@@ -93,6 +106,8 @@ struct Stages {
     outlet: Outlet,
     segments: u64,
     payload_bytes: u64,
+    before_attach: u64,
+    reorder: ReorderStats,
 }
 
 impl Stages {
@@ -124,11 +139,13 @@ impl Stages {
             segments: self.segments,
             payload_bytes: self.payload_bytes,
             malformed_records: malformed,
+            segments_before_attach: self.before_attach,
             reassembly: self.reassembler.stats().clone(),
             http: self.tracker.stats().clone(),
             open_flows: self.reassembler.open_flows(),
             buffered_bytes: self.reassembler.buffered_bytes(),
             file,
+            reorder: self.reorder,
         }
     }
 }
@@ -153,6 +170,8 @@ pub fn run(
         },
         segments: 0,
         payload_bytes: 0,
+        before_attach: 0,
+        reorder: ReorderStats::default(),
     };
     let publish = |st: &Stages, malformed: u64, file: Option<pcap::PcapStats>| {
         if let Ok(mut f) = figures.lock() {
@@ -167,7 +186,10 @@ pub fn run(
                 match reader.poll(crate::capture::kernel::POLL_INTERVAL, &mut |seg| {
                     st.segment(seg)
                 }) {
-                    Ok(p) => malformed += p.malformed,
+                    Ok(p) => {
+                        malformed += p.malformed;
+                        st.before_attach += p.before_attach;
+                    }
                     Err(e) => tracing::warn!(error = %e, "ring buffer poll failed"),
                 }
                 let now = crate::clock::monotonic_ns();
@@ -180,6 +202,7 @@ pub fn run(
             // The tap is detached by now: drain what the kernel already queued.
             if let Ok(p) = reader.poll(Duration::ZERO, &mut |seg| st.segment(seg)) {
                 malformed += p.malformed;
+                st.before_attach += p.before_attach;
             }
             st.finish();
             publish(&st, malformed, None);
@@ -188,10 +211,8 @@ pub fn run(
         Source::File { path, ports } => {
             let mut last_expire = 0u64;
             let mut last_ts = 0u64;
-            let stats = pcap::read_file(&path, &ports, &mut |seg| {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
+            let mut reorder = CausalReorder::new(settings.reorder_window);
+            let mut feed = |seg: &Segment<'_>| {
                 st.segment(seg);
                 last_ts = last_ts.max(seg.ts_ns);
                 // File time drives timeouts, so a capture replays as it happened.
@@ -199,7 +220,15 @@ pub fn run(
                     last_expire = last_ts;
                     st.expire(last_ts);
                 }
+            };
+            let stats = pcap::read_file(&path, &ports, &mut |seg| {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                reorder.push(seg, &mut feed);
             })?;
+            reorder.finish(&mut feed);
+            st.reorder = reorder.stats();
             st.finish();
             publish(&st, 0, Some(stats));
             Ok(st.figures(0, Some(stats)))

@@ -1,6 +1,13 @@
 //! The live tap: load the kernel object, start the ring-buffer reader, then attach the
 //! classifier to ingress and egress of one interface. Dropping [`Tap`] detaches it.
-use std::{os::fd::AsRawFd as _, time::Duration};
+use std::{
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -105,6 +112,8 @@ pub struct Tap {
     /// Whether we added the clsact qdisc (netlink fallback on kernels without TCX) and
     /// must remove it again.
     added_clsact: bool,
+    /// Shared with the reader: see [`SegmentReader`].
+    live_since: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Tap {
@@ -180,17 +189,32 @@ impl Tap {
             settings,
             iface: cfg.iface.clone(),
             added_clsact: false,
+            live_since: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Hands the ring buffer to the reader. Call before [`Tap::attach`], so that no
     /// segment is emitted before someone reads.
     pub fn take_reader(&mut self) -> Option<SegmentReader> {
-        self.ring.take().map(|ring| SegmentReader { ring })
+        self.ring.take().map(|ring| SegmentReader {
+            ring,
+            live_since: Arc::clone(&self.live_since),
+        })
     }
 
-    /// Attaches to ingress and egress.
+    /// Attaches to ingress and egress. The reader discards every segment stamped before
+    /// both hooks were live: in between only one direction is seen, and a request whose
+    /// response falls in that window is not a pair to guess at.
     pub fn attach(&mut self) -> Result<(), TapError> {
+        self.attach_both()?;
+        // Read after both attach calls returned, so every segment stamped at or after
+        // this instant was seen by both hooks (bpf_ktime_get_ns is CLOCK_MONOTONIC).
+        self.live_since
+            .store(crate::clock::monotonic_ns().max(1), Ordering::Release);
+        Ok(())
+    }
+
+    fn attach_both(&mut self) -> Result<(), TapError> {
         let iface = self.iface.clone();
         for (kind, name) in [
             (TcAttachType::Ingress, "ingress"),
@@ -290,8 +314,13 @@ fn raise_memlock() {
 }
 
 /// Reads segments from the ring buffer, without allocating per segment.
+///
+/// Segments stamped before both of the tap's hooks were live are discarded (counted as
+/// `before_attach`), so the stream never starts with a one-direction window.
 pub struct SegmentReader {
     ring: RingBuf<MapData>,
+    /// CLOCK_MONOTONIC instant both hooks were live (0: not yet).
+    live_since: Arc<AtomicU64>,
 }
 
 /// What one [`SegmentReader::poll`] call saw.
@@ -299,6 +328,8 @@ pub struct SegmentReader {
 pub struct PollStats {
     pub records: u64,
     pub malformed: u64,
+    /// Segments stamped before both directions were attached, discarded.
+    pub before_attach: u64,
 }
 
 impl SegmentReader {
@@ -334,9 +365,11 @@ impl SegmentReader {
 
     fn drain(&mut self, sink: &mut impl FnMut(&Segment<'_>)) -> PollStats {
         let mut stats = PollStats::default();
+        let live_since = self.live_since.load(Ordering::Acquire);
         while let Some(item) = self.ring.next() {
             stats.records += 1;
             match decode_record(&item) {
+                Some(seg) if live_since == 0 || seg.ts_ns < live_since => stats.before_attach += 1,
                 Some(seg) => sink(&seg),
                 None => stats.malformed += 1,
             }

@@ -2,6 +2,7 @@
 //! Everything here produces or consumes [`Segment`]s.
 pub mod kernel;
 pub mod pcap;
+pub mod reorder;
 mod segment;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

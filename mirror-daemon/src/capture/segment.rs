@@ -23,6 +23,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The other way.
+    pub fn peer(self) -> Self {
+        match self {
+            Direction::ToServer => Direction::ToClient,
+            Direction::ToClient => Direction::ToServer,
+        }
+    }
+
     pub fn index(self) -> usize {
         match self {
             Direction::ToServer => 0,

@@ -29,6 +29,9 @@ pub(crate) enum Event {
     HeadParsed {
         resynced_at: Option<u64>,
         ctx: ResponseCtx,
+        /// Bytes of the head: it started this many bytes before the end of the input
+        /// consumed so far (where a resynchronized message began).
+        head_len: usize,
     },
     /// A 1xx interim response was skipped.
     Interim,
@@ -319,6 +322,7 @@ impl Decoder {
     ) -> Result<(usize, Option<Event>), FramingError> {
         let limits = self.limits;
         let kind = self.kind;
+        let buffered = self.buf.len();
         let parsed = accumulate(
             &mut self.buf,
             input,
@@ -386,6 +390,7 @@ impl Decoder {
             Some(Event::HeadParsed {
                 resynced_at,
                 ctx: event_ctx,
+                head_len: buffered + consumed,
             }),
         ))
     }

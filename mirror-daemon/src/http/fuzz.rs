@@ -66,6 +66,9 @@ fn check_tracker(requests: &[u8], responses: &[u8], rng: &mut StdRng) {
     while qi < requests.len() || ri < responses.len() {
         ts += 1;
         let to_server = ri >= responses.len() || (qi < requests.len() && rng.gen_bool(0.5));
+        // Consistent TCP numbers: each direction's stream offset, acknowledging how far
+        // the other one has come.
+        let peer_pos = if to_server { ri } else { qi } as u32;
         let (stream, pos, direction) = if to_server {
             (requests, &mut qi, Direction::ToServer)
         } else {
@@ -85,6 +88,8 @@ fn check_tracker(requests: &[u8], responses: &[u8], rng: &mut StdRng) {
                 flow,
                 direction,
                 ts_ns: ts,
+                seq: *pos as u32,
+                ack: Some(peer_pos),
                 bytes: &stream[*pos..*pos + n],
             };
             tracker.on_event(&ev, &mut |_| reported += 1);

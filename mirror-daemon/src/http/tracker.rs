@@ -16,15 +16,34 @@
 //! 3. While suspended, requests that start are dropped (`Gap`) but stay queued as
 //!    placeholders as well; responses with nothing pending are discarded and counted
 //!    (`responses_unpaired`).
-//! 4. Pairing resumes with a request only if, when it starts, nothing is pending and the
-//!    response direction is not inside a parsed message; the response direction is then
-//!    declared to be at a message boundary. This relies on the client not pipelining
-//!    across the loss (it sent this request after the previous response ended), so a
-//!    connection where pipelining was observed never resumes: its later requests are
-//!    dropped (`Gap`) until it closes.
+//! 4. Pairing resumes with a request only if, when it starts, nothing is pending, the
+//!    response direction is not inside a parsed message, and the request's ACK number
+//!    says the client had read exactly the response bytes seen so far (or, if none was
+//!    seen since a join, the next response byte seen is the one that ACK names): the
+//!    response direction is then at a message boundary. A client sends a request at
+//!    such a point only after reading every response it waited for (keep-alive, or a
+//!    pipelined batch read to its end).
 //! 5. Safety net: once paired again, a response that does not parse, or arrives with
-//!    nothing pending, desynchronizes again (2.). A wrong guess costs drops, never a
-//!    mispaired exchange.
+//!    nothing pending and no TCP numbers to place it, desynchronizes again (2.).
+//!
+//! # Byte-range proof (TCP numbers)
+//!
+//! Every request remembers the sequence number of its first byte and the ACK number its
+//! first segment carried (how far the client had read the responses); every response the
+//! same. A response is given to the oldest waiting request only if the ranges agree:
+//!
+//! * the response's ACK is past the request's first byte (the server had received it),
+//!   and the response starts at or after the request's ACK (the client had not yet read
+//!   any of it when it sent the request). Otherwise the response answers an earlier
+//!   request that was not captured: it is counted (`responses_unpaired`) and skipped,
+//!   and pairing goes on with the next one.
+//! * the response bytes from the request's ACK onwards were all seen (no join or
+//!   unbridged gap since then). Otherwise its response may have been the one not
+//!   captured: the request is dropped (`Unpaired`) and the next waiting request tried.
+//!
+//! A loss or a mid-stream join therefore costs the exchanges it touched, never a
+//! mispaired one; exchanges paired this way are counted in `exchanges_proven`. Input
+//! without ACK numbers (synthetic streams) is paired in order as before, unproven.
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::accounting::DropReason;
@@ -59,6 +78,11 @@ pub struct HttpStats {
     /// Requests seen: first byte at a message boundary, or a head found by resync.
     pub requests_started: u64,
     pub exchanges: u64,
+    /// Exchanges whose pairing the TCP byte ranges proved (module docs).
+    pub exchanges_proven: u64,
+    /// Requests dropped (gap or unpaired) on connections joined mid-stream, before their
+    /// first proven exchange: the cost of attaching to live traffic.
+    pub dropped_at_join: u64,
     pub dropped_gap: u64,
     pub dropped_parse_error: u64,
     pub dropped_oversize: u64,
@@ -155,6 +179,11 @@ struct Entry {
     response_done: bool,
     /// Already reported as `Dropped`; kept only to consume its response in order.
     dropped: bool,
+    /// Sequence number of the request's first byte and the ACK its segment carried.
+    request_seq: Option<u32>,
+    request_ack: Option<u32>,
+    /// The response was given to it with byte-range proof.
+    proven: bool,
 }
 
 impl Entry {
@@ -170,7 +199,56 @@ impl Entry {
             response: None,
             response_done: false,
             dropped: false,
+            request_seq: None,
+            request_ack: None,
+            proven: false,
         }
+    }
+}
+
+/// `a` before `b` in sequence space (serial arithmetic).
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Where a response stands against the oldest waiting request (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fit {
+    /// Byte ranges agree.
+    Proven,
+    /// No TCP numbers to check: paired in order, unproven.
+    Unknown,
+    /// The response answers an earlier request that was not captured.
+    Earlier,
+    /// The request's response may lie in bytes that were not seen.
+    Missed,
+}
+
+/// The start of a response: its first byte's sequence number and its segment's ACK.
+#[derive(Clone, Copy, Debug, Default)]
+struct ResponseStart {
+    seq: Option<u32>,
+    ack: Option<u32>,
+}
+
+/// `scanned`: the response was found by scanning for a status line, which could also
+/// be text inside a body; it is then accepted only exactly where the request's ACK says
+/// the client's reading stood (the boundary a keep-alive client leaves).
+fn fit(entry: &Entry, resp: ResponseStart, resp_since: Option<u32>, scanned: bool) -> Fit {
+    let (Some(req_seq), Some(req_ack), Some(resp_seq), Some(resp_ack)) =
+        (entry.request_seq, entry.request_ack, resp.seq, resp.ack)
+    else {
+        return if scanned { Fit::Missed } else { Fit::Unknown };
+    };
+    if seq_lt(resp_seq, req_ack) || !seq_lt(req_seq, resp_ack) {
+        return Fit::Earlier;
+    }
+    if scanned && resp_seq != req_ack {
+        return Fit::Missed;
+    }
+    match resp_since {
+        Some(since) if !seq_lt(req_ack, since) => Fit::Proven,
+        _ => Fit::Missed,
     }
 }
 
@@ -196,9 +274,19 @@ struct Conn {
     /// The response being received has an entry (`queue[answered]`).
     response_tracked: bool,
     response_first_ns: u64,
+    response_start: ResponseStart,
     mode: Mode,
     pipelining_seen: bool,
     last_used: u64,
+    /// Sequence number after the last byte seen, per direction (`Direction::index`).
+    next_seq: [Option<u32>; 2],
+    /// Response bytes were followed without a join or unbridged gap from here on.
+    resp_since: Option<u32>,
+    /// Pairing resumed before any response byte was seen since a join: the response
+    /// direction is at a boundary only if its next byte is this one.
+    resp_expect: Option<u32>,
+    /// Joined mid-stream and no proven exchange yet (drops count as `dropped_at_join`).
+    joining: bool,
 }
 
 impl Conn {
@@ -211,9 +299,14 @@ impl Conn {
             request_tracked: false,
             response_tracked: false,
             response_first_ns: 0,
+            response_start: ResponseStart::default(),
             mode: Mode::Paired,
             pipelining_seen: false,
             last_used,
+            next_seq: [None; 2],
+            resp_since: None,
+            resp_expect: None,
+            joining: false,
         }
     }
 
@@ -319,6 +412,8 @@ impl ExchangeTracker {
                 flow,
                 direction,
                 ts_ns,
+                seq,
+                ack,
                 bytes,
             } => {
                 match direction {
@@ -328,11 +423,15 @@ impl ExchangeTracker {
                 let Some((conn, stats)) = self.conn(flow, false, out) else {
                     return;
                 };
+                let before = (stats.dropped(), conn.joining);
                 let mut sink = Sink { flow, stats, out };
+                let at = Position { seq, ack };
                 match direction {
-                    Direction::ToServer => on_request_bytes(conn, bytes, ts_ns, &mut sink),
-                    Direction::ToClient => on_response_bytes(conn, bytes, ts_ns, &mut sink),
+                    Direction::ToServer => on_request_bytes(conn, bytes, ts_ns, at, &mut sink),
+                    Direction::ToClient => on_response_bytes(conn, bytes, ts_ns, at, &mut sink),
                 }
+                conn.next_seq[direction.index()] = Some(seq.wrapping_add(bytes.len() as u32));
+                count_join_cost(conn, before, sink.stats);
             }
             StreamEvent::Gap {
                 flow,
@@ -343,8 +442,10 @@ impl ExchangeTracker {
                 let Some((conn, stats)) = self.conn(flow, true, out) else {
                     return;
                 };
+                let before = (stats.dropped(), conn.joining);
                 let mut sink = Sink { flow, stats, out };
                 on_gap(conn, direction, lost_bytes, &mut sink);
+                count_join_cost(conn, before, sink.stats);
             }
             StreamEvent::Closed {
                 flow,
@@ -406,6 +507,7 @@ impl ExchangeTracker {
                 conn.requests.resync();
                 conn.responses.resync();
                 conn.mode = Mode::Suspended;
+                conn.joining = true;
             }
             self.stats.connections_opened += 1;
             self.conns.insert(flow, conn);
@@ -450,10 +552,34 @@ impl ExchangeTracker {
     }
 }
 
+/// Where a `Data` event's bytes sit in TCP sequence space.
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    /// Sequence number of the first byte.
+    seq: u32,
+    /// ACK number of the segment that carried them.
+    ack: Option<u32>,
+}
+
+impl Position {
+    /// The sequence number of `bytes[consumed]`.
+    fn at(self, consumed: usize) -> u32 {
+        self.seq.wrapping_add(consumed as u32)
+    }
+}
+
+/// `before`: drops so far and whether the connection was joining, before the event.
+fn count_join_cost(conn: &Conn, before: (u64, bool), stats: &mut HttpStats) {
+    if before.1 || conn.joining {
+        stats.dropped_at_join += stats.dropped() - before.0;
+    }
+}
+
 fn on_request_bytes<F: FnMut(HttpOutput)>(
     conn: &mut Conn,
     bytes: &[u8],
     ts: u64,
+    at: Position,
     sink: &mut Sink<'_, F>,
 ) {
     let mut rest = bytes;
@@ -471,10 +597,22 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
         rest = rest.get(step.consumed..).unwrap_or_default();
         let Some(event) = step.event else { return };
         match event {
-            Event::Started => request_started(conn, ts, sink),
-            Event::HeadParsed { resynced_at, ctx } => {
+            Event::Started => {
+                let start = (at.at(bytes.len() - rest.len()), at.ack);
+                request_started(conn, ts, Some(start), sink)
+            }
+            Event::HeadParsed {
+                resynced_at,
+                ctx,
+                head_len,
+            } => {
                 if let Some(first_ns) = resynced_at {
-                    request_started(conn, first_ns, sink);
+                    // Found by scanning. Its ACK is known only if its first byte came in
+                    // these bytes (a later segment may acknowledge more).
+                    let end = bytes.len() - rest.len();
+                    let start = (head_len <= end)
+                        .then(|| (at.at(end).wrapping_sub(head_len as u32), at.ack));
+                    request_started(conn, first_ns, start, sink);
                 }
                 if conn.request_tracked
                     && let Some(entry) = conn.queue.back_mut()
@@ -498,16 +636,26 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
     }
 }
 
-fn request_started<F: FnMut(HttpOutput)>(conn: &mut Conn, ts: u64, sink: &mut Sink<'_, F>) {
+/// `start`: sequence number of the request's first byte and the ACK its segment carried.
+fn request_started<F: FnMut(HttpOutput)>(
+    conn: &mut Conn,
+    ts: u64,
+    start: Option<(u32, Option<u32>)>,
+    sink: &mut Sink<'_, F>,
+) {
     sink.stats.requests_started += 1;
     conn.request_tracked = false;
     // A request while an earlier one is unanswered: the client pipelines (or reassembly
-    // delivered the directions out of causal order). Either way rule 4 cannot be trusted.
+    // delivered the directions out of causal order).
     let busy = !conn.queue.is_empty();
     if busy {
         conn.pipelining_seen = true;
     }
     let mut entry = Entry::new(ts);
+    if let Some((seq, ack)) = start {
+        entry.request_seq = Some(seq);
+        entry.request_ack = ack;
+    }
     match conn.mode {
         Mode::Ignored => return,
         Mode::Paired if conn.queue.len() >= MAX_PENDING => {
@@ -526,20 +674,17 @@ fn request_started<F: FnMut(HttpOutput)>(conn: &mut Conn, ts: u64, sink: &mut Si
             return;
         }
         Mode::Paired => {}
-        Mode::Suspended if !busy && !conn.pipelining_seen && conn.responses.between_messages() => {
+        Mode::Suspended if !busy && can_resume(conn, &entry) => {
             // Rule 4 of the module docs.
             conn.responses.assume_boundary();
             conn.response_tracked = false;
             conn.mode = Mode::Paired;
+            // The response bytes are followed from the request's ACK on.
+            conn.resp_since = entry.request_ack;
+            if conn.next_seq[Direction::ToClient.index()].is_none() {
+                conn.resp_expect = entry.request_ack;
+            }
             sink.stats.resyncs += 1;
-        }
-        Mode::Suspended if conn.pipelining_seen => {
-            // Never resumes: no placeholder needed, and none accumulates.
-            sink.drop_one(
-                DropReason::Gap,
-                "pipelining connection cannot resynchronize",
-            );
-            return;
         }
         Mode::Suspended => {
             sink.drop_entry(&mut entry, DropReason::Gap, "request while resynchronizing")
@@ -547,6 +692,21 @@ fn request_started<F: FnMut(HttpOutput)>(conn: &mut Conn, ts: u64, sink: &mut Si
     }
     conn.queue.push_back(entry);
     conn.request_tracked = true;
+}
+
+/// Rule 4: the client had read exactly the response bytes seen (or none was seen since
+/// a join), so the response direction is at a boundary.
+fn can_resume(conn: &Conn, entry: &Entry) -> bool {
+    let Some(ack) = entry.request_ack else {
+        return false;
+    };
+    if entry.request_seq.is_none() || !conn.responses.between_messages() {
+        return false;
+    }
+    match conn.next_seq[Direction::ToClient.index()] {
+        Some(next) => next == ack,
+        None => true,
+    }
 }
 
 fn request_complete<F: FnMut(HttpOutput)>(
@@ -575,8 +735,22 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
     conn: &mut Conn,
     bytes: &[u8],
     ts: u64,
+    at: Position,
     sink: &mut Sink<'_, F>,
 ) {
+    if conn.next_seq[Direction::ToClient.index()].is_none() {
+        // The first response byte since a join.
+        conn.resp_since.get_or_insert(at.seq);
+        if let Some(expect) = conn.resp_expect.take()
+            && expect != at.seq
+        {
+            // Pairing resumed on the assumption that the response would start here; it
+            // does not, so find the next status line. Waiting requests whose ACK is
+            // before these bytes lose their response (`Fit::Missed`).
+            conn.responses.resync();
+            conn.resp_since = Some(at.seq);
+        }
+    }
     let mut rest = bytes;
     while conn.mode != Mode::Ignored {
         let ctx = conn
@@ -594,22 +768,45 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
         rest = rest.get(step.consumed..).unwrap_or_default();
         let Some(event) = step.event else { return };
         match event {
-            Event::Started => conn.response_first_ns = ts,
-            Event::HeadParsed { resynced_at, .. } => {
+            Event::Started => {
+                conn.response_first_ns = ts;
+                conn.response_start = ResponseStart {
+                    seq: Some(at.at(bytes.len() - rest.len())),
+                    ack: at.ack,
+                };
+                conn.response_tracked = select_request(conn, false, sink);
+                if !conn.response_tracked {
+                    response_unpaired(conn, sink);
+                }
+            }
+            Event::HeadParsed {
+                resynced_at,
+                head_len,
+                ..
+            } => {
                 if let Some(first_ns) = resynced_at {
                     conn.response_first_ns = first_ns;
-                }
-                conn.response_tracked = conn.answered < conn.queue.len();
-                if !conn.response_tracked {
-                    sink.stats.responses_unpaired += 1;
-                    if conn.mode == Mode::Paired {
-                        desync(
-                            conn,
-                            DropReason::Unpaired,
-                            "response without a pending request",
-                            false,
-                            sink,
-                        );
+                    let end = bytes.len() - rest.len();
+                    if head_len <= end {
+                        // Found by scanning, its first byte in these bytes: placed.
+                        conn.response_start = ResponseStart {
+                            seq: Some(at.at(end).wrapping_sub(head_len as u32)),
+                            ack: at.ack,
+                        };
+                        conn.response_tracked = select_request(conn, true, sink);
+                    } else {
+                        // Where it started is not known, so it cannot be proven to
+                        // answer a live request; it only consumes a placeholder.
+                        conn.response_start = ResponseStart::default();
+                        conn.response_tracked = conn.answered < conn.queue.len();
+                        if let Some(entry) = conn.queue.get_mut(conn.answered)
+                            && entry.request_seq.is_some()
+                        {
+                            sink.drop_entry(entry, DropReason::Unpaired, "response start not seen");
+                        }
+                    }
+                    if !conn.response_tracked {
+                        response_unpaired(conn, sink);
                     }
                 }
             }
@@ -623,6 +820,56 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
                 }
             }
             Event::Complete(message) => response_complete(conn, message, ts, sink),
+        }
+    }
+}
+
+/// A response with no request to answer: counted and skipped. With TCP numbers the
+/// response direction is still in step; without them it is a sign of a wrong guess.
+fn response_unpaired<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
+    sink.stats.responses_unpaired += 1;
+    let placed = conn.response_start.seq.is_some() && conn.response_start.ack.is_some();
+    if conn.mode == Mode::Paired && !placed {
+        desync(
+            conn,
+            DropReason::Unpaired,
+            "response without a pending request",
+            false,
+            sink,
+        );
+    }
+}
+
+/// Picks the request the response that just started answers (`queue[answered]`),
+/// dropping waiting requests whose response was not captured. Returns whether there is
+/// one.
+fn select_request<F: FnMut(HttpOutput)>(
+    conn: &mut Conn,
+    scanned: bool,
+    sink: &mut Sink<'_, F>,
+) -> bool {
+    loop {
+        let Some(entry) = conn.queue.get_mut(conn.answered) else {
+            return false;
+        };
+        // A placeholder reports nothing: it may consume any response in order.
+        let scanned = scanned && !entry.dropped;
+        match fit(entry, conn.response_start, conn.resp_since, scanned) {
+            Fit::Proven => {
+                entry.proven = true;
+                return true;
+            }
+            Fit::Unknown => {
+                entry.proven = false;
+                return true;
+            }
+            Fit::Earlier => return false,
+            Fit::Missed => {
+                sink.drop_entry(entry, DropReason::Unpaired, "response not captured");
+                entry.response_done = true;
+                conn.answered += 1;
+                pop_complete(conn, sink);
+            }
         }
     }
 }
@@ -669,6 +916,10 @@ fn pop_complete<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
         match (entry.request, entry.response) {
             (Some(request), Some(response)) => {
                 sink.stats.exchanges += 1;
+                if entry.proven {
+                    sink.stats.exchanges_proven += 1;
+                    conn.joining = false;
+                }
                 (sink.out)(HttpOutput::Exchange(Exchange {
                     id: CorrelationId::new(),
                     flow: sink.flow,
@@ -698,6 +949,17 @@ fn on_gap<F: FnMut(HttpOutput)>(
     if conn.mode == Mode::Ignored {
         return;
     }
+    let d = direction.index();
+    if lost == 0 {
+        // A mid-stream join: positions are learnt from the next bytes.
+        conn.next_seq[d] = None;
+        conn.joining = true;
+        if direction == Direction::ToClient {
+            conn.resp_since = None;
+        }
+    } else if let Some(next) = conn.next_seq[d] {
+        conn.next_seq[d] = Some(next.wrapping_add(lost as u32));
+    }
     let (effect, tracked, index) = match direction {
         Direction::ToServer => (
             conn.requests.on_gap(lost),
@@ -723,13 +985,19 @@ fn on_gap<F: FnMut(HttpOutput)>(
                 }
             }
         }
-        GapEffect::Desync => desync(
-            conn,
-            DropReason::Gap,
-            "bytes lost in a stream",
-            direction == Direction::ToServer,
-            sink,
-        ),
+        GapEffect::Desync => {
+            if direction == Direction::ToClient {
+                // Responses are followed again only after the lost bytes.
+                conn.resp_since = conn.next_seq[d];
+            }
+            desync(
+                conn,
+                DropReason::Gap,
+                "bytes lost in a stream",
+                direction == Direction::ToServer,
+                sink,
+            )
+        }
     }
 }
 
@@ -769,7 +1037,9 @@ fn desync<F: FnMut(HttpOutput)>(
         sink.stats.desyncs += 1;
     }
     if keep_placeholders {
-        for entry in conn.queue.iter_mut() {
+        // Requests received whole are intact and their responses still come in order;
+        // only the one in progress is lost. Requests after the loss wait for rule 4.
+        for entry in conn.queue.iter_mut().filter(|e| !e.request_done) {
             sink.drop_entry(entry, reason, detail);
             // Its remaining bytes, if any, are not followed any more.
             entry.request_done = true;

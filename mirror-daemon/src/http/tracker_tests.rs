@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use std::collections::HashMap;
 
 fn flow(n: u16) -> FlowKey {
     FlowKey {
@@ -12,6 +13,10 @@ struct Harness {
     tracker: ExchangeTracker,
     out: Vec<HttpOutput>,
     ts: u64,
+    /// Next sequence number per flow and direction: requests start at 1000, responses at
+    /// 50_000; each segment acknowledges everything of the other direction fed so far
+    /// (a causal capture).
+    next: HashMap<(FlowKey, usize), u32>,
 }
 
 impl Harness {
@@ -24,7 +29,16 @@ impl Harness {
             tracker: ExchangeTracker::new(limits, max_connections),
             out: Vec::new(),
             ts: 0,
+            next: HashMap::new(),
         }
+    }
+
+    fn next_seq(&mut self, f: FlowKey, direction: Direction) -> &mut u32 {
+        let isn = match direction {
+            Direction::ToServer => 1000,
+            Direction::ToClient => 50_000,
+        };
+        self.next.entry((f, direction.index())).or_insert(isn)
     }
 
     fn feed(&mut self, ev: StreamEvent<'_>) {
@@ -33,11 +47,28 @@ impl Harness {
     }
 
     fn data(&mut self, f: FlowKey, direction: Direction, bytes: &[u8]) -> u64 {
+        let ack = *self.next_seq(f, direction.peer());
+        let seq = *self.next_seq(f, direction);
+        self.data_at(f, direction, seq, Some(ack), bytes)
+    }
+
+    /// Bytes at explicit TCP numbers (the direction's position moves past them).
+    fn data_at(
+        &mut self,
+        f: FlowKey,
+        direction: Direction,
+        seq: u32,
+        ack: Option<u32>,
+        bytes: &[u8],
+    ) -> u64 {
         self.ts += 1000;
+        *self.next_seq(f, direction) = seq.wrapping_add(bytes.len() as u32);
         self.feed(StreamEvent::Data {
             flow: f,
             direction,
             ts_ns: self.ts,
+            seq,
+            ack,
             bytes,
         });
         self.ts
@@ -53,6 +84,8 @@ impl Harness {
 
     fn gap(&mut self, direction: Direction, lost_bytes: u64) {
         self.ts += 1000;
+        let next = self.next_seq(flow(1), direction);
+        *next = next.wrapping_add(lost_bytes as u32);
         self.feed(StreamEvent::Gap {
             flow: flow(1),
             direction,
@@ -593,14 +626,102 @@ fn lost_response_in_a_pipeline_never_mispairs() {
     h.resp(&ok("rc"));
     h.req(&get("/d"));
     h.resp(&ok("rd"));
-    // /d was sent while /b and /c looked unanswered: the connection pipelines, so no
-    // boundary can be trusted any more.
-    assert_eq!(h.exchanges(), ["GET /a \"\" -> 200 \"ra\""]);
+    // /c's response may have been in the lost bytes (its ACK is before them): dropped
+    // with /b, and the response after the loss pairs with nothing. /d's ACK says the
+    // client had read every response byte seen: a boundary, and pairing resumes.
     assert_eq!(
-        h.drop_reasons(),
-        [DropReason::Gap, DropReason::Gap, DropReason::Gap]
+        h.exchanges(),
+        ["GET /a \"\" -> 200 \"ra\"", "GET /d \"\" -> 200 \"rd\""]
     );
-    assert_eq!(h.tracker.stats().responses_unpaired, 2);
+    assert_eq!(h.drop_reasons(), [DropReason::Gap, DropReason::Gap]);
+    assert_eq!(h.tracker.stats().responses_unpaired, 1);
+    assert_eq!(h.tracker.stats().exchanges_proven, 2);
+    h.check_accounting();
+}
+
+/// The defect of a one-direction window at attach: the request is seen, its response
+/// is not (the response direction starts later), the next response is.
+#[test]
+fn a_request_whose_response_was_not_captured_is_unpaired_not_shifted() {
+    let mut h = Harness::new();
+    let f = flow(1);
+    h.gap(Direction::ToServer, 0);
+    h.gap(Direction::ToClient, 0);
+    let (q1, r1) = (get("/1"), ok("one"));
+    let (q2, r2) = (get("/2"), ok("two"));
+    let (q3, r3) = (get("/3"), ok("three"));
+    // /1 sent having read up to 5000; its response (5000..) is never captured.
+    h.data_at(f, Direction::ToServer, 100, Some(5000), &q1);
+    let after1 = 100 + q1.len() as u32;
+    let r2_at = 5000 + r1.len() as u32;
+    h.data_at(f, Direction::ToServer, after1, Some(r2_at), &q2);
+    let after2 = after1 + q2.len() as u32;
+    h.data_at(f, Direction::ToClient, r2_at, Some(after2), &r2);
+    let r3_at = r2_at + r2.len() as u32;
+    h.data_at(f, Direction::ToServer, after2, Some(r3_at), &q3);
+    h.data_at(
+        f,
+        Direction::ToClient,
+        r3_at,
+        Some(after2 + q3.len() as u32),
+        &r3,
+    );
+    assert_eq!(
+        h.exchanges(),
+        ["GET /2 \"\" -> 200 \"two\"", "GET /3 \"\" -> 200 \"three\""]
+    );
+    assert_eq!(h.drop_reasons(), [DropReason::Unpaired]);
+    let s = h.tracker.stats();
+    assert_eq!((s.exchanges_proven, s.dropped_at_join), (2, 1));
+    h.check_accounting();
+}
+
+/// Resumed right after a join, before any response byte: the first response byte seen
+/// must be where the request's ACK said, or the request is not paired.
+#[test]
+fn pairing_resumed_at_a_join_checks_where_the_response_starts() {
+    let f = flow(1);
+    for (resp_at, paired) in [(5000u32, true), (5200, false)] {
+        let mut h = Harness::new();
+        h.gap(Direction::ToServer, 0);
+        h.gap(Direction::ToClient, 0);
+        let q = get("/x");
+        h.data_at(f, Direction::ToServer, 100, Some(5000), &q);
+        let r = ok("x");
+        let end = 100 + q.len() as u32;
+        h.data_at(f, Direction::ToClient, resp_at, Some(end), &r);
+        assert_eq!(h.exchanges().len(), usize::from(paired), "{resp_at}");
+        h.close();
+        assert_eq!(h.drops().len(), usize::from(!paired), "{resp_at}");
+        h.check_accounting();
+    }
+}
+
+/// A response to a request sent before the join (its ACK shows the server had not
+/// received the request we saw) is skipped; the request gets its own response.
+#[test]
+fn a_response_to_an_unseen_request_is_skipped_not_paired() {
+    let mut h = Harness::new();
+    let f = flow(1);
+    h.gap(Direction::ToServer, 0);
+    h.gap(Direction::ToClient, 0);
+    let (old, mine) = (ok("old"), ok("mine"));
+    // Pairing resumes at /mine (nothing seen of the response direction yet, its ACK
+    // names 5000); the client had pipelined an unseen request before it.
+    let q = get("/mine");
+    h.data_at(f, Direction::ToServer, 100, Some(5000), &q);
+    // The server answers the unseen request first: sent before it received /mine.
+    h.data_at(f, Direction::ToClient, 5000, Some(100), &old);
+    let end = 100 + q.len() as u32;
+    h.data_at(
+        f,
+        Direction::ToClient,
+        5000 + old.len() as u32,
+        Some(end),
+        &mine,
+    );
+    assert_eq!(h.exchanges(), ["GET /mine \"\" -> 200 \"mine\""]);
+    assert_eq!(h.tracker.stats().responses_unpaired, 1);
     h.check_accounting();
 }
 
@@ -957,6 +1078,8 @@ fn framing_throughput() {
                         flow: f,
                         direction: Direction::ToServer,
                         ts_ns: ts,
+                        seq: 0,
+                        ack: None,
                         bytes: seg,
                     },
                     &mut |_| {},
@@ -968,6 +1091,8 @@ fn framing_throughput() {
                         flow: f,
                         direction: Direction::ToClient,
                         ts_ns: ts,
+                        seq: 0,
+                        ack: None,
                         bytes: seg,
                     },
                     &mut |o| {

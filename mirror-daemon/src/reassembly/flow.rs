@@ -36,6 +36,8 @@ pub(super) enum GapReason {
     FlowBufferCap,
     GlobalBufferCap,
     Close,
+    /// The peer acknowledged bytes after the hole.
+    PeerAcked,
 }
 
 /// What the per-flow code needs from the reassembler while it works on one direction.
@@ -52,6 +54,7 @@ pub(super) struct Ctx<'a, F> {
 /// Out-of-order bytes waiting for the hole before them.
 struct Chunk {
     ts_ns: u64,
+    ack: Option<u32>,
     data: Box<[u8]>,
 }
 
@@ -134,7 +137,15 @@ impl Flow {
                 self.halves[dir.index()].show_join(ts, cx);
             }
         }
+        if seg.flags.ack() && !seg.flags.rst() && !seg.flags.syn() {
+            // Whatever the peer received before this segment was sent is known to exist:
+            // a hole it covers is lost, and must be reported before these bytes.
+            let peer = seg.direction.peer();
+            cx.dir = peer;
+            self.halves[peer.index()].on_peer_ack(seg.ack, ts, cx);
+        }
         cx.dir = seg.direction;
+        let ack = seg.flags.ack().then_some(seg.ack);
         let half = &mut self.halves[seg.direction.index()];
         let mut data_seq = seg.seq;
         if seg.flags.syn() {
@@ -148,7 +159,7 @@ impl Flow {
         }
         if seg.flags.rst() {
             if half.is_init() {
-                half.on_payload(data_seq, seg.payload, ts, cx);
+                half.on_payload(data_seq, seg.payload, ts, ack, cx);
             }
             return Some(CloseReason::Reset);
         }
@@ -156,7 +167,7 @@ impl Flow {
             if !half.is_init() {
                 half.init_midstream(data_seq, ts, cx);
             }
-            half.on_payload(data_seq, seg.payload, ts, cx);
+            half.on_payload(data_seq, seg.payload, ts, ack, cx);
             if seg.flags.fin() {
                 half.on_fin(data_seq.wrapping_add(seg.payload.len() as u32), ts, cx);
             }
@@ -293,11 +304,40 @@ impl Half {
         }
     }
 
+    /// The peer acknowledged everything before `ack`: bytes up to there that were not
+    /// captured are lost (hole by hole, so buffered chunks in between are delivered).
+    fn on_peer_ack<F: FnMut(StreamEvent<'_>)>(&mut self, ack: u32, ts: u64, cx: &mut Ctx<'_, F>) {
+        if !self.is_init() {
+            return;
+        }
+        let delta = ack.wrapping_sub(self.next_seq) as i32;
+        if delta <= 0 || u64::from(delta.unsigned_abs()) > MAX_AHEAD {
+            return;
+        }
+        let mut target = self.next_off + u64::from(delta.unsigned_abs());
+        if self.fin_known() {
+            // The FIN occupies a sequence number but is no byte of the stream.
+            target = target.min(self.fin_off);
+        }
+        // Each round moves `next_off` forward, so this terminates.
+        while self.next_off < target {
+            let end = self
+                .ooo
+                .first_key_value()
+                .map_or(target, |(&start, _)| start.min(target));
+            if end <= self.next_off {
+                break;
+            }
+            self.skip_to(end, ts, GapReason::PeerAcked, cx);
+        }
+    }
+
     fn on_payload<F: FnMut(StreamEvent<'_>)>(
         &mut self,
         seq: u32,
         payload: &[u8],
         ts: u64,
+        ack: Option<u32>,
         cx: &mut Ctx<'_, F>,
     ) {
         if payload.is_empty() {
@@ -351,7 +391,7 @@ impl Half {
             }
             if start == self.next_off {
                 // Hot path: zero copy.
-                self.deliver(data, ts, cx);
+                self.deliver(data, ts, ack, cx);
                 if self.drain(cx) {
                     self.hole_moved();
                 }
@@ -369,7 +409,7 @@ impl Half {
             let flow_ok = self.buffered + cost <= cx.cfg.max_flow_buffer_bytes;
             let total_ok = *cx.total + cost <= cx.cfg.max_total_buffer_bytes;
             if flow_ok && total_ok {
-                self.buffer(start, data, &pieces, ts, cx);
+                self.buffer(start, data, &pieces, ts, ack, cx);
                 return;
             }
             // Over a cap: give up on the first hole and retry. If the segment itself is the
@@ -439,6 +479,7 @@ impl Half {
                 start,
                 Chunk {
                     ts_ns: chunk.ts_ns,
+                    ack: chunk.ack,
                     data,
                 },
             );
@@ -478,6 +519,7 @@ impl Half {
         data: &[u8],
         pieces: &[(u64, u64)],
         ts: u64,
+        ack: Option<u32>,
         cx: &mut Ctx<'_, F>,
     ) {
         if !self.pending() {
@@ -486,7 +528,11 @@ impl Half {
         let mut fresh = 0;
         for &(s, e) in pieces {
             let data = data[(s - start) as usize..(e - start) as usize].into();
-            let chunk = Chunk { ts_ns: ts, data };
+            let chunk = Chunk {
+                ts_ns: ts,
+                ack,
+                data,
+            };
             fresh += chunk.data.len();
             self.buffered += chunk.cost();
             *cx.total += chunk.cost();
@@ -497,8 +543,15 @@ impl Half {
         cx.stats.overlap_bytes += (data.len() - fresh) as u64;
     }
 
-    fn deliver<F: FnMut(StreamEvent<'_>)>(&mut self, bytes: &[u8], ts: u64, cx: &mut Ctx<'_, F>) {
+    fn deliver<F: FnMut(StreamEvent<'_>)>(
+        &mut self,
+        bytes: &[u8],
+        ts: u64,
+        ack: Option<u32>,
+        cx: &mut Ctx<'_, F>,
+    ) {
         let n = bytes.len() as u64;
+        let seq = self.next_seq;
         self.next_off += n;
         self.next_seq = self.next_seq.wrapping_add(n as u32);
         cx.stats.delivered_bytes += n;
@@ -506,6 +559,8 @@ impl Half {
             flow: cx.key,
             direction: cx.dir,
             ts_ns: ts,
+            seq,
+            ack,
             bytes,
         });
     }
@@ -528,7 +583,7 @@ impl Half {
                 continue;
             }
             cx.stats.overlap_bytes += old;
-            self.deliver(&chunk.data[old as usize..], chunk.ts_ns, cx);
+            self.deliver(&chunk.data[old as usize..], chunk.ts_ns, chunk.ack, cx);
         }
         if self.fin_known() && self.next_off >= self.fin_off {
             self.flags |= FIN_DONE;

@@ -20,8 +20,15 @@
 //!   SYN gets no such event. When a flow's first segment is not a SYN, both directions
 //!   get it then, before any `Data` of the flow.
 //! * `Gap { lost_bytes: n > 0 }`: `n` bytes of the stream were never delivered (never
-//!   captured, not retransmitted within `reorder_timeout_ns`, or dropped to respect a
-//!   memory cap). Delivery continues with the byte after them.
+//!   captured, acknowledged by the peer without having been captured, not retransmitted
+//!   within `reorder_timeout_ns`, or dropped to respect a memory cap). Delivery continues
+//!   with the byte after them.
+//! * A hole is given up on as soon as a segment of the other direction acknowledges bytes
+//!   after it (the receiver has them: they will never be retransmitted), before that
+//!   segment's own bytes are delivered. So a consumer sees a request's loss before the
+//!   response that acknowledges it, and a response's loss before the next request sent
+//!   after it was read. This needs input in causal order across directions (live capture
+//!   on one host is; merged or SPAN captures go through `capture::reorder` first).
 //! * [`StreamEvent::Closed`] is the last event of a flow. Any hole still open at that
 //!   point (including missing bytes before a FIN) is reported as a `Gap` first, and every
 //!   buffered byte is delivered first. A later segment with the same [`FlowKey`] starts a
@@ -60,11 +67,15 @@ use flow::{Ctx, Flow, GapReason};
 #[derive(Debug)]
 pub enum StreamEvent<'a> {
     /// In-order bytes of one direction. `ts_ns` is the timestamp of the segment that
-    /// carried them.
+    /// carried them, `seq` the TCP sequence number of the first byte and `ack` the
+    /// acknowledgement number that segment carried (how much of the other direction its
+    /// sender had received), if it had the ACK flag.
     Data {
         flow: FlowKey,
         direction: Direction,
         ts_ns: u64,
+        seq: u32,
+        ack: Option<u32>,
         bytes: &'a [u8],
     },
     /// Bytes of one direction were lost (never captured, evicted or over a memory cap):
@@ -400,6 +411,7 @@ impl GapReason {
                 &mut stats.lost_bytes_global_buffer_cap,
             ),
             GapReason::Close => (&mut stats.gaps_at_close, &mut stats.lost_bytes_at_close),
+            GapReason::PeerAcked => (&mut stats.gaps_peer_acked, &mut stats.lost_bytes_peer_acked),
         };
         *gaps += 1;
         *bytes += lost;

@@ -38,6 +38,10 @@ pub struct ReassemblyStats {
     /// Holes skipped because all flows' reorder buffers together were full.
     pub gaps_global_buffer_cap: u64,
     pub lost_bytes_global_buffer_cap: u64,
+    /// Holes the peer acknowledged (it received bytes the capture never saw: they will
+    /// not be retransmitted, so waiting for them is pointless).
+    pub gaps_peer_acked: u64,
+    pub lost_bytes_peer_acked: u64,
     /// Holes still open when the flow closed (FIN, RST, idle, eviction, end of input).
     pub gaps_at_close: u64,
     pub lost_bytes_at_close: u64,
@@ -64,5 +68,6 @@ impl ReassemblyStats {
             + self.lost_bytes_flow_buffer_cap
             + self.lost_bytes_global_buffer_cap
             + self.lost_bytes_at_close
+            + self.lost_bytes_peer_acked
     }
 }

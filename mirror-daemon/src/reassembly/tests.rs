@@ -72,7 +72,13 @@ impl H {
             direction: dir,
             seq,
             ack: 0,
-            flags: TcpFlags(flags),
+            // These tests are about one direction at a time: no ACK number to act on
+            // (peer-acknowledged holes have their own tests).
+            flags: TcpFlags(if flags & SYN != 0 {
+                flags
+            } else {
+                flags & !ACK
+            }),
             ts_ns: ts,
             payload,
         };
@@ -393,6 +399,71 @@ fn hole_becomes_gap_when_a_later_segment_shows_time_has_passed() {
     h.send(C, 1, ACK, t, b"x"); // either direction advances the flow's clock
     assert_eq!(h.gaps(key(1), S), vec![2]);
     assert_eq!(h.data(key(1), S), b"cdef");
+}
+
+/// Sends a segment with an explicit ACK number on flow `key(1)`.
+fn acked(h: &mut H, dir: Direction, seq: u32, ack: u32, ts: u64, payload: &[u8]) {
+    let s = Segment {
+        flow: key(1),
+        direction: dir,
+        seq,
+        ack,
+        flags: TcpFlags(ACK),
+        ts_ns: ts,
+        payload,
+    };
+    h.r.process(&s, &mut record(&mut h.ev));
+}
+
+#[test]
+fn a_hole_the_peer_acknowledged_is_lost_at_once_before_the_acking_bytes() {
+    let mut h = H::new();
+    h.handshake(0, 100);
+    acked(&mut h, S, 1, 101, 0, b"ab");
+    acked(&mut h, S, 6, 101, 1, b"fg"); // 3..6 missing, buffered behind the hole
+    assert!(h.gaps(key(1), S).is_empty());
+    // The server acknowledges up to 8: it has bytes 3..6, the capture never will.
+    acked(&mut h, C, 101, 8, 2, b"resp");
+    assert_eq!(h.gaps(key(1), S), vec![3]);
+    assert_eq!(h.data(key(1), S), b"abfg");
+    // The request's loss comes before the response bytes that acknowledged it.
+    let gap_at =
+        h.ev.iter()
+            .position(|e| matches!(e, Ev::Gap(_, d, 3) if *d == S));
+    let resp_at =
+        h.ev.iter()
+            .position(|e| matches!(e, Ev::Data(_, d, _) if *d == C));
+    assert!(gap_at < resp_at, "{:?}", h.ev);
+    assert_eq!(h.r.stats().gaps_peer_acked, 1);
+    assert_eq!(h.r.stats().lost_bytes_peer_acked, 3);
+    assert_eq!(h.r.buffered_bytes(), 0);
+}
+
+#[test]
+fn a_tail_the_peer_acknowledged_is_lost_and_holes_keep_their_buffered_bytes() {
+    let mut h = H::new();
+    h.handshake(0, 100);
+    acked(&mut h, C, 101, 1, 0, b"ab");
+    acked(&mut h, C, 105, 1, 0, b"ef"); // 103..105 missing
+    // The client acknowledges 109: 103..105 and 107..109 were received, not captured.
+    acked(&mut h, S, 1, 109, 1, b"next");
+    assert_eq!(h.gaps(key(1), C), vec![2, 2]);
+    assert_eq!(h.data(key(1), C), b"abef");
+    // Old ACKs and ACKs of what was delivered change nothing.
+    acked(&mut h, S, 5, 104, 2, b"x");
+    acked(&mut h, S, 6, 109, 2, b"y");
+    assert_eq!(h.gaps(key(1), C), vec![2, 2]);
+}
+
+#[test]
+fn an_ack_of_the_fin_is_no_loss() {
+    let mut h = H::new();
+    h.handshake(0, 100);
+    acked(&mut h, C, 101, 1, 0, b"ab");
+    h.send(C, 103, FIN, 0, b"");
+    // The FIN takes sequence number 103; its ACK is 104.
+    acked(&mut h, S, 1, 104, 1, b"");
+    assert!(h.gaps(key(1), C).is_empty());
 }
 
 #[test]
