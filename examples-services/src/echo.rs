@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -202,8 +202,8 @@ struct Counters {
     errors: AtomicU64,
 }
 
-/// Runs every client for `duration`.
-pub async fn load(cfg: LoadConfig) -> LoadSummary {
+/// Runs every client for `duration`, or until `stop` is set.
+pub async fn load(cfg: LoadConfig, stop: Arc<AtomicBool>) -> LoadSummary {
     let counters = Arc::new(Counters::default());
     let deadline = Instant::now() + cfg.duration;
     let mut clients = JoinSet::new();
@@ -214,10 +214,13 @@ pub async fn load(cfg: LoadConfig) -> LoadSummary {
         } else {
             cfg.batch.max(1)
         };
-        let (cfg, counters) = (cfg.clone(), Arc::clone(&counters));
+        let (cfg, counters, stop) = (cfg.clone(), Arc::clone(&counters), Arc::clone(&stop));
         clients.spawn(async move {
-            while Instant::now() < deadline {
-                if client(&cfg, n, batch, deadline, &counters).await.is_err() {
+            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                if client(&cfg, n, batch, deadline, &stop, &counters)
+                    .await
+                    .is_err()
+                {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -239,6 +242,7 @@ async fn client(
     n: usize,
     batch: usize,
     deadline: Instant,
+    stop: &AtomicBool,
     counters: &Counters,
 ) -> Result<(), HttpError> {
     let stream = TcpStream::connect(cfg.target).await?;
@@ -246,6 +250,7 @@ async fn client(
     let mut reader = Reader::new(stream);
     let mut seq = 0u64;
     while Instant::now() < deadline
+        && !stop.load(Ordering::Relaxed)
         && (cfg.requests_per_connection == 0 || seq < cfg.requests_per_connection)
     {
         let mut out = Vec::new();

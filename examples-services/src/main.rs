@@ -130,15 +130,23 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             duration_secs,
             requests_per_connection,
         } => {
-            let summary = echo::load(echo::LoadConfig {
+            // SIGTERM/SIGINT end the run early; the summary is printed either way.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let on_signal = Arc::clone(&stop);
+            tokio::spawn(async move {
+                if http::signal().await.is_ok() {
+                    on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let cfg = echo::LoadConfig {
                 target,
                 keepalive,
                 pipelining,
                 batch,
                 duration: Duration::from_secs(duration_secs),
                 requests_per_connection,
-            })
-            .await;
+            };
+            let summary = echo::load(cfg, stop).await;
             println!("{summary}");
             anyhow::ensure!(
                 summary.wrong_id == 0,

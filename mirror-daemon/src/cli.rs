@@ -328,6 +328,10 @@ pub struct ReplayArgs {
     /// Server port(s) in the capture (default: learned from SYNs).
     #[arg(long = "port", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
+    /// Segments held to put the two directions back in causal order (SPAN ports, merged
+    /// captures); 0 reads the file as it is.
+    #[arg(long, default_value_t = mirror_daemon::capture::reorder::DEFAULT_REORDER_WINDOW)]
+    pub reorder_window: usize,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -371,6 +375,11 @@ pub struct ExchangesArgs {
     /// Live: let the kernel wake the reader for every record.
     #[arg(long)]
     pub wakeup_per_record: bool,
+    /// Capture file: segments held to put the two directions back in causal order (a
+    /// SPAN port or merged captures can show a response before its request); 0 reads
+    /// the file as it is.
+    #[arg(long, default_value_t = mirror_daemon::capture::reorder::DEFAULT_REORDER_WINDOW)]
+    pub reorder_window: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

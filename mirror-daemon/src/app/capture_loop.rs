@@ -64,7 +64,8 @@ pub struct CaptureFigures {
     pub segments: u64,
     pub payload_bytes: u64,
     pub malformed_records: u64,
-    /// Live: segments stamped before both tap directions were attached, discarded.
+    /// Live: segments stamped outside the time both tap directions were attached
+    /// (before the second attach, after the first detach), discarded.
     pub segments_before_attach: u64,
     pub reassembly: ReassemblyStats,
     pub http: HttpStats,

@@ -114,6 +114,7 @@ pub struct Tap {
     added_clsact: bool,
     /// Shared with the reader: see [`SegmentReader`].
     live_since: Arc<AtomicU64>,
+    live_until: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Tap {
@@ -190,6 +191,7 @@ impl Tap {
             iface: cfg.iface.clone(),
             added_clsact: false,
             live_since: Arc::new(AtomicU64::new(0)),
+            live_until: Arc::new(AtomicU64::new(u64::MAX)),
         })
     }
 
@@ -199,6 +201,7 @@ impl Tap {
         self.ring.take().map(|ring| SegmentReader {
             ring,
             live_since: Arc::clone(&self.live_since),
+            live_until: Arc::clone(&self.live_until),
         })
     }
 
@@ -266,6 +269,10 @@ impl Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
+        // The two hooks go one after the other: whatever is stamped from now on may have
+        // been seen in one direction only, so the reader discards it.
+        self.live_until
+            .store(crate::clock::monotonic_ns(), Ordering::Release);
         // Links detach when the program (owned by `ebpf`) drops; the qdisc is ours to
         // remove only if we added it.
         if self.added_clsact {
@@ -315,12 +322,15 @@ fn raise_memlock() {
 
 /// Reads segments from the ring buffer, without allocating per segment.
 ///
-/// Segments stamped before both of the tap's hooks were live are discarded (counted as
-/// `before_attach`), so the stream never starts with a one-direction window.
+/// Segments stamped before both of the tap's hooks were live, or after the tap began to
+/// detach, are discarded (counted as `before_attach`), so the stream never starts or
+/// ends with a one-direction window.
 pub struct SegmentReader {
     ring: RingBuf<MapData>,
     /// CLOCK_MONOTONIC instant both hooks were live (0: not yet).
     live_since: Arc<AtomicU64>,
+    /// CLOCK_MONOTONIC instant the tap began to detach (`u64::MAX`: not yet).
+    live_until: Arc<AtomicU64>,
 }
 
 /// What one [`SegmentReader::poll`] call saw.
@@ -328,7 +338,8 @@ pub struct SegmentReader {
 pub struct PollStats {
     pub records: u64,
     pub malformed: u64,
-    /// Segments stamped before both directions were attached, discarded.
+    /// Segments stamped before both directions were attached, or after the tap began to
+    /// detach, discarded.
     pub before_attach: u64,
 }
 
@@ -366,10 +377,15 @@ impl SegmentReader {
     fn drain(&mut self, sink: &mut impl FnMut(&Segment<'_>)) -> PollStats {
         let mut stats = PollStats::default();
         let live_since = self.live_since.load(Ordering::Acquire);
+        let live_until = self.live_until.load(Ordering::Acquire);
         while let Some(item) = self.ring.next() {
             stats.records += 1;
             match decode_record(&item) {
-                Some(seg) if live_since == 0 || seg.ts_ns < live_since => stats.before_attach += 1,
+                Some(seg)
+                    if live_since == 0 || seg.ts_ns < live_since || seg.ts_ns >= live_until =>
+                {
+                    stats.before_attach += 1
+                }
                 Some(seg) => sink(&seg),
                 None => stats.malformed += 1,
             }

@@ -75,7 +75,10 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             .spawn(move || {
                 capture_loop::run(
                     source,
-                    CaptureSettings::default(),
+                    CaptureSettings {
+                        reorder_window: args.reorder_window,
+                        ..CaptureSettings::default()
+                    },
                     tx,
                     ledger,
                     stop,
@@ -129,7 +132,11 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             ExchangeFormat::Table => writeln!(out, "{}", exchange_table_row(&shown))?,
         }
         printed += 1;
-        if live && args.count.is_some_and(|c| printed >= c) {
+        // Under steady traffic the queue is never empty: check the limits here too.
+        if live
+            && (args.count.is_some_and(|c| printed >= c)
+                || duration.is_some_and(|d| started.elapsed() >= d))
+        {
             break;
         }
     }
@@ -159,6 +166,11 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
         } else {
             drops.join(", ")
         }
+    );
+    let h = &figures.http;
+    eprintln!(
+        "pairing: {} of {} exchanges proven by TCP byte ranges; joined mid-stream: {} dropped; {} responses without a captured request",
+        h.exchanges_proven, h.exchanges, h.dropped_at_join, h.responses_unpaired
     );
     if let Some(f) = figures.file
         && (f.truncated > 0 || f.malformed > 0)

@@ -54,6 +54,7 @@ enum Input {
     File {
         path: PathBuf,
         ports: Vec<u16>,
+        reorder_window: usize,
     },
 }
 
@@ -85,6 +86,7 @@ pub fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         Input::File {
             path: args.pcap,
             ports: args.ports,
+            reorder_window: args.reorder_window,
         },
         args.config,
     )
@@ -296,7 +298,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         };
         let (mode, iface, ports) = match &input {
             Input::Live { tap, .. } => ("live", tap.iface.clone(), tap.ports.clone()),
-            Input::File { path, ports } => ("offline", path.display().to_string(), ports.clone()),
+            Input::File { path, ports, .. } => ("offline", path.display().to_string(), ports.clone()),
         };
         let run_view = RunView {
             host: host.clone(),
@@ -334,7 +336,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                 let reader = t.take_reader().context("ring buffer reader already taken")?;
                 (Source::Live(reader), Some(t), duration)
             }
-            Input::File { path, ports } => (Source::File { path, ports }, None, None),
+            Input::File { path, ports, reorder_window } => {
+                settings.reorder_window = reorder_window;
+                (Source::File { path, ports }, None, None)
+            }
         };
         let capture = {
             let (ledger, stop, figures) = (ledger.clone(), stop.clone(), figures.clone());
