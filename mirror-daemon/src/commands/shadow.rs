@@ -28,7 +28,7 @@ use mirror_daemon::{
     http::Limits,
     mask::Masker,
     pipeline::{EXCHANGE_QUEUE, STORE_QUEUE},
-    replay::{ReplayConfig, Replayer, RewriteRules, parse_candidate_url},
+    replay::{ReplayConfig, Replayer, RewriteRules, Speed, parse_candidate_url},
     report,
     sample::Sampler,
     serve::{self, LiveSnapshot, Metrics, RunView, ServeConfig, ServeState},
@@ -54,6 +54,7 @@ enum Input {
     File {
         path: PathBuf,
         ports: Vec<u16>,
+        speed: Speed,
     },
 }
 
@@ -80,11 +81,13 @@ pub fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             args.pcap.display()
         )));
     }
+    let speed: Speed = args.speed.parse().map_err(usage)?;
     shadow_run(
         args.pipeline,
         Input::File {
             path: args.pcap,
             ports: args.ports,
+            speed,
         },
         args.config,
     )
@@ -278,6 +281,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             store_rows_dropped: AtomicU64::new(0),
             replay_raw: p.replay_raw,
             workers: p.concurrency.max(1),
+            pace: match &input {
+                Input::File { speed, .. } => Some(*speed),
+                Input::Live { .. } => None,
+            },
             host: host.clone(),
             run_id: run_id.clone(),
         });
@@ -296,7 +303,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         };
         let (mode, iface, ports) = match &input {
             Input::Live { tap, .. } => ("live", tap.iface.clone(), tap.ports.clone()),
-            Input::File { path, ports } => ("offline", path.display().to_string(), ports.clone()),
+            Input::File { path, ports, .. } => ("offline", path.display().to_string(), ports.clone()),
         };
         let run_view = RunView {
             host: host.clone(),
@@ -334,7 +341,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                 let reader = t.take_reader().context("ring buffer reader already taken")?;
                 (Source::Live(reader), Some(t), duration)
             }
-            Input::File { path, ports } => (Source::File { path, ports }, None, None),
+            Input::File { path, ports, .. } => (Source::File { path, ports }, None, None),
         };
         let capture = {
             let (ledger, stop, figures) = (ledger.clone(), stop.clone(), figures.clone());
