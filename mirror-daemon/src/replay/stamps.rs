@@ -51,7 +51,7 @@ impl Keeper {
     pub fn new() -> Self {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0")
             .ok()
-            .filter(|s| enable(s));
+            .filter(enable);
         Self(sock)
     }
 }
