@@ -49,9 +49,7 @@ pub struct Keeper(#[allow(dead_code)] Option<std::net::UdpSocket>);
 
 impl Keeper {
     pub fn new() -> Self {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0")
-            .ok()
-            .filter(enable);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok().filter(enable);
         Self(sock)
     }
 }
