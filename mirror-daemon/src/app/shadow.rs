@@ -20,7 +20,7 @@ use crate::{
     compare::{Comparator, Comparison, RouteTemplater},
     http::Exchange,
     mask::{Masker, PersistBody},
-    replay::{Pacer, Replayer, Speed},
+    replay::{Pace, Pacer, Replayer, live_wait},
     sample::Sampler,
     serve::Metrics,
     store::{Example, ExchangeRecord, LatencySample, Store},
@@ -44,8 +44,9 @@ pub struct Shadow {
     pub replay_raw: bool,
     /// Candidate connections open at most (one per captured connection being replayed).
     pub workers: usize,
-    /// Offline input: replay at the capture's pace (`--speed`); `None` live.
-    pub pace: Option<Speed>,
+    /// How requests are spaced: the capture's pace (`--speed`) offline; live, a fixed
+    /// delay after legacy got each one. `None`: as they come.
+    pub pace: Option<Pace>,
     pub host: String,
     pub run_id: String,
 }
@@ -74,7 +75,14 @@ impl Shadow {
     /// pace when `pace` is set (offline input).
     pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Captured>) {
         let mut lanes = Lanes::new(self.workers);
-        let mut pacer = self.pace.map(Pacer::new);
+        let mut pacer = match self.pace {
+            Some(Pace::Capture(speed)) => Some(Pacer::new(speed)),
+            _ => None,
+        };
+        let live_delay = match self.pace {
+            Some(Pace::Live(d)) => Some(d),
+            _ => None,
+        };
         let started = tokio::time::Instant::now();
         let mut replayed = 0u64;
         while let Some(item) = rx.recv().await {
@@ -83,6 +91,10 @@ impl Shadow {
                 Captured::Closed { flow, ts_ns } => {
                     if let Some(due) = pacer.as_mut().and_then(|p| p.due(ts_ns)) {
                         tokio::time::sleep_until(started + due).await;
+                    }
+                    if let Some(delay) = live_delay {
+                        let now = crate::clock::monotonic_ns();
+                        tokio::time::sleep(live_wait(ts_ns, now, delay)).await;
                     }
                     lanes.close(&flow);
                     continue;

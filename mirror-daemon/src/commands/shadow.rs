@@ -28,7 +28,9 @@ use mirror_daemon::{
     http::Limits,
     mask::Masker,
     pipeline::{EXCHANGE_QUEUE, STORE_QUEUE},
-    replay::{ReplayConfig, Replayer, RewriteRules, Speed, parse_candidate_url},
+    replay::{
+        LIVE_REPLAY_DELAY, Pace, ReplayConfig, Replayer, RewriteRules, Speed, parse_candidate_url,
+    },
     report,
     sample::Sampler,
     serve::{self, LiveSnapshot, Metrics, RunView, ServeConfig, ServeState},
@@ -281,10 +283,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             store_rows_dropped: AtomicU64::new(0),
             replay_raw: p.replay_raw,
             workers: p.concurrency.max(1),
-            pace: match &input {
-                Input::File { speed, .. } => Some(*speed),
-                Input::Live { .. } => None,
-            },
+            pace: Some(match &input {
+                Input::File { speed, .. } => Pace::Capture(*speed),
+                Input::Live { .. } => Pace::Live(LIVE_REPLAY_DELAY),
+            }),
             host: host.clone(),
             run_id: run_id.clone(),
         });

@@ -21,5 +21,5 @@ pub use client::{
     Attempt, CandidateConn, CandidateReply, CandidateTarget, ReplayConfig, ReplayError,
     ReplayFigures, ReplayResult, Replayer, Sent, parse_candidate_url,
 };
-pub use pace::{Pacer, Speed, SpeedError};
+pub use pace::{LIVE_REPLAY_DELAY, Pace, Pacer, Speed, SpeedError, live_wait};
 pub use request::{RewriteRules, build_request};

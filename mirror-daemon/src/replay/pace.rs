@@ -30,6 +30,28 @@ impl std::str::FromStr for Speed {
     }
 }
 
+/// How replayed requests are spaced in time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// Offline input: the capture's own spacing, scaled by `--speed`.
+    Capture(Speed),
+    /// Live input: each request leaves this long after legacy received it (tap time,
+    /// `CLOCK_MONOTONIC`), so the ring buffer's batching (it is polled every 20 ms) does
+    /// not turn steady traffic into bursts at the candidate.
+    Live(Duration),
+}
+
+/// Live requests leave this long after legacy got them: covers the ring's polling
+/// interval and the capture thread's work, so the spacing legacy saw is kept.
+pub const LIVE_REPLAY_DELAY: Duration = Duration::from_millis(100);
+
+/// How long to wait, from now (`now_mono_ns`, `CLOCK_MONOTONIC`), before replaying a
+/// live request legacy received at `received_mono_ns`; zero when already late.
+pub fn live_wait(received_mono_ns: u64, now_mono_ns: u64, delay: Duration) -> Duration {
+    let due = received_mono_ns.saturating_add(delay.as_nanos() as u64);
+    Duration::from_nanos(due.saturating_sub(now_mono_ns))
+}
+
 /// Maps capture timestamps to offsets from the start of the replay. The first request
 /// seen sets the origin; a request captured before the origin (its exchange completed
 /// later than one that started after it) is due at once.
@@ -62,6 +84,20 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_requests_keep_their_spacing() {
+        let d = Duration::from_millis(100);
+        // Two requests 5 ms apart that reach the daemon together (one ring poll) leave
+        // 5 ms apart.
+        let now = 1_000_000_000 + 20_000_000;
+        let a = live_wait(1_000_000_000, now, d);
+        let b = live_wait(1_005_000_000, now, d);
+        assert_eq!(b - a, Duration::from_millis(5));
+        assert_eq!(a, Duration::from_millis(80));
+        // Already late: at once.
+        assert_eq!(live_wait(1, 10_000_000_000, d), Duration::ZERO);
+    }
 
     #[test]
     fn speeds_parse() {
