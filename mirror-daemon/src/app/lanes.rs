@@ -8,7 +8,11 @@
 //! Bounded: at most `max` lanes (candidate connections) and [`LANE_QUEUE`] exchanges
 //! waiting per lane; an exchange that finds no room is dropped and counted as
 //! `replay_queue_full`, and the capture never waits.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{
     sync::mpsc::{self, error::TrySendError},
@@ -20,7 +24,7 @@ use super::shadow::Shadow;
 use crate::{
     accounting::{CandidateErrorKind, DropReason, Outcome},
     capture::FlowKey,
-    http::{Exchange, Request, Response, header},
+    http::{Exchange, Request, Response, Timing, header},
     replay::{Attempt, CandidateConn, ReplayResult},
 };
 
@@ -115,8 +119,8 @@ impl Lanes {
 
 /// Whether `next` was written on the captured connection before `head`'s response was
 /// complete (HTTP/1.1 pipelining).
-fn pipelined(head: &Exchange, next: &Exchange) -> bool {
-    next.timing.request_first_ns < head.timing.response_last_ns
+fn pipelined(head: &Timing, next: &Timing) -> bool {
+    next.request_first_ns < head.response_last_ns
 }
 
 /// Whether legacy's connection ended with this exchange.
@@ -145,15 +149,55 @@ struct Prepared {
     secondary: Option<JoinHandle<ReplayResult>>,
 }
 
-/// One captured connection's exchanges, in order, over one candidate connection.
+/// An item taken from the lane's queue: an exchange being masked (CPU work, started as
+/// soon as it is queued so it overlaps the candidate's time), or a close.
+enum Ahead {
+    Exchange {
+        timing: Timing,
+        masked: JoinHandle<(Exchange, Exchange)>,
+    },
+    Close,
+}
+
+fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
+    match item {
+        LaneItem::Close => Ahead::Close,
+        LaneItem::Exchange(ex) => {
+            let me = shadow.clone();
+            Ahead::Exchange {
+                timing: ex.timing,
+                masked: tokio::task::spawn_blocking(move || {
+                    let masked = me.masker.mask_exchange(&ex);
+                    (ex, masked)
+                }),
+            }
+        }
+    }
+}
+
+/// Exchanges masked ahead of the one in flight, per lane, at most.
+const MAX_AHEAD: usize = 16;
+/// Batches being compared and recorded, per lane, at most (the lane waits beyond).
+const MAX_CONCLUDING: usize = 32;
+
+/// One captured connection's exchanges, in order, over one candidate connection. Masking
+/// runs ahead and comparing runs behind, so the candidate connection is never idle for
+/// the daemon's own work.
 async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>) {
     let mut conn: Option<CandidateConn> = None;
-    let mut held: Option<LaneItem> = None;
+    let mut ahead: VecDeque<Ahead> = VecDeque::new();
+    let mut concluding = JoinSet::new();
     loop {
-        let next = match held.take() {
-            Some(ex) => Some(ex),
-            None => match timeout(LANE_IDLE, rx.recv()).await {
-                Ok(next) => next,
+        while ahead.len() < MAX_AHEAD {
+            match rx.try_recv() {
+                Ok(item) => ahead.push_back(start(&shadow, item)),
+                Err(_) => break,
+            }
+        }
+        if ahead.is_empty() {
+            match timeout(LANE_IDLE, rx.recv()).await {
+                Ok(Some(item)) => ahead.push_back(start(&shadow, item)),
+                Ok(None) => break,
                 Err(_) => {
                     // Idle: close the connection and take no more; what is already
                     // queued is still replayed (on a new connection).
@@ -161,85 +205,70 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>) {
                     rx.close();
                     continue;
                 }
-            },
-        };
-        let head = match next {
-            None => break,
-            Some(LaneItem::Close) => {
-                conn = None;
-                rx.close();
-                continue;
-            }
-            Some(LaneItem::Exchange(ex)) => ex,
-        };
-        let mut batch = vec![head];
-        while batch.len() < MAX_PIPELINE {
-            match rx.try_recv() {
-                Ok(LaneItem::Exchange(next)) if pipelined(&batch[0], &next) => batch.push(next),
-                Ok(next) => {
-                    held = Some(next);
-                    break;
-                }
-                Err(_) => break,
             }
         }
-        let closes = batch
-            .last()
-            .is_some_and(|ex| legacy_closed(&ex.request, &ex.response));
+        while concluding.try_join_next().is_some() {}
+        while concluding.len() >= MAX_CONCLUDING && concluding.join_next().await.is_some() {}
+        let Some(Ahead::Exchange { timing, masked }) = ahead.pop_front() else {
+            conn = None;
+            continue;
+        };
+        let mut batch = vec![masked];
+        while batch.len() < MAX_PIPELINE {
+            match ahead.front() {
+                Some(Ahead::Exchange { timing: next, .. }) if pipelined(&timing, next) => {
+                    if let Some(Ahead::Exchange { masked, .. }) = ahead.pop_front() {
+                        batch.push(masked);
+                    }
+                }
+                _ => break,
+            }
+        }
         let Some(prepared) = prepare(&shadow, batch).await else {
             continue;
         };
+        let closes = prepared
+            .last()
+            .is_some_and(|p| legacy_closed(&p.ex.request, &p.ex.response));
         let replies = replay_batch(&shadow, &mut conn, &prepared).await;
         if closes {
             conn = None;
         }
-        conclude(&shadow, prepared, replies).await;
+        concluding.spawn(conclude(shadow.clone(), prepared, replies));
     }
+    while concluding.join_next().await.is_some() {}
 }
 
-/// Masks the batch (CPU work, on the blocking pool) and starts the secondary's replays.
-async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Exchange>) -> Option<Vec<Prepared>> {
-    let n = batch.len();
-    let me = shadow.clone();
-    let masked = tokio::task::spawn_blocking(move || {
-        batch
-            .into_iter()
-            .map(|ex| {
-                let masked = me.masker.mask_exchange(&ex);
-                (ex, masked)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let Ok(masked) = masked else {
-        for _ in 0..n {
+/// Waits for the batch's masking and starts the secondary's replays.
+async fn prepare(
+    shadow: &Arc<Shadow>,
+    batch: Vec<JoinHandle<(Exchange, Exchange)>>,
+) -> Option<Vec<Prepared>> {
+    let mut prepared = Vec::with_capacity(batch.len());
+    for job in batch {
+        let Ok((ex, masked)) = job.await else {
             shadow.finish(Outcome::Dropped(DropReason::QueueFull));
-        }
-        return None;
-    };
-    let prepared = masked
-        .into_iter()
-        .map(|(ex, masked)| {
-            let to_send = if shadow.replay_raw {
-                ex.request.clone()
-            } else {
-                masked.request.clone()
-            };
-            let mut wire = Vec::with_capacity(512 + to_send.body.len());
-            shadow.replayer.wire(&to_send, &ex.id, &mut wire);
-            let secondary = shadow.secondary.clone().map(|s| {
-                let id = ex.id;
-                tokio::spawn(async move { s.send(&to_send, &id).await })
-            });
-            Prepared {
-                ex,
-                masked,
-                wire,
-                secondary,
-            }
-        })
-        .collect();
-    Some(prepared)
+            continue;
+        };
+        let to_send = if shadow.replay_raw {
+            ex.request.clone()
+        } else {
+            masked.request.clone()
+        };
+        let mut wire = Vec::with_capacity(512 + to_send.body.len());
+        shadow.replayer.wire(&to_send, &ex.id, &mut wire);
+        let secondary = shadow.secondary.clone().map(|s| {
+            let id = ex.id;
+            tokio::spawn(async move { s.send(&to_send, &id).await })
+        });
+        prepared.push(Prepared {
+            ex,
+            masked,
+            wire,
+            secondary,
+        });
+    }
+    (!prepared.is_empty()).then_some(prepared)
 }
 
 /// Writes the batch's requests back to back, then reads their responses in order. A
@@ -324,7 +353,7 @@ async fn replay_batch(
 }
 
 /// Compares and records each exchange of the batch (on the blocking pool).
-async fn conclude(shadow: &Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<ReplayResult>) {
+async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<ReplayResult>) {
     let n = prepared.len();
     let mut done = Vec::with_capacity(n);
     for (p, reply) in prepared.into_iter().zip(replies) {
@@ -353,7 +382,7 @@ async fn conclude(shadow: &Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Header, Timing};
+    use crate::http::Header;
 
     fn ex(req_first: u64, resp_last: u64, conn: &str) -> Exchange {
         Exchange {
@@ -387,9 +416,9 @@ mod tests {
 
     #[test]
     fn pipelining_is_read_from_the_capture_timing() {
-        let head = ex(100, 500, "");
-        assert!(pipelined(&head, &ex(200, 900, "")));
-        assert!(!pipelined(&head, &ex(600, 900, "")));
+        let head = ex(100, 500, "").timing;
+        assert!(pipelined(&head, &ex(200, 900, "").timing));
+        assert!(!pipelined(&head, &ex(600, 900, "").timing));
     }
 
     #[test]
