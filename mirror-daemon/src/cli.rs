@@ -161,6 +161,10 @@ pub struct CriteriaArgs {
     /// Most p95 latency regression of the candidate over legacy, e.g. `10%`.
     #[arg(long)]
     pub max_p95_regression: Option<String>,
+    /// A p95 regression smaller than this in absolute terms passes whatever its ratio
+    /// (e.g. `1ms`; applies run-wide and per route).
+    #[arg(long)]
+    pub min_latency_delta: Option<String>,
     /// Most candidate errors (timeouts, refused, resets, malformed), e.g. `0.1%`.
     #[arg(long)]
     pub max_candidate_errors: Option<String>,
@@ -254,7 +258,9 @@ pub struct PipelineArgs {
     /// Most replayed requests per second (excess is dropped and counted).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Most requests in flight to the candidate.
+    /// Most connections open to the candidate: each replays one captured connection's
+    /// requests in order (pipelined ones stay pipelined); traffic beyond is dropped and
+    /// counted (`replay_queue_full`).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Per-request timeout to the candidate, e.g. `5s`, `500ms`.
@@ -332,6 +338,11 @@ pub struct ReplayArgs {
     /// captures); 0 reads the file as it is.
     #[arg(long, default_value_t = mirror_daemon::capture::reorder::DEFAULT_REORDER_WINDOW)]
     pub reorder_window: usize,
+    /// Pace of the replay: `1` as captured, `2` twice as fast, `0.5` half, or `max` (as
+    /// fast as the candidate takes it: a load test; what it cannot take is dropped and
+    /// counted).
+    #[arg(long, default_value = "1")]
+    pub speed: String,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }

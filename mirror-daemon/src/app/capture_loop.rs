@@ -15,15 +15,27 @@ use tokio::sync::mpsc;
 use crate::{
     accounting::{DropReason, Ledger, Outcome},
     capture::{
-        Segment,
+        FlowKey, Segment,
         kernel::SegmentReader,
         pcap,
         reorder::{CausalReorder, DEFAULT_REORDER_WINDOW, ReorderStats},
     },
     http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits},
     pipeline,
-    reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats},
+    reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats, StreamEvent},
 };
+
+/// What the capture thread hands the pipeline, in capture order.
+#[derive(Debug)]
+pub enum Captured {
+    Exchange(Exchange),
+    /// The captured connection ended (after its last exchange above): the replay closes
+    /// its candidate connection at the same point.
+    Closed {
+        flow: FlowKey,
+        ts_ns: u64,
+    },
+}
 
 /// Where segments come from.
 pub enum Source {
@@ -78,7 +90,7 @@ pub struct CaptureFigures {
 
 /// Where the HTTP stage's outputs go.
 struct Outlet {
-    exchanges: mpsc::Sender<Exchange>,
+    exchanges: mpsc::Sender<Captured>,
     ledger: Arc<Ledger>,
     /// Offline input waits for the pipeline instead of dropping: no legacy user waits on
     /// a file, and a golden set should be replayed whole.
@@ -90,13 +102,31 @@ impl Outlet {
         match o {
             HttpOutput::Exchange(ex) => {
                 self.ledger.saw(1);
+                let item = Captured::Exchange(ex);
                 if !self.wait_when_full {
-                    pipeline::offer(&self.exchanges, ex, &self.ledger);
-                } else if self.exchanges.blocking_send(ex).is_err() {
+                    pipeline::offer(&self.exchanges, item, &self.ledger);
+                } else if self.exchanges.blocking_send(item).is_err() {
                     self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
                 }
             }
             HttpOutput::Dropped { reason, count, .. } => self.ledger.saw_dropped(reason, count),
+        }
+    }
+
+    /// Passes a connection's end on after the tracker flushed its exchanges. Not an
+    /// exchange: when the queue is full live it is skipped (the replay then closes the
+    /// candidate connection when idle).
+    fn stream_event(&self, ev: &StreamEvent<'_>) {
+        if let StreamEvent::Closed { flow, ts_ns, .. } = ev {
+            let item = Captured::Closed {
+                flow: *flow,
+                ts_ns: *ts_ns,
+            };
+            if self.wait_when_full {
+                let _ = self.exchanges.blocking_send(item);
+            } else {
+                let _ = self.exchanges.try_send(item);
+            }
         }
     }
 }
@@ -117,21 +147,25 @@ impl Stages {
         self.payload_bytes += seg.payload.len() as u64;
         let (tracker, outlet) = (&mut self.tracker, &self.outlet);
         self.reassembler.process(seg, &mut |ev| {
-            tracker.on_event(&ev, &mut |o| outlet.deliver(o))
+            tracker.on_event(&ev, &mut |o| outlet.deliver(o));
+            outlet.stream_event(&ev);
         });
     }
 
     fn expire(&mut self, now_ns: u64) {
         let (tracker, outlet) = (&mut self.tracker, &self.outlet);
         self.reassembler.expire(now_ns, &mut |ev| {
-            tracker.on_event(&ev, &mut |o| outlet.deliver(o))
+            tracker.on_event(&ev, &mut |o| outlet.deliver(o));
+            outlet.stream_event(&ev);
         });
     }
 
     fn finish(&mut self) {
         let (tracker, outlet) = (&mut self.tracker, &self.outlet);
-        self.reassembler
-            .finish(&mut |ev| tracker.on_event(&ev, &mut |o| outlet.deliver(o)));
+        self.reassembler.finish(&mut |ev| {
+            tracker.on_event(&ev, &mut |o| outlet.deliver(o));
+            outlet.stream_event(&ev);
+        });
         tracker.finish(&mut |o| outlet.deliver(o));
     }
 
@@ -156,7 +190,7 @@ impl Stages {
 pub fn run(
     source: Source,
     settings: CaptureSettings,
-    exchanges: mpsc::Sender<Exchange>,
+    exchanges: mpsc::Sender<Captured>,
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
     figures: Arc<Mutex<CaptureFigures>>,

@@ -8,16 +8,19 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::sync::mpsc;
 
-use super::live::{Finished, LiveEvidence};
+use super::{
+    capture_loop::Captured,
+    lanes::Lanes,
+    live::{Finished, LiveEvidence},
+};
 use crate::{
     accounting::{DropReason, Ledger, Outcome},
     compare::{Comparator, Comparison, RouteTemplater},
     http::Exchange,
     mask::{Masker, PersistBody},
-    pipeline::{self, REPLAY_QUEUE},
-    replay::Replayer,
+    replay::{Pace, Pacer, Replayer, live_wait},
     sample::Sampler,
     serve::Metrics,
     store::{Example, ExchangeRecord, LatencySample, Store},
@@ -39,7 +42,11 @@ pub struct Shadow {
     pub store_rows_dropped: AtomicU64,
     /// Send the candidate the captured values unmasked.
     pub replay_raw: bool,
+    /// Candidate connections open at most (one per captured connection being replayed).
     pub workers: usize,
+    /// How requests are spaced: the capture's pace (`--speed`) offline; live, a fixed
+    /// delay after legacy got each one. `None`: as they come.
+    pub pace: Option<Pace>,
     pub host: String,
     pub run_id: String,
 }
@@ -56,28 +63,43 @@ fn outcome_labels(o: Outcome) -> (&'static str, &'static str) {
 }
 
 impl Shadow {
-    fn finish(&self, o: Outcome) {
+    pub(super) fn finish(&self, o: Outcome) {
         self.ledger.record(o);
         let (outcome, reason) = outcome_labels(o);
         self.metrics.outcome(outcome, reason);
     }
 
     /// Runs until `rx` closes (capture ended) and every queued exchange has an outcome.
-    pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Exchange>) {
-        let (replay_tx, replay_rx) = mpsc::channel::<Exchange>(REPLAY_QUEUE);
-        let replay_rx = Arc::new(tokio::sync::Mutex::new(replay_rx));
-        let mut workers = JoinSet::new();
-        for _ in 0..self.workers.max(1) {
-            let (me, rx) = (self.clone(), replay_rx.clone());
-            workers.spawn(async move {
-                loop {
-                    let next = rx.lock().await.recv().await;
-                    let Some(ex) = next else { break };
-                    me.clone().handle(ex).await;
+    ///
+    /// Exchanges go to one lane per captured connection (see `lanes`), at the capture's
+    /// pace when `pace` is set (offline input).
+    pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Captured>) {
+        let mut lanes = Lanes::new(self.workers);
+        let mut pacer = match self.pace {
+            Some(Pace::Capture(speed)) => Some(Pacer::new(speed)),
+            _ => None,
+        };
+        let live_delay = match self.pace {
+            Some(Pace::Live(d)) => Some(d),
+            _ => None,
+        };
+        let started = tokio::time::Instant::now();
+        let mut replayed = 0u64;
+        while let Some(item) = rx.recv().await {
+            let ex = match item {
+                Captured::Exchange(ex) => ex,
+                Captured::Closed { flow, ts_ns } => {
+                    if let Some(due) = pacer.as_mut().and_then(|p| p.due(ts_ns)) {
+                        tokio::time::sleep_until(started + due).await;
+                    }
+                    if let Some(delay) = live_delay {
+                        let now = crate::clock::monotonic_ns();
+                        tokio::time::sleep(live_wait(ts_ns, now, delay)).await;
+                    }
+                    lanes.close(&flow);
+                    continue;
                 }
-            });
-        }
-        while let Some(ex) = rx.recv().await {
+            };
             if let Some(o) = self.sampler.decide(&ex).outcome() {
                 self.finish(o);
                 continue;
@@ -86,54 +108,54 @@ impl Shadow {
                 self.finish(Outcome::Dropped(DropReason::RateLimited));
                 continue;
             }
-            // A slow candidate fills this queue; the newest exchange is then dropped and
+            if let Some(due) = pacer
+                .as_mut()
+                .and_then(|p| p.due(ex.timing.request_first_ns))
+            {
+                tokio::time::sleep_until(started + due).await;
+            }
+            // A slow candidate fills its lanes; the newest exchange is then dropped and
             // counted, and the capture never waits.
-            if !pipeline::offer_or_drop(&replay_tx, ex, &self.ledger, DropReason::ReplayQueueFull) {
-                self.metrics
-                    .outcome("dropped", DropReason::ReplayQueueFull.as_str());
+            if lanes.offer(&self, ex) {
+                replayed += 1;
+            } else {
+                self.finish(Outcome::Dropped(DropReason::ReplayQueueFull));
             }
         }
-        drop(replay_tx);
-        while workers.join_next().await.is_some() {}
+        lanes.finish().await;
+        self.summary(replayed, started.elapsed());
     }
 
-    /// One exchange: mask, replay (and replay to the secondary), compare, record.
-    ///
-    /// Masking and comparing are CPU work: they run on the blocking pool so the runtime
-    /// threads stay free to poll the candidate sockets, whose read times are the
-    /// candidate's latency.
-    async fn handle(self: Arc<Self>, ex: Exchange) {
-        let me = self.clone();
-        let Ok((ex, masked)) = tokio::task::spawn_blocking(move || {
-            let masked = me.masker.mask_exchange(&ex);
-            (ex, masked)
-        })
-        .await
-        else {
-            self.finish(Outcome::Dropped(DropReason::QueueFull));
-            return;
-        };
-        let to_send = if self.replay_raw {
-            &ex.request
-        } else {
-            &masked.request
-        };
-        let secondary = async {
-            match &self.secondary {
-                Some(s) => Some(s.send(to_send, &ex.id).await),
-                None => None,
-            }
-        };
-        let (reply, secondary) = tokio::join!(self.replayer.send(to_send, &ex.id), secondary);
-        let me = self.clone();
-        let finished =
-            tokio::task::spawn_blocking(move || me.conclude(ex, masked, reply, secondary)).await;
-        if finished.is_err() {
-            self.finish(Outcome::Dropped(DropReason::QueueFull));
-        }
+    /// The replay's throughput and shape, on stderr and in the log.
+    fn summary(&self, replayed: u64, took: Duration) {
+        let f = &self.replayer.figures;
+        let (requests, connections, userspace) = (
+            f.requests.load(Ordering::Relaxed),
+            f.connections.load(Ordering::Relaxed),
+            f.userspace_timed.load(Ordering::Relaxed),
+        );
+        let secs = took.as_secs_f64().max(1e-9);
+        let dropped = self
+            .ledger
+            .snapshot()
+            .dropped
+            .iter()
+            .find(|(r, _)| *r == DropReason::ReplayQueueFull)
+            .map_or(0, |(_, n)| *n);
+        tracing::info!(
+            requests,
+            connections,
+            dropped_replay_queue_full = dropped,
+            timed_by_daemon_clock = userspace,
+            "replay finished"
+        );
+        eprintln!(
+            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped}; handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}",
+            requests as f64 / secs
+        );
     }
 
-    fn conclude(
+    pub(super) fn conclude(
         &self,
         ex: Exchange,
         masked: Exchange,

@@ -66,6 +66,11 @@ pub fn criteria(
         max_candidate_errors: pct(&args.max_candidate_errors)?,
         min_exchanges: args.min_exchanges,
         min_completeness: pct(&args.min_completeness)?,
+        min_latency_delta_ns: args
+            .min_latency_delta
+            .as_deref()
+            .map(|d| parse_duration("--min-latency-delta", d).map(|d| d.as_nanos() as u64))
+            .transpose()?,
         per_route: Vec::new(),
     };
     for (limit, values) in [
@@ -97,6 +102,7 @@ pub fn criteria_text(args: &crate::cli::CriteriaArgs) -> String {
     push("max-p95-regression", &args.max_p95_regression);
     push("max-candidate-errors", &args.max_candidate_errors);
     push("min-completeness", &args.min_completeness);
+    push("min-latency-delta", &args.min_latency_delta);
     if let Some(n) = args.min_exchanges {
         parts.push(format!("--min-exchanges {n}"));
     }

@@ -12,7 +12,7 @@ use mirror_daemon::{
     accounting::Ledger,
     app::capture_loop::{self, CaptureSettings, Source},
     capture::kernel::{Tap, TapConfig},
-    http::{EXCHANGE_TABLE_HEADER, Exchange, exchange_json, exchange_table_row},
+    http::{EXCHANGE_TABLE_HEADER, exchange_json, exchange_table_row},
     pipeline::EXCHANGE_QUEUE,
 };
 use tokio::sync::mpsc;
@@ -37,7 +37,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let figures = Arc::new(Mutex::new(capture_loop::CaptureFigures::default()));
-    let (tx, mut rx) = mpsc::channel::<Exchange>(EXCHANGE_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<capture_loop::Captured>(EXCHANGE_QUEUE);
 
     let (source, tap) = match (&args.pcap, &args.iface) {
         (Some(path), None) => (
@@ -122,7 +122,10 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
         } else {
             rx.blocking_recv()
         };
-        let Some(ex) = next else { break };
+        let Some(next) = next else { break };
+        let capture_loop::Captured::Exchange(ex) = next else {
+            continue;
+        };
         let shown = match &masker {
             Some(m) => m.mask_exchange(&ex),
             None => ex,

@@ -28,7 +28,9 @@ use mirror_daemon::{
     http::Limits,
     mask::Masker,
     pipeline::{EXCHANGE_QUEUE, STORE_QUEUE},
-    replay::{ReplayConfig, Replayer, RewriteRules, parse_candidate_url},
+    replay::{
+        LIVE_REPLAY_DELAY, Pace, ReplayConfig, Replayer, RewriteRules, Speed, parse_candidate_url,
+    },
     report,
     sample::Sampler,
     serve::{self, LiveSnapshot, Metrics, RunView, ServeConfig, ServeState},
@@ -55,6 +57,7 @@ enum Input {
         path: PathBuf,
         ports: Vec<u16>,
         reorder_window: usize,
+        speed: Speed,
     },
 }
 
@@ -81,12 +84,14 @@ pub fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             args.pcap.display()
         )));
     }
+    let speed: Speed = args.speed.parse().map_err(usage)?;
     shadow_run(
         args.pipeline,
         Input::File {
             path: args.pcap,
             ports: args.ports,
             reorder_window: args.reorder_window,
+            speed,
         },
         args.config,
     )
@@ -280,6 +285,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             store_rows_dropped: AtomicU64::new(0),
             replay_raw: p.replay_raw,
             workers: p.concurrency.max(1),
+            pace: Some(match &input {
+                Input::File { speed, .. } => Pace::Capture(*speed),
+                Input::Live { .. } => Pace::Live(LIVE_REPLAY_DELAY),
+            }),
             host: host.clone(),
             run_id: run_id.clone(),
         });
@@ -336,7 +345,12 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                 let reader = t.take_reader().context("ring buffer reader already taken")?;
                 (Source::Live(reader), Some(t), duration)
             }
-            Input::File { path, ports, reorder_window } => {
+            Input::File {
+                path,
+                ports,
+                reorder_window,
+                ..
+            } => {
                 settings.reorder_window = reorder_window;
                 (Source::File { path, ports }, None, None)
             }

@@ -43,6 +43,19 @@ impl ResponseReader {
     }
 
     pub fn push(&mut self, data: &[u8]) -> Result<ReadProgress, FramingError> {
+        let (progress, consumed) = self.push_some(data)?;
+        if consumed < data.len() {
+            return Err(self.fail(FramingError::TrailingData {
+                bytes: data.len() - consumed,
+            }));
+        }
+        Ok(progress)
+    }
+
+    /// Like [`push`](Self::push), but bytes after the end of the response are left
+    /// unread instead of being an error (they start the next pipelined response): returns
+    /// how many bytes of `data` this response took.
+    pub fn push_some(&mut self, data: &[u8]) -> Result<(ReadProgress, usize), FramingError> {
         match &self.state {
             ReaderState::Reading => {}
             ReaderState::Complete if data.is_empty() => return Err(FramingError::AlreadyComplete),
@@ -59,14 +72,11 @@ impl ResponseReader {
             };
             rest = rest.get(step.consumed..).unwrap_or_default();
             match step.event {
-                None => return Ok(ReadProgress::NeedMore),
+                None => return Ok((ReadProgress::NeedMore, data.len())),
                 Some(Event::Lost(e)) => return Err(self.fail(e)),
                 Some(Event::Complete(Some(Message::Response(response)))) => {
-                    if !rest.is_empty() {
-                        return Err(self.fail(FramingError::TrailingData { bytes: rest.len() }));
-                    }
                     self.state = ReaderState::Complete;
-                    return Ok(ReadProgress::Complete(response));
+                    return Ok((ReadProgress::Complete(response), data.len() - rest.len()));
                 }
                 // Unreachable with a response decoder: a lost body is reported by `Lost`.
                 Some(Event::Complete(_)) => return Err(self.fail(FramingError::Truncated)),

@@ -1,19 +1,26 @@
-//! The replay client: a keep-alive pool to the candidate, a concurrency limit, a
-//! per-request timeout and an optional rate limit. Responses are read with the same
-//! framing code as the capture (`http::ResponseReader`).
+//! The replay client: connections to the candidate timed with kernel timestamps, a
+//! keep-alive pool (for the secondary), a concurrency limit, a per-request timeout and
+//! an optional rate limit. Responses are read with the same framing code as the capture
+//! (`http::ResponseReader`).
 use std::{
     net::{SocketAddr, ToSocketAddrs as _},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncWriteExt as _, Interest},
     net::TcpStream,
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
-use super::request::{RewriteRules, build_request};
+use super::{
+    request::{RewriteRules, build_request},
+    stamps,
+};
 use crate::{
     accounting::CandidateErrorKind,
     http::{CorrelationId, Limits, ReadProgress, Request, Response, ResponseReader, header},
@@ -109,13 +116,16 @@ pub struct ReplayConfig {
     pub limits: Limits,
 }
 
-/// The candidate's answer with its timings (ns), measured like the legacy side:
-/// first byte and last byte of the response after the last request byte was written.
+/// The candidate's answer with its timings (ns), measured like the legacy side: first
+/// byte and last byte of the response after the last request byte left.
 #[derive(Clone, Debug)]
 pub struct CandidateReply {
     pub response: Response,
     pub ttfb_ns: u64,
     pub ttlb_ns: u64,
+    /// Timed from kernel timestamps (the normal case); false when the kernel gave none
+    /// and the daemon's own clock was used.
+    pub kernel_timed: bool,
 }
 
 pub type ReplayResult = Result<CandidateReply, CandidateErrorKind>;
@@ -126,12 +136,238 @@ struct TokenBucket {
     last: Instant,
 }
 
-/// Sends captured requests to the candidate.
+/// One instant on both clocks: the daemon's, and the kernel's stamp when there is one.
+#[derive(Clone, Copy, Debug)]
+struct Stamp {
+    at: Instant,
+    kernel_ns: Option<u64>,
+}
+
+/// When the last byte of a request left.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent(Stamp);
+
+/// Why an exchange on a connection did not complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// The (pooled) connection was dead before any response byte: safe to retry.
+    Stale,
+    Failed(CandidateErrorKind),
+}
+
+impl Attempt {
+    /// The error to count when no retry is possible.
+    pub fn kind(self) -> CandidateErrorKind {
+        match self {
+            Attempt::Stale => CandidateErrorKind::Reset,
+            Attempt::Failed(k) => k,
+        }
+    }
+}
+
+/// One connection to the candidate. Requests and responses are timed with kernel
+/// timestamps (see `stamps`) so the daemon's scheduling never counts.
+pub struct CandidateConn {
+    stream: TcpStream,
+    stamped: bool,
+    cmsg: Vec<u8>,
+    buf: Box<[u8]>,
+    /// Bytes read past the end of the previous response: the start of the next
+    /// (pipelined) one, with the stamp of the read that brought them.
+    carry: Vec<u8>,
+    carry_stamp: Option<Stamp>,
+}
+
+impl CandidateConn {
+    pub async fn connect(addr: SocketAddr) -> Result<Self, CandidateErrorKind> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| connect_error(&e))?;
+        let _ = stream.set_nodelay(true);
+        let stamped = stamps::enable(&stream);
+        Ok(Self {
+            stream,
+            stamped,
+            cmsg: stamps::cmsg_buffer(),
+            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            carry: Vec::new(),
+            carry_stamp: None,
+        })
+    }
+
+    /// Writes one request; the returned instant is when its last byte left.
+    pub async fn write_request(&mut self, wire: &[u8]) -> Result<Sent, Attempt> {
+        if let Err(e) = self.stream.write_all(wire).await {
+            return Err(if is_reset(&e) {
+                Attempt::Stale
+            } else {
+                Attempt::Failed(io_error(&e))
+            });
+        }
+        let at = Instant::now();
+        // Loopback and veth stamp the segment inside the write: it is queued already.
+        let kernel_ns = if self.stamped {
+            stamps::last_tx_stamp(&self.stream, &mut self.cmsg)
+        } else {
+            None
+        };
+        Ok(Sent(Stamp { at, kernel_ns }))
+    }
+
+    /// One read; at most one byte while waiting for the first byte of a response, so
+    /// its receive stamp is that of the segment carrying the first byte.
+    async fn recv(&mut self, first: bool) -> std::io::Result<(usize, Stamp)> {
+        let Self {
+            stream,
+            stamped,
+            cmsg,
+            buf,
+            ..
+        } = self;
+        let want = if first && *stamped { 1 } else { buf.len() };
+        loop {
+            stream.readable().await?;
+            let r = if *stamped {
+                stream.try_io(Interest::READABLE, || {
+                    stamps::recv_stamped(&*stream, &mut buf[..want], cmsg)
+                })
+            } else {
+                stream.try_read(&mut buf[..want]).map(|n| (n, None))
+            };
+            match r {
+                Ok((n, kernel_ns)) => {
+                    let at = Instant::now();
+                    return Ok((n, Stamp { at, kernel_ns }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads the response to the request sent at `sent`: the reply, and whether the
+    /// connection can carry another request. Bytes past its end are kept for the next
+    /// response (pipelining).
+    pub async fn read_response(
+        &mut self,
+        method: &str,
+        limits: Limits,
+        sent: Sent,
+    ) -> Result<(CandidateReply, bool), Attempt> {
+        let mut reader = ResponseReader::new(method, limits);
+        let mut first: Option<Stamp> = None;
+        if !self.carry.is_empty() {
+            let carried = std::mem::take(&mut self.carry);
+            let stamp = self.carry_stamp.take().unwrap_or(sent.0);
+            first = Some(stamp);
+            if let Some(done) = self.feed(&mut reader, &carried, sent, stamp, stamp)? {
+                return Ok(done);
+            }
+        }
+        loop {
+            let (n, stamp) = match self.recv(first.is_none()).await {
+                Ok(r) => r,
+                Err(e) if first.is_none() && is_reset(&e) => return Err(Attempt::Stale),
+                Err(e) => return Err(Attempt::Failed(io_error(&e))),
+            };
+            if n == 0 {
+                let Some(first) = first else {
+                    return Err(Attempt::Stale);
+                };
+                // Close-delimited body, or a truncated response.
+                return match reader.finish() {
+                    Ok(response) => Ok((self.reply(response, sent, first, stamp), false)),
+                    Err(_) => Err(Attempt::Failed(CandidateErrorKind::Reset)),
+                };
+            }
+            let first = *first.get_or_insert(stamp);
+            let data = self.buf[..n].to_vec();
+            if let Some(done) = self.feed(&mut reader, &data, sent, first, stamp)? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Pushes `data` (read at `now`) into `reader`: once the response is complete, the
+    /// reply and whether the connection stays open.
+    fn feed(
+        &mut self,
+        reader: &mut ResponseReader,
+        data: &[u8],
+        sent: Sent,
+        first: Stamp,
+        now: Stamp,
+    ) -> Result<Option<(CandidateReply, bool)>, Attempt> {
+        match reader.push_some(data) {
+            Ok((ReadProgress::NeedMore, _)) => Ok(None),
+            Ok((ReadProgress::Complete(response), used)) => {
+                self.carry = data.get(used..).unwrap_or_default().to_vec();
+                self.carry_stamp = (!self.carry.is_empty()).then_some(now);
+                let open = keeps_alive(&response);
+                Ok(Some((self.reply(response, sent, first, now), open)))
+            }
+            Err(_) => Err(Attempt::Failed(CandidateErrorKind::Malformed)),
+        }
+    }
+
+    /// Times the reply: kernel stamps when all three exist, else the daemon's clock.
+    fn reply(
+        &mut self,
+        response: Response,
+        sent: Sent,
+        first: Stamp,
+        done: Stamp,
+    ) -> CandidateReply {
+        let mut tx = sent.0.kernel_ns;
+        if tx.is_none() && self.stamped {
+            // The stamp was not queued yet when the write returned.
+            tx = stamps::last_tx_stamp(&self.stream, &mut self.cmsg);
+        }
+        match (tx, first.kernel_ns, done.kernel_ns) {
+            (Some(tx), Some(f), Some(d)) => CandidateReply {
+                response,
+                ttfb_ns: f.saturating_sub(tx),
+                ttlb_ns: d.saturating_sub(tx),
+                kernel_timed: true,
+            },
+            _ => CandidateReply {
+                response,
+                ttfb_ns: first.at.saturating_duration_since(sent.0.at).as_nanos() as u64,
+                ttlb_ns: done.at.saturating_duration_since(sent.0.at).as_nanos() as u64,
+                kernel_timed: false,
+            },
+        }
+    }
+}
+
+/// Sends captured requests to the candidate one at a time per connection, from a
+/// keep-alive pool (used for the secondary legacy instance).
 pub struct Replayer {
     cfg: ReplayConfig,
-    pool: Mutex<Vec<TcpStream>>,
+    pool: Mutex<Vec<CandidateConn>>,
     permits: Arc<Semaphore>,
     bucket: Option<Mutex<TokenBucket>>,
+    pub figures: ReplayFigures,
+    _stamping: stamps::Keeper,
+}
+
+/// What the replay did, for the end-of-run summary.
+#[derive(Debug, Default)]
+pub struct ReplayFigures {
+    /// Requests written to the candidate.
+    pub requests: AtomicU64,
+    /// Connections opened to the candidate.
+    pub connections: AtomicU64,
+    /// Replies timed with the daemon's clock because the kernel gave no timestamps.
+    pub userspace_timed: AtomicU64,
+}
+
+impl ReplayFigures {
+    pub fn reply(&self, r: &ReplayResult) {
+        if matches!(r, Ok(reply) if !reply.kernel_timed) {
+            self.userspace_timed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Replayer {
@@ -156,11 +392,17 @@ impl Replayer {
             pool: Mutex::new(Vec::new()),
             bucket,
             cfg,
+            figures: ReplayFigures::default(),
+            _stamping: stamps::Keeper::new(),
         })
     }
 
     pub fn target(&self) -> &CandidateTarget {
         &self.cfg.target
+    }
+
+    pub fn config(&self) -> &ReplayConfig {
+        &self.cfg
     }
 
     /// Takes a token from the rate limiter; false means "over the rate: drop".
@@ -198,14 +440,23 @@ impl Replayer {
         self.cfg.concurrency.max(1) - self.permits.available_permits()
     }
 
+    /// The request as sent to the candidate (into `out`, cleared first).
+    pub fn wire(&self, req: &Request, id: &CorrelationId, out: &mut Vec<u8>) {
+        build_request(req, id, &self.cfg.rules, out);
+    }
+
     /// Replays one request. Never panics; every failure maps to a candidate error kind.
     pub async fn send(&self, req: &Request, id: &CorrelationId) -> ReplayResult {
         let mut wire = Vec::with_capacity(512 + req.body.len());
-        build_request(req, id, &self.cfg.rules, &mut wire);
-        match tokio::time::timeout(self.cfg.timeout, self.send_wire(&wire, &req.method)).await {
+        self.wire(req, id, &mut wire);
+        let r = match tokio::time::timeout(self.cfg.timeout, self.send_wire(&wire, &req.method))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(CandidateErrorKind::Timeout),
-        }
+        };
+        self.figures.reply(&r);
+        r
     }
 
     async fn send_wire(&self, wire: &[u8], method: &str) -> ReplayResult {
@@ -218,22 +469,23 @@ impl Replayer {
                 Ok(reply) => return Ok(reply),
             }
         }
-        let conn = TcpStream::connect(self.cfg.target.addr)
+        let conn = self.connect().await?;
+        self.exchange(conn, wire, method)
             .await
-            .map_err(|e| connect_error(&e))?;
-        let _ = conn.set_nodelay(true);
-        match self.exchange(conn, wire, method).await {
-            Ok(reply) => Ok(reply),
-            Err(Attempt::Stale) => Err(CandidateErrorKind::Reset),
-            Err(Attempt::Failed(kind)) => Err(kind),
-        }
+            .map_err(Attempt::kind)
     }
 
-    fn take_pooled(&self) -> Option<TcpStream> {
+    /// A new connection to the candidate (counted).
+    pub async fn connect(&self) -> Result<CandidateConn, CandidateErrorKind> {
+        self.figures.connections.fetch_add(1, Ordering::Relaxed);
+        CandidateConn::connect(self.cfg.target.addr).await
+    }
+
+    fn take_pooled(&self) -> Option<CandidateConn> {
         self.pool.lock().ok().and_then(|mut p| p.pop())
     }
 
-    fn give_back(&self, conn: TcpStream) {
+    fn give_back(&self, conn: CandidateConn) {
         if let Ok(mut p) = self.pool.lock()
             && p.len() < self.cfg.concurrency.max(1)
         {
@@ -243,71 +495,17 @@ impl Replayer {
 
     async fn exchange(
         &self,
-        mut conn: TcpStream,
+        mut conn: CandidateConn,
         wire: &[u8],
         method: &str,
     ) -> Result<CandidateReply, Attempt> {
-        if let Err(e) = conn.write_all(wire).await {
-            return Err(if is_reset(&e) {
-                Attempt::Stale
-            } else {
-                Attempt::Failed(io_error(&e))
-            });
+        let sent = conn.write_request(wire).await?;
+        self.figures.requests.fetch_add(1, Ordering::Relaxed);
+        let (reply, open) = conn.read_response(method, self.cfg.limits, sent).await?;
+        if open {
+            self.give_back(conn);
         }
-        let sent = Instant::now();
-        let mut reader = ResponseReader::new(method, self.cfg.limits);
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut first: Option<Instant> = None;
-        loop {
-            let n = match conn.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) if first.is_none() && is_reset(&e) => return Err(Attempt::Stale),
-                Err(e) => return Err(Attempt::Failed(io_error(&e))),
-            };
-            if n == 0 {
-                if first.is_none() {
-                    return Err(Attempt::Stale);
-                }
-                // Close-delimited body, or a truncated response.
-                return match reader.finish() {
-                    Ok(response) => Ok(reply(response, sent, first, Instant::now())),
-                    Err(_) => Err(Attempt::Failed(CandidateErrorKind::Reset)),
-                };
-            }
-            let now = Instant::now();
-            first.get_or_insert(now);
-            match reader.push(&buf[..n]) {
-                Ok(ReadProgress::NeedMore) => {}
-                Ok(ReadProgress::Complete(response)) => {
-                    let done = Instant::now();
-                    if keeps_alive(&response) {
-                        self.give_back(conn);
-                    }
-                    return Ok(reply(response, sent, first, done));
-                }
-                Err(_) => return Err(Attempt::Failed(CandidateErrorKind::Malformed)),
-            }
-        }
-    }
-}
-
-enum Attempt {
-    /// The (pooled) connection was dead before any response byte: safe to retry.
-    Stale,
-    Failed(CandidateErrorKind),
-}
-
-fn reply(
-    response: Response,
-    sent: Instant,
-    first: Option<Instant>,
-    done: Instant,
-) -> CandidateReply {
-    let first = first.unwrap_or(done);
-    CandidateReply {
-        response,
-        ttfb_ns: first.duration_since(sent).as_nanos() as u64,
-        ttlb_ns: done.duration_since(sent).as_nanos() as u64,
+        Ok(reply)
     }
 }
 

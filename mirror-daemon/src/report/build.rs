@@ -164,6 +164,7 @@ fn to_evidence(routes: &[RouteCard], latency: &LatencyCard, completeness: f64) -
         completeness,
         p95_legacy_ttlb_ns: latency.legacy.ttlb.p95_ns,
         p95_candidate_ttlb_ns: latency.candidate.ttlb.p95_ns,
+        p95_ttlb_delta_interval_ns: latency.p95_ttlb_delta_interval_ns,
         per_route: routes
             .iter()
             .map(|r| {
@@ -176,6 +177,7 @@ fn to_evidence(routes: &[RouteCard], latency: &LatencyCard, completeness: f64) -
                         replayed: r.replayed,
                         p95_legacy_ttlb_ns: r.latency.legacy.ttlb.p95_ns,
                         p95_candidate_ttlb_ns: r.latency.candidate.ttlb.p95_ns,
+                        p95_ttlb_delta_interval_ns: r.latency.p95_ttlb_delta_interval_ns,
                     },
                 )
             })

@@ -184,6 +184,9 @@ pub struct RouteLatencyCard {
     pub candidate: SideLatency,
     /// candidate p95 ttlb / legacy p95 ttlb.
     pub p95_ttlb_ratio: Option<f64>,
+    /// candidate p95 ttlb − legacy p95 ttlb, ns, and its interval (at least 95 %).
+    pub p95_ttlb_delta_ns: Option<i64>,
+    pub p95_ttlb_delta_interval_ns: Option<(i64, i64)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -192,6 +195,8 @@ pub struct LatencyCard {
     pub legacy: SideLatency,
     pub candidate: SideLatency,
     pub p95_ttlb_ratio: Option<f64>,
+    pub p95_ttlb_delta_ns: Option<i64>,
+    pub p95_ttlb_delta_interval_ns: Option<(i64, i64)>,
     /// Samples were weighted by route (exchanges / samples) because the store sampled
     /// some route; otherwise every sample counts once.
     pub weighted: bool,

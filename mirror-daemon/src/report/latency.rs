@@ -1,4 +1,12 @@
-//! Latency percentiles from the store's raw samples (nearest rank).
+//! Latency percentiles from the store's raw samples (nearest rank), and an interval for
+//! the difference of the two sides' p95.
+//!
+//! The interval is distribution-free and deterministic: for each side, the order
+//! statistics whose ranks bracket `0.95·n` by `z·√(n·0.95·0.05)` (the binomial
+//! interval of the p95's rank, `z` for 97.5 % per side) bound that side's p95; the
+//! difference's interval is `[cand_lo − legacy_hi, cand_hi − legacy_lo]`, which covers
+//! with at least 95 %. With few samples the ranks reach the extremes and the interval is
+//! wide: a small sample cannot prove a regression.
 use crate::store::{LatencySample, RouteLatency, percentile};
 
 use super::card::{LatencyCard, Percentiles, RouteLatencyCard, SideLatency};
@@ -37,6 +45,51 @@ fn weighted_percentiles(mut v: Vec<(u64, f64)>) -> Percentiles {
     }
 }
 
+/// Two-sided normal quantile for 97.5 % per side (Bonferroni over the two sides).
+const Z_PER_SIDE: f64 = 2.2414;
+
+/// Bounds of the p95 of `sorted` (value, weight) pairs drawn from `n` samples.
+fn p95_bounds(sorted: &[(u64, f64)], n: usize) -> Option<(u64, u64)> {
+    if n == 0 {
+        return None;
+    }
+    let (nf, p) = (n as f64, 0.95);
+    let half = Z_PER_SIDE * (nf * p * (1.0 - p)).sqrt();
+    let lo_rank = (nf * p - half).floor().max(1.0);
+    let hi_rank = ((nf * p + half).ceil() + 1.0).min(nf);
+    Some((
+        weighted_percentile(sorted, lo_rank / nf)?,
+        weighted_percentile(sorted, hi_rank / nf)?,
+    ))
+}
+
+/// Interval of `candidate p95 − legacy p95` (ns).
+fn delta_interval(
+    mut legacy: Vec<(u64, f64)>,
+    mut candidate: Vec<(u64, f64)>,
+) -> Option<(i64, i64)> {
+    legacy.sort_by_key(|a| a.0);
+    candidate.sort_by_key(|a| a.0);
+    let (l_lo, l_hi) = p95_bounds(&legacy, legacy.len())?;
+    let (c_lo, c_hi) = p95_bounds(&candidate, candidate.len())?;
+    Some((c_lo as i64 - l_hi as i64, c_hi as i64 - l_lo as i64))
+}
+
+fn unit(v: impl Iterator<Item = u64>) -> Vec<(u64, f64)> {
+    v.map(|x| (x, 1.0)).collect()
+}
+
+fn ttlb_interval(samples: &[LatencySample]) -> Option<(i64, i64)> {
+    delta_interval(
+        unit(samples.iter().map(|s| s.legacy_ttlb_ns)),
+        unit(samples.iter().filter_map(|s| s.candidate_ttlb_ns)),
+    )
+}
+
+pub(crate) fn delta(legacy: Option<u64>, candidate: Option<u64>) -> Option<i64> {
+    Some(candidate? as i64 - legacy? as i64)
+}
+
 pub(crate) fn ratio(legacy: Option<u64>, candidate: Option<u64>) -> Option<f64> {
     match (legacy, candidate) {
         (Some(l), Some(c)) if l > 0 => Some(c as f64 / l as f64),
@@ -67,6 +120,8 @@ pub(crate) fn route_latency(r: &RouteLatency) -> RouteLatencyCard {
     RouteLatencyCard {
         exchanges: r.exchanges,
         p95_ttlb_ratio: ratio(legacy.ttlb.p95_ns, candidate.ttlb.p95_ns),
+        p95_ttlb_delta_ns: delta(legacy.ttlb.p95_ns, candidate.ttlb.p95_ns),
+        p95_ttlb_delta_interval_ns: ttlb_interval(&r.samples),
         legacy,
         candidate,
     }
@@ -87,6 +142,8 @@ pub(crate) fn overall(routes: &[RouteLatency]) -> LatencyCard {
         return LatencyCard {
             exchanges,
             p95_ttlb_ratio: ratio(legacy.ttlb.p95_ns, candidate.ttlb.p95_ns),
+            p95_ttlb_delta_ns: delta(legacy.ttlb.p95_ns, candidate.ttlb.p95_ns),
+            p95_ttlb_delta_interval_ns: ttlb_interval(&all),
             legacy,
             candidate,
             weighted: false,
@@ -110,6 +167,7 @@ pub(crate) fn overall(routes: &[RouteLatency]) -> LatencyCard {
         }
     }
     let [lf, ll, cf, cl] = v;
+    let interval = delta_interval(ll.clone(), cl.clone());
     let legacy = SideLatency {
         samples: n_legacy,
         ttfb: weighted_percentiles(lf),
@@ -123,6 +181,8 @@ pub(crate) fn overall(routes: &[RouteLatency]) -> LatencyCard {
     LatencyCard {
         exchanges,
         p95_ttlb_ratio: ratio(legacy.ttlb.p95_ns, candidate.ttlb.p95_ns),
+        p95_ttlb_delta_ns: delta(legacy.ttlb.p95_ns, candidate.ttlb.p95_ns),
+        p95_ttlb_delta_interval_ns: interval,
         legacy,
         candidate,
         weighted: true,
@@ -145,5 +205,55 @@ mod tests {
         assert_eq!(weighted_percentile(&w, 0.5), Some(10));
         assert_eq!(weighted_percentile(&w, 0.01), Some(1));
         assert_eq!(weighted_percentile(&[], 0.5), None);
+    }
+
+    fn sample(legacy: u64, candidate: u64) -> LatencySample {
+        LatencySample {
+            legacy_ttlb_ns: legacy,
+            legacy_ttfb_ns: legacy,
+            candidate_ttlb_ns: Some(candidate),
+            candidate_ttfb_ns: Some(candidate),
+        }
+    }
+
+    #[test]
+    fn tiny_latencies_with_few_samples_prove_nothing() {
+        // 20 samples a side, 40..59 µs; the candidate's two slowest are 70 and 75 µs, so
+        // its p95 is 70 µs against 58 µs (+21 %), but the interval of the difference
+        // spans zero: two tail samples prove nothing.
+        let legacy: Vec<u64> = (40..60).map(|us| us * 1_000).collect();
+        let mut candidate = legacy.clone();
+        candidate[18] = 70_000;
+        candidate[19] = 75_000;
+        let samples: Vec<LatencySample> = legacy
+            .iter()
+            .zip(&candidate)
+            .map(|(l, c)| sample(*l, *c))
+            .collect();
+        let card = route_latency(&RouteLatency {
+            route: "GET /health".into(),
+            exchanges: 20,
+            samples: samples.clone(),
+        });
+        assert_eq!(card.p95_ttlb_delta_ns, Some(12_000));
+        let (lo, hi) = ttlb_interval(&samples).unwrap();
+        assert!(lo <= 0 && hi > 0, "[{lo}, {hi}]");
+    }
+
+    #[test]
+    fn a_large_clear_slowdown_is_beyond_the_interval() {
+        // Candidate twice as slow on 1000 samples: the interval lies above zero.
+        let samples: Vec<LatencySample> = (0..1000u64)
+            .map(|i| sample(1_000_000 + i * 1_000, 2 * (1_000_000 + i * 1_000)))
+            .collect();
+        let (lo, hi) = ttlb_interval(&samples).unwrap();
+        assert!(lo > 0 && hi >= lo, "[{lo}, {hi}]");
+        // Identical sides: the interval holds zero.
+        let same: Vec<LatencySample> = (0..1000u64)
+            .map(|i| sample(1_000_000 + i * 1_000, 1_000_000 + i * 1_000))
+            .collect();
+        let (lo, hi) = ttlb_interval(&same).unwrap();
+        assert!(lo < 0 && hi > 0, "[{lo}, {hi}]");
+        assert_eq!(lo, -hi, "symmetric for identical sides");
     }
 }

@@ -305,6 +305,41 @@ fn latency_cells(label: String, s: &SideLatency, ratio_cell: String) -> Vec<Stri
     v
 }
 
+/// The p95 ttlb difference and its interval (what the p95 criterion judges), per route.
+fn p95_delta_lines(out: &mut String, card: &ParityCard) {
+    let _ = writeln!(
+        out,
+        "  p95 ttlb candidate − legacy (ms), with its 95% interval from the samples:"
+    );
+    let line = |out: &mut String, label: &str, l: Option<i64>, i: Option<(i64, i64)>| {
+        let ms = |ns: i64| format!("{:+.3}", ns as f64 / 1e6);
+        let interval = i.map_or_else(
+            || "-".into(),
+            |(lo, hi)| format!("[{}, {}]", ms(lo), ms(hi)),
+        );
+        let _ = writeln!(
+            out,
+            "    {label}: {} {interval}",
+            l.map_or_else(|| "-".into(), ms)
+        );
+    };
+    let l = &card.latency;
+    line(
+        out,
+        "all routes",
+        l.p95_ttlb_delta_ns,
+        l.p95_ttlb_delta_interval_ns,
+    );
+    for r in &card.routes {
+        line(
+            out,
+            &r.route,
+            r.latency.p95_ttlb_delta_ns,
+            r.latency.p95_ttlb_delta_interval_ns,
+        );
+    }
+}
+
 fn diff_row(d: &DiffCard) -> Vec<String> {
     vec![
         d.count.to_string(),
@@ -629,6 +664,7 @@ pub fn render_table(card: &ParityCard) -> String {
         ));
     }
     t.render(&mut out);
+    p95_delta_lines(&mut out, card);
 
     section(&mut out, "Egress attempts by the candidate");
     if card.egress.is_empty() {

@@ -189,7 +189,7 @@ fn criteria() -> Criteria {
         max_candidate_errors: p("1%"),
         min_exchanges: Some(1000),
         min_completeness: p("99%"),
-        per_route: Vec::new(),
+        ..Criteria::default()
     }
 }
 
@@ -808,7 +808,14 @@ async fn json_field_names_are_stable() {
     );
     assert_eq!(
         keys(&v["routes"][0]["latency"]),
-        set(&["exchanges", "legacy", "candidate", "p95_ttlb_ratio"])
+        set(&[
+            "exchanges",
+            "legacy",
+            "candidate",
+            "p95_ttlb_ratio",
+            "p95_ttlb_delta_ns",
+            "p95_ttlb_delta_interval_ns"
+        ])
     );
     assert_eq!(
         keys(&v["routes"][0]["latency"]["legacy"]),
@@ -867,6 +874,8 @@ async fn json_field_names_are_stable() {
             "legacy",
             "candidate",
             "p95_ttlb_ratio",
+            "p95_ttlb_delta_ns",
+            "p95_ttlb_delta_interval_ns",
             "weighted"
         ])
     );

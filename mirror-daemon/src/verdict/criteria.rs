@@ -1,7 +1,9 @@
 //! Go/no-go criteria, written by the user before the run.
 //!
 //! Run-wide flags: `--max-mismatch 0.5%`, `--max-p95-regression 10%`,
-//! `--max-candidate-errors 0.1%`, `--min-exchanges 1000`, `--min-completeness 99%`.
+//! `--max-candidate-errors 0.1%`, `--min-exchanges 1000`, `--min-completeness 99%`,
+//! `--min-latency-delta 1ms` (a p95 regression smaller than this in absolute terms
+//! passes; it also applies to every route's p95 limit).
 //! Percentages must carry `%` (a bare `0.5` is refused: it could mean 0.5 % or 50 %).
 //!
 //! Per-route flags, repeatable, `ROUTE=VALUE` split at the last `=` (route names never
@@ -19,6 +21,10 @@ pub struct Criteria {
     pub max_mismatch: Option<f64>,
     /// Largest allowed `candidate_p95 / legacy_p95 - 1` of time to last byte.
     pub max_p95_regression: Option<f64>,
+    /// A p95 regression smaller than this (ns, `candidate_p95 − legacy_p95`) never fails,
+    /// whatever its ratio (`--min-latency-delta`, run-wide and for every route).
+    #[serde(default)]
+    pub min_latency_delta_ns: Option<u64>,
     /// Largest allowed fraction of replayed requests the candidate failed.
     pub max_candidate_errors: Option<f64>,
     /// Fewest compared exchanges for a verdict.

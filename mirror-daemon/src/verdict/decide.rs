@@ -41,6 +41,39 @@ pub struct CriterionResult {
     pub measured: Option<f64>,
     pub passed: bool,
     pub unit: Unit,
+    /// For a p95 regression: the absolute difference and its interval, and why a ratio
+    /// over the limit passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyJudgement>,
+}
+
+/// How a p95 regression was judged: a ratio over its limit fails only when the
+/// candidate is slower by at least `--min-latency-delta` and the interval of the
+/// difference lies wholly above zero (the samples show a real difference, not noise).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyJudgement {
+    /// `candidate p95 − legacy p95`, ns.
+    pub delta_ns: i64,
+    /// Interval (at least 95 %) of that difference, ns.
+    pub interval_ns: Option<(i64, i64)>,
+    pub min_delta_ns: Option<u64>,
+    /// Why a ratio over the limit passed: `below --min-latency-delta` or
+    /// `within sampling noise`.
+    pub excused: Option<String>,
+}
+
+impl std::fmt::Display for LatencyJudgement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |ns: i64| ns as f64 / 1e6;
+        write!(f, "p95 Δ {:+.3} ms", ms(self.delta_ns))?;
+        if let Some((lo, hi)) = self.interval_ns {
+            write!(f, ", 95% interval [{:+.3}, {:+.3}] ms", ms(lo), ms(hi))?;
+        }
+        if let Some(why) = &self.excused {
+            write!(f, "; passes: {why}")?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for CriterionResult {
@@ -64,7 +97,12 @@ impl std::fmt::Display for CriterionResult {
             "{status} {}: {measured} (limit {cmp} {})",
             self.name,
             show(self.limit)
-        )
+        )?;
+        // On its own line: criterion lines stay short in the card.
+        match &self.latency {
+            Some(l) => write!(f, "\n      {l}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -130,12 +168,21 @@ fn regression(legacy: Option<u64>, candidate: Option<u64>) -> Option<f64> {
     }
 }
 
+fn delta(legacy: Option<u64>, candidate: Option<u64>) -> Option<i64> {
+    match (legacy, candidate) {
+        (Some(l), Some(c)) => Some(c as i64 - l as i64),
+        _ => None,
+    }
+}
+
 /// The measurable parts shared by the run and each route.
 struct Measured {
     compared: u64,
     mismatch: Option<f64>,
     errors: Option<f64>,
     p95_regression: Option<f64>,
+    p95_delta_ns: Option<i64>,
+    p95_interval_ns: Option<(i64, i64)>,
 }
 
 impl From<&Evidence> for Measured {
@@ -145,6 +192,8 @@ impl From<&Evidence> for Measured {
             mismatch: ratio(e.mismatched, e.compared),
             errors: ratio(e.candidate_errors, e.replayed),
             p95_regression: regression(e.p95_legacy_ttlb_ns, e.p95_candidate_ttlb_ns),
+            p95_delta_ns: delta(e.p95_legacy_ttlb_ns, e.p95_candidate_ttlb_ns),
+            p95_interval_ns: e.p95_ttlb_delta_interval_ns,
         }
     }
 }
@@ -156,11 +205,19 @@ impl From<&RouteEvidence> for Measured {
             mismatch: ratio(e.mismatched, e.compared),
             errors: ratio(e.candidate_errors, e.replayed),
             p95_regression: regression(e.p95_legacy_ttlb_ns, e.p95_candidate_ttlb_ns),
+            p95_delta_ns: delta(e.p95_legacy_ttlb_ns, e.p95_candidate_ttlb_ns),
+            p95_interval_ns: e.p95_ttlb_delta_interval_ns,
         }
     }
 }
 
-fn push_limits(out: &mut Vec<CriterionResult>, c: &Criteria, m: &Measured, route: Option<&str>) {
+fn push_limits(
+    out: &mut Vec<CriterionResult>,
+    c: &Criteria,
+    m: &Measured,
+    route: Option<&str>,
+    min_delta_ns: Option<u64>,
+) {
     let name = |n: &str| match route {
         Some(r) => format!("route {r}: {n}"),
         None => n.to_string(),
@@ -182,6 +239,7 @@ fn push_limits(out: &mut Vec<CriterionResult>, c: &Criteria, m: &Measured, route
                 measured,
                 passed,
                 unit,
+                latency: None,
             });
         };
     add(
@@ -212,6 +270,36 @@ fn push_limits(out: &mut Vec<CriterionResult>, c: &Criteria, m: &Measured, route
         false,
         Unit::Percent,
     );
+    let p95 = name("max_p95_regression");
+    if let Some(r) = out.iter_mut().rev().find(|r| r.name == p95) {
+        judge_p95(r, m, min_delta_ns);
+    }
+}
+
+/// Adds the absolute difference and its interval to a p95 result, and lets a ratio over
+/// the limit pass when the difference is under `--min-latency-delta` or within noise.
+fn judge_p95(r: &mut CriterionResult, m: &Measured, min_delta_ns: Option<u64>) {
+    let Some(delta_ns) = m.p95_delta_ns else {
+        return;
+    };
+    let excused = if r.passed {
+        None
+    } else if min_delta_ns.is_some_and(|min| delta_ns < min as i64) {
+        Some("below --min-latency-delta")
+    } else if m.p95_interval_ns.is_some_and(|(lo, _)| lo <= 0) {
+        Some("within sampling noise (the interval includes no difference)")
+    } else {
+        None
+    };
+    if excused.is_some() {
+        r.passed = true;
+    }
+    r.latency = Some(LatencyJudgement {
+        delta_ns,
+        interval_ns: m.p95_interval_ns,
+        min_delta_ns,
+        excused: excused.map(str::to_string),
+    });
 }
 
 /// Every criterion with its measured value and limit, run-wide first, then per route in
@@ -227,9 +315,16 @@ pub fn evaluate(c: &Criteria, e: &Evidence) -> Vec<CriterionResult> {
             measured,
             passed: measured.is_some_and(|v| v >= limit - EPSILON),
             unit: Unit::Percent,
+            latency: None,
         });
     }
-    push_limits(&mut out, c, &Measured::from(e), None);
+    push_limits(
+        &mut out,
+        c,
+        &Measured::from(e),
+        None,
+        c.min_latency_delta_ns,
+    );
     for (route, rc) in &c.per_route {
         let m = e
             .per_route
@@ -241,8 +336,11 @@ pub fn evaluate(c: &Criteria, e: &Evidence) -> Vec<CriterionResult> {
                 mismatch: None,
                 errors: None,
                 p95_regression: None,
+                p95_delta_ns: None,
+                p95_interval_ns: None,
             });
-        push_limits(&mut out, rc, &m, Some(route));
+        let min_delta = rc.min_latency_delta_ns.or(c.min_latency_delta_ns);
+        push_limits(&mut out, rc, &m, Some(route), min_delta);
     }
     out
 }
@@ -312,7 +410,7 @@ mod tests {
             max_candidate_errors: pct("0.1%"),
             min_exchanges: Some(1000),
             min_completeness: pct("99%"),
-            per_route: Vec::new(),
+            ..Criteria::default()
         }
     }
 
@@ -325,7 +423,7 @@ mod tests {
             completeness: 0.995,
             p95_legacy_ttlb_ns: Some(100_000_000),
             p95_candidate_ttlb_ns: Some(105_000_000),
-            per_route: Vec::new(),
+            ..Evidence::default()
         }
     }
 
@@ -443,6 +541,53 @@ mod tests {
             reasons[0].contains("max_p95_regression: not measured"),
             "{reasons:?}"
         );
+    }
+
+    #[test]
+    fn small_or_noisy_p95_regressions_pass_and_say_why() {
+        // 0.05 ms → 0.07 ms: +40 %, over a 10 % limit.
+        let mut e = evidence();
+        e.p95_legacy_ttlb_ns = Some(50_000);
+        e.p95_candidate_ttlb_ns = Some(70_000);
+        assert!(matches!(decide(&criteria(), &e), Verdict::NoGo { .. }));
+        // Under --min-latency-delta 1ms it passes, saying why.
+        let mut c = criteria();
+        c.min_latency_delta_ns = Some(1_000_000);
+        assert_eq!(decide(&c, &e), Verdict::Go);
+        let all = evaluate(&c, &e);
+        let p95 = all.iter().find(|r| r.name == "max_p95_regression").unwrap();
+        let l = p95.latency.as_ref().unwrap();
+        assert_eq!(l.delta_ns, 20_000);
+        assert_eq!(l.excused.as_deref(), Some("below --min-latency-delta"));
+        // An interval that includes no difference passes too; one above zero does not.
+        e.p95_ttlb_delta_interval_ns = Some((-5_000, 60_000));
+        assert_eq!(decide(&criteria(), &e), Verdict::Go);
+        e.p95_ttlb_delta_interval_ns = Some((5_000, 60_000));
+        let v = decide(&criteria(), &e);
+        assert!(matches!(v, Verdict::NoGo { .. }), "{v}");
+        assert!(v.to_string().contains("p95 Δ +0.020 ms"), "{v}");
+        // A real regression above the minimum fails whatever the minimum.
+        e.p95_legacy_ttlb_ns = Some(10_000_000);
+        e.p95_candidate_ttlb_ns = Some(20_000_000);
+        e.p95_ttlb_delta_interval_ns = Some((8_000_000, 12_000_000));
+        assert!(matches!(decide(&c, &e), Verdict::NoGo { .. }));
+        // The run-wide minimum applies to per-route limits too.
+        let mut c = criteria();
+        c.min_latency_delta_ns = Some(1_000_000);
+        c.max_p95_regression = None;
+        c.route_mut("GET /x").max_p95_regression = pct("10%");
+        let mut e = evidence();
+        e.per_route.push((
+            "GET /x".into(),
+            RouteEvidence {
+                compared: 10,
+                replayed: 10,
+                p95_legacy_ttlb_ns: Some(50_000),
+                p95_candidate_ttlb_ns: Some(70_000),
+                ..Default::default()
+            },
+        ));
+        assert_eq!(decide(&c, &e), Verdict::Go);
     }
 
     #[test]

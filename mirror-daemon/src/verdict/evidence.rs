@@ -17,6 +17,10 @@ pub struct Evidence {
     /// Run-wide p95 time to last byte.
     pub p95_legacy_ttlb_ns: Option<u64>,
     pub p95_candidate_ttlb_ns: Option<u64>,
+    /// Interval (at least 95 %) of `candidate p95 − legacy p95` of time to last byte, in
+    /// ns, from the samples; `None` when not computed.
+    #[serde(default)]
+    pub p95_ttlb_delta_interval_ns: Option<(i64, i64)>,
     pub per_route: Vec<(String, RouteEvidence)>,
 }
 
@@ -29,4 +33,6 @@ pub struct RouteEvidence {
     pub replayed: u64,
     pub p95_legacy_ttlb_ns: Option<u64>,
     pub p95_candidate_ttlb_ns: Option<u64>,
+    #[serde(default)]
+    pub p95_ttlb_delta_interval_ns: Option<(i64, i64)>,
 }

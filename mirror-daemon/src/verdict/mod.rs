@@ -5,7 +5,7 @@ mod decide;
 mod evidence;
 
 pub use criteria::{Criteria, RouteLimit, parse_percent};
-pub use decide::{CriterionResult, Unit, Verdict, decide, evaluate};
+pub use decide::{CriterionResult, LatencyJudgement, Unit, Verdict, decide, evaluate};
 pub use evidence::{Evidence, RouteEvidence};
 
 /// Errors of the verdict stage: criteria a user mistyped.

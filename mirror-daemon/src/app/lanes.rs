@@ -1,0 +1,434 @@
+//! The shape of the captured traffic, kept on the candidate side: one lane per captured
+//! connection, each owning one candidate connection. A lane replays its exchanges in
+//! captured order; requests that were pipelined on the captured connection are written
+//! back to back before their responses are read; the candidate connection is closed when
+//! legacy's was (a `Connection: close` on either side) or after [`LANE_IDLE`] without
+//! traffic.
+//!
+//! Bounded: at most `max` lanes (candidate connections) and [`LANE_QUEUE`] exchanges
+//! waiting per lane; an exchange that finds no room is dropped and counted as
+//! `replay_queue_full`, and the capture never waits.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    sync::mpsc::{self, error::TrySendError},
+    task::{JoinHandle, JoinSet},
+    time::timeout,
+};
+
+use super::shadow::Shadow;
+use crate::{
+    accounting::{CandidateErrorKind, DropReason, Outcome},
+    capture::FlowKey,
+    http::{Exchange, Request, Response, Timing, header},
+    replay::{Attempt, CandidateConn, ReplayResult},
+};
+
+/// Exchanges waiting in one lane at most.
+pub const LANE_QUEUE: usize = 64;
+/// A lane closes its candidate connection after this long without an exchange (the
+/// capture does not report connection closes, only exchanges).
+pub const LANE_IDLE: Duration = Duration::from_secs(5);
+/// Requests written back to back on one connection at most.
+const MAX_PIPELINE: usize = 16;
+
+/// What a lane is told, in capture order.
+enum LaneItem {
+    Exchange(Exchange),
+    /// The captured connection closed: close the candidate connection too.
+    Close,
+}
+
+/// The lanes of the run, keyed by captured connection.
+pub struct Lanes {
+    max: usize,
+    lanes: HashMap<FlowKey, mpsc::Sender<LaneItem>>,
+    tasks: JoinSet<()>,
+}
+
+impl Lanes {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            lanes: HashMap::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Hands `ex` to its connection's lane (opening one if there is room); false when
+    /// there is none, for the caller to count as dropped.
+    pub fn offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange) -> bool {
+        self.try_offer(shadow, ex).is_ok()
+    }
+
+    fn try_offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange) -> Result<(), Box<Exchange>> {
+        while self.tasks.try_join_next().is_some() {}
+        let back = |e: TrySendError<LaneItem>| match e {
+            TrySendError::Full(LaneItem::Exchange(ex))
+            | TrySendError::Closed(LaneItem::Exchange(ex)) => Some(Box::new(ex)),
+            _ => None,
+        };
+        let ex = match self.lanes.get(&ex.flow) {
+            Some(tx) => match tx.try_send(LaneItem::Exchange(ex)) {
+                Ok(()) => return Ok(()),
+                Err(e @ TrySendError::Full(_)) => return back(e).map_or(Ok(()), Err),
+                Err(e) => match back(e) {
+                    Some(ex) => {
+                        self.lanes.remove(&ex.flow);
+                        *ex
+                    }
+                    None => return Ok(()),
+                },
+            },
+            None => ex,
+        };
+        if self.lanes.len() >= self.max {
+            self.lanes.retain(|_, tx| !tx.is_closed());
+        }
+        if self.lanes.len() >= self.max {
+            return Err(Box::new(ex));
+        }
+        let (tx, rx) = mpsc::channel(LANE_QUEUE);
+        let flow = ex.flow;
+        if let Err(e) = tx.try_send(LaneItem::Exchange(ex)) {
+            return back(e).map_or(Ok(()), Err);
+        }
+        self.tasks.spawn(lane(shadow.clone(), rx));
+        self.lanes.insert(flow, tx);
+        Ok(())
+    }
+
+    /// The captured connection `flow` closed: its lane finishes what it holds, then closes
+    /// the candidate connection. (When its queue is full the lane closes when idle.)
+    pub fn close(&mut self, flow: &FlowKey) {
+        if let Some(tx) = self.lanes.remove(flow) {
+            let _ = tx.try_send(LaneItem::Close);
+        }
+    }
+
+    /// Lets every lane finish what it holds, then closes their connections.
+    pub async fn finish(mut self) {
+        self.lanes.clear();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Whether `next` was written on the captured connection before `head`'s response was
+/// complete (HTTP/1.1 pipelining).
+fn pipelined(head: &Timing, next: &Timing) -> bool {
+    next.request_first_ns < head.response_last_ns
+}
+
+/// Whether legacy's connection ended with this exchange.
+fn legacy_closed(req: &Request, resp: &Response) -> bool {
+    let close = |h: &[crate::http::Header]| {
+        header(h, "connection").is_some_and(|v| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
+    };
+    let keep_alive_10 = |h: &[crate::http::Header]| {
+        header(h, "connection").is_some_and(|v| v.eq_ignore_ascii_case(b"keep-alive"))
+    };
+    close(&req.headers)
+        || close(&resp.headers)
+        || (resp.version == 0 && !keep_alive_10(&resp.headers))
+}
+
+/// One exchange ready to go: the captured one, its masked twin, the bytes for the
+/// candidate and the secondary's replay running alongside.
+struct Prepared {
+    ex: Exchange,
+    masked: Exchange,
+    wire: Vec<u8>,
+    secondary: Option<JoinHandle<ReplayResult>>,
+}
+
+/// An item taken from the lane's queue: an exchange being masked (CPU work, started as
+/// soon as it is queued so it overlaps the candidate's time), or a close.
+enum Ahead {
+    Exchange {
+        timing: Timing,
+        masked: JoinHandle<(Exchange, Exchange)>,
+    },
+    Close,
+}
+
+fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
+    match item {
+        LaneItem::Close => Ahead::Close,
+        LaneItem::Exchange(ex) => {
+            let me = shadow.clone();
+            Ahead::Exchange {
+                timing: ex.timing,
+                masked: tokio::task::spawn_blocking(move || {
+                    let masked = me.masker.mask_exchange(&ex);
+                    (ex, masked)
+                }),
+            }
+        }
+    }
+}
+
+/// Exchanges masked ahead of the one in flight, per lane, at most.
+const MAX_AHEAD: usize = 16;
+/// Batches being compared and recorded, per lane, at most (the lane waits beyond).
+const MAX_CONCLUDING: usize = 32;
+
+/// One captured connection's exchanges, in order, over one candidate connection. Masking
+/// runs ahead and comparing runs behind, so the candidate connection is never idle for
+/// the daemon's own work.
+async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>) {
+    let mut conn: Option<CandidateConn> = None;
+    let mut ahead: VecDeque<Ahead> = VecDeque::new();
+    let mut concluding = JoinSet::new();
+    loop {
+        while ahead.len() < MAX_AHEAD {
+            match rx.try_recv() {
+                Ok(item) => ahead.push_back(start(&shadow, item)),
+                Err(_) => break,
+            }
+        }
+        if ahead.is_empty() {
+            match timeout(LANE_IDLE, rx.recv()).await {
+                Ok(Some(item)) => ahead.push_back(start(&shadow, item)),
+                Ok(None) => break,
+                Err(_) => {
+                    // Idle: close the connection and take no more; what is already
+                    // queued is still replayed (on a new connection).
+                    conn = None;
+                    rx.close();
+                    continue;
+                }
+            }
+        }
+        while concluding.try_join_next().is_some() {}
+        while concluding.len() >= MAX_CONCLUDING && concluding.join_next().await.is_some() {}
+        let Some(Ahead::Exchange { timing, masked }) = ahead.pop_front() else {
+            conn = None;
+            continue;
+        };
+        let mut batch = vec![masked];
+        while batch.len() < MAX_PIPELINE {
+            match ahead.front() {
+                Some(Ahead::Exchange { timing: next, .. }) if pipelined(&timing, next) => {
+                    if let Some(Ahead::Exchange { masked, .. }) = ahead.pop_front() {
+                        batch.push(masked);
+                    }
+                }
+                _ => break,
+            }
+        }
+        let Some(prepared) = prepare(&shadow, batch).await else {
+            continue;
+        };
+        let closes = prepared
+            .last()
+            .is_some_and(|p| legacy_closed(&p.ex.request, &p.ex.response));
+        let replies = replay_batch(&shadow, &mut conn, &prepared).await;
+        if closes {
+            conn = None;
+        }
+        concluding.spawn(conclude(shadow.clone(), prepared, replies));
+    }
+    while concluding.join_next().await.is_some() {}
+}
+
+/// Waits for the batch's masking and starts the secondary's replays.
+async fn prepare(
+    shadow: &Arc<Shadow>,
+    batch: Vec<JoinHandle<(Exchange, Exchange)>>,
+) -> Option<Vec<Prepared>> {
+    let mut prepared = Vec::with_capacity(batch.len());
+    for job in batch {
+        let Ok((ex, masked)) = job.await else {
+            shadow.finish(Outcome::Dropped(DropReason::QueueFull));
+            continue;
+        };
+        let to_send = if shadow.replay_raw {
+            ex.request.clone()
+        } else {
+            masked.request.clone()
+        };
+        let mut wire = Vec::with_capacity(512 + to_send.body.len());
+        shadow.replayer.wire(&to_send, &ex.id, &mut wire);
+        let secondary = shadow.secondary.clone().map(|s| {
+            let id = ex.id;
+            tokio::spawn(async move { s.send(&to_send, &id).await })
+        });
+        prepared.push(Prepared {
+            ex,
+            masked,
+            wire,
+            secondary,
+        });
+    }
+    (!prepared.is_empty()).then_some(prepared)
+}
+
+/// Writes the batch's requests back to back, then reads their responses in order. A
+/// reused connection that turns out dead before any response byte is replaced once.
+async fn replay_batch(
+    shadow: &Shadow,
+    conn: &mut Option<CandidateConn>,
+    batch: &[Prepared],
+) -> Vec<ReplayResult> {
+    let cfg = shadow.replayer.config();
+    let all = |kind: CandidateErrorKind| vec![Err(kind); batch.len()];
+    for attempt in 0..2 {
+        let fresh = conn.is_none();
+        if fresh {
+            match timeout(cfg.timeout, shadow.replayer.connect()).await {
+                Ok(Ok(c)) => *conn = Some(c),
+                Ok(Err(kind)) => return all(kind),
+                Err(_) => return all(CandidateErrorKind::Timeout),
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            return all(CandidateErrorKind::Refused);
+        };
+        let retry = |a: Attempt| a == Attempt::Stale && !fresh && attempt == 0;
+        let mut sent = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        for p in batch {
+            match timeout(cfg.timeout, c.write_request(&p.wire)).await {
+                Ok(Ok(s)) => sent.push(s),
+                Ok(Err(a)) => {
+                    failed = Some(a);
+                    break;
+                }
+                Err(_) => {
+                    failed = Some(Attempt::Failed(CandidateErrorKind::Timeout));
+                    break;
+                }
+            }
+        }
+        shadow
+            .replayer
+            .figures
+            .requests
+            .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(a) = failed {
+            *conn = None;
+            if retry(a) {
+                continue;
+            }
+            return all(a.kind());
+        }
+        let mut out: Vec<ReplayResult> = Vec::with_capacity(batch.len());
+        for (p, s) in batch.iter().zip(sent) {
+            let read = timeout(
+                cfg.timeout,
+                c.read_response(&p.ex.request.method, cfg.limits, s),
+            )
+            .await;
+            let failure = match read {
+                Ok(Ok((reply, open))) => {
+                    out.push(Ok(reply));
+                    if open {
+                        continue;
+                    }
+                    // The candidate closed: requests still pipelined behind are lost.
+                    Attempt::Failed(CandidateErrorKind::Reset)
+                }
+                Ok(Err(a)) if out.is_empty() && retry(a) => break,
+                Ok(Err(a)) => a,
+                Err(_) => Attempt::Failed(CandidateErrorKind::Timeout),
+            };
+            *conn = None;
+            out.resize(batch.len(), Err(failure.kind()));
+            return out;
+        }
+        if out.len() == batch.len() {
+            return out;
+        }
+        *conn = None;
+    }
+    all(CandidateErrorKind::Reset)
+}
+
+/// Compares and records each exchange of the batch (on the blocking pool).
+async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<ReplayResult>) {
+    let n = prepared.len();
+    let mut done = Vec::with_capacity(n);
+    for (p, reply) in prepared.into_iter().zip(replies) {
+        shadow.replayer.figures.reply(&reply);
+        let secondary = match p.secondary {
+            Some(h) => h.await.ok(),
+            None => None,
+        };
+        done.push((p.ex, p.masked, reply, secondary));
+    }
+    let me = shadow.clone();
+    let finished = tokio::task::spawn_blocking(move || {
+        for (ex, masked, reply, secondary) in done {
+            me.conclude(ex, masked, reply, secondary);
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            exchanges = n,
+            "concluding a batch failed; its exchanges may be uncounted"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Header;
+
+    fn ex(req_first: u64, resp_last: u64, conn: &str) -> Exchange {
+        Exchange {
+            id: crate::http::CorrelationId::new(),
+            flow: FlowKey {
+                client: "10.0.0.1:5000".parse().unwrap(),
+                server: "10.0.0.2:80".parse().unwrap(),
+            },
+            request: Request {
+                method: "GET".into(),
+                target: "/".into(),
+                version: 1,
+                headers: vec![],
+                body: bytes::Bytes::new(),
+            },
+            response: Response {
+                version: 1,
+                status: 200,
+                reason: "OK".into(),
+                headers: vec![Header::new("Connection", conn.as_bytes())],
+                body: bytes::Bytes::new(),
+            },
+            timing: Timing {
+                request_first_ns: req_first,
+                request_last_ns: req_first,
+                response_first_ns: resp_last,
+                response_last_ns: resp_last,
+            },
+        }
+    }
+
+    #[test]
+    fn pipelining_is_read_from_the_capture_timing() {
+        let head = ex(100, 500, "").timing;
+        assert!(pipelined(&head, &ex(200, 900, "").timing));
+        assert!(!pipelined(&head, &ex(600, 900, "").timing));
+    }
+
+    #[test]
+    fn legacy_close_is_seen_on_either_side() {
+        let e = ex(1, 2, "close");
+        assert!(legacy_closed(&e.request, &e.response));
+        let e = ex(1, 2, "keep-alive");
+        assert!(!legacy_closed(&e.request, &e.response));
+        let mut e = ex(1, 2, "");
+        e.response.version = 0;
+        assert!(legacy_closed(&e.request, &e.response));
+    }
+}
