@@ -93,6 +93,8 @@ struct Stages {
     outlet: Outlet,
     segments: u64,
     payload_bytes: u64,
+    /// Flow-table refusals already in the ledger.
+    refusals_counted: u64,
 }
 
 impl Stages {
@@ -103,6 +105,19 @@ impl Stages {
         self.reassembler.process(seg, &mut |ev| {
             tracker.on_event(&ev, &mut |o| outlet.deliver(o))
         });
+        self.count_refusals();
+    }
+
+    /// A connection the full flow table refused never becomes an exchange: it is seen and
+    /// dropped as `flow_table_full`, so the loss is in the ledger, not only on stderr.
+    fn count_refusals(&mut self) {
+        let refused = self.reassembler.stats().new_flow_refusals_table_full;
+        if refused > self.refusals_counted {
+            self.outlet
+                .ledger
+                .saw_dropped(DropReason::FlowTableFull, refused - self.refusals_counted);
+            self.refusals_counted = refused;
+        }
     }
 
     fn expire(&mut self, now_ns: u64) {
@@ -153,6 +168,7 @@ pub fn run(
         },
         segments: 0,
         payload_bytes: 0,
+        refusals_counted: 0,
     };
     let publish = |st: &Stages, malformed: u64, file: Option<pcap::PcapStats>| {
         if let Ok(mut f) = figures.lock() {

@@ -1,10 +1,9 @@
 //! The shadow pipeline after capture: sample → mask → replay → compare → store, with
-//! every exchange ending in exactly one counted outcome.
+//! every exchange ending in exactly one counted outcome. A replayed exchange's outcome is
+//! recorded by the store writer once its row is written (or lost, with its reason), so
+//! the ledger never counts a comparison the report cannot show.
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -35,8 +34,6 @@ pub struct Shadow {
     pub metrics: Arc<Metrics>,
     pub live: Arc<Mutex<LiveEvidence>>,
     pub store_tx: mpsc::Sender<ExchangeRecord>,
-    /// Rows not persisted because the store writer fell behind (outcomes still counted).
-    pub store_rows_dropped: AtomicU64,
     /// Send the candidate the captured values unmasked.
     pub replay_raw: bool,
     pub workers: usize,
@@ -44,22 +41,20 @@ pub struct Shadow {
     pub run_id: String,
 }
 
-fn outcome_labels(o: Outcome) -> (&'static str, &'static str) {
-    match o {
-        Outcome::Matched => ("matched", ""),
-        Outcome::Differed => ("differed", ""),
-        Outcome::SampledOut => ("sampled_out", ""),
-        Outcome::Excluded => ("excluded", ""),
-        Outcome::CandidateError(k) => ("candidate_error", k.as_str()),
-        Outcome::Dropped(r) => ("dropped", r.as_str()),
+/// The outcome of an exchange whose stage task did not return: a panic is the stage's
+/// fault; a cancelled task only happens when the runtime stops at the deadline.
+fn stage_failure(e: &tokio::task::JoinError) -> Outcome {
+    if e.is_panic() {
+        tracing::error!(error = %e, "a pipeline stage panicked; the exchange is dropped");
+        Outcome::Dropped(DropReason::StagePanic)
+    } else {
+        Outcome::Dropped(DropReason::ShutdownDeadline)
     }
 }
 
 impl Shadow {
     fn finish(&self, o: Outcome) {
         self.ledger.record(o);
-        let (outcome, reason) = outcome_labels(o);
-        self.metrics.outcome(outcome, reason);
     }
 
     /// Runs until `rx` closes (capture ended) and every queued exchange has an outcome.
@@ -88,10 +83,7 @@ impl Shadow {
             }
             // A slow candidate fills this queue; the newest exchange is then dropped and
             // counted, and the capture never waits.
-            if !pipeline::offer_or_drop(&replay_tx, ex, &self.ledger, DropReason::ReplayQueueFull) {
-                self.metrics
-                    .outcome("dropped", DropReason::ReplayQueueFull.as_str());
-            }
+            pipeline::offer_or_drop(&replay_tx, ex, &self.ledger, DropReason::ReplayQueueFull);
         }
         drop(replay_tx);
         while workers.join_next().await.is_some() {}
@@ -104,14 +96,14 @@ impl Shadow {
     /// candidate's latency.
     async fn handle(self: Arc<Self>, ex: Exchange) {
         let me = self.clone();
-        let Ok((ex, masked)) = tokio::task::spawn_blocking(move || {
+        let masked = tokio::task::spawn_blocking(move || {
             let masked = me.masker.mask_exchange(&ex);
             (ex, masked)
         })
-        .await
-        else {
-            self.finish(Outcome::Dropped(DropReason::QueueFull));
-            return;
+        .await;
+        let (ex, masked) = match masked {
+            Ok(pair) => pair,
+            Err(e) => return self.finish(stage_failure(&e)),
         };
         let to_send = if self.replay_raw {
             &ex.request
@@ -128,8 +120,8 @@ impl Shadow {
         let me = self.clone();
         let finished =
             tokio::task::spawn_blocking(move || me.conclude(ex, masked, reply, secondary)).await;
-        if finished.is_err() {
-            self.finish(Outcome::Dropped(DropReason::QueueFull));
+        if let Err(e) = finished {
+            self.finish(stage_failure(&e));
         }
     }
 
@@ -226,10 +218,10 @@ impl Shadow {
             candidate_ttlb_ns: sample.candidate_ttlb_ns,
             example,
         };
+        // The writer records the outcome once the row is written.
         if self.store_tx.try_send(row).is_err() {
-            self.store_rows_dropped.fetch_add(1, Ordering::Relaxed);
+            self.finish(Outcome::Dropped(DropReason::StoreQueueFull));
         }
-        self.finish(outcome);
     }
 
     /// A body as it may be stored and shown: masked text, or only length and digest.
@@ -253,11 +245,14 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Writes rows in batches (every 500 rows or 200 ms); stops when the queue closes.
+/// Writes rows in batches (every 500 rows or 200 ms) and records each row's outcome in
+/// the ledger: its own once written, `dropped{store_failed}` when the store refused it.
+/// Stops when the queue closes; rows it never reaches are still in flight, and
+/// [`Ledger::seal`] counts them at the shutdown deadline.
 pub async fn store_writer(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<ExchangeRecord>,
-    failures: Arc<AtomicU64>,
+    ledger: Arc<Ledger>,
 ) {
     let mut batch = Vec::with_capacity(500);
     loop {
@@ -277,9 +272,17 @@ pub async fn store_writer(
             Err(_) => false,
         };
         if !batch.is_empty() {
-            if let Err(e) = store.write_batch(&batch).await {
-                failures.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::warn!(error = %e, rows = batch.len(), "store write failed; rows not persisted (outcomes still counted)");
+            match store.write_batch(&batch).await {
+                Ok(_) => {
+                    for row in &batch {
+                        ledger.record(row.outcome);
+                    }
+                }
+                Err(e) => {
+                    let n = batch.len() as u64;
+                    ledger.record_n(Outcome::Dropped(DropReason::StoreFailed), n);
+                    tracing::warn!(error = %e, rows = n, "store write failed; rows not persisted (counted as dropped{{store_failed}})");
+                }
             }
             batch.clear();
         }

@@ -27,6 +27,7 @@ mod latency;
 mod live;
 mod mismatch;
 mod render;
+mod sections;
 #[cfg(test)]
 mod tests;
 

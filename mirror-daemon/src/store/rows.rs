@@ -181,21 +181,8 @@ pub(crate) struct EgressRow {
     pub first_bytes: Option<String>,
 }
 
-pub(crate) fn action_str(a: EgressAction) -> &'static str {
-    match a {
-        EgressAction::Refused => "refused",
-        EgressAction::Redirected => "redirected",
-        EgressAction::Allowed => "allowed",
-    }
-}
-
 pub(crate) fn parse_action(s: &str) -> Result<EgressAction, StoreError> {
-    match s {
-        "refused" => Ok(EgressAction::Refused),
-        "redirected" => Ok(EgressAction::Redirected),
-        "allowed" => Ok(EgressAction::Allowed),
-        other => Err(StoreError::Corrupt(format!("egress action {other:?}"))),
-    }
+    EgressAction::from_name(s).ok_or_else(|| StoreError::Corrupt(format!("egress action {s:?}")))
 }
 
 pub(crate) fn egress_rows(
@@ -213,7 +200,7 @@ pub(crate) fn egress_rows(
             command: a.command.clone(),
             protocol: a.protocol.clone(),
             destination: a.destination.to_string(),
-            action: action_str(a.action),
+            action: a.action.as_str(),
             first_bytes: a.first_bytes.clone(),
         })
         .collect())

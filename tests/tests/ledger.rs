@@ -1,0 +1,117 @@
+//! Issue 15: the ledger is the only place outcomes are recorded. After a real run (tap,
+//! legacy, a candidate with deviations, sampling and an exclusion), `/metrics`, the
+//! dashboard's ledger and the report's accounting give the same numbers, and the
+//! identity holds with nothing in flight.
+use std::{collections::BTreeMap, time::Duration};
+
+use mirror_e2e::*;
+use serde_json::Value;
+
+/// `mirror_exchanges_total{outcome="…",reason="…"} N` lines, and the unlabeled series.
+struct Scrape {
+    outcomes: BTreeMap<(String, String), u64>,
+    seen: u64,
+    in_flight: u64,
+}
+
+fn scrape(text: &str) -> Scrape {
+    let mut outcomes = BTreeMap::new();
+    let (mut seen, mut in_flight) = (None, None);
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("mirror_exchanges_total{") {
+            let (labels, value) = rest.split_once("} ").expect("a labelled sample");
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                    .map(|v| v.trim_matches('"').to_string())
+                    .expect("outcome and reason labels")
+            };
+            outcomes.insert(
+                (label("outcome"), label("reason")),
+                value.parse().expect("a count"),
+            );
+        } else if let Some(v) = line.strip_prefix("mirror_exchanges_seen_total ") {
+            seen = Some(v.parse().expect("a count"));
+        } else if let Some(v) = line.strip_prefix("mirror_exchanges_in_flight ") {
+            in_flight = Some(v.parse().expect("a count"));
+        }
+    }
+    Scrape {
+        outcomes,
+        seen: seen.expect("mirror_exchanges_seen_total"),
+        in_flight: in_flight.expect("mirror_exchanges_in_flight"),
+    }
+}
+
+/// The report's accounting in the same (outcome, reason) shape as the metrics.
+fn report_outcomes(acc: &Value) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for name in ["matched", "differed", "sampled_out", "excluded"] {
+        out.insert(
+            (name.to_string(), String::new()),
+            acc[name].as_u64().expect("a count"),
+        );
+    }
+    for (outcome, field) in [
+        ("candidate_error", "candidate_errors"),
+        ("dropped", "dropped"),
+    ] {
+        for (reason, n) in acc[field].as_object().expect("a map of counts") {
+            out.insert(
+                (outcome.to_string(), reason.clone()),
+                n.as_u64().expect("a count"),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn metrics_the_dashboard_and_the_report_count_the_same_outcomes_after_a_run() {
+    require_root();
+    let topo = Topology::new("g").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+    let mut args = topo.run_args(dir.path(), &topo.example_candidate_cmd("deviations"));
+    args.extend(["--sample", "60%", "--exclude", "path:^/slow"].map(String::from));
+    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
+    let load = run_load(topo.client(), &topo.legacy_addr(), 1500, 4).unwrap();
+    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
+    let live = daemon
+        .wait_settled(topo.legacy(), load.answered(), Duration::from_secs(60))
+        .unwrap();
+    let metrics = scrape(&daemon.get(topo.legacy(), "/metrics").unwrap());
+    let exit = daemon.stop(Duration::from_secs(60)).unwrap();
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+
+    let (_, card) = report_json(&dir.path().join("m.db"), &[]).unwrap();
+    let acc = &card["accounting"];
+    eprintln!(
+        "load {load:?}\naccounting {acc}\nmetrics {:?}",
+        metrics.outcomes
+    );
+    assert_eq!(acc["identity_holds"], true, "{acc}");
+    assert_eq!(acc["in_flight"].as_u64(), Some(0), "{acc}");
+    assert_eq!(metrics.in_flight, 0);
+    assert_eq!(acc["seen"].as_u64(), Some(load.answered()), "{acc}");
+    assert_eq!(metrics.seen, load.answered());
+    assert_eq!(live["seen"].as_u64(), Some(metrics.seen), "{live}");
+
+    // The same outcomes, pair by pair, and every pair in both (zeros included).
+    let reported = report_outcomes(acc);
+    assert_eq!(metrics.outcomes, reported);
+    let total: u64 = metrics.outcomes.values().sum();
+    assert_eq!(total, metrics.seen, "Σ mirror_exchanges_total = seen");
+    // The run exercised several outcomes, so the comparison is not of zeros.
+    let n = |o: &str, r: &str| reported[&(o.to_string(), r.to_string())];
+    assert!(n("matched", "") > 0 && n("differed", "") > 0, "{acc}");
+    assert!(n("sampled_out", "") > 0 && n("excluded", "") > 0, "{acc}");
+    // The ledger counts a replayed exchange once its row is stored: the store holds
+    // exactly the compared exchanges the accounting counts.
+    assert_eq!(
+        acc["stored"]["compared"].as_u64(),
+        Some(n("matched", "") + n("differed", "")),
+        "{acc}"
+    );
+}
