@@ -1,17 +1,16 @@
-//! The run's evidence kept in memory, in the same shape the store returns
-//! (`StoredEvidence`), so the live dashboard and the end-of-run summary are computed by
-//! the same report code as `mirror-daemon report`. Every collection is bounded.
-use std::collections::BTreeMap;
-
+//! The run's evidence kept in memory, in the records the store's evidence is made of, so
+//! the live dashboard is drawn by the same report code as `mirror-daemon report`, from a
+//! borrowed [`CardEvidence`] (nothing copied). Every collection is bounded.
 use rand::Rng as _;
 
 use crate::{
-    accounting::{CandidateErrorKind, Outcome},
+    accounting::{CandidateErrorKind, LedgerSnapshot, Outcome},
     compare::Comparison,
     guard::{EgressAction, EgressAttempt},
+    report::CardEvidence,
     store::{
-        DiffExample, DiffKindStats, EgressSummary, LatencySample, RouteLatency, RouteStats,
-        StoredEvidence, diff_kind_key,
+        DiffExample, DiffKindStats, EgressSummary, KernelCounters, LatencySample, RouteLatency,
+        RouteStats, diff_kind_key,
     },
 };
 
@@ -39,26 +38,59 @@ pub struct Finished<'a> {
     pub sample: LatencySample,
 }
 
+/// The entry of `v` (sorted by `key`) for `k`, inserted with `make` when absent.
+fn sorted_entry<'v, T, K: Ord + ?Sized>(
+    v: &'v mut Vec<T>,
+    k: &K,
+    key: impl Fn(&T) -> &K,
+    make: impl FnOnce() -> T,
+) -> &'v mut T {
+    let i = match v.binary_search_by(|x| key(x).cmp(k)) {
+        Ok(i) => i,
+        Err(i) => {
+            v.insert(i, make());
+            i
+        }
+    };
+    &mut v[i]
+}
+
+/// The sort key of a diff group: (route, key).
+fn diff_at(d: &DiffKindStats) -> (&str, &str) {
+    (d.route.as_str(), d.key.as_str())
+}
+
+/// The sort key of an egress group: (destination, protocol, action).
+fn egress_at(e: &EgressSummary) -> (&str, &str, EgressAction) {
+    (e.destination.as_str(), e.protocol.as_str(), e.action)
+}
+
 #[derive(Debug, Default)]
 pub struct LiveEvidence {
-    routes: BTreeMap<String, RouteStats>,
-    diffs: BTreeMap<(String, String), DiffKindStats>,
-    latency: BTreeMap<String, RouteLatency>,
-    egress: BTreeMap<(String, String, u8), EgressSummary>,
+    /// Sorted by route.
+    routes: Vec<RouteStats>,
+    /// Sorted by (route, key).
+    diffs: Vec<DiffKindStats>,
+    /// Sorted by route.
+    latency: Vec<RouteLatency>,
+    /// Sorted by (destination, protocol, action).
+    egress: Vec<EgressSummary>,
     pub untracked_diff_keys: u64,
     pub untracked_egress: u64,
 }
 
 impl LiveEvidence {
     pub fn record(&mut self, f: &Finished<'_>) {
-        let r = self
-            .routes
-            .entry(f.route.to_string())
-            .or_insert_with(|| RouteStats {
+        let r = sorted_entry(
+            &mut self.routes,
+            f.route,
+            |r| r.route.as_str(),
+            || RouteStats {
                 route: f.route.to_string(),
                 candidate_errors: CandidateErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
                 ..Default::default()
-            });
+            },
+        );
         match f.outcome {
             Outcome::Matched => r.matched += 1,
             Outcome::Differed => r.differed += 1,
@@ -79,13 +111,15 @@ impl LiveEvidence {
         if let Some(sec) = f.secondary {
             self.record_diffs(f, sec, true);
         }
-        let lat = self
-            .latency
-            .entry(f.route.to_string())
-            .or_insert_with(|| RouteLatency {
+        let lat = sorted_entry(
+            &mut self.latency,
+            f.route,
+            |l| l.route.as_str(),
+            || RouteLatency {
                 route: f.route.to_string(),
                 ..Default::default()
-            });
+            },
+        );
         lat.exchanges += 1;
         if lat.samples.len() < SAMPLES_PER_ROUTE {
             lat.samples.push(f.sample);
@@ -102,17 +136,27 @@ impl LiveEvidence {
         let mut seen_keys: Vec<String> = Vec::new();
         for d in &cmp.diffs {
             let key = diff_kind_key(&d.kind);
-            let map_key = (f.route.to_string(), key.clone());
-            if !self.diffs.contains_key(&map_key) && self.diffs.len() >= MAX_DIFF_KEYS {
-                self.untracked_diff_keys += 1;
-                continue;
-            }
+            let wanted = (f.route, key.as_str());
             let first_of_key = !seen_keys.contains(&key);
-            let st = self.diffs.entry(map_key).or_insert_with(|| DiffKindStats {
-                route: f.route.to_string(),
-                key: key.clone(),
-                ..Default::default()
-            });
+            let i = match self.diffs.binary_search_by(|x| diff_at(x).cmp(&wanted)) {
+                Ok(i) => i,
+                Err(_) if self.diffs.len() >= MAX_DIFF_KEYS => {
+                    self.untracked_diff_keys += 1;
+                    continue;
+                }
+                Err(i) => {
+                    self.diffs.insert(
+                        i,
+                        DiffKindStats {
+                            route: f.route.to_string(),
+                            key: key.clone(),
+                            ..Default::default()
+                        },
+                    );
+                    i
+                }
+            };
+            let st = &mut self.diffs[i];
             if secondary {
                 st.secondary_diffs += 1;
                 if first_of_key {
@@ -144,25 +188,32 @@ impl LiveEvidence {
     }
 
     pub fn record_egress(&mut self, a: &EgressAttempt) {
-        let key = (
-            a.destination.to_string(),
-            a.protocol.clone(),
-            a.action as u8,
-        );
-        if !self.egress.contains_key(&key) && self.egress.len() >= MAX_EGRESS_GROUPS {
-            self.untracked_egress += 1;
-            return;
-        }
-        let e = self.egress.entry(key).or_insert_with(|| EgressSummary {
-            destination: a.destination.to_string(),
-            protocol: a.protocol.clone(),
-            action: a.action,
-            attempts: 0,
-            hosts: 1,
-            first_seen_ms: a.ts_unix_ms,
-            last_seen_ms: a.ts_unix_ms,
-            commands: Vec::new(),
-        });
+        let destination = a.destination.to_string();
+        let wanted = (destination.as_str(), a.protocol.as_str(), a.action);
+        let i = match self.egress.binary_search_by(|e| egress_at(e).cmp(&wanted)) {
+            Ok(i) => i,
+            Err(_) if self.egress.len() >= MAX_EGRESS_GROUPS => {
+                self.untracked_egress += 1;
+                return;
+            }
+            Err(i) => {
+                self.egress.insert(
+                    i,
+                    EgressSummary {
+                        destination: destination.clone(),
+                        protocol: a.protocol.clone(),
+                        action: a.action,
+                        attempts: 0,
+                        hosts: 1,
+                        first_seen_ms: a.ts_unix_ms,
+                        last_seen_ms: a.ts_unix_ms,
+                        commands: Vec::new(),
+                    },
+                );
+                i
+            }
+        };
+        let e = &mut self.egress[i];
         e.attempts += 1;
         e.first_seen_ms = e.first_seen_ms.min(a.ts_unix_ms);
         e.last_seen_ms = e.last_seen_ms.max(a.ts_unix_ms);
@@ -175,28 +226,28 @@ impl LiveEvidence {
     /// Refused or redirected attempts so far (what the guard stopped).
     pub fn egress_blocked(&self) -> u64 {
         self.egress
-            .values()
+            .iter()
             .filter(|e| e.action != EgressAction::Allowed)
             .map(|e| e.attempts)
             .sum()
     }
 
-    /// The evidence in the store's shape (ledger and kernel totals are filled by the caller).
-    pub fn evidence(&self) -> StoredEvidence {
-        let mut diffs: Vec<DiffKindStats> = self.diffs.values().cloned().collect();
-        diffs.sort_by(|a, b| {
-            b.exchanges
-                .cmp(&a.exchanges)
-                .then(b.secondary_exchanges.cmp(&a.secondary_exchanges))
-                .then(a.route.cmp(&b.route))
-                .then(a.key.cmp(&b.key))
-        });
-        StoredEvidence {
-            routes: self.routes.values().cloned().collect(),
-            diffs,
-            latency: self.latency.values().cloned().collect(),
-            egress: self.egress.values().cloned().collect(),
-            ..Default::default()
+    /// The evidence a card is drawn from, borrowed, with the run's ledger and kernel
+    /// counters.
+    pub fn card_evidence<'a>(
+        &'a self,
+        ledger: &'a LedgerSnapshot,
+        kernel: &'a KernelCounters,
+    ) -> CardEvidence<'a> {
+        CardEvidence {
+            runs: &[],
+            ledgers: &[],
+            ledger_total: ledger,
+            kernel_total: kernel,
+            routes: &self.routes,
+            diffs: &self.diffs,
+            latency: &self.latency,
+            egress: &self.egress,
         }
     }
 }
@@ -246,7 +297,8 @@ mod tests {
                 sample: sample(),
             });
         }
-        let ev = live.evidence();
+        let (ledger, kernel) = Default::default();
+        let ev = live.card_evidence(&ledger, &kernel);
         assert_eq!(ev.diffs.len(), 1, "array indexes aggregate into one key");
         let d = &ev.diffs[0];
         assert_eq!((d.diffs, d.exchanges), (20, 10));
@@ -274,7 +326,8 @@ mod tests {
                 sample: sample(),
             });
         }
-        let ev = live.evidence();
+        let (ledger, kernel) = Default::default();
+        let ev = live.card_evidence(&ledger, &kernel);
         assert_eq!(ev.latency[0].samples.len(), SAMPLES_PER_ROUTE);
         assert_eq!(ev.latency[0].exchanges, (SAMPLES_PER_ROUTE + 500) as u64);
     }

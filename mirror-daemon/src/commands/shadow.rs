@@ -366,8 +366,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                     // Egress reports: counted, logged (no payload), stored, shown.
                     let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, false);
                     report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
-                    let ev = evidence_now(&live, &ledger, &kernel);
-                    let card = report::build(&ev, &criteria, &NoiseRule::default());
+                    let card = card_now(&live, &ledger, &kernel, &criteria);
                     publish(&snapshot, &run_view, &card, &ledger, &kernel, sampler.ppm());
                     if last_ledger_write.elapsed() >= Duration::from_secs(2) {
                         last_ledger_write = Instant::now();
@@ -540,15 +539,22 @@ async fn report_egress(
     }
 }
 
-fn evidence_now(
+/// The live card, drawn from the run's evidence in place (no copy into the store's shape).
+fn card_now(
     live: &Mutex<LiveEvidence>,
     ledger: &Ledger,
     kernel: &KernelCounters,
-) -> store::StoredEvidence {
-    let mut ev = live.lock().map(|l| l.evidence()).unwrap_or_default();
-    ev.ledger_total = ledger.snapshot();
-    ev.kernel_total = *kernel;
-    ev
+    criteria: &mirror_daemon::verdict::Criteria,
+) -> report::ParityCard {
+    let snapshot = ledger.snapshot();
+    let live = live
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    report::build(
+        live.card_evidence(&snapshot, kernel),
+        criteria,
+        &NoiseRule::default(),
+    )
 }
 
 fn publish(
