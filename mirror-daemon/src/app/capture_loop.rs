@@ -228,6 +228,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_connection_the_full_flow_table_refuses_is_a_counted_drop() {
+        use crate::capture::{Direction, FlowKey, TcpFlags};
+        use std::net::{Ipv4Addr, SocketAddr};
+        let ledger = Arc::new(Ledger::default());
+        let (tx, _rx) = mpsc::channel(4);
+        let reassembly = ReassemblyConfig {
+            max_flows: 1,
+            ..ReassemblyConfig::default()
+        };
+        let mut st = Stages {
+            reassembler: Reassembler::new(reassembly),
+            tracker: ExchangeTracker::new(Limits::default(), 16),
+            outlet: Outlet {
+                exchanges: tx,
+                ledger: ledger.clone(),
+                wait_when_full: false,
+            },
+            segments: 0,
+            payload_bytes: 0,
+            refusals_counted: 0,
+        };
+        for port in [40_000, 40_001, 40_002] {
+            st.segment(&Segment {
+                flow: FlowKey {
+                    client: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), port)),
+                    server: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 80)),
+                },
+                direction: Direction::ToServer,
+                seq: 1,
+                ack: 0,
+                flags: TcpFlags(TcpFlags::SYN),
+                ts_ns: 1,
+                payload: b"",
+            });
+        }
+        let s = ledger.snapshot();
+        assert_eq!(s.count(Outcome::Dropped(DropReason::FlowTableFull)), 2);
+        assert_eq!((s.seen, s.in_flight()), (2, 0));
+    }
+
+    #[test]
     fn default_settings_track_many_connections() {
         assert_eq!(
             CaptureSettings::default().max_connections,

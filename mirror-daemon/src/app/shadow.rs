@@ -291,3 +291,89 @@ pub async fn store_writer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreOptions, StoreUrl};
+
+    fn row(i: u32, outcome: Outcome) -> ExchangeRecord {
+        ExchangeRecord {
+            id: format!("x{i}"),
+            host: "h".into(),
+            run_id: "r".into(),
+            ts_unix_ms: 1_760_000_000_000,
+            route: "GET /".into(),
+            method: "GET".into(),
+            target: "/".into(),
+            outcome,
+            legacy_status: 200,
+            candidate_status: Some(200),
+            diffs: Vec::new(),
+            secondary_diffs: Vec::new(),
+            legacy_ttfb_ns: 1,
+            legacy_ttlb_ns: 2,
+            candidate_ttfb_ns: Some(1),
+            candidate_ttlb_ns: Some(2),
+            example: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_stage_is_its_own_drop_reason() {
+        let e = tokio::task::spawn_blocking(|| panic!("a stage bug"))
+            .await
+            .expect_err("the stage panicked");
+        assert_eq!(stage_failure(&e), Outcome::Dropped(DropReason::StagePanic));
+    }
+
+    #[tokio::test]
+    async fn the_writer_records_each_outcome_once_its_row_is_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = StoreUrl::Sqlite(dir.path().join("m.db"));
+        let store = Arc::new(
+            Store::open(&url, StoreOptions::default())
+                .await
+                .expect("store"),
+        );
+        let ledger = Arc::new(Ledger::default());
+        let (tx, rx) = mpsc::channel(8);
+        ledger.saw(3);
+        for (i, o) in [Outcome::Matched, Outcome::Differed, Outcome::Matched]
+            .into_iter()
+            .enumerate()
+        {
+            tx.send(row(i as u32, o)).await.expect("queued");
+        }
+        drop(tx);
+        store_writer(store.clone(), rx, ledger.clone()).await;
+        let s = ledger.snapshot();
+        assert_eq!((s.matched, s.differed, s.in_flight()), (2, 1, 0));
+        let ev = store.load(&Default::default()).await.expect("load");
+        assert_eq!(ev.routes[0].matched + ev.routes[0].differed, 3);
+    }
+
+    #[tokio::test]
+    async fn rows_the_store_refuses_are_dropped_as_store_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = StoreUrl::Sqlite(dir.path().join("m.db"));
+        let store = Arc::new(
+            Store::open(&url, StoreOptions::default())
+                .await
+                .expect("store"),
+        );
+        let ledger = Arc::new(Ledger::default());
+        let (tx, rx) = mpsc::channel(8);
+        ledger.saw(2);
+        // A store that cannot take the rows: its table is gone.
+        tx.send(row(1, Outcome::Matched)).await.expect("queued");
+        tx.send(row(2, Outcome::Differed)).await.expect("queued");
+        drop(tx);
+        let conn = rusqlite::Connection::open(dir.path().join("m.db")).expect("open");
+        conn.execute_batch("DROP TABLE exchanges").expect("drop");
+        store_writer(store, rx, ledger.clone()).await;
+        let s = ledger.snapshot();
+        assert_eq!(s.count(Outcome::Dropped(DropReason::StoreFailed)), 2);
+        assert_eq!((s.matched, s.differed, s.in_flight()), (0, 0, 0));
+    }
+}
