@@ -62,6 +62,61 @@ mod tests {
     }
 
     #[test]
+    fn every_command_takes_the_same_duration_syntax() {
+        use crate::cli::{Cli, Command};
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(["mirror-daemon"].iter().chain(args).copied())
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+                .command
+        };
+        let tap = ["--iface", "eth0", "--port", "8080"];
+        let record = [
+            &["record"][..],
+            &tap,
+            &["--out", "x.pcapng", "--duration", "2s"],
+        ]
+        .concat();
+        let Command::Record(r) = parse(&record) else {
+            panic!("record")
+        };
+        assert_eq!(r.duration, Some(Duration::from_secs(2)));
+        let run = [
+            &["run"][..],
+            &tap,
+            &["--candidate", "http://127.0.0.1:9090", "--duration", "60"],
+            &[
+                "--timeout",
+                "1.5",
+                "--retention-age",
+                "7d",
+                "--sample",
+                "25%",
+            ],
+        ]
+        .concat();
+        let Command::Run(r) = parse(&run) else {
+            panic!("run")
+        };
+        assert_eq!(r.duration, Some(Duration::from_secs(60)));
+        assert_eq!(r.pipeline.timeout, Duration::from_millis(1500));
+        assert_eq!(
+            r.pipeline.retention_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(r.pipeline.sample, SamplePercent(25.0));
+        let bad = [
+            &["run"][..],
+            &tap,
+            &["--candidate", "http://h:1", "--duration", "soon"],
+        ]
+        .concat();
+        let e = <Cli as clap::Parser>::try_parse_from(["mirror-daemon"].iter().chain(&bad))
+            .expect_err("a bad duration");
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains("write seconds"), "{e}");
+    }
+
+    #[test]
     fn sample_percent_is_parsed_once() {
         assert_eq!(SamplePercent::parse("25%").unwrap(), SamplePercent(25.0));
         assert_eq!(SamplePercent::parse("1.5").unwrap().to_string(), "1.5%");

@@ -96,9 +96,10 @@ pub(crate) fn prepare(rows: &[ExchangeRecord]) -> Result<(Vec<PreparedExchange>,
     let mut skipped = 0;
     for r in rows {
         let (outcome, error_kind) = match r.outcome {
-            Outcome::Matched => ("matched", None),
-            Outcome::Differed => ("differed", None),
-            Outcome::CandidateError(k) => ("candidate_error", Some(k.as_str())),
+            Outcome::Matched | Outcome::Differed | Outcome::CandidateError(_) => {
+                let (outcome, reason) = r.outcome.labels();
+                (outcome, (!reason.is_empty()).then_some(reason))
+            }
             Outcome::SampledOut | Outcome::Excluded | Outcome::Dropped(_) => {
                 skipped += 1;
                 continue;
