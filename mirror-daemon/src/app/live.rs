@@ -331,4 +331,118 @@ mod tests {
         assert_eq!(ev.latency[0].samples.len(), SAMPLES_PER_ROUTE);
         assert_eq!(ev.latency[0].exchanges, (SAMPLES_PER_ROUTE + 500) as u64);
     }
+
+    /// The dashboard's card and `mirror-daemon report`'s card, drawn from the same
+    /// exchanges (one kept in memory, one written to a real store), are the same card.
+    #[tokio::test]
+    async fn the_live_card_and_the_stored_card_agree() {
+        use crate::accounting::{DropReason, Ledger};
+        use crate::compare::NoiseRule;
+        use crate::store::{ExchangeRecord, ReportFilter, Store, StoreOptions, StoreUrl};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = StoreUrl::Sqlite(dir.path().join("m.db"));
+        let store = Store::open(&url, StoreOptions::default())
+            .await
+            .expect("store");
+        let (mut live, ledger, mut rows) = (LiveEvidence::default(), Ledger::default(), Vec::new());
+        let price = Diff {
+            kind: DiffKind::Field {
+                path: "$.price".into(),
+                how: FieldDiffKind::Value,
+            },
+            legacy: Some("1".into()),
+            candidate: Some("2".into()),
+        };
+        for i in 0..60u64 {
+            let (route, outcome) = match i % 5 {
+                0 | 1 => ("GET /a", Outcome::Matched),
+                2 | 3 => ("GET /b", Outcome::Differed),
+                _ => (
+                    "GET /b",
+                    Outcome::CandidateError(CandidateErrorKind::Timeout),
+                ),
+            };
+            let answered = !matches!(outcome, Outcome::CandidateError(_));
+            let cmp = Comparison {
+                diffs: if outcome == Outcome::Differed {
+                    vec![price.clone()]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            };
+            let sample = LatencySample {
+                legacy_ttfb_ns: 1_000_000 * (i + 1),
+                legacy_ttlb_ns: 2_000_000 * (i + 1),
+                candidate_ttfb_ns: answered.then_some(1_500_000 * (i + 1)),
+                candidate_ttlb_ns: answered.then_some(2_500_000 * (i + 1)),
+            };
+            let id = format!("id{i:03}");
+            live.record(&Finished {
+                id: &id,
+                host: "h",
+                run_id: "r",
+                ts_unix_ms: 1_760_000_000_000,
+                route,
+                outcome,
+                legacy_status: 200,
+                candidate_status: answered.then_some(200),
+                comparison: answered.then_some(&cmp),
+                secondary: None,
+                sample,
+            });
+            rows.push(ExchangeRecord {
+                id,
+                host: "h".into(),
+                run_id: "r".into(),
+                ts_unix_ms: 1_760_000_000_000,
+                route: route.into(),
+                method: "GET".into(),
+                target: route.trim_start_matches("GET ").into(),
+                outcome,
+                legacy_status: 200,
+                candidate_status: answered.then_some(200),
+                diffs: cmp.diffs.clone(),
+                secondary_diffs: Vec::new(),
+                legacy_ttfb_ns: sample.legacy_ttfb_ns,
+                legacy_ttlb_ns: sample.legacy_ttlb_ns,
+                candidate_ttfb_ns: sample.candidate_ttfb_ns,
+                candidate_ttlb_ns: sample.candidate_ttlb_ns,
+                example: None,
+            });
+            ledger.saw(1);
+            ledger.record(outcome);
+        }
+        ledger.saw_dropped(DropReason::Gap, 2);
+        let (snap, kernel) = (ledger.snapshot(), KernelCounters::default());
+        store.write_batch(&rows).await.expect("rows");
+        store
+            .write_ledger("h", "r", 1_760_000_000_000, &snap, &kernel)
+            .await
+            .expect("ledger");
+        let stored = store.load(&ReportFilter::default()).await.expect("load");
+        let criteria = crate::verdict::Criteria::default();
+        let from_live = crate::report::build(
+            live.card_evidence(&snap, &kernel),
+            &criteria,
+            &NoiseRule::default(),
+        );
+        let from_store = crate::report::build(&stored, &criteria, &NoiseRule::default());
+        assert_eq!(from_live.routes, from_store.routes);
+        assert_eq!(from_live.accounting, from_store.accounting);
+        assert_eq!(from_live.latency, from_store.latency);
+        assert_eq!(
+            from_live.completeness_detail,
+            from_store.completeness_detail
+        );
+        let keys = |c: &crate::report::ParityCard| {
+            c.diffs
+                .iter()
+                .map(|d| (d.route.clone(), d.key.clone(), d.count, d.occurrences))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&from_live), keys(&from_store));
+        assert!(!keys(&from_live).is_empty());
+        assert_eq!(from_live.verdict, from_store.verdict);
+    }
 }
