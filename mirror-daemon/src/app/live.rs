@@ -1,6 +1,8 @@
 //! The run's evidence kept in memory, in the records the store's evidence is made of, so
 //! the live dashboard is drawn by the same report code as `mirror-daemon report`, from a
 //! borrowed [`CardEvidence`] (nothing copied). Every collection is bounded.
+use std::cmp::Ordering;
+
 use rand::Rng as _;
 
 use crate::{
@@ -38,31 +40,23 @@ pub struct Finished<'a> {
     pub sample: LatencySample,
 }
 
-/// The entry of `v` (sorted by `key`) for `k`, inserted with `make` when absent.
-fn sorted_entry<'v, T, K: Ord + ?Sized>(
-    v: &'v mut Vec<T>,
-    k: &K,
-    key: impl Fn(&T) -> &K,
+/// The entry of `v` (sorted; `order` compares an entry with the one wanted), inserted
+/// with `make` when absent; `None` when absent and `v` already holds `cap` entries.
+fn sorted_entry<T>(
+    v: &mut Vec<T>,
+    order: impl Fn(&T) -> Ordering,
+    cap: usize,
     make: impl FnOnce() -> T,
-) -> &'v mut T {
-    let i = match v.binary_search_by(|x| key(x).cmp(k)) {
+) -> Option<&mut T> {
+    let i = match v.binary_search_by(order) {
         Ok(i) => i,
+        Err(_) if v.len() >= cap => return None,
         Err(i) => {
             v.insert(i, make());
             i
         }
     };
-    &mut v[i]
-}
-
-/// The sort key of a diff group: (route, key).
-fn diff_at(d: &DiffKindStats) -> (&str, &str) {
-    (d.route.as_str(), d.key.as_str())
-}
-
-/// The sort key of an egress group: (destination, protocol, action).
-fn egress_at(e: &EgressSummary) -> (&str, &str, EgressAction) {
-    (e.destination.as_str(), e.protocol.as_str(), e.action)
+    v.get_mut(i)
 }
 
 #[derive(Debug, Default)]
@@ -81,16 +75,19 @@ pub struct LiveEvidence {
 
 impl LiveEvidence {
     pub fn record(&mut self, f: &Finished<'_>) {
-        let r = sorted_entry(
+        // Routes are few: the route templater caps them.
+        let Some(r) = sorted_entry(
             &mut self.routes,
-            f.route,
-            |r| r.route.as_str(),
+            |r| r.route.as_str().cmp(f.route),
+            usize::MAX,
             || RouteStats {
                 route: f.route.to_string(),
                 candidate_errors: CandidateErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
                 ..Default::default()
             },
-        );
+        ) else {
+            return;
+        };
         match f.outcome {
             Outcome::Matched => r.matched += 1,
             Outcome::Differed => r.differed += 1,
@@ -111,15 +108,17 @@ impl LiveEvidence {
         if let Some(sec) = f.secondary {
             self.record_diffs(f, sec, true);
         }
-        let lat = sorted_entry(
+        let Some(lat) = sorted_entry(
             &mut self.latency,
-            f.route,
-            |l| l.route.as_str(),
+            |l| l.route.as_str().cmp(f.route),
+            usize::MAX,
             || RouteLatency {
                 route: f.route.to_string(),
                 ..Default::default()
             },
-        );
+        ) else {
+            return;
+        };
         lat.exchanges += 1;
         if lat.samples.len() < SAMPLES_PER_ROUTE {
             lat.samples.push(f.sample);
@@ -136,27 +135,21 @@ impl LiveEvidence {
         let mut seen_keys: Vec<String> = Vec::new();
         for d in &cmp.diffs {
             let key = diff_kind_key(&d.kind);
-            let wanted = (f.route, key.as_str());
             let first_of_key = !seen_keys.contains(&key);
-            let i = match self.diffs.binary_search_by(|x| diff_at(x).cmp(&wanted)) {
-                Ok(i) => i,
-                Err(_) if self.diffs.len() >= MAX_DIFF_KEYS => {
-                    self.untracked_diff_keys += 1;
-                    continue;
-                }
-                Err(i) => {
-                    self.diffs.insert(
-                        i,
-                        DiffKindStats {
-                            route: f.route.to_string(),
-                            key: key.clone(),
-                            ..Default::default()
-                        },
-                    );
-                    i
-                }
+            let entry = sorted_entry(
+                &mut self.diffs,
+                |x| (x.route.as_str(), x.key.as_str()).cmp(&(f.route, key.as_str())),
+                MAX_DIFF_KEYS,
+                || DiffKindStats {
+                    route: f.route.to_string(),
+                    key: key.clone(),
+                    ..Default::default()
+                },
+            );
+            let Some(st) = entry else {
+                self.untracked_diff_keys += 1;
+                continue;
             };
-            let st = &mut self.diffs[i];
             if secondary {
                 st.secondary_diffs += 1;
                 if first_of_key {
@@ -189,31 +182,28 @@ impl LiveEvidence {
 
     pub fn record_egress(&mut self, a: &EgressAttempt) {
         let destination = a.destination.to_string();
-        let wanted = (destination.as_str(), a.protocol.as_str(), a.action);
-        let i = match self.egress.binary_search_by(|e| egress_at(e).cmp(&wanted)) {
-            Ok(i) => i,
-            Err(_) if self.egress.len() >= MAX_EGRESS_GROUPS => {
-                self.untracked_egress += 1;
-                return;
-            }
-            Err(i) => {
-                self.egress.insert(
-                    i,
-                    EgressSummary {
-                        destination: destination.clone(),
-                        protocol: a.protocol.clone(),
-                        action: a.action,
-                        attempts: 0,
-                        hosts: 1,
-                        first_seen_ms: a.ts_unix_ms,
-                        last_seen_ms: a.ts_unix_ms,
-                        commands: Vec::new(),
-                    },
-                );
-                i
-            }
+        let entry = sorted_entry(
+            &mut self.egress,
+            |e| {
+                let wanted = (destination.as_str(), a.protocol.as_str(), a.action);
+                (e.destination.as_str(), e.protocol.as_str(), e.action).cmp(&wanted)
+            },
+            MAX_EGRESS_GROUPS,
+            || EgressSummary {
+                destination: destination.clone(),
+                protocol: a.protocol.clone(),
+                action: a.action,
+                attempts: 0,
+                hosts: 1,
+                first_seen_ms: a.ts_unix_ms,
+                last_seen_ms: a.ts_unix_ms,
+                commands: Vec::new(),
+            },
+        );
+        let Some(e) = entry else {
+            self.untracked_egress += 1;
+            return;
         };
-        let e = &mut self.egress[i];
         e.attempts += 1;
         e.first_seen_ms = e.first_seen_ms.min(a.ts_unix_ms);
         e.last_seen_ms = e.last_seen_ms.max(a.ts_unix_ms);

@@ -327,17 +327,27 @@ mod tests {
         assert_eq!(stage_failure(&e), Outcome::Dropped(DropReason::StagePanic));
     }
 
+    /// A real SQLite store in `dir`, a ledger and the writer's queue.
+    async fn writer_parts(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<Store>,
+        Arc<Ledger>,
+        mpsc::Sender<ExchangeRecord>,
+        mpsc::Receiver<ExchangeRecord>,
+    ) {
+        let url = StoreUrl::Sqlite(dir.join("m.db"));
+        let store = Store::open(&url, StoreOptions::default())
+            .await
+            .expect("store");
+        let (tx, rx) = mpsc::channel(8);
+        (Arc::new(store), Arc::new(Ledger::default()), tx, rx)
+    }
+
     #[tokio::test]
     async fn the_writer_records_each_outcome_once_its_row_is_stored() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = StoreUrl::Sqlite(dir.path().join("m.db"));
-        let store = Arc::new(
-            Store::open(&url, StoreOptions::default())
-                .await
-                .expect("store"),
-        );
-        let ledger = Arc::new(Ledger::default());
-        let (tx, rx) = mpsc::channel(8);
+        let (store, ledger, tx, rx) = writer_parts(dir.path()).await;
         ledger.saw(3);
         for (i, o) in [Outcome::Matched, Outcome::Differed, Outcome::Matched]
             .into_iter()
@@ -356,14 +366,7 @@ mod tests {
     #[tokio::test]
     async fn rows_the_store_refuses_are_dropped_as_store_failed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = StoreUrl::Sqlite(dir.path().join("m.db"));
-        let store = Arc::new(
-            Store::open(&url, StoreOptions::default())
-                .await
-                .expect("store"),
-        );
-        let ledger = Arc::new(Ledger::default());
-        let (tx, rx) = mpsc::channel(8);
+        let (store, ledger, tx, rx) = writer_parts(dir.path()).await;
         ledger.saw(2);
         // A store that cannot take the rows: its table is gone.
         tx.send(row(1, Outcome::Matched)).await.expect("queued");
