@@ -123,3 +123,69 @@ fn metrics_the_dashboard_and_the_report_count_the_same_outcomes_after_a_run() {
         "{acc}"
     );
 }
+
+#[test]
+fn a_stop_while_replays_hang_counts_them_as_cut_by_the_deadline_and_leaves_none_in_flight() {
+    require_root();
+    let topo = Topology::new("gd").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+    // A candidate that accepts and never answers (it holds every connection).
+    let (ip, port) = topo
+        .candidate_addr()
+        .split_once(':')
+        .map(|(a, p)| (a.to_string(), p.to_string()))
+        .unwrap();
+    let hang = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('{ip}',{port}))\ns.listen(1024)\nheld=[]\nwhile True:\n    held.append(s.accept()[0])\n"
+    );
+    let script = dir.path().join("hang.py");
+    std::fs::write(&script, hang).unwrap();
+    let cmd = format!(
+        "exec ip netns exec {} {} {}",
+        topo.cand.name,
+        python3(),
+        script.display()
+    );
+    let mut args = topo.run_args(dir.path(), &cmd);
+    // Replays wait up to 3 s each, 4 at a time: most are still queued at the stop.
+    args.extend(["--timeout", "3", "--concurrency", "4"].map(String::from));
+    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
+    let load = run_load(topo.client(), &topo.legacy_addr(), 400, 4).unwrap();
+    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
+    // Wait until every exchange is seen (not until it has an outcome), then stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = daemon.ledger(topo.legacy()).unwrap();
+        if l["seen"].as_u64() >= Some(load.answered()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not all seen: {l}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let exit = daemon.stop(Duration::from_secs(120)).unwrap();
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+
+    let (_, card) = report_json(&dir.path().join("m.db"), &[]).unwrap();
+    let acc = &card["accounting"];
+    eprintln!("accounting {acc}");
+    assert_eq!(acc["seen"].as_u64(), Some(load.answered()), "{acc}");
+    assert_eq!(acc["in_flight"].as_u64(), Some(0), "{acc}");
+    assert_eq!(acc["identity_holds"], true, "{acc}");
+    let cut = acc["dropped"]["shutdown_deadline"].as_u64().unwrap_or(0);
+    assert!(
+        cut > 0,
+        "replays queued at the stop are cut by the deadline: {acc}"
+    );
+    assert_eq!(
+        acc["candidate_errors"]["timeout"].as_u64().unwrap_or(0) + cut,
+        load.answered(),
+        "each exchange timed out or was cut: {acc}"
+    );
+    assert!(
+        exit.stderr.contains("dropped{shutdown_deadline}"),
+        "{}",
+        exit.stderr
+    );
+}
