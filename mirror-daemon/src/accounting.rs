@@ -1,7 +1,14 @@
 //! Accounting: every captured exchange ends in exactly one terminal outcome, and each
 //! outcome is a counter. The report prints the identity
 //! `seen = matched + differed + sampled_out + excluded + candidate_error + dropped`.
-use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! The [`Ledger`] is the only place outcomes are recorded: `/metrics`
+//! (`mirror_exchanges_total`), the dashboard, the store's ledger rows and the report are
+//! all read from it. A replayed exchange becomes terminal when its row reaches the store
+//! (or is lost on the way, with a reason), so the ledger and the store agree. After a
+//! stop, [`Ledger::seal`] turns whatever is still in flight into
+//! `dropped{shutdown_deadline}`, so the identity holds with nothing in flight.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Why an exchange (or the bytes that would have made one) was dropped.
 #[derive(
@@ -30,10 +37,23 @@ pub enum DropReason {
     Evicted,
     /// The replay rate limit was reached.
     RateLimited,
+    /// A new connection was refused because the flow table was full (counted per refused
+    /// segment that would have opened a flow).
+    FlowTableFull,
+    /// The store writer's queue was full: the exchange was compared but its row was not
+    /// kept.
+    StoreQueueFull,
+    /// The store refused the write: the exchange's row was not kept.
+    StoreFailed,
+    /// A stage (masking, comparing) panicked on this exchange.
+    StagePanic,
+    /// Still in flight (replaying, or its row queued for the store) when the shutdown
+    /// deadline passed.
+    ShutdownDeadline,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::RingFull,
         DropReason::QueueFull,
         DropReason::ReplayQueueFull,
@@ -44,7 +64,13 @@ impl DropReason {
         DropReason::Unpaired,
         DropReason::Evicted,
         DropReason::RateLimited,
+        DropReason::FlowTableFull,
+        DropReason::StoreQueueFull,
+        DropReason::StoreFailed,
+        DropReason::StagePanic,
+        DropReason::ShutdownDeadline,
     ];
+    /// The reason's name in every output (metrics label, JSON key, card text).
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::RingFull => "ring_full",
@@ -57,6 +83,11 @@ impl DropReason {
             DropReason::Unpaired => "unpaired",
             DropReason::Evicted => "evicted",
             DropReason::RateLimited => "rate_limited",
+            DropReason::FlowTableFull => "flow_table_full",
+            DropReason::StoreQueueFull => "store_queue_full",
+            DropReason::StoreFailed => "store_failed",
+            DropReason::StagePanic => "stage_panic",
+            DropReason::ShutdownDeadline => "shutdown_deadline",
         }
     }
 }
@@ -81,6 +112,7 @@ impl CandidateErrorKind {
         CandidateErrorKind::Reset,
         CandidateErrorKind::Malformed,
     ];
+    /// The kind's name in every output (metrics label, JSON key, card text).
     pub fn as_str(self) -> &'static str {
         match self {
             CandidateErrorKind::Timeout => "timeout",
@@ -103,6 +135,46 @@ pub enum Outcome {
     Dropped(DropReason),
 }
 
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for CandidateErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Outcome {
+    /// Every (outcome, reason) pair, in the ledger's order: what `/metrics` exposes.
+    pub fn all() -> impl Iterator<Item = Outcome> {
+        [
+            Outcome::Matched,
+            Outcome::Differed,
+            Outcome::SampledOut,
+            Outcome::Excluded,
+        ]
+        .into_iter()
+        .chain(CandidateErrorKind::ALL.map(Outcome::CandidateError))
+        .chain(DropReason::ALL.map(Outcome::Dropped))
+    }
+
+    /// The outcome's name and its reason (drop reason or candidate error kind; empty
+    /// for the others), as `/metrics` labels them.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::Matched => ("matched", ""),
+            Outcome::Differed => ("differed", ""),
+            Outcome::SampledOut => ("sampled_out", ""),
+            Outcome::Excluded => ("excluded", ""),
+            Outcome::CandidateError(k) => ("candidate_error", k.as_str()),
+            Outcome::Dropped(r) => ("dropped", r.as_str()),
+        }
+    }
+}
+
 /// Lock-free outcome counters, shared by every stage.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -111,8 +183,13 @@ pub struct Ledger {
     pub differed: AtomicU64,
     pub sampled_out: AtomicU64,
     pub excluded: AtomicU64,
-    candidate_error: [AtomicU64; 4],
-    dropped: [AtomicU64; 10],
+    candidate_error: [AtomicU64; CandidateErrorKind::ALL.len()],
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Set by [`Ledger::seal`]: later counts are ignored (and counted in `late`).
+    sealed: AtomicBool,
+    /// Recorders between their check of `sealed` and their count (seal waits for them).
+    recording: AtomicU64,
+    late: AtomicU64,
 }
 
 /// A consistent-enough copy of the ledger for reports.
@@ -128,6 +205,24 @@ pub struct LedgerSnapshot {
 }
 
 impl LedgerSnapshot {
+    /// Exchanges that ended in `outcome`.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        fn pick<K: PartialEq>(pairs: &[(K, u64)], key: K) -> u64 {
+            pairs
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, n)| n)
+                .sum()
+        }
+        match outcome {
+            Outcome::Matched => self.matched,
+            Outcome::Differed => self.differed,
+            Outcome::SampledOut => self.sampled_out,
+            Outcome::Excluded => self.excluded,
+            Outcome::CandidateError(k) => pick(&self.candidate_error, k),
+            Outcome::Dropped(r) => pick(&self.dropped, r),
+        }
+    }
     pub fn candidate_errors(&self) -> u64 {
         self.candidate_error.iter().map(|(_, n)| n).sum()
     }
@@ -152,7 +247,7 @@ impl LedgerSnapshot {
 impl Ledger {
     /// An exchange (or a message that could not become one) entered the pipeline.
     pub fn saw(&self, n: u64) {
-        self.seen.fetch_add(n, Ordering::Relaxed);
+        self.count(&self.seen, n);
     }
 
     pub fn record(&self, outcome: Outcome) {
@@ -160,15 +255,48 @@ impl Ledger {
     }
 
     pub fn record_n(&self, outcome: Outcome, n: u64) {
-        let slot = match outcome {
+        self.count(self.slot(outcome), n);
+    }
+
+    fn slot(&self, outcome: Outcome) -> &AtomicU64 {
+        match outcome {
             Outcome::Matched => &self.matched,
             Outcome::Differed => &self.differed,
             Outcome::SampledOut => &self.sampled_out,
             Outcome::Excluded => &self.excluded,
             Outcome::CandidateError(k) => &self.candidate_error[k as usize],
             Outcome::Dropped(r) => &self.dropped[r as usize],
-        };
-        slot.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn count(&self, slot: &AtomicU64, n: u64) {
+        self.recording.fetch_add(1, Ordering::SeqCst);
+        if self.sealed.load(Ordering::SeqCst) {
+            self.late.fetch_add(n, Ordering::Relaxed);
+        } else {
+            slot.fetch_add(n, Ordering::Relaxed);
+        }
+        self.recording.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Ends the run's accounting: every exchange still in flight becomes
+    /// `dropped{shutdown_deadline}` and later counts (a replay that finishes after the
+    /// deadline) are ignored, so the identity holds with `in_flight = 0`. Returns how
+    /// many exchanges the deadline cut.
+    pub fn seal(&self) -> u64 {
+        self.sealed.store(true, Ordering::SeqCst);
+        // A recorder that saw `sealed` unset is finishing its one add: wait for it.
+        while self.recording.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+        let cut = self.snapshot().in_flight();
+        self.dropped[DropReason::ShutdownDeadline as usize].fetch_add(cut, Ordering::Relaxed);
+        cut
+    }
+
+    /// Counts that arrived after [`Ledger::seal`] (and were left out).
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 
     /// Seen and dropped in one step, for losses found before an exchange exists.
@@ -225,5 +353,72 @@ mod tests {
         assert_eq!(s.seen, 7);
         assert_eq!(s.terminal(), 6);
         assert_eq!(s.in_flight(), 1);
+    }
+
+    fn dropped(s: &LedgerSnapshot, reason: DropReason) -> u64 {
+        s.dropped
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    #[test]
+    fn seal_turns_what_is_in_flight_into_shutdown_deadline_drops() {
+        let ledger = Ledger::default();
+        ledger.saw(5);
+        ledger.record(Outcome::Matched);
+        ledger.record(Outcome::Dropped(DropReason::StagePanic));
+        assert_eq!(ledger.seal(), 3);
+        // A replay that finishes after the deadline was already counted as cut.
+        ledger.record(Outcome::Differed);
+        ledger.saw(1);
+        let s = ledger.snapshot();
+        assert_eq!((s.seen, s.terminal(), s.in_flight()), (5, 5, 0));
+        assert_eq!(dropped(&s, DropReason::ShutdownDeadline), 3);
+        assert_eq!(dropped(&s, DropReason::StagePanic), 1);
+        assert_eq!(s.differed, 0);
+        assert_eq!(ledger.late(), 2);
+    }
+
+    #[test]
+    fn every_reason_has_its_own_counter_and_name() {
+        let ledger = Ledger::default();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            ledger.saw_dropped(*r, i as u64 + 1);
+        }
+        let s = ledger.snapshot();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(dropped(&s, *r), i as u64 + 1, "{r}");
+        }
+        let names: std::collections::BTreeSet<_> = Outcome::all().map(Outcome::labels).collect();
+        assert_eq!(
+            names.len(),
+            Outcome::all().count(),
+            "label pairs are distinct"
+        );
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn seal_is_exact_while_other_threads_record() {
+        let ledger = std::sync::Arc::new(Ledger::default());
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let l = ledger.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        l.saw(1);
+                        l.record(Outcome::Matched);
+                    }
+                })
+            })
+            .collect();
+        ledger.saw(7);
+        ledger.seal();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let s = ledger.snapshot();
+        assert_eq!(s.seen, s.terminal(), "{s:?}");
     }
 }

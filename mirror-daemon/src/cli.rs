@@ -1,5 +1,5 @@
 //! Command-line interface (clap). Flag names are a user contract: keep them.
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -120,9 +120,9 @@ pub struct RecordArgs {
     /// Output pcapng file.
     #[arg(long)]
     pub out: PathBuf,
-    /// Stop after this many seconds.
-    #[arg(long, conflicts_with = "count")]
-    pub duration: Option<f64>,
+    /// Stop after this long: seconds (`60`) or with a unit (`2s`, `10m`).
+    #[arg(long, conflicts_with = "count", value_parser = crate::flags::duration)]
+    pub duration: Option<Duration>,
     /// Stop after this many segments.
     #[arg(long)]
     pub count: Option<u64>,
@@ -244,8 +244,8 @@ pub struct PipelineArgs {
     #[arg(long)]
     pub secondary: Option<String>,
     /// Percent of exchanges to replay (sticky per key with --sticky).
-    #[arg(long, default_value = "100")]
-    pub sample: String,
+    #[arg(long, default_value = "100", value_parser = crate::flags::SamplePercent::parse)]
+    pub sample: crate::flags::SamplePercent,
     /// Sticky sampling key: `header:NAME`, `cookie:NAME`, `query:NAME` or `client-ip`.
     #[arg(long)]
     pub sticky: Option<String>,
@@ -264,8 +264,8 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Per-request timeout to the candidate, e.g. `5s`, `500ms`.
-    #[arg(long, default_value = "5s")]
-    pub timeout: String,
+    #[arg(long, default_value = "5s", value_parser = crate::flags::duration)]
+    pub timeout: Duration,
     /// Send the candidate the captured values unmasked (it must authenticate as the
     /// user, say). Everything stored, logged or shown stays masked either way.
     #[arg(long)]
@@ -282,8 +282,8 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "/var/lib/mirror/mirror.db")]
     pub store: String,
     /// Delete stored rows older than this (e.g. `7d`).
-    #[arg(long)]
-    pub retention_age: Option<String>,
+    #[arg(long, value_parser = crate::flags::duration)]
+    pub retention_age: Option<Duration>,
     /// Keep the store under this size in MiB (oldest rows go first).
     #[arg(long)]
     pub retention_mib: Option<u64>,
@@ -317,9 +317,9 @@ pub struct RunArgs {
     pub tap: TapArgs,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
-    /// Stop after this long (e.g. `10m`); default: until SIGINT/SIGTERM.
-    #[arg(long)]
-    pub duration: Option<String>,
+    /// Stop after this long (e.g. `10m`, or seconds: `60`); default: until SIGINT/SIGTERM.
+    #[arg(long, value_parser = crate::flags::duration)]
+    pub duration: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -377,9 +377,9 @@ pub struct ExchangesArgs {
     /// Live: stop after this many exchanges.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Live: stop after this long (e.g. `30s`).
-    #[arg(long)]
-    pub duration: Option<String>,
+    /// Live: stop after this long (e.g. `30s`, or seconds: `30`).
+    #[arg(long, value_parser = crate::flags::duration)]
+    pub duration: Option<Duration>,
     /// Live: kernel ring-buffer size in MiB.
     #[arg(long, default_value_t = 64)]
     pub ring_mib: u32,

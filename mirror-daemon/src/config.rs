@@ -137,7 +137,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.tap.iface, "eth0");
-        assert_eq!(run.pipeline.sample, "1.5");
+        assert_eq!(run.pipeline.sample, crate::flags::SamplePercent(1.5));
         assert!(run.pipeline.replay_raw);
     }
 

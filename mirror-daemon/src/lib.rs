@@ -1,9 +1,41 @@
 //! mirror: prove a replacement service against the legacy one with real traffic.
 //!
+//! # Architecture
+//!
 //! Stages, in data-flow order (a stage only uses the types of the stages before it):
-//! `capture` → `reassembly` → `http` → `sample` → `mask` → `replay` → `compare` →
-//! `store` → `verdict` → `serve`. `app` wires them; `pipeline` owns channels and the
-//! drop policy; `accounting` counts every exchange's terminal outcome.
+//!
+//! ```text
+//! capture ─▶ reassembly ─▶ http ─▶ sample ─▶ mask ─▶ replay ─▶ compare ─▶ store ─▶ report/verdict
+//!   (eBPF tap or pcap)  (TCP)   (exchanges)                 (candidate,      (SQLite or   (card, dashboard,
+//!                                                             fenced by guard) PostgreSQL)  /metrics)
+//! ```
+//!
+//! - [`capture`]: the kernel tap ([`capture::kernel::Tap`], TC ingress + egress, observe
+//!   only) or a capture file, producing [`capture::Segment`]s.
+//! - [`reassembly`] orders TCP segments per flow (bounded flow table and buffers);
+//!   [`http`] frames them into request/response [`http::Exchange`]s.
+//! - [`sample`] decides what is replayed; [`mask`] ([`mask::Masker`]) replaces PII with
+//!   keyed tokens before anything is stored, logged or shown.
+//! - [`replay`] sends the request to the candidate; [`guard`] fences the candidate's
+//!   outbound network with cgroup eBPF hooks.
+//! - [`compare`] ([`compare::Comparator`]) diffs the responses; [`store`]
+//!   ([`store::Store`]) keeps each outcome under its correlation id.
+//! - [`report`] turns what the store holds into the parity card (one section model drawn
+//!   as a table or Markdown, or the card as JSON); [`verdict`] judges it against the
+//!   criteria; [`serve`] is the local dashboard, API and `/metrics`.
+//!
+//! Wiring: [`app`] runs the stages (`app::capture_loop` on its own OS thread, then
+//! `app::shadow` on tokio); [`pipeline`] owns the bounded queues between them and their
+//! drop policy (drop the newest and count it, never block the capture).
+//!
+//! # Accounting
+//!
+//! Every captured exchange ends in exactly one outcome of a closed vocabulary
+//! ([`accounting::Outcome`], [`accounting::DropReason`]), recorded in one place, the
+//! [`accounting::Ledger`]. `/metrics`, the dashboard, the store's ledger rows and the
+//! report all read it, so they show the same identity:
+//! `seen = matched + differed + sampled_out + excluded + candidate_error + dropped +
+//! in_flight`, with `in_flight = 0` after a stop ([`accounting::Ledger::seal`]).
 pub mod accounting;
 pub mod app;
 pub mod capture;

@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod config;
+mod flags;
 mod progress;
 
 use std::process::ExitCode;

@@ -139,6 +139,8 @@ struct Stages {
     payload_bytes: u64,
     before_attach: u64,
     reorder: ReorderStats,
+    /// Flow-table refusals already in the ledger.
+    refusals_counted: u64,
 }
 
 impl Stages {
@@ -150,6 +152,19 @@ impl Stages {
             tracker.on_event(&ev, &mut |o| outlet.deliver(o));
             outlet.stream_event(&ev);
         });
+        self.count_refusals();
+    }
+
+    /// A connection the full flow table refused never becomes an exchange: it is seen and
+    /// dropped as `flow_table_full`, so the loss is in the ledger, not only on stderr.
+    fn count_refusals(&mut self) {
+        let refused = self.reassembler.stats().new_flow_refusals_table_full;
+        if refused > self.refusals_counted {
+            self.outlet
+                .ledger
+                .saw_dropped(DropReason::FlowTableFull, refused - self.refusals_counted);
+            self.refusals_counted = refused;
+        }
     }
 
     fn expire(&mut self, now_ns: u64) {
@@ -207,6 +222,7 @@ pub fn run(
         payload_bytes: 0,
         before_attach: 0,
         reorder: ReorderStats::default(),
+        refusals_counted: 0,
     };
     let publish = |st: &Stages, malformed: u64, file: Option<pcap::PcapStats>| {
         if let Ok(mut f) = figures.lock() {
@@ -274,6 +290,49 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_the_full_flow_table_refuses_is_a_counted_drop() {
+        use crate::capture::{Direction, FlowKey, TcpFlags};
+        use std::net::{Ipv4Addr, SocketAddr};
+        let ledger = Arc::new(Ledger::default());
+        let (tx, _rx) = mpsc::channel(4);
+        let reassembly = ReassemblyConfig {
+            max_flows: 1,
+            ..ReassemblyConfig::default()
+        };
+        let mut st = Stages {
+            reassembler: Reassembler::new(reassembly),
+            tracker: ExchangeTracker::new(Limits::default(), 16),
+            outlet: Outlet {
+                exchanges: tx,
+                ledger: ledger.clone(),
+                wait_when_full: false,
+            },
+            segments: 0,
+            payload_bytes: 0,
+            before_attach: 0,
+            reorder: ReorderStats::default(),
+            refusals_counted: 0,
+        };
+        for port in [40_000, 40_001, 40_002] {
+            st.segment(&Segment {
+                flow: FlowKey {
+                    client: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), port)),
+                    server: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 80)),
+                },
+                direction: Direction::ToServer,
+                seq: 1,
+                ack: 0,
+                flags: TcpFlags(TcpFlags::SYN),
+                ts_ns: 1,
+                payload: b"",
+            });
+        }
+        let s = ledger.snapshot();
+        assert_eq!(s.count(Outcome::Dropped(DropReason::FlowTableFull)), 2);
+        assert_eq!((s.seen, s.in_flight()), (2, 0));
+    }
 
     #[test]
     fn default_settings_track_many_connections() {

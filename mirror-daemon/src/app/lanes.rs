@@ -246,9 +246,12 @@ async fn prepare(
 ) -> Option<Vec<Prepared>> {
     let mut prepared = Vec::with_capacity(batch.len());
     for job in batch {
-        let Ok((ex, masked)) = job.await else {
-            shadow.finish(Outcome::Dropped(DropReason::QueueFull));
-            continue;
+        let (ex, masked) = match job.await {
+            Ok(pair) => pair,
+            Err(e) => {
+                shadow.finish(super::shadow::stage_failure(&e));
+                continue;
+            }
         };
         let to_send = if shadow.replay_raw {
             ex.request.clone()
@@ -367,14 +370,23 @@ async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<Rep
     let me = shadow.clone();
     let finished = tokio::task::spawn_blocking(move || {
         for (ex, masked, reply, secondary) in done {
-            me.conclude(ex, masked, reply, secondary);
+            // One exchange's bug must not lose the rest of the batch from the ledger.
+            let concluded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                me.conclude(ex, masked, reply, secondary)
+            }));
+            if concluded.is_err() {
+                tracing::error!("comparing or recording an exchange panicked; it is dropped");
+                me.finish(Outcome::Dropped(DropReason::StagePanic));
+            }
         }
     })
     .await;
     if finished.is_err() {
+        // Only a runtime stopping at the shutdown deadline cancels this task; the ledger's
+        // seal counts what it held as `shutdown_deadline`.
         tracing::warn!(
             exchanges = n,
-            "concluding a batch failed; its exchanges may be uncounted"
+            "concluding a batch was cut by the shutdown deadline"
         );
     }
 }

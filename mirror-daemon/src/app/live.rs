@@ -1,17 +1,18 @@
-//! The run's evidence kept in memory, in the same shape the store returns
-//! (`StoredEvidence`), so the live dashboard and the end-of-run summary are computed by
-//! the same report code as `mirror-daemon report`. Every collection is bounded.
-use std::collections::BTreeMap;
+//! The run's evidence kept in memory, in the records the store's evidence is made of, so
+//! the live dashboard is drawn by the same report code as `mirror-daemon report`, from a
+//! borrowed [`CardEvidence`] (nothing copied). Every collection is bounded.
+use std::cmp::Ordering;
 
 use rand::Rng as _;
 
 use crate::{
-    accounting::{CandidateErrorKind, Outcome},
+    accounting::{CandidateErrorKind, LedgerSnapshot, Outcome},
     compare::Comparison,
     guard::{EgressAction, EgressAttempt},
+    report::CardEvidence,
     store::{
-        DiffExample, DiffKindStats, EgressSummary, LatencySample, RouteLatency, RouteStats,
-        StoredEvidence, diff_kind_key,
+        DiffExample, DiffKindStats, EgressSummary, KernelCounters, LatencySample, RouteLatency,
+        RouteStats, diff_kind_key,
     },
 };
 
@@ -39,26 +40,54 @@ pub struct Finished<'a> {
     pub sample: LatencySample,
 }
 
+/// The entry of `v` (sorted; `order` compares an entry with the one wanted), inserted
+/// with `make` when absent; `None` when absent and `v` already holds `cap` entries.
+fn sorted_entry<T>(
+    v: &mut Vec<T>,
+    order: impl Fn(&T) -> Ordering,
+    cap: usize,
+    make: impl FnOnce() -> T,
+) -> Option<&mut T> {
+    let i = match v.binary_search_by(order) {
+        Ok(i) => i,
+        Err(_) if v.len() >= cap => return None,
+        Err(i) => {
+            v.insert(i, make());
+            i
+        }
+    };
+    v.get_mut(i)
+}
+
 #[derive(Debug, Default)]
 pub struct LiveEvidence {
-    routes: BTreeMap<String, RouteStats>,
-    diffs: BTreeMap<(String, String), DiffKindStats>,
-    latency: BTreeMap<String, RouteLatency>,
-    egress: BTreeMap<(String, String, u8), EgressSummary>,
+    /// Sorted by route.
+    routes: Vec<RouteStats>,
+    /// Sorted by (route, key).
+    diffs: Vec<DiffKindStats>,
+    /// Sorted by route.
+    latency: Vec<RouteLatency>,
+    /// Sorted by (destination, protocol, action).
+    egress: Vec<EgressSummary>,
     pub untracked_diff_keys: u64,
     pub untracked_egress: u64,
 }
 
 impl LiveEvidence {
     pub fn record(&mut self, f: &Finished<'_>) {
-        let r = self
-            .routes
-            .entry(f.route.to_string())
-            .or_insert_with(|| RouteStats {
+        // Routes are few: the route templater caps them.
+        let Some(r) = sorted_entry(
+            &mut self.routes,
+            |r| r.route.as_str().cmp(f.route),
+            usize::MAX,
+            || RouteStats {
                 route: f.route.to_string(),
                 candidate_errors: CandidateErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
                 ..Default::default()
-            });
+            },
+        ) else {
+            return;
+        };
         match f.outcome {
             Outcome::Matched => r.matched += 1,
             Outcome::Differed => r.differed += 1,
@@ -79,13 +108,17 @@ impl LiveEvidence {
         if let Some(sec) = f.secondary {
             self.record_diffs(f, sec, true);
         }
-        let lat = self
-            .latency
-            .entry(f.route.to_string())
-            .or_insert_with(|| RouteLatency {
+        let Some(lat) = sorted_entry(
+            &mut self.latency,
+            |l| l.route.as_str().cmp(f.route),
+            usize::MAX,
+            || RouteLatency {
                 route: f.route.to_string(),
                 ..Default::default()
-            });
+            },
+        ) else {
+            return;
+        };
         lat.exchanges += 1;
         if lat.samples.len() < SAMPLES_PER_ROUTE {
             lat.samples.push(f.sample);
@@ -102,17 +135,21 @@ impl LiveEvidence {
         let mut seen_keys: Vec<String> = Vec::new();
         for d in &cmp.diffs {
             let key = diff_kind_key(&d.kind);
-            let map_key = (f.route.to_string(), key.clone());
-            if !self.diffs.contains_key(&map_key) && self.diffs.len() >= MAX_DIFF_KEYS {
+            let first_of_key = !seen_keys.contains(&key);
+            let entry = sorted_entry(
+                &mut self.diffs,
+                |x| (x.route.as_str(), x.key.as_str()).cmp(&(f.route, key.as_str())),
+                MAX_DIFF_KEYS,
+                || DiffKindStats {
+                    route: f.route.to_string(),
+                    key: key.clone(),
+                    ..Default::default()
+                },
+            );
+            let Some(st) = entry else {
                 self.untracked_diff_keys += 1;
                 continue;
-            }
-            let first_of_key = !seen_keys.contains(&key);
-            let st = self.diffs.entry(map_key).or_insert_with(|| DiffKindStats {
-                route: f.route.to_string(),
-                key: key.clone(),
-                ..Default::default()
-            });
+            };
             if secondary {
                 st.secondary_diffs += 1;
                 if first_of_key {
@@ -144,25 +181,29 @@ impl LiveEvidence {
     }
 
     pub fn record_egress(&mut self, a: &EgressAttempt) {
-        let key = (
-            a.destination.to_string(),
-            a.protocol.clone(),
-            a.action as u8,
+        let destination = a.destination.to_string();
+        let entry = sorted_entry(
+            &mut self.egress,
+            |e| {
+                let wanted = (destination.as_str(), a.protocol.as_str(), a.action);
+                (e.destination.as_str(), e.protocol.as_str(), e.action).cmp(&wanted)
+            },
+            MAX_EGRESS_GROUPS,
+            || EgressSummary {
+                destination: destination.clone(),
+                protocol: a.protocol.clone(),
+                action: a.action,
+                attempts: 0,
+                hosts: 1,
+                first_seen_ms: a.ts_unix_ms,
+                last_seen_ms: a.ts_unix_ms,
+                commands: Vec::new(),
+            },
         );
-        if !self.egress.contains_key(&key) && self.egress.len() >= MAX_EGRESS_GROUPS {
+        let Some(e) = entry else {
             self.untracked_egress += 1;
             return;
-        }
-        let e = self.egress.entry(key).or_insert_with(|| EgressSummary {
-            destination: a.destination.to_string(),
-            protocol: a.protocol.clone(),
-            action: a.action,
-            attempts: 0,
-            hosts: 1,
-            first_seen_ms: a.ts_unix_ms,
-            last_seen_ms: a.ts_unix_ms,
-            commands: Vec::new(),
-        });
+        };
         e.attempts += 1;
         e.first_seen_ms = e.first_seen_ms.min(a.ts_unix_ms);
         e.last_seen_ms = e.last_seen_ms.max(a.ts_unix_ms);
@@ -175,28 +216,28 @@ impl LiveEvidence {
     /// Refused or redirected attempts so far (what the guard stopped).
     pub fn egress_blocked(&self) -> u64 {
         self.egress
-            .values()
+            .iter()
             .filter(|e| e.action != EgressAction::Allowed)
             .map(|e| e.attempts)
             .sum()
     }
 
-    /// The evidence in the store's shape (ledger and kernel totals are filled by the caller).
-    pub fn evidence(&self) -> StoredEvidence {
-        let mut diffs: Vec<DiffKindStats> = self.diffs.values().cloned().collect();
-        diffs.sort_by(|a, b| {
-            b.exchanges
-                .cmp(&a.exchanges)
-                .then(b.secondary_exchanges.cmp(&a.secondary_exchanges))
-                .then(a.route.cmp(&b.route))
-                .then(a.key.cmp(&b.key))
-        });
-        StoredEvidence {
-            routes: self.routes.values().cloned().collect(),
-            diffs,
-            latency: self.latency.values().cloned().collect(),
-            egress: self.egress.values().cloned().collect(),
-            ..Default::default()
+    /// The evidence a card is drawn from, borrowed, with the run's ledger and kernel
+    /// counters.
+    pub fn card_evidence<'a>(
+        &'a self,
+        ledger: &'a LedgerSnapshot,
+        kernel: &'a KernelCounters,
+    ) -> CardEvidence<'a> {
+        CardEvidence {
+            runs: &[],
+            ledgers: &[],
+            ledger_total: ledger,
+            kernel_total: kernel,
+            routes: &self.routes,
+            diffs: &self.diffs,
+            latency: &self.latency,
+            egress: &self.egress,
         }
     }
 }
@@ -246,7 +287,8 @@ mod tests {
                 sample: sample(),
             });
         }
-        let ev = live.evidence();
+        let (ledger, kernel) = Default::default();
+        let ev = live.card_evidence(&ledger, &kernel);
         assert_eq!(ev.diffs.len(), 1, "array indexes aggregate into one key");
         let d = &ev.diffs[0];
         assert_eq!((d.diffs, d.exchanges), (20, 10));
@@ -274,8 +316,123 @@ mod tests {
                 sample: sample(),
             });
         }
-        let ev = live.evidence();
+        let (ledger, kernel) = Default::default();
+        let ev = live.card_evidence(&ledger, &kernel);
         assert_eq!(ev.latency[0].samples.len(), SAMPLES_PER_ROUTE);
         assert_eq!(ev.latency[0].exchanges, (SAMPLES_PER_ROUTE + 500) as u64);
+    }
+
+    /// The dashboard's card and `mirror-daemon report`'s card, drawn from the same
+    /// exchanges (one kept in memory, one written to a real store), are the same card.
+    #[tokio::test]
+    async fn the_live_card_and_the_stored_card_agree() {
+        use crate::accounting::{DropReason, Ledger};
+        use crate::compare::NoiseRule;
+        use crate::store::{ExchangeRecord, ReportFilter, Store, StoreOptions, StoreUrl};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = StoreUrl::Sqlite(dir.path().join("m.db"));
+        let store = Store::open(&url, StoreOptions::default())
+            .await
+            .expect("store");
+        let (mut live, ledger, mut rows) = (LiveEvidence::default(), Ledger::default(), Vec::new());
+        let price = Diff {
+            kind: DiffKind::Field {
+                path: "$.price".into(),
+                how: FieldDiffKind::Value,
+            },
+            legacy: Some("1".into()),
+            candidate: Some("2".into()),
+        };
+        for i in 0..60u64 {
+            let (route, outcome) = match i % 5 {
+                0 | 1 => ("GET /a", Outcome::Matched),
+                2 | 3 => ("GET /b", Outcome::Differed),
+                _ => (
+                    "GET /b",
+                    Outcome::CandidateError(CandidateErrorKind::Timeout),
+                ),
+            };
+            let answered = !matches!(outcome, Outcome::CandidateError(_));
+            let cmp = Comparison {
+                diffs: if outcome == Outcome::Differed {
+                    vec![price.clone()]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            };
+            let sample = LatencySample {
+                legacy_ttfb_ns: 1_000_000 * (i + 1),
+                legacy_ttlb_ns: 2_000_000 * (i + 1),
+                candidate_ttfb_ns: answered.then_some(1_500_000 * (i + 1)),
+                candidate_ttlb_ns: answered.then_some(2_500_000 * (i + 1)),
+            };
+            let id = format!("id{i:03}");
+            live.record(&Finished {
+                id: &id,
+                host: "h",
+                run_id: "r",
+                ts_unix_ms: 1_760_000_000_000,
+                route,
+                outcome,
+                legacy_status: 200,
+                candidate_status: answered.then_some(200),
+                comparison: answered.then_some(&cmp),
+                secondary: None,
+                sample,
+            });
+            rows.push(ExchangeRecord {
+                id,
+                host: "h".into(),
+                run_id: "r".into(),
+                ts_unix_ms: 1_760_000_000_000,
+                route: route.into(),
+                method: "GET".into(),
+                target: route.trim_start_matches("GET ").into(),
+                outcome,
+                legacy_status: 200,
+                candidate_status: answered.then_some(200),
+                diffs: cmp.diffs.clone(),
+                secondary_diffs: Vec::new(),
+                legacy_ttfb_ns: sample.legacy_ttfb_ns,
+                legacy_ttlb_ns: sample.legacy_ttlb_ns,
+                candidate_ttfb_ns: sample.candidate_ttfb_ns,
+                candidate_ttlb_ns: sample.candidate_ttlb_ns,
+                example: None,
+            });
+            ledger.saw(1);
+            ledger.record(outcome);
+        }
+        ledger.saw_dropped(DropReason::Gap, 2);
+        let (snap, kernel) = (ledger.snapshot(), KernelCounters::default());
+        store.write_batch(&rows).await.expect("rows");
+        store
+            .write_ledger("h", "r", 1_760_000_000_000, &snap, &kernel)
+            .await
+            .expect("ledger");
+        let stored = store.load(&ReportFilter::default()).await.expect("load");
+        let criteria = crate::verdict::Criteria::default();
+        let from_live = crate::report::build(
+            live.card_evidence(&snap, &kernel),
+            &criteria,
+            &NoiseRule::default(),
+        );
+        let from_store = crate::report::build(&stored, &criteria, &NoiseRule::default());
+        assert_eq!(from_live.routes, from_store.routes);
+        assert_eq!(from_live.accounting, from_store.accounting);
+        assert_eq!(from_live.latency, from_store.latency);
+        assert_eq!(
+            from_live.completeness_detail,
+            from_store.completeness_detail
+        );
+        let keys = |c: &crate::report::ParityCard| {
+            c.diffs
+                .iter()
+                .map(|d| (d.route.clone(), d.key.clone(), d.count, d.occurrences))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&from_live), keys(&from_store));
+        assert!(!keys(&from_live).is_empty());
+        assert_eq!(from_live.verdict, from_store.verdict);
     }
 }

@@ -1,10 +1,9 @@
 //! The shadow pipeline after capture: sample → mask → replay → compare → store, with
-//! every exchange ending in exactly one counted outcome.
+//! every exchange ending in exactly one counted outcome. A replayed exchange's outcome is
+//! recorded by the store writer once its row is written (or lost, with its reason), so
+//! the ledger never counts a comparison the report cannot show.
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
@@ -38,8 +37,6 @@ pub struct Shadow {
     pub metrics: Arc<Metrics>,
     pub live: Arc<Mutex<LiveEvidence>>,
     pub store_tx: mpsc::Sender<ExchangeRecord>,
-    /// Rows not persisted because the store writer fell behind (outcomes still counted).
-    pub store_rows_dropped: AtomicU64,
     /// Send the candidate the captured values unmasked.
     pub replay_raw: bool,
     /// Candidate connections open at most (one per captured connection being replayed).
@@ -51,22 +48,20 @@ pub struct Shadow {
     pub run_id: String,
 }
 
-fn outcome_labels(o: Outcome) -> (&'static str, &'static str) {
-    match o {
-        Outcome::Matched => ("matched", ""),
-        Outcome::Differed => ("differed", ""),
-        Outcome::SampledOut => ("sampled_out", ""),
-        Outcome::Excluded => ("excluded", ""),
-        Outcome::CandidateError(k) => ("candidate_error", k.as_str()),
-        Outcome::Dropped(r) => ("dropped", r.as_str()),
+/// The outcome of an exchange whose stage task did not return: a panic is the stage's
+/// fault; a cancelled task only happens when the runtime stops at the deadline.
+pub(super) fn stage_failure(e: &tokio::task::JoinError) -> Outcome {
+    if e.is_panic() {
+        tracing::error!(error = %e, "a pipeline stage panicked; the exchange is dropped");
+        Outcome::Dropped(DropReason::StagePanic)
+    } else {
+        Outcome::Dropped(DropReason::ShutdownDeadline)
     }
 }
 
 impl Shadow {
     pub(super) fn finish(&self, o: Outcome) {
         self.ledger.record(o);
-        let (outcome, reason) = outcome_labels(o);
-        self.metrics.outcome(outcome, reason);
     }
 
     /// Runs until `rx` closes (capture ended) and every queued exchange has an outcome.
@@ -248,10 +243,10 @@ impl Shadow {
             candidate_ttlb_ns: sample.candidate_ttlb_ns,
             example,
         };
+        // The writer records the outcome once the row is written.
         if self.store_tx.try_send(row).is_err() {
-            self.store_rows_dropped.fetch_add(1, Ordering::Relaxed);
+            self.finish(Outcome::Dropped(DropReason::StoreQueueFull));
         }
-        self.finish(outcome);
     }
 
     /// A body as it may be stored and shown: masked text, or only length and digest.
@@ -275,11 +270,14 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Writes rows in batches (every 500 rows or 200 ms); stops when the queue closes.
+/// Writes rows in batches (every 500 rows or 200 ms) and records each row's outcome in
+/// the ledger: its own once written, `dropped{store_failed}` when the store refused it.
+/// Stops when the queue closes; rows it never reaches are still in flight, and
+/// [`Ledger::seal`] counts them at the shutdown deadline.
 pub async fn store_writer(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<ExchangeRecord>,
-    failures: Arc<AtomicU64>,
+    ledger: Arc<Ledger>,
 ) {
     let mut batch = Vec::with_capacity(500);
     loop {
@@ -299,14 +297,111 @@ pub async fn store_writer(
             Err(_) => false,
         };
         if !batch.is_empty() {
-            if let Err(e) = store.write_batch(&batch).await {
-                failures.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::warn!(error = %e, rows = batch.len(), "store write failed; rows not persisted (outcomes still counted)");
+            match store.write_batch(&batch).await {
+                Ok(_) => {
+                    for row in &batch {
+                        ledger.record(row.outcome);
+                    }
+                }
+                Err(e) => {
+                    let n = batch.len() as u64;
+                    ledger.record_n(Outcome::Dropped(DropReason::StoreFailed), n);
+                    tracing::warn!(error = %e, rows = n, "store write failed; rows not persisted (counted as dropped{{store_failed}})");
+                }
             }
             batch.clear();
         }
         if closed {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreOptions, StoreUrl};
+
+    fn row(i: u32, outcome: Outcome) -> ExchangeRecord {
+        ExchangeRecord {
+            id: format!("x{i}"),
+            host: "h".into(),
+            run_id: "r".into(),
+            ts_unix_ms: 1_760_000_000_000,
+            route: "GET /".into(),
+            method: "GET".into(),
+            target: "/".into(),
+            outcome,
+            legacy_status: 200,
+            candidate_status: Some(200),
+            diffs: Vec::new(),
+            secondary_diffs: Vec::new(),
+            legacy_ttfb_ns: 1,
+            legacy_ttlb_ns: 2,
+            candidate_ttfb_ns: Some(1),
+            candidate_ttlb_ns: Some(2),
+            example: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_stage_is_its_own_drop_reason() {
+        let e = tokio::task::spawn_blocking(|| panic!("a stage bug"))
+            .await
+            .expect_err("the stage panicked");
+        assert_eq!(stage_failure(&e), Outcome::Dropped(DropReason::StagePanic));
+    }
+
+    /// A real SQLite store in `dir`, a ledger and the writer's queue.
+    async fn writer_parts(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<Store>,
+        Arc<Ledger>,
+        mpsc::Sender<ExchangeRecord>,
+        mpsc::Receiver<ExchangeRecord>,
+    ) {
+        let url = StoreUrl::Sqlite(dir.join("m.db"));
+        let store = Store::open(&url, StoreOptions::default())
+            .await
+            .expect("store");
+        let (tx, rx) = mpsc::channel(8);
+        (Arc::new(store), Arc::new(Ledger::default()), tx, rx)
+    }
+
+    #[tokio::test]
+    async fn the_writer_records_each_outcome_once_its_row_is_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, ledger, tx, rx) = writer_parts(dir.path()).await;
+        ledger.saw(3);
+        for (i, o) in [Outcome::Matched, Outcome::Differed, Outcome::Matched]
+            .into_iter()
+            .enumerate()
+        {
+            tx.send(row(i as u32, o)).await.expect("queued");
+        }
+        drop(tx);
+        store_writer(store.clone(), rx, ledger.clone()).await;
+        let s = ledger.snapshot();
+        assert_eq!((s.matched, s.differed, s.in_flight()), (2, 1, 0));
+        let ev = store.load(&Default::default()).await.expect("load");
+        assert_eq!(ev.routes[0].matched + ev.routes[0].differed, 3);
+    }
+
+    #[tokio::test]
+    async fn rows_the_store_refuses_are_dropped_as_store_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, ledger, tx, rx) = writer_parts(dir.path()).await;
+        ledger.saw(2);
+        // A store that cannot take the rows: its table is gone.
+        tx.send(row(1, Outcome::Matched)).await.expect("queued");
+        tx.send(row(2, Outcome::Differed)).await.expect("queued");
+        drop(tx);
+        let conn = rusqlite::Connection::open(dir.path().join("m.db")).expect("open");
+        conn.execute_batch("DROP TABLE exchanges").expect("drop");
+        store_writer(store, rx, ledger.clone()).await;
+        let s = ledger.snapshot();
+        assert_eq!(s.count(Outcome::Dropped(DropReason::StoreFailed)), 2);
+        assert_eq!((s.matched, s.differed, s.in_flight()), (0, 0, 0));
     }
 }

@@ -103,6 +103,27 @@ const RB_NO_WAKEUP: u32 = 1;
 
 /// A loaded and attached tap. Detaches on drop (TCX links are owned by this process, so
 /// they also go away if the process is killed: nothing stale is left on the interface).
+///
+/// ```no_run
+/// use mirror_daemon::capture::kernel::{POLL_INTERVAL, Tap, TapConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cfg = TapConfig {
+///     iface: "eth0".into(),
+///     ports: vec![8080],
+///     ring_mib: 64,
+///     sample_ppm: mirror_common::PPM_ALL,
+///     wakeup_per_record: false,
+/// };
+/// let mut tap = Tap::load(&cfg)?;
+/// // Take the reader before attaching, so no segment is emitted unread.
+/// let mut reader = tap.take_reader().expect("first take");
+/// tap.attach()?;
+/// reader.poll(POLL_INTERVAL, &mut |seg| println!("{} payload bytes", seg.payload.len()))?;
+/// println!("{:?}", tap.counters());
+/// # Ok(())
+/// # }
+/// ```
 pub struct Tap {
     ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,

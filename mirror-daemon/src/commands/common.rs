@@ -1,5 +1,5 @@
 //! Flag → stage-configuration conversions shared by several subcommands.
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use anyhow::Context as _;
 use mirror_daemon::mask::{Action, MaskConfig, Masker, load_or_create_key, parse_detectors};
@@ -13,12 +13,6 @@ pub struct UsageError(pub String);
 
 pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     UsageError(e.to_string()).into()
-}
-
-/// Parses `5s`, `500ms`, `10m`, `1h30m`.
-pub fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(s)
-        .map_err(|e| usage(format!("{flag} {s:?}: {e} (write e.g. 5s, 500ms, 10m)")))
 }
 
 /// Builds the masker: defaults, plus the user's rules, detectors and action; the key file
@@ -69,7 +63,11 @@ pub fn criteria(
         min_latency_delta_ns: args
             .min_latency_delta
             .as_deref()
-            .map(|d| parse_duration("--min-latency-delta", d).map(|d| d.as_nanos() as u64))
+            .map(|d| {
+                crate::flags::duration(d)
+                    .map(|d| d.as_nanos() as u64)
+                    .map_err(|e| usage(format!("--min-latency-delta {e}")))
+            })
             .transpose()?,
         per_route: Vec::new(),
     };
@@ -126,9 +124,9 @@ pub fn criteria_text(args: &crate::cli::CriteriaArgs) -> String {
 pub fn sample_config(
     p: &crate::cli::PipelineArgs,
 ) -> anyhow::Result<mirror_daemon::sample::SampleConfig> {
-    use mirror_daemon::sample::{SampleConfig, parse_percent, parse_rule, parse_sticky};
+    use mirror_daemon::sample::{SampleConfig, parse_rule, parse_sticky};
     Ok(SampleConfig {
-        percent: parse_percent(&p.sample).map_err(usage)?,
+        percent: p.sample.0,
         sticky: p
             .sticky
             .as_deref()
@@ -148,4 +146,24 @@ pub fn sample_config(
             .collect::<Result<_, _>>()
             .map_err(usage)?,
     })
+}
+
+/// The comparator's settings from the compare flags (the stage never sees the CLI).
+pub fn compare_config(
+    args: &crate::cli::CompareArgs,
+) -> anyhow::Result<mirror_daemon::compare::CompareConfig> {
+    use mirror_daemon::compare::{CompareConfig, parse_ignore, parse_tolerance, parse_unordered};
+    let mut cfg = CompareConfig::default();
+    for s in &args.ignore {
+        cfg.ignore(parse_ignore(s).map_err(usage)?);
+    }
+    for s in &args.tolerance {
+        cfg.tolerance.push(parse_tolerance(s).map_err(usage)?);
+    }
+    for s in &args.unordered {
+        cfg.unordered.push(parse_unordered(s).map_err(usage)?);
+    }
+    cfg.null_equals_missing = args.null_equals_missing;
+    cfg.normalize_whitespace = args.normalize_whitespace;
+    Ok(cfg)
 }

@@ -29,11 +29,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
     } else {
         None
     };
-    let duration = args
-        .duration
-        .as_deref()
-        .map(|d| common::parse_duration("--duration", d))
-        .transpose()?;
+    let duration = args.duration;
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let figures = Arc::new(Mutex::new(capture_loop::CaptureFigures::default()));

@@ -132,10 +132,10 @@ impl Drop for Fence {
 
 /// Prints an attempt in one line (no payload bytes: they may hold PII).
 pub fn describe(a: &EgressAttempt) -> String {
+    // What the guard stopped is shouted; what it let through is not.
     let action = match a.action {
-        EgressAction::Refused => "REFUSED",
-        EgressAction::Redirected => "REDIRECTED",
-        EgressAction::Allowed => "allowed",
+        EgressAction::Allowed => a.action.as_str().to_string(),
+        stopped => stopped.as_str().to_ascii_uppercase(),
     };
     format!(
         "egress {action}: {} {} by pid {} ({}){}",

@@ -12,11 +12,6 @@ use super::signals;
 use crate::{cli::RecordArgs, exit, progress::Progress};
 
 pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
-    if let Some(d) = args.duration
-        && !(d.is_finite() && d > 0.0)
-    {
-        anyhow::bail!("--duration must be a positive number of seconds, got {d}");
-    }
     signals::install()?;
     let cfg = TapConfig {
         iface: args.tap.iface.clone(),
@@ -40,7 +35,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     tracing::info!(iface = %cfg.iface, ports = ?cfg.ports, "tap attached; recording");
 
     let started = Instant::now();
-    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    let deadline = args.duration.map(|d| started + d);
     let mut progress = Progress::new();
     let mut write_error: Option<anyhow::Error> = None;
     let mut last_update = Instant::now();

@@ -4,7 +4,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -12,14 +12,14 @@ use std::{
 use anyhow::Context as _;
 use mirror_common::PPM_ALL;
 use mirror_daemon::{
-    accounting::Ledger,
+    accounting::{DropReason, Ledger, Outcome},
     app::{
         capture_loop::{self, CaptureFigures, CaptureSettings, Source},
         live::LiveEvidence,
         shadow::{self, Shadow},
     },
     capture::kernel::{KernelCounters, Tap, TapConfig},
-    compare::{Comparator, CompareConfig, NoiseRule, RouteTemplater},
+    compare::{Comparator, NoiseRule, RouteTemplater},
     guard::{
         EgressAction, EgressAttempt,
         kernel::GuardEvents,
@@ -62,11 +62,7 @@ enum Input {
 }
 
 pub fn run_live(args: RunArgs) -> anyhow::Result<u8> {
-    let duration = args
-        .duration
-        .as_deref()
-        .map(|d| common::parse_duration("--duration", d))
-        .transpose()?;
+    let duration = args.duration;
     let tap = TapConfig {
         iface: args.tap.iface.clone(),
         ports: args.tap.ports.clone(),
@@ -162,17 +158,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
     let sampler = Arc::new(Sampler::new(sample).map_err(usage)?);
     let criteria = common::criteria(&p.criteria)?;
     let criteria_text = common::criteria_text(&p.criteria);
-    let mut compare_cfg = CompareConfig::from_cli(
-        &p.compare.ignore,
-        &p.compare.tolerance,
-        &p.compare.unordered,
-    )
-    .map_err(usage)?;
-    compare_cfg.null_equals_missing = p.compare.null_equals_missing;
-    compare_cfg.normalize_whitespace = p.compare.normalize_whitespace;
+    let compare_cfg = common::compare_config(&p.compare)?;
     let comparator = Arc::new(Comparator::new(compare_cfg).map_err(usage)?);
     let templater = Arc::new(RouteTemplater::new(&p.compare.route).map_err(usage)?);
-    let timeout = common::parse_duration("--timeout", &p.timeout)?;
+    let timeout = p.timeout;
     let replay_cfg = replay_config(&p, &p.candidate, timeout)?;
     let secondary_cfg = p
         .secondary
@@ -180,11 +169,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         .map(|u| replay_config(&p, u, timeout))
         .transpose()?;
     let store_url = store::parse_store_url(&p.store).map_err(usage)?;
-    let retention_age = p
-        .retention_age
-        .as_deref()
-        .map(|d| common::parse_duration("--retention-age", d))
-        .transpose()?;
+    let retention_age = p.retention_age;
     let token = read_token(&p.listen_token_file)?;
     let serve_cfg = ServeConfig {
         listen: p.listen,
@@ -266,11 +251,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         }
 
         let ledger = Arc::new(Ledger::default());
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_ledger(ledger.clone()));
         let live = Arc::new(Mutex::new(LiveEvidence::default()));
         let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
-        let store_failures = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(shadow::store_writer(store.clone(), store_rx, store_failures.clone()));
+        let writer = tokio::spawn(shadow::store_writer(store.clone(), store_rx, ledger.clone()));
         let shadow = Arc::new(Shadow {
             ledger: ledger.clone(),
             sampler: sampler.clone(),
@@ -282,7 +266,6 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             metrics: metrics.clone(),
             live: live.clone(),
             store_tx,
-            store_rows_dropped: AtomicU64::new(0),
             replay_raw: p.replay_raw,
             workers: p.concurrency.max(1),
             pace: Some(match &input {
@@ -317,7 +300,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             iface,
             ports,
             started_unix_ms: mirror_daemon::clock::unix_ms(),
-            sample_percent: p.sample.trim_end_matches('%').parse().unwrap_or(100.0),
+            sample_percent: p.sample.0,
         };
         let snapshot = Arc::new(RwLock::new(LiveSnapshot { run: run_view.clone(), ..Default::default() }));
         let ready = Arc::new(AtomicBool::new(false));
@@ -402,8 +385,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                     // Egress reports: counted, logged (no payload), stored, shown.
                     let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, false);
                     report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
-                    let ev = evidence_now(&live, &ledger, &kernel);
-                    let card = report::build(&ev, &criteria, &NoiseRule::default());
+                    let card = card_now(&live, &ledger, &kernel, &criteria);
                     publish(&snapshot, &run_view, &card, &ledger, &kernel, sampler.ppm());
                     if last_ledger_write.elapsed() >= Duration::from_secs(2) {
                         last_ledger_write = Instant::now();
@@ -451,11 +433,23 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             Err(_) => anyhow::bail!("capture thread panicked"),
         };
         let drain_deadline = timeout + Duration::from_secs(5);
+        let shadow_abort = shadow_task.abort_handle();
         if tokio::time::timeout(drain_deadline, shadow_task).await.is_err() {
-            tracing::warn!("replays still in flight after {drain_deadline:?}; they are reported as in flight");
+            shadow_abort.abort();
+            tracing::warn!("replays still in flight after {drain_deadline:?}; they are counted as dropped{{shutdown_deadline}}");
         }
         drop(shadow);
-        let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
+        let writer_abort = writer.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
+            writer_abort.abort();
+            tracing::warn!("store writer still busy after 30s; its queued rows are counted as dropped{{shutdown_deadline}}");
+        }
+        // Whatever is still in flight now is cut by the deadline: the identity holds
+        // with nothing in flight in the ledger every output reads.
+        let cut = ledger.seal();
+        if cut > 0 {
+            tracing::warn!(exchanges = cut, "exchanges in flight at the shutdown deadline counted as dropped{{shutdown_deadline}}");
+        }
         // Attempts still waiting for their sink capture are reported without bytes.
         let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, true);
         report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
@@ -468,13 +462,16 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         let stored = store.load(&ReportFilter { run_id: Some(run_id.clone()), ..Default::default() }).await?;
         let card = report::build(&stored, &criteria, &NoiseRule::default());
         println!("{}", report::render_table(&card));
+        let final_ledger = ledger.snapshot();
+        let rows_not_written = final_ledger.count(Outcome::Dropped(DropReason::StoreQueueFull))
+            + final_ledger.count(Outcome::Dropped(DropReason::StoreFailed));
         eprintln!(
-            "run {run_id} on {host}: {} segments captured; store rows not written: {}; stopped by {stopped_by}",
+            "run {run_id} on {host}: {} segments captured; store rows not written: {rows_not_written}; stopped by {stopped_by}",
             figures_final.segments,
-            store_failures.load(Ordering::Relaxed)
         );
         // The capture side's bounded state (flow table, connection states) evicts rather
-        // than grows; those counts are not exchange outcomes, so they are shown here.
+        // than grows; the figures behind those outcomes (flow-table refusals are also
+        // `dropped{flow_table_full}` in the ledger) are shown here.
         let (r, h) = (&figures_final.reassembly, &figures_final.http);
         eprintln!(
             "capture figures: flows_opened={} flows_evicted={} flows_refused_table_full={} connections_opened={} connections_evicted={} parse_errors={} oversize={}",
@@ -550,7 +547,7 @@ async fn report_egress(
         return;
     }
     for a in &attempts {
-        metrics.egress(action_label(a), &a.protocol);
+        metrics.egress(a.action.as_str(), &a.protocol);
         tracing::info!("{}", describe(a));
         if let Ok(mut l) = live.lock() {
             l.record_egress(a);
@@ -561,23 +558,22 @@ async fn report_egress(
     }
 }
 
-fn action_label(a: &EgressAttempt) -> &'static str {
-    match a.action {
-        mirror_daemon::guard::EgressAction::Refused => "refused",
-        mirror_daemon::guard::EgressAction::Redirected => "redirected",
-        mirror_daemon::guard::EgressAction::Allowed => "allowed",
-    }
-}
-
-fn evidence_now(
+/// The live card, drawn from the run's evidence in place (no copy into the store's shape).
+fn card_now(
     live: &Mutex<LiveEvidence>,
     ledger: &Ledger,
     kernel: &KernelCounters,
-) -> store::StoredEvidence {
-    let mut ev = live.lock().map(|l| l.evidence()).unwrap_or_default();
-    ev.ledger_total = ledger.snapshot();
-    ev.kernel_total = *kernel;
-    ev
+    criteria: &mirror_daemon::verdict::Criteria,
+) -> report::ParityCard {
+    let snapshot = ledger.snapshot();
+    let live = live
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    report::build(
+        live.card_evidence(&snapshot, kernel),
+        criteria,
+        &NoiseRule::default(),
+    )
 }
 
 fn publish(

@@ -14,6 +14,28 @@ use super::render::{describe_bytes, render_json, sha256, truncate, window};
 use crate::http::{Response, header};
 
 /// Compares responses under one configuration; shareable across threads.
+///
+/// ```no_run
+/// use mirror_daemon::compare::{Comparator, CompareConfig, parse_ignore, parse_tolerance};
+/// use mirror_daemon::http::Response;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut cfg = CompareConfig::default();
+/// cfg.ignore(parse_ignore("json:$..updated_at")?);
+/// cfg.tolerance.push(parse_tolerance("json:$.items[*].price=0.01")?);
+/// let comparator = Comparator::new(cfg)?;
+/// let response = |body: &'static str| Response {
+///     version: 1,
+///     status: 200,
+///     reason: "OK".into(),
+///     headers: Vec::new(),
+///     body: body.into(),
+/// };
+/// let cmp = comparator.compare(&response(r#"{"n":1}"#), &response(r#"{"n":2}"#));
+/// assert!(!cmp.matched());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Comparator {
     cfg: CompareConfig,
@@ -477,12 +499,14 @@ mod tests {
         let mut changed = body.replacen("item-3\"", "item-X\"", 1);
         changed = changed.replace("2024-01-01", "2024-01-02");
         assert!(body.len() > 100_000, "{}", body.len());
-        let with_rules = CompareConfig::from_cli(
-            &["json:$..updated_at".into()],
-            &["json:$.items[*].price=0.01".into()],
-            &["json:$.items[*].tags".into()],
-        )
-        .unwrap();
+        let mut with_rules = CompareConfig::default();
+        with_rules.ignore(crate::compare::parse_ignore("json:$..updated_at").unwrap());
+        with_rules
+            .tolerance
+            .push(crate::compare::parse_tolerance("json:$.items[*].price=0.01").unwrap());
+        with_rules
+            .unordered
+            .push(crate::compare::parse_unordered("json:$.items[*].tags").unwrap());
         let h = [("Content-Type", "application/json")];
         let n = 200;
         // Throughput is counted in decoded JSON bytes, both sides.

@@ -81,27 +81,12 @@ impl Default for CompareConfig {
 }
 
 impl CompareConfig {
-    /// Builds the rule lists from the raw values of repeated `--ignore`, `--tolerance`
-    /// and `--unordered` flags; other fields keep their defaults.
-    pub fn from_cli(
-        ignore: &[String],
-        tolerance: &[String],
-        unordered: &[String],
-    ) -> Result<Self, CompareError> {
-        let mut cfg = CompareConfig::default();
-        for s in ignore {
-            match parse_ignore(s)? {
-                IgnoreRule::Json(p) => cfg.ignore_json.push(p),
-                IgnoreRule::Header(h) => cfg.ignore_headers.push(h),
-            }
+    /// Adds an `--ignore` rule: a JSON path to skip, or a header to leave out.
+    pub fn ignore(&mut self, rule: IgnoreRule) {
+        match rule {
+            IgnoreRule::Json(p) => self.ignore_json.push(p),
+            IgnoreRule::Header(h) => self.ignore_headers.push(h),
         }
-        for s in tolerance {
-            cfg.tolerance.push(parse_tolerance(s)?);
-        }
-        for s in unordered {
-            cfg.unordered.push(parse_unordered(s)?);
-        }
-        Ok(cfg)
     }
 }
 
@@ -224,12 +209,11 @@ mod tests {
         let t = parse_tolerance("json:$.total=1%").unwrap();
         assert_eq!(t.tolerance, Tolerance::Relative(0.01));
         assert_eq!(parse_unordered("json:$.tags").unwrap().as_str(), "$.tags");
-        let cfg = CompareConfig::from_cli(
-            &["header:etag".into(), "json:$.a".into()],
-            &["json:$.b=2".into()],
-            &["json:$.c".into()],
-        )
-        .unwrap();
+        let mut cfg = CompareConfig::default();
+        cfg.ignore(parse_ignore("header:etag").unwrap());
+        cfg.ignore(parse_ignore("json:$.a").unwrap());
+        cfg.tolerance.push(parse_tolerance("json:$.b=2").unwrap());
+        cfg.unordered.push(parse_unordered("json:$.c").unwrap());
         assert_eq!(cfg.ignore_headers, vec!["etag".to_string()]);
         assert_eq!(cfg.ignore_json.len(), 1);
         assert_eq!(cfg.max_decoded_body, 16 * 1024 * 1024);

@@ -69,6 +69,25 @@ pub enum NoiseClass {
     LikelyNoise,
 }
 
+impl NoiseClass {
+    /// The class's name in JSON and on the dashboard: `signal`, `likely_noise`, `noise`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NoiseClass::Signal => "signal",
+            NoiseClass::LikelyNoise => "likely_noise",
+            NoiseClass::Noise { .. } => "noise",
+        }
+    }
+
+    /// The name in prose (the text reports): `likely noise`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NoiseClass::LikelyNoise => "likely noise",
+            other => other.as_str(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoiseModel {
     pub rule: NoiseRule,

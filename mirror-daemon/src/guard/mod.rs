@@ -12,13 +12,41 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// What the guard did with an outbound attempt of the candidate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EgressAction {
     Refused,
     /// Redirected to the daemon's sink listener.
     Redirected,
     Allowed,
+}
+
+impl EgressAction {
+    pub const ALL: [EgressAction; 3] = [
+        EgressAction::Refused,
+        EgressAction::Redirected,
+        EgressAction::Allowed,
+    ];
+
+    /// The action's name everywhere (store, metrics label, JSON, reports, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressAction::Refused => "refused",
+            EgressAction::Redirected => "redirected",
+            EgressAction::Allowed => "allowed",
+        }
+    }
+
+    /// The action named by [`EgressAction::as_str`].
+    pub fn from_name(name: &str) -> Option<EgressAction> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for EgressAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One outbound connection attempt (or datagram) by the candidate.

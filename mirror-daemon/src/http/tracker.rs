@@ -142,9 +142,15 @@ impl HttpStats {
             DropReason::Unsupported => &mut self.dropped_unsupported,
             DropReason::Evicted => &mut self.dropped_evicted,
             DropReason::QueueFull | DropReason::ReplayQueueFull => &mut self.dropped_queue_full,
-            DropReason::Unpaired | DropReason::RingFull | DropReason::RateLimited => {
-                &mut self.dropped_unpaired
-            }
+            DropReason::Unpaired => &mut self.dropped_unpaired,
+            // Reasons of other stages; the tracker never gives them.
+            DropReason::RingFull
+            | DropReason::RateLimited
+            | DropReason::FlowTableFull
+            | DropReason::StoreQueueFull
+            | DropReason::StoreFailed
+            | DropReason::StagePanic
+            | DropReason::ShutdownDeadline => &mut self.dropped_unpaired,
         };
         *slot += 1;
     }

@@ -131,6 +131,20 @@ pub enum PersistBody {
 }
 
 /// The masking stage. `Send + Sync`; share it in an `Arc`.
+///
+/// ```no_run
+/// use mirror_daemon::mask::{MaskConfig, Masker, load_or_create_key};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let key = load_or_create_key("/var/lib/mirror/mask.key".as_ref())?;
+/// let mut cfg = MaskConfig::with_defaults(key);
+/// cfg.add_rule_str("json:$..iban")?;
+/// let masker = Masker::new(cfg)?;
+/// // Same input, same token: masked values still correlate across exchanges.
+/// println!("{}", masker.mask_text("mail ana@example.com"));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Masker {
     action: Action,
     detector: Detector,

@@ -1,30 +1,34 @@
-//! From [`StoredEvidence`] to the [`ParityCard`] and the verdict's [`Evidence`].
+//! From [`CardEvidence`] (the store's evidence, or the live run's) to the [`ParityCard`]
+//! and the verdict's [`Evidence`].
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::accounting::{DropReason, LedgerSnapshot};
 use crate::compare::{NoiseClass, NoiseModel, NoiseRule};
-use crate::store::{DiffKindStats, KernelCounters, StoredEvidence};
+use crate::store::{DiffKindStats, KernelCounters};
 use crate::verdict::{Criteria, Evidence, RouteEvidence, decide, evaluate};
 
 use super::card::{
     Accounting, CARD_VERSION, CompletenessDetail, DiffCard, EgressCard, ExampleCard, KernelCard,
     LatencyCard, MismatchBasis, ParityCard, RouteCard, Scope, StoredCard,
 };
+use super::input::CardEvidence;
 use super::latency;
 use super::mismatch::{
     KeySetCount, Mismatch, has_secondary, mismatch_bounds, mismatched_from_key_sets, noise_model,
 };
 
 /// Drops that lose captured traffic. `unsupported` is uncovered traffic (reported, not a
-/// loss), `rate_limited` is a replay decision, and `ring_full` is measured by the kernel
-/// in records (the kernel factor).
-pub const CAPTURE_LOSSES: [DropReason; 6] = [
+/// loss), `rate_limited` and `replay_queue_full` are replay decisions, `ring_full` is
+/// measured by the kernel in records (the kernel factor), and the losses after capture
+/// (`store_*`, `stage_panic`, `shutdown_deadline`) lose evidence, not traffic.
+pub const CAPTURE_LOSSES: [DropReason; 7] = [
     DropReason::Gap,
     DropReason::ParseError,
     DropReason::Oversize,
     DropReason::Evicted,
     DropReason::Unpaired,
     DropReason::QueueFull,
+    DropReason::FlowTableFull,
 ];
 
 /// Knobs of [`build_with`].
@@ -98,7 +102,8 @@ pub fn completeness_detail(ledger: &LedgerSnapshot, kernel: &KernelCounters) -> 
 /// `(covered - capture_losses) / covered × records / (records + ring_full)`
 ///
 /// with `covered` = every terminal outcome except `dropped{unsupported, ring_full}` and
-/// `capture_losses` = `dropped{gap, parse_error, oversize, evicted, unpaired, queue_full}`.
+/// `capture_losses` = `dropped{gap, parse_error, oversize, evicted, unpaired, queue_full,
+/// flow_table_full}`.
 /// NaN when `covered` is 0 (nothing to measure: the verdict reports it as not measured).
 pub fn completeness(ledger: &LedgerSnapshot, kernel: &KernelCounters) -> f64 {
     let d = completeness_detail(ledger, kernel);
@@ -107,12 +112,12 @@ pub fn completeness(ledger: &LedgerSnapshot, kernel: &KernelCounters) -> f64 {
 
 /// Per-route cards, sorted by route.
 fn route_cards(
-    ev: &StoredEvidence,
+    ev: &CardEvidence<'_>,
     noise: &NoiseModel,
     key_sets: Option<&[KeySetCount]>,
 ) -> Vec<RouteCard> {
     let mut kinds: BTreeMap<&str, Vec<&DiffKindStats>> = BTreeMap::new();
-    for d in &ev.diffs {
+    for d in ev.diffs {
         kinds.entry(d.route.as_str()).or_default().push(d);
     }
     ev.routes
@@ -188,22 +193,23 @@ fn to_evidence(routes: &[RouteCard], latency: &LatencyCard, completeness: f64) -
 /// What the verdict sees. Counts and rates are over the exchanges in the store;
 /// completeness is over the ledgers. Mismatched counts use the bounds of
 /// [`mismatch_bounds`] (the upper one when noise keys make them differ).
-pub fn evidence(ev: &StoredEvidence, noise: &NoiseModel) -> Evidence {
+pub fn evidence<'a>(ev: impl Into<CardEvidence<'a>>, noise: &NoiseModel) -> Evidence {
     evidence_with(ev, noise, None)
 }
 
 /// [`evidence`], with exact mismatched counts from per-exchange key sets when given.
-pub fn evidence_with(
-    ev: &StoredEvidence,
+pub fn evidence_with<'a>(
+    ev: impl Into<CardEvidence<'a>>,
     noise: &NoiseModel,
     key_sets: Option<&[KeySetCount]>,
 ) -> Evidence {
-    let routes = route_cards(ev, noise, key_sets);
-    let latency = latency::overall(&ev.latency);
+    let ev = ev.into();
+    let routes = route_cards(&ev, noise, key_sets);
+    let latency = latency::overall(ev.latency);
     to_evidence(
         &routes,
         &latency,
-        completeness(&ev.ledger_total, &ev.kernel_total),
+        completeness(ev.ledger_total, ev.kernel_total),
     )
 }
 
@@ -227,7 +233,7 @@ fn class_rank(c: &NoiseClass) -> u8 {
 }
 
 fn diff_cards(
-    ev: &StoredEvidence,
+    ev: &CardEvidence<'_>,
     noise: &NoiseModel,
     routes: &[RouteCard],
     examples: usize,
@@ -300,9 +306,9 @@ fn diff_cards(
     out
 }
 
-fn accounting(ev: &StoredEvidence, routes: &[RouteCard]) -> Accounting {
-    let l = &ev.ledger_total;
-    let k = &ev.kernel_total;
+fn accounting(ev: &CardEvidence<'_>, routes: &[RouteCard]) -> Accounting {
+    let l = ev.ledger_total;
+    let k = ev.kernel_total;
     let in_flight = l.in_flight();
     Accounting {
         seen: l.seen,
@@ -340,7 +346,7 @@ fn accounting(ev: &StoredEvidence, routes: &[RouteCard]) -> Accounting {
     }
 }
 
-fn scope(ev: &StoredEvidence, opts: &ReportOptions) -> Scope {
+fn scope(ev: &CardEvidence<'_>, opts: &ReportOptions) -> Scope {
     let hosts: BTreeSet<&str> = ev
         .runs
         .iter()
@@ -365,7 +371,7 @@ fn scope(ev: &StoredEvidence, opts: &ReportOptions) -> Scope {
     }
 }
 
-fn notes(ev: &StoredEvidence, card: &ParityCard) -> Vec<String> {
+fn notes(ev: &CardEvidence<'_>, card: &ParityCard) -> Vec<String> {
     let mut out = Vec::new();
     let a = &card.accounting;
     if !a.identity_holds {
@@ -411,30 +417,35 @@ fn notes(ev: &StoredEvidence, card: &ParityCard) -> Vec<String> {
 }
 
 /// The parity card with default options (see [`build_with`]).
-pub fn build(ev: &StoredEvidence, criteria: &Criteria, noise_rule: &NoiseRule) -> ParityCard {
+pub fn build<'a>(
+    ev: impl Into<CardEvidence<'a>>,
+    criteria: &Criteria,
+    noise_rule: &NoiseRule,
+) -> ParityCard {
     build_with(ev, criteria, noise_rule, &ReportOptions::default())
 }
 
-pub fn build_with(
-    ev: &StoredEvidence,
+pub fn build_with<'a>(
+    ev: impl Into<CardEvidence<'a>>,
     criteria: &Criteria,
     noise_rule: &NoiseRule,
     opts: &ReportOptions,
 ) -> ParityCard {
+    let ev = ev.into();
     let noise = noise_model(ev, noise_rule);
-    let routes = route_cards(ev, &noise, opts.key_sets.as_deref());
-    let latency = latency::overall(&ev.latency);
-    let detail = completeness_detail(&ev.ledger_total, &ev.kernel_total);
+    let routes = route_cards(&ev, &noise, opts.key_sets.as_deref());
+    let latency = latency::overall(ev.latency);
+    let detail = completeness_detail(ev.ledger_total, ev.kernel_total);
     let completeness = detail.exchange_factor * detail.kernel_factor;
     let evidence = to_evidence(&routes, &latency, completeness);
     let verdict = decide(criteria, &evidence);
     let mut card = ParityCard {
         version: CARD_VERSION,
-        scope: scope(ev, opts),
-        accounting: accounting(ev, &routes),
+        scope: scope(&ev, opts),
+        accounting: accounting(&ev, &routes),
         completeness,
         completeness_detail: detail,
-        diffs: diff_cards(ev, &noise, &routes, opts.examples_per_diff),
+        diffs: diff_cards(&ev, &noise, &routes, opts.examples_per_diff),
         routes,
         latency,
         egress: ev
@@ -456,6 +467,6 @@ pub fn build_with(
         verdict,
         notes: Vec::new(),
     };
-    card.notes = notes(ev, &card);
+    card.notes = notes(&ev, &card);
     card
 }

@@ -110,7 +110,7 @@ pub struct CompletenessDetail {
     /// Terminal exchanges of supported traffic: every terminal outcome except
     /// `dropped{unsupported}` and `dropped{ring_full}` (the kernel factor counts those).
     pub covered: u64,
-    /// `dropped{gap, parse_error, oversize, evicted, unpaired, queue_full}`.
+    /// `dropped{gap, parse_error, oversize, evicted, unpaired, queue_full, flow_table_full}`.
     pub capture_losses: u64,
     /// `dropped{unsupported}`: TLS, HTTP/2, upgrades; uncovered, not lost.
     pub uncovered: u64,

@@ -1,7 +1,6 @@
 //! The card as the dashboard's snapshot views.
 use std::net::SocketAddr;
 
-use crate::compare::NoiseClass;
 use crate::serve::{
     CriterionView, DiffView, EgressView, ExampleView, LatencyView, RouteView, VerdictView,
 };
@@ -81,12 +80,7 @@ pub fn live_views(
             kind: d.key.clone(),
             count: d.count,
             rate: d.rate.unwrap_or(0.0),
-            class: match d.class {
-                NoiseClass::Signal => "signal",
-                NoiseClass::LikelyNoise => "likely_noise",
-                NoiseClass::Noise { .. } => "noise",
-            }
-            .into(),
+            class: d.class.as_str().into(),
             examples: d
                 .examples
                 .iter()

@@ -2,9 +2,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::compare::{NoiseClass, NoiseModel, NoiseRule, RouteNoise};
-use crate::store::{DiffKindStats, RouteStats, StoredEvidence};
+use crate::store::{DiffKindStats, RouteStats};
 
 use super::card::MismatchBasis;
+use super::input::CardEvidence;
 
 /// How many differed exchanges of a route had exactly this set of candidate diff keys.
 ///
@@ -32,7 +33,7 @@ pub struct Mismatch {
 /// Whether the store holds any legacy-vs-secondary diff. The store does not record how
 /// many exchanges had a secondary comparison, so this is how the report tells that
 /// `--secondary` was in use.
-pub(crate) fn has_secondary(ev: &StoredEvidence) -> bool {
+pub(crate) fn has_secondary(ev: &CardEvidence<'_>) -> bool {
     ev.diffs.iter().any(|d| d.secondary_exchanges > 0)
 }
 
@@ -40,10 +41,11 @@ pub(crate) fn has_secondary(ev: &StoredEvidence) -> bool {
 /// `compared = matched + differed`, candidate key → exchanges, and, when secondary data
 /// exists, `secondary_compared = compared` (every compared exchange is assumed to have
 /// had a secondary comparison) with key → secondary exchanges.
-pub fn noise_model(ev: &StoredEvidence, rule: &NoiseRule) -> NoiseModel {
-    let secondary = has_secondary(ev);
+pub fn noise_model<'a>(ev: impl Into<CardEvidence<'a>>, rule: &NoiseRule) -> NoiseModel {
+    let ev = ev.into();
+    let secondary = has_secondary(&ev);
     let mut model = NoiseModel::new(rule.clone());
-    for r in &ev.routes {
+    for r in ev.routes {
         let compared = r.matched + r.differed;
         model.routes.insert(
             r.route.clone(),
@@ -54,7 +56,7 @@ pub fn noise_model(ev: &StoredEvidence, rule: &NoiseRule) -> NoiseModel {
             },
         );
     }
-    for d in &ev.diffs {
+    for d in ev.diffs {
         let r = model.routes.entry(d.route.clone()).or_default();
         if d.exchanges > 0 {
             r.candidate.insert(d.key.clone(), d.exchanges);

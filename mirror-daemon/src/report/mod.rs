@@ -1,4 +1,4 @@
-//! Report: what the store holds, turned into the parity card an SRE reads and a cutover
+//! Report: what the store holds (or the live run, through [`CardEvidence`]), turned into the parity card an SRE reads and a cutover
 //! script gates on (`render_table`, `render_markdown`, `render_json`), and into the
 //! dashboard's views (`live_views`). Definitions in brief (details in `REPORT.md`):
 //!
@@ -23,10 +23,12 @@
 //! - **Verdict**: `verdict::decide(criteria, &evidence(..))`.
 mod build;
 mod card;
+mod input;
 mod latency;
 mod live;
 mod mismatch;
 mod render;
+mod sections;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +41,7 @@ pub use card::{
     LatencyCard, MismatchBasis, ParityCard, Percentiles, RouteCard, RouteLatencyCard, Scope,
     SideLatency, StoredCard,
 };
+pub use input::CardEvidence;
 pub use live::live_views;
 pub use mismatch::{KeySetCount, Mismatch, mismatch_bounds, mismatched_from_key_sets, noise_model};
 pub use render::{banner, render_json, render_markdown, render_table};

@@ -2,11 +2,17 @@
 //!
 //! Names (all prefixed `mirror_`):
 //! - `mirror_exchanges_total{outcome,reason}`: terminal outcome of every exchange
-//!   (`reason` is the drop reason or candidate error kind, empty otherwise);
+//!   (`reason` is the drop reason or candidate error kind, empty otherwise), every pair
+//!   exposed, zeros included;
+//! - `mirror_exchanges_seen_total` and `mirror_exchanges_in_flight`: the rest of the
+//!   accounting identity (`seen = Σ exchanges_total + in_flight`);
 //! - `mirror_ttfb_seconds{route,side}` / `mirror_ttlb_seconds{route,side}`: histograms of
 //!   time to first / last response byte, `side` is `legacy` or `candidate`;
 //! - `mirror_egress_attempts_total{action,protocol}`: the candidate's outbound attempts;
 //! - `mirror_kernel_*_total`: the tap's own counters (see [`Metrics::set_kernel`]).
+//!
+//! The exchange series are read from the run's [`Ledger`] at scrape time, never counted
+//! here, so `/metrics`, the dashboard and the report cannot disagree.
 //!
 //! Every label value comes from a small closed set except `route`, which comes from
 //! traffic through the route templater: it is capped (see [`Metrics::set_routes_cap`]).
@@ -21,10 +27,14 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{counter::ConstCounter, counter::Counter, family::Family, histogram::Histogram},
+    metrics::{
+        MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 
+use crate::accounting::{Ledger, Outcome};
 use crate::capture::kernel::KernelCounters;
 
 /// Routes kept as their own label value before the rest become `other`.
@@ -38,12 +48,6 @@ const LATENCY_BUCKETS: [f64; 17] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: String,
-    reason: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
@@ -67,7 +71,6 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    outcomes: Family<OutcomeLabels, Counter>,
     ttfb: HistogramFamily,
     ttlb: HistogramFamily,
     egress: Family<EgressLabels, Counter>,
@@ -84,14 +87,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics over a ledger of their own (nothing counted): for tests and tools.
     pub fn new() -> Self {
+        Self::for_ledger(Arc::default())
+    }
+
+    /// Metrics whose exchange series are `ledger`'s counters.
+    pub fn for_ledger(ledger: Arc<Ledger>) -> Self {
         let mut registry = Registry::with_prefix("mirror");
-        let outcomes = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "exchanges",
-            "Exchanges by terminal outcome (reason: drop reason or candidate error kind)",
-            outcomes.clone(),
-        );
+        registry.register_collector(Box::new(LedgerCollector(ledger)));
         let ttfb: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register(
             "ttfb_seconds",
@@ -114,7 +118,6 @@ impl Metrics {
         registry.register_collector(Box::new(KernelCollector(Arc::clone(&kernel))));
         Self {
             registry,
-            outcomes,
             ttfb,
             ttlb,
             egress,
@@ -122,17 +125,6 @@ impl Metrics {
             routes_cap: AtomicUsize::new(DEFAULT_ROUTES_CAP),
             routes: RwLock::new(HashSet::new()),
         }
-    }
-
-    /// Counts one terminal outcome (`matched`, `differed`, `sampled_out`, `excluded`,
-    /// `candidate_error`, `dropped`); `reason` is the drop reason or candidate error kind.
-    pub fn outcome(&self, outcome: &str, reason: &str) {
-        self.outcomes
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_string(),
-                reason: reason.to_string(),
-            })
-            .inc();
     }
 
     /// Records one response's latency for `route` on `side` (`legacy` or `candidate`).
@@ -275,6 +267,41 @@ fn values(k: &KernelCounters) -> [u64; 7] {
         k.sampled_out,
         k.load_errors,
     ]
+}
+
+/// The ledger's counters at scrape time.
+#[derive(Debug)]
+struct LedgerCollector(Arc<Ledger>);
+
+impl Collector for LedgerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snap = self.0.snapshot();
+        let mut family = encoder.encode_descriptor(
+            "exchanges",
+            "Exchanges by terminal outcome (reason: drop reason or candidate error kind)",
+            None,
+            MetricType::Counter,
+        )?;
+        for o in Outcome::all() {
+            let (outcome, reason) = o.labels();
+            let labels = [("outcome", outcome), ("reason", reason)];
+            ConstCounter::new(snap.count(o)).encode(family.encode_family(&labels)?)?;
+        }
+        let seen = ConstCounter::new(snap.seen);
+        seen.encode(encoder.encode_descriptor(
+            "exchanges_seen",
+            "Exchanges (or messages that could not become one) that entered the pipeline",
+            None,
+            seen.metric_type(),
+        )?)?;
+        let in_flight = ConstGauge::new(snap.in_flight() as i64);
+        in_flight.encode(encoder.encode_descriptor(
+            "exchanges_in_flight",
+            "Exchanges seen without a terminal outcome yet (queued, replaying, or being stored)",
+            None,
+            in_flight.metric_type(),
+        )?)
+    }
 }
 
 #[derive(Debug)]

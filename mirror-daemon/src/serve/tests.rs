@@ -248,10 +248,11 @@ fn realistic(go: bool) -> LiveSnapshot {
 
 #[test]
 fn metrics_encode_outcomes_and_latency_buckets() {
-    let m = Metrics::new();
-    m.outcome("matched", "");
-    m.outcome("matched", "");
-    m.outcome("dropped", "gap");
+    let ledger = Arc::new(crate::accounting::Ledger::default());
+    let m = Metrics::for_ledger(ledger.clone());
+    ledger.saw(4);
+    ledger.record_n(crate::accounting::Outcome::Matched, 2);
+    ledger.record(crate::accounting::Outcome::Dropped(DropReason::Gap));
     m.latency("GET /users/{id}", "legacy", 3_000_000, 7_500_000);
     m.latency(
         "GET /users/{id}",
@@ -269,6 +270,13 @@ fn metrics_encode_outcomes_and_latency_buckets() {
         text.contains(r#"mirror_exchanges_total{outcome="dropped",reason="gap"} 1"#),
         "{text}"
     );
+    // Every pair is exposed, zeros included, with the rest of the identity.
+    assert!(
+        text.contains(r#"mirror_exchanges_total{outcome="dropped",reason="stage_panic"} 0"#),
+        "{text}"
+    );
+    assert!(text.contains("mirror_exchanges_seen_total 4\n"), "{text}");
+    assert!(text.contains("mirror_exchanges_in_flight 1\n"), "{text}");
     assert!(
         text.contains("# TYPE mirror_ttlb_seconds histogram"),
         "{text}"

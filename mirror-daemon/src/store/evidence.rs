@@ -521,21 +521,9 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
         });
     }
     ev.egress.sort_by(|a, b| {
-        (&a.destination, &a.protocol, rows_action_order(a.action)).cmp(&(
-            &b.destination,
-            &b.protocol,
-            rows_action_order(b.action),
-        ))
+        (&a.destination, &a.protocol, a.action).cmp(&(&b.destination, &b.protocol, b.action))
     });
     Ok(ev)
-}
-
-fn rows_action_order(a: EgressAction) -> u8 {
-    match a {
-        EgressAction::Refused => 0,
-        EgressAction::Redirected => 1,
-        EgressAction::Allowed => 2,
-    }
 }
 
 #[cfg(test)]

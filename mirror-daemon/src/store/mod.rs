@@ -202,6 +202,20 @@ pub enum StoreError {
 
 /// A store handle; cheap to share behind an `Arc`. All methods are async and never block
 /// the runtime: SQLite work runs on tokio's blocking pool.
+///
+/// ```no_run
+/// use mirror_daemon::store::{ReportFilter, Store, StoreOptions, parse_store_url};
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let url = parse_store_url("/var/lib/mirror/mirror.db")?;
+/// let store = Store::open(&url, StoreOptions::default()).await?;
+/// // Everything one run left: routes, diffs, latency samples, egress, its ledger.
+/// let filter = ReportFilter { run_id: Some("01j…".into()), ..Default::default() };
+/// let evidence = store.load(&filter).await?;
+/// println!("{} routes, {} seen", evidence.routes.len(), evidence.ledger_total.seen);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Store {
     backend: Backend,
     opts: StoreOptions,

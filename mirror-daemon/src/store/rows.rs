@@ -96,9 +96,10 @@ pub(crate) fn prepare(rows: &[ExchangeRecord]) -> Result<(Vec<PreparedExchange>,
     let mut skipped = 0;
     for r in rows {
         let (outcome, error_kind) = match r.outcome {
-            Outcome::Matched => ("matched", None),
-            Outcome::Differed => ("differed", None),
-            Outcome::CandidateError(k) => ("candidate_error", Some(k.as_str())),
+            Outcome::Matched | Outcome::Differed | Outcome::CandidateError(_) => {
+                let (outcome, reason) = r.outcome.labels();
+                (outcome, (!reason.is_empty()).then_some(reason))
+            }
             Outcome::SampledOut | Outcome::Excluded | Outcome::Dropped(_) => {
                 skipped += 1;
                 continue;
@@ -181,21 +182,8 @@ pub(crate) struct EgressRow {
     pub first_bytes: Option<String>,
 }
 
-pub(crate) fn action_str(a: EgressAction) -> &'static str {
-    match a {
-        EgressAction::Refused => "refused",
-        EgressAction::Redirected => "redirected",
-        EgressAction::Allowed => "allowed",
-    }
-}
-
 pub(crate) fn parse_action(s: &str) -> Result<EgressAction, StoreError> {
-    match s {
-        "refused" => Ok(EgressAction::Refused),
-        "redirected" => Ok(EgressAction::Redirected),
-        "allowed" => Ok(EgressAction::Allowed),
-        other => Err(StoreError::Corrupt(format!("egress action {other:?}"))),
-    }
+    EgressAction::from_name(s).ok_or_else(|| StoreError::Corrupt(format!("egress action {s:?}")))
 }
 
 pub(crate) fn egress_rows(
@@ -213,7 +201,7 @@ pub(crate) fn egress_rows(
             command: a.command.clone(),
             protocol: a.protocol.clone(),
             destination: a.destination.to_string(),
-            action: action_str(a.action),
+            action: a.action.as_str(),
             first_bytes: a.first_bytes.clone(),
         })
         .collect())

@@ -1,0 +1,36 @@
+//! What a card is drawn from, borrowed: the store's evidence (`report`, end of run) or the
+//! live run's (the dashboard), without copying either into the other's shape.
+use crate::accounting::LedgerSnapshot;
+use crate::store::{
+    DiffKindStats, EgressSummary, HostLedger, KernelCounters, RouteLatency, RouteStats, RunInfo,
+    StoredEvidence,
+};
+
+/// The evidence behind a card. Routes and latency sorted by route; diffs in any order.
+#[derive(Clone, Copy, Debug)]
+pub struct CardEvidence<'a> {
+    /// Runs and ledgers of the selection (for the scope line); empty live.
+    pub runs: &'a [RunInfo],
+    pub ledgers: &'a [HostLedger],
+    pub ledger_total: &'a LedgerSnapshot,
+    pub kernel_total: &'a KernelCounters,
+    pub routes: &'a [RouteStats],
+    pub diffs: &'a [DiffKindStats],
+    pub latency: &'a [RouteLatency],
+    pub egress: &'a [EgressSummary],
+}
+
+impl<'a> From<&'a StoredEvidence> for CardEvidence<'a> {
+    fn from(ev: &'a StoredEvidence) -> Self {
+        CardEvidence {
+            runs: &ev.runs,
+            ledgers: &ev.ledgers,
+            ledger_total: &ev.ledger_total,
+            kernel_total: &ev.kernel_total,
+            routes: &ev.routes,
+            diffs: &ev.diffs,
+            latency: &ev.latency,
+            egress: &ev.egress,
+        }
+    }
+}
