@@ -15,7 +15,7 @@ use crate::{
     accounting::{DropReason, Ledger, Outcome},
     compare::{Comparator, Comparison, RouteTemplater},
     http::Exchange,
-    mask::{Masker, PersistBody},
+    mask::{Masker, PersistBody, Taint},
     pipeline::{self, REPLAY_QUEUE},
     replay::Replayer,
     sample::Sampler,
@@ -104,8 +104,8 @@ impl Shadow {
     /// candidate's latency.
     async fn handle(self: Arc<Self>, ex: Exchange) {
         let me = self.clone();
-        let Ok((ex, masked)) = tokio::task::spawn_blocking(move || {
-            let masked = me.masker.mask_exchange(&ex);
+        let Ok((ex, (masked, taint))) = tokio::task::spawn_blocking(move || {
+            let masked = me.masker.mask_exchange_tainted(&ex);
             (ex, masked)
         })
         .await
@@ -127,7 +127,8 @@ impl Shadow {
         let (reply, secondary) = tokio::join!(self.replayer.send(to_send, &ex.id), secondary);
         let me = self.clone();
         let finished =
-            tokio::task::spawn_blocking(move || me.conclude(ex, masked, reply, secondary)).await;
+            tokio::task::spawn_blocking(move || me.conclude(ex, masked, &taint, reply, secondary))
+                .await;
         if finished.is_err() {
             self.finish(Outcome::Dropped(DropReason::QueueFull));
         }
@@ -137,6 +138,7 @@ impl Shadow {
         &self,
         ex: Exchange,
         masked: Exchange,
+        taint: &Taint,
         reply: crate::replay::ReplayResult,
         secondary: Option<crate::replay::ReplayResult>,
     ) {
@@ -151,7 +153,9 @@ impl Shadow {
             Ok(reply) => {
                 self.metrics
                     .latency(&route, "candidate", reply.ttfb_ns, reply.ttlb_ns);
-                let cand = self.masker.mask_response(&reply.response);
+                // The request's masked values are masked in every response the same way,
+                // so an echo of a secret reads alike on both sides.
+                let cand = self.masker.mask_response_tainted(&reply.response, taint);
                 let cmp = self.comparator.compare(&masked.response, &cand);
                 let outcome = if cmp.matched() {
                     Outcome::Matched
@@ -173,10 +177,10 @@ impl Shadow {
             }
         };
         let secondary_cmp: Option<Comparison> = match secondary {
-            Some(Ok(r)) => Some(
-                self.comparator
-                    .compare(&masked.response, &self.masker.mask_response(&r.response)),
-            ),
+            Some(Ok(r)) => Some(self.comparator.compare(
+                &masked.response,
+                &self.masker.mask_response_tainted(&r.response, taint),
+            )),
             _ => None,
         };
         let id = ex.id.to_string();
