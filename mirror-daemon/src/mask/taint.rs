@@ -17,9 +17,12 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
-/// Shorter values are not tracked: replacing every `1234` or `dark` in a response would
-/// rewrite data the comparison needs, and a secret that short is guessable anyway.
-pub const MIN_TAINT_LEN: usize = 6;
+/// Shorter values are not tracked: replacing every `on` or `42` in a response would
+/// rewrite data the comparison needs.
+pub const MIN_TAINT_LEN: usize = 4;
+/// Forms shorter than this (a `dark` cookie) only match as a whole word, so that `1234`
+/// is not cut out of `123456`.
+const MIN_SUBSTRING_LEN: usize = 8;
 /// Longer values are not tracked (bounds the automaton; a JWT is well below).
 pub const MAX_TAINT_LEN: usize = 8 << 10;
 /// At most this many values per exchange (the first ones masked win).
@@ -66,7 +69,7 @@ impl TaintSet {
             return Taint::default();
         }
         let mut patterns: Vec<Vec<u8>> = Vec::new();
-        let mut replacements: Vec<Vec<u8>> = Vec::new();
+        let mut replacements: Vec<(Vec<u8>, bool)> = Vec::new();
         // Longer values first: when two values share a form, the longer one's wins.
         let mut values = self.values;
         values.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
@@ -78,8 +81,9 @@ impl TaintSet {
                 {
                     continue;
                 }
+                let whole_word = p.len() < MIN_SUBSTRING_LEN;
                 patterns.push(p);
-                replacements.push(r);
+                replacements.push((r, whole_word));
             }
         }
         let ac = AhoCorasickBuilder::new()
@@ -104,7 +108,8 @@ pub struct Taint {
 #[derive(Debug)]
 struct Matcher {
     ac: AhoCorasick,
-    replacements: Vec<Vec<u8>>,
+    /// Per pattern: its replacement, and whether it must stand as a whole word.
+    replacements: Vec<(Vec<u8>, bool)>,
 }
 
 impl Taint {
@@ -127,12 +132,16 @@ impl Taint {
         let mut out: Vec<u8> = Vec::new();
         let mut last = 0;
         for hit in m.ac.find_iter(hay) {
+            let (with, whole_word) = &m.replacements[hit.pattern().as_usize()];
+            if *whole_word && !stands_alone(hay, hit.start(), hit.end()) {
+                continue;
+            }
             if found == 0 {
                 out.reserve(hay.len() + 32);
             }
             found += 1;
             out.extend_from_slice(&hay[last..hit.start()]);
-            out.extend_from_slice(&m.replacements[hit.pattern().as_usize()]);
+            out.extend_from_slice(with);
             last = hit.end();
         }
         if found == 0 {
@@ -141,6 +150,12 @@ impl Taint {
         out.extend_from_slice(&hay[last..]);
         (Cow::Owned(out), found)
     }
+}
+
+/// `hay[start..end]` is not glued to letters or digits.
+fn stands_alone(hay: &[u8], start: usize, end: usize) -> bool {
+    let word = |c: Option<&u8>| c.is_some_and(u8::is_ascii_alphanumeric);
+    !word(start.checked_sub(1).and_then(|i| hay.get(i))) && !word(hay.get(end))
 }
 
 /// `(form of value, same form of token)` for each encoding an echo may use.
@@ -335,7 +350,7 @@ mod tests {
     #[test]
     fn bounds_and_no_false_hits() {
         let mut s = TaintSet::default();
-        s.add(b"short", TOKEN);
+        s.add(b"abc", TOKEN);
         s.add(&vec![b'a'; MAX_TAINT_LEN + 1], TOKEN);
         assert!(s.is_empty());
         assert_eq!(s.skipped, 2);
@@ -352,14 +367,23 @@ mod tests {
     }
 
     #[test]
+    fn short_values_match_whole_words_only() {
+        let t = taint("dark");
+        assert_eq!(
+            replaced(&t, "<td>dark</td> darker 1dark theme=dark"),
+            format!("<td>{TOKEN}</td> darker 1dark theme={TOKEN}")
+        );
+    }
+
+    #[test]
     fn longest_value_wins() {
         let mut s = TaintSet::default();
         s.add(b"abcdef", "tok_short");
         s.add(b"abcdefghij", "tok_long");
         let t = s.seal();
         assert_eq!(
-            replaced(&t, "xabcdefghijx abcdefx"),
-            "xtok_longx tok_shortx"
+            replaced(&t, "xabcdefghijx abcdef."),
+            "xtok_longx tok_short."
         );
     }
 }
