@@ -69,14 +69,14 @@ fn forms(v: &str) -> Vec<(String, String)> {
         (
             "json",
             serde_json::to_string(v)
-                .unwrap()
+                .expect("a string serializes")
                 .trim_matches('"')
                 .to_string(),
         ),
         (
             "json-slash",
             serde_json::to_string(v)
-                .unwrap()
+                .expect("a string serializes")
                 .trim_matches('"')
                 .replace('/', "\\/"),
         ),
@@ -146,7 +146,7 @@ const PER_ROUND: u64 = ROUTES.len() as u64 * 3;
 
 fn send_round(ns: &Netns, base: &str, round: u32) {
     let basic = base64::engine::general_purpose::STANDARD.encode(BASIC);
-    let auth = if round % 2 == 0 {
+    let auth = if round.is_multiple_of(2) {
         format!("Authorization: Bearer {}", SECRETS[0])
     } else {
         format!("Authorization: Basic {basic}")
@@ -216,7 +216,7 @@ fn candidate_cmd(dir: &Path, topo: &Topology) -> String {
             addr = topo.candidate_addr(),
         ),
     )
-    .unwrap();
+    .expect("writing the candidate script");
     format!(
         "exec ip netns exec {} sh {}",
         topo.cand.name,

@@ -72,7 +72,7 @@ impl TaintSet {
         let mut replacements: Vec<(Vec<u8>, bool)> = Vec::new();
         // Longer values first: when two values share a form, the longer one's wins.
         let mut values = self.values;
-        values.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        values.sort_by_key(|v| std::cmp::Reverse(v.0.len()));
         for (value, token) in &values {
             for (p, r) in forms(value, token.as_bytes()) {
                 if p.len() < MIN_TAINT_LEN
