@@ -37,6 +37,8 @@ pub const SECRET_FRAGMENTS: &[&str] = &[
     "signature",
 ];
 
+const MIN_FRAGMENT_LEN: usize = 5;
+
 static FRAGMENTS: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
     let mut pats: Vec<String> = Vec::new();
     for f in SECRET_FRAGMENTS {
@@ -60,6 +62,11 @@ pub(crate) fn is_secret_name(name: &str) -> bool {
     }
     if SECRET_NAMES.iter().any(|n| n.eq_ignore_ascii_case(name)) {
         return true;
+    }
+    // The shortest fragment has 5 bytes; most JSON keys (`id`, `name`, `qty`) are
+    // shorter and skip the automaton.
+    if name.len() < MIN_FRAGMENT_LEN {
+        return false;
     }
     match &*FRAGMENTS {
         Some(ac) => ac.is_match(name),
