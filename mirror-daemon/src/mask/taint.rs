@@ -424,6 +424,21 @@ mod timing {
             AhoCorasickKind::ContiguousNFA,
             AhoCorasickKind::DFA,
         ] {
+            for ci in [true, false] {
+                let t = std::time::Instant::now();
+                for _ in 0..200 {
+                    let _ = AhoCorasickBuilder::new()
+                        .kind(Some(kind))
+                        .match_kind(MatchKind::LeftmostLongest)
+                        .ascii_case_insensitive(ci)
+                        .build(&pats)
+                        .unwrap();
+                }
+                println!(
+                    "{kind:?} case-insensitive {ci}: {:.1} µs",
+                    t.elapsed().as_secs_f64() * 1e6 / 200.0
+                );
+            }
             for pre in [true, false] {
                 let t = std::time::Instant::now();
                 for _ in 0..200 {
