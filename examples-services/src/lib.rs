@@ -9,3 +9,4 @@ pub mod http;
 pub mod legacy;
 pub mod load;
 pub mod mail;
+pub mod reflect;

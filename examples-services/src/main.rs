@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use mirror_examples::candidate::{Candidate, Profile};
 use mirror_examples::http::{self, Handler};
 use mirror_examples::legacy::Legacy;
+use mirror_examples::reflect::Reflect;
 use mirror_examples::{echo, load, mail};
 
 #[derive(Parser, Debug)]
@@ -37,6 +38,12 @@ enum Cmd {
         /// by default. Without it no email is attempted.
         #[arg(long)]
         mail_host: Option<String>,
+    },
+    /// Echoes each request back like httpbin (JSON, gzip, br, URL-encoded, HTML, base64
+    /// by path prefix); for masking tests.
+    Reflect {
+        #[arg(long)]
+        listen: SocketAddr,
     },
     /// An SMTP sink: accepts mail, prints one line per message to stdout.
     MailSink {
@@ -154,6 +161,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Reflect { listen } => serve(listen, Reflect).await,
         Cmd::MailSink { listen, count_file } => {
             let listener = bind(listen).await?;
             let (stop, stopped) = http::shutdown_channel();

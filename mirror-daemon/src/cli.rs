@@ -81,7 +81,7 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Print the HTTP exchanges rebuilt from a capture file or the live tap.
     #[command(
-        after_help = "Examples:\n  mirror-daemon exchanges --pcap golden.pcapng --port 8080 --format table\n  mirror-daemon exchanges --pcap golden.pcapng --masked > shareable.jsonl\n  mirror-daemon exchanges --iface eth0 --port 8080 --count 100"
+        after_help = "Examples:\n  mirror-daemon exchanges --pcap golden.pcapng --port 8080 --format table\n  mirror-daemon exchanges --pcap golden.pcapng > shareable.jsonl  (masked)\n  mirror-daemon exchanges --iface eth0 --port 8080 --count 100"
     )]
     Exchanges(ExchangesArgs),
     /// Judge a store against criteria: the parity card and GO / NO-GO / INSUFFICIENT EVIDENCE.
@@ -369,8 +369,11 @@ pub struct ExchangesArgs {
     /// Include bodies (text, or base64 for binary) instead of length + sha256.
     #[arg(long)]
     pub bodies: bool,
-    /// Mask PII (for sharing the export).
-    #[arg(long)]
+    /// Print the exchanges unmasked, PII included (the default masks them).
+    #[arg(long, conflicts_with = "masked")]
+    pub raw: bool,
+    /// Masking is the default; accepted so existing scripts keep working.
+    #[arg(long, hide = true)]
     pub masked: bool,
     #[command(flatten)]
     pub mask: MaskArgs,

@@ -146,7 +146,8 @@ fn body(v: &Value) -> (u64, String) {
 
 fn mirror(pcap: &Path) -> MirrorRun {
     let out = Command::new(daemon_bin())
-        .args(["exchanges", "--port", &PORT.to_string(), "--pcap"])
+        // Raw: the reassembly is compared with tshark's byte for byte.
+        .args(["exchanges", "--raw", "--port", &PORT.to_string(), "--pcap"])
         .arg(pcap)
         .output()
         .expect("mirror-daemon exchanges");

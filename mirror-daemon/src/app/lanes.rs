@@ -25,6 +25,7 @@ use crate::{
     accounting::{CandidateErrorKind, DropReason, Outcome},
     capture::FlowKey,
     http::{Exchange, Request, Response, Timing, header},
+    mask::Taint,
     replay::{Attempt, CandidateConn, ReplayResult},
 };
 
@@ -145,16 +146,21 @@ fn legacy_closed(req: &Request, resp: &Response) -> bool {
 struct Prepared {
     ex: Exchange,
     masked: Exchange,
+    /// The request values masking removed, masked again wherever a response echoes them.
+    taint: Taint,
     wire: Vec<u8>,
     secondary: Option<JoinHandle<ReplayResult>>,
 }
+
+/// A captured exchange, its masked twin and what masking removed from its request.
+type Masked = (Exchange, Exchange, Taint);
 
 /// An item taken from the lane's queue: an exchange being masked (CPU work, started as
 /// soon as it is queued so it overlaps the candidate's time), or a close.
 enum Ahead {
     Exchange {
         timing: Timing,
-        masked: JoinHandle<(Exchange, Exchange)>,
+        masked: JoinHandle<Masked>,
     },
     Close,
 }
@@ -167,8 +173,8 @@ fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
             Ahead::Exchange {
                 timing: ex.timing,
                 masked: tokio::task::spawn_blocking(move || {
-                    let masked = me.masker.mask_exchange(&ex);
-                    (ex, masked)
+                    let (masked, taint) = me.masker.mask_exchange_tainted(&ex);
+                    (ex, masked, taint)
                 }),
             }
         }
@@ -240,14 +246,11 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>) {
 }
 
 /// Waits for the batch's masking and starts the secondary's replays.
-async fn prepare(
-    shadow: &Arc<Shadow>,
-    batch: Vec<JoinHandle<(Exchange, Exchange)>>,
-) -> Option<Vec<Prepared>> {
+async fn prepare(shadow: &Arc<Shadow>, batch: Vec<JoinHandle<Masked>>) -> Option<Vec<Prepared>> {
     let mut prepared = Vec::with_capacity(batch.len());
     for job in batch {
-        let (ex, masked) = match job.await {
-            Ok(pair) => pair,
+        let (ex, masked, taint) = match job.await {
+            Ok(done) => done,
             Err(e) => {
                 shadow.finish(super::shadow::stage_failure(&e));
                 continue;
@@ -267,6 +270,7 @@ async fn prepare(
         prepared.push(Prepared {
             ex,
             masked,
+            taint,
             wire,
             secondary,
         });
@@ -365,14 +369,14 @@ async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<Rep
             Some(h) => h.await.ok(),
             None => None,
         };
-        done.push((p.ex, p.masked, reply, secondary));
+        done.push((p.ex, p.masked, p.taint, reply, secondary));
     }
     let me = shadow.clone();
     let finished = tokio::task::spawn_blocking(move || {
-        for (ex, masked, reply, secondary) in done {
+        for (ex, masked, taint, reply, secondary) in done {
             // One exchange's bug must not lose the rest of the batch from the ledger.
             let concluded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                me.conclude(ex, masked, reply, secondary)
+                me.conclude(ex, masked, &taint, reply, secondary)
             }));
             if concluded.is_err() {
                 tracing::error!("comparing or recording an exchange panicked; it is dropped");

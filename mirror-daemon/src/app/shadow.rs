@@ -18,7 +18,7 @@ use crate::{
     accounting::{DropReason, Ledger, Outcome},
     compare::{Comparator, Comparison, RouteTemplater},
     http::Exchange,
-    mask::{Masker, PersistBody},
+    mask::{Masker, PersistBody, Taint},
     replay::{Pace, Pacer, Replayer, live_wait},
     sample::Sampler,
     serve::Metrics,
@@ -154,6 +154,7 @@ impl Shadow {
         &self,
         ex: Exchange,
         masked: Exchange,
+        taint: &Taint,
         reply: crate::replay::ReplayResult,
         secondary: Option<crate::replay::ReplayResult>,
     ) {
@@ -168,7 +169,9 @@ impl Shadow {
             Ok(reply) => {
                 self.metrics
                     .latency(&route, "candidate", reply.ttfb_ns, reply.ttlb_ns);
-                let cand = self.masker.mask_response(&reply.response);
+                // The request's masked values are masked in every response the same way,
+                // so an echo of a secret reads alike on both sides.
+                let cand = self.masker.mask_response_tainted(&reply.response, taint);
                 let cmp = self.comparator.compare(&masked.response, &cand);
                 let outcome = if cmp.matched() {
                     Outcome::Matched
@@ -190,10 +193,10 @@ impl Shadow {
             }
         };
         let secondary_cmp: Option<Comparison> = match secondary {
-            Some(Ok(r)) => Some(
-                self.comparator
-                    .compare(&masked.response, &self.masker.mask_response(&r.response)),
-            ),
+            Some(Ok(r)) => Some(self.comparator.compare(
+                &masked.response,
+                &self.masker.mask_response_tainted(&r.response, taint),
+            )),
             _ => None,
         };
         let id = ex.id.to_string();

@@ -12,7 +12,7 @@ use mirror_daemon::{
     accounting::Ledger,
     app::capture_loop::{self, CaptureSettings, Source},
     capture::kernel::{Tap, TapConfig},
-    http::{EXCHANGE_TABLE_HEADER, exchange_json, exchange_table_row},
+    http::{EXCHANGE_TABLE_HEADER, exchange_json, exchange_json_with, exchange_table_row},
     pipeline::EXCHANGE_QUEUE,
 };
 use tokio::sync::mpsc;
@@ -24,10 +24,13 @@ use crate::{
 };
 
 pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
-    let masker = if args.masked {
-        Some(common::build_masker(&args.mask)?)
-    } else {
+    let masker = if args.raw {
+        eprintln!(
+            "warning: --raw prints raw traffic, PII included; share the default (masked) export instead"
+        );
         None
+    } else {
+        Some(common::build_masker(&args.mask)?)
     };
     let duration = args.duration;
     let ledger = Arc::new(Ledger::default());
@@ -126,9 +129,16 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             Some(m) => m.mask_exchange(&ex),
             None => ex,
         };
-        match args.format {
-            ExchangeFormat::Jsonl => writeln!(out, "{}", exchange_json(&shown, args.bodies))?,
-            ExchangeFormat::Table => writeln!(out, "{}", exchange_table_row(&shown))?,
+        match (args.format, &masker) {
+            (ExchangeFormat::Jsonl, Some(m)) => writeln!(
+                out,
+                "{}",
+                exchange_json_with(&shown, args.bodies, &|b| m.digest(b))
+            )?,
+            (ExchangeFormat::Jsonl, None) => {
+                writeln!(out, "{}", exchange_json(&shown, args.bodies))?;
+            }
+            (ExchangeFormat::Table, _) => writeln!(out, "{}", exchange_table_row(&shown))?,
         }
         printed += 1;
         // Under steady traffic the queue is never empty: check the limits here too.

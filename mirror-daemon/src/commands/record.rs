@@ -25,7 +25,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
     let mut sink = PcapNgSink::create(&args.out, &cfg.iface, super::monotonic_to_epoch_offset_ns())
         .with_context(|| format!("output {}", args.out.display()))?;
     eprintln!(
-        "warning: {} holds raw traffic, PII included; it is created mode 0600 — share `mirror-daemon exchanges --masked` exports instead",
+        "warning: {} holds raw traffic, PII included; it is created mode 0600 — share `mirror-daemon exchanges` exports (masked) instead",
         args.out.display()
     );
     let mut reader = tap

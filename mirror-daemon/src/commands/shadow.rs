@@ -159,7 +159,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
     let criteria = common::criteria(&p.criteria)?;
     let criteria_text = common::criteria_text(&p.criteria);
     let compare_cfg = common::compare_config(&p.compare)?;
-    let comparator = Arc::new(Comparator::new(compare_cfg).map_err(usage)?);
+    let comparator = Comparator::new(compare_cfg).map_err(usage)?;
     let templater = Arc::new(RouteTemplater::new(&p.compare.route).map_err(usage)?);
     let timeout = p.timeout;
     let replay_cfg = replay_config(&p, &p.candidate, timeout)?;
@@ -185,6 +185,10 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         ));
     }
     let masker = Arc::new(common::build_masker(&p.mask)?);
+    let comparator = {
+        let m = masker.clone();
+        Arc::new(comparator.with_body_digest(Arc::new(move |b: &[u8]| m.digest(b))))
+    };
     let host = p.host.clone().unwrap_or_else(|| {
         hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
@@ -501,7 +505,7 @@ fn ready_egress(
 ) -> Vec<EgressAttempt> {
     let now = Instant::now();
     let with_bytes = |(mut a, bytes): (EgressAttempt, Vec<u8>)| {
-        a.first_bytes = Some(masker.mask_text(&String::from_utf8_lossy(&bytes)));
+        a.first_bytes = Some(masker.mask_wire_request(&bytes));
         a
     };
     if let Some(ev) = events.as_mut() {

@@ -18,7 +18,7 @@ mod path;
 mod render;
 mod route;
 
-pub use comparator::{Comparator, CompareCounts};
+pub use comparator::{BodyDigestFn, Comparator, CompareCounts};
 pub use config::{
     CompareConfig, DEFAULT_MAX_DECODED_BODY, DEFAULT_MAX_DIFFS, IgnoreRule, Tolerance,
     ToleranceRule, parse_ignore, parse_tolerance, parse_unordered,

@@ -8,6 +8,16 @@ use super::exchange::{Exchange, Header};
 /// One exchange as JSON. Bodies are length + SHA-256 unless `include_bodies`, which adds
 /// `text` (valid UTF-8) or `hex` (anything else).
 pub fn exchange_json(ex: &Exchange, include_bodies: bool) -> Value {
+    exchange_json_with(ex, include_bodies, &|b| hex::encode(Sha256::digest(b)))
+}
+
+/// [`exchange_json`] with the body digest given by `digest` (a masked export uses the
+/// mask key's HMAC, so a short body cannot be recovered by hashing guesses).
+pub fn exchange_json_with(
+    ex: &Exchange,
+    include_bodies: bool,
+    digest: &dyn Fn(&[u8]) -> String,
+) -> Value {
     let (req, resp, t) = (&ex.request, &ex.response, &ex.timing);
     json!({
         "id": ex.id.to_string(),
@@ -17,14 +27,14 @@ pub fn exchange_json(ex: &Exchange, include_bodies: bool) -> Value {
             "target": req.target,
             "version": version(req.version),
             "headers": headers_json(&req.headers),
-            "body": body_json(&req.body, include_bodies),
+            "body": body_json(&req.body, include_bodies, digest),
         },
         "response": {
             "status": resp.status,
             "reason": resp.reason,
             "version": version(resp.version),
             "headers": headers_json(&resp.headers),
-            "body": body_json(&resp.body, include_bodies),
+            "body": body_json(&resp.body, include_bodies, digest),
         },
         "timing": {
             "request_first_ns": t.request_first_ns,
@@ -72,8 +82,8 @@ fn headers_json(headers: &[Header]) -> Value {
     )
 }
 
-fn body_json(body: &[u8], include: bool) -> Value {
-    let mut v = json!({ "len": body.len(), "sha256": hex::encode(Sha256::digest(body)) });
+fn body_json(body: &[u8], include: bool, digest: &dyn Fn(&[u8]) -> String) -> Value {
+    let mut v = json!({ "len": body.len(), "sha256": digest(body) });
     if include && let Value::Object(map) = &mut v {
         match std::str::from_utf8(body) {
             Ok(text) => map.insert("text".into(), Value::String(text.to_owned())),

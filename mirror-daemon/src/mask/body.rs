@@ -1,5 +1,8 @@
-//! Body plumbing: content coding (gzip/deflate, size-capped), media type classification
-//! and re-encoding with the original coding.
+//! Body plumbing: content coding (gzip/deflate/br, stacked, size-capped), media type
+//! classification and re-encoding with the original codings.
+//!
+//! Every coding the comparator decodes is decoded here too: a body the comparator can
+//! read but the masker could not would reach diffs and examples in clear.
 use std::borrow::Cow;
 use std::io::{Read, Write};
 
@@ -9,19 +12,38 @@ use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
 
 use crate::http::{Header, header};
 
-/// Content coding of a body, as decoded (deflate is zlib-wrapped per RFC 9110, but some
-/// servers send raw deflate: we remember which one we saw to re-encode the same way).
+/// Codings stacked deeper than this are not decoded (the comparator's limit too).
+const MAX_CODINGS: usize = 4;
+
+/// One content coding, as decoded (deflate is zlib-wrapped per RFC 9110, but some servers
+/// send raw deflate: we remember which one we saw to re-encode the same way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Coding {
-    Identity,
+pub(crate) enum Step {
     Gzip,
     Zlib,
     RawDeflate,
+    Brotli,
+}
+
+/// The codings of a body in the order they were applied (`Content-Encoding` order);
+/// empty for identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Coding(pub Vec<Step>);
+
+impl Coding {
+    pub const IDENTITY: Coding = Coding(Vec::new());
+    #[cfg(test)]
+    pub fn one(step: Step) -> Coding {
+        Coding(vec![step])
+    }
+    pub fn is_identity(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DecodeError {
-    /// A coding we do not decode (br, zstd, compress, stacked codings...).
+    /// A coding we do not decode (zstd, compress...) or more than `MAX_CODINGS`.
     Unsupported,
     /// Declared coding, but the bytes do not decode.
     Corrupt,
@@ -29,35 +51,61 @@ pub(crate) enum DecodeError {
     Oversize,
 }
 
-/// Decode `body` according to its `Content-Encoding`, refusing more than `cap` bytes.
+/// Decode `body` according to its `Content-Encoding` (a list, applied in order, so
+/// decoded in reverse), refusing more than `cap` bytes at any stage.
 pub(crate) fn decode<'a>(
     headers: &[Header],
     body: &'a [u8],
     cap: usize,
 ) -> Result<(Cow<'a, [u8]>, Coding), DecodeError> {
-    let ce = header(headers, "content-encoding")
-        .map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase());
-    let ce = ce.as_deref().unwrap_or("");
-    let coding = match ce {
-        "" | "identity" => Coding::Identity,
-        "gzip" | "x-gzip" => Coding::Gzip,
-        "deflate" => Coding::Zlib,
-        _ => return Err(DecodeError::Unsupported),
-    };
-    if body.is_empty() {
-        return Ok((Cow::Borrowed(body), Coding::Identity));
+    let names: Vec<String> = header(headers, "content-encoding")
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity")
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.len() > MAX_CODINGS {
+        return Err(DecodeError::Unsupported);
     }
-    match coding {
-        Coding::Identity if body.len() > cap => Err(DecodeError::Oversize),
-        Coding::Identity => Ok((Cow::Borrowed(body), Coding::Identity)),
-        Coding::Gzip => {
-            read_capped(MultiGzDecoder::new(body), cap).map(|v| (Cow::Owned(v), Coding::Gzip))
+    let mut planned = Vec::with_capacity(names.len());
+    for n in &names {
+        planned.push(match n.as_str() {
+            "gzip" | "x-gzip" => Step::Gzip,
+            "deflate" => Step::Zlib,
+            "br" => Step::Brotli,
+            _ => return Err(DecodeError::Unsupported),
+        });
+    }
+    if body.is_empty() || planned.is_empty() {
+        if body.len() > cap {
+            return Err(DecodeError::Oversize);
         }
-        Coding::Zlib | Coding::RawDeflate => match read_capped(ZlibDecoder::new(body), cap) {
-            Ok(v) => Ok((Cow::Owned(v), Coding::Zlib)),
+        return Ok((Cow::Borrowed(body), Coding::IDENTITY));
+    }
+    let mut data: Cow<'a, [u8]> = Cow::Borrowed(body);
+    let mut seen = Vec::with_capacity(planned.len());
+    for step in planned.iter().rev() {
+        let (out, actual) = decode_step(*step, &data, cap)?;
+        data = Cow::Owned(out);
+        seen.push(actual);
+    }
+    seen.reverse();
+    Ok((data, Coding(seen)))
+}
+
+fn decode_step(step: Step, data: &[u8], cap: usize) -> Result<(Vec<u8>, Step), DecodeError> {
+    match step {
+        Step::Gzip => read_capped(MultiGzDecoder::new(data), cap).map(|v| (v, Step::Gzip)),
+        Step::Brotli => {
+            read_capped(brotli::Decompressor::new(data, 8192), cap).map(|v| (v, Step::Brotli))
+        }
+        Step::Zlib | Step::RawDeflate => match read_capped(ZlibDecoder::new(data), cap) {
+            Ok(v) => Ok((v, Step::Zlib)),
             Err(DecodeError::Oversize) => Err(DecodeError::Oversize),
-            Err(_) => read_capped(DeflateDecoder::new(body), cap)
-                .map(|v| (Cow::Owned(v), Coding::RawDeflate)),
+            Err(_) => read_capped(DeflateDecoder::new(data), cap).map(|v| (v, Step::RawDeflate)),
         },
     }
 }
@@ -76,24 +124,41 @@ fn read_capped(r: impl Read, cap: usize) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// Encode `data` with `coding` (the inverse of [`decode`]).
-pub(crate) fn encode(data: &[u8], coding: Coding) -> std::io::Result<Vec<u8>> {
+pub(crate) fn encode(data: &[u8], coding: &Coding) -> std::io::Result<Vec<u8>> {
+    let mut out = data.to_vec();
+    for step in &coding.0 {
+        out = encode_step(&out, *step)?;
+    }
+    Ok(out)
+}
+
+fn encode_step(data: &[u8], step: Step) -> std::io::Result<Vec<u8>> {
     let level = Compression::default();
-    match coding {
-        Coding::Identity => Ok(data.to_vec()),
-        Coding::Gzip => {
-            let mut e = GzEncoder::new(Vec::with_capacity(data.len() / 4), level);
+    let buf = Vec::with_capacity(data.len() / 4);
+    match step {
+        Step::Gzip => {
+            let mut e = GzEncoder::new(buf, level);
             e.write_all(data)?;
             e.finish()
         }
-        Coding::Zlib => {
-            let mut e = ZlibEncoder::new(Vec::with_capacity(data.len() / 4), level);
+        Step::Zlib => {
+            let mut e = ZlibEncoder::new(buf, level);
             e.write_all(data)?;
             e.finish()
         }
-        Coding::RawDeflate => {
-            let mut e = DeflateEncoder::new(Vec::with_capacity(data.len() / 4), level);
+        Step::RawDeflate => {
+            let mut e = DeflateEncoder::new(buf, level);
             e.write_all(data)?;
             e.finish()
+        }
+        Step::Brotli => {
+            let mut out = buf;
+            {
+                let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                w.write_all(data)?;
+                w.flush()?;
+            }
+            Ok(out)
         }
     }
 }
@@ -196,11 +261,14 @@ mod tests {
     fn gzip_and_deflate_round_trip() {
         let data = b"{\"email\":\"alice@example.com\"}".repeat(10);
         for (ce, coding) in [
-            ("gzip", Coding::Gzip),
-            ("deflate", Coding::Zlib),
-            ("deflate", Coding::RawDeflate),
+            ("gzip", Coding(vec![Step::Gzip])),
+            ("deflate", Coding(vec![Step::Zlib])),
+            ("deflate", Coding(vec![Step::RawDeflate])),
+            ("br", Coding(vec![Step::Brotli])),
+            ("gzip, br", Coding(vec![Step::Gzip, Step::Brotli])),
+            ("deflate,gzip", Coding(vec![Step::Zlib, Step::Gzip])),
         ] {
-            let enc = encode(&data, coding).unwrap();
+            let enc = encode(&data, &coding).unwrap();
             let (dec, seen) = decode(&[h("Content-Encoding", ce)], &enc, 1 << 20).unwrap();
             assert_eq!(dec.as_ref(), data.as_slice());
             assert_eq!(seen, coding);
@@ -209,7 +277,7 @@ mod tests {
 
     #[test]
     fn decode_failures() {
-        let big = encode(&vec![b'a'; 10_000], Coding::Gzip).unwrap();
+        let big = encode(&vec![b'a'; 10_000], &Coding::one(Step::Gzip)).unwrap();
         assert_eq!(
             decode(&[h("Content-Encoding", "gzip")], &big, 9_999).unwrap_err(),
             DecodeError::Oversize
@@ -229,8 +297,21 @@ mod tests {
             DecodeError::Corrupt
         );
         assert_eq!(
-            decode(&[h("Content-Encoding", "br")], b"x", 100).unwrap_err(),
+            decode(&[h("Content-Encoding", "zstd")], b"x", 100).unwrap_err(),
             DecodeError::Unsupported
+        );
+        assert_eq!(
+            decode(
+                &[h("Content-Encoding", "gzip,gzip,gzip,gzip,gzip")],
+                b"x",
+                100
+            )
+            .unwrap_err(),
+            DecodeError::Unsupported
+        );
+        assert_eq!(
+            decode(&[h("Content-Encoding", "br")], b"not brotli", 100).unwrap_err(),
+            DecodeError::Corrupt
         );
         assert_eq!(decode(&[], b"12345", 4).unwrap_err(), DecodeError::Oversize);
     }

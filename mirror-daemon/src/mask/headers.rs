@@ -3,7 +3,10 @@
 //! the detectors. Framing headers are never touched.
 use std::borrow::Cow;
 
-use super::Masker;
+use base64::Engine as _;
+
+use super::Pass;
+use super::secret::is_secret_name;
 use super::stats::MaskKind;
 use super::token::is_masked_value;
 use super::urlenc::mask_target;
@@ -18,19 +21,25 @@ const PROTECTED: &[&str] = &[
 /// Values that are URLs (queries may carry `query:` fields).
 const URL_HEADERS: &[&str] = &["referer", "location", "content-location"];
 
+/// Framing headers, never masked nor rewritten.
+pub(crate) fn is_protected(name: &str) -> bool {
+    PROTECTED.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
 /// The masked value of one header, `None` when unchanged.
-pub(crate) fn mask_header(m: &Masker, name: &str, value: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<u8>> {
     let lname = name.to_ascii_lowercase();
     if PROTECTED.contains(&lname.as_str()) || value.is_empty() {
         return None;
     }
-    if m.header_is_sensitive(&lname) {
-        return match lname.as_str() {
-            "cookie" => mask_cookie_pairs(m, value, false),
-            "set-cookie" => mask_cookie_pairs(m, value, true),
-            "authorization" | "proxy-authorization" => mask_credentials(m, value),
-            _ => whole(m, value),
-        };
+    if m.header_is_sensitive(&lname) || is_secret_name(&lname) {
+        let out = mask_secret_value(m, &lname, value);
+        // An echo may copy the whole value (`Bearer …`, all the cookies), in a form
+        // (base64) where the parts cannot be found.
+        if let Some(o) = &out {
+            m.taint(value.trim_ascii(), &String::from_utf8_lossy(o));
+        }
+        return out;
     }
     if URL_HEADERS.contains(&lname.as_str())
         && let Ok(s) = std::str::from_utf8(value)
@@ -46,7 +55,21 @@ pub(crate) fn mask_header(m: &Masker, name: &str, value: &[u8]) -> Option<Vec<u8
     }
 }
 
-fn whole(m: &Masker, value: &[u8]) -> Option<Vec<u8>> {
+/// The value of a field whose (lower-cased) name marks it secret, in a header, a JSON
+/// key, a query or form field: credentials keep their scheme and cookies their names,
+/// so an echo of a header in a body is masked exactly as the header was.
+pub(crate) fn mask_secret_value(m: &Pass<'_>, lname: &str, value: &[u8]) -> Option<Vec<u8>> {
+    match lname {
+        "cookie" => mask_cookie_pairs(m, value, false),
+        "set-cookie" | "set_cookie" => mask_cookie_pairs(m, value, true),
+        "authorization" | "proxy-authorization" | "proxy_authorization" => {
+            mask_credentials(m, value)
+        }
+        _ => whole(m, value),
+    }
+}
+
+fn whole(m: &Pass<'_>, value: &[u8]) -> Option<Vec<u8>> {
     let v = value.trim_ascii();
     if v.is_empty() || is_masked_value(v) {
         return None;
@@ -56,7 +79,7 @@ fn whole(m: &Masker, value: &[u8]) -> Option<Vec<u8>> {
 
 /// `Scheme credentials` → `Scheme <token>`: the scheme says nothing about the user and
 /// helps reading a diff (Basic vs Bearer).
-fn mask_credentials(m: &Masker, value: &[u8]) -> Option<Vec<u8>> {
+fn mask_credentials(m: &Pass<'_>, value: &[u8]) -> Option<Vec<u8>> {
     let v = value.trim_ascii();
     let Some(sp) = v.iter().position(|&c| c == b' ') else {
         return whole(m, v);
@@ -72,6 +95,9 @@ fn mask_credentials(m: &Masker, value: &[u8]) -> Option<Vec<u8>> {
     if creds.is_empty() || is_masked_value(creds) {
         return None;
     }
+    if scheme.eq_ignore_ascii_case(b"basic") {
+        taint_basic_credentials(m, creds);
+    }
     let mut out = scheme.to_vec();
     out.push(b' ');
     out.extend_from_slice(m.rule_value(creds, MaskKind::Header).as_bytes());
@@ -80,7 +106,20 @@ fn mask_credentials(m: &Masker, value: &[u8]) -> Option<Vec<u8>> {
 
 /// `a=1; b=2` → `a=<tok>; b=<tok>`. For `Set-Cookie` only the first pair is the cookie;
 /// attributes (`Path`, `Expires`...) are kept and only scanned by the detectors.
-fn mask_cookie_pairs(m: &Masker, value: &[u8], set_cookie: bool) -> Option<Vec<u8>> {
+/// `Basic base64(user:password)`: an application may echo the decoded pair or the
+/// password alone (httpbin's `/basic-auth`); both are tainted for the exchange.
+fn taint_basic_credentials(m: &Pass<'_>, creds: &[u8]) {
+    let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(creds) else {
+        return;
+    };
+    if let Some(colon) = pair.iter().position(|&c| c == b':') {
+        let password = &pair[colon + 1..];
+        m.taint(password, &m.token_for(password));
+    }
+    m.taint(&pair, &m.token_for(&pair));
+}
+
+fn mask_cookie_pairs(m: &Pass<'_>, value: &[u8], set_cookie: bool) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(value.len() + 16);
     let mut changed = false;
     for (i, part) in value.split(|&c| c == b';').enumerate() {

@@ -6,9 +6,10 @@
 //! and only the spans of masked strings/numbers are rewritten. Key order is untouched.
 use std::borrow::Cow;
 
-use super::Masker;
+use super::Pass;
 use super::detect::PiiKind;
 use super::rules::{Child, JsonPath};
+use super::secret::{is_secret_name, mask_named};
 use super::stats::MaskKind;
 use super::token::is_masked_value;
 
@@ -18,7 +19,7 @@ pub(crate) struct Invalid;
 
 /// Mask `src`; `Ok(None)` when nothing changed.
 pub(crate) fn mask_json(
-    m: &Masker,
+    m: &Pass<'_>,
     paths: &[JsonPath],
     src: &str,
 ) -> Result<Option<String>, Invalid> {
@@ -54,7 +55,7 @@ pub(crate) fn mask_json(
 }
 
 struct Scan<'a, 'm> {
-    m: &'m Masker,
+    m: &'m Pass<'m>,
     paths: &'m [JsonPath],
     src: &'a str,
     b: &'a [u8],
@@ -148,13 +149,18 @@ impl<'a> Scan<'a, '_> {
                 self.emit(start, end, &json_string(&k));
             }
             self.expect(b':')?;
-            let (clo, chi, hit) = if masked || lo == hi {
-                (self.states.len(), self.states.len(), false)
+            // Secret by name (`"password"`, `"Authorization"`, `"access_token"`…).
+            if !masked && is_secret_name(&key) {
+                self.secret_value(&key)?;
             } else {
-                self.descend(lo, hi, Child::Key(&key))
-            };
-            self.value(clo, chi, masked || hit)?;
-            self.states.truncate(clo);
+                let (clo, chi, hit) = if masked || lo == hi {
+                    (self.states.len(), self.states.len(), false)
+                } else {
+                    self.descend(lo, hi, Child::Key(&key))
+                };
+                self.value(clo, chi, masked || hit)?;
+                self.states.truncate(clo);
+            }
             self.ws();
             match self.peek()? {
                 b',' => self.pos += 1,
@@ -165,6 +171,22 @@ impl<'a> Scan<'a, '_> {
                 _ => return Err(Invalid),
             }
         }
+    }
+
+    /// The value of a secret-named key: a string is masked as the header of that name
+    /// would be (scheme and cookie names kept), anything else wholly below.
+    fn secret_value(&mut self, key: &str) -> Result<(), Invalid> {
+        self.ws();
+        if self.peek()? != b'"' {
+            let at = self.states.len();
+            return self.value(at, at, true);
+        }
+        let (start, end, escaped) = self.string()?;
+        let text = self.decode(start, end, escaped)?;
+        if let Some(v) = mask_named(self.m, key, &text) {
+            self.emit(start, end, &json_string(&v));
+        }
+        Ok(())
     }
 
     fn array(&mut self, lo: usize, hi: usize, masked: bool) -> Result<(), Invalid> {

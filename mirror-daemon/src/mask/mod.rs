@@ -27,7 +27,9 @@ mod headers;
 mod json;
 mod key;
 mod rules;
+mod secret;
 mod stats;
+mod taint;
 mod token;
 mod urlenc;
 
@@ -35,6 +37,7 @@ mod urlenc;
 mod tests;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -44,12 +47,14 @@ pub use detect::{Detectors, PiiKind, parse_detectors};
 pub use key::{MIN_KEY_LEN, MaskKey, load_or_create_key};
 pub use rules::{Action, DEFAULT_HEADER_FRAGMENTS, DEFAULT_HEADERS, JsonPath, Rule, default_rules};
 pub use stats::{MaskKind, MaskStats, MaskStatsSnapshot};
+pub use taint::{MAX_TAINT_LEN, MAX_TAINTED_VALUES, MIN_TAINT_LEN, Taint};
 pub use token::{EMAIL_TOKEN_DOMAIN, REDACTED, TOKEN_PREFIX};
 
 use crate::capture::FlowKey;
 use crate::http::{Exchange, Header, Request, Response};
 use body::{BodyKind, Coding, DecodeError};
 use detect::{Detector, Found};
+use taint::TaintSet;
 use token::Tokenizer;
 
 /// Re-detection passes after the first (see `Masker::mask_str`).
@@ -220,33 +225,35 @@ impl Masker {
         &self.stats
     }
 
+    /// A keyed digest (HMAC-SHA256 under the mask key, hex) of any bytes: what may be
+    /// stored or shown instead of a body or value.
+    pub fn digest(&self, data: &[u8]) -> String {
+        self.tokens.digest(data)
+    }
+
     pub fn mask_request(&self, r: &Request) -> Request {
-        let mut headers = self.mask_headers(&r.headers);
-        let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
-        Request {
-            method: r.method.clone(),
-            target: self.mask_target(&r.target),
-            version: r.version,
-            headers,
-            body,
-        }
+        Pass::plain(self).request(r)
     }
 
     pub fn mask_response(&self, r: &Response) -> Response {
-        let mut headers = self.mask_headers(&r.headers);
-        let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
-        Response {
-            version: r.version,
-            status: r.status,
-            reason: self.mask_text(&r.reason),
-            headers,
-            body,
-        }
+        Pass::plain(self).response(r)
+    }
+
+    /// A response of the exchange whose request left `taint`: every echo of a masked
+    /// request value gets that value's token (legacy, candidate and secondary alike).
+    pub fn mask_response_tainted(&self, r: &Response, taint: &Taint) -> Response {
+        Pass::applying(self, taint).response(r)
     }
 
     /// Request, response, and the client address when the `ip` detector is on (the
     /// server address is the legacy service's, not a user's).
     pub fn mask_exchange(&self, e: &Exchange) -> Exchange {
+        self.mask_exchange_tainted(e).0
+    }
+
+    /// [`Masker::mask_exchange`], plus the taint of the request, for the replayed
+    /// responses of the same exchange.
+    pub fn mask_exchange_tainted(&self, e: &Exchange) -> (Exchange, Taint) {
         let flow = if self.detector.enabled().ip {
             FlowKey {
                 client: self.mask_socket_addr(e.flow.client),
@@ -255,28 +262,188 @@ impl Masker {
         } else {
             e.flow
         };
-        Exchange {
+        let (request, taint) = self.mask_request_tainted(&e.request);
+        let response = self.mask_response_tainted(&e.response, &taint);
+        let masked = Exchange {
             id: e.id,
             flow,
-            request: self.mask_request(&e.request),
-            response: self.mask_response(&e.response),
+            request,
+            response,
             timing: e.timing,
+        };
+        (masked, taint)
+    }
+
+    /// The masked request and the values it had masked out (see `taint.rs`).
+    pub fn mask_request_tainted(&self, r: &Request) -> (Request, Taint) {
+        let pass = Pass::collecting(self);
+        let masked = pass.request(r);
+        let set = pass.collect.map(RefCell::into_inner).unwrap_or_default();
+        self.stats
+            .taint_values_skipped
+            .fetch_add(set.skipped, std::sync::atomic::Ordering::Relaxed);
+        (masked, set.seal())
+    }
+
+    /// Free text (log lines, diff renderings, raw egress bytes): detectors, and the value
+    /// after a secret name (`password=…`, `"token": "…"`, `Authorization: …`).
+    pub fn mask_text(&self, s: &str) -> String {
+        let pass = Pass::plain(self);
+        let detected = pass.mask_str(s);
+        match secret::mask_named_values(&pass, &detected) {
+            Some(t) => t,
+            None => detected.into_owned(),
         }
     }
 
-    /// Free text (log lines, diff renderings): detectors only, rules need structure.
-    pub fn mask_text(&self, s: &str) -> String {
-        self.mask_str(s).into_owned()
+    /// Bytes a client sent on a connection (the candidate's egress): read as an HTTP
+    /// request when they parse as one (headers, target and body masked as any request),
+    /// else as free text ([`Masker::mask_text`]).
+    pub fn mask_wire_request(&self, bytes: &[u8]) -> String {
+        secret::mask_wire_request(self, bytes)
     }
 
     /// A request target or URL: path segments through the detectors, query parameters
-    /// through `query:` rules and the detectors.
+    /// through `query:` rules, secret names and the detectors.
     pub fn mask_target(&self, target: &str) -> String {
-        urlenc::mask_target(self, target).into_owned()
+        urlenc::mask_target(&Pass::plain(self), target).into_owned()
     }
 
     /// What of a body may be stored or shown (see [`PersistBody`]).
     pub fn persistable_body(&self, headers: &[Header], body: &[u8]) -> PersistBody {
+        Pass::plain(self).persistable_body(headers, body)
+    }
+
+    fn header_is_sensitive(&self, lname: &str) -> bool {
+        self.header_names.iter().any(|n| n == lname)
+            || self
+                .header_fragments
+                .iter()
+                .any(|f| lname.contains(f.as_str()))
+    }
+
+    fn decode<'a>(
+        &self,
+        headers: &[Header],
+        body: &'a [u8],
+    ) -> Result<(Cow<'a, [u8]>, Coding), DecodeError> {
+        let r = body::decode(headers, body, self.max_decoded_body);
+        match &r {
+            Ok((_, c)) if c.is_identity() => {}
+            Ok(_) => MaskStats::bump(&self.stats.bodies_decoded),
+            Err(DecodeError::Unsupported) => MaskStats::bump(&self.stats.unsupported_encoding),
+            Err(DecodeError::Corrupt) => MaskStats::bump(&self.stats.decode_failures),
+            Err(DecodeError::Oversize) => MaskStats::bump(&self.stats.oversize_bodies),
+        }
+        r
+    }
+
+    fn mask_socket_addr(&self, a: SocketAddr) -> SocketAddr {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => {
+                self.stats.count(MaskKind::Ip);
+                IpAddr::V4(self.tokens.ipv4(v4))
+            }
+            IpAddr::V6(v6) if !v6.is_loopback() && !v6.is_unspecified() => {
+                self.stats.count(MaskKind::Ip);
+                IpAddr::V6(self.tokens.ipv6(v6))
+            }
+            other => other,
+        };
+        SocketAddr::new(ip, a.port())
+    }
+}
+
+/// One masking pass over one message: the masker, plus the taint of the exchange being
+/// collected (a request) or applied (its responses). The submodules take a `&Pass` and
+/// reach the masker's configuration through `Deref`.
+pub(crate) struct Pass<'m> {
+    m: &'m Masker,
+    collect: Option<RefCell<TaintSet>>,
+    apply: Option<&'m Taint>,
+}
+
+impl std::ops::Deref for Pass<'_> {
+    type Target = Masker;
+    fn deref(&self) -> &Masker {
+        self.m
+    }
+}
+
+impl<'m> Pass<'m> {
+    fn plain(m: &'m Masker) -> Self {
+        Pass {
+            m,
+            collect: None,
+            apply: None,
+        }
+    }
+
+    fn collecting(m: &'m Masker) -> Self {
+        Pass {
+            m,
+            collect: Some(RefCell::new(TaintSet::default())),
+            apply: None,
+        }
+    }
+
+    fn applying(m: &'m Masker, taint: &'m Taint) -> Self {
+        Pass {
+            m,
+            collect: None,
+            apply: (!taint.is_empty()).then_some(taint),
+        }
+    }
+
+    fn request(&self, r: &Request) -> Request {
+        let mut headers = self.mask_headers(&r.headers);
+        let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
+        Request {
+            method: r.method.clone(),
+            target: urlenc::mask_target(self, &r.target).into_owned(),
+            version: r.version,
+            headers,
+            body,
+        }
+    }
+
+    fn response(&self, r: &Response) -> Response {
+        let mut headers = self.mask_headers(&r.headers);
+        let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
+        let reason = self.untaint(r.reason.as_bytes());
+        Response {
+            version: r.version,
+            status: r.status,
+            reason: self
+                .mask_str(&String::from_utf8_lossy(&reason))
+                .into_owned(),
+            headers,
+            body,
+        }
+    }
+
+    /// Remember, for the rest of the exchange, that `value` became `replacement`.
+    fn taint(&self, value: &[u8], replacement: &str) {
+        if let Some(c) = &self.collect {
+            c.borrow_mut().add(value, replacement);
+        }
+    }
+
+    /// `data` with every echo of a tainted request value replaced.
+    fn untaint<'a>(&self, data: &'a [u8]) -> Cow<'a, [u8]> {
+        let Some(t) = self.apply else {
+            return Cow::Borrowed(data);
+        };
+        let (out, n) = t.replace(data);
+        if n > 0 {
+            self.stats
+                .echoes_masked
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        out
+    }
+
+    fn persistable_body(&self, headers: &[Header], body: &[u8]) -> PersistBody {
         let opaque = || PersistBody::Opaque {
             len: body.len(),
             sha256: self.tokens.digest(body),
@@ -288,6 +455,7 @@ impl Masker {
                 return opaque();
             }
         };
+        let decoded = self.untaint(&decoded);
         let kind = body::classify(headers, &decoded);
         if kind == BodyKind::Binary {
             MaskStats::bump(&self.stats.opaque_bodies);
@@ -314,36 +482,43 @@ impl Masker {
         PersistBody::Text(masked.into_owned())
     }
 
-    // ---- internals shared by the submodules ----
-
-    fn header_is_sensitive(&self, lname: &str) -> bool {
-        self.header_names.iter().any(|n| n == lname)
-            || self
-                .header_fragments
-                .iter()
-                .any(|f| lname.contains(f.as_str()))
-    }
-
     fn mask_headers(&self, headers: &[Header]) -> Vec<Header> {
         headers
             .iter()
-            .map(|h| match headers::mask_header(self, &h.name, &h.value) {
-                Some(value) => Header {
-                    name: h.name.clone(),
-                    value,
-                },
-                None => h.clone(),
+            .map(|h| {
+                let value = if headers::is_protected(&h.name) {
+                    Cow::Borrowed(&h.value[..])
+                } else {
+                    self.untaint(&h.value)
+                };
+                match headers::mask_header(self, &h.name, &value) {
+                    Some(value) => Header {
+                        name: h.name.clone(),
+                        value,
+                    },
+                    None => Header {
+                        name: h.name.clone(),
+                        value: value.into_owned(),
+                    },
+                }
             })
             .collect()
     }
 
-    /// The value for a field selected by a rule.
-    fn rule_value(&self, value: &[u8], kind: MaskKind) -> String {
-        self.stats.count(kind);
+    /// The generic replacement of `value` under the action (not counted).
+    fn token_for(&self, value: &[u8]) -> String {
         match self.action {
             Action::Redact => REDACTED.to_string(),
             Action::Tokenize => self.tokens.generic(value),
         }
+    }
+
+    /// The value for a field selected by a rule or a secret name.
+    fn rule_value(&self, value: &[u8], kind: MaskKind) -> String {
+        self.stats.count(kind);
+        let out = self.token_for(value);
+        self.taint(value, &out);
+        out
     }
 
     /// The value for a detected span.
@@ -356,10 +531,12 @@ impl Masker {
             PiiKind::Iban => MaskKind::Iban,
             PiiKind::Ipv4(_) | PiiKind::Ipv6(_) => MaskKind::Ip,
         });
-        match self.action {
+        let out = match self.action {
             Action::Redact => REDACTED.to_string(),
             Action::Tokenize => self.tokens.detected(kind, text),
-        }
+        };
+        self.taint(text.as_bytes(), &out);
+        out
     }
 
     /// Detectors over text; borrowed when nothing was found.
@@ -368,7 +545,21 @@ impl Masker {
     /// detector can still contain the shape another one wants; masking the result again
     /// until nothing is found keeps `mask(mask(x)) == mask(x)` (a candidate echoing a
     /// masked value must compare equal). Only strings with findings pay for the re-check.
+    /// Percent-encoded runs (`phone=%2B1-202-555-0147` in a URL inside a body) are then
+    /// decoded and checked too (see `urlenc::mask_encoded_runs`).
     fn mask_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        let plain = self.detect_str(s);
+        if !plain.contains('%') {
+            return plain;
+        }
+        match urlenc::mask_encoded_runs(self, &plain) {
+            Some(o) => Cow::Owned(o),
+            None => plain,
+        }
+    }
+
+    /// Detectors only, no decoding (for text that was just decoded).
+    fn detect_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let mut found: Vec<Found> = Vec::new();
         self.detector.find(s, &mut found);
         if found.is_empty() {
@@ -425,22 +616,6 @@ impl Masker {
         }
     }
 
-    fn decode<'a>(
-        &self,
-        headers: &[Header],
-        body: &'a [u8],
-    ) -> Result<(Cow<'a, [u8]>, Coding), DecodeError> {
-        let r = body::decode(headers, body, self.max_decoded_body);
-        match &r {
-            Ok((_, Coding::Identity)) => {}
-            Ok(_) => MaskStats::bump(&self.stats.bodies_decoded),
-            Err(DecodeError::Unsupported) => MaskStats::bump(&self.stats.unsupported_encoding),
-            Err(DecodeError::Corrupt) => MaskStats::bump(&self.stats.decode_failures),
-            Err(DecodeError::Oversize) => MaskStats::bump(&self.stats.oversize_bodies),
-        }
-        r
-    }
-
     /// Mask a body for replay: same coding, `Content-Length` fixed up in `headers`.
     fn mask_message_body(
         &self,
@@ -469,8 +644,14 @@ impl Masker {
         }
         match self.decode(headers, body) {
             Ok((decoded, coding)) => {
-                let masked = self.mask_decoded(body::classify(headers, &decoded), &decoded)?;
-                match body::encode(&masked, coding) {
+                let untainted = self.untaint(&decoded);
+                let kind = body::classify(headers, &untainted);
+                let masked = match (self.mask_decoded(kind, &untainted), untainted) {
+                    (Some(m), _) => m,
+                    (None, Cow::Owned(u)) => u,
+                    (None, Cow::Borrowed(_)) => return None,
+                };
+                match body::encode(&masked, &coding) {
                     Ok(body) => Some(BodyChange {
                         body,
                         drop_content_encoding: false,
@@ -479,22 +660,27 @@ impl Masker {
                         tracing::warn!(error = %e, "re-encoding a masked body failed; sending it decoded");
                         Some(BodyChange {
                             body: masked,
-                            drop_content_encoding: coding != Coding::Identity,
+                            drop_content_encoding: !coding.is_identity(),
                         })
                     }
                 }
             }
             // Unreadable: only the visible text runs can be checked.
-            Err(_) => match self.mask_bytes(body) {
-                Cow::Owned(b) => {
-                    MaskStats::bump(&self.stats.raw_bodies_masked);
-                    Some(BodyChange {
-                        body: b,
-                        drop_content_encoding: false,
-                    })
-                }
-                Cow::Borrowed(_) => None,
-            },
+            Err(_) => {
+                let untainted = self.untaint(body);
+                let masked = match self.mask_bytes(&untainted) {
+                    Cow::Owned(b) => b,
+                    Cow::Borrowed(_) => match untainted {
+                        Cow::Owned(u) => u,
+                        Cow::Borrowed(_) => return None,
+                    },
+                };
+                MaskStats::bump(&self.stats.raw_bodies_masked);
+                Some(BodyChange {
+                    body: masked,
+                    drop_content_encoding: false,
+                })
+            }
         }
     }
 
@@ -522,21 +708,6 @@ impl Masker {
             }
             _ => self.mask_bytes(data).into_owned_if_changed(),
         }
-    }
-
-    fn mask_socket_addr(&self, a: SocketAddr) -> SocketAddr {
-        let ip = match a.ip() {
-            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => {
-                self.stats.count(MaskKind::Ip);
-                IpAddr::V4(self.tokens.ipv4(v4))
-            }
-            IpAddr::V6(v6) if !v6.is_loopback() && !v6.is_unspecified() => {
-                self.stats.count(MaskKind::Ip);
-                IpAddr::V6(self.tokens.ipv6(v6))
-            }
-            other => other,
-        };
-        SocketAddr::new(ip, a.port())
     }
 }
 

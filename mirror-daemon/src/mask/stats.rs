@@ -66,6 +66,10 @@ pub struct MaskStats {
     pub(crate) json_fallbacks: AtomicU64,
     /// Undecodable or binary bodies where a detector fired on the text runs.
     pub(crate) raw_bodies_masked: AtomicU64,
+    /// Echoes of masked request values replaced in responses (see `taint.rs`).
+    pub(crate) echoes_masked: AtomicU64,
+    /// Masked request values not tracked for echoes (too short, too long, too many).
+    pub(crate) taint_values_skipped: AtomicU64,
 }
 
 /// A point-in-time copy of [`MaskStats`], for metrics and reports.
@@ -80,6 +84,8 @@ pub struct MaskStatsSnapshot {
     pub opaque_bodies: u64,
     pub json_fallbacks: u64,
     pub raw_bodies_masked: u64,
+    pub echoes_masked: u64,
+    pub taint_values_skipped: u64,
 }
 
 impl MaskStatsSnapshot {
@@ -113,6 +119,8 @@ impl MaskStats {
             opaque_bodies: self.opaque_bodies.load(Relaxed),
             json_fallbacks: self.json_fallbacks.load(Relaxed),
             raw_bodies_masked: self.raw_bodies_masked.load(Relaxed),
+            echoes_masked: self.echoes_masked.load(Relaxed),
+            taint_values_skipped: self.taint_values_skipped.load(Relaxed),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::body::{Coding, encode};
+use super::body::{Coding, Step, encode};
 use super::*;
 use crate::http::{CorrelationId, Timing, header};
 
@@ -329,15 +329,17 @@ fn referer_is_masked_like_a_target() {
 }
 
 #[test]
-fn gzip_and_deflate_bodies_are_masked_and_reencoded() {
+fn compressed_bodies_are_masked_and_reencoded() {
     let m = masker(&["json:$.user.email"]);
     let json = br#"{"user":{"email":"alice@example.com","phone":"+44 20 7946 0958"}}"#;
     for (ce, coding) in [
-        ("gzip", Coding::Gzip),
-        ("deflate", Coding::Zlib),
-        ("deflate", Coding::RawDeflate),
+        ("gzip", Coding::one(Step::Gzip)),
+        ("deflate", Coding::one(Step::Zlib)),
+        ("deflate", Coding::one(Step::RawDeflate)),
+        ("br", Coding::one(Step::Brotli)),
+        ("gzip, br", Coding(vec![Step::Gzip, Step::Brotli])),
     ] {
-        let enc = encode(json, coding).unwrap();
+        let enc = encode(json, &coding).unwrap();
         let len = enc.len().to_string();
         let r = req(
             "/",
@@ -365,7 +367,7 @@ fn gzip_and_deflate_bodies_are_masked_and_reencoded() {
         };
         assert_eq!(t.as_bytes(), dec.as_ref());
     }
-    assert_eq!(m.stats().snapshot().bodies_decoded, 6);
+    assert_eq!(m.stats().snapshot().bodies_decoded, 10);
 }
 
 #[test]
@@ -378,8 +380,8 @@ fn unreadable_bodies_are_opaque_and_kept_only_without_detections() {
             b"\x89PNG\r\n\x1a\n\0\0binary".to_vec(),
         ),
         (
-            vec![Header::new("Content-Encoding", "br")],
-            b"\x1b\x03\x00brotli?".to_vec(),
+            vec![Header::new("Content-Encoding", "zstd")],
+            b"\x28\xb5\x2f\xfdzstd?".to_vec(),
         ),
         (
             vec![Header::new("Content-Encoding", "gzip")],
@@ -387,7 +389,7 @@ fn unreadable_bodies_are_opaque_and_kept_only_without_detections() {
         ),
         (
             vec![Header::new("Content-Encoding", "gzip")],
-            encode(&[b'a'; 4096], Coding::Gzip).unwrap(),
+            encode(&[b'a'; 4096], &Coding::one(Step::Gzip)).unwrap(),
         ),
         (
             vec![Header::new("Content-Type", "text/plain")],
@@ -471,7 +473,7 @@ fn sample_exchange() -> Exchange {
     let resp_json =
         br#"{"customer":{"email":"alice@example.com","phones":["+44 20 7946 0958","555-987-6543"]},
  "cards":[{"number":"5500-0000-0000-0004","last4":"0004"}],"session":"s-1","ip":"203.0.113.77"}"#;
-    let gz = encode(resp_json, Coding::Gzip).unwrap();
+    let gz = encode(resp_json, &Coding::one(Step::Gzip)).unwrap();
     let gz_len = gz.len().to_string();
     Exchange {
         id: CorrelationId::new(),
@@ -718,6 +720,365 @@ fn mask_throughput() {
         mb / secs,
         doc.len()
     );
+    // The same response, as an echo target of a request that had secrets masked.
+    let (_, taint) = m.mask_request_tainted(&echo_request());
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        total += m.mask_response_tainted(&r, &taint).body.len();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "mask_throughput with {} tainted values: {:.1} MB/s (out {total} bytes in all)",
+        taint.values(),
+        mb / secs
+    );
+    // The per-exchange cost of taint: masking a typical request and sealing its taint.
+    let request = echo_request();
+    let n = 20_000;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let (_, t) = m.mask_request_tainted(&request);
+        assert!(!t.is_empty());
+    }
+    let with = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        assert!(!m.mask_request(&request).target.is_empty());
+    }
+    let without = start.elapsed().as_secs_f64();
+    println!(
+        "request with {} secrets: {:.1} µs masked and tainted, {:.1} µs masked only",
+        taint.values(),
+        with * 1e6 / f64::from(n),
+        without * 1e6 / f64::from(n)
+    );
     let s = m.stats().snapshot();
     println!("stats: {s:?}");
+}
+
+// ---- echoes (issue 13): taint, secrets by name, decoded detection ----
+
+/// What an httpbin-like service answers to `r`: headers, decoded query, raw URL and body.
+fn httpbin_echo(r: &Request) -> String {
+    let query = r.target.split_once('?').map_or("", |(_, q)| q);
+    let args: serde_json::Map<String, serde_json::Value> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned().into()))
+        .collect();
+    let headers: serde_json::Map<String, serde_json::Value> = r
+        .headers
+        .iter()
+        .filter(|h| !h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| {
+            (
+                h.name.clone(),
+                String::from_utf8_lossy(&h.value).into_owned().into(),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "args": args,
+        "headers": headers,
+        "url": format!("http://svc{}", r.target),
+        "data": String::from_utf8_lossy(&r.body),
+    })
+    .to_string()
+}
+
+fn echo_request() -> Request {
+    req(
+        "/anything?phone=%2B1-202-555-0147&access_token=AT-9f8e7d6c5b&q=ok",
+        &[
+            ("Authorization", b"Bearer sk_live_abcdef123456"),
+            ("Cookie", b"theme=dark; session=S3ss10n-0123456789"),
+            ("Content-Type", b"application/json"),
+        ],
+        br#"{"email":"ana@example.com","password":"hunter2-long","note":"ok"}"#,
+    )
+}
+
+const ECHO_SECRETS: [&str; 7] = [
+    "+1-202-555-0147",
+    "%2B1-202-555-0147",
+    "AT-9f8e7d6c5b",
+    "sk_live_abcdef123456",
+    "S3ss10n-0123456789",
+    "ana@example.com",
+    "hunter2-long",
+];
+
+fn assert_no_secret(what: &str, text: &str) {
+    for s in ECHO_SECRETS {
+        assert!(!text.contains(s), "{s} in {what}: {text}");
+    }
+}
+
+#[test]
+fn echoes_of_masked_request_values_compare_equal_in_every_coding() {
+    let m = masker(&[]);
+    let original = echo_request();
+    let (masked_req, taint) = m.mask_request_tainted(&original);
+    assert!(taint.values() >= 6, "{}", taint.values());
+    assert_no_secret("masked request target", &masked_req.target);
+    assert_no_secret("masked request body", body_str(&masked_req.body));
+    let legacy_echo = httpbin_echo(&original);
+    let candidate_echo = httpbin_echo(&masked_req);
+    for (ce, coding) in [
+        ("", Coding::IDENTITY),
+        ("gzip", Coding::one(Step::Gzip)),
+        ("br", Coding::one(Step::Brotli)),
+        ("gzip, br", Coding(vec![Step::Gzip, Step::Brotli])),
+    ] {
+        let mk = |echo: &str, auth: &[u8]| {
+            let body = encode(echo.as_bytes(), &coding).unwrap();
+            let mut h: Vec<(&str, &[u8])> = vec![
+                ("Content-Type", b"application/json"),
+                ("X-Echo-Authorization", auth),
+            ];
+            if !ce.is_empty() {
+                h.push(("Content-Encoding", ce.as_bytes()));
+            }
+            resp(&h, &body)
+        };
+        let legacy =
+            m.mask_response_tainted(&mk(&legacy_echo, b"Bearer sk_live_abcdef123456"), &taint);
+        let cand_auth = header(&masked_req.headers, "authorization")
+            .unwrap()
+            .to_vec();
+        let candidate = m.mask_response_tainted(&mk(&candidate_echo, &cand_auth), &taint);
+        let dec = |r: &Response| {
+            let (d, _) = body::decode(&r.headers, &r.body, 1 << 20).unwrap();
+            String::from_utf8(d.into_owned()).unwrap()
+        };
+        let (l, c) = (dec(&legacy), dec(&candidate));
+        assert_no_secret(ce, &l);
+        assert_eq!(l, c, "{ce}: the echo differs");
+        assert_eq!(
+            hv(&legacy.headers, "x-echo-authorization"),
+            hv(&candidate.headers, "x-echo-authorization")
+        );
+        assert_no_secret(ce, hv(&legacy.headers, "x-echo-authorization"));
+        // What is stored is masked too.
+        let PersistBody::Text(t) = m.persistable_body(&legacy.headers, &legacy.body) else {
+            panic!("opaque {ce}")
+        };
+        assert_no_secret(ce, &t);
+    }
+    assert!(m.stats().snapshot().echoes_masked > 0);
+    // Without the taint the raw URL echo would keep the secrets: the control.
+    let plain = m.mask_response(&resp(
+        &[("Content-Type", b"text/plain")],
+        b"token AT-9f8e7d6c5b",
+    ));
+    assert!(body_str(&plain.body).contains("AT-9f8e7d6c5b"));
+}
+
+#[test]
+fn echoes_in_url_encoded_html_and_base64_forms() {
+    use base64::Engine as _;
+    let m = masker(&[]);
+    let (masked_req, taint) = m.mask_request_tainted(&echo_request());
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let form = format!(
+        "args.phone=%2B1-202-555-0147&cookie={}&auth={}",
+        form_urlencoded::byte_serialize(b"theme=dark; session=S3ss10n-0123456789")
+            .collect::<String>(),
+        b64.encode("Bearer sk_live_abcdef123456"),
+    );
+    let html = "<td>ana@example.com</td><td>hunter2-long</td><td>S3ss10n-0123456789</td>";
+    for (ct, body) in [
+        ("application/x-www-form-urlencoded", form.as_str()),
+        ("text/html", html),
+        (
+            "application/octet-stream",
+            &b64.encode("sk_live_abcdef123456"),
+        ),
+    ] {
+        let out = m.mask_response_tainted(
+            &resp(&[("Content-Type", ct.as_bytes())], body.as_bytes()),
+            &taint,
+        );
+        let text = body_str(&out.body);
+        assert_no_secret(ct, text);
+        for s in ["sk_live_abcdef123456", "Bearer sk_live_abcdef123456"] {
+            assert!(
+                !text.contains(&b64.encode(s)),
+                "{ct}: base64 of {s} in {text}"
+            );
+        }
+    }
+    // The base64 of the whole header became the base64 of the masked header, which is
+    // what an identical candidate echoes.
+    let masked_auth = header(&masked_req.headers, "authorization").unwrap();
+    let out = m.mask_response_tainted(
+        &resp(
+            &[("Content-Type", b"text/plain")],
+            b64.encode("Bearer sk_live_abcdef123456").as_bytes(),
+        ),
+        &taint,
+    );
+    assert_eq!(body_str(&out.body), b64.encode(masked_auth));
+}
+
+#[test]
+fn basic_credentials_are_tainted_decoded() {
+    use base64::Engine as _;
+    let m = masker(&[]);
+    let creds = base64::engine::general_purpose::STANDARD.encode("ana:Pa55word-xyz");
+    let r = req(
+        "/",
+        &[("Authorization", format!("Basic {creds}").as_bytes())],
+        b"",
+    );
+    let (_, taint) = m.mask_request_tainted(&r);
+    let out = m.mask_response_tainted(
+        &resp(
+            &[("Content-Type", b"application/json")],
+            br#"{"user":"ana","pw":"Pa55word-xyz","pair":"ana:Pa55word-xyz"}"#,
+        ),
+        &taint,
+    );
+    assert!(
+        !body_str(&out.body).contains("Pa55word-xyz"),
+        "{}",
+        body_str(&out.body)
+    );
+}
+
+#[test]
+fn secrets_by_name_in_json_query_form_and_text() {
+    let m = masker(&[]);
+    let out = m.mask_request(&req(
+        "/login?user=ana&Access-Token=AT-9f8e7d6c5b&page=2",
+        &[("Content-Type", b"application/x-www-form-urlencoded")],
+        b"username=ana&password=hunter2-long&remember=1",
+    ));
+    assert!(
+        out.target.starts_with("/login?user=ana&Access-Token=tok_"),
+        "{}",
+        out.target
+    );
+    assert!(out.target.ends_with("&page=2"), "{}", out.target);
+    let body = body_str(&out.body);
+    assert!(
+        body.starts_with("username=ana&password=tok_") && body.ends_with("&remember=1"),
+        "{body}"
+    );
+    let out = m.mask_response(&resp(
+        &[("Content-Type", b"application/json")],
+        br#"{"headers":{"Authorization":"Bearer sk_live_abcdef123456","Cookie":"theme=dark; session=S3ss10n-0123456789","X-Api-Key":"k-123456789"},"refresh_token":"rt-123456789","apiKey":12345678,"session":{"id":"S3ss10n-0123456789","n":3},"count":7}"#,
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+    let hs = &v["headers"];
+    assert!(
+        hs["Authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer tok_"),
+        "{v}"
+    );
+    let cookie = hs["Cookie"].as_str().unwrap();
+    assert!(
+        cookie.starts_with("theme=tok_") && cookie.contains("; session=tok_"),
+        "{cookie}"
+    );
+    assert!(is_tok(hs["X-Api-Key"].as_str().unwrap()), "{v}");
+    assert!(is_tok(v["refresh_token"].as_str().unwrap()), "{v}");
+    assert!(is_tok(v["apiKey"].as_str().unwrap()), "{v}");
+    assert!(is_tok(v["session"]["id"].as_str().unwrap()), "{v}");
+    assert_eq!(v["count"], 7);
+    // Masking the masked document is a no-op (a candidate echoing it compares equal).
+    let again = m.mask_response(&out);
+    assert_eq!(again.body, out.body);
+    // The header of the same name masks to the same value as its JSON echo.
+    let h = m.mask_request(&req(
+        "/",
+        &[("Cookie", b"theme=dark; session=S3ss10n-0123456789")],
+        b"",
+    ));
+    assert_eq!(hv(&h.headers, "cookie"), cookie);
+    // Free text and raw egress bytes.
+    let t = m.mask_text("retrying with password=hunter2-long and api_key: k-123456789");
+    assert!(
+        !t.contains("hunter2-long") && !t.contains("k-123456789"),
+        "{t}"
+    );
+    let wire = m.mask_wire_request(
+        b"POST /charge?access_token=AT-9f8e7d6c5b HTTP/1.1\r\nHost: pay\r\nAuthorization: Bearer sk_live_abcdef123456\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{\"password\":\"hunter2-long\",\"email\":\"ana@example.com\"",
+    );
+    assert_no_secret("wire", &wire);
+    assert!(wire.starts_with("POST /charge?access_token=tok_"), "{wire}");
+    assert!(wire.contains("Authorization: Bearer tok_"), "{wire}");
+    // Cut in the middle of the head: free text.
+    let cut = m.mask_wire_request(
+        b"GET / HTTP/1.1\r\nAuthorization: Bearer sk_live_abcdef123456\r\nX-Pass",
+    );
+    assert_no_secret("cut wire", &cut);
+}
+
+#[test]
+fn secret_names_match_in_any_spelling() {
+    for n in [
+        "Authorization",
+        "set-cookie",
+        "Set_Cookie",
+        "password",
+        "PASSWD",
+        "client_secret",
+        "token",
+        "access_token",
+        "Refresh-Token",
+        "id_token",
+        "api_key",
+        "apiKey",
+        "X-Api-Key",
+        "session",
+        "PHPSESSID",
+        "sid",
+        "pwd",
+    ] {
+        assert!(super::secret::is_secret_name(n), "{n}");
+    }
+    for n in [
+        "id",
+        "name",
+        "email",
+        "phone",
+        "sku",
+        "quantity",
+        "status",
+        "tokens_left_x",
+    ] {
+        assert_eq!(super::secret::is_secret_name(n), n.contains("token"), "{n}");
+    }
+    for f in super::secret::SECRET_FRAGMENTS {
+        assert!(f.len() >= 5, "{f} is shorter than the length filter");
+    }
+}
+
+#[test]
+fn detectors_see_percent_decoded_text_in_bodies() {
+    let m = masker(&[]);
+    let out = m.mask_response(&resp(
+        &[("Content-Type", b"application/json")],
+        br#"{"next":"https://x.example/cb?phone=%2B1-202-555-0147&e=ana%40example.com&n=2"}"#,
+    ));
+    let text = body_str(&out.body);
+    assert_no_secret("body", text);
+    assert!(text.contains("&n=2"), "{text}");
+    assert_eq!(m.mask_response(&out).body, out.body, "stable");
+    let t = m.mask_text("GET /x?tel=%28415%29+555-0134 done");
+    assert!(!t.contains("555-0134"), "{t}");
+}
+
+#[test]
+fn opaque_digests_are_keyed() {
+    let m = masker(&[]);
+    use sha2::Digest;
+    let d = m.digest(b"4111111111111111");
+    assert_eq!(d.len(), 64);
+    assert_ne!(d, hex::encode(sha2::Sha256::digest(b"4111111111111111")));
+    assert_ne!(
+        d,
+        masker_with(&[], |c| c.key = key(9)).digest(b"4111111111111111")
+    );
 }

@@ -7,7 +7,8 @@ use std::borrow::Cow;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
-use super::Masker;
+use super::Pass;
+use super::secret::is_secret_name;
 use super::stats::MaskKind;
 use super::token::is_masked_value;
 
@@ -38,10 +39,11 @@ fn encode_component(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// Mask `name=value&...`; values of `names` (ASCII case-insensitive) get the rule action
-/// as `kind`, everything else goes through the detectors. `None` when nothing changed.
+/// Mask `name=value&...`; values of `names` (ASCII case-insensitive) and of secret names
+/// (`password`, `access_token`…) get the rule action as `kind`, everything else goes
+/// through the detectors. `None` when nothing changed.
 pub(crate) fn mask_pairs(
-    m: &Masker,
+    m: &Pass<'_>,
     raw: &str,
     names: &[String],
     kind: MaskKind,
@@ -57,7 +59,7 @@ pub(crate) fn mask_pairs(
             None => (pair, None),
         };
         let name = decode_component(raw_name);
-        let selected = names.iter().any(|n| n.eq_ignore_ascii_case(&name));
+        let selected = names.iter().any(|n| n.eq_ignore_ascii_case(&name)) || is_secret_name(&name);
         match m.mask_str(&name) {
             Cow::Owned(n) => {
                 changed = true;
@@ -72,11 +74,17 @@ pub(crate) fn mask_pairs(
             if value.is_empty() || is_masked_value(value.as_bytes()) {
                 None
             } else {
-                Some(m.rule_value(value.as_bytes(), kind))
+                let token = m.rule_value(value.as_bytes(), kind);
+                // An echo may copy the value as it was spelled on the wire.
+                m.taint(raw_value.as_bytes(), &encode_component(&token));
+                Some(token)
             }
         } else {
             match m.mask_str(&value) {
-                Cow::Owned(v) => Some(v),
+                Cow::Owned(v) => {
+                    m.taint(raw_value.as_bytes(), &encode_component(&v));
+                    Some(v)
+                }
                 Cow::Borrowed(_) => None,
             }
         };
@@ -93,7 +101,7 @@ pub(crate) fn mask_pairs(
 
 /// Mask a request target (origin or absolute form) or a URL header value: path segments
 /// through the detectors, the query through `query:` rules and the detectors.
-pub(crate) fn mask_target<'a>(m: &Masker, target: &'a str) -> Cow<'a, str> {
+pub(crate) fn mask_target<'a>(m: &Pass<'_>, target: &'a str) -> Cow<'a, str> {
     let (before_fragment, fragment) = match target.split_once('#') {
         Some((b, f)) => (b, Some(f)),
         None => (target, None),
@@ -122,7 +130,7 @@ pub(crate) fn mask_target<'a>(m: &Masker, target: &'a str) -> Cow<'a, str> {
     Cow::Owned(out)
 }
 
-fn mask_path(m: &Masker, path: &str) -> Option<String> {
+fn mask_path(m: &Pass<'_>, path: &str) -> Option<String> {
     let mut out = String::new();
     let mut changed = false;
     for (i, seg) in path.split('/').enumerate() {
@@ -139,4 +147,53 @@ fn mask_path(m: &Masker, path: &str) -> Option<String> {
         }
     }
     changed.then_some(out)
+}
+
+/// Characters that end a URL-encoded run inside free text.
+fn ends_run(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '&' | '=' | '?' | '"' | '\'' | '<' | '>' | ',' | ';' | '#'
+        )
+}
+
+/// Percent-encoded runs of text (`phone=%2B1-202-555-0147` inside a URL in a body, a
+/// log line, a header): each run holding a `%XX` escape is decoded (`+` as a space) and
+/// run through the detectors; a run with a finding is replaced by the form-encoding of
+/// its masked text. `None` when nothing changed.
+pub(crate) fn mask_encoded_runs(m: &Pass<'_>, s: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut start = 0;
+    let flush = |start: usize, end: usize, out: &mut String, copied: &mut usize| {
+        let run = &s[start..end];
+        if !has_escape(run) {
+            return;
+        }
+        let decoded = decode_component(run);
+        if let Cow::Owned(masked) = m.detect_str(&decoded) {
+            out.push_str(&s[*copied..start]);
+            out.push_str(&encode_component(&masked));
+            *copied = end;
+        }
+    };
+    for (i, c) in s.char_indices() {
+        if ends_run(c) {
+            flush(start, i, &mut out, &mut copied);
+            start = i + c.len_utf8();
+        }
+    }
+    flush(start, s.len(), &mut out, &mut copied);
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&s[copied..]);
+    Some(out)
+}
+
+fn has_escape(run: &str) -> bool {
+    run.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
 }

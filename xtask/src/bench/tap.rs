@@ -107,6 +107,7 @@ impl TapDaemon {
                 argv.extend(
                     [
                         "exchanges",
+                        "--raw",
                         "--iface",
                         &iface,
                         "--port",
@@ -308,7 +309,7 @@ pub struct Counted {
 pub fn count_exchanges(daemon: &Path, pcap: &Path, port: u16) -> Result<Counted> {
     let t0 = std::time::Instant::now();
     let mut child = Command::new(daemon)
-        .args(["exchanges", "--pcap"])
+        .args(["exchanges", "--raw", "--pcap"])
         .arg(pcap)
         .args(["--port", &port.to_string(), "--format", "jsonl"])
         .stdin(Stdio::null())

@@ -1,0 +1,470 @@
+//! Taint tracking within one exchange: every value masked out of the request is
+//! remembered, and wherever an application echoes it back (response headers and bodies
+//! of legacy, candidate and secondary alike) it is replaced by the same token.
+//!
+//! Applications rarely echo a value as it was sent: httpbin-like services put headers
+//! in JSON (escaped), query values percent- or `+`-encoded, HTML pages entity-escape,
+//! others base64-encode. So each value is expanded into its encoded forms, each mapped to
+//! the *same encoding of its token*: legacy's echo of `v` then reads exactly like the
+//! candidate's echo of the token it was sent, and the echo compares equal.
+//!
+//! One Aho-Corasick automaton (leftmost-longest, ASCII case-insensitive so `%2b` and
+//! `%2B` both match) over all forms scans each body once. Bounded: at most
+//! [`MAX_TAINTED_VALUES`] values of [`MIN_TAINT_LEN`]..=[`MAX_TAINT_LEN`] bytes.
+use std::borrow::Cow;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+
+/// Shorter values are not tracked: replacing every `on` or `42` in a response would
+/// rewrite data the comparison needs.
+pub const MIN_TAINT_LEN: usize = 4;
+/// Forms shorter than this (a `dark` cookie) only match as a whole word, so that `1234`
+/// is not cut out of `123456`.
+const MIN_SUBSTRING_LEN: usize = 8;
+/// Longer values are not tracked (bounds the automaton; a JWT is well below).
+pub const MAX_TAINT_LEN: usize = 8 << 10;
+/// At most this many values per exchange (the first ones masked win).
+pub const MAX_TAINTED_VALUES: usize = 64;
+
+/// Values masked out of one request, with their replacements; collected while masking
+/// the request, then [`Taint::seal`]ed into the matcher used on the responses.
+#[derive(Debug, Default)]
+pub(crate) struct TaintSet {
+    values: Vec<(Vec<u8>, String)>,
+    /// Values not tracked (too short, too long, over the count).
+    pub skipped: u64,
+}
+
+impl TaintSet {
+    /// Remember that `value` was replaced by `replacement`.
+    pub fn add(&mut self, value: &[u8], replacement: &str) {
+        if value == replacement.as_bytes() || self.values.iter().any(|(v, _)| v == value) {
+            return;
+        }
+        if value.len() < MIN_TAINT_LEN
+            || value.len() > MAX_TAINT_LEN
+            || self.values.len() >= MAX_TAINTED_VALUES
+        {
+            self.skipped += 1;
+            return;
+        }
+        self.values.push((value.to_vec(), replacement.to_string()));
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Build the matcher over every encoded form of every value.
+    pub fn seal(self) -> Taint {
+        if self.values.is_empty() {
+            return Taint::default();
+        }
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        let mut replacements: Vec<(Vec<u8>, bool)> = Vec::new();
+        // Longer values first: when two values share a form, the longer one's wins.
+        let mut values = self.values;
+        values.sort_by_key(|v| std::cmp::Reverse(v.0.len()));
+        for (value, token) in &values {
+            for (p, r) in forms(value, token.as_bytes()) {
+                if p.len() < MIN_TAINT_LEN
+                    || p == r
+                    || patterns.iter().any(|q| q.eq_ignore_ascii_case(&p))
+                {
+                    continue;
+                }
+                let whole_word = p.len() < MIN_SUBSTRING_LEN;
+                patterns.push(p);
+                replacements.push((r, whole_word));
+            }
+        }
+        // Built once per exchange: a contiguous NFA builds in microseconds where a DFA
+        // (what `auto` picks for few patterns) costs a millisecond, and scans nearly as
+        // fast behind its prefilter.
+        let ac = AhoCorasickBuilder::new()
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
+            .match_kind(MatchKind::LeftmostLongest)
+            .ascii_case_insensitive(true)
+            .build(&patterns)
+            .ok();
+        Taint {
+            matcher: ac.map(|ac| Matcher { ac, replacements }),
+            values: values.len(),
+        }
+    }
+}
+
+/// The sealed taint of one exchange: apply it to each response with [`Taint::replace`].
+#[derive(Debug, Default)]
+pub struct Taint {
+    matcher: Option<Matcher>,
+    values: usize,
+}
+
+#[derive(Debug)]
+struct Matcher {
+    ac: AhoCorasick,
+    /// Per pattern: its replacement, and whether it must stand as a whole word.
+    replacements: Vec<(Vec<u8>, bool)>,
+}
+
+impl Taint {
+    /// No value to look for.
+    pub fn is_empty(&self) -> bool {
+        self.matcher.is_none()
+    }
+
+    /// How many request values are tracked.
+    pub fn values(&self) -> usize {
+        self.values
+    }
+
+    /// `hay` with every echoed form replaced; borrowed when nothing was found.
+    pub(crate) fn replace<'a>(&self, hay: &'a [u8]) -> (Cow<'a, [u8]>, u64) {
+        let Some(m) = &self.matcher else {
+            return (Cow::Borrowed(hay), 0);
+        };
+        let mut found = 0u64;
+        let mut out: Vec<u8> = Vec::new();
+        let mut last = 0;
+        for hit in m.ac.find_iter(hay) {
+            let (with, whole_word) = &m.replacements[hit.pattern().as_usize()];
+            if *whole_word && !stands_alone(hay, hit.start(), hit.end()) {
+                continue;
+            }
+            if found == 0 {
+                out.reserve(hay.len() + 32);
+            }
+            found += 1;
+            out.extend_from_slice(&hay[last..hit.start()]);
+            out.extend_from_slice(with);
+            last = hit.end();
+        }
+        if found == 0 {
+            return (Cow::Borrowed(hay), 0);
+        }
+        out.extend_from_slice(&hay[last..]);
+        (Cow::Owned(out), found)
+    }
+}
+
+/// `hay[start..end]` is not glued to letters or digits.
+fn stands_alone(hay: &[u8], start: usize, end: usize) -> bool {
+    let word = |c: Option<&u8>| c.is_some_and(u8::is_ascii_alphanumeric);
+    !word(start.checked_sub(1).and_then(|i| hay.get(i))) && !word(hay.get(end))
+}
+
+/// `(form of value, same form of token)` for each encoding an echo may use.
+fn forms(value: &[u8], token: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let both = |f: &dyn Fn(&[u8]) -> Vec<u8>| (f(value), f(token));
+    vec![
+        (value.to_vec(), token.to_vec()),
+        // Query/form encodings: `+` for space (forms, Python, Go) or `%20`, and the
+        // JavaScript `encodeURIComponent` set.
+        both(&|b| {
+            form_urlencoded::byte_serialize(b)
+                .collect::<String>()
+                .into_bytes()
+        }),
+        both(&|b| percent(b, b"-._~")),
+        both(&|b| percent(b, b"-._~!*'()")),
+        both(&|b| percent(b, b"-._~/")),
+        // JSON string escapes: minimal, with `\/`, and ASCII-only (`\uXXXX` for non-ASCII
+        // and Go's `<>&`).
+        both(&|b| json_escape(b, JsonStyle::Minimal)),
+        both(&|b| json_escape(b, JsonStyle::Slash)),
+        both(&|b| json_escape(b, JsonStyle::Ascii)),
+        // HTML: named entities, and numeric ones as templates write them.
+        both(&|b| html_escape(b, false)),
+        both(&|b| html_escape(b, true)),
+        // base64 of the whole value, standard and URL-safe, with and without padding.
+        both(&|b| STANDARD.encode(b).into_bytes()),
+        both(&|b| STANDARD_NO_PAD.encode(b).into_bytes()),
+        both(&|b| URL_SAFE.encode(b).into_bytes()),
+        both(&|b| URL_SAFE_NO_PAD.encode(b).into_bytes()),
+    ]
+}
+
+/// Percent-encode every byte except ASCII alphanumerics and `keep`.
+fn percent(b: &[u8], keep: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(b.len() * 3);
+    for &c in b {
+        if c.is_ascii_alphanumeric() || keep.contains(&c) {
+            out.push(c);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(c >> 4)], HEX[usize::from(c & 15)]]);
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum JsonStyle {
+    Minimal,
+    Slash,
+    Ascii,
+}
+
+fn json_escape(b: &[u8], style: JsonStyle) -> Vec<u8> {
+    let s = String::from_utf8_lossy(b);
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '/' if matches!(style, JsonStyle::Slash) => out.push_str("\\/"),
+            '<' | '>' | '&' if matches!(style, JsonStyle::Ascii) => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c if !c.is_ascii() && matches!(style, JsonStyle::Ascii) => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.into_bytes()
+}
+
+/// `numeric`: `&#34;`/`&#39;`/`&#43;` as Go's html/template writes them; otherwise the
+/// named entities and `&#39;` (Python's `html.escape`).
+fn html_escape(b: &[u8], numeric: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + 8);
+    for &c in b {
+        let e: &[u8] = match (c, numeric) {
+            (b'&', _) => b"&amp;",
+            (b'<', _) => b"&lt;",
+            (b'>', _) => b"&gt;",
+            (b'"', false) => b"&quot;",
+            (b'"', true) => b"&#34;",
+            (b'\'', _) => b"&#39;",
+            (b'+', true) => b"&#43;",
+            _ => {
+                out.push(c);
+                continue;
+            }
+        };
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "tok_0123456789abcdef";
+
+    fn taint(value: &str) -> Taint {
+        let mut t = TaintSet::default();
+        t.add(value.as_bytes(), TOKEN);
+        t.seal()
+    }
+
+    fn replaced(t: &Taint, hay: &str) -> String {
+        String::from_utf8(t.replace(hay.as_bytes()).0.into_owned()).unwrap()
+    }
+
+    #[test]
+    fn raw_echo_is_replaced() {
+        let t = taint("s3cr3t-Value");
+        assert_eq!(
+            replaced(&t, r#"{"auth":"Bearer s3cr3t-Value"}"#),
+            format!(r#"{{"auth":"Bearer {TOKEN}"}}"#)
+        );
+        // Case-insensitive: an application that upper-cases still leaks.
+        assert_eq!(replaced(&t, "S3CR3T-VALUE"), TOKEN);
+    }
+
+    #[test]
+    fn percent_and_plus_encoded_echoes_are_replaced() {
+        let t = taint("+1-202-555-0147 x");
+        assert_eq!(
+            replaced(&t, "a=%2B1-202-555-0147+x&b"),
+            format!("a={TOKEN}&b")
+        );
+        assert_eq!(
+            replaced(&t, "a=%2b1-202-555-0147%20x"),
+            format!("a={TOKEN}")
+        );
+        let t = taint("ana@example.com");
+        // The token's own encoded form replaces the value's encoded form.
+        let mut s = TaintSet::default();
+        s.add(b"ana@example.com", "u-1@x.masked.invalid");
+        let t2 = s.seal();
+        assert_eq!(
+            replaced(&t2, "?e=ana%40example.com"),
+            "?e=u-1%40x.masked.invalid"
+        );
+        assert_eq!(replaced(&t, "ana%40example.com"), TOKEN);
+    }
+
+    #[test]
+    fn json_escaped_echoes_are_replaced() {
+        let t = taint(r#"pa"ss\wörd/1"#);
+        for hay in [
+            r#""pa\"ss\\wörd/1""#,
+            r#""pa\"ss\\wörd\/1""#,
+            r#""pa\"ss\\w\u00f6rd/1""#,
+        ] {
+            assert_eq!(replaced(&t, hay), format!("\"{TOKEN}\""), "{hay}");
+        }
+        let t = taint("a<b>&c=d");
+        assert_eq!(replaced(&t, r"a\u003cb\u003e\u0026c=d"), TOKEN);
+    }
+
+    #[test]
+    fn base64_echoes_are_replaced() {
+        let t = taint("user:pa55w0rd?>~");
+        let std = STANDARD.encode("user:pa55w0rd?>~");
+        let url = URL_SAFE_NO_PAD.encode("user:pa55w0rd?>~");
+        assert_ne!(std, url);
+        assert_eq!(replaced(&t, &std), STANDARD.encode(TOKEN));
+        assert_eq!(replaced(&t, &url), URL_SAFE_NO_PAD.encode(TOKEN));
+    }
+
+    #[test]
+    fn html_escaped_echoes_are_replaced() {
+        let t = taint("O'Brien & \"Sons\" +1");
+        assert_eq!(
+            replaced(&t, "<td>O&#39;Brien &amp; &quot;Sons&quot; +1</td>"),
+            format!("<td>{TOKEN}</td>")
+        );
+        assert_eq!(
+            replaced(&t, "O&#39;Brien &amp; &#34;Sons&#34; &#43;1"),
+            TOKEN
+        );
+    }
+
+    #[test]
+    fn bounds_and_no_false_hits() {
+        let mut s = TaintSet::default();
+        s.add(b"abc", TOKEN);
+        s.add(&vec![b'a'; MAX_TAINT_LEN + 1], TOKEN);
+        assert!(s.is_empty());
+        assert_eq!(s.skipped, 2);
+        for i in 0..MAX_TAINTED_VALUES + 5 {
+            s.add(format!("value-{i:04}").as_bytes(), TOKEN);
+        }
+        assert_eq!(s.len(), MAX_TAINTED_VALUES);
+        assert_eq!(s.skipped, 7);
+        let t = s.seal();
+        assert_eq!(t.values(), MAX_TAINTED_VALUES);
+        let hay = b"nothing to see here, value-99999 is not tracked";
+        assert!(matches!(t.replace(hay).0, Cow::Borrowed(_)));
+        assert!(Taint::default().replace(hay).1 == 0);
+    }
+
+    #[test]
+    fn short_values_match_whole_words_only() {
+        let t = taint("dark");
+        assert_eq!(
+            replaced(&t, "<td>dark</td> darker 1dark theme=dark"),
+            format!("<td>{TOKEN}</td> darker 1dark theme={TOKEN}")
+        );
+    }
+
+    #[test]
+    fn longest_value_wins() {
+        let mut s = TaintSet::default();
+        s.add(b"abcdef", "tok_short");
+        s.add(b"abcdefghij", "tok_long");
+        let t = s.seal();
+        assert_eq!(
+            replaced(&t, "xabcdefghijx abcdef."),
+            "xtok_longx tok_short."
+        );
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    #[test]
+    #[ignore = "timing"]
+    fn seal_cost() {
+        let vals: Vec<String> = (0..10)
+            .map(|i| format!("secret-value-{i}-abcdefghij@example.com"))
+            .collect();
+        let n = 2000;
+        let t = std::time::Instant::now();
+        let mut k = 0;
+        for _ in 0..n {
+            for v in &vals {
+                k += forms(v.as_bytes(), b"tok_0123456789abcdef").len();
+            }
+        }
+        println!(
+            "forms: {:.1} µs ({k})",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+        let mut pats = Vec::new();
+        for v in &vals {
+            for (p, _) in forms(v.as_bytes(), b"tok_0123456789abcdef") {
+                pats.push(p);
+            }
+        }
+        for kind in [
+            AhoCorasickKind::NoncontiguousNFA,
+            AhoCorasickKind::ContiguousNFA,
+            AhoCorasickKind::DFA,
+        ] {
+            for ci in [true, false] {
+                let t = std::time::Instant::now();
+                for _ in 0..200 {
+                    let _ = AhoCorasickBuilder::new()
+                        .kind(Some(kind))
+                        .match_kind(MatchKind::LeftmostLongest)
+                        .ascii_case_insensitive(ci)
+                        .build(&pats)
+                        .unwrap();
+                }
+                println!(
+                    "{kind:?} case-insensitive {ci}: {:.1} µs",
+                    t.elapsed().as_secs_f64() * 1e6 / 200.0
+                );
+            }
+            for pre in [true, false] {
+                let t = std::time::Instant::now();
+                for _ in 0..200 {
+                    let _ = AhoCorasickBuilder::new()
+                        .kind(Some(kind))
+                        .prefilter(pre)
+                        .match_kind(MatchKind::LeftmostLongest)
+                        .ascii_case_insensitive(true)
+                        .build(&pats)
+                        .unwrap();
+                }
+                println!(
+                    "{kind:?} prefilter {pre}: {:.1} µs ({} patterns)",
+                    t.elapsed().as_secs_f64() * 1e6 / 200.0,
+                    pats.len()
+                );
+            }
+        }
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            let mut s = TaintSet::default();
+            for v in &vals {
+                s.add(v.as_bytes(), "tok_0123456789abcdef");
+            }
+            let _ = s.seal();
+        }
+        println!("seal: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / 200.0);
+    }
+}
