@@ -134,6 +134,7 @@ pub mod program_name {
     pub const GUARD_CONNECT6: &str = "guard_connect6";
     pub const GUARD_SENDMSG4: &str = "guard_sendmsg4";
     pub const GUARD_SENDMSG6: &str = "guard_sendmsg6";
+    pub const GUARD_SOCK_CREATE: &str = "guard_sock_create";
 }
 
 /// Ports one allowlist prefix permits; `any_port` permits all.
@@ -199,17 +200,21 @@ pub struct GuardEvent {
     pub ts_ns: u64,
     /// Process id (tgid).
     pub pid: u32,
-    /// Destination port, host byte order.
+    /// Destination port, host byte order (0 for a refused socket creation).
     pub port: u16,
     /// 4 or 6.
     pub ip_version: u8,
-    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    /// IPPROTO_TCP (6), IPPROTO_UDP (17), or for a refused socket creation its protocol
+    /// (ICMP 1, ICMPv6 58, or a raw socket's).
     pub protocol: u8,
-    /// Destination address (IPv4 in the first 4 bytes), network byte order.
+    /// Destination address (IPv4 in the first 4 bytes), network byte order; zero for a
+    /// refused socket creation (no destination yet).
     pub addr: [u8; 16],
     pub comm: [u8; 16],
     pub action: u8,
-    pub _pad: [u8; 7],
+    /// SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_RAW (3).
+    pub sock_type: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Indices of the guard's per-CPU counters.

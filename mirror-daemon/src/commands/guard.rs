@@ -1,11 +1,14 @@
 //! `mirror-daemon guard`: the egress fence on its own. `run` uses the same pieces.
-use std::{process::Command, sync::Arc, time::Duration};
+use std::{path::PathBuf, process::Command, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use mirror_daemon::guard::{
     EgressAction, EgressAttempt,
     cgroup::Cgroup,
     kernel::{EgressGuard, GuardSettings},
+    limits::{self, CandidateLimits},
+    reaper::Reaper,
+    sandbox::{Identity, Sandbox},
     selftest,
     sink::{self, SinkCapture, SinkReplies},
 };
@@ -14,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::{cli::GuardArgs, exit};
 
 /// A fenced candidate: the cgroup, the attached guard, the sink, maybe the child process.
+/// Fields drop in order: the cgroup (all its processes killed) before the reaper.
 pub struct Fence {
     pub cgroup: Cgroup,
     pub guard: EgressGuard,
@@ -23,27 +27,67 @@ pub struct Fence {
     pub self_test: String,
     /// The self-test probe's pid: its refused attempt is not the candidate's.
     pub probe_pid: u32,
+    /// Ends the candidate's cgroup if the daemon dies without cleaning up.
+    pub _reaper: Option<Reaper>,
 }
 
 impl Fence {
-    /// Validates, creates or opens the cgroup, binds the sink, attaches the guard, runs the
-    /// self-test, then starts the candidate command (if any) inside the cgroup.
-    pub async fn setup(args: &GuardArgs, run_id: &str) -> anyhow::Result<Self> {
-        let cgroup = match (&args.candidate_cgroup, &args.candidate_cmd) {
-            (Some(path), _) => Cgroup::open(path)?,
+    /// Validates, creates or opens the cgroup (with its limits), binds the sink, attaches
+    /// the guard, runs the self-test (which also proves `secrets` unreadable to the
+    /// candidate's user), then starts the candidate command (if any) inside the fence.
+    pub async fn setup(
+        args: &GuardArgs,
+        run_id: &str,
+        secrets: &[PathBuf],
+    ) -> anyhow::Result<Self> {
+        let limits = CandidateLimits::parse(
+            &args.candidate_memory,
+            &args.candidate_cpu,
+            &args.candidate_pids,
+        )
+        .map_err(super::common::usage)?;
+        let identity = if args.candidate_as_root {
+            tracing::warn!(
+                "--candidate-as-root: the candidate runs as root with the daemon's capabilities and can leave its cgroup (and the egress guard)"
+            );
+            None
+        } else {
+            Some(Identity::lookup(&args.candidate_user).map_err(super::common::usage)?)
+        };
+        let exe = std::env::current_exe().context("locating our own binary")?;
+        let (cgroup, reaper) = match (&args.candidate_cgroup, &args.candidate_cmd) {
+            (Some(path), _) => {
+                tracing::info!(
+                    "--candidate-cgroup: memory, CPU and task limits and the candidate's lifetime come from its unit (see deploy/mirror-candidate.service)"
+                );
+                (Cgroup::open(path)?, None)
+            }
             (None, Some(_)) => {
                 let mount = mirror_daemon::guard::cgroup::cgroup2_mount()?;
                 // A killed earlier run may have left its candidate running, unfenced.
                 mirror_daemon::guard::cgroup::remove_stale_candidates(&mount);
-                Cgroup::create(
-                    &mount,
-                    &format!("{}{run_id}", mirror_daemon::guard::cgroup::CANDIDATE_PREFIX),
-                )?
+                let name = format!("{}{run_id}", mirror_daemon::guard::cgroup::CANDIDATE_PREFIX);
+                let mut cgroup = Cgroup::create(&mount, &name)?;
+                let applied = limits::apply(&limits, &mount, &cgroup.path, &name)?;
+                cgroup.set_limit_dirs(applied.v1_dirs);
+                let reaper = Reaper::spawn(&exe, &cgroup.all_dirs())
+                    .context("starting the candidate reaper")?;
+                tracing::info!(limits = %limits.describe(), reaper = reaper.pid(), "candidate cgroup created");
+                (cgroup, Some(reaper))
             }
             (None, None) => anyhow::bail!(
                 "give --candidate-cgroup PATH or --candidate-cmd \"…\" to fence the candidate"
             ),
         };
+        if !args.allow_unix.is_empty() {
+            tracing::warn!(paths = ?args.allow_unix, "--allow-unix: the candidate may create Unix sockets, and their connects are NOT fenced by path (this build has no cgroup Unix-socket hooks); it can reach any Unix socket its user may open");
+        }
+        let sandbox = Arc::new(Sandbox::new(
+            identity,
+            &cgroup.join_files(),
+            args.candidate_netns.as_deref(),
+            args.allow_unix.is_empty(),
+        )?);
         let (sink_addr, sink_rx) = match args.egress_sink {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -61,23 +105,26 @@ impl Fence {
             sink: sink_addr,
         };
         let guard = EgressGuard::attach(&cgroup, &settings, super::monotonic_to_epoch_offset_ns())?;
-        let exe = std::env::current_exe().context("locating our own binary for the self-test")?;
-        let cg_path = cgroup.path.clone();
         let allow = args.allow_egress.clone();
         let redirect = sink_addr.is_some();
-        let cg_for_test = Cgroup::open(&cg_path)?;
+        let probe_sandbox = Arc::new(sandbox.without_netns());
+        let secrets = secrets.to_vec();
         let self_test = tokio::task::spawn_blocking(move || {
-            selftest::self_test(&exe, &cg_for_test, &allow, redirect)
+            selftest::self_test(&exe, &probe_sandbox, &allow, redirect, &secrets)
         })
         .await??;
         let probe_pid = self_test.probe_pid;
-        let self_test = self_test.message;
+        let self_test = if args.candidate_cmd.is_some() {
+            format!("{}; limits: {}", self_test.message, limits.describe())
+        } else {
+            self_test.message
+        };
         tracing::info!(cgroup = %cgroup.path.display(), result = %self_test, "egress guard attached and self-tested");
         let child = match &args.candidate_cmd {
             Some(cmd) => {
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c").arg(cmd).stdout(stderr_stdio()?);
-                let child = selftest::spawn_in_cgroup(&mut c, &cgroup)
+                let child = selftest::spawn_fenced(&mut c, &sandbox)
                     .with_context(|| format!("starting the candidate: {cmd}"))?;
                 tracing::info!(pid = child.id(), "candidate started in its cgroup");
                 Some(child)
@@ -92,6 +139,7 @@ impl Fence {
             child,
             self_test,
             probe_pid,
+            _reaper: reaper,
         })
     }
 }
@@ -157,7 +205,7 @@ pub fn run(args: GuardArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let run_id = ulid::Ulid::new().to_string().to_lowercase();
-        let mut fence = Fence::setup(&args, &run_id).await?;
+        let mut fence = Fence::setup(&args, &run_id, &[]).await?;
         println!("guard attached to {} ({})", fence.cgroup.path.display(), fence.self_test);
         if let Some(addr) = fence.sink_addr {
             println!("egress sink listening on {addr}");

@@ -250,7 +250,13 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             }
             None
         } else {
-            Some(Fence::setup(&p.guard, &run_id).await?)
+            // What the candidate must not read: the key, the store, the configuration.
+            let mut secrets = vec![p.mask.mask_key_file.clone()];
+            if let store::StoreUrl::Sqlite(path) = &store_url {
+                secrets.push(path.clone());
+            }
+            secrets.extend(config.iter().cloned());
+            Some(Fence::setup(&p.guard, &run_id, &secrets).await?)
         };
         let patience = if p.guard.candidate_cmd.is_some() { Duration::from_secs(20) } else { Duration::from_secs(3) };
         wait_reachable(replay_cfg.target.addr, patience).await?;

@@ -8,7 +8,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
 };
 use mirror_common::{
     AllowPorts, GuardConfig, GuardEvent, guard_action, guard_counter, guard_mode, map_name,
@@ -176,6 +176,17 @@ impl EgressGuard {
                     detail: chain(&e),
                 })?;
         }
+        let prog: &mut CgroupSock = ebpf
+            .program_mut(program_name::GUARD_SOCK_CREATE)
+            .ok_or_else(|| load_err("program guard_sock_create missing"))?
+            .try_into()
+            .map_err(load_err)?;
+        prog.load().map_err(load_err)?;
+        prog.attach(cgroup.dir.as_fd(), CgroupAttachMode::Single)
+            .map_err(|e| GuardError::Attach {
+                cgroup: cgroup.path.display().to_string(),
+                detail: chain(&e),
+            })?;
         Ok(Self {
             _ebpf: ebpf,
             counters,
@@ -303,11 +314,7 @@ fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
         pid: ev.pid,
         command: process_name(ev.pid)
             .unwrap_or_else(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
-        protocol: if ev.protocol == 6 {
-            "tcp".into()
-        } else {
-            "udp".into()
-        },
+        protocol: protocol_name(ev.protocol, ev.sock_type).into(),
         destination: SocketAddr::new(ip, ev.port),
         action: match ev.action {
             guard_action::ALLOWED => EgressAction::Allowed,
@@ -315,6 +322,17 @@ fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
             _ => EgressAction::Refused,
         },
         first_bytes: None,
+    }
+}
+
+/// "tcp", "udp", "icmp", "icmpv6", or "raw" for any raw socket.
+fn protocol_name(protocol: u8, sock_type: u8) -> &'static str {
+    match (sock_type, protocol) {
+        (3, _) => "raw",
+        (_, 6) => "tcp",
+        (_, 1) => "icmp",
+        (_, 58) => "icmpv6",
+        _ => "udp",
     }
 }
 

@@ -3,7 +3,11 @@
 //! that the fence holds.
 pub mod cgroup;
 pub mod kernel;
+pub mod limits;
+pub mod reaper;
 pub mod rules;
+pub mod sandbox;
+pub mod seccomp;
 pub mod selftest;
 pub mod sink;
 
@@ -28,7 +32,8 @@ pub struct EgressAttempt {
     pub pid: u32,
     /// Process name (`comm`) as the kernel saw it.
     pub command: String,
-    /// "tcp" or "udp".
+    /// "tcp" or "udp"; for a socket refused at creation (no destination yet: shown as
+    /// port 0 of the unspecified address) "icmp", "icmpv6" or "raw".
     pub protocol: String,
     pub destination: SocketAddr,
     pub action: EgressAction,

@@ -26,9 +26,9 @@ mod program {
     //! replayed requests the candidate accepts) never pass through these hooks.
     use aya_ebpf::{
         helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-        macros::{cgroup_sock_addr, map},
+        macros::{cgroup_sock, cgroup_sock_addr, map},
         maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-        programs::SockAddrContext,
+        programs::{SockAddrContext, SockContext},
     };
     use mirror_common::{
         AllowPorts, GuardConfig, GuardEvent, guard_action, guard_counter, guard_mode,
@@ -38,7 +38,11 @@ mod program {
     const DENY: i32 = 0;
     const IPPROTO_TCP: u8 = 6;
     const IPPROTO_UDP: u8 = 17;
+    const IPPROTO_ICMP: u32 = 1;
+    const IPPROTO_ICMPV6: u32 = 58;
     const SOCK_STREAM: u32 = 1;
+    const SOCK_RAW: u32 = 3;
+    const AF_INET6: u32 = 10;
 
     #[map(name = "GUARD_ALLOW4")]
     static GUARD_ALLOW4: LpmTrie<[u8; 4], AllowPorts> = LpmTrie::with_max_entries(1024, 1);
@@ -76,6 +80,32 @@ mod program {
         check6(&ctx, false)
     }
 
+    /// Socket creation: raw sockets and ICMP (ping) sockets are refused. Their packets
+    /// would pass no connect/sendmsg hook (a ping socket's `sendto` has none), so they
+    /// are stopped before they exist. Packet sockets (AF_PACKET) never reach this hook;
+    /// they need CAP_NET_RAW, which the candidate does not have, and its seccomp filter
+    /// refuses them too.
+    #[cgroup_sock(sock_create)]
+    pub fn guard_sock_create(ctx: SockContext) -> i32 {
+        // SAFETY: the context pointer is valid for the program's run; family, type and
+        // protocol are readable in this hook.
+        let (family, ty, proto) =
+            unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+        if ty != SOCK_RAW && proto != IPPROTO_ICMP && proto != IPPROTO_ICMPV6 {
+            return ALLOW;
+        }
+        let ip_version = if family == AF_INET6 { 6 } else { 4 };
+        report_socket(
+            [0; 16],
+            ip_version,
+            0,
+            proto as u8,
+            ty as u8,
+            guard_action::REFUSED,
+        );
+        DENY
+    }
+
     #[inline(always)]
     fn bump(index: u32) {
         if let Some(slot) = GUARD_COUNTERS.get_ptr_mut(index) {
@@ -97,6 +127,19 @@ mod program {
 
     #[inline(always)]
     fn report(addr: [u8; 16], ip_version: u8, port: u16, protocol: u8, action: u8) {
+        let sock_type = if protocol == IPPROTO_TCP { 1 } else { 2 };
+        report_socket(addr, ip_version, port, protocol, sock_type, action);
+    }
+
+    #[inline(always)]
+    fn report_socket(
+        addr: [u8; 16],
+        ip_version: u8,
+        port: u16,
+        protocol: u8,
+        sock_type: u8,
+        action: u8,
+    ) {
         let counter = match action {
             guard_action::ALLOWED => guard_counter::ALLOWED,
             guard_action::REDIRECTED => guard_counter::REDIRECTED,
@@ -118,7 +161,8 @@ mod program {
             addr,
             comm,
             action,
-            _pad: [0; 7],
+            sock_type,
+            _pad: [0; 6],
         });
         entry.submit(0);
     }

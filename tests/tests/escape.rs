@@ -1,0 +1,443 @@
+//! Issue 14: the candidate cannot escape its fence, read the daemon's secrets or starve
+//! the host. A hostile candidate (tests/scripts/escape.py, run by the daemon exactly as a
+//! real candidate is) tries every way out it knows while legacy traffic flows; each
+//! attempt must fail with a permission error, every network attempt must be reported
+//! with its destination, pid and command, and nothing may reach the listeners that
+//! would have answered an unfenced process.
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mirror_e2e::*;
+
+/// A port that answers in the legacy namespace (reachable from the candidate's namespace
+/// over the veth): where an unfenced candidate's traffic would arrive.
+const OUTSIDE_PORT: u16 = 7000;
+
+fn escape_script() -> PathBuf {
+    workspace_root().join("tests/scripts/escape.py")
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mount table");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// Counts connections to a Unix socket anyone may connect to (mode 0777), so only the
+/// fence can stop the candidate.
+struct UnixCounter {
+    accepted: Arc<AtomicU64>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl UnixCounter {
+    fn start(path: &Path) -> Self {
+        let l = std::os::unix::net::UnixListener::bind(path).expect("binding the Unix socket");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        l.set_nonblocking(true).expect("nonblocking");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let a = accepted.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while Instant::now() < deadline {
+                if l.accept().is_ok() {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self {
+            accepted,
+            _thread: thread,
+        }
+    }
+}
+
+/// The log without terminal colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `NAME STATUS DETAIL` lines of the script's results file.
+fn results(path: &Path) -> BTreeMap<String, (String, String)> {
+    let text = wait_for_text(path, "\ndone\n", Duration::from_secs(90)).expect("escape results");
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            Some((
+                it.next()?.to_string(),
+                (
+                    it.next().unwrap_or("").to_string(),
+                    it.next().unwrap_or("").to_string(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_hostile_candidate_is_refused_everything_and_reported() {
+    require_root();
+    let topo = Topology::new("e").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cand_dir = candidate_dir(d);
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+
+    // What an unfenced candidate could reach: a TCP/UDP listener over the veth, a
+    // world-connectable Unix socket, pings (the namespace lets every group ping, so only
+    // the fence can refuse the ping socket).
+    let outside = Listener::start(topo.legacy(), OUTSIDE_PORT, None).unwrap();
+    wait_for_port(
+        &topo.cand,
+        &topo.leg_cand.a_ip,
+        OUTSIDE_PORT,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while outside.tcp() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(outside.tcp(), 1, "the reachability probe is counted");
+    topo.cand
+        .exec_ok(&["sysctl", "-w", "net.ipv4.ping_group_range=0 2147483647"])
+        .unwrap();
+    let unix_path = cand_dir.join("resolver.sock");
+    let unix = UnixCounter::start(&unix_path);
+
+    // The daemon's secrets: key and store (created by the daemon), configuration.
+    let config = d.join("mirror.toml");
+    std::fs::write(&config, "log-level = \"info\"\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let results_file = cand_dir.join("results.txt");
+    let script_args = serde_json::json!({
+        "target4": topo.leg_cand.a_ip,
+        "target6": topo.leg_cand.a_ip6,
+        "port": OUTSIDE_PORT,
+        "unix": unix_path,
+        "key": d.join("mask.key"),
+        "store": d.join("m.db"),
+        "config": config,
+        "cgroup_mount": cgroup2_mount(),
+        "pids_try": 200,
+        "memory_mib": 400,
+    });
+    let cmd = format!(
+        "{} {} {} '{}'; exec {} candidate --listen {} --profile parity",
+        python3(),
+        escape_script().display(),
+        results_file.display(),
+        script_args,
+        examples_bin().display(),
+        topo.candidate_addr()
+    );
+    let mut args = topo.run_args(d, &cmd);
+    args.extend(
+        [
+            "--config",
+            &config.display().to_string(),
+            "--candidate-memory",
+            "128M",
+            "--candidate-pids",
+            "64",
+        ]
+        .map(String::from),
+    );
+    let daemon = Daemon::start(topo.legacy(), d, "run", &args).unwrap();
+    // Legacy traffic flows while the candidate tries its way out.
+    let load = run_load(topo.client(), &topo.legacy_addr(), 300, 4).unwrap();
+    let tried = results(&results_file);
+    let after = run_load(topo.client(), &topo.legacy_addr(), 100, 2).unwrap();
+    let exit = daemon.stop(Duration::from_secs(60)).unwrap();
+    let log = plain(&exit.stderr);
+
+    for l in [load, after] {
+        assert_eq!(l.failed + l.not_sent, 0, "legacy traffic harmed: {l:?}");
+        assert_eq!(l.ok, l.requests, "legacy traffic harmed: {l:?}");
+    }
+
+    // It ran unprivileged.
+    let uid: u32 = tried["uid"].0.parse().unwrap();
+    assert_ne!(uid, 0, "the candidate ran as root");
+    let status = std::fs::read_to_string(&results_file).unwrap();
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            status.contains(&format!("status {cap}: 0000000000000000")),
+            "{cap} not empty: {status}"
+        );
+    }
+    assert!(status.contains("status NoNewPrivs: 1"), "{status}");
+    assert!(status.contains("status Seccomp: 2"), "{status}");
+
+    // Every attempt refused with a permission error (not a timeout, not "unreachable":
+    // those would mean the attempt left the fence).
+    let attempts = [
+        "cgroup-move-to-root",
+        "cgroup-lift-pids",
+        "cgroup-lift-memory",
+        "cgroup-kill-file",
+        "cgroup-mkdir",
+        "read-mask-key",
+        "read-store",
+        "read-config",
+        "icmp-ping-socket",
+        "icmp6-ping-socket",
+        "raw-socket",
+        "packet-socket",
+        "unix-connect",
+        "tcp4",
+        "tcp6",
+        "tcp-v4-mapped-v6",
+        "tcp-fast-open",
+        "udp4-unconnected",
+        "udp4-connected",
+        "udp6-unconnected",
+        "udp6-connected",
+        "udp-v4-mapped-v6",
+        "io-uring-setup",
+        "unshare-user",
+        "unshare-net",
+        "unshare-mount",
+        "setns-host-net",
+        "setns-daemon-net",
+        "ptrace-daemon",
+        "read-daemon-memory",
+        "read-daemon-environ",
+        "signal-daemon",
+    ];
+    for name in attempts {
+        let (outcome, detail) = tried
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not attempted: {status}"));
+        assert!(
+            outcome == "refused" && ["EPERM", "EACCES"].contains(&detail.as_str()),
+            "{name}: {outcome} {detail}"
+        );
+    }
+    // Nothing arrived where an unfenced candidate's traffic would have.
+    assert_eq!(outside.tcp(), 1, "a TCP connection got out");
+    assert_eq!(outside.udp(), 0, "a datagram got out");
+    assert_eq!(
+        unix.accepted.load(Ordering::SeqCst),
+        0,
+        "a Unix connect got through"
+    );
+
+    // Starving the host: the task limit stopped the fork loop, the memory limit killed
+    // the hog (the kernel's OOM killer, inside the candidate's cgroup only).
+    let (stopped_at, why) = &tried["fork-stopped-at"];
+    let n: u64 = stopped_at.parse().unwrap_or(u64::MAX);
+    assert!(n < 64 && why == "EAGAIN", "fork loop: {stopped_at} {why}");
+    assert_eq!(
+        tried["memory-hog"],
+        ("killed-by-signal".to_string(), "9".to_string())
+    );
+
+    // Every network attempt reported with destination, pid and command.
+    let pid: u32 = tried["pid"].0.parse().unwrap();
+    let reported = |proto: &str, dest: &str| {
+        lines_with(
+            &log,
+            &format!("egress REFUSED: {proto} {dest} by pid {pid} (python3)"),
+        )
+        .len()
+    };
+    let v4 = format!("{}:{OUTSIDE_PORT}", topo.leg_cand.a_ip);
+    let v6 = format!("[{}]:{OUTSIDE_PORT}", topo.leg_cand.a_ip6);
+    // tcp4, the v4-mapped connect (reported as IPv4) and the Fast Open sendto.
+    assert!(reported("tcp", &v4) >= 3, "{log}");
+    assert!(reported("tcp", &v6) >= 1, "{log}");
+    // Unconnected, connected and v4-mapped datagrams.
+    assert!(reported("udp", &v4) >= 3, "{log}");
+    assert!(reported("udp", &v6) >= 2, "{log}");
+    // Sockets refused at creation have no destination yet.
+    assert!(reported("icmp", "0.0.0.0:0") >= 1, "{log}");
+    assert!(reported("icmpv6", "[::]:0") >= 1, "{log}");
+    // The raw and packet sockets are refused by the kernel before any hook runs (no
+    // CAP_NET_RAW), so there is nothing to report; the sock_create hook refuses raw
+    // sockets of a candidate that has the capability (--candidate-as-root).
+    assert!(
+        !log.contains("egress allowed"),
+        "nothing was allow-listed: {log}"
+    );
+    let selftest = lines_with(&log, "egress guard attached and self-tested").join("\n");
+    assert!(selftest.contains("IPv4 and IPv6"), "{selftest}");
+    assert!(selftest.contains("secrets unreadable"), "{selftest}");
+}
+
+/// The cgroup (relative to its hierarchy) a process is in, for a v1 controller or v2 ("").
+fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    s.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        let hit = if controller.is_empty() {
+            ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == controller)
+        };
+        hit.then(|| path.to_string())
+    })
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn read_pid(path: &Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(p) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// The limits are on the candidate's cgroup, and the whole cgroup — grandchildren that
+/// left the candidate's process tree and session included — dies with the daemon, even
+/// when the daemon is SIGKILLed (the reaper ends it).
+#[test]
+fn the_candidate_cgroup_dies_with_a_sigkilled_daemon() {
+    require_root();
+    let topo = Topology::new("r").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cand_dir = candidate_dir(d);
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+    let (child_pid, orphan_pid) = (cand_dir.join("child.pid"), cand_dir.join("orphan.pid"));
+    let cmd = format!(
+        "sleep 600 & echo $! > {child}; setsid sh -c 'echo $$ > {orphan}; exec sleep 600' & exec {bin} candidate --listen {addr} --profile parity",
+        child = child_pid.display(),
+        orphan = orphan_pid.display(),
+        bin = examples_bin().display(),
+        addr = topo.candidate_addr()
+    );
+    let mut args = topo.run_args(d, &cmd);
+    args.extend(
+        [
+            "--candidate-memory",
+            "256M",
+            "--candidate-cpu",
+            "50%",
+            "--candidate-pids",
+            "100",
+        ]
+        .map(String::from),
+    );
+    let mut daemon = Daemon::start(topo.legacy(), d, "run", &args).unwrap();
+    let (child, orphan) = (read_pid(&child_pid), read_pid(&orphan_pid));
+    let cgroup = cgroup_of(orphan, "").expect("orphan's cgroup");
+    assert!(cgroup.contains("mirror-candidate-"), "{cgroup}");
+    assert_eq!(cgroup_of(child, "").as_deref(), Some(cgroup.as_str()));
+
+    // The limits, where this host keeps them (v2 when its controllers are there, v1 on
+    // a hybrid host).
+    let v2 = cgroup2_mount().join(cgroup.trim_start_matches('/'));
+    let v2_controllers =
+        std::fs::read_to_string(cgroup2_mount().join("cgroup.subtree_control")).unwrap_or_default();
+    let limit = |controller: &str, v2_file: &str, v1_file: &str| -> String {
+        let path = if v2_controllers.split_whitespace().any(|c| c == controller) {
+            v2.join(v2_file)
+        } else {
+            let rel = cgroup_of(orphan, controller).expect("in a v1 cgroup");
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+            let root = mounts
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f[2] == "cgroup" && f[3].split(',').any(|o| o == controller))
+                        .then(|| PathBuf::from(f[1]))
+                })
+                .expect("v1 hierarchy");
+            root.join(rel.trim_start_matches('/')).join(v1_file)
+        };
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        limit("memory", "memory.max", "memory.limit_in_bytes"),
+        (256u64 << 20).to_string()
+    );
+    assert_eq!(limit("pids", "pids.max", "pids.max"), "100");
+    let cpu = limit("cpu", "cpu.max", "cpu.cfs_quota_us");
+    assert!(cpu == "50000" || cpu == "50000 100000", "{cpu}");
+
+    let log = plain(&std::fs::read_to_string(&daemon.stderr).unwrap());
+    let reaper: u32 = log
+        .split("reaper=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no reaper pid logged: {log}"));
+    assert!(pid_alive(reaper));
+
+    // SIGKILL: no code of the daemon runs again.
+    let mut c = daemon.proc.child.take().unwrap();
+    c.kill().unwrap();
+    let _ = c.wait();
+    assert!(
+        eventually(15, || !pid_alive(child) && !pid_alive(orphan)),
+        "candidate processes outlived the daemon: child {} orphan {}",
+        pid_alive(child),
+        pid_alive(orphan)
+    );
+    assert!(eventually(15, || !v2.exists()), "{} left", v2.display());
+    assert!(eventually(15, || !pid_alive(reaper)), "the reaper lingers");
+    // The tapped service keeps answering.
+    let l = run_load(topo.client(), &topo.legacy_addr(), 50, 2).unwrap();
+    assert_eq!(l.ok, l.requests, "{l:?}");
+    let _ = Stdio::null();
+}
