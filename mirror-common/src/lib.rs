@@ -92,8 +92,11 @@ pub mod counter {
     pub const SAMPLED_OUT: u32 = 5;
     /// Payload bytes that could not be read from the packet.
     pub const LOAD_ERRORS: u32 = 6;
+    /// Segments of the daemon's own replay connections (to a candidate or secondary
+    /// reached through the tapped interface on a tapped port): never captured again.
+    pub const OWN_REPLAY: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Indices of the tap's settings array.
@@ -120,6 +123,8 @@ pub mod map_name {
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const OWN_SOCKETS: &str = "OWN_SOCKETS";
+    pub const OWN_FLOWS: &str = "OWN_FLOWS";
     pub const GUARD_ALLOW4: &str = "GUARD_ALLOW4";
     pub const GUARD_ALLOW6: &str = "GUARD_ALLOW6";
     pub const GUARD_EVENTS: &str = "GUARD_EVENTS";
@@ -135,6 +140,17 @@ pub mod program_name {
     pub const GUARD_SENDMSG4: &str = "guard_sendmsg4";
     pub const GUARD_SENDMSG6: &str = "guard_sendmsg6";
     pub const GUARD_SOCK_CREATE: &str = "guard_sock_create";
+}
+
+/// A replay connection of the daemon as the tap sees it: the server's address and port
+/// and the daemon's own (client) port. Learned from the daemon's outgoing segments (by
+/// socket cookie) so that the server's answers, which carry no socket, are skipped too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnFlowKey {
+    pub server: [u8; 16],
+    pub server_port: u16,
+    pub client_port: u16,
 }
 
 /// Ports one allowlist prefix permits; `any_port` permits all.
@@ -261,4 +277,6 @@ mod pod {
     unsafe impl aya::Pod for super::GuardConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GuardEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OwnFlowKey {}
 }

@@ -222,15 +222,16 @@ fn candidate_unit_is_bound_to_mirror_and_unprivileged() {
     .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
-        .args(["mirror-candidate.service", "mirror-candidate.slice", "mirror.service"])
+        .args([
+            "mirror-candidate.service",
+            "mirror-candidate.slice",
+            "mirror.service",
+        ])
         .current_dir(dir.path())
         .output()
         .expect("systemd-analyze");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("mirror"))
-        .collect();
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("mirror")).collect();
     assert!(out.status.success() && ours.is_empty(), "{stderr}");
 
     let d = directives(&cand);
@@ -265,6 +266,9 @@ fn candidate_unit_is_bound_to_mirror_and_unprivileged() {
     assert!(directives(&unit).contains(&("Type".into(), "notify".into())));
     // The configuration names the slice the candidate unit runs in.
     let cfg = read(&deploy_file("mirror.toml"));
-    assert!(cfg.contains("mirror-candidate.slice"), "mirror.toml must point at the slice");
+    assert!(
+        cfg.contains("mirror-candidate.slice"),
+        "mirror.toml must point at the slice"
+    );
     assert!(cfg.contains("candidate-user = \"mirror-candidate\""));
 }

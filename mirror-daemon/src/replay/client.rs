@@ -218,7 +218,7 @@ impl Replayer {
                 Ok(reply) => return Ok(reply),
             }
         }
-        let conn = TcpStream::connect(self.cfg.target.addr)
+        let conn = connect_untapped(self.cfg.target.addr)
             .await
             .map_err(|e| connect_error(&e))?;
         let _ = conn.set_nodelay(true);
@@ -339,6 +339,18 @@ fn io_error(e: &std::io::Error) -> CandidateErrorKind {
     } else {
         CandidateErrorKind::Reset
     }
+}
+
+/// Connects a replay socket the tap will not capture (see `capture::own`): a target
+/// reached through the tapped interface on a tapped port would otherwise loop.
+async fn connect_untapped(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    crate::capture::own::register(&sock);
+    sock.connect(addr).await
 }
 
 #[cfg(test)]
