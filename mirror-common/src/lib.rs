@@ -140,6 +140,8 @@ pub mod program_name {
     pub const GUARD_SENDMSG4: &str = "guard_sendmsg4";
     pub const GUARD_SENDMSG6: &str = "guard_sendmsg6";
     pub const GUARD_SOCK_CREATE: &str = "guard_sock_create";
+    pub const GUARD_RECVMSG4: &str = "guard_recvmsg4";
+    pub const GUARD_RECVMSG6: &str = "guard_recvmsg6";
 }
 
 /// A replay connection of the daemon as the tap sees it: the server's address and port
@@ -200,6 +202,19 @@ pub struct GuardConfig {
     pub sink_ip4: [u8; 4],
     /// Sink IPv6 address, network byte order bytes.
     pub sink_ip6: [u8; 16],
+    /// The allow-listed DNS server (`--allow-dns`): 0 none, 4 or 6.
+    pub dns_family: u8,
+    pub _pad2: u8,
+    /// DNS server port, host byte order.
+    pub dns_port: u16,
+    /// DNS server address (IPv4 in the first 4 bytes), network byte order.
+    pub dns_addr: [u8; 16],
+    /// The daemon's DNS relay on the candidate's loopback (127.0.0.1 and ::1), host byte
+    /// order: UDP queries to the DNS server are rewritten to it (and its answers back),
+    /// so every query is seen and reported.
+    pub relay_port4: u16,
+    pub relay_port6: u16,
+    pub _pad3: [u8; 4],
 }
 
 /// Guard decisions as reported in [`GuardEvent::action`].

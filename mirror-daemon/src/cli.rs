@@ -177,6 +177,10 @@ pub struct GuardArgs {
     /// Most tasks (processes and threads) in the candidate's cgroup (`max` for none).
     #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_PIDS)]
     pub candidate_pids: String,
+    /// The DNS resolver the candidate may use, ADDR[:PORT] (port 53 by default). Its UDP
+    /// queries pass through the daemon's relay, which reports each one (name, type, pid).
+    #[arg(long, value_parser = mirror_daemon::guard::dns::parse_server)]
+    pub allow_dns: Option<std::net::SocketAddr>,
     /// A Unix socket the candidate may use (repeatable). Without any, the candidate
     /// cannot create Unix sockets at all (socketpair excepted).
     #[arg(long = "allow-unix")]

@@ -521,3 +521,123 @@ fn replays_through_the_tapped_interface_are_not_captured_again() {
         "every exchange is replayed to the secondary once, through the tap"
     );
 }
+
+/// A DNS server for the test: answers every query with an A record (192.0.2.1) and logs
+/// each question's name.
+const DNS_STUB: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+log = open(sys.argv[2], "a")
+while True:
+    q, peer = s.recvfrom(4096)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
+    log.write(".".join(labels) + "\n"); log.flush()
+    answer = q[:2] + b"\x81\x80" + q[4:6] + b"\x00\x01\x00\x00\x00\x00" + q[12:i + 5]
+    answer += b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"
+    s.sendto(answer, peer)
+"#;
+
+/// The candidate's side: two queries (unconnected and connected UDP), each must be
+/// answered from the resolver's own address; a datagram to another port must be refused.
+const DNS_CLIENT: &str = r#"
+import socket, sys, os
+server, out = sys.argv[1], open(sys.argv[2], "a")
+out.write(f"pid {os.getpid()}\n")
+def query(name, qtype):
+    q = b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\x00" + qtype.to_bytes(2, "big") + b"\x00\x01"
+def attempt(name, fn):
+    try:
+        out.write(f"{name} ok {fn()}\n")
+    except OSError as e:
+        out.write(f"{name} refused {e.errno}\n")
+    out.flush()
+def unconnected():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    s.sendto(query("shop.example", 1), (server, 53))
+    data, peer = s.recvfrom(512)
+    return f"{peer[0]}:{peer[1]}:{data[:2].hex()}"
+def connected():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    s.connect((server, 53)); s.send(query("api.example", 28))
+    return f"{server}:53:{s.recv(512)[:2].hex()}"
+def other_port():
+    return socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", (server, 5353))
+attempt("unconnected", unconnected)
+attempt("connected", connected)
+attempt("other-port", other_port)
+out.write("done\n")
+"#;
+
+#[test]
+fn dns_goes_only_to_the_named_resolver_and_every_query_is_reported() {
+    require_root();
+    let topo = Topology::new("d").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cand_dir = candidate_dir(d);
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+    let resolver = &topo.leg_cand.a_ip;
+    let asked = d.join("asked.txt");
+    let mut stub = topo.legacy().cmd(python3());
+    stub.args(["-c", DNS_STUB, resolver])
+        .arg(&asked)
+        .stdout(Stdio::null());
+    let _stub = Proc::spawn("dns stub", &mut stub).unwrap();
+    let client = cand_dir.join("dns_client.py");
+    std::fs::write(&client, DNS_CLIENT).unwrap();
+    let results_file = cand_dir.join("dns.txt");
+    let cmd = format!(
+        "{} {} {resolver} {}; exec {} candidate --listen {} --profile parity",
+        python3(),
+        client.display(),
+        results_file.display(),
+        examples_bin().display(),
+        topo.candidate_addr()
+    );
+    let mut args = topo.run_args(d, &cmd);
+    args.extend(["--allow-dns".to_string(), resolver.clone()]);
+    let daemon = Daemon::start(topo.legacy(), d, "run", &args).unwrap();
+    let text = wait_for_text(&results_file, "done", Duration::from_secs(60)).unwrap();
+    let exit = daemon.stop(Duration::from_secs(60)).unwrap();
+    let log = plain(&exit.stderr);
+    let pid: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    // Answered, from the resolver's own address, with the query's id.
+    assert!(
+        text.contains(&format!("unconnected ok {resolver}:53:beef")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("connected ok {resolver}:53:beef")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("other-port refused {}", libc::EPERM)),
+        "{text}"
+    );
+    // The resolver saw exactly the two questions.
+    let seen = std::fs::read_to_string(&asked).unwrap();
+    assert_eq!(seen, "shop.example\napi.example\n");
+    // Each query reported with its name, type, pid and command.
+    for (qtype, name) in [("A", "shop.example."), ("AAAA", "api.example.")] {
+        let line = format!("dns query: {qtype} {name} by pid {pid} (python3) to {resolver}:53");
+        assert_eq!(lines_with(&log, &line).len(), 1, "{line}\n{log}");
+    }
+    assert!(
+        !lines_with(
+            &log,
+            &format!("egress REFUSED: udp {resolver}:5353 by pid {pid}")
+        )
+        .is_empty(),
+        "{log}"
+    );
+}

@@ -5,10 +5,12 @@ use anyhow::Context as _;
 use mirror_daemon::guard::{
     EgressAction, EgressAttempt,
     cgroup::Cgroup,
+    dns,
     kernel::{EgressGuard, GuardSettings},
     limits::{self, CandidateLimits},
     reaper::Reaper,
-    sandbox::{Identity, Sandbox},
+    rules::AllowRule,
+    sandbox::{self, Identity, Sandbox},
     selftest,
     sink::{self, SinkCapture, SinkReplies},
 };
@@ -100,12 +102,36 @@ impl Fence {
             }
             None => (None, None),
         };
+        // --allow-dns: TCP queries by an allowlist entry, UDP ones through the relay.
+        let mut allow = args.allow_egress.clone();
+        let relay =
+            match args.allow_dns {
+                Some(server) => {
+                    allow.push(AllowRule {
+                        addr: server.ip(),
+                        prefix: if server.is_ipv4() { 32 } else { 128 },
+                        port: Some(server.port()),
+                    });
+                    let netns = args.candidate_netns.as_deref().map(sandbox::netns_path);
+                    Some(dns::Relay::bind(server, netns.as_deref()).with_context(|| {
+                        format!("binding the DNS relay for --allow-dns {server}")
+                    })?)
+                }
+                None => None,
+            };
         let settings = GuardSettings {
-            allow: args.allow_egress.clone(),
+            allow: allow.clone(),
             sink: sink_addr,
+            dns: relay
+                .as_ref()
+                .zip(args.allow_dns)
+                .map(|(r, s)| (s, r.port())),
         };
         let guard = EgressGuard::attach(&cgroup, &settings, super::monotonic_to_epoch_offset_ns())?;
-        let allow = args.allow_egress.clone();
+        if let Some(relay) = relay {
+            tracing::info!(server = %relay.server, relay_port = relay.port(), "DNS relay: every query of the candidate is reported");
+            tokio::spawn(dns::serve(relay, cgroup.procs_file()));
+        }
         let redirect = sink_addr.is_some();
         let probe_sandbox = Arc::new(sandbox.without_netns());
         let secrets = secrets.to_vec();

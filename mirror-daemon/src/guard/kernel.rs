@@ -41,6 +41,8 @@ pub struct GuardSettings {
     pub allow: Vec<AllowRule>,
     /// Redirect refused TCP connects to this sink listener instead of refusing them.
     pub sink: Option<SocketAddr>,
+    /// The allow-listed DNS server and the port of the relay its UDP queries go to.
+    pub dns: Option<(SocketAddr, u16)>,
 }
 
 /// Kernel counters of the guard, summed over CPUs.
@@ -139,6 +141,17 @@ impl EgressGuard {
                     }
                 }
             }
+            if let Some((server, relay)) = settings.dns {
+                cfg.dns_port = server.port();
+                cfg.dns_addr = crate::capture::ip_to_bytes(server.ip());
+                if server.is_ipv4() {
+                    cfg.dns_family = 4;
+                    cfg.relay_port4 = relay;
+                } else {
+                    cfg.dns_family = 6;
+                    cfg.relay_port6 = relay;
+                }
+            }
             let mut arr: Array<_, GuardConfig> = Array::try_from(
                 ebpf.map_mut(map_name::GUARD_SETTINGS)
                     .ok_or_else(|| load_err("no GUARD_SETTINGS"))?,
@@ -161,6 +174,8 @@ impl EgressGuard {
             program_name::GUARD_CONNECT6,
             program_name::GUARD_SENDMSG4,
             program_name::GUARD_SENDMSG6,
+            program_name::GUARD_RECVMSG4,
+            program_name::GUARD_RECVMSG6,
         ] {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)

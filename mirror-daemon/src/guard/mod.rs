@@ -2,6 +2,7 @@
 //! reports, runs the sink listener for redirected connections, and proves at start-up
 //! that the fence holds.
 pub mod cgroup;
+pub mod dns;
 pub mod kernel;
 pub mod limits;
 pub mod reaper;

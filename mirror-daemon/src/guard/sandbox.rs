@@ -204,7 +204,7 @@ impl Sandbox {
 }
 
 /// `--candidate-netns NAME` means `/var/run/netns/NAME` (as `ip netns` names them).
-fn netns_path(p: &Path) -> PathBuf {
+pub fn netns_path(p: &Path) -> PathBuf {
     if p.components().count() == 1 && !p.is_absolute() {
         Path::new("/var/run/netns").join(p)
     } else {

@@ -75,6 +75,92 @@ mod program {
         check6(&ctx, true)
     }
 
+    /// Answers of the DNS relay appear to come from the DNS server the candidate asked.
+    #[cgroup_sock_addr(recvmsg4)]
+    pub fn guard_recvmsg4(ctx: SockAddrContext) -> i32 {
+        let sa = ctx.sock_addr;
+        let Some(cfg) = GUARD_SETTINGS.get(0) else {
+            return ALLOW;
+        };
+        if cfg.dns_family != 4 || cfg.relay_port4 == 0 {
+            return ALLOW;
+        }
+        // SAFETY: readable and writable fields of the recvmsg4 context.
+        unsafe {
+            if (*sa).user_ip4 == u32::from_ne_bytes(LOOPBACK4)
+                && u16::from_be((*sa).user_port as u16) == cfg.relay_port4
+            {
+                let d = cfg.dns_addr;
+                (*sa).user_ip4 = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+                (*sa).user_port = u32::from(cfg.dns_port.to_be());
+            }
+        }
+        ALLOW
+    }
+
+    /// As recvmsg4, for IPv6 sockets (a v4-mapped relay address or ::1).
+    #[cgroup_sock_addr(recvmsg6)]
+    pub fn guard_recvmsg6(ctx: SockAddrContext) -> i32 {
+        let sa = ctx.sock_addr;
+        let Some(cfg) = GUARD_SETTINGS.get(0) else {
+            return ALLOW;
+        };
+        if cfg.dns_family == 0 {
+            return ALLOW;
+        }
+        // SAFETY: readable and writable fields of the recvmsg6 context, as u32 words.
+        unsafe {
+            let w = [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ];
+            let port = u16::from_be((*sa).user_port as u16);
+            let d = cfg.dns_addr;
+            let mapped_relay = w[0] == 0
+                && w[1] == 0
+                && w[2] == 0x0000_ffff_u32.to_be()
+                && w[3] == u32::from_ne_bytes(LOOPBACK4);
+            if cfg.dns_family == 4 && mapped_relay && port == cfg.relay_port4 {
+                (*sa).user_ip6[3] = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+                (*sa).user_port = u32::from(cfg.dns_port.to_be());
+            } else if cfg.dns_family == 6
+                && w[0] == 0
+                && w[1] == 0
+                && w[2] == 0
+                && w[3] == 1u32.to_be()
+                && port == cfg.relay_port6
+            {
+                (*sa).user_ip6[0] = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+                (*sa).user_ip6[1] = u32::from_ne_bytes([d[4], d[5], d[6], d[7]]);
+                (*sa).user_ip6[2] = u32::from_ne_bytes([d[8], d[9], d[10], d[11]]);
+                (*sa).user_ip6[3] = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
+                (*sa).user_port = u32::from(cfg.dns_port.to_be());
+            }
+        }
+        ALLOW
+    }
+
+    const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
+
+    /// Whether a UDP datagram to `addr:port` is a query to the allow-listed DNS server.
+    #[inline(always)]
+    fn is_dns(cfg: &GuardConfig, family: u8, addr: &[u8; 16], port: u16) -> bool {
+        if cfg.dns_family != family || cfg.dns_port != port {
+            return false;
+        }
+        let n = if family == 4 { 4 } else { 16 };
+        let mut i = 0;
+        while i < 16 {
+            if i < n && cfg.dns_addr[i] != addr[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
     #[cgroup_sock_addr(sendmsg6)]
     pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
         check6(&ctx, false)
@@ -188,6 +274,19 @@ mod program {
         addr[1] = ip[1];
         addr[2] = ip[2];
         addr[3] = ip[3];
+        if proto == IPPROTO_UDP
+            && let Some(cfg) = GUARD_SETTINGS.get(0)
+            && cfg.relay_port4 != 0
+            && is_dns(cfg, 4, &addr, port)
+        {
+            // SAFETY: writable fields of the connect4/sendmsg4 context.
+            unsafe {
+                (*sa).user_ip4 = u32::from_ne_bytes(LOOPBACK4);
+                (*sa).user_port = u32::from(cfg.relay_port4.to_be());
+            }
+            report(addr, 4, port, proto, guard_action::ALLOWED);
+            return ALLOW;
+        }
         if allowed4(ip, port) {
             report(addr, 4, port, proto, guard_action::ALLOWED);
             return ALLOW;
@@ -242,6 +341,50 @@ mod program {
         }
         // A dual-stack socket reaching an IPv4 host uses ::ffff:a.b.c.d: judge the IPv4.
         let mapped = w0 == 0 && w1 == 0 && words[2] == [0, 0, 0xff, 0xff];
+        if proto == IPPROTO_UDP
+            && let Some(cfg) = GUARD_SETTINGS.get(0)
+        {
+            let v4 = [
+                words[3][0],
+                words[3][1],
+                words[3][2],
+                words[3][3],
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ];
+            let target = if mapped && cfg.relay_port4 != 0 && is_dns(cfg, 4, &v4, port) {
+                Some((
+                    [0, 0, 0x0000_ffff_u32.to_be(), u32::from_ne_bytes(LOOPBACK4)],
+                    cfg.relay_port4,
+                ))
+            } else if !mapped && cfg.relay_port6 != 0 && is_dns(cfg, 6, &addr, port) {
+                Some(([0, 0, 0, 1u32.to_be()], cfg.relay_port6))
+            } else {
+                None
+            };
+            if let Some((ip6, relay)) = target {
+                // SAFETY: writable fields of the connect6/sendmsg6 context, as u32 words.
+                unsafe {
+                    (*sa).user_ip6[0] = ip6[0];
+                    (*sa).user_ip6[1] = ip6[1];
+                    (*sa).user_ip6[2] = ip6[2];
+                    (*sa).user_ip6[3] = ip6[3];
+                    (*sa).user_port = u32::from(relay.to_be());
+                }
+                report(addr, 6, port, proto, guard_action::ALLOWED);
+                return ALLOW;
+            }
+        }
         let ok = if mapped {
             allowed4(words[3], port)
         } else {
