@@ -641,3 +641,98 @@ fn dns_goes_only_to_the_named_resolver_and_every_query_is_reported() {
         "{log}"
     );
 }
+
+/// `--candidate-cgroup` with the systemd layout of deploy/mirror-candidate.slice: the guard
+/// is attached to a slice-like parent and fences a candidate started later in a cgroup
+/// below it (as systemd starts mirror-candidate.service after mirror). A process already
+/// running there at attach time is named in a warning.
+#[test]
+fn a_guard_on_a_parent_cgroup_fences_a_candidate_started_below_it() {
+    require_root();
+    let topo = Topology::new("s").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let outside = Listener::start(topo.legacy(), OUTSIDE_PORT, None).unwrap();
+    wait_for_port(
+        &topo.cand,
+        &topo.leg_cand.a_ip,
+        OUTSIDE_PORT,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let slice = cgroup2_mount().join(format!("mirror-test-{}.slice", unique_tag()));
+    let unit = slice.join("candidate.service");
+    std::fs::create_dir_all(&unit).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for dir in [self.0.join("candidate.service"), self.0.clone()] {
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                for _ in 0..100 {
+                    if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    let _remove = Remove(slice.clone());
+    let mut early = Proc::spawn("early", std::process::Command::new("sleep").arg("300")).unwrap();
+    std::fs::write(unit.join("cgroup.procs"), early.pid().to_string()).unwrap();
+
+    let (out, err) = (d.join("guard.out"), d.join("guard.err"));
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/var/run/netns/{}", topo.legacy().name))
+        .arg(daemon_bin())
+        .args(["guard", "--candidate-cgroup"])
+        .arg(&slice)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let mut guard = Proc::spawn("guard", &mut cmd).unwrap();
+    let attached = wait_for_text(&out, "guard attached", Duration::from_secs(30)).unwrap();
+    assert!(attached.contains("IPv4 and IPv6"), "{attached}");
+    let warning = plain(&std::fs::read_to_string(&err).unwrap());
+    assert!(
+        warning.contains("already running") && warning.contains(&early.pid().to_string()),
+        "{warning}"
+    );
+    // The self-test's own cgroup is gone again.
+    let leftovers: Vec<_> = std::fs::read_dir(&slice)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("mirror-selftest-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The candidate, started after the guard, in the unit's cgroup below the slice.
+    let script = format!(
+        "echo $$ > {procs} && exec {py} -c 'import socket,os; print(os.getpid()); s=socket.socket(); s.settimeout(3)\ntry:\n s.connect((\"{ip}\", {OUTSIDE_PORT})); print(\"connected\")\nexcept OSError as e:\n print(\"refused\", e.errno)'",
+        procs = unit.join("cgroup.procs").display(),
+        py = python3(),
+        ip = topo.leg_cand.a_ip,
+    );
+    let result = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", topo.cand.name))
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&result.stdout).into_owned();
+    let pid = said.lines().next().unwrap_or_default().trim().to_string();
+    assert!(said.contains(&format!("refused {}", libc::EPERM)), "{said}");
+    guard.stop(Duration::from_secs(30)).unwrap();
+    let _ = early.stop(Duration::from_secs(5));
+    let report = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        report.contains(&format!(
+            "egress REFUSED: tcp {}:{OUTSIDE_PORT} by pid {pid} (python3)",
+            topo.leg_cand.a_ip
+        )),
+        "{report}"
+    );
+    assert_eq!(outside.tcp(), 1, "only the reachability probe arrived");
+}

@@ -62,7 +62,12 @@ impl Fence {
                 tracing::info!(
                     "--candidate-cgroup: memory, CPU and task limits and the candidate's lifetime come from its unit (see deploy/mirror-candidate.service)"
                 );
-                (Cgroup::open(path)?, None)
+                let cgroup = Cgroup::open(path)?;
+                let running = cgroup.pids_below(4);
+                if !running.is_empty() {
+                    tracing::warn!(pids = ?running, cgroup = %path.display(), "processes were already running in the candidate's cgroup: connections they opened before the guard attached are NOT fenced; start the candidate after mirror (see deploy/mirror-candidate.service)");
+                }
+                (cgroup, None)
             }
             (None, Some(_)) => {
                 let mount = mirror_daemon::guard::cgroup::cgroup2_mount()?;
@@ -133,12 +138,23 @@ impl Fence {
             tokio::spawn(dns::serve(relay, cgroup.procs_file()));
         }
         let redirect = sink_addr.is_some();
-        let probe_sandbox = Arc::new(sandbox.without_netns());
+        // With --candidate-cgroup the probe runs in a child cgroup of its own (a slice, or a
+        // cgroup with controllers enabled below it, may not hold processes itself); the
+        // guard applies to every cgroup below the one it is attached to.
+        let probe_cgroup = match &args.candidate_cgroup {
+            Some(path) => Some(Cgroup::create(path, &format!("mirror-selftest-{run_id}"))?),
+            None => None,
+        };
+        let probe_sandbox = Arc::new(match &probe_cgroup {
+            Some(cg) => sandbox.with_cgroups(&cg.join_files())?,
+            None => sandbox.without_netns(),
+        });
         let secrets = secrets.to_vec();
         let self_test = tokio::task::spawn_blocking(move || {
             selftest::self_test(&exe, &probe_sandbox, &allow, redirect, &secrets)
         })
         .await??;
+        drop(probe_cgroup);
         let probe_pid = self_test.probe_pid;
         let self_test = if args.candidate_cmd.is_some() {
             format!("{}; limits: {}", self_test.message, limits.describe())
@@ -263,6 +279,11 @@ pub fn run(args: GuardArgs) -> anyhow::Result<u8> {
                     }
                 }
             }
+        }
+        // What came in since the last tick.
+        events.drain(&mut buf);
+        for a in buf.drain(..).filter(|a| a.pid != fence.probe_pid) {
+            println!("{}", describe(&a));
         }
         let c = fence.guard.counters();
         println!(

@@ -72,6 +72,26 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// Pids in this cgroup and the ones below it, `depth` levels down at most.
+    pub fn pids_below(&self, depth: usize) -> Vec<u32> {
+        fn walk(dir: &Path, depth: usize, out: &mut Vec<u32>) {
+            if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if depth == 0 {
+                return;
+            }
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), depth - 1, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path, depth, &mut out);
+        out
+    }
+
     /// The v1 limit cgroups that belong to this one (removed with it).
     pub fn set_limit_dirs(&mut self, dirs: Vec<PathBuf>) {
         self.limit_dirs = dirs;

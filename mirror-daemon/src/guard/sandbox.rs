@@ -130,6 +130,21 @@ impl Sandbox {
         }
     }
 
+    /// The same fence, without the network namespace, joining `cgroup_files` instead.
+    pub fn with_cgroups(&self, cgroup_files: &[PathBuf]) -> Result<Self, SandboxError> {
+        let join = cgroup_files
+            .iter()
+            .map(|p| {
+                CString::new(p.as_os_str().as_encoded_bytes())
+                    .map_err(|_| SandboxError::Nul(p.display().to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            join,
+            ..self.without_netns()
+        })
+    }
+
     /// Makes `cmd` start inside the fence. The child joins the cgroups and the network
     /// namespace while still root, then drops to the candidate user with no capabilities
     /// in any set, `no_new_privs`, the seccomp filter, and SIGKILL when the thread that
