@@ -84,6 +84,28 @@ attempt("cgroup-kill-file", lambda: write(f"{mount}{own_cgroup()}/cgroup.kill", 
 attempt("cgroup-mkdir", lambda: os.mkdir(f"{mount}{own_cgroup()}/child"))
 
 
+# On a hybrid host the limits live in v1 hierarchies: try to lift those too.
+def v1_limits():
+    mounts = {}
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            dev, path, fstype, opts = line.split()[:4]
+            if fstype == "cgroup":
+                for o in opts.split(","):
+                    mounts[o] = path
+    files = {"memory": "memory.limit_in_bytes", "pids": "pids.max", "cpu": "cpu.cfs_quota_us"}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.strip().split(":", 2)
+            for c in ctrls.split(","):
+                if c in files and c in mounts and path != "/":
+                    yield c, f"{mounts[c]}{path}/{files[c]}"
+
+
+for controller, path in v1_limits():
+    attempt(f"cgroup-v1-lift-{controller}", lambda p=path: write(p, "-1" if "quota" in p else "max"))
+
+
 # --- the daemon's secrets
 def read(path):
     with open(path, "rb") as f:

@@ -243,6 +243,13 @@ fn a_hostile_candidate_is_refused_everything_and_reported() {
             "{name}: {outcome} {detail}"
         );
     }
+    // The v1 limits of a hybrid host are out of reach as well.
+    for (name, (outcome, detail)) in tried.iter().filter(|(n, _)| n.starts_with("cgroup-v1-")) {
+        assert!(
+            outcome == "refused" && detail == "EACCES",
+            "{name}: {outcome} {detail}"
+        );
+    }
     // Nothing arrived where an unfenced candidate's traffic would have.
     assert_eq!(outside.tcp(), 1, "a TCP connection got out");
     assert_eq!(outside.udp(), 0, "a datagram got out");

@@ -86,8 +86,9 @@ impl Fence {
                 "give --candidate-cgroup PATH or --candidate-cmd \"…\" to fence the candidate"
             ),
         };
+        let unix_note = sandbox::unix_fence_note(&args.allow_unix);
         if !args.allow_unix.is_empty() {
-            tracing::warn!(paths = ?args.allow_unix, "--allow-unix: the candidate may create Unix sockets, and their connects are NOT fenced by path (this build has no cgroup Unix-socket hooks); it can reach any Unix socket its user may open");
+            tracing::warn!(paths = ?args.allow_unix, "{unix_note}");
         }
         let sandbox = Arc::new(Sandbox::new(
             identity,
@@ -157,7 +158,11 @@ impl Fence {
         drop(probe_cgroup);
         let probe_pid = self_test.probe_pid;
         let self_test = if args.candidate_cmd.is_some() {
-            format!("{}; limits: {}", self_test.message, limits.describe())
+            format!(
+                "{}; limits: {}; {unix_note}",
+                self_test.message,
+                limits.describe()
+            )
         } else {
             self_test.message
         };
@@ -184,6 +189,22 @@ impl Fence {
             _reaper: reaper,
         })
     }
+}
+
+/// The fence of a candidate run with `--no-egress-guard`: no cgroup and no egress hooks,
+/// but the same user, capabilities, seccomp filter and network namespace.
+pub fn unfenced_sandbox(args: &GuardArgs) -> anyhow::Result<Arc<Sandbox>> {
+    let identity = if args.candidate_as_root {
+        None
+    } else {
+        Some(Identity::lookup(&args.candidate_user).map_err(super::common::usage)?)
+    };
+    Ok(Arc::new(Sandbox::new(
+        identity,
+        &[],
+        args.candidate_netns.as_deref(),
+        args.allow_unix.is_empty(),
+    )?))
 }
 
 /// The candidate's stdout goes to our stderr: our stdout is the parity card.
