@@ -307,7 +307,11 @@ fn a_hostile_candidate_is_refused_everything_and_reported() {
     );
     let selftest = lines_with(&log, "egress guard attached and self-tested").join("\n");
     assert!(selftest.contains("IPv4 and IPv6"), "{selftest}");
-    assert!(selftest.contains("secrets unreadable"), "{selftest}");
+    // Key, store and configuration.
+    assert!(
+        selftest.contains("3 secret file(s) unreadable"),
+        "{selftest}"
+    );
 }
 
 /// The cgroup (relative to its hierarchy) a process is in, for a v1 controller or v2 ("").
@@ -751,4 +755,29 @@ fn a_guard_on_a_parent_cgroup_fences_a_candidate_started_below_it() {
         "{report}"
     );
     assert_eq!(outside.tcp(), 1, "only the reachability probe arrived");
+}
+
+/// The control for the secrets check: a configuration file the candidate's user could
+/// read stops the start, before any traffic is tapped or replayed.
+#[test]
+fn a_secret_the_candidate_could_read_stops_the_start() {
+    require_root();
+    let topo = Topology::new("x").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("mirror.toml");
+    std::fs::write(&config, "log-level = \"info\"\n").unwrap();
+    // World-readable, in a directory the candidate may pass through (run_args: 0711).
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut args = topo.run_args(d, &topo.example_candidate_cmd("parity"));
+    args.extend(["--config".to_string(), config.display().to_string()]);
+    let err = match Daemon::start(topo.legacy(), d, "run", &args) {
+        Ok(_) => panic!("the daemon started although its configuration is world-readable"),
+        Err(e) => plain(&e.to_string()),
+    };
+    assert!(
+        err.contains("can open a secret") && err.contains(&config.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("candidate started"), "{err}");
 }

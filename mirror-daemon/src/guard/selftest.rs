@@ -186,6 +186,11 @@ pub fn self_test(
     } else {
         "IPv4 only: this host has no IPv6 loopback"
     };
+    let secrets_note = if secrets.is_empty() {
+        String::new()
+    } else {
+        format!(", {} secret file(s) unreadable", secrets.len())
+    };
     let shown: Vec<String> = targets.iter().map(ToString::to_string).collect();
     let shown = shown.join(", ");
     match (reached.is_empty(), code, redirect) {
@@ -201,13 +206,13 @@ pub fn self_test(
         ))),
         (true, probe_exit::REFUSED, false) => Ok(SelfTest {
             message: format!(
-                "probes to {shown} refused with EPERM ({families}); probe ran {who}, secrets unreadable"
+                "probes to {shown} refused with EPERM ({families}); probe ran {who}{secrets_note}"
             ),
             probe_pid,
         }),
         (true, probe_exit::CONNECTED, true) => Ok(SelfTest {
             message: format!(
-                "probes to {shown} redirected to the sink ({families}); probe ran {who}, secrets unreadable"
+                "probes to {shown} redirected to the sink ({families}); probe ran {who}{secrets_note}"
             ),
             probe_pid,
         }),
