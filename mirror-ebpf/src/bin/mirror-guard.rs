@@ -22,8 +22,10 @@ mod program {
     //!
     //! Every outbound connect()/sendmsg() of a process in the cgroup is checked against an
     //! allowlist of prefixes and ports. Anything else is refused (EPERM) or, for TCP in
-    //! redirect mode, rewritten to the daemon's sink listener. Inbound connections (the
-    //! replayed requests the candidate accepts) never pass through these hooks.
+    //! redirect mode, rewritten to the daemon's sink listener. UDP queries to the
+    //! allow-listed DNS server go to the daemon's relay (recvmsg rewrites the answers'
+    //! source back). Raw and ICMP sockets are refused at creation. Inbound connections
+    //! (the replayed requests the candidate accepts) never pass through these hooks.
     use aya_ebpf::{
         helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
         macros::{cgroup_sock, cgroup_sock_addr, map},
