@@ -248,6 +248,20 @@ pub struct GuardEvent {
     pub _pad: [u8; 6],
 }
 
+/// Bytes of `sun_path` in a Unix socket address.
+pub const UNIX_PATH_BYTES: usize = 108;
+
+/// A Unix-socket attempt: a [`GuardEvent`] with `ip_version` 0, then the raw `sun_path`
+/// (padded to 112 bytes) and the address length the program passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixGuardEvent {
+    pub event: GuardEvent,
+    pub path: [u8; 112],
+    pub addr_len: u32,
+    pub _pad: u32,
+}
+
 /// Indices of the guard's per-CPU counters.
 pub mod guard_counter {
     pub const ALLOWED: u32 = 0;

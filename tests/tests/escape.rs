@@ -781,3 +781,93 @@ fn a_secret_the_candidate_could_read_stops_the_start() {
     );
     assert!(!err.contains("candidate started"), "{err}");
 }
+
+/// `--allow-unix PATH`: the candidate may create Unix sockets, connects only to the named
+/// path (the cgroup Unix-socket hooks), and every attempt is reported with its path.
+#[test]
+fn unix_sockets_reach_only_the_allowed_path_and_are_reported() {
+    require_root();
+    let topo = Topology::new("u").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cand_dir = candidate_dir(d);
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+    let (allowed, other) = (cand_dir.join("db.sock"), cand_dir.join("runtime.sock"));
+    let (allowed_count, other_count) = (UnixCounter::start(&allowed), UnixCounter::start(&other));
+    let script = cand_dir.join("unix_client.py");
+    std::fs::write(
+        &script,
+        r#"
+import os, socket, sys
+out = open(sys.argv[3], "a")
+out.write(f"pid {os.getpid()}\n")
+for name, path in (("allowed", sys.argv[1]), ("other", sys.argv[2])):
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(path)
+        out.write(f"{name} ok\n")
+    except OSError as e:
+        out.write(f"{name} refused {e.errno}\n")
+try:
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"x", sys.argv[2])
+    out.write("other-dgram ok\n")
+except OSError as e:
+    out.write(f"other-dgram refused {e.errno}\n")
+out.write("done\n")
+"#,
+    )
+    .unwrap();
+    let results_file = cand_dir.join("unix.txt");
+    let cmd = format!(
+        "{} {} {} {} {}; exec {} candidate --listen {} --profile parity",
+        python3(),
+        script.display(),
+        allowed.display(),
+        other.display(),
+        results_file.display(),
+        examples_bin().display(),
+        topo.candidate_addr()
+    );
+    let mut args = topo.run_args(d, &cmd);
+    args.extend(["--allow-unix".to_string(), allowed.display().to_string()]);
+    let daemon = Daemon::start(topo.legacy(), d, "run", &args).unwrap();
+    let text = wait_for_text(&results_file, "done", Duration::from_secs(60)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let exit = daemon.stop(Duration::from_secs(60)).unwrap();
+    let log = plain(&exit.stderr);
+    let pid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .unwrap()
+        .to_string();
+    assert!(text.contains("allowed ok"), "{text}");
+    assert!(
+        text.contains(&format!("other refused {}", libc::EPERM)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("other-dgram refused {}", libc::EPERM)),
+        "{text}"
+    );
+    assert_eq!(allowed_count.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(other_count.accepted.load(Ordering::SeqCst), 0);
+    let selftest = lines_with(&log, "egress guard attached and self-tested").join("\n");
+    assert!(
+        selftest.contains("only the --allow-unix paths"),
+        "{selftest}"
+    );
+    for line in [
+        format!(
+            "egress allowed: unix {} by pid {pid} (python3)",
+            allowed.display()
+        ),
+        format!(
+            "egress REFUSED: unix {} by pid {pid} (python3)",
+            other.display()
+        ),
+    ] {
+        assert!(!lines_with(&log, &line).is_empty(), "{line}\n{log}");
+    }
+    // The stream connect and the datagram to the other socket: both reported.
+    let refused_other = format!("egress REFUSED: unix {} by pid {pid}", other.display());
+    assert_eq!(lines_with(&log, &refused_other).len(), 2, "{log}");
+}

@@ -86,10 +86,6 @@ impl Fence {
                 "give --candidate-cgroup PATH or --candidate-cmd \"…\" to fence the candidate"
             ),
         };
-        let unix_note = sandbox::unix_fence_note(&args.allow_unix);
-        if !args.allow_unix.is_empty() {
-            tracing::warn!(paths = ?args.allow_unix, "{unix_note}");
-        }
         let sandbox = Arc::new(Sandbox::new(
             identity,
             &cgroup.join_files(),
@@ -132,8 +128,13 @@ impl Fence {
                 .as_ref()
                 .zip(args.allow_dns)
                 .map(|(r, s)| (s, r.port())),
+            allow_unix: args.allow_unix.clone(),
         };
         let guard = EgressGuard::attach(&cgroup, &settings, super::monotonic_to_epoch_offset_ns())?;
+        let unix_note = guard.unix_note();
+        if guard.unix_unfenced() {
+            tracing::warn!(paths = ?args.allow_unix, "{unix_note}");
+        }
         if let Some(relay) = relay {
             tracing::info!(server = %relay.server, relay_port = relay.port(), "DNS relay: every query of the candidate is reported");
             tokio::spawn(dns::serve(relay, cgroup.procs_file()));
@@ -248,6 +249,14 @@ pub fn describe(a: &EgressAttempt) -> String {
         EgressAction::Redirected => "REDIRECTED",
         EgressAction::Allowed => "allowed",
     };
+    if a.protocol == "unix" {
+        return format!(
+            "egress {action}: unix {} by pid {} ({})",
+            a.first_bytes.as_deref().unwrap_or("?"),
+            a.pid,
+            a.command
+        );
+    }
     format!(
         "egress {action}: {} {} by pid {} ({}){}",
         a.protocol,

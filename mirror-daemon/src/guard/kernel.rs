@@ -11,8 +11,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
 };
 use mirror_common::{
-    AllowPorts, GuardConfig, GuardEvent, guard_action, guard_counter, guard_mode, map_name,
-    program_name,
+    AllowPorts, GuardConfig, GuardEvent, UnixGuardEvent, guard_action, guard_counter, guard_mode,
+    map_name, program_name,
 };
 
 use super::{EgressAction, EgressAttempt, cgroup::Cgroup, rules::AllowRule};
@@ -43,6 +43,9 @@ pub struct GuardSettings {
     pub sink: Option<SocketAddr>,
     /// The allow-listed DNS server and the port of the relay its UDP queries go to.
     pub dns: Option<(SocketAddr, u16)>,
+    /// Unix sockets the candidate may connect to (`--allow-unix`); empty: the Unix hooks
+    /// are not attached (the candidate cannot create Unix sockets at all).
+    pub allow_unix: Vec<std::path::PathBuf>,
 }
 
 /// Kernel counters of the guard, summed over CPUs.
@@ -56,6 +59,8 @@ pub struct GuardCounters {
 
 /// The loaded, attached guard. Detaches when dropped.
 pub struct EgressGuard {
+    /// The Unix-socket hooks, or why they could not be attached.
+    unix: Result<Option<super::unix::UnixFence>, String>,
     _ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -202,12 +207,40 @@ impl EgressGuard {
                 cgroup: cgroup.path.display().to_string(),
                 detail: chain(&e),
             })?;
+        let unix = if settings.allow_unix.is_empty() {
+            Ok(None)
+        } else {
+            use std::os::fd::AsRawFd as _;
+            super::unix::attach(
+                cgroup.dir.as_raw_fd(),
+                &settings.allow_unix,
+                events.as_fd().as_raw_fd(),
+            )
+            .map(Some)
+        };
         Ok(Self {
+            unix,
             _ebpf: ebpf,
             counters,
             events: Some(events),
             epoch_offset_ns,
         })
+    }
+
+    /// What holds for the candidate's Unix sockets, for the log and the self-test line.
+    pub fn unix_note(&self) -> String {
+        match &self.unix {
+            Ok(None) => "Unix sockets: none can be created (seccomp)".into(),
+            Ok(Some(_)) => "Unix sockets: only the --allow-unix paths (cgroup Unix-socket hooks); every attempt reported".into(),
+            Err(why) => format!(
+                "Unix sockets: allowed for --allow-unix, and NOT fenced by path ({why}); the candidate may connect to any Unix socket its user may open"
+            ),
+        }
+    }
+
+    /// Whether Unix sockets are allowed but not fenced by path.
+    pub fn unix_unfenced(&self) -> bool {
+        self.unix.is_err()
     }
 
     pub fn counters(&self) -> GuardCounters {
@@ -299,7 +332,14 @@ impl GuardEvents {
             }
             // SAFETY: GuardEvent is plain data and the record is at least its size.
             let ev: GuardEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            out.push(decode(&ev, self.epoch_offset_ns));
+            let mut attempt = decode(&ev, self.epoch_offset_ns);
+            if ev.ip_version == 0 && item.len() >= std::mem::size_of::<UnixGuardEvent>() {
+                // SAFETY: as above, for the larger Unix-socket record.
+                let u: UnixGuardEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                attempt.protocol = "unix".into();
+                attempt.first_bytes = Some(super::unix::path_of(&u.path, u.addr_len));
+            }
+            out.push(attempt);
         }
     }
 

@@ -11,6 +11,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod selftest;
 pub mod sink;
+pub mod unix;
 
 use std::net::SocketAddr;
 
@@ -38,6 +39,7 @@ pub struct EgressAttempt {
     pub protocol: String,
     pub destination: SocketAddr,
     pub action: EgressAction,
-    /// For redirected TCP: the first KiB the candidate sent, masked.
+    /// For redirected TCP: the first KiB the candidate sent, masked. For a Unix-socket
+    /// attempt (protocol "unix", destination unspecified): the socket's path.
     pub first_bytes: Option<String>,
 }

@@ -228,22 +228,6 @@ pub fn kernel_has_unix_hooks() -> bool {
     })
 }
 
-/// What holds for the candidate's Unix sockets, for the log.
-pub fn unix_fence_note(allow_unix: &[PathBuf]) -> String {
-    let hooks = if kernel_has_unix_hooks() {
-        "this kernel has the cgroup Unix-socket hooks, but this build (aya 0.14) cannot attach them"
-    } else {
-        "this kernel has no cgroup Unix-socket hooks (Linux >= 6.7)"
-    };
-    if allow_unix.is_empty() {
-        "Unix sockets: none can be created (seccomp)".to_string()
-    } else {
-        format!(
-            "Unix sockets: allowed for --allow-unix, and NOT fenced by path: {hooks}; the candidate may connect to any Unix socket its user may open"
-        )
-    }
-}
-
 /// `--candidate-netns NAME` means `/var/run/netns/NAME` (as `ip netns` names them).
 pub fn netns_path(p: &Path) -> PathBuf {
     if p.components().count() == 1 && !p.is_absolute() {
