@@ -183,9 +183,9 @@ fn candidate_fence() -> Finding {
         )
     };
     let unix = if mirror_daemon::guard::sandbox::kernel_has_unix_hooks() {
-        "kernel has cgroup Unix-socket hooks, not attachable by this build"
+        "Unix sockets fenced by path (cgroup Unix-socket hooks present)"
     } else {
-        "kernel has no cgroup Unix-socket hooks"
+        "kernel has no cgroup Unix-socket hooks: --allow-unix would not be fenced by path"
     };
     Finding {
         name: "candidate",

@@ -219,8 +219,7 @@ impl Sandbox {
 }
 
 /// Whether the kernel has the cgroup Unix-socket hooks (`connect_unix`, `sendmsg_unix`,
-/// Linux ≥ 6.7), read from its BTF. aya 0.14 cannot attach them yet, so this only changes
-/// what the daemon says about Unix sockets, not what it enforces.
+/// Linux ≥ 6.7), read from its BTF (for `check`; see `guard::unix`).
 pub fn kernel_has_unix_hooks() -> bool {
     std::fs::read("/sys/kernel/btf/vmlinux").is_ok_and(|btf| {
         let needle = b"BPF_CGROUP_UNIX_CONNECT";
