@@ -92,8 +92,11 @@ pub mod counter {
     pub const SAMPLED_OUT: u32 = 5;
     /// Payload bytes that could not be read from the packet.
     pub const LOAD_ERRORS: u32 = 6;
+    /// Segments of the daemon's own replay connections (to a candidate or secondary
+    /// reached through the tapped interface on a tapped port): never captured again.
+    pub const OWN_REPLAY: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Indices of the tap's settings array.
@@ -120,6 +123,8 @@ pub mod map_name {
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const OWN_SOCKETS: &str = "OWN_SOCKETS";
+    pub const OWN_FLOWS: &str = "OWN_FLOWS";
     pub const GUARD_ALLOW4: &str = "GUARD_ALLOW4";
     pub const GUARD_ALLOW6: &str = "GUARD_ALLOW6";
     pub const GUARD_EVENTS: &str = "GUARD_EVENTS";
@@ -134,6 +139,20 @@ pub mod program_name {
     pub const GUARD_CONNECT6: &str = "guard_connect6";
     pub const GUARD_SENDMSG4: &str = "guard_sendmsg4";
     pub const GUARD_SENDMSG6: &str = "guard_sendmsg6";
+    pub const GUARD_SOCK_CREATE: &str = "guard_sock_create";
+    pub const GUARD_RECVMSG4: &str = "guard_recvmsg4";
+    pub const GUARD_RECVMSG6: &str = "guard_recvmsg6";
+}
+
+/// A replay connection of the daemon as the tap sees it: the server's address and port
+/// and the daemon's own (client) port. Learned from the daemon's outgoing segments (by
+/// socket cookie) so that the server's answers, which carry no socket, are skipped too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnFlowKey {
+    pub server: [u8; 16],
+    pub server_port: u16,
+    pub client_port: u16,
 }
 
 /// Ports one allowlist prefix permits; `any_port` permits all.
@@ -183,6 +202,19 @@ pub struct GuardConfig {
     pub sink_ip4: [u8; 4],
     /// Sink IPv6 address, network byte order bytes.
     pub sink_ip6: [u8; 16],
+    /// The allow-listed DNS server (`--allow-dns`): 0 none, 4 or 6.
+    pub dns_family: u8,
+    pub _pad2: u8,
+    /// DNS server port, host byte order.
+    pub dns_port: u16,
+    /// DNS server address (IPv4 in the first 4 bytes), network byte order.
+    pub dns_addr: [u8; 16],
+    /// The daemon's DNS relay on the candidate's loopback (127.0.0.1 and ::1), host byte
+    /// order: UDP queries to the DNS server are rewritten to it (and its answers back),
+    /// so every query is seen and reported.
+    pub relay_port4: u16,
+    pub relay_port6: u16,
+    pub _pad3: [u8; 4],
 }
 
 /// Guard decisions as reported in [`GuardEvent::action`].
@@ -199,17 +231,35 @@ pub struct GuardEvent {
     pub ts_ns: u64,
     /// Process id (tgid).
     pub pid: u32,
-    /// Destination port, host byte order.
+    /// Destination port, host byte order (0 for a refused socket creation).
     pub port: u16,
     /// 4 or 6.
     pub ip_version: u8,
-    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    /// IPPROTO_TCP (6), IPPROTO_UDP (17), or for a refused socket creation its protocol
+    /// (ICMP 1, ICMPv6 58, or a raw socket's).
     pub protocol: u8,
-    /// Destination address (IPv4 in the first 4 bytes), network byte order.
+    /// Destination address (IPv4 in the first 4 bytes), network byte order; zero for a
+    /// refused socket creation (no destination yet).
     pub addr: [u8; 16],
     pub comm: [u8; 16],
     pub action: u8,
-    pub _pad: [u8; 7],
+    /// SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_RAW (3).
+    pub sock_type: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Bytes of `sun_path` in a Unix socket address.
+pub const UNIX_PATH_BYTES: usize = 108;
+
+/// A Unix-socket attempt: a [`GuardEvent`] with `ip_version` 0, then the raw `sun_path`
+/// (padded to 112 bytes) and the address length the program passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixGuardEvent {
+    pub event: GuardEvent,
+    pub path: [u8; 112],
+    pub addr_len: u32,
+    pub _pad: u32,
 }
 
 /// Indices of the guard's per-CPU counters.
@@ -256,4 +306,6 @@ mod pod {
     unsafe impl aya::Pod for super::GuardConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GuardEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OwnFlowKey {}
 }

@@ -67,7 +67,17 @@ pub enum Command {
     Man,
     /// Internal: the egress guard's self-test probe.
     #[command(name = "__guard-probe", hide = true)]
-    GuardProbe { target: std::net::SocketAddr },
+    GuardProbe {
+        #[arg(long = "target")]
+        targets: Vec<std::net::SocketAddr>,
+        #[arg(long)]
+        unreadable: Vec<PathBuf>,
+        #[arg(long)]
+        expect_unprivileged: bool,
+    },
+    /// Internal: ends the candidate's cgroups once the daemon is gone.
+    #[command(name = "__candidate-reaper", hide = true)]
+    CandidateReaper { dirs: Vec<PathBuf> },
     /// Shadow live traffic: tap the legacy interface, replay a sample to the candidate,
     /// compare, store, and judge against the criteria.
     #[command(
@@ -146,6 +156,35 @@ pub struct GuardArgs {
     /// Run without the egress guard (the candidate can reach anything). Explicit only.
     #[arg(long)]
     pub no_egress_guard: bool,
+    /// The unprivileged user the candidate runs as (no capabilities, no_new_privs, a
+    /// seccomp filter); with --candidate-cgroup, the user the self-test checks secrets with.
+    #[arg(long, default_value = "nobody", conflicts_with = "candidate_as_root")]
+    pub candidate_user: String,
+    /// Run the candidate as root with the daemon's capabilities. Explicit only: it can
+    /// then leave its cgroup, and with it the egress guard.
+    #[arg(long)]
+    pub candidate_as_root: bool,
+    /// Start the candidate in this network namespace (a name as `ip netns` lists it, or a
+    /// path such as /proc/PID/ns/net); entered before privileges are dropped.
+    #[arg(long)]
+    pub candidate_netns: Option<PathBuf>,
+    /// Memory limit of the candidate's cgroup (e.g. 1G, 512M; `max` for none).
+    #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_MEMORY)]
+    pub candidate_memory: String,
+    /// CPU limit of the candidate's cgroup in percent of one CPU (e.g. 100%; `max`).
+    #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_CPU)]
+    pub candidate_cpu: String,
+    /// Most tasks (processes and threads) in the candidate's cgroup (`max` for none).
+    #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_PIDS)]
+    pub candidate_pids: String,
+    /// The DNS resolver the candidate may use, ADDR[:PORT] (port 53 by default). Its UDP
+    /// queries pass through the daemon's relay, which reports each one (name, type, pid).
+    #[arg(long, value_parser = mirror_daemon::guard::dns::parse_server)]
+    pub allow_dns: Option<std::net::SocketAddr>,
+    /// A Unix socket the candidate may use (repeatable). Without any, the candidate
+    /// cannot create Unix sockets at all (socketpair excepted).
+    #[arg(long = "allow-unix")]
+    pub allow_unix: Vec<PathBuf>,
 }
 
 fn parse_allow(s: &str) -> Result<mirror_daemon::guard::rules::AllowRule, String> {

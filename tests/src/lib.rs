@@ -373,6 +373,21 @@ impl Veth {
     }
 }
 
+/// A directory the candidate (an unprivileged user) may read and write: `dir/cand`,
+/// world-writable with the sticky bit. `dir` itself becomes 0711: the candidate can pass
+/// through it but not list it, and the daemon's files there (key 0600, store 0600) stay
+/// unreadable to it.
+pub fn candidate_dir(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cand = dir.join("cand");
+    let _ = std::fs::create_dir(&cand);
+    std::fs::set_permissions(&cand, std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod the candidate's directory");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .expect("chmod the test directory");
+    cand
+}
+
 /// The system python (the tests use its sockets and sqlite3 module).
 pub fn python3() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
@@ -753,8 +768,10 @@ impl Topology {
         format!("{}:9090", self.leg_cand.b_ip)
     }
 
-    /// The `run` flags every shadow test shares (tap, candidate, store, key, listener).
+    /// The `run` flags every shadow test shares (tap, candidate in its namespace, store,
+    /// key, listener).
     pub fn run_args(&self, dir: &Path, candidate_cmd: &str) -> Vec<String> {
+        candidate_dir(dir);
         [
             "run",
             "--iface",
@@ -765,6 +782,8 @@ impl Topology {
             &format!("http://{}", self.candidate_addr()),
             "--candidate-cmd",
             candidate_cmd,
+            "--candidate-netns",
+            &self.cand.name,
             "--store",
             &dir.join("m.db").display().to_string(),
             "--mask-key-file",
@@ -779,11 +798,11 @@ impl Topology {
         .collect()
     }
 
-    /// A `--candidate-cmd` that runs the example candidate in the candidate namespace.
+    /// A `--candidate-cmd` that runs the example candidate (in the candidate namespace:
+    /// `run_args` passes `--candidate-netns`).
     pub fn example_candidate_cmd(&self, profile: &str) -> String {
         format!(
-            "exec ip netns exec {} {} candidate --listen {} --profile {profile}",
-            self.cand.name,
+            "exec {} candidate --listen {} --profile {profile}",
             examples_bin().display(),
             self.candidate_addr()
         )

@@ -95,9 +95,19 @@ fn unit_has_the_promised_settings() {
     ] {
         assert_eq!(get(key), vec![value], "{key}");
     }
-    // Exactly the four capabilities, in both sets: no more (least privilege), no fewer
-    // (the tap or the guard would fail to attach).
-    let want = ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_ADMIN"];
+    // Exactly these capabilities, in both sets: no more (least privilege), no fewer (the
+    // tap or the guard would fail to attach, or the candidate could not be started as
+    // its unprivileged user and stopped again).
+    let want = [
+        "CAP_BPF",
+        "CAP_KILL",
+        "CAP_NET_ADMIN",
+        "CAP_PERFMON",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_SETUID",
+        "CAP_SYS_ADMIN",
+    ];
     for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
         let values = get(key);
         assert_eq!(values.len(), 1, "{key}: {values:?}");
@@ -178,4 +188,87 @@ fn default_config_is_valid_toml_with_the_required_keys() {
             .any(|l| l.starts_with('#'));
         assert!(explained, "line {}: `{line}` has no comment", i + 1);
     }
+}
+
+/// The candidate as a unit of its own (`--candidate-cgroup`): systemd ties its lifetime to
+/// mirror's and fences it like a candidate mirror starts. systemd is not PID 1 on the
+/// test machines, so the units are verified and their promises read, not run.
+#[test]
+fn candidate_unit_is_bound_to_mirror_and_unprivileged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cand = read(&deploy_file("mirror-candidate.service"));
+    let exec = "ExecStart=/opt/candidate/bin/server ";
+    assert!(cand.lines().any(|l| l.starts_with(exec)), "{cand}");
+    // The placeholder binary does not exist here; every other line is verified as shipped.
+    std::fs::write(
+        dir.path().join("mirror-candidate.service"),
+        cand.replace(exec, "ExecStart=/bin/sleep "),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("mirror-candidate.slice"),
+        read(&deploy_file("mirror-candidate.slice")),
+    )
+    .unwrap();
+    let unit = read(&deploy_file("mirror.service"));
+    let built = daemon_bin();
+    std::fs::write(
+        dir.path().join("mirror.service"),
+        unit.replace(
+            &format!("ExecStart={INSTALLED_BIN} "),
+            &format!("ExecStart={} ", built.display()),
+        ),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args([
+            "mirror-candidate.service",
+            "mirror-candidate.slice",
+            "mirror.service",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("mirror")).collect();
+    assert!(out.status.success() && ours.is_empty(), "{stderr}");
+
+    let d = directives(&cand);
+    let get = |k: &str| -> Vec<&str> {
+        d.iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    for (key, value) in [
+        // Stopped whenever mirror stops or dies; started only once mirror is ready.
+        ("BindsTo", "mirror.service"),
+        ("After", "mirror.service"),
+        ("PartOf", "mirror.service"),
+        // Every process of its cgroup dies with it, not only the main one.
+        ("KillMode", "control-group"),
+        ("Slice", "mirror-candidate.slice"),
+        ("User", "mirror-candidate"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+        ("RestrictNamespaces", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6"),
+        ("InaccessiblePaths", "/var/lib/mirror /etc/mirror"),
+        ("Delegate", "no"),
+        ("MemoryMax", "1G"),
+        ("TasksMax", "512"),
+    ] {
+        assert_eq!(get(key), vec![value], "{key}");
+    }
+    // mirror is ready only once the guard is attached: Type=notify on mirror's side.
+    assert!(directives(&unit).contains(&("Type".into(), "notify".into())));
+    // The configuration names the slice the candidate unit runs in.
+    let cfg = read(&deploy_file("mirror.toml"));
+    assert!(
+        cfg.contains("mirror-candidate.slice"),
+        "mirror.toml must point at the slice"
+    );
+    assert!(cfg.contains("candidate-user = \"mirror-candidate\""));
 }

@@ -220,7 +220,8 @@ fn no_seeded_pii_value_reaches_any_output() {
     let d = dir.path();
     let server = d.join("server.py");
     std::fs::write(&server, SERVER).unwrap();
-    let (legacy_log, cand_log) = (d.join("legacy.log"), d.join("candidate.log"));
+    // The candidate runs unprivileged: its log goes where it may write.
+    let (legacy_log, cand_log) = (d.join("legacy.log"), candidate_dir(d).join("candidate.log"));
     let mut cmd = topo.legacy().cmd(python3());
     cmd.arg(&server)
         .args(["legacy", &topo.link.a_ip, "8080"])
@@ -235,8 +236,7 @@ fn no_seeded_pii_value_reaches_any_output() {
     )
     .unwrap();
     let cand_cmd = format!(
-        "exec ip netns exec {} {} {} candidate {} 9090 {}",
-        topo.cand.name,
+        "exec {} {} candidate {} 9090 {}",
         python3(),
         server.display(),
         topo.leg_cand.b_ip,

@@ -339,7 +339,7 @@ fn sigkill_under_load_harms_no_legacy_request_and_restarts_clean() {
     let link = Link::new("kleg", "kcli").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _legacy = start_legacy(&link);
-    let first_pid_file = dir.path().join("candidate-1.pid");
+    let first_pid_file = candidate_dir(dir.path()).join("candidate-1.pid");
     let mut daemon = Daemon::start(
         &link,
         dir.path(),
@@ -387,7 +387,7 @@ fn sigkill_under_load_harms_no_legacy_request_and_restarts_clean() {
     // Restart on the same store: attached exactly once, the killed run's candidate and
     // cgroup do not linger (its egress guard died with the daemon: a candidate left
     // running there would be unfenced).
-    let second_pid_file = dir.path().join("candidate-2.pid");
+    let second_pid_file = candidate_dir(dir.path()).join("candidate-2.pid");
     let daemon = Daemon::start(
         &link,
         dir.path(),
@@ -449,7 +449,7 @@ fn misbehaving_candidate(mode: &str, timeout: &str, expect: &[&str]) {
     let link = Link::new("mleg", "mcli").expect("namespaces and veth pair");
     let dir = tempfile::tempdir().expect("temporary directory");
     let _legacy = start_legacy(&link);
-    let pid_file = dir.path().join("candidate.pid");
+    let pid_file = candidate_dir(dir.path()).join("candidate.pid");
     let candidate_cmd = if mode == "down" {
         example_candidate_cmd(&pid_file)
     } else {

@@ -70,7 +70,7 @@ impl Outside {
 fn candidate_script(dir: &Path, topo: &Topology, out: &Outside) -> String {
     let (p4, p6, db4) = (&out.veth.b_ip, &out.veth.b_ip6, &out.veth.b_ip);
     let py = python3();
-    let log = dir.join("attempts.txt");
+    let log = candidate_dir(dir).join("attempts.txt");
     let script = format!(
         r#"#!/bin/bash
 log={log}
@@ -97,19 +97,19 @@ exec {bin} candidate --listen {cand} --profile parity
         bin = examples_bin().display(),
         cand = topo.candidate_addr(),
     );
-    let path = dir.join("cand.sh");
+    let path = candidate_dir(dir).join("cand.sh");
     std::fs::write(&path, script).expect("writing the candidate script");
-    format!(
-        "exec ip netns exec {} bash {}",
-        topo.cand.name,
-        path.display()
-    )
+    format!("exec bash {}", path.display())
 }
 
 /// Waits (bounded) for the candidate script to finish its attempts.
 fn attempts(dir: &Path) -> BTreeMap<String, String> {
-    let text = wait_for_text(&dir.join("attempts.txt"), "done", Duration::from_secs(60))
-        .expect("candidate attempts");
+    let text = wait_for_text(
+        &candidate_dir(dir).join("attempts.txt"),
+        "done",
+        Duration::from_secs(60),
+    )
+    .expect("candidate attempts");
     text.lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -202,9 +202,10 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     say("Starting mirror-daemon in the legacy namespace");
     // The candidate inherits the daemon's stdout, where the parity card goes: send its
     // output to stderr (our log). `exec` keeps the daemon's SIGTERM going to it.
+    // The daemon enters the candidate's namespace itself (--candidate-netns) before it
+    // drops the candidate's privileges.
     let candidate_cmd = format!(
-        "exec ip netns exec {} {} candidate --listen {CANDIDATE} --profile demo --mail-host {MAIL} >&2",
-        sh_quote(&n.candidate),
+        "exec {} candidate --listen {CANDIDATE} --profile demo --mail-host {MAIL} >&2",
         sh_quote(&examples.to_string_lossy()),
     );
     let store = lab.dir.join("mirror.db");
@@ -212,6 +213,7 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     cmd.args(["run", "--iface", &n.tap_if, "--port", "8080"])
         .args(["--candidate", &format!("http://{CANDIDATE}")])
         .args(["--candidate-cmd", &candidate_cmd])
+        .args(["--candidate-netns", &n.candidate])
         .arg("--store")
         .arg(&store)
         .arg("--mask-key-file")
@@ -224,7 +226,9 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
         .stdout(std::fs::File::create(lab.dir.join("card.txt"))?)
         .stderr(Stdio::piped());
     note("mirror-daemon run --iface … --port 8080 --candidate http://10.77.2.2:9090 \\");
-    note("    --candidate-cmd \"ip netns exec … mirror-examples candidate --profile demo …\" \\");
+    note(
+        "    --candidate-cmd \"mirror-examples candidate --profile demo …\" --candidate-netns … \\",
+    );
     note("    --sample 100 --ignore 'json:$..generated_at' \\");
     note("    --max-mismatch 0.5% --max-p95-regression 10% --min-exchanges 500");
     note("(go/no-go criteria are written down before the run; full log in daemon.log)");

@@ -85,6 +85,31 @@ impl Step {
     }
 }
 
+/// The unprivileged system user the candidate runs as (`candidate-user` in the shipped
+/// configuration): created when missing, never changed when present.
+const CANDIDATE_USER: &str = "mirror-candidate";
+
+fn candidate_user(staged: bool, dry_run: bool) -> Result<()> {
+    let exists = Command::new("getent")
+        .args(["passwd", CANDIDATE_USER])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let add = format!(
+        "useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin {CANDIDATE_USER}"
+    );
+    if exists {
+        println!("keep user {CANDIDATE_USER}: it exists");
+    } else if staged {
+        println!("skip creating user {CANDIDATE_USER}: staged under a --root (on the host: {add})");
+    } else if dry_run {
+        println!("would run {add}");
+    } else {
+        println!("{add}");
+        util::run(Command::new("sh").args(["-c", &add]))?;
+    }
+    Ok(())
+}
+
 /// `root` + an absolute path.
 fn under(root: Option<&Path>, path: &Path) -> PathBuf {
     match root {
@@ -241,6 +266,7 @@ pub fn run(opts: &Options) -> Result<()> {
             })?;
         }
     }
+    candidate_user(root.is_some(), opts.dry_run)?;
     if root.is_some() {
         println!("skip systemctl daemon-reload: staged under a --root, not installed on this host");
     } else if !Path::new("/run/systemd/system").exists() {

@@ -198,6 +198,8 @@ impl Tap {
             .map_err(map_err(map_name::SETTINGS))?;
         let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, map_name::COUNTERS)?;
         let ring: RingBuf<MapData> = take_map(&mut ebpf, map_name::SEGMENTS)?;
+        // The daemon's own replay sockets are registered here and never tapped.
+        super::own::install(take_map(&mut ebpf, map_name::OWN_SOCKETS)?);
         let prog: &mut SchedClassifier = ebpf
             .program_mut(program_name::TAP)
             .ok_or(TapError::NoObject)?
@@ -294,6 +296,7 @@ impl Drop for Tap {
         // been seen in one direction only, so the reader discards it.
         self.live_until
             .store(crate::clock::monotonic_ns(), Ordering::Release);
+        super::own::uninstall();
         // Links detach when the program (owned by `ebpf`) drops; the qdisc is ours to
         // remove only if we added it.
         if self.added_clsact {

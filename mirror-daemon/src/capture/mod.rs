@@ -1,6 +1,7 @@
 //! Capture: the kernel tap (ring-buffer reader), pcap/pcapng input and output.
 //! Everything here produces or consumes [`Segment`]s.
 pub mod kernel;
+pub mod own;
 pub mod pcap;
 pub mod reorder;
 mod segment;

@@ -33,7 +33,13 @@ const CAP_BPF: u32 = 39;
 
 /// Runs every check. `iface` is checked when given.
 pub fn run(iface: Option<&str>) -> Vec<Finding> {
-    let mut out = vec![bpf_syscall(), btf(), capabilities(), cgroup2()];
+    let mut out = vec![
+        bpf_syscall(),
+        btf(),
+        capabilities(),
+        cgroup2(),
+        candidate_fence(),
+    ];
     if let Some(iface) = iface {
         out.push(interface(iface));
     }
@@ -137,6 +143,62 @@ fn capabilities() -> Finding {
             format!("missing {}", missing.join(", "))
         },
         fix: "run as root, or grant them (systemd: AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON)",
+    }
+}
+
+/// What starting a fenced candidate (`--candidate-cmd`) needs beyond the guard: the
+/// capabilities to drop it to its user and stop it, and the limit controllers.
+fn candidate_fence() -> Finding {
+    const CAP_KILL: u32 = 5;
+    const CAP_SETGID: u32 = 6;
+    const CAP_SETUID: u32 = 7;
+    const CAP_SETPCAP: u32 = 8;
+    let caps = effective_caps().unwrap_or(0);
+    let missing: Vec<&str> = [
+        (CAP_SETUID, "CAP_SETUID"),
+        (CAP_SETGID, "CAP_SETGID"),
+        (CAP_SETPCAP, "CAP_SETPCAP"),
+        (CAP_KILL, "CAP_KILL"),
+    ]
+    .iter()
+    .filter(|(c, _)| caps & (1u64 << c) == 0)
+    .map(|(_, n)| *n)
+    .collect();
+    let v2 = mirror_daemon::guard::cgroup::cgroup2_mount()
+        .ok()
+        .and_then(|m| std::fs::read_to_string(m.join("cgroup.controllers")).ok())
+        .unwrap_or_default();
+    let v1 = mirror_daemon::guard::limits::v1_roots();
+    let where_limits = if ["memory", "cpu", "pids"]
+        .iter()
+        .all(|c| v2.split_whitespace().any(|a| a == *c))
+    {
+        "cgroup v2".to_string()
+    } else if v1.is_empty() {
+        "nowhere (no memory/cpu/pids controller): pass --candidate-memory/--candidate-cpu/--candidate-pids max".to_string()
+    } else {
+        format!(
+            "cgroup v1 hierarchies ({} of them, hybrid layout)",
+            v1.len()
+        )
+    };
+    let unix = if mirror_daemon::guard::sandbox::kernel_has_unix_hooks() {
+        "Unix sockets fenced by path (cgroup Unix-socket hooks present)"
+    } else {
+        "kernel has no cgroup Unix-socket hooks: --allow-unix would not be fenced by path"
+    };
+    Finding {
+        name: "candidate",
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            format!("can start it unprivileged; limits in {where_limits}; {unix}")
+        } else {
+            format!(
+                "missing {} (to start the candidate as its own user and stop it)",
+                missing.join(", ")
+            )
+        },
+        fix: "run as root, or grant them (systemd: see deploy/mirror.service), or pass --candidate-as-root",
     }
 }
 

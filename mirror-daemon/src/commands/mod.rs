@@ -43,9 +43,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => shadow::run_live(args),
         Command::Replay(args) => shadow::run_replay(args),
         Command::Report(args) => report::run(args),
-        Command::GuardProbe { target } => {
-            Ok(mirror_daemon::guard::selftest::run_probe(target) as u8)
-        }
+        Command::GuardProbe {
+            targets,
+            unreadable,
+            expect_unprivileged,
+        } => Ok(mirror_daemon::guard::selftest::run_probe(
+            &mirror_daemon::guard::selftest::ProbeArgs {
+                targets,
+                unreadable,
+                expect_unprivileged,
+            },
+        ) as u8),
+        Command::CandidateReaper { dirs } => Ok(mirror_daemon::guard::reaper::run(&dirs) as u8),
         Command::Status { iface } => status::run(&iface),
     }
 }

@@ -236,17 +236,24 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         let mut fence = if p.guard.no_egress_guard {
             tracing::warn!("--no-egress-guard: the candidate's outbound network is NOT fenced; its side effects are real");
             if let Some(cmd) = &p.guard.candidate_cmd {
-                let child = std::process::Command::new("/bin/sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .stdout(super::guard::stderr_stdio()?)
+                // Unfenced on the network, but still unprivileged (unless explicitly root).
+                let mut c = std::process::Command::new("/bin/sh");
+                c.arg("-c").arg(cmd).stdout(super::guard::stderr_stdio()?);
+                super::guard::unfenced_sandbox(&p.guard)?.apply(&mut c);
+                let child = c
                     .spawn()
                     .with_context(|| format!("starting the candidate: {cmd}"))?;
                 unfenced_candidate = Some(super::guard::ChildGuard(Some(child)));
             }
             None
         } else {
-            Some(Fence::setup(&p.guard, &run_id).await?)
+            // What the candidate must not read: the key, the store, the configuration.
+            let mut secrets = vec![p.mask.mask_key_file.clone()];
+            if let store::StoreUrl::Sqlite(path) = &store_url {
+                secrets.push(path.clone());
+            }
+            secrets.extend(config.iter().cloned());
+            Some(Fence::setup(&p.guard, &run_id, &secrets).await?)
         };
         let patience = if p.guard.candidate_cmd.is_some() { Duration::from_secs(20) } else { Duration::from_secs(3) };
         wait_reachable(replay_cfg.target.addr, patience).await?;

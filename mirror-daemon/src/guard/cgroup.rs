@@ -29,6 +29,9 @@ pub struct Cgroup {
     pub dir: File,
     /// Created by us: removed on drop (after its processes are gone).
     owned: bool,
+    /// Same-named v1 cgroups carrying the candidate's limits on a hybrid host; removed
+    /// with this one.
+    limit_dirs: Vec<PathBuf>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
@@ -51,16 +54,61 @@ impl Cgroup {
             path: path.to_path_buf(),
             dir,
             owned: false,
+            limit_dirs: Vec::new(),
         })
     }
 
-    /// Creates `<cgroup2 mount>/<name>`, removed again on drop.
+    /// Creates `<cgroup2 mount>/<name>`, removed again on drop. It is root's and not
+    /// delegated (0755, its files 0644): the candidate can neither leave it, nor move
+    /// into another, nor change its limits.
     pub fn create(mount: &Path, name: &str) -> Result<Self, CgroupError> {
+        use std::os::unix::fs::PermissionsExt as _;
         let path = mount.join(name);
         std::fs::create_dir(&path).map_err(io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(&path))?;
         let mut cg = Self::open(&path)?;
         cg.owned = true;
         Ok(cg)
+    }
+
+    /// Pids in this cgroup and the ones below it, `depth` levels down at most.
+    pub fn pids_below(&self, depth: usize) -> Vec<u32> {
+        fn walk(dir: &Path, depth: usize, out: &mut Vec<u32>) {
+            if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if depth == 0 {
+                return;
+            }
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), depth - 1, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path, depth, &mut out);
+        out
+    }
+
+    /// The v1 limit cgroups that belong to this one (removed with it).
+    pub fn set_limit_dirs(&mut self, dirs: Vec<PathBuf>) {
+        self.limit_dirs = dirs;
+    }
+
+    /// Every `cgroup.procs` the candidate joins: this cgroup's, then its v1 limit cgroups'.
+    pub fn join_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.procs_file())
+            .chain(self.limit_dirs.iter().map(|d| d.join("cgroup.procs")))
+            .collect()
+    }
+
+    /// This cgroup and its limit cgroups (what the reaper ends).
+    pub fn all_dirs(&self) -> Vec<PathBuf> {
+        std::iter::once(self.path.clone())
+            .chain(self.limit_dirs.iter().cloned())
+            .collect()
     }
 
     /// The file a process writes its pid (or "0" for itself) to, to join the cgroup.
@@ -78,18 +126,41 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if self.owned {
-            // Kill leftovers (cgroup.kill, kernels ≥ 5.14), then remove the directory.
-            let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
-            for _ in 0..100 {
-                if std::fs::remove_dir(&self.path).is_ok() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+        if self.owned && !kill_and_remove(&self.all_dirs()) {
             tracing::warn!(path = %self.path.display(), "could not remove the candidate cgroup");
         }
     }
+}
+
+/// Kills every process of a candidate cgroup (`cgroup.kill` on the v2 one, kernels ≥
+/// 5.14; SIGKILL per pid in v1 ones, which have no such file), then removes the
+/// directories. The v2 directory comes first in `dirs`. Returns whether all are gone.
+pub fn kill_and_remove(dirs: &[PathBuf]) -> bool {
+    for dir in dirs {
+        if dir.join("cgroup.kill").exists() {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        } else if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) with a pid read from the cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let mut all_gone = true;
+    for dir in dirs {
+        let mut gone = !dir.exists();
+        for _ in 0..150 {
+            if gone {
+                break;
+            }
+            gone = std::fs::remove_dir(dir).is_ok() || !dir.exists();
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        all_gone &= gone;
+    }
+    all_gone
 }
 
 /// Name prefix of the cgroups the daemon creates for a candidate it starts.
@@ -178,6 +249,21 @@ pub fn remove_stale_candidates(mount: &Path) -> Vec<PathBuf> {
             removed.push(path);
         }
     }
+    // v1 limit cgroups whose v2 cgroup is gone.
+    for root in super::limits::v1_roots() {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(CANDIDATE_PREFIX) && !mount.join(&name).exists() {
+                let path = entry.path();
+                if kill_and_remove(std::slice::from_ref(&path)) {
+                    removed.push(path);
+                }
+            }
+        }
+    }
     removed
 }
 
@@ -211,34 +297,47 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     if !host_has_it {
         return Err(CgroupError::NoMount);
     }
-    let dir = std::env::temp_dir().join(format!("mirror-cgroup2-{}", std::process::id()));
+    private_mount("cgroup2", "cgroup2", None)
+}
+
+/// Mounts a cgroup hierarchy at a private directory (see [`cgroup2_mount`]); for v1,
+/// `options` names the controller (mounting an existing hierarchy again reuses it).
+pub fn private_mount(
+    tag: &str,
+    fstype: &str,
+    options: Option<&str>,
+) -> Result<PathBuf, CgroupError> {
+    let dir = std::env::temp_dir().join(format!("mirror-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     nix::mount::mount(
         None::<&str>,
         &dir,
-        Some("cgroup2"),
+        Some(fstype),
         nix::mount::MsFlags::empty(),
-        None::<&str>,
+        options,
     )
     .map_err(|e| CgroupError::Io {
         path: dir.display().to_string(),
         source: e.into(),
     })?;
-    tracing::debug!(path = %dir.display(), "mounted cgroup2 in this private mount namespace");
-    if let Ok(mut m) = PRIVATE_MOUNT.lock() {
-        *m = Some(dir.clone());
+    tracing::debug!(path = %dir.display(), "mounted {fstype} in this private mount namespace");
+    if let Ok(mut m) = PRIVATE_MOUNTS.lock() {
+        m.push(dir.clone());
     }
     Ok(dir)
 }
 
-static PRIVATE_MOUNT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+static PRIVATE_MOUNTS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// Unmounts and removes the private cgroup2 mount point, if one was made (call once the
-/// candidate's cgroup is gone).
+/// Unmounts and removes the private cgroup mount points, if any were made (call once the
+/// candidate's cgroups are gone).
 pub fn release_private_mount() {
-    let Some(dir) = PRIVATE_MOUNT.lock().ok().and_then(|mut m| m.take()) else {
-        return;
-    };
-    let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir(&dir);
+    let dirs = PRIVATE_MOUNTS
+        .lock()
+        .map(|mut m| std::mem::take(&mut *m))
+        .unwrap_or_default();
+    for dir in dirs {
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&dir);
+    }
 }

@@ -8,11 +8,11 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
 };
 use mirror_common::{
-    AllowPorts, GuardConfig, GuardEvent, guard_action, guard_counter, guard_mode, map_name,
-    program_name,
+    AllowPorts, GuardConfig, GuardEvent, UnixGuardEvent, guard_action, guard_counter, guard_mode,
+    map_name, program_name,
 };
 
 use super::{EgressAction, EgressAttempt, cgroup::Cgroup, rules::AllowRule};
@@ -41,6 +41,11 @@ pub struct GuardSettings {
     pub allow: Vec<AllowRule>,
     /// Redirect refused TCP connects to this sink listener instead of refusing them.
     pub sink: Option<SocketAddr>,
+    /// The allow-listed DNS server and the port of the relay its UDP queries go to.
+    pub dns: Option<(SocketAddr, u16)>,
+    /// Unix sockets the candidate may connect to (`--allow-unix`); empty: the Unix hooks
+    /// are not attached (the candidate cannot create Unix sockets at all).
+    pub allow_unix: Vec<std::path::PathBuf>,
 }
 
 /// Kernel counters of the guard, summed over CPUs.
@@ -54,6 +59,8 @@ pub struct GuardCounters {
 
 /// The loaded, attached guard. Detaches when dropped.
 pub struct EgressGuard {
+    /// The Unix-socket hooks, or why they could not be attached.
+    unix: Result<Option<super::unix::UnixFence>, String>,
     _ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -139,6 +146,17 @@ impl EgressGuard {
                     }
                 }
             }
+            if let Some((server, relay)) = settings.dns {
+                cfg.dns_port = server.port();
+                cfg.dns_addr = crate::capture::ip_to_bytes(server.ip());
+                if server.is_ipv4() {
+                    cfg.dns_family = 4;
+                    cfg.relay_port4 = relay;
+                } else {
+                    cfg.dns_family = 6;
+                    cfg.relay_port6 = relay;
+                }
+            }
             let mut arr: Array<_, GuardConfig> = Array::try_from(
                 ebpf.map_mut(map_name::GUARD_SETTINGS)
                     .ok_or_else(|| load_err("no GUARD_SETTINGS"))?,
@@ -161,6 +179,8 @@ impl EgressGuard {
             program_name::GUARD_CONNECT6,
             program_name::GUARD_SENDMSG4,
             program_name::GUARD_SENDMSG6,
+            program_name::GUARD_RECVMSG4,
+            program_name::GUARD_RECVMSG6,
         ] {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -176,12 +196,51 @@ impl EgressGuard {
                     detail: chain(&e),
                 })?;
         }
+        let prog: &mut CgroupSock = ebpf
+            .program_mut(program_name::GUARD_SOCK_CREATE)
+            .ok_or_else(|| load_err("program guard_sock_create missing"))?
+            .try_into()
+            .map_err(load_err)?;
+        prog.load().map_err(load_err)?;
+        prog.attach(cgroup.dir.as_fd(), CgroupAttachMode::Single)
+            .map_err(|e| GuardError::Attach {
+                cgroup: cgroup.path.display().to_string(),
+                detail: chain(&e),
+            })?;
+        let unix = if settings.allow_unix.is_empty() {
+            Ok(None)
+        } else {
+            use std::os::fd::AsRawFd as _;
+            super::unix::attach(
+                cgroup.dir.as_raw_fd(),
+                &settings.allow_unix,
+                events.as_fd().as_raw_fd(),
+            )
+            .map(Some)
+        };
         Ok(Self {
+            unix,
             _ebpf: ebpf,
             counters,
             events: Some(events),
             epoch_offset_ns,
         })
+    }
+
+    /// What holds for the candidate's Unix sockets, for the log and the self-test line.
+    pub fn unix_note(&self) -> String {
+        match &self.unix {
+            Ok(None) => "Unix sockets: none can be created (seccomp)".into(),
+            Ok(Some(_)) => "Unix sockets: only the --allow-unix paths (cgroup Unix-socket hooks); every attempt reported".into(),
+            Err(why) => format!(
+                "Unix sockets: allowed for --allow-unix, and NOT fenced by path ({why}); the candidate may connect to any Unix socket its user may open"
+            ),
+        }
+    }
+
+    /// Whether Unix sockets are allowed but not fenced by path.
+    pub fn unix_unfenced(&self) -> bool {
+        self.unix.is_err()
     }
 
     pub fn counters(&self) -> GuardCounters {
@@ -273,7 +332,14 @@ impl GuardEvents {
             }
             // SAFETY: GuardEvent is plain data and the record is at least its size.
             let ev: GuardEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            out.push(decode(&ev, self.epoch_offset_ns));
+            let mut attempt = decode(&ev, self.epoch_offset_ns);
+            if ev.ip_version == 0 && item.len() >= std::mem::size_of::<UnixGuardEvent>() {
+                // SAFETY: as above, for the larger Unix-socket record.
+                let u: UnixGuardEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                attempt.protocol = "unix".into();
+                attempt.first_bytes = Some(super::unix::path_of(&u.path, u.addr_len));
+            }
+            out.push(attempt);
         }
     }
 
@@ -303,11 +369,7 @@ fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
         pid: ev.pid,
         command: process_name(ev.pid)
             .unwrap_or_else(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
-        protocol: if ev.protocol == 6 {
-            "tcp".into()
-        } else {
-            "udp".into()
-        },
+        protocol: protocol_name(ev.protocol, ev.sock_type).into(),
         destination: SocketAddr::new(ip, ev.port),
         action: match ev.action {
             guard_action::ALLOWED => EgressAction::Allowed,
@@ -315,6 +377,17 @@ fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
             _ => EgressAction::Refused,
         },
         first_bytes: None,
+    }
+}
+
+/// "tcp", "udp", "icmp", "icmpv6", or "raw" for any raw socket.
+fn protocol_name(protocol: u8, sock_type: u8) -> &'static str {
+    match (sock_type, protocol) {
+        (3, _) => "raw",
+        (_, 6) => "tcp",
+        (_, 1) => "icmp",
+        (_, 58) => "icmpv6",
+        _ => "udp",
     }
 }
 

@@ -2,10 +2,16 @@
 //! reports, runs the sink listener for redirected connections, and proves at start-up
 //! that the fence holds.
 pub mod cgroup;
+pub mod dns;
 pub mod kernel;
+pub mod limits;
+pub mod reaper;
 pub mod rules;
+pub mod sandbox;
+pub mod seccomp;
 pub mod selftest;
 pub mod sink;
+pub mod unix;
 
 use std::net::SocketAddr;
 
@@ -56,10 +62,12 @@ pub struct EgressAttempt {
     pub pid: u32,
     /// Process name (`comm`) as the kernel saw it.
     pub command: String,
-    /// "tcp" or "udp".
+    /// "tcp" or "udp"; for a socket refused at creation (no destination yet: shown as
+    /// port 0 of the unspecified address) "icmp", "icmpv6" or "raw".
     pub protocol: String,
     pub destination: SocketAddr,
     pub action: EgressAction,
-    /// For redirected TCP: the first KiB the candidate sent, masked.
+    /// For redirected TCP: the first KiB the candidate sent, masked. For a Unix-socket
+    /// attempt (protocol "unix", destination unspecified): the socket's path.
     pub first_bytes: Option<String>,
 }

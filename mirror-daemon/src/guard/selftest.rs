@@ -1,26 +1,68 @@
-//! Start-up proof that the guard works: a probe process inside the candidate's cgroup
-//! tries to reach a loopback listener that the allowlist does not admit. The daemon
-//! refuses to replay unless the attempt was refused (or redirected to the sink).
+//! Start-up proof that the fence holds: a probe process, started exactly as the candidate
+//! is (same cgroup, user, capabilities, seccomp filter), checks that it is unprivileged,
+//! that it cannot open the daemon's secrets, and that connects to loopback listeners the
+//! allowlist does not admit — one IPv4, one IPv6 — are refused (or redirected to the
+//! sink). The daemon refuses to replay unless every check passes.
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::unix::process::CommandExt as _,
-    path::Path,
-    process::Command,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
-use super::{cgroup::Cgroup, kernel::GuardError, rules::AllowRule};
+use super::{kernel::GuardError, rules::AllowRule, sandbox::Sandbox};
 
 /// Exit codes of the probe process.
 pub mod probe_exit {
     pub const CONNECTED: i32 = 0;
     pub const REFUSED: i32 = 10;
     pub const OTHER_ERROR: i32 = 11;
+    /// A secret (mask key, store, configuration) could be opened.
+    pub const SECRET_READABLE: i32 = 12;
+    /// The probe still had privileges (uid 0, a capability, no `no_new_privs`/seccomp).
+    pub const NOT_FENCED: i32 = 13;
 }
 
-/// The probe itself (runs as `mirror-daemon __guard-probe ADDR`).
-pub fn run_probe(target: SocketAddr) -> i32 {
+/// What the probe checks (`mirror-daemon __guard-probe …`).
+#[derive(Clone, Debug, Default)]
+pub struct ProbeArgs {
+    pub targets: Vec<SocketAddr>,
+    pub unreadable: Vec<PathBuf>,
+    pub expect_unprivileged: bool,
+}
+
+/// The probe itself. Prints one line per finding on stdout.
+pub fn run_probe(args: &ProbeArgs) -> i32 {
+    if args.expect_unprivileged {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let p = super::sandbox::Privileges::parse(&status);
+        if !p.fenced() {
+            println!("not unprivileged: {p:?}");
+            return probe_exit::NOT_FENCED;
+        }
+    }
+    for path in &args.unreadable {
+        if std::fs::File::open(path).is_ok() {
+            println!("readable: {}", path.display());
+            return probe_exit::SECRET_READABLE;
+        }
+    }
+    let mut worst = probe_exit::REFUSED;
+    for target in &args.targets {
+        let code = connect(*target);
+        println!("{target}: {code}");
+        worst = match (worst, code) {
+            (_, probe_exit::CONNECTED) | (probe_exit::CONNECTED, _) => probe_exit::CONNECTED,
+            (_, probe_exit::OTHER_ERROR) => probe_exit::OTHER_ERROR,
+            (w, _) => w,
+        };
+    }
+    worst
+}
+
+fn connect(target: SocketAddr) -> i32 {
     match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
         Ok(mut s) => {
             let _ = s.write_all(b"MIRROR-GUARD-PROBE\r\n");
@@ -34,31 +76,14 @@ pub fn run_probe(target: SocketAddr) -> i32 {
     }
 }
 
-/// Spawns `cmd` so that it joins `cgroup` before it execs (so even a command that then
-/// enters a network namespace stays fenced). The child is killed by the kernel if the
-/// spawning thread dies (SIGKILL of the daemon included): the guard's links die with the
-/// daemon, and a candidate left running would be unfenced.
-pub fn spawn_in_cgroup(cmd: &mut Command, cgroup: &Cgroup) -> std::io::Result<std::process::Child> {
-    let procs = std::ffi::CString::new(cgroup.procs_file().as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::other("cgroup path contains NUL"))?;
-    // SAFETY: only async-signal-safe calls (prctl/open/write/close) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if rc != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+/// Spawns `cmd` inside the fence (see [`Sandbox::apply`]): it joins the candidate's
+/// cgroup(s) before it execs, so even a command that then enters a network namespace
+/// stays fenced, and the kernel kills it if the spawning thread dies.
+pub fn spawn_fenced(
+    cmd: &mut Command,
+    sandbox: &Arc<Sandbox>,
+) -> std::io::Result<std::process::Child> {
+    sandbox.apply(cmd);
     cmd.spawn()
 }
 
@@ -66,57 +91,133 @@ pub fn spawn_in_cgroup(cmd: &mut Command, cgroup: &Cgroup) -> std::io::Result<st
 #[derive(Clone, Debug)]
 pub struct SelfTest {
     pub message: String,
-    /// The probe's pid: its attempt is the guard's own, not the candidate's.
+    /// The probe's pid: its attempts are the guard's own, not the candidate's.
     pub probe_pid: u32,
 }
 
-/// Runs the probe inside `cgroup`. `redirect` says whether refused connects are
-/// redirected to a sink (then the probe connects, but must not reach the target).
-pub fn self_test(
-    exe: &Path,
-    cgroup: &Cgroup,
+/// A loopback listener the allowlist does not admit (it must never see the probe).
+fn unadmitted_listener(
+    candidates: &[std::net::IpAddr],
     allow: &[AllowRule],
-    redirect: bool,
-) -> Result<SelfTest, GuardError> {
-    let fail = |s: String| GuardError::SelfTest(s);
-    // A loopback listener the allowlist does not admit: it must never see the probe.
-    let listener = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 77, 0, 1)]
+) -> Option<TcpListener> {
+    candidates
         .iter()
         .filter_map(|ip| TcpListener::bind((*ip, 0)).ok())
         .find(|l| {
             l.local_addr()
                 .is_ok_and(|a| !allow.iter().any(|r| r.admits(a.ip(), a.port())))
         })
-        .ok_or_else(|| {
-            fail(
-                "every loopback probe target is admitted by --allow-egress; narrow the rule".into(),
-            )
-        })?;
-    let target = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| fail(e.to_string()))?;
+}
+
+/// Runs the probe with `sandbox`'s fence. `redirect` says whether refused connects are
+/// redirected to a sink (then the probe connects, but must not reach the targets).
+/// `secrets` are files the candidate must not be able to open.
+pub fn self_test(
+    exe: &Path,
+    sandbox: &Arc<Sandbox>,
+    allow: &[AllowRule],
+    redirect: bool,
+    secrets: &[PathBuf],
+) -> Result<SelfTest, GuardError> {
+    let fail = |s: String| GuardError::SelfTest(s);
+    let v4 = unadmitted_listener(
+        &[
+            Ipv4Addr::new(127, 0, 0, 1).into(),
+            Ipv4Addr::new(127, 77, 0, 1).into(),
+        ],
+        allow,
+    )
+    .ok_or_else(|| {
+        fail(
+            "every IPv4 loopback probe target is admitted by --allow-egress; narrow the rule"
+                .into(),
+        )
+    })?;
+    // A host without IPv6 loopback cannot be probed over IPv6 (and nothing can reach
+    // IPv6 destinations from it either); said in the message.
+    let v6 = unadmitted_listener(&[Ipv6Addr::LOCALHOST.into()], allow);
+    if v6.is_none() && TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok() {
+        return Err(fail(
+            "the IPv6 loopback probe target is admitted by --allow-egress; narrow the rule".into(),
+        ));
+    }
+    let listeners: Vec<&TcpListener> = std::iter::once(&v4).chain(v6.as_ref()).collect();
+    let mut targets = Vec::new();
+    for l in &listeners {
+        targets.push(l.local_addr().map_err(|e| fail(e.to_string()))?);
+        l.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+    }
     let mut cmd = Command::new(exe);
-    cmd.arg("__guard-probe").arg(target.to_string());
-    let mut child =
-        spawn_in_cgroup(&mut cmd, cgroup).map_err(|e| fail(format!("starting the probe: {e}")))?;
+    cmd.arg("__guard-probe");
+    for t in &targets {
+        cmd.arg("--target").arg(t.to_string());
+    }
+    for s in secrets {
+        cmd.arg("--unreadable").arg(s);
+    }
+    if sandbox.identity().is_some() {
+        cmd.arg("--expect-unprivileged");
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let child =
+        spawn_fenced(&mut cmd, sandbox).map_err(|e| fail(format!("starting the probe: {e}")))?;
     let probe_pid = child.id();
-    let status = child.wait().map_err(|e| fail(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let said = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .replace('\n', "; ");
     std::thread::sleep(Duration::from_millis(50));
-    let reached = listener.accept().is_ok();
-    let code = status.code().unwrap_or(-1);
-    match (reached, code, redirect) {
-        (false, probe_exit::REFUSED, false) => Ok(SelfTest {
-            message: format!("probe to {target} refused with EPERM"),
-            probe_pid,
-        }),
-        (false, probe_exit::CONNECTED, true) => Ok(SelfTest {
-            message: format!("probe to {target} redirected to the sink"),
-            probe_pid,
-        }),
-        (true, _, _) => Err(fail(format!(
-            "the probe reached {target}: the guard is not enforcing"
+    let reached: Vec<String> = listeners
+        .iter()
+        .zip(&targets)
+        .filter(|(l, _)| l.accept().is_ok())
+        .map(|(_, t)| t.to_string())
+        .collect();
+    let code = out.status.code().unwrap_or(-1);
+    let who = match sandbox.identity() {
+        Some(id) => format!(
+            "as {} (uid {}), no capabilities, no_new_privs, seccomp",
+            id.name, id.uid
+        ),
+        None => "as root (--candidate-as-root)".to_string(),
+    };
+    let families = if v6.is_some() {
+        "IPv4 and IPv6"
+    } else {
+        "IPv4 only: this host has no IPv6 loopback"
+    };
+    let secrets_note = if secrets.is_empty() {
+        String::new()
+    } else {
+        format!(", {} secret file(s) unreadable", secrets.len())
+    };
+    let shown: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    let shown = shown.join(", ");
+    match (reached.is_empty(), code, redirect) {
+        (false, _, _) => Err(fail(format!(
+            "the probe reached {}: the guard is not enforcing",
+            reached.join(", ")
         ))),
-        (false, c, _) => Err(fail(format!("unexpected probe result {c} for {target}"))),
+        (true, probe_exit::SECRET_READABLE, _) => Err(fail(format!(
+            "the candidate's user can open a secret ({said}); make it 0600 and owned by the daemon's user, or move it into a 0700 directory"
+        ))),
+        (true, probe_exit::NOT_FENCED, _) => Err(fail(format!(
+            "the candidate would not run unprivileged ({said})"
+        ))),
+        (true, probe_exit::REFUSED, false) => Ok(SelfTest {
+            message: format!(
+                "probes to {shown} refused with EPERM ({families}); probe ran {who}{secrets_note}"
+            ),
+            probe_pid,
+        }),
+        (true, probe_exit::CONNECTED, true) => Ok(SelfTest {
+            message: format!(
+                "probes to {shown} redirected to the sink ({families}); probe ran {who}{secrets_note}"
+            ),
+            probe_pid,
+        }),
+        (true, c, _) => Err(fail(format!(
+            "unexpected probe result {c} for {shown}: {said}"
+        ))),
     }
 }

@@ -180,7 +180,8 @@ pub struct CandidateConn {
 
 impl CandidateConn {
     pub async fn connect(addr: SocketAddr) -> Result<Self, CandidateErrorKind> {
-        let stream = TcpStream::connect(addr)
+        // Registered with the tap before connecting, so the replay is never captured again.
+        let stream = connect_untapped(addr)
             .await
             .map_err(|e| connect_error(&e))?;
         let _ = stream.set_nodelay(true);
@@ -537,6 +538,18 @@ fn io_error(e: &std::io::Error) -> CandidateErrorKind {
     } else {
         CandidateErrorKind::Reset
     }
+}
+
+/// Connects a replay socket the tap will not capture (see `capture::own`): a target
+/// reached through the tapped interface on a tapped port would otherwise loop.
+async fn connect_untapped(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    crate::capture::own::register(&sock);
+    sock.connect(addr).await
 }
 
 #[cfg(test)]

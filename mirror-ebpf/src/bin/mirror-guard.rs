@@ -22,13 +22,15 @@ mod program {
     //!
     //! Every outbound connect()/sendmsg() of a process in the cgroup is checked against an
     //! allowlist of prefixes and ports. Anything else is refused (EPERM) or, for TCP in
-    //! redirect mode, rewritten to the daemon's sink listener. Inbound connections (the
-    //! replayed requests the candidate accepts) never pass through these hooks.
+    //! redirect mode, rewritten to the daemon's sink listener. UDP queries to the
+    //! allow-listed DNS server go to the daemon's relay (recvmsg rewrites the answers'
+    //! source back). Raw and ICMP sockets are refused at creation. Inbound connections
+    //! (the replayed requests the candidate accepts) never pass through these hooks.
     use aya_ebpf::{
         helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-        macros::{cgroup_sock_addr, map},
+        macros::{cgroup_sock, cgroup_sock_addr, map},
         maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-        programs::SockAddrContext,
+        programs::{SockAddrContext, SockContext},
     };
     use mirror_common::{
         AllowPorts, GuardConfig, GuardEvent, guard_action, guard_counter, guard_mode,
@@ -38,7 +40,11 @@ mod program {
     const DENY: i32 = 0;
     const IPPROTO_TCP: u8 = 6;
     const IPPROTO_UDP: u8 = 17;
+    const IPPROTO_ICMP: u32 = 1;
+    const IPPROTO_ICMPV6: u32 = 58;
     const SOCK_STREAM: u32 = 1;
+    const SOCK_RAW: u32 = 3;
+    const AF_INET6: u32 = 10;
 
     #[map(name = "GUARD_ALLOW4")]
     static GUARD_ALLOW4: LpmTrie<[u8; 4], AllowPorts> = LpmTrie::with_max_entries(1024, 1);
@@ -71,9 +77,121 @@ mod program {
         check6(&ctx, true)
     }
 
+    /// Answers of the DNS relay appear to come from the DNS server the candidate asked.
+    #[cgroup_sock_addr(recvmsg4)]
+    pub fn guard_recvmsg4(ctx: SockAddrContext) -> i32 {
+        let sa = ctx.sock_addr;
+        let Some(cfg) = GUARD_SETTINGS.get(0) else {
+            return ALLOW;
+        };
+        if cfg.dns_family != 4 || cfg.relay_port4 == 0 {
+            return ALLOW;
+        }
+        // SAFETY: readable and writable fields of the recvmsg4 context.
+        unsafe {
+            if (*sa).user_ip4 == u32::from_ne_bytes(LOOPBACK4)
+                && u16::from_be((*sa).user_port as u16) == cfg.relay_port4
+            {
+                let d = cfg.dns_addr;
+                (*sa).user_ip4 = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+                (*sa).user_port = u32::from(cfg.dns_port.to_be());
+            }
+        }
+        ALLOW
+    }
+
+    /// As recvmsg4, for IPv6 sockets (a v4-mapped relay address or ::1).
+    #[cgroup_sock_addr(recvmsg6)]
+    pub fn guard_recvmsg6(ctx: SockAddrContext) -> i32 {
+        let sa = ctx.sock_addr;
+        let Some(cfg) = GUARD_SETTINGS.get(0) else {
+            return ALLOW;
+        };
+        if cfg.dns_family == 0 {
+            return ALLOW;
+        }
+        // SAFETY: readable and writable fields of the recvmsg6 context, as u32 words.
+        unsafe {
+            let w = [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ];
+            let port = u16::from_be((*sa).user_port as u16);
+            let d = cfg.dns_addr;
+            let mapped_relay = w[0] == 0
+                && w[1] == 0
+                && w[2] == 0x0000_ffff_u32.to_be()
+                && w[3] == u32::from_ne_bytes(LOOPBACK4);
+            if cfg.dns_family == 4 && mapped_relay && port == cfg.relay_port4 {
+                (*sa).user_ip6[3] = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+                (*sa).user_port = u32::from(cfg.dns_port.to_be());
+            } else if cfg.dns_family == 6
+                && w[0] == 0
+                && w[1] == 0
+                && w[2] == 0
+                && w[3] == 1u32.to_be()
+                && port == cfg.relay_port6
+            {
+                (*sa).user_ip6[0] = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+                (*sa).user_ip6[1] = u32::from_ne_bytes([d[4], d[5], d[6], d[7]]);
+                (*sa).user_ip6[2] = u32::from_ne_bytes([d[8], d[9], d[10], d[11]]);
+                (*sa).user_ip6[3] = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
+                (*sa).user_port = u32::from(cfg.dns_port.to_be());
+            }
+        }
+        ALLOW
+    }
+
+    const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
+
+    /// Whether a UDP datagram to `addr:port` is a query to the allow-listed DNS server.
+    #[inline(always)]
+    fn is_dns(cfg: &GuardConfig, family: u8, addr: &[u8; 16], port: u16) -> bool {
+        if cfg.dns_family != family || cfg.dns_port != port {
+            return false;
+        }
+        let n = if family == 4 { 4 } else { 16 };
+        let mut i = 0;
+        while i < 16 {
+            if i < n && cfg.dns_addr[i] != addr[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
     #[cgroup_sock_addr(sendmsg6)]
     pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
         check6(&ctx, false)
+    }
+
+    /// Socket creation: raw sockets and ICMP (ping) sockets are refused. Their packets
+    /// would pass no connect/sendmsg hook (a ping socket's `sendto` has none), so they
+    /// are stopped before they exist. Packet sockets (AF_PACKET) never reach this hook;
+    /// they need CAP_NET_RAW, which the candidate does not have, and its seccomp filter
+    /// refuses them too.
+    #[cgroup_sock(sock_create)]
+    pub fn guard_sock_create(ctx: SockContext) -> i32 {
+        // SAFETY: the context pointer is valid for the program's run; family, type and
+        // protocol are readable in this hook.
+        let (family, ty, proto) =
+            unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+        if ty != SOCK_RAW && proto != IPPROTO_ICMP && proto != IPPROTO_ICMPV6 {
+            return ALLOW;
+        }
+        let ip_version = if family == AF_INET6 { 6 } else { 4 };
+        report_socket(
+            [0; 16],
+            ip_version,
+            0,
+            proto as u8,
+            ty as u8,
+            guard_action::REFUSED,
+        );
+        DENY
     }
 
     #[inline(always)]
@@ -97,6 +215,19 @@ mod program {
 
     #[inline(always)]
     fn report(addr: [u8; 16], ip_version: u8, port: u16, protocol: u8, action: u8) {
+        let sock_type = if protocol == IPPROTO_TCP { 1 } else { 2 };
+        report_socket(addr, ip_version, port, protocol, sock_type, action);
+    }
+
+    #[inline(always)]
+    fn report_socket(
+        addr: [u8; 16],
+        ip_version: u8,
+        port: u16,
+        protocol: u8,
+        sock_type: u8,
+        action: u8,
+    ) {
         let counter = match action {
             guard_action::ALLOWED => guard_counter::ALLOWED,
             guard_action::REDIRECTED => guard_counter::REDIRECTED,
@@ -118,7 +249,8 @@ mod program {
             addr,
             comm,
             action,
-            _pad: [0; 7],
+            sock_type,
+            _pad: [0; 6],
         });
         entry.submit(0);
     }
@@ -144,6 +276,19 @@ mod program {
         addr[1] = ip[1];
         addr[2] = ip[2];
         addr[3] = ip[3];
+        if proto == IPPROTO_UDP
+            && let Some(cfg) = GUARD_SETTINGS.get(0)
+            && cfg.relay_port4 != 0
+            && is_dns(cfg, 4, &addr, port)
+        {
+            // SAFETY: writable fields of the connect4/sendmsg4 context.
+            unsafe {
+                (*sa).user_ip4 = u32::from_ne_bytes(LOOPBACK4);
+                (*sa).user_port = u32::from(cfg.relay_port4.to_be());
+            }
+            report(addr, 4, port, proto, guard_action::ALLOWED);
+            return ALLOW;
+        }
         if allowed4(ip, port) {
             report(addr, 4, port, proto, guard_action::ALLOWED);
             return ALLOW;
@@ -198,6 +343,50 @@ mod program {
         }
         // A dual-stack socket reaching an IPv4 host uses ::ffff:a.b.c.d: judge the IPv4.
         let mapped = w0 == 0 && w1 == 0 && words[2] == [0, 0, 0xff, 0xff];
+        if proto == IPPROTO_UDP
+            && let Some(cfg) = GUARD_SETTINGS.get(0)
+        {
+            let v4 = [
+                words[3][0],
+                words[3][1],
+                words[3][2],
+                words[3][3],
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ];
+            let target = if mapped && cfg.relay_port4 != 0 && is_dns(cfg, 4, &v4, port) {
+                Some((
+                    [0, 0, 0x0000_ffff_u32.to_be(), u32::from_ne_bytes(LOOPBACK4)],
+                    cfg.relay_port4,
+                ))
+            } else if !mapped && cfg.relay_port6 != 0 && is_dns(cfg, 6, &addr, port) {
+                Some(([0, 0, 0, 1u32.to_be()], cfg.relay_port6))
+            } else {
+                None
+            };
+            if let Some((ip6, relay)) = target {
+                // SAFETY: writable fields of the connect6/sendmsg6 context, as u32 words.
+                unsafe {
+                    (*sa).user_ip6[0] = ip6[0];
+                    (*sa).user_ip6[1] = ip6[1];
+                    (*sa).user_ip6[2] = ip6[2];
+                    (*sa).user_ip6[3] = ip6[3];
+                    (*sa).user_port = u32::from(relay.to_be());
+                }
+                report(addr, 6, port, proto, guard_action::ALLOWED);
+                return ALLOW;
+            }
+        }
         let ok = if mapped {
             allowed4(words[3], port)
         } else {

@@ -25,14 +25,17 @@ mod program {
     //! this program were not here" (other filters still decide).
     use aya_ebpf::{
         bindings::TC_ACT_UNSPEC,
-        helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+        helpers::{
+            bpf_ktime_get_ns,
+            generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+        },
         macros::{classifier, map},
-        maps::{Array, HashMap, PerCpuArray, RingBuf},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::TcContext,
     };
     use mirror_common::{
-        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, PPM_ALL, SegmentRecord, client_hash,
-        counter, direction, sample_keep, setting, tcp_flag,
+        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PPM_ALL, SegmentRecord,
+        client_hash, counter, direction, sample_keep, setting, tcp_flag,
     };
 
     /// Default 64 MiB; the daemon resizes it at load time (`--ring-mib`).
@@ -42,6 +45,15 @@ mod program {
     /// Tapped server ports (host byte order) → 1.
     #[map(name = "PORTS")]
     static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+    /// Socket cookies of the daemon's own replay connections (filled by the daemon before
+    /// it connects). Cookies are never reused, so old entries are harmless: LRU evicts them.
+    #[map(name = "OWN_SOCKETS")]
+    static OWN_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+    /// Replay connections seen leaving (their answers come back without a socket).
+    #[map(name = "OWN_FLOWS")]
+    static OWN_FLOWS: LruHashMap<OwnFlowKey, u8> = LruHashMap::with_max_entries(16384, 0);
 
     #[map(name = "COUNTERS")]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -148,6 +160,35 @@ mod program {
         }
     }
 
+    /// Whether the segment belongs to one of the daemon's own replay connections (no
+    /// replay loop when a candidate or secondary is reached through the tapped interface
+    /// on a tapped port). Outgoing: the sending socket's cookie is the daemon's (the flow
+    /// is remembered); incoming: the flow was remembered.
+    #[inline(always)]
+    fn own_replay(ctx: &TcContext, pkt: &Packet, dir: u8, sport: u16, dport: u16) -> bool {
+        if dir == direction::TO_SERVER {
+            // SAFETY: the helper takes the skb; it returns 0 when there is no socket.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
+            if cookie == 0 || OWN_SOCKETS.get_ptr(cookie).is_none() {
+                return false;
+            }
+            let key = OwnFlowKey {
+                server: pkt.daddr,
+                server_port: dport,
+                client_port: sport,
+            };
+            let _ = OWN_FLOWS.insert(key, 1, 0);
+            true
+        } else {
+            let key = OwnFlowKey {
+                server: pkt.saddr,
+                server_port: sport,
+                client_port: dport,
+            };
+            OWN_FLOWS.get_ptr(key).is_some()
+        }
+    }
+
     #[inline(always)]
     fn try_tap(ctx: &TcContext) -> Result<(), i64> {
         let pkt = parse_ip(ctx)?;
@@ -161,6 +202,10 @@ mod program {
         } else {
             return Ok(());
         };
+        if own_replay(ctx, &pkt, dir, sport, dport) {
+            bump(counter::OWN_REPLAY, 1);
+            return Ok(());
+        }
         let seq = u32::from_be(ctx.load::<u32>(l4 + 4)?);
         let ack = u32::from_be(ctx.load::<u32>(l4 + 8)?);
         let doff = ((ctx.load::<u8>(l4 + 12)? >> 4) as usize) * 4;
