@@ -35,8 +35,8 @@ fn start_echo(ns: &Netns, ip: &str, port: u16) -> Proc {
     cmd.args(["echo", "--listen", &format!("{ip}:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let p = Proc::spawn("echo", &mut cmd).unwrap();
-    wait_for_port(ns, ip, port, Duration::from_secs(10)).unwrap();
+    let p = Proc::spawn("echo", &mut cmd).expect("start the echo service");
+    wait_for_port(ns, ip, port, Duration::from_secs(10)).expect("echo service listening");
     p
 }
 
@@ -61,12 +61,14 @@ fn start_clients(ns: &Netns, target: &str) -> Proc {
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    Proc::spawn("echo-load", &mut cmd).unwrap()
+    Proc::spawn("echo-load", &mut cmd).expect("start echo-load")
 }
 
 /// Stops the clients; their own check: every response carried its request's id.
 fn stop_clients(mut clients: Proc) -> String {
-    let out = clients.stop(Duration::from_secs(30)).unwrap();
+    let out = clients
+        .stop(Duration::from_secs(30))
+        .expect("stop the clients");
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         summary.contains("wrong_id=0"),
@@ -139,10 +141,10 @@ fn parse_window(out: &Output) -> Window {
             *w.reasons.entry(reason.to_owned()).or_default() += n.parse::<u64>().unwrap_or(0);
         }
     }
-    if let Some(line) = stderr.lines().find(|l| l.starts_with("pairing: ")) {
-        if let [proven, rebuilt, at_join, ..] = counts(line)[..] {
-            (w.proven, w.rebuilt, w.at_join) = (proven, rebuilt, at_join);
-        }
+    if let Some(line) = stderr.lines().find(|l| l.starts_with("pairing: "))
+        && let [proven, rebuilt, at_join, ..] = counts(line)[..]
+    {
+        (w.proven, w.rebuilt, w.at_join) = (proven, rebuilt, at_join);
     }
     w.summary = stderr;
     w
