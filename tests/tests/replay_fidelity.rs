@@ -149,6 +149,8 @@ fn replay_args(topo: &Topology, dir: &Path, pcap: &Path, store: &str, cand: &str
         &format!("http://{}", topo.candidate_addr()),
         "--candidate-cmd",
         cand,
+        "--candidate-netns",
+        &topo.cand.name,
         "--store",
         &dir.join(store).display().to_string(),
         "--mask-key-file",
@@ -181,8 +183,7 @@ fn identical_example_service_is_go_live_and_from_a_capture() {
     let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).expect("test setup");
     // The legacy binary itself is the candidate.
     let cand = format!(
-        "exec ip netns exec {} {} legacy --listen {}",
-        topo.cand.name,
+        "exec {} legacy --listen {}",
         examples_bin().display(),
         topo.candidate_addr()
     );
@@ -456,7 +457,8 @@ fn capture_replays_with_its_pace_connections_order_and_pipelining() {
     let script = dir.path().join("tiny.py");
     std::fs::write(&script, TINY_SERVER).expect("test setup");
     let legacy_log = dir.path().join("legacy.log");
-    let cand_log = dir.path().join("candidate.log");
+    // The candidate runs unprivileged: its log goes where it may write.
+    let cand_log = candidate_dir(dir.path()).join("candidate.log");
     let mut cmd = topo.legacy().cmd(python3());
     cmd.arg(&script)
         .args([&topo.link.a_ip, "8080"])
@@ -491,8 +493,7 @@ fn capture_replays_with_its_pace_connections_order_and_pipelining() {
     assert_eq!(legacy_conns.len(), 6, "{legacy_conns:?}");
 
     let cand = format!(
-        "exec ip netns exec {} {} {} {} 9090 {}",
-        topo.cand.name,
+        "exec {} {} {} 9090 {}",
         python3(),
         script.display(),
         topo.leg_cand.b_ip,
