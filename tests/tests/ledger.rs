@@ -173,10 +173,12 @@ fn a_stop_while_replays_hang_counts_them_as_cut_by_the_deadline_and_leaves_none_
         cut > 0,
         "replays queued at the stop are cut by the deadline: {acc}"
     );
+    // Lanes that cannot take more drop at once (counted), never block the capture.
+    let full = acc["dropped"]["replay_queue_full"].as_u64().unwrap_or(0);
     assert_eq!(
-        acc["candidate_errors"]["timeout"].as_u64().unwrap_or(0) + cut,
+        acc["candidate_errors"]["timeout"].as_u64().unwrap_or(0) + cut + full,
         load.answered(),
-        "each exchange timed out or was cut: {acc}"
+        "each exchange timed out, was cut, or found the replay queue full: {acc}"
     );
     assert!(
         exit.stderr.contains("dropped{shutdown_deadline}"),

@@ -5,12 +5,16 @@
 //! legacy's was (a `Connection: close` on either side) or after [`LANE_IDLE`] without
 //! traffic.
 //!
-//! Bounded: at most `max` lanes (candidate connections) and [`LANE_QUEUE`] exchanges
-//! waiting per lane; an exchange that finds no room is dropped and counted as
-//! `replay_queue_full`, and the capture never waits.
+//! Bounded: at most `max` lanes (candidate connections), [`LANE_QUEUE`] exchanges waiting
+//! per lane and [`REPLAY_QUEUE`](crate::pipeline::REPLAY_QUEUE) across all lanes; an exchange
+//! that finds no room is dropped and counted as `replay_queue_full`, and the capture never
+//! waits.
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -26,16 +30,20 @@ use crate::{
     capture::FlowKey,
     http::{Exchange, Request, Response, Timing, header},
     mask::Taint,
+    pipeline::REPLAY_QUEUE,
     replay::{Attempt, CandidateConn, ReplayResult},
 };
 
-/// Exchanges waiting in one lane at most.
-pub const LANE_QUEUE: usize = 64;
 /// A lane closes its candidate connection after this long without an exchange (the
 /// capture does not report connection closes, only exchanges).
 pub const LANE_IDLE: Duration = Duration::from_secs(5);
 /// Requests written back to back on one connection at most.
 const MAX_PIPELINE: usize = 16;
+
+/// Exchanges waiting in one lane at most: enough for the live replay delay at a few
+/// thousand requests per second on one connection, short enough that a hanging candidate
+/// does not leave minutes of backlog behind one connection.
+pub const LANE_QUEUE: usize = 256;
 
 /// What a lane is told, in capture order.
 enum LaneItem {
@@ -49,6 +57,8 @@ pub struct Lanes {
     max: usize,
     lanes: HashMap<FlowKey, mpsc::Sender<LaneItem>>,
     tasks: JoinSet<()>,
+    /// Exchanges offered to a lane and not yet taken off its queue, all lanes together.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Lanes {
@@ -57,13 +67,21 @@ impl Lanes {
             max: max.max(1),
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
+            queued: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Hands `ex` to its connection's lane (opening one if there is room); false when
     /// there is none, for the caller to count as dropped.
     pub fn offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange) -> bool {
-        self.try_offer(shadow, ex).is_ok()
+        if self.queued.load(Ordering::Relaxed) >= REPLAY_QUEUE {
+            return false;
+        }
+        let offered = self.try_offer(shadow, ex).is_ok();
+        if offered {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        offered
     }
 
     fn try_offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange) -> Result<(), Box<Exchange>> {
@@ -98,7 +116,8 @@ impl Lanes {
         if let Err(e) = tx.try_send(LaneItem::Exchange(ex)) {
             return back(e).map_or(Ok(()), Err);
         }
-        self.tasks.spawn(lane(shadow.clone(), rx));
+        self.tasks
+            .spawn(lane(shadow.clone(), rx, self.queued.clone()));
         self.lanes.insert(flow, tx);
         Ok(())
     }
@@ -189,20 +208,26 @@ const MAX_CONCLUDING: usize = 32;
 /// One captured connection's exchanges, in order, over one candidate connection. Masking
 /// runs ahead and comparing runs behind, so the candidate connection is never idle for
 /// the daemon's own work.
-async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>) {
+async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc<AtomicUsize>) {
+    let start = |item: LaneItem| {
+        if matches!(item, LaneItem::Exchange(_)) {
+            queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        start(&shadow, item)
+    };
     let mut conn: Option<CandidateConn> = None;
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut concluding = JoinSet::new();
     loop {
         while ahead.len() < MAX_AHEAD {
             match rx.try_recv() {
-                Ok(item) => ahead.push_back(start(&shadow, item)),
+                Ok(item) => ahead.push_back(start(item)),
                 Err(_) => break,
             }
         }
         if ahead.is_empty() {
             match timeout(LANE_IDLE, rx.recv()).await {
-                Ok(Some(item)) => ahead.push_back(start(&shadow, item)),
+                Ok(Some(item)) => ahead.push_back(start(item)),
                 Ok(None) => break,
                 Err(_) => {
                     // Idle: close the connection and take no more; what is already
