@@ -739,6 +739,28 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// `mirror-daemon record` of the tapped interface's port 8080 into `dir/file`, returned
+    /// once its tap is attached (log in `dir/record.log`).
+    pub fn start_record(&self, dir: &Path, file: &str) -> Result<(PathBuf, Proc)> {
+        let pcap = dir.join(file);
+        let log = dir.join("record.log");
+        let mut cmd = self.legacy().cmd(daemon_bin());
+        cmd.args([
+            "record",
+            "--iface",
+            &self.link.a_if,
+            "--port",
+            "8080",
+            "--out",
+        ])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).context("record log")?);
+        let rec = Proc::spawn("mirror-daemon record", &mut cmd)?;
+        wait_for_text(&log, "tap attached", Duration::from_secs(30))?;
+        Ok((pcap, rec))
+    }
+
     pub fn new(prefix: &str) -> Result<Self> {
         let link = Link::new(&format!("{prefix}l"), &format!("{prefix}c"))?;
         let cand = Netns::new(&format!("{prefix}k"))?;

@@ -475,26 +475,7 @@ fn replays_through_the_tapped_interface_are_not_captured_again() {
     let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
     // The secondary legacy instance sits on the far side of the tapped veth, on port 8080.
     let _secondary = start_legacy(topo.client(), &topo.link.b_ip, 8080).unwrap();
-    let pcap = d.join("tapped.pcapng");
-    let mut rec = topo.legacy().cmd(daemon_bin());
-    rec.args([
-        "record",
-        "--iface",
-        &topo.link.a_if,
-        "--port",
-        "8080",
-        "--out",
-    ])
-    .arg(&pcap)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(d.join("record.log")).unwrap());
-    let mut record = Proc::spawn("record", &mut rec).unwrap();
-    wait_for_text(
-        &d.join("record.log"),
-        "tap attached",
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let (pcap, mut record) = topo.start_record(d, "tapped.pcapng").unwrap();
 
     let mut args = topo.run_args(d, &topo.example_candidate_cmd("parity"));
     args.extend([

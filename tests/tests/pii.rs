@@ -245,26 +245,7 @@ fn no_seeded_pii_value_reaches_any_output() {
 
     // A raw recording next to the run: the positive control (the values were on the
     // wire) and the input of `exchanges --masked`.
-    let pcap = d.join("raw.pcapng");
-    let mut rec = topo.legacy().cmd(daemon_bin());
-    rec.args([
-        "record",
-        "--iface",
-        &topo.link.a_if,
-        "--port",
-        "8080",
-        "--out",
-    ])
-    .arg(&pcap)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(d.join("record.log")).unwrap());
-    let mut record = Proc::spawn("record", &mut rec).unwrap();
-    wait_for_text(
-        &d.join("record.log"),
-        "tap attached",
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let (pcap, mut record) = topo.start_record(d, "raw.pcapng").unwrap();
 
     let mut args = vec!["--log-level".to_string(), "debug".to_string()];
     args.extend(topo.run_args(d, &cand_cmd));

@@ -242,26 +242,7 @@ fn echoed_pii_is_masked_everywhere_and_echoes_compare_equal() {
     .unwrap();
 
     // A raw recording next to the run: the positive control and the input of `exchanges`.
-    let pcap = d.join("raw.pcapng");
-    let mut rec = topo.legacy().cmd(daemon_bin());
-    rec.args([
-        "record",
-        "--iface",
-        &topo.link.a_if,
-        "--port",
-        "8080",
-        "--out",
-    ])
-    .arg(&pcap)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(d.join("record.log")).unwrap());
-    let mut record = Proc::spawn("record", &mut rec).unwrap();
-    wait_for_text(
-        &d.join("record.log"),
-        "tap attached",
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let (pcap, mut record) = topo.start_record(d, "raw.pcapng").unwrap();
 
     let mut args = vec!["--log-level".to_string(), "debug".to_string()];
     args.extend(topo.run_args(d, &candidate_cmd(d, &topo)));

@@ -58,22 +58,9 @@ fn paced_load(ns: &Netns, target: &str) -> u64 {
 
 /// `mirror-daemon record` for as long as `traffic` runs.
 fn record(topo: &Topology, dir: &Path, traffic: impl FnOnce()) -> std::path::PathBuf {
-    let pcap = dir.join("cap.pcapng");
-    let log = dir.join("record.log");
-    let mut cmd = topo.legacy().cmd(daemon_bin());
-    cmd.args([
-        "record",
-        "--iface",
-        &topo.link.a_if,
-        "--port",
-        "8080",
-        "--out",
-    ])
-    .arg(&pcap)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log).expect("record log"));
-    let mut rec = Proc::spawn("mirror-daemon record", &mut cmd).expect("record");
-    wait_for_text(&log, "tap attached", Duration::from_secs(30)).expect("record attached");
+    let (pcap, mut rec) = topo
+        .start_record(dir, "cap.pcapng")
+        .expect("record attached");
     traffic();
     // Let the last segments reach the ring before stopping.
     std::thread::sleep(Duration::from_millis(500));
