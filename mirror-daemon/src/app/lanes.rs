@@ -282,15 +282,16 @@ async fn prepare(shadow: &Arc<Shadow>, batch: Vec<JoinHandle<Masked>>) -> Option
             }
         };
         let to_send = if shadow.replay_raw {
-            ex.request.clone()
+            &ex.request
         } else {
-            masked.request.clone()
+            &masked.request
         };
         let mut wire = Vec::with_capacity(512 + to_send.body.len());
-        shadow.replayer.wire(&to_send, &ex.id, &mut wire);
+        shadow.replayer.wire(to_send, &ex.id, &mut wire);
+        // Only the secondary's task needs its own copy of the request.
         let secondary = shadow.secondary.clone().map(|s| {
-            let id = ex.id;
-            tokio::spawn(async move { s.send(&to_send, &id).await })
+            let (req, id) = (to_send.clone(), ex.id);
+            tokio::spawn(async move { s.send(&req, &id).await })
         });
         prepared.push(Prepared {
             ex,

@@ -133,10 +133,7 @@ impl Shadow {
         let dropped = self
             .ledger
             .snapshot()
-            .dropped
-            .iter()
-            .find(|(r, _)| *r == DropReason::ReplayQueueFull)
-            .map_or(0, |(_, n)| *n);
+            .count(Outcome::Dropped(DropReason::ReplayQueueFull));
         tracing::info!(
             requests,
             connections,

@@ -26,15 +26,7 @@ pub(crate) enum Decoded<'a> {
 /// Decodes `body` according to the `Content-Encoding` value `encoding` (a comma list,
 /// applied in order, so decoded in reverse).
 pub(crate) fn decode<'a>(body: &'a [u8], encoding: Option<&[u8]>, cap: usize) -> Decoded<'a> {
-    let codings: Vec<String> = encoding
-        .map(|v| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(|c| c.trim().to_ascii_lowercase())
-                .filter(|c| !c.is_empty() && c != "identity")
-                .collect()
-        })
-        .unwrap_or_default();
+    let codings = crate::http::content_codings(encoding);
     // HEAD, 204 and 304 responses carry the coding header with no body.
     if codings.is_empty() || body.is_empty() {
         return if body.len() > cap {

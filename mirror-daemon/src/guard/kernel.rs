@@ -174,6 +174,10 @@ impl EgressGuard {
                 .ok_or_else(|| load_err("no GUARD_EVENTS"))?,
         )
         .map_err(load_err)?;
+        let attach_err = |e: aya::programs::ProgramError| GuardError::Attach {
+            cgroup: cgroup.path.display().to_string(),
+            detail: chain(&e),
+        };
         for name in [
             program_name::GUARD_CONNECT4,
             program_name::GUARD_CONNECT6,
@@ -191,10 +195,7 @@ impl EgressGuard {
             // Links (kernel ≥ 5.7) always coexist with other programs on the cgroup; their
             // flags must be 0 (ALLOW_MULTI is refused with EINVAL).
             prog.attach(cgroup.dir.as_fd(), CgroupAttachMode::Single)
-                .map_err(|e| GuardError::Attach {
-                    cgroup: cgroup.path.display().to_string(),
-                    detail: chain(&e),
-                })?;
+                .map_err(attach_err)?;
         }
         let prog: &mut CgroupSock = ebpf
             .program_mut(program_name::GUARD_SOCK_CREATE)
@@ -203,10 +204,7 @@ impl EgressGuard {
             .map_err(load_err)?;
         prog.load().map_err(load_err)?;
         prog.attach(cgroup.dir.as_fd(), CgroupAttachMode::Single)
-            .map_err(|e| GuardError::Attach {
-                cgroup: cgroup.path.display().to_string(),
-                detail: chain(&e),
-            })?;
+            .map_err(attach_err)?;
         let unix = if settings.allow_unix.is_empty() {
             Ok(None)
         } else {

@@ -92,6 +92,20 @@ impl Header {
     }
 }
 
+/// The content codings of a `Content-Encoding` value, in the order applied (decode in
+/// reverse), lowercased, without `identity`.
+pub fn content_codings(value: Option<&[u8]>) -> Vec<String> {
+    value
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// First header named `name` (case-insensitive).
 pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
     headers

@@ -10,7 +10,7 @@ use flate2::Compression;
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
 
-use crate::http::{Header, header};
+use crate::http::{Header, content_codings, header};
 
 /// Codings stacked deeper than this are not decoded (the comparator's limit too).
 const MAX_CODINGS: usize = 4;
@@ -58,15 +58,7 @@ pub(crate) fn decode<'a>(
     body: &'a [u8],
     cap: usize,
 ) -> Result<(Cow<'a, [u8]>, Coding), DecodeError> {
-    let names: Vec<String> = header(headers, "content-encoding")
-        .map(|v| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(|c| c.trim().to_ascii_lowercase())
-                .filter(|c| !c.is_empty() && c != "identity")
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = content_codings(header(headers, "content-encoding"));
     if names.len() > MAX_CODINGS {
         return Err(DecodeError::Unsupported);
     }
