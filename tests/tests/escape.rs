@@ -26,17 +26,6 @@ fn escape_script() -> PathBuf {
     workspace_root().join("tests/scripts/escape.py")
 }
 
-fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mount table");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup2 mount")
-}
-
 /// Counts connections to a Unix socket anyone may connect to (mode 0777), so only the
 /// fence can stop the candidate.
 struct UnixCounter {

@@ -83,29 +83,6 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer((host, port), H).serve_forever()
 "#;
 
-fn curl(ns: &Netns, args: &[&str]) {
-    let out = ns
-        .cmd("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(args)
-        .output()
-        .expect("running curl");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "200",
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Sends the seeded PII every way once (a round).
 fn send_round(ns: &Netns, base: &str, dir: &Path, round: u32) {
     let auth = format!("Authorization: Bearer {}", TOKENS[0]);
@@ -117,14 +94,14 @@ fn send_round(ns: &Netns, base: &str, dir: &Path, round: u32) {
         "{base}/profile?round={round}&email=dan.query%40example.com&card={}&ssn={}&phone=%28415%29%20555-0134",
         CARDS[2], SSNS[1]
     );
-    curl(ns, &[&headers[..], &[q.as_str()]].concat());
+    curl_ok(ns, &[&headers[..], &[q.as_str()]].concat());
     // JSON body.
     let json = format!(
         r#"{{"round":{round},"email":"{}","card":"{}","ssn":"{}","phone":"{}"}}"#,
         EMAILS[0], CARDS[1], SSNS[0], PHONES[0]
     );
     let url = format!("{base}/signup");
-    curl(
+    curl_ok(
         ns,
         &[
             &headers[..],
@@ -144,7 +121,7 @@ fn send_round(ns: &Netns, base: &str, dir: &Path, round: u32) {
         CARDS[0]
     );
     let url = format!("{base}/form");
-    curl(
+    curl_ok(
         ns,
         &[
             &headers[..],
@@ -178,7 +155,7 @@ fn send_round(ns: &Netns, base: &str, dir: &Path, round: u32) {
     assert!(enc.wait().expect("gzip").success());
     let data = format!("@{}", gz_path.display());
     let url = format!("{base}/gz/upload");
-    curl(
+    curl_ok(
         ns,
         &[
             &headers[..],
@@ -202,13 +179,6 @@ fn leaks(haystack: &[u8]) -> Vec<&'static str> {
         .into_iter()
         .filter(|v| haystack.windows(v.len()).any(|w| w == v.as_bytes()))
         .collect()
-}
-
-fn count(haystack: &[u8], needle: &str) -> usize {
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle.as_bytes())
-        .count()
 }
 
 #[test]
@@ -281,7 +251,7 @@ fn no_seeded_pii_value_reaches_any_output() {
     assert!(leaks(&raw).len() >= 10, "raw capture: {:?}", leaks(&raw));
     let cand_seen = std::fs::read(&cand_log).unwrap();
     assert_eq!(
-        count(&cand_seen, "\"path\""),
+        occurrences(&cand_seen, "\"path\""),
         sent as usize,
         "every request was replayed"
     );
@@ -333,7 +303,7 @@ fn no_seeded_pii_value_reaches_any_output() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(count(&out.stdout, "\"request\""), sent as usize);
+        assert_eq!(occurrences(&out.stdout, "\"request\""), sent as usize);
         outputs.push((format!("exchanges --masked {extra:?}"), out.stdout));
     }
     let mut found = Vec::new();
@@ -349,19 +319,22 @@ fn no_seeded_pii_value_reaches_any_output() {
     // …and the masked tokens are there, so the search looked at the right things.
     let store = &outputs.iter().find(|(n, _)| n == "m.db").unwrap().1;
     assert!(
-        count(store, "masked.invalid") > 0,
+        occurrences(store, "masked.invalid") > 0,
         "no email token in the store"
     );
     assert!(
-        count(store, "\"role\"") > 0,
+        occurrences(store, "\"role\"") > 0,
         "no example bodies in the store"
     );
     let export = &outputs.last().unwrap().1;
     for token in ["Bearer tok_", "session=tok_", "masked.invalid"] {
-        assert!(count(export, token) > 0, "{token} not in the masked export");
+        assert!(
+            occurrences(export, token) > 0,
+            "{token} not in the masked export"
+        );
     }
     assert!(
-        count(exit.stderr.as_bytes(), "DEBUG") > 0,
+        occurrences(exit.stderr.as_bytes(), "DEBUG") > 0,
         "debug logging was not on"
     );
 }

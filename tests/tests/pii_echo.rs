@@ -110,35 +110,6 @@ fn leaks(hay: &[u8]) -> Vec<String> {
     out
 }
 
-fn count(hay: &[u8], needle: &str) -> usize {
-    hay.windows(needle.len())
-        .filter(|w| *w == needle.as_bytes())
-        .count()
-}
-
-fn curl(ns: &Netns, args: &[&str]) {
-    let out = ns
-        .cmd("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(args)
-        .output()
-        .expect("running curl");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "200",
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The echo routes: plain JSON, gzip, br, URL-encoded, HTML, base64.
 const ROUTES: [&str; 6] = ["anything", "gzip", "br", "form", "html", "b64"];
 /// Requests per round: each route gets a GET with the query, a JSON and a form POST.
@@ -175,7 +146,7 @@ fn send_round(ns: &Netns, base: &str, round: u32) {
     );
     for route in ROUTES {
         let url = format!("{base}/{route}/r{round}?{query}");
-        curl(ns, &[&h[..], &[url.as_str()]].concat());
+        curl_ok(ns, &[&h[..], &[url.as_str()]].concat());
         let url = format!("{base}/{route}/json");
         let body = [
             "-H",
@@ -184,7 +155,7 @@ fn send_round(ns: &Netns, base: &str, round: u32) {
             &json,
             &url,
         ];
-        curl(ns, &[&h[..], &body[..]].concat());
+        curl_ok(ns, &[&h[..], &body[..]].concat());
         let url = format!("{base}/{route}/form");
         let body = [
             "-H",
@@ -193,7 +164,7 @@ fn send_round(ns: &Netns, base: &str, round: u32) {
             &form,
             &url,
         ];
-        curl(ns, &[&h[..], &body[..]].concat());
+        curl_ok(ns, &[&h[..], &body[..]].concat());
     }
 }
 
@@ -355,7 +326,7 @@ fn echoed_pii_is_masked_everywhere_and_echoes_compare_equal() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(count(&out.stdout, "\n") >= sent as usize, "{extra:?}");
+        assert!(occurrences(&out.stdout, "\n") >= sent as usize, "{extra:?}");
         outputs.push((format!("exchanges {extra:?}"), out.stdout));
     }
     let mut found = Vec::new();
@@ -381,17 +352,23 @@ fn echoed_pii_is_masked_everywhere_and_echoes_compare_equal() {
 
     // The tokens are there, so the search looked at the right things.
     let store = &outputs.iter().find(|(n, _)| n == "m.db").unwrap().1;
-    assert!(count(store, "tok_") > 0 || count(&exit.stderr.clone().into_bytes(), "tok_") > 0);
+    assert!(
+        occurrences(store, "tok_") > 0
+            || occurrences(&exit.stderr.clone().into_bytes(), "tok_") > 0
+    );
     let export = &outputs
         .iter()
         .find(|(n, _)| n.contains("--bodies"))
         .unwrap()
         .1;
     for token in ["Bearer tok_", "session=tok_", "masked.invalid"] {
-        assert!(count(export, token) > 0, "{token} not in the masked export");
+        assert!(
+            occurrences(export, token) > 0,
+            "{token} not in the masked export"
+        );
     }
     assert!(
-        count(exit.stderr.as_bytes(), "DEBUG") > 0,
+        occurrences(exit.stderr.as_bytes(), "DEBUG") > 0,
         "debug logging was not on"
     );
 }
