@@ -25,12 +25,18 @@ const REQUESTS: u64 = 2000;
 
 /// The daemon's verdict criteria for an identical candidate.
 const P95_LIMIT: &str = "15%";
-const MIN_DELTA: &str = "1ms";
+/// The live floor. Both sides are timed at once, but a route's p95 rests on its ~17
+/// slowest of ~333 samples, and on 2 cores shared by the load tool, legacy, candidate
+/// and the daemon one of those requests waiting a scheduler slice moves it: CI saw an
+/// identical candidate's `GET /products` p95 +1.28 ms (interval +0.29..+2.19 ms) over a
+/// 0.86 ms legacy p95. 3 ms stays under every route's 15 % of the 22 ms `/slow` route,
+/// so a real regression there still fails (verdict.rs holds the +30 ms known-bad control).
+const MIN_DELTA: &str = "3ms";
 /// From a capture, legacy was timed when the capture was taken and the candidate now:
 /// on a shared 2-core box whose load swings with other builds (load averages of 10+ were
-/// seen), p95 tails then differ by milliseconds whatever the product does. The live legs
-/// (both sides timed at once) hold the 1 ms floor; the capture legs are judged with a
-/// floor above that swing, and their ratios are printed for the record.
+/// seen), p95 tails then differ by milliseconds whatever the product does. The capture
+/// legs are judged with a floor above that swing, and their ratios are printed for the
+/// record.
 const CAPTURE_MIN_DELTA: &str = "50ms";
 
 fn strings(v: &[&str]) -> Vec<String> {
