@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::api::{self, Reply, Route};
 use crate::http::{Handler, Request, Response};
 use crate::mail;
+use crate::payments::{self, PaymentsClient};
 
 pub const SERVER: &str = "candidate/2.0";
 /// Demo profile: extra latency of `GET /users/{id}/orders`.
@@ -18,7 +19,8 @@ pub const DEVIATIONS_SLOW_LATENCY: Duration = Duration::from_millis(30);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
-    /// Real regression on orders (rounding, +20 ms) and a confirmation email on new orders.
+    /// Real regression on orders (rounding, +20 ms), a confirmation email on new orders,
+    /// and new orders charged their total rounded up to 0.10.
     Demo,
     /// Same semantics as legacy; only key order, whitespace and `Server` differ.
     #[default]
@@ -32,6 +34,8 @@ pub struct Candidate {
     pub profile: Profile,
     /// SMTP host (`HOST` or `HOST:PORT`, port 25 by default) for demo confirmation emails.
     pub mail_host: Option<String>,
+    /// The payment dependency (`--payments`); without it orders are not charged.
+    pub payments: Option<PaymentsClient>,
 }
 
 impl Handler for Candidate {
@@ -61,6 +65,15 @@ impl Candidate {
             tokio::time::sleep(base + extra).await;
         }
         let mut reply = api::reply(route, &req.body);
+        if let (Route::CreateOrder, 201, Some(p)) = (route, reply.status, &self.payments) {
+            let mut amount = reply.body.get("total").cloned().unwrap_or_default();
+            if self.profile == Profile::Demo {
+                // Demo bug: the charge is rounded up to the next 0.10.
+                let cents = (amount.as_f64().unwrap_or_default() * 100.0).round() as u64;
+                amount = api::money(cents.div_ceil(10) * 10);
+            }
+            payments::pay(p, req, &mut reply, amount).await;
+        }
         match (self.profile, route) {
             (Profile::Parity, _) => {}
             (Profile::Demo, Route::UserOrders(id)) if id % 5 == 0 => {

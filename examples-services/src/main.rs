@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use mirror_examples::candidate::{Candidate, Profile};
 use mirror_examples::http::{self, Handler};
 use mirror_examples::legacy::Legacy;
+use mirror_examples::payments::{Payments, PaymentsClient};
 use mirror_examples::reflect::Reflect;
 use mirror_examples::{echo, load, mail};
 
@@ -27,6 +28,9 @@ enum Cmd {
     Legacy {
         #[arg(long)]
         listen: SocketAddr,
+        /// The payments service `POST /orders` charges (HTTP/1.1, `POST /charges`).
+        #[arg(long)]
+        payments: Option<SocketAddr>,
     },
     /// The rewrite of the legacy API.
     Candidate {
@@ -38,6 +42,18 @@ enum Cmd {
         /// by default. Without it no email is attempted.
         #[arg(long)]
         mail_host: Option<String>,
+        /// The payments service `POST /orders` charges (HTTP/1.1, `POST /charges`).
+        #[arg(long)]
+        payments: Option<SocketAddr>,
+    },
+    /// The payment dependency: `POST /charges` answers with a charge id derived from the
+    /// order id and amount.
+    Payments {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Keep the number of charges received in this file.
+        #[arg(long)]
+        count_file: Option<PathBuf>,
     },
     /// Echoes each request back like httpbin (JSON, gzip, br, URL-encoded, HTML, base64
     /// by path prefix); for masking tests.
@@ -114,12 +130,34 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Legacy { listen } => serve(listen, Legacy).await,
+        Cmd::Legacy { listen, payments } => {
+            let payments = payments.map(PaymentsClient::new);
+            serve(listen, Legacy { payments }).await
+        }
         Cmd::Candidate {
             listen,
             profile,
             mail_host,
-        } => serve(listen, Candidate { profile, mail_host }).await,
+            payments,
+        } => {
+            let payments = payments.map(PaymentsClient::new);
+            let candidate = Candidate {
+                profile,
+                mail_host,
+                payments,
+            };
+            serve(listen, candidate).await
+        }
+        Cmd::Payments { listen, count_file } => {
+            serve(
+                listen,
+                Payments {
+                    count_file,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
         Cmd::Echo { listen } => {
             let listener = bind(listen).await?;
             let (stop, stopped) = http::shutdown_channel();

@@ -35,6 +35,7 @@ fn candidate(profile: Profile) -> Candidate {
     Candidate {
         profile,
         mail_host: None,
+        payments: None,
     }
 }
 
@@ -77,7 +78,7 @@ fn without(r: &Response, fields: &[&str]) -> Value {
 
 #[tokio::test]
 async fn legacy_routes() {
-    let legacy = start(Legacy).await;
+    let legacy = start(Legacy::default()).await;
     let a = legacy.addr;
 
     let u1 = get(a, "/users/1").await;
@@ -137,7 +138,7 @@ async fn legacy_routes() {
 
 #[tokio::test]
 async fn parity_differs_only_in_form() {
-    let legacy = start(Legacy).await;
+    let legacy = start(Legacy::default()).await;
     let cand = start(candidate(Profile::Parity)).await;
     let mut targets: Vec<String> = vec![
         "/health".into(),
@@ -187,7 +188,7 @@ async fn parity_differs_only_in_form() {
 
 #[tokio::test]
 async fn deviations_are_exactly_as_documented() {
-    let legacy = start(Legacy).await;
+    let legacy = start(Legacy::default()).await;
     let cand = start(candidate(Profile::Deviations)).await;
     for id in 1..=200u64 {
         let (l, c) = (
@@ -248,7 +249,7 @@ async fn deviations_are_exactly_as_documented() {
 
 #[tokio::test]
 async fn demo_rounding_bug_and_confirmation_email() {
-    let legacy = start(Legacy).await;
+    let legacy = start(Legacy::default()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mail_addr = listener.local_addr().unwrap();
     let sink = Arc::new(mail::Sink::new(None));
@@ -257,6 +258,7 @@ async fn demo_rounding_bug_and_confirmation_email() {
     let cand = start(Candidate {
         profile: Profile::Demo,
         mail_host: Some(mail_addr.to_string()),
+        payments: None,
     })
     .await;
 
@@ -295,6 +297,7 @@ async fn demo_rounding_bug_and_confirmation_email() {
     let cand = start(Candidate {
         profile: Profile::Demo,
         mail_host: Some(closed.to_string()),
+        payments: None,
     })
     .await;
     let t0 = Instant::now();
@@ -334,7 +337,7 @@ async fn readme_documents_every_deviation() {
 
 #[tokio::test]
 async fn keep_alive_pipelining_and_http10() {
-    let legacy = start(Legacy).await;
+    let legacy = start(Legacy::default()).await;
     let mut c = Client::connect(legacy.addr).await.unwrap();
     c.write_raw(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /users/2 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -364,7 +367,7 @@ async fn keep_alive_pipelining_and_http10() {
 
 #[tokio::test]
 async fn load_generator_covers_every_route() {
-    let legacy = start(Legacy).await;
+    let legacy = start(Legacy::default()).await;
     let cfg = |target, requests, rate| load::LoadConfig {
         target,
         requests,
@@ -400,7 +403,7 @@ async fn load_generator_covers_every_route() {
 
 #[tokio::test]
 async fn shutdown_closes_idle_connections() {
-    let legacy = start(Legacy).await;
+    let legacy = start(Legacy::default()).await;
     let mut idle = Client::connect(legacy.addr).await.unwrap();
     assert_eq!(
         idle.send(&Request::new("GET", "/health"))
@@ -422,4 +425,35 @@ async fn shutdown_closes_idle_connections() {
         Client::connect(legacy.addr).await.is_err(),
         "listener closed"
     );
+}
+
+/// `POST /orders` charges the order's total at `payments`, propagating the request id; the
+/// demo candidate charges a different amount for the same order.
+#[tokio::test]
+async fn orders_are_charged_at_the_payment_dependency() {
+    use mirror_examples::payments::{Payments, PaymentsClient};
+    let pay = start(Payments::default()).await;
+    let legacy = start(Legacy {
+        payments: Some(PaymentsClient::new(pay.addr)),
+    })
+    .await;
+    let demo = start(Candidate {
+        payments: Some(PaymentsClient::new(pay.addr)),
+        ..candidate(Profile::Demo)
+    })
+    .await;
+    let parity = start(Candidate {
+        payments: Some(PaymentsClient::new(pay.addr)),
+        ..candidate(Profile::Parity)
+    })
+    .await;
+    let mut req = post_order(1, "4111 1111 1111 1111");
+    req.headers.push(("X-Request-Id".into(), "req-1".into()));
+    let l = body(&send(legacy.addr, &req).await);
+    let p = body(&send(parity.addr, &req).await);
+    let d = body(&send(demo.addr, &req).await);
+    let charge = |v: &serde_json::Value| v["payment"]["charge_id"].as_str().map(str::to_string);
+    assert!(charge(&l).is_some(), "{l}");
+    assert_eq!(charge(&l), charge(&p), "same order, same amount, same charge");
+    assert_ne!(charge(&l), charge(&d), "the demo candidate charges another amount");
 }
