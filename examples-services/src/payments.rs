@@ -108,7 +108,9 @@ impl PaymentsClient {
         let pooled = self.idle.lock().ok().and_then(|mut p| p.pop());
         let mut client = match pooled {
             Some(c) => c,
-            None => Client::connect(self.addr).await.map_err(|e| e.to_string())?,
+            None => Client::connect(self.addr)
+                .await
+                .map_err(|e| e.to_string())?,
         };
         let resp = client.send(&req).await.map_err(|e| e.to_string())?;
         if resp.header("connection") != Some("close")

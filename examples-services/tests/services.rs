@@ -454,6 +454,14 @@ async fn orders_are_charged_at_the_payment_dependency() {
     let d = body(&send(demo.addr, &req).await);
     let charge = |v: &serde_json::Value| v["payment"]["charge_id"].as_str().map(str::to_string);
     assert!(charge(&l).is_some(), "{l}");
-    assert_eq!(charge(&l), charge(&p), "same order, same amount, same charge");
-    assert_ne!(charge(&l), charge(&d), "the demo candidate charges another amount");
+    assert_eq!(
+        charge(&l),
+        charge(&p),
+        "same order, same amount, same charge"
+    );
+    assert_ne!(
+        charge(&l),
+        charge(&d),
+        "the demo candidate charges another amount"
+    );
 }

@@ -130,6 +130,7 @@ pub mod map_name {
     pub const GUARD_EVENTS: &str = "GUARD_EVENTS";
     pub const GUARD_SETTINGS: &str = "GUARD_SETTINGS";
     pub const GUARD_COUNTERS: &str = "GUARD_COUNTERS";
+    pub const GUARD_VIRTUAL4: &str = "GUARD_VIRTUAL4";
 }
 
 /// Program names in the object files.
@@ -222,6 +223,22 @@ pub mod guard_action {
     pub const ALLOWED: u8 = 0;
     pub const REFUSED: u8 = 1;
     pub const REDIRECTED: u8 = 2;
+    /// A TCP connect to a recorded dependency, rewritten to the daemon's virtual
+    /// dependency listener on the candidate's loopback (`--virtualize-egress`).
+    pub const VIRTUALIZED: u8 = 3;
+}
+
+/// An IPv4 dependency endpoint whose TCP connects the guard sends to a virtual
+/// dependency listener (key of `GUARD_VIRTUAL4`; the value is the listener's port on
+/// 127.0.0.1, host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtualKey4 {
+    /// Network byte order.
+    pub addr: [u8; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
 }
 
 /// One outbound attempt seen by the guard.
@@ -308,4 +325,6 @@ mod pod {
     unsafe impl aya::Pod for super::GuardEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OwnFlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VirtualKey4 {}
 }

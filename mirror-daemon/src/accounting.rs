@@ -50,10 +50,13 @@ pub enum DropReason {
     /// Still in flight (replaying, or its row queued for the store) when the shutdown
     /// deadline passed.
     ShutdownDeadline,
+    /// The side-effect book (`--dependency`) was full: the exchange's calls could not be
+    /// followed, so it was not replayed.
+    SideEffectsFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::RingFull,
         DropReason::QueueFull,
         DropReason::ReplayQueueFull,
@@ -69,6 +72,7 @@ impl DropReason {
         DropReason::StoreFailed,
         DropReason::StagePanic,
         DropReason::ShutdownDeadline,
+        DropReason::SideEffectsFull,
     ];
     /// The reason's name in every output (metrics label, JSON key, card text).
     pub fn as_str(self) -> &'static str {
@@ -88,6 +92,7 @@ impl DropReason {
             DropReason::StoreFailed => "store_failed",
             DropReason::StagePanic => "stage_panic",
             DropReason::ShutdownDeadline => "shutdown_deadline",
+            DropReason::SideEffectsFull => "side_effects_full",
         }
     }
 }

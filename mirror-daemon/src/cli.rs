@@ -213,6 +213,10 @@ pub struct CriteriaArgs {
     /// Lowest capture completeness for a verdict, e.g. `99%`.
     #[arg(long)]
     pub min_completeness: Option<String>,
+    /// Most exchanges whose calls to dependencies differ from legacy's (missing, extra
+    /// or a different payload), e.g. `0%` (needs --virtualize-egress).
+    #[arg(long)]
+    pub max_side_effect_mismatch: Option<String>,
     /// Per-route mismatch limit `ROUTE=PCT`, e.g. `"GET /users/{id}=1%"` (repeatable).
     #[arg(long)]
     pub route_max_mismatch: Vec<String>,
@@ -309,6 +313,18 @@ pub struct PipelineArgs {
     /// user, say). Everything stored, logged or shown stays masked either way.
     #[arg(long)]
     pub replay_raw: bool,
+    /// A dependency of legacy, ADDR:PORT (repeatable): legacy's calls to it are recorded
+    /// from the tap and tied to the inbound exchange that caused them.
+    #[arg(long = "dependency")]
+    pub dependencies: Vec<std::net::SocketAddr>,
+    /// A header carrying an id from an inbound request to the calls it causes (repeatable;
+    /// `traceparent` and `X-Request-Id` always count).
+    #[arg(long = "propagation-header")]
+    pub propagation_headers: Vec<String>,
+    /// Answer the candidate's calls to the --dependency endpoints with legacy's recorded
+    /// responses (nothing reaches the real dependency) and diff what both sides sent.
+    #[arg(long, requires = "dependencies")]
+    pub virtualize_egress: bool,
     #[command(flatten)]
     pub guard: GuardArgs,
     #[command(flatten)]

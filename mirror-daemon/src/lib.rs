@@ -41,6 +41,7 @@ pub mod app;
 pub mod capture;
 pub mod clock;
 pub mod compare;
+pub mod effects;
 pub mod guard;
 pub mod http;
 pub mod mask;

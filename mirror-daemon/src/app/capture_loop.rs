@@ -55,6 +55,9 @@ pub struct CaptureSettings {
     /// Capture files: segments held to restore causal order across directions
     /// (`capture::reorder`); 0 reads the file as it is.
     pub reorder_window: usize,
+    /// Legacy's calls to its dependencies (`--dependency`): taken out of the inbound
+    /// stream and handed to the side-effect recorder; never counted as inbound exchanges.
+    pub outbound: Option<crate::effects::OutboundTap>,
 }
 
 // Not derived: a derived 0 became a table of one connection, so `exchanges` evicted every
@@ -66,6 +69,7 @@ impl Default for CaptureSettings {
             limits: Limits::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             reorder_window: DEFAULT_REORDER_WINDOW,
+            outbound: None,
         }
     }
 }
@@ -91,6 +95,7 @@ pub struct CaptureFigures {
 /// Where the HTTP stage's outputs go.
 struct Outlet {
     exchanges: mpsc::Sender<Captured>,
+    outbound: Option<crate::effects::OutboundTap>,
     ledger: Arc<Ledger>,
     /// Offline input waits for the pipeline instead of dropping: no legacy user waits on
     /// a file, and a golden set should be replayed whole.
@@ -101,12 +106,30 @@ impl Outlet {
     fn deliver(&self, o: HttpOutput) {
         match o {
             HttpOutput::Exchange(ex) => {
+                let ex = match &self.outbound {
+                    Some(tap) => match tap.offer(ex) {
+                        Ok(()) => return,
+                        Err(ex) => ex,
+                    },
+                    None => ex,
+                };
                 self.ledger.saw(1);
                 let item = Captured::Exchange(ex);
                 if !self.wait_when_full {
                     pipeline::offer(&self.exchanges, item, &self.ledger);
                 } else if self.exchanges.blocking_send(item).is_err() {
                     self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
+                }
+            }
+            HttpOutput::Dropped { flow, .. }
+                if self
+                    .outbound
+                    .as_ref()
+                    .is_some_and(|t| t.is_dependency(&flow.server)) =>
+            {
+                // A dependency call lost in framing: not an inbound exchange.
+                if let Some(t) = &self.outbound {
+                    t.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             HttpOutput::Dropped { reason, count, .. } => self.ledger.saw_dropped(reason, count),
@@ -118,6 +141,13 @@ impl Outlet {
     /// candidate connection when idle).
     fn stream_event(&self, ev: &StreamEvent<'_>) {
         if let StreamEvent::Closed { flow, ts_ns, .. } = ev {
+            if self
+                .outbound
+                .as_ref()
+                .is_some_and(|t| t.is_dependency(&flow.server))
+            {
+                return;
+            }
             let item = Captured::Closed {
                 flow: *flow,
                 ts_ns: *ts_ns,
@@ -215,6 +245,7 @@ pub fn run(
         tracker: ExchangeTracker::new(settings.limits, settings.max_connections.max(1)),
         outlet: Outlet {
             exchanges,
+            outbound: settings.outbound.clone(),
             ledger,
             wait_when_full: matches!(source, Source::File { .. }),
         },
@@ -306,6 +337,7 @@ mod tests {
             tracker: ExchangeTracker::new(Limits::default(), 16),
             outlet: Outlet {
                 exchanges: tx,
+                outbound: None,
                 ledger: ledger.clone(),
                 wait_when_full: false,
             },

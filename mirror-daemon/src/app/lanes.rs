@@ -286,6 +286,9 @@ async fn prepare(shadow: &Arc<Shadow>, batch: Vec<JoinHandle<Masked>>) -> Option
         } else {
             &masked.request
         };
+        if let Some(e) = &shadow.effects {
+            e.bind_sent(ex.id, to_send);
+        }
         let mut wire = Vec::with_capacity(512 + to_send.body.len());
         shadow.replayer.wire(to_send, &ex.id, &mut wire);
         // Only the secondary's task needs its own copy of the request.

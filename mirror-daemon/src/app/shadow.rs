@@ -46,6 +46,9 @@ pub struct Shadow {
     pub pace: Option<Pace>,
     pub host: String,
     pub run_id: String,
+    /// Side effects (`--dependency`): each replayed exchange is followed, and with
+    /// `--virtualize-egress` its calls are diffed.
+    pub effects: Option<Arc<crate::effects::Effects>>,
 }
 
 /// The outcome of an exchange whose stage task did not return: a panic is the stage's
@@ -109,11 +112,21 @@ impl Shadow {
             {
                 tokio::time::sleep_until(started + due).await;
             }
+            if let Some(e) = &self.effects
+                && e.register(&ex).is_err()
+            {
+                self.finish(Outcome::Dropped(DropReason::SideEffectsFull));
+                continue;
+            }
+            let id = ex.id;
             // A slow candidate fills its lanes; the newest exchange is then dropped and
             // counted, and the capture never waits.
             if lanes.offer(&self, ex) {
                 replayed += 1;
             } else {
+                if let Some(e) = &self.effects {
+                    e.forget(&id);
+                }
                 self.finish(Outcome::Dropped(DropReason::ReplayQueueFull));
             }
         }
@@ -161,6 +174,11 @@ impl Shadow {
         let legacy_sample = (ex.timing.ttfb_ns(), ex.timing.ttlb_ns());
         self.metrics
             .latency(&route, "legacy", legacy_sample.0, legacy_sample.1);
+        let side_effects = self
+            .effects
+            .as_ref()
+            .map(|e| e.conclude(&ex.id, &self.comparator))
+            .unwrap_or_default();
         let (outcome, comparison, candidate_status, cand_timing, example) = match reply {
             Err(kind) => (Outcome::CandidateError(kind), None, None, None, None),
             Ok(reply) => {
@@ -169,7 +187,10 @@ impl Shadow {
                 // The request's masked values are masked in every response the same way,
                 // so an echo of a secret reads alike on both sides.
                 let cand = self.masker.mask_response_tainted(&reply.response, taint);
-                let cmp = self.comparator.compare(&masked.response, &cand);
+                let mut cmp = self.comparator.compare(&masked.response, &cand);
+                // What the candidate would have sent its dependencies counts like the
+                // response: an exchange with a side-effect diff differed.
+                cmp.diffs.extend(side_effects);
                 let outcome = if cmp.matched() {
                     Outcome::Matched
                 } else {

@@ -58,6 +58,7 @@ pub fn criteria(
         max_mismatch: pct(&args.max_mismatch)?,
         max_p95_regression: pct(&args.max_p95_regression)?,
         max_candidate_errors: pct(&args.max_candidate_errors)?,
+        max_side_effect_mismatch: pct(&args.max_side_effect_mismatch)?,
         min_exchanges: args.min_exchanges,
         min_completeness: pct(&args.min_completeness)?,
         min_latency_delta_ns: args
@@ -99,6 +100,7 @@ pub fn criteria_text(args: &crate::cli::CriteriaArgs) -> String {
     push("max-mismatch", &args.max_mismatch);
     push("max-p95-regression", &args.max_p95_regression);
     push("max-candidate-errors", &args.max_candidate_errors);
+    push("max-side-effect-mismatch", &args.max_side_effect_mismatch);
     push("min-completeness", &args.min_completeness);
     push("min-latency-delta", &args.min_latency_delta);
     if let Some(n) = args.min_exchanges {

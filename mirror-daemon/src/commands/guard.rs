@@ -41,6 +41,7 @@ impl Fence {
         args: &GuardArgs,
         run_id: &str,
         secrets: &[PathBuf],
+        virtual_deps: &[(std::net::SocketAddrV4, u16)],
     ) -> anyhow::Result<Self> {
         let limits = CandidateLimits::parse(
             &args.candidate_memory,
@@ -129,6 +130,7 @@ impl Fence {
                 .zip(args.allow_dns)
                 .map(|(r, s)| (s, r.port())),
             allow_unix: args.allow_unix.clone(),
+            virtual_deps: virtual_deps.to_vec(),
         };
         let guard = EgressGuard::attach(&cgroup, &settings, super::monotonic_to_epoch_offset_ns())?;
         let unix_note = guard.unix_note();
@@ -277,7 +279,7 @@ pub fn run(args: GuardArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let run_id = ulid::Ulid::new().to_string().to_lowercase();
-        let mut fence = Fence::setup(&args, &run_id, &[]).await?;
+        let mut fence = Fence::setup(&args, &run_id, &[], &[]).await?;
         println!("guard attached to {} ({})", fence.cgroup.path.display(), fence.self_test);
         if let Some(addr) = fence.sink_addr {
             println!("egress sink listening on {addr}");

@@ -3,6 +3,7 @@
 mod check;
 mod check_impl;
 mod common;
+mod effects;
 mod exchanges;
 mod guard;
 mod record;

@@ -63,9 +63,12 @@ enum Input {
 
 pub fn run_live(args: RunArgs) -> anyhow::Result<u8> {
     let duration = args.duration;
+    // effects (issue 17): the tap also takes legacy's calls to its --dependency endpoints.
+    let mut ports = args.tap.ports.clone();
+    ports.extend(super::effects::SideEffects::extra_ports(&args.pipeline));
     let tap = TapConfig {
         iface: args.tap.iface.clone(),
-        ports: args.tap.ports.clone(),
+        ports,
         ring_mib: args.tap.ring_mib,
         sample_ppm: PPM_ALL,
         wakeup_per_record: args.tap.wakeup_per_record,
@@ -185,6 +188,8 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         ));
     }
     let masker = Arc::new(common::build_masker(&p.mask)?);
+    // effects (issue 17): side-effect recording / virtual dependency, validated before the fence.
+    let mut side_effects = super::effects::prepare(&p, &masker, &templater)?;
     let comparator = {
         let m = masker.clone();
         Arc::new(comparator.with_body_digest(Arc::new(move |b: &[u8]| m.digest(b))))
@@ -253,7 +258,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                 secrets.push(path.clone());
             }
             secrets.extend(config.iter().cloned());
-            Some(Fence::setup(&p.guard, &run_id, &secrets).await?)
+            Some(Fence::setup(&p.guard, &run_id, &secrets, &side_effects.virtual_deps).await?) // effects (issue 17): + virtual deps
         };
         let patience = if p.guard.candidate_cmd.is_some() { Duration::from_secs(20) } else { Duration::from_secs(3) };
         wait_reachable(replay_cfg.target.addr, patience).await?;
@@ -285,6 +290,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             }),
             host: host.clone(),
             run_id: run_id.clone(),
+            effects: side_effects.effects.clone(), // effects (issue 17)
         });
 
         // Live sample-rate control (dashboard POST, SIGHUP); the kernel's pre-sampling
@@ -332,6 +338,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         let figures = Arc::new(Mutex::new(CaptureFigures::default()));
         let mut settings = CaptureSettings { limits: limits(&p), max_connections: 100_000, ..Default::default() };
         settings.reassembly.max_flows = 200_000;
+        side_effects.start(&mut settings)?; // effects (issue 17): recorder + virtual listeners
         let (source, mut tap, duration) = match input {
             Input::Live { mut tap, duration } => {
                 tap.sample_ppm = sampler.kernel_ppm().unwrap_or(PPM_ALL);
@@ -476,6 +483,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         let final_ledger = ledger.snapshot();
         let rows_not_written = final_ledger.count(Outcome::Dropped(DropReason::StoreQueueFull))
             + final_ledger.count(Outcome::Dropped(DropReason::StoreFailed));
+        if let Some(line) = side_effects.summary() { eprintln!("{line}"); } // effects (issue 17)
         eprintln!(
             "run {run_id} on {host}: {} segments captured; store rows not written: {rows_not_written}; stopped by {stopped_by}",
             figures_final.segments,

@@ -35,6 +35,12 @@ pub enum DiffKind {
     Size,
     /// Non-JSON bodies of equal size with different content.
     Body,
+    /// A difference in what the exchange did to a dependency (`effects`): `call` names the
+    /// call (`POST /charges`), `what` is `missing`, `extra` or the payload's diff key.
+    SideEffect {
+        call: String,
+        what: String,
+    },
 }
 
 impl std::fmt::Display for DiffKind {
@@ -54,6 +60,7 @@ impl std::fmt::Display for DiffKind {
             }
             DiffKind::Size => f.write_str("size"),
             DiffKind::Body => f.write_str("body"),
+            DiffKind::SideEffect { call, what } => write!(f, "side_effect({call},{what})"),
         }
     }
 }

@@ -11,8 +11,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
 };
 use mirror_common::{
-    AllowPorts, GuardConfig, GuardEvent, UnixGuardEvent, guard_action, guard_counter, guard_mode,
-    map_name, program_name,
+    AllowPorts, GuardConfig, GuardEvent, UnixGuardEvent, VirtualKey4, guard_action, guard_counter,
+    guard_mode, map_name, program_name,
 };
 
 use super::{EgressAction, EgressAttempt, cgroup::Cgroup, rules::AllowRule};
@@ -46,6 +46,9 @@ pub struct GuardSettings {
     /// Unix sockets the candidate may connect to (`--allow-unix`); empty: the Unix hooks
     /// are not attached (the candidate cannot create Unix sockets at all).
     pub allow_unix: Vec<std::path::PathBuf>,
+    /// Dependency endpoints (IPv4) whose TCP connects go to a virtual dependency listener
+    /// on the candidate's 127.0.0.1, with that listener's port (`--virtualize-egress`).
+    pub virtual_deps: Vec<(std::net::SocketAddrV4, u16)>,
 }
 
 /// Kernel counters of the guard, summed over CPUs.
@@ -163,6 +166,21 @@ impl EgressGuard {
             )
             .map_err(load_err)?;
             arr.set(0, cfg, 0).map_err(load_err)?;
+        }
+        if !settings.virtual_deps.is_empty() {
+            let mut map: aya::maps::HashMap<_, VirtualKey4, u16> = aya::maps::HashMap::try_from(
+                ebpf.map_mut(map_name::GUARD_VIRTUAL4)
+                    .ok_or_else(|| load_err("no GUARD_VIRTUAL4"))?,
+            )
+            .map_err(load_err)?;
+            for (dep, listener_port) in &settings.virtual_deps {
+                let key = VirtualKey4 {
+                    addr: dep.ip().octets(),
+                    port: dep.port(),
+                    _pad: [0; 2],
+                };
+                map.insert(key, listener_port, 0).map_err(load_err)?;
+            }
         }
         let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
             ebpf.take_map(map_name::GUARD_COUNTERS)
@@ -372,6 +390,7 @@ fn decode(ev: &GuardEvent, epoch_offset_ns: i128) -> EgressAttempt {
         action: match ev.action {
             guard_action::ALLOWED => EgressAction::Allowed,
             guard_action::REDIRECTED => EgressAction::Redirected,
+            guard_action::VIRTUALIZED => EgressAction::Virtualized,
             _ => EgressAction::Refused,
         },
         first_bytes: None,

@@ -25,13 +25,17 @@ pub enum EgressAction {
     /// Redirected to the daemon's sink listener.
     Redirected,
     Allowed,
+    /// A connect to a recorded dependency, answered by the daemon's virtual dependency
+    /// (`--virtualize-egress`): nothing reaches the real dependency.
+    Virtualized,
 }
 
 impl EgressAction {
-    pub const ALL: [EgressAction; 3] = [
+    pub const ALL: [EgressAction; 4] = [
         EgressAction::Refused,
         EgressAction::Redirected,
         EgressAction::Allowed,
+        EgressAction::Virtualized,
     ];
 
     /// The action's name everywhere (store, metrics label, JSON, reports, logs).
@@ -40,6 +44,7 @@ impl EgressAction {
             EgressAction::Refused => "refused",
             EgressAction::Redirected => "redirected",
             EgressAction::Allowed => "allowed",
+            EgressAction::Virtualized => "virtualized",
         }
     }
 

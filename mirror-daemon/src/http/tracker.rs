@@ -150,7 +150,8 @@ impl HttpStats {
             | DropReason::StoreQueueFull
             | DropReason::StoreFailed
             | DropReason::StagePanic
-            | DropReason::ShutdownDeadline => &mut self.dropped_unpaired,
+            | DropReason::ShutdownDeadline
+            | DropReason::SideEffectsFull => &mut self.dropped_unpaired,
         };
         *slot += 1;
     }

@@ -9,7 +9,7 @@ use crate::verdict::{Criteria, Evidence, RouteEvidence, decide, evaluate};
 
 use super::card::{
     Accounting, CARD_VERSION, CompletenessDetail, DiffCard, EgressCard, ExampleCard, KernelCard,
-    LatencyCard, MismatchBasis, ParityCard, RouteCard, Scope, StoredCard,
+    LatencyCard, MismatchBasis, ParityCard, RouteCard, Scope, SideEffectCard, StoredCard,
 };
 use super::input::CardEvidence;
 use super::latency;
@@ -160,8 +160,56 @@ fn route_cards(
         .collect()
 }
 
+/// Prefix of the diff keys of side effects (`DiffKind::SideEffect`).
+pub const SIDE_EFFECT_PREFIX: &str = "side_effect(";
+
+/// Side-effect diffs per (inbound route, call diff key), most exchanges first.
+fn side_effect_cards(ev: &CardEvidence<'_>) -> Vec<SideEffectCard> {
+    let mut out: Vec<SideEffectCard> = ev
+        .diffs
+        .iter()
+        .filter(|d| d.exchanges > 0)
+        .filter_map(|d| {
+            let inner = d.key.strip_prefix(SIDE_EFFECT_PREFIX)?.strip_suffix(')')?;
+            let (call, what) = inner.split_once(',')?;
+            let example = d.examples.first();
+            Some(SideEffectCard {
+                route: d.route.clone(),
+                call: call.to_string(),
+                what: what.to_string(),
+                exchanges: d.exchanges,
+                legacy: example.and_then(|e| e.legacy.clone()),
+                candidate: example.and_then(|e| e.candidate.clone()),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.exchanges
+            .cmp(&a.exchanges)
+            .then_with(|| (&a.route, &a.call, &a.what).cmp(&(&b.route, &b.call, &b.what)))
+    });
+    out
+}
+
+/// Exchanges with a side-effect diff: per route the sum over side-effect keys (an
+/// exchange with two kinds counts twice: an upper bound), at most the route's compared.
+fn side_effect_mismatched(cards: &[SideEffectCard], routes: &[RouteCard]) -> u64 {
+    routes
+        .iter()
+        .map(|r| {
+            let n: u64 = cards
+                .iter()
+                .filter(|c| c.route == r.route)
+                .map(|c| c.exchanges)
+                .sum();
+            n.min(r.compared)
+        })
+        .sum()
+}
+
 fn to_evidence(routes: &[RouteCard], latency: &LatencyCard, completeness: f64) -> Evidence {
     Evidence {
+        side_effect_mismatched: 0,
         compared: routes.iter().map(|r| r.compared).sum(),
         mismatched: routes.iter().map(|r| r.mismatched).sum(),
         candidate_errors: routes.iter().map(|r| r.candidate_errors).sum(),
@@ -206,11 +254,13 @@ pub fn evidence_with<'a>(
     let ev = ev.into();
     let routes = route_cards(&ev, noise, key_sets);
     let latency = latency::overall(ev.latency);
-    to_evidence(
+    let mut e = to_evidence(
         &routes,
         &latency,
         completeness(ev.ledger_total, ev.kernel_total),
-    )
+    );
+    e.side_effect_mismatched = side_effect_mismatched(&side_effect_cards(&ev), &routes);
+    e
 }
 
 /// The `--ignore` flag that would silence a diff key (same spelling as
@@ -437,7 +487,9 @@ pub fn build_with<'a>(
     let latency = latency::overall(ev.latency);
     let detail = completeness_detail(ev.ledger_total, ev.kernel_total);
     let completeness = detail.exchange_factor * detail.kernel_factor;
-    let evidence = to_evidence(&routes, &latency, completeness);
+    let mut evidence = to_evidence(&routes, &latency, completeness);
+    let side_effects = side_effect_cards(&ev);
+    evidence.side_effect_mismatched = side_effect_mismatched(&side_effects, &routes);
     let verdict = decide(criteria, &evidence);
     let mut card = ParityCard {
         version: CARD_VERSION,
@@ -446,6 +498,8 @@ pub fn build_with<'a>(
         completeness,
         completeness_detail: detail,
         diffs: diff_cards(&ev, &noise, &routes, opts.examples_per_diff),
+        side_effect_mismatched: evidence.side_effect_mismatched,
+        side_effects,
         routes,
         latency,
         egress: ev

@@ -31,6 +31,11 @@ pub struct ParityCard {
     pub diffs: Vec<DiffCard>,
     pub latency: LatencyCard,
     pub egress: Vec<EgressCard>,
+    /// What the candidate's calls to dependencies did differently from legacy's
+    /// (`--virtualize-egress`), most exchanges first.
+    pub side_effects: Vec<SideEffectCard>,
+    /// Compared exchanges with a side-effect diff (upper bound, see the verdict).
+    pub side_effect_mismatched: u64,
     /// Every criterion with its measured value, run-wide first, then per route.
     pub criteria: Vec<CriterionResult>,
     pub verdict: Verdict,
@@ -240,6 +245,22 @@ pub struct ExampleCard {
     pub candidate: Option<String>,
     /// Masked bodies are kept in the store for this exchange.
     pub has_bodies: bool,
+}
+
+/// One kind of side-effect difference on one inbound route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SideEffectCard {
+    /// The inbound route whose exchanges made the call.
+    pub route: String,
+    /// The call (`POST /charges`).
+    pub call: String,
+    /// `missing` (legacy made it, the candidate did not), `extra` (the other way round)
+    /// or the payload's diff key (`field($.amount,value)`).
+    pub what: String,
+    pub exchanges: u64,
+    /// An example's masked renderings of both sides.
+    pub legacy: Option<String>,
+    pub candidate: Option<String>,
 }
 
 /// The candidate's outbound attempts, grouped by destination, protocol and action.

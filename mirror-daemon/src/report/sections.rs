@@ -107,6 +107,7 @@ pub(crate) fn document(card: &ParityCard) -> Document<'_> {
         noise(card),
         examples(card),
         latency(card),
+        side_effects(card),
         egress(card),
     ];
     if !card.notes.is_empty() {
@@ -580,6 +581,47 @@ fn egress(card: &ParityCard) -> Section<'_> {
         title: "Egress attempts by the candidate",
         json_field: "egress",
         blocks: vec![table_or("none", &spec, rows)],
+    }
+}
+
+fn side_effects(card: &ParityCard) -> Section<'_> {
+    let rows: Vec<Row> = card
+        .side_effects
+        .iter()
+        .map(|e| {
+            let example = match (&e.legacy, &e.candidate) {
+                (Some(l), Some(c)) => format!("legacy sent {l}, the candidate {c}"),
+                (Some(l), None) => format!("legacy sent {l}"),
+                (None, Some(c)) => format!("the candidate sent {c}"),
+                (None, None) => String::new(),
+            };
+            Row::new(vec![
+                plain(e.exchanges.to_string()),
+                code(e.route.clone()),
+                code(e.call.clone()),
+                code(e.what.clone()),
+                plain(example),
+            ])
+        })
+        .collect();
+    let spec = [
+        ("exchanges", true, None),
+        ("route", false, None),
+        ("call", false, None),
+        ("difference", false, None),
+        ("example", false, Some(60)),
+    ];
+    let mut blocks = vec![table_or("none (or no --virtualize-egress)", &spec, rows)];
+    if card.side_effect_mismatched > 0 {
+        blocks.push(Block::Remark(plain(format!(
+            "{} compared exchange(s) would have called a dependency differently from legacy",
+            card.side_effect_mismatched
+        ))));
+    }
+    Section {
+        title: "Side effects (calls to dependencies)",
+        json_field: "side_effects",
+        blocks,
     }
 }
 

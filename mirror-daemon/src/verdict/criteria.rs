@@ -27,6 +27,10 @@ pub struct Criteria {
     pub min_latency_delta_ns: Option<u64>,
     /// Largest allowed fraction of replayed requests the candidate failed.
     pub max_candidate_errors: Option<f64>,
+    /// Largest allowed fraction of compared exchanges whose calls to dependencies differ
+    /// from legacy's (`--max-side-effect-mismatch`; run-wide only).
+    #[serde(default)]
+    pub max_side_effect_mismatch: Option<f64>,
     /// Fewest compared exchanges for a verdict.
     pub min_exchanges: Option<u64>,
     /// Lowest capture completeness (0..=1) for a verdict.
@@ -112,6 +116,7 @@ impl Criteria {
         self.max_mismatch.is_some()
             || self.max_p95_regression.is_some()
             || self.max_candidate_errors.is_some()
+            || self.max_side_effect_mismatch.is_some()
             || self.per_route.iter().any(|(_, c)| c.has_parity_limit())
     }
 

@@ -325,6 +325,18 @@ pub fn evaluate(c: &Criteria, e: &Evidence) -> Vec<CriterionResult> {
         None,
         c.min_latency_delta_ns,
     );
+    if let Some(limit) = c.max_side_effect_mismatch {
+        let measured = ratio(e.side_effect_mismatched, e.compared);
+        out.push(CriterionResult {
+            name: "max_side_effect_mismatch".into(),
+            route: None,
+            limit,
+            measured,
+            passed: measured.is_some_and(|v| v <= limit + EPSILON),
+            unit: Unit::Percent,
+            latency: None,
+        });
+    }
     for (route, rc) in &c.per_route {
         let m = e
             .per_route

@@ -10,6 +10,10 @@ pub struct Evidence {
     pub mismatched: u64,
     /// Replays the candidate failed (timeout, refused, reset, malformed).
     pub candidate_errors: u64,
+    /// Compared exchanges with a side-effect diff (an upper bound when exchanges have
+    /// several kinds and no per-exchange key sets are available).
+    #[serde(default)]
+    pub side_effect_mismatched: u64,
     /// Requests replayed to the candidate (the denominator of the error rate).
     pub replayed: u64,
     /// Capture completeness, 0..=1.

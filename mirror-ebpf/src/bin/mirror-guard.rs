@@ -29,11 +29,11 @@ mod program {
     use aya_ebpf::{
         helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
         macros::{cgroup_sock, cgroup_sock_addr, map},
-        maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+        maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
         programs::{SockAddrContext, SockContext},
     };
     use mirror_common::{
-        AllowPorts, GuardConfig, GuardEvent, guard_action, guard_counter, guard_mode,
+        AllowPorts, GuardConfig, GuardEvent, VirtualKey4, guard_action, guard_counter, guard_mode,
     };
 
     const ALLOW: i32 = 1;
@@ -54,6 +54,11 @@ mod program {
 
     #[map(name = "GUARD_SETTINGS")]
     static GUARD_SETTINGS: Array<GuardConfig> = Array::with_max_entries(1, 0);
+
+    /// Dependency endpoints answered by the daemon's virtual dependency listeners
+    /// (`--virtualize-egress`) → listener port on the candidate's 127.0.0.1.
+    #[map(name = "GUARD_VIRTUAL4")]
+    static GUARD_VIRTUAL4: HashMap<VirtualKey4, u16> = HashMap::with_max_entries(64, 0);
 
     #[map(name = "GUARD_EVENTS")]
     static GUARD_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
@@ -230,7 +235,7 @@ mod program {
     ) {
         let counter = match action {
             guard_action::ALLOWED => guard_counter::ALLOWED,
-            guard_action::REDIRECTED => guard_counter::REDIRECTED,
+            guard_action::REDIRECTED | guard_action::VIRTUALIZED => guard_counter::REDIRECTED,
             _ => guard_counter::REFUSED,
         };
         bump(counter);
@@ -253,6 +258,18 @@ mod program {
             _pad: [0; 6],
         });
         entry.submit(0);
+    }
+
+    /// The virtual dependency listener's port for a dependency endpoint, if virtualized.
+    #[inline(always)]
+    fn virtual4(ip: [u8; 4], port: u16) -> Option<u16> {
+        let key = VirtualKey4 {
+            addr: ip,
+            port,
+            _pad: [0; 2],
+        };
+        // SAFETY: a plain value read from a map the daemon fills before attaching.
+        unsafe { GUARD_VIRTUAL4.get(&key) }.copied()
     }
 
     #[inline(always)]
@@ -287,6 +304,18 @@ mod program {
                 (*sa).user_port = u32::from(cfg.relay_port4.to_be());
             }
             report(addr, 4, port, proto, guard_action::ALLOWED);
+            return ALLOW;
+        }
+        if connect
+            && proto == IPPROTO_TCP
+            && let Some(lport) = virtual4(ip, port)
+        {
+            // SAFETY: writable fields of the connect4 context.
+            unsafe {
+                (*sa).user_ip4 = u32::from_ne_bytes(LOOPBACK4);
+                (*sa).user_port = u32::from(lport.to_be());
+            }
+            report(addr, 4, port, proto, guard_action::VIRTUALIZED);
             return ALLOW;
         }
         if allowed4(ip, port) {
@@ -386,6 +415,22 @@ mod program {
                 report(addr, 6, port, proto, guard_action::ALLOWED);
                 return ALLOW;
             }
+        }
+        if connect
+            && proto == IPPROTO_TCP
+            && mapped
+            && let Some(lport) = virtual4(words[3], port)
+        {
+            // SAFETY: writable fields of the connect6 context, as u32 words.
+            unsafe {
+                (*sa).user_ip6[0] = 0;
+                (*sa).user_ip6[1] = 0;
+                (*sa).user_ip6[2] = 0x0000_ffff_u32.to_be();
+                (*sa).user_ip6[3] = u32::from_ne_bytes(LOOPBACK4);
+                (*sa).user_port = u32::from(lport.to_be());
+            }
+            report(addr, 6, port, proto, guard_action::VIRTUALIZED);
+            return ALLOW;
         }
         let ok = if mapped {
             allowed4(words[3], port)

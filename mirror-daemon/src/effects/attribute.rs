@@ -1,0 +1,428 @@
+//! Which inbound exchange caused each of legacy's outbound calls (pure, bounded).
+//!
+//! Exactly when the call carries an id the inbound request carried (`traceparent`'s trace
+//! id, `X-Request-Id`, `--propagation-header`); otherwise by time: a call without ids
+//! belongs to an inbound exchange without ids whose window (first request byte to last
+//! response byte) contains the call's first byte. A call inside several such windows is
+//! given to the oldest and counted as ambiguous. Calls and exchanges can come in either
+//! order; a call nobody claims is dropped from the pool (counted) after [`POOL_AGE_NS`].
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use super::record::OutboundCall;
+use crate::http::{CorrelationId, Request};
+
+/// A call nobody claimed within this much capture time is unattributed.
+pub const POOL_AGE_NS: u64 = 10_000_000_000;
+/// An inbound exchange never concluded (lost on the way) is forgotten after this long.
+pub const INBOUND_AGE_NS: u64 = 60_000_000_000;
+
+/// Memory bounds of the book.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BookLimits {
+    /// Calls kept per inbound exchange (legacy's, and the candidate's, each).
+    pub per_exchange: usize,
+    /// Inbound exchanges followed at once.
+    pub max_inbound: usize,
+    /// Calls waiting for their inbound exchange.
+    pub max_pool: usize,
+}
+
+impl Default for BookLimits {
+    fn default() -> Self {
+        Self {
+            per_exchange: 16,
+            max_inbound: 16_384,
+            max_pool: 16_384,
+        }
+    }
+}
+
+/// How a recorded call was tied to its inbound exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attributed {
+    /// By a propagated id.
+    Exact,
+    /// By the inbound exchange's time window.
+    Window,
+}
+
+/// A legacy call of an inbound exchange; `used` once the virtual dependency answered a
+/// candidate call with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub call: OutboundCall,
+    pub how: Attributed,
+    pub used: bool,
+}
+
+/// A call the candidate made (masked), and the index of the legacy call that answered it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandidateCall {
+    pub dependency: SocketAddr,
+    pub request: Request,
+    pub matched: Option<usize>,
+}
+
+/// What is known of one inbound exchange's side effects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inbound {
+    pub raw_ids: Vec<String>,
+    pub sent_ids: Vec<String>,
+    pub window: (u64, u64),
+    pub legacy: Vec<Recorded>,
+    pub candidate: Vec<CandidateCall>,
+    /// Calls beyond the per-exchange cap (not kept, so not compared).
+    pub over_cap: u64,
+}
+
+/// Counters of the book (reported at the end of a run and on the card's section).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BookStats {
+    pub calls_recorded: u64,
+    pub attributed_exact: u64,
+    pub attributed_window: u64,
+    /// Calls inside the windows of several inbound exchanges without ids.
+    pub ambiguous: u64,
+    /// Calls no inbound exchange claimed (aged out or over the pool cap).
+    pub unattributed: u64,
+    /// Calls over the per-exchange cap.
+    pub over_cap: u64,
+    /// Inbound exchanges refused because the book was full.
+    pub inbound_refused: u64,
+    /// Inbound exchanges forgotten unconcluded.
+    pub inbound_expired: u64,
+}
+
+/// The in-memory book: legacy's calls per inbound exchange, and the candidate's.
+#[derive(Debug, Default)]
+pub struct Book {
+    limits: BookLimits,
+    inbound: HashMap<CorrelationId, Inbound>,
+    /// Registration order, for expiry.
+    order: VecDeque<CorrelationId>,
+    by_raw: HashMap<String, CorrelationId>,
+    by_sent: HashMap<String, CorrelationId>,
+    /// Inbound exchanges without ids (claim calls by time), in registration order.
+    windowed: VecDeque<CorrelationId>,
+    pool: VecDeque<OutboundCall>,
+    stats: BookStats,
+    /// Newest capture time seen (drives the ages).
+    now_ns: u64,
+}
+
+/// The book cannot follow another inbound exchange.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BookFull;
+
+impl Book {
+    pub fn new(limits: BookLimits) -> Self {
+        Self {
+            limits,
+            ..Default::default()
+        }
+    }
+
+    pub fn stats(&self) -> BookStats {
+        self.stats
+    }
+
+    pub fn inbound(&self, id: &CorrelationId) -> Option<&Inbound> {
+        self.inbound.get(id)
+    }
+
+    pub fn inbound_mut(&mut self, id: &CorrelationId) -> Option<&mut Inbound> {
+        self.inbound.get_mut(id)
+    }
+
+    /// Every followed inbound exchange (for matching a call without ids).
+    pub fn inbound_iter_mut(&mut self) -> impl Iterator<Item = (&CorrelationId, &mut Inbound)> {
+        self.inbound.iter_mut()
+    }
+
+    /// The inbound exchange a candidate call with these ids belongs to.
+    pub fn owner_by_sent(&self, ids: &[String]) -> Option<CorrelationId> {
+        ids.iter().find_map(|i| self.by_sent.get(i).copied())
+    }
+
+    fn attach(&mut self, owner: CorrelationId, call: OutboundCall, how: Attributed) {
+        let cap = self.limits.per_exchange;
+        let Some(inb) = self.inbound.get_mut(&owner) else {
+            return;
+        };
+        if inb.legacy.len() >= cap {
+            inb.over_cap += 1;
+            self.stats.over_cap += 1;
+            return;
+        }
+        match how {
+            Attributed::Exact => self.stats.attributed_exact += 1,
+            Attributed::Window => self.stats.attributed_window += 1,
+        }
+        inb.legacy.push(Recorded {
+            call,
+            how,
+            used: false,
+        });
+    }
+
+    /// Inbound exchanges without ids whose window holds `ts`, oldest first.
+    fn windows_holding(&self, ts: u64) -> impl Iterator<Item = CorrelationId> + '_ {
+        self.windowed.iter().copied().filter(move |id| {
+            self.inbound
+                .get(id)
+                .is_some_and(|i| i.window.0 <= ts && ts <= i.window.1)
+        })
+    }
+
+    /// A call legacy made, captured.
+    pub fn add_call(&mut self, call: OutboundCall) {
+        self.stats.calls_recorded += 1;
+        self.now_ns = self.now_ns.max(call.response_last_ns);
+        if let Some(owner) = call.ids.iter().find_map(|i| self.by_raw.get(i).copied()) {
+            self.attach(owner, call, Attributed::Exact);
+            return;
+        }
+        if call.ids.is_empty() {
+            let holders: Vec<CorrelationId> = self
+                .windows_holding(call.request_first_ns)
+                .take(2)
+                .collect();
+            if let Some(&owner) = holders.first() {
+                if holders.len() > 1 {
+                    self.stats.ambiguous += 1;
+                }
+                self.attach(owner, call, Attributed::Window);
+                return;
+            }
+        }
+        self.pool.push_back(call);
+        self.expire_pool();
+    }
+
+    fn expire_pool(&mut self) {
+        let now = self.now_ns;
+        while let Some(front) = self.pool.front() {
+            let aged = front.response_last_ns.saturating_add(POOL_AGE_NS) < now;
+            if !aged && self.pool.len() <= self.limits.max_pool {
+                break;
+            }
+            self.pool.pop_front();
+            self.stats.unattributed += 1;
+        }
+    }
+
+    fn expire_inbound(&mut self) {
+        let now = self.now_ns;
+        while let Some(id) = self.order.front().copied() {
+            match self.inbound.get(&id) {
+                Some(i) if i.window.1.saturating_add(INBOUND_AGE_NS) >= now => break,
+                Some(_) => {
+                    self.stats.inbound_expired += 1;
+                    self.forget(&id);
+                }
+                None => {
+                    self.order.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Follows an inbound exchange (its raw request's ids and its capture window) and
+    /// claims the calls already waiting for it.
+    pub fn register(
+        &mut self,
+        id: CorrelationId,
+        raw_ids: Vec<String>,
+        window: (u64, u64),
+    ) -> Result<(), BookFull> {
+        self.now_ns = self.now_ns.max(window.1);
+        self.expire_inbound();
+        if self.inbound.len() >= self.limits.max_inbound {
+            self.stats.inbound_refused += 1;
+            return Err(BookFull);
+        }
+        for r in &raw_ids {
+            self.by_raw.insert(r.clone(), id);
+        }
+        let windowed = raw_ids.is_empty();
+        self.inbound.insert(
+            id,
+            Inbound {
+                raw_ids,
+                window,
+                ..Default::default()
+            },
+        );
+        self.order.push_back(id);
+        if windowed {
+            self.windowed.push_back(id);
+        }
+        let mut claimed = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.pool.len());
+        for call in self.pool.drain(..) {
+            let inb = &self.inbound[&id];
+            let exact = call.ids.iter().any(|i| inb.raw_ids.contains(i));
+            let in_window = windowed
+                && call.ids.is_empty()
+                && window.0 <= call.request_first_ns
+                && call.request_first_ns <= window.1;
+            match (exact, in_window) {
+                (true, _) => claimed.push((call, Attributed::Exact)),
+                (false, true) => claimed.push((call, Attributed::Window)),
+                _ => kept.push_back(call),
+            }
+        }
+        self.pool = kept;
+        for (call, how) in claimed {
+            if how == Attributed::Window && self.windows_holding(call.request_first_ns).count() > 1
+            {
+                self.stats.ambiguous += 1;
+            }
+            self.attach(id, call, how);
+        }
+        Ok(())
+    }
+
+    /// The ids the replayed request carries (masked unless `--replay-raw`): a candidate
+    /// call with one of them belongs to `id`.
+    pub fn bind_sent(&mut self, id: CorrelationId, sent_ids: Vec<String>) {
+        for s in &sent_ids {
+            self.by_sent.insert(s.clone(), id);
+        }
+        if let Some(i) = self.inbound.get_mut(&id) {
+            i.sent_ids = sent_ids;
+        }
+    }
+
+    fn forget(&mut self, id: &CorrelationId) -> Option<Inbound> {
+        let inb = self.inbound.remove(id)?;
+        for r in &inb.raw_ids {
+            if self.by_raw.get(r) == Some(id) {
+                self.by_raw.remove(r);
+            }
+        }
+        for s in &inb.sent_ids {
+            if self.by_sent.get(s) == Some(id) {
+                self.by_sent.remove(s);
+            }
+        }
+        self.order.retain(|o| o != id);
+        self.windowed.retain(|o| o != id);
+        Some(inb)
+    }
+
+    /// Stops following `id` and hands over what was recorded for it.
+    pub fn finish(&mut self, id: &CorrelationId) -> Option<Inbound> {
+        self.forget(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Request, Response};
+
+    fn call(ids: &[&str], first: u64, body: &str) -> OutboundCall {
+        OutboundCall {
+            dependency: "10.0.0.9:7070".parse().expect("addr"),
+            request: Request {
+                method: "POST".into(),
+                target: "/charges".into(),
+                version: 1,
+                headers: vec![],
+                body: bytes::Bytes::from(body.to_string()),
+            },
+            response: Response {
+                version: 1,
+                status: 201,
+                reason: "Created".into(),
+                headers: vec![],
+                body: bytes::Bytes::new(),
+            },
+            request_first_ns: first,
+            response_last_ns: first + 10,
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn bodies(b: &Book, id: &CorrelationId) -> Vec<String> {
+        b.inbound(id)
+            .expect("followed")
+            .legacy
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.call.request.body).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn ids_attribute_exactly_in_either_order() {
+        let mut b = Book::new(BookLimits::default());
+        let (x, y) = (CorrelationId::new(), CorrelationId::new());
+        b.add_call(call(&["x-request-id=a"], 100, "a1"));
+        b.register(x, vec!["x-request-id=a".into()], (50, 500))
+            .expect("room");
+        b.register(y, vec!["x-request-id=b".into()], (60, 600))
+            .expect("room");
+        // Inside x's window, but y's id: y's.
+        b.add_call(call(&["x-request-id=b"], 110, "b1"));
+        assert_eq!(bodies(&b, &x), vec!["a1"]);
+        assert_eq!(bodies(&b, &y), vec!["b1"]);
+        let s = b.stats();
+        assert_eq!(
+            (s.attributed_exact, s.attributed_window, s.ambiguous),
+            (2, 0, 0)
+        );
+    }
+
+    #[test]
+    fn without_ids_the_window_decides_and_overlaps_count_as_ambiguous() {
+        let mut b = Book::new(BookLimits::default());
+        let (x, y) = (CorrelationId::new(), CorrelationId::new());
+        b.register(x, vec![], (100, 200)).expect("room");
+        b.add_call(call(&[], 150, "alone"));
+        b.register(y, vec![], (180, 300)).expect("room");
+        b.add_call(call(&[], 190, "both"));
+        b.add_call(call(&[], 250, "late"));
+        assert_eq!(bodies(&b, &x), vec!["alone", "both"]);
+        assert_eq!(bodies(&b, &y), vec!["late"]);
+        assert_eq!(b.stats().ambiguous, 1);
+        assert_eq!(b.stats().attributed_window, 3);
+    }
+
+    #[test]
+    fn bounded_calls_inbound_and_pool_with_counts() {
+        let limits = BookLimits {
+            per_exchange: 2,
+            max_inbound: 1,
+            max_pool: 2,
+        };
+        let mut b = Book::new(limits);
+        let x = CorrelationId::new();
+        b.register(x, vec!["x-request-id=a".into()], (0, 100))
+            .expect("room");
+        assert_eq!(
+            b.register(CorrelationId::new(), vec![], (0, 100)),
+            Err(BookFull)
+        );
+        for i in 0..3 {
+            b.add_call(call(&["x-request-id=a"], 10 + i, "a"));
+        }
+        for i in 0..3 {
+            b.add_call(call(&["x-request-id=zz"], 10 + i, "orphan"));
+        }
+        let s = b.stats();
+        assert_eq!((s.over_cap, s.inbound_refused, s.unattributed), (1, 1, 1));
+        let done = b.finish(&x).expect("followed");
+        assert_eq!((done.legacy.len(), done.over_cap), (2, 1));
+        assert!(b.inbound(&x).is_none());
+    }
+
+    #[test]
+    fn unclaimed_calls_age_out_of_the_pool() {
+        let mut b = Book::new(BookLimits::default());
+        b.add_call(call(&["x-request-id=q"], 1, "old"));
+        b.add_call(call(&["x-request-id=r"], POOL_AGE_NS + 100, "new"));
+        assert_eq!(b.stats().unattributed, 1);
+    }
+}

@@ -1,0 +1,324 @@
+//! Side effects, compared: legacy's calls to its dependencies are recorded from the tap
+//! ([`record`]), tied to the inbound exchange that caused them ([`attribute`]), replayed to
+//! the candidate by a virtual dependency that answers each of its calls with legacy's
+//! recorded response ([`virtual_dep`]), and the two sides' calls are diffed per inbound
+//! exchange ([`diff`]) with the response comparison rules.
+//!
+//! [`Effects`] is the shared state (a bounded [`attribute::Book`] behind a mutex) with a
+//! thin async shell: the capture thread hands it dependency exchanges through a bounded
+//! queue, the shadow pipeline registers each replayed exchange and collects its diffs.
+pub mod attribute;
+pub mod diff;
+pub mod record;
+pub mod virtual_dep;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::compare::{Comparator, Diff, RouteTemplater};
+use crate::http::{CorrelationId, Exchange, Request, Response};
+use crate::mask::Masker;
+use attribute::{Book, BookFull, BookLimits, BookStats, CandidateCall};
+use record::{Dependencies, Propagation};
+
+/// Dependency exchanges waiting between the capture thread and the recorder.
+pub const OUTBOUND_QUEUE: usize = 8192;
+/// How long the virtual dependency waits for legacy's recording of a call.
+pub const RECORDING_WAIT: Duration = Duration::from_millis(500);
+
+/// What the capture thread needs: which servers are dependencies, and where their
+/// exchanges go (never blocking: a full queue drops the call and counts it).
+#[derive(Clone, Debug)]
+pub struct OutboundTap {
+    pub dependencies: Dependencies,
+    pub tx: mpsc::Sender<(Exchange, SocketAddr)>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl OutboundTap {
+    /// Takes `ex` when it is a call to a dependency (true), queuing it for the recorder.
+    pub fn offer(&self, ex: Exchange) -> Result<(), Exchange> {
+        let Some(dep) = self.dependencies.find(&ex.flow.server) else {
+            return Err(ex);
+        };
+        if self.tx.try_send((ex, dep)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn is_dependency(&self, server: &SocketAddr) -> bool {
+        self.dependencies.find(server).is_some()
+    }
+}
+
+/// Settings of the side-effect stages.
+#[derive(Clone, Debug)]
+pub struct EffectsConfig {
+    pub dependencies: Dependencies,
+    pub propagation: Propagation,
+    /// Answer the candidate's calls from the recordings and diff both sides.
+    pub virtualize: bool,
+    pub limits: BookLimits,
+    pub wait: Duration,
+}
+
+/// Counters of the virtual dependency.
+#[derive(Debug, Default)]
+pub struct VirtualCounters {
+    pub calls: AtomicU64,
+    /// Answered from the inbound exchange named by a propagated id.
+    pub matched_by_id: AtomicU64,
+    /// Answered by content among all followed exchanges (the call carried no id).
+    pub matched_by_content: AtomicU64,
+    /// Of those, ties between several recordings.
+    pub content_ties: AtomicU64,
+    /// Answered 502: no recording matched.
+    pub unmatched: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// Figures of a run's side effects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EffectsFigures {
+    pub book: BookStats,
+    /// Dependency exchanges lost on the capture → recorder queue.
+    pub recorder_queue_full: u64,
+    pub candidate_calls: u64,
+    pub matched_by_id: u64,
+    pub matched_by_content: u64,
+    pub content_ties: u64,
+    pub unmatched: u64,
+    pub malformed: u64,
+}
+
+/// The side-effect stages' shared state.
+pub struct Effects {
+    cfg: EffectsConfig,
+    book: Mutex<Book>,
+    changed: Notify,
+    masker: Arc<Masker>,
+    templater: Arc<RouteTemplater>,
+    pub counters: VirtualCounters,
+    pub recorder_dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Effects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Effects")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Effects {
+    pub fn new(cfg: EffectsConfig, masker: Arc<Masker>, templater: Arc<RouteTemplater>) -> Self {
+        Self {
+            book: Mutex::new(Book::new(cfg.limits)),
+            cfg,
+            changed: Notify::new(),
+            masker,
+            templater,
+            counters: VirtualCounters::default(),
+            recorder_dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn config(&self) -> &EffectsConfig {
+        &self.cfg
+    }
+
+    /// The capture thread's side, and the queue the recorder reads.
+    pub fn outbound_tap(&self) -> (OutboundTap, mpsc::Receiver<(Exchange, SocketAddr)>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let tap = OutboundTap {
+            dependencies: self.cfg.dependencies.clone(),
+            tx,
+            dropped: self.recorder_dropped.clone(),
+        };
+        (tap, rx)
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        // A panic while holding the book leaves plain data behind: keep using it.
+        self.book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records legacy's call `ex` to `dependency` (masked).
+    pub fn record_call(&self, ex: &Exchange, dependency: SocketAddr) {
+        let call = record::record(ex, dependency, &self.masker, &self.cfg.propagation);
+        self.book().add_call(call);
+        self.changed.notify_waiters();
+    }
+
+    /// Follows inbound exchange `ex` (before it is replayed).
+    pub fn register(&self, ex: &Exchange) -> Result<(), BookFull> {
+        let ids = self.cfg.propagation.ids(&ex.request.headers);
+        let window = (ex.timing.request_first_ns, ex.timing.response_last_ns);
+        let r = self.book().register(ex.id, ids, window);
+        self.changed.notify_waiters();
+        r
+    }
+
+    /// The request the candidate gets for `id` (its ids name the exchange from now on).
+    pub fn bind_sent(&self, id: CorrelationId, sent: &Request) {
+        let ids = self.cfg.propagation.ids(&sent.headers);
+        self.book().bind_sent(id, ids);
+        self.changed.notify_waiters();
+    }
+
+    /// Stops following `id` without comparing (the exchange was not replayed).
+    pub fn forget(&self, id: &CorrelationId) {
+        self.book().finish(id);
+    }
+
+    fn template(&self) -> impl Fn(&str, &str) -> String + '_ {
+        |m: &str, t: &str| self.templater.route(m, t)
+    }
+
+    /// One attempt to answer: the recorded response when a recording matches now.
+    fn try_answer(&self, dep: SocketAddr, ids: &[String], masked: &Request) -> Option<Response> {
+        let tpl = self.template();
+        let mut book = self.book();
+        let (owner, index) = if ids.is_empty() {
+            // No id: the best recording over every followed exchange.
+            let mut best: Option<(CorrelationId, usize, f64)> = None;
+            let mut tie = false;
+            for (id, inb) in book.inbound_iter_mut() {
+                if let Some((i, s)) = virtual_dep::pick(&inb.legacy, dep, masked, &tpl) {
+                    match best {
+                        Some((_, _, b)) if s < b => {}
+                        Some((_, _, b)) if (s - b).abs() < f64::EPSILON => tie = true,
+                        _ => {
+                            best = Some((*id, i, s));
+                            tie = false;
+                        }
+                    }
+                }
+            }
+            let (owner, i, _) = best?;
+            self.counters
+                .matched_by_content
+                .fetch_add(1, Ordering::Relaxed);
+            if tie {
+                self.counters.content_ties.fetch_add(1, Ordering::Relaxed);
+            }
+            (owner, i)
+        } else {
+            let owner = book.owner_by_sent(ids)?;
+            let inb = book.inbound(&owner)?;
+            let (i, _) = virtual_dep::pick(&inb.legacy, dep, masked, &tpl)?;
+            self.counters.matched_by_id.fetch_add(1, Ordering::Relaxed);
+            (owner, i)
+        };
+        let inb = book.inbound_mut(&owner)?;
+        let cap = self.cfg.limits.per_exchange;
+        let rec = inb.legacy.get_mut(index)?;
+        rec.used = true;
+        let resp = rec.call.response.clone();
+        if inb.candidate.len() < cap {
+            inb.candidate.push(CandidateCall {
+                dependency: dep,
+                request: masked.clone(),
+                matched: Some(index),
+            });
+        }
+        Some(resp)
+    }
+
+    /// The candidate's call `req` to `dep`: legacy's recorded response for the matching
+    /// call of the same inbound exchange, waiting (bounded) for the recording; `None`
+    /// (a 502) when nothing matches, counted and kept as an extra call.
+    pub async fn answer(&self, dep: SocketAddr, req: Request) -> Option<Response> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let ids = self.cfg.propagation.ids(&req.headers);
+        let masked = self.masker.mask_request(&req);
+        let deadline = tokio::time::Instant::now() + self.cfg.wait;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(resp) = self.try_answer(dep, &ids, &masked) {
+                return Some(resp);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break;
+            }
+        }
+        self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
+        let mut book = self.book();
+        let cap = self.cfg.limits.per_exchange;
+        if let Some(owner) = book.owner_by_sent(&ids)
+            && let Some(inb) = book.inbound_mut(&owner)
+            && inb.candidate.len() < cap
+        {
+            inb.candidate.push(CandidateCall {
+                dependency: dep,
+                request: masked,
+                matched: None,
+            });
+        }
+        None
+    }
+
+    /// Stops following `id`; with `--virtualize-egress`, its side-effect diffs.
+    pub fn conclude(&self, id: &CorrelationId, comparator: &Comparator) -> Vec<Diff> {
+        let Some(inb) = self.book().finish(id) else {
+            return Vec::new();
+        };
+        if !self.cfg.virtualize {
+            return Vec::new();
+        }
+        diff::side_effect_diffs(&inb, comparator, &self.template())
+    }
+
+    pub fn figures(&self) -> EffectsFigures {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.counters;
+        EffectsFigures {
+            book: self.book().stats(),
+            recorder_queue_full: l(&self.recorder_dropped),
+            candidate_calls: l(&c.calls),
+            matched_by_id: l(&c.matched_by_id),
+            matched_by_content: l(&c.matched_by_content),
+            content_ties: l(&c.content_ties),
+            unmatched: l(&c.unmatched),
+            malformed: l(&c.malformed),
+        }
+    }
+}
+
+/// Records dependency exchanges from the capture until its queue closes.
+pub async fn recorder(effects: Arc<Effects>, mut rx: mpsc::Receiver<(Exchange, SocketAddr)>) {
+    while let Some((ex, dep)) = rx.recv().await {
+        effects.record_call(&ex, dep);
+    }
+}
+
+impl std::fmt::Display for EffectsFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = &self.book;
+        write!(
+            f,
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {} with {} ties, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}",
+            b.calls_recorded,
+            b.attributed_exact,
+            b.attributed_window,
+            b.ambiguous,
+            b.unattributed,
+            b.over_cap,
+            self.recorder_queue_full,
+            self.candidate_calls,
+            self.matched_by_id,
+            self.matched_by_content,
+            self.content_ties,
+            self.unmatched,
+            self.malformed,
+            b.inbound_refused
+        )
+    }
+}

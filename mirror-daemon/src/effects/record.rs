@@ -1,0 +1,176 @@
+//! Legacy's outbound calls: which captured exchanges go to a dependency (`--dependency`),
+//! which ids they carry from the inbound request, and the call as kept (masked).
+use std::net::{IpAddr, SocketAddr};
+
+use crate::http::{Exchange, Header, Request, Response};
+use crate::mask::Masker;
+
+/// The dependency endpoints whose connections from legacy are recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dependencies {
+    endpoints: Vec<SocketAddr>,
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Dependencies {
+    pub fn new(endpoints: Vec<SocketAddr>) -> Self {
+        Self { endpoints }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    pub fn endpoints(&self) -> &[SocketAddr] {
+        &self.endpoints
+    }
+
+    /// The dependency `server` is, if it is one (IPv4-mapped addresses compare as IPv4).
+    pub fn find(&self, server: &SocketAddr) -> Option<SocketAddr> {
+        let ip = canonical(server.ip());
+        self.endpoints
+            .iter()
+            .copied()
+            .find(|d| d.port() == server.port() && canonical(d.ip()) == ip)
+    }
+
+    /// Server ports the tap must also watch.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.endpoints.iter().map(SocketAddr::port).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+}
+
+/// The headers that carry an id from an inbound request to the calls it causes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Propagation {
+    /// Lower-case names: `traceparent`, `x-request-id`, then `--propagation-header`s.
+    names: Vec<String>,
+}
+
+impl Default for Propagation {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+impl Propagation {
+    pub fn new(extra: &[String]) -> Self {
+        let mut names = vec!["traceparent".to_string(), "x-request-id".to_string()];
+        for n in extra {
+            let n = n.trim().to_ascii_lowercase();
+            if !n.is_empty() && !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        Self { names }
+    }
+
+    /// The request's propagated ids as `name=value` keys. Of a `traceparent` only the
+    /// trace id counts: each hop sends its own parent span id.
+    pub fn ids(&self, headers: &[Header]) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in headers {
+            let name = h.name.to_ascii_lowercase();
+            if !self.names.contains(&name) {
+                continue;
+            }
+            let v = String::from_utf8_lossy(&h.value);
+            let v = v.trim();
+            let v = if name == "traceparent" {
+                v.split('-').nth(1).unwrap_or(v)
+            } else {
+                v
+            };
+            if !v.is_empty() {
+                out.push(format!("{name}={v}"));
+            }
+        }
+        out
+    }
+}
+
+/// One call legacy made to a dependency, masked; `ids` (raw, in memory only) tie it to
+/// the inbound exchange that caused it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundCall {
+    pub dependency: SocketAddr,
+    pub request: Request,
+    pub response: Response,
+    pub request_first_ns: u64,
+    pub response_last_ns: u64,
+    pub ids: Vec<String>,
+}
+
+impl OutboundCall {
+    /// Bytes held in memory (for the recording caps).
+    pub fn size(&self) -> usize {
+        self.request.body.len() + self.response.body.len() + 512
+    }
+}
+
+/// Keeps a captured exchange to `dependency` as a masked call.
+pub fn record(
+    ex: &Exchange,
+    dependency: SocketAddr,
+    masker: &Masker,
+    prop: &Propagation,
+) -> OutboundCall {
+    let masked = masker.mask_exchange(ex);
+    OutboundCall {
+        dependency,
+        ids: prop.ids(&ex.request.headers),
+        request: masked.request,
+        response: masked.response,
+        request_first_ns: ex.timing.request_first_ns,
+        response_last_ns: ex.timing.response_last_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependencies_match_by_address_and_port_v4_mapped_too() {
+        let d = Dependencies::new(vec!["10.0.0.7:7070".parse().expect("addr")]);
+        assert!(d.find(&"10.0.0.7:7070".parse().expect("addr")).is_some());
+        assert!(
+            d.find(&"[::ffff:10.0.0.7]:7070".parse().expect("addr"))
+                .is_some()
+        );
+        assert!(d.find(&"10.0.0.8:7070".parse().expect("addr")).is_none());
+        assert!(d.find(&"10.0.0.7:7071".parse().expect("addr")).is_none());
+        assert_eq!(d.ports(), vec![7070]);
+    }
+
+    #[test]
+    fn propagated_ids_keep_the_trace_id_of_a_traceparent() {
+        let p = Propagation::new(&["X-Correlation".into()]);
+        let h = vec![
+            Header::new(
+                "TraceParent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            Header::new("X-Request-Id", "r-1"),
+            Header::new("x-correlation", "c-9"),
+            Header::new("Host", "x"),
+        ];
+        assert_eq!(
+            p.ids(&h),
+            vec![
+                "traceparent=4bf92f3577b34da6a3ce929d0e0e4736".to_string(),
+                "x-request-id=r-1".into(),
+                "x-correlation=c-9".into()
+            ]
+        );
+    }
+}
