@@ -740,6 +740,8 @@ async fn json_field_names_are_stable() {
             "diffs",
             "latency",
             "egress",
+            "side_effects",
+            "side_effect_mismatched",
             "criteria",
             "verdict",
             "exit_code",
@@ -1095,7 +1097,7 @@ async fn every_section_appears_in_every_format() {
     let titles: Vec<&str> = doc.sections.iter().map(|s| s.title).collect();
     assert_eq!(
         titles.len(),
-        9,
+        10,
         "notes are present in this card: {titles:?}"
     );
     for s in &doc.sections {
