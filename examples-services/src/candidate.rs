@@ -66,13 +66,7 @@ impl Candidate {
         }
         let mut reply = api::reply(route, &req.body);
         if let (Route::CreateOrder, 201, Some(p)) = (route, reply.status, &self.payments) {
-            let mut amount = reply.body.get("total").cloned().unwrap_or_default();
-            if self.profile == Profile::Demo {
-                // Demo bug: the charge is rounded up to the next 0.10.
-                let cents = (amount.as_f64().unwrap_or_default() * 100.0).round() as u64;
-                amount = api::money(cents.div_ceil(10) * 10);
-            }
-            payments::pay(p, req, &mut reply, amount).await;
+            self.charge(p, req, &mut reply).await;
         }
         match (self.profile, route) {
             (Profile::Parity, _) => {}
@@ -86,6 +80,33 @@ impl Candidate {
             (Profile::Deviations, route) => deviate(route, &mut reply),
         }
         reply
+    }
+
+    /// Charges a created order, with the profile's deviations (see README.md).
+    async fn charge(&self, p: &PaymentsClient, req: &Request, reply: &mut Reply) {
+        let mut amount = reply.body.get("total").cloned().unwrap_or_default();
+        let user = reply
+            .body
+            .get("user_id")
+            .and_then(Value::as_u64)
+            .unwrap_or_default();
+        match self.profile {
+            Profile::Demo => {
+                // Demo bug: the charge is rounded up to the next 0.10.
+                let cents = (amount.as_f64().unwrap_or_default() * 100.0).round() as u64;
+                amount = api::money(cents.div_ceil(10) * 10);
+            }
+            Profile::Deviations if user % 4 == 1 => return,
+            Profile::Deviations if user % 4 == 2 => {
+                payments::pay(p, req, reply, amount).await;
+                if reply.status == 201 {
+                    payments::pay(p, req, reply, api::money(1)).await;
+                }
+                return;
+            }
+            _ => {}
+        }
+        payments::pay(p, req, reply, amount).await;
     }
 
     /// Send the order confirmation; a failure is logged and never fails the order.

@@ -324,6 +324,8 @@ async fn readme_documents_every_deviation() {
         ("deviations", "`N % 2 == 1`", "50 %"),
         ("deviations", "`N % 10 == 0`", "10 %"),
         ("deviations", "`id % 10 == 0`", "10 %"),
+        ("deviations", "`user_id % 4 == 1`", "25 %"),
+        ("deviations", "`user_id % 4 == 2`", "25 %"),
     ] {
         assert!(
             rows.iter().any(|r| r.starts_with(&format!("| {profile} "))

@@ -19,23 +19,34 @@ use serde_json::Value;
 
 const PAY_PORT: u16 = 7070;
 /// Concurrent keep-alive clients and requests each.
-const CLIENTS: u64 = 8;
-const PER_CLIENT: u64 = 250;
+const CLIENTS: u64 = 16;
+const PER_CLIENT: u64 = 200;
 
 /// Product and quantity of order `n`.
 fn item(n: u64) -> (u64, u64) {
     (1 + n % 9_000, 1 + n % 7)
 }
 
-/// One `POST /orders` with a request-specific payload (user and quantity) and id.
-fn order(n: u64) -> String {
+fn user(n: u64) -> u64 {
+    1 + n % 997
+}
+
+/// One `POST /orders` with a request-specific payload (user and quantity), with an
+/// `X-Request-Id` or without; the query names both for the store's rows.
+fn order(n: u64, with_id: bool) -> String {
     let (sku, qty) = item(n);
+    let u = user(n);
     let body = format!(
-        r#"{{"user_id":{},"items":[{{"sku":"P-{sku:05}","qty":{qty}}}],"card_number":"4111 1111 1111 1111"}}"#,
-        1 + n % 997,
+        r#"{{"user_id":{u},"items":[{{"sku":"P-{sku:05}","qty":{qty}}}],"card_number":"4111 1111 1111 1111"}}"#,
     );
+    let id = if with_id {
+        format!("X-Request-Id: req-{n}\r\n")
+    } else {
+        String::new()
+    };
     format!(
-        "POST /orders HTTP/1.1\r\nHost: legacy\r\nContent-Type: application/json\r\nX-Request-Id: req-{n}\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /orders?id={}&u={u} HTTP/1.1\r\nHost: legacy\r\nContent-Type: application/json\r\n{id}Content-Length: {}\r\n\r\n{body}",
+        u8::from(with_id),
         body.len()
     )
 }
@@ -64,7 +75,7 @@ fn status(r: &mut BufReader<TcpStream>) -> Option<u16> {
 }
 
 /// Concurrent clients in the client namespace; the number of `201 Created` answers.
-fn load(topo: &Topology) -> u64 {
+fn load(topo: &Topology, with_id: fn(u64) -> bool) -> u64 {
     let started = std::time::Instant::now();
     let created = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..CLIENTS)
@@ -75,8 +86,8 @@ fn load(topo: &Topology) -> u64 {
                 let mut r = BufReader::new(s.try_clone().expect("clone"));
                 let mut w = s;
                 for i in 0..PER_CLIENT {
-                    w.write_all(order(c * PER_CLIENT + i).as_bytes())
-                        .expect("write");
+                    let n = c * PER_CLIENT + i;
+                    w.write_all(order(n, with_id(n)).as_bytes()).expect("write");
                     if status(&mut r) == Some(201) {
                         created.fetch_add(1, Ordering::Relaxed);
                     }
@@ -97,6 +108,8 @@ fn load(topo: &Topology) -> u64 {
 }
 
 struct Run {
+    db: std::path::PathBuf,
+    _dir: tempfile::TempDir,
     code: Option<i32>,
     stderr: String,
     card: Value,
@@ -105,7 +118,7 @@ struct Run {
 }
 
 /// A shadow run of `POST /orders` traffic against the example candidate of `profile`.
-fn run(prefix: &str, profile: &str) -> Run {
+fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
     require_root();
     let topo = Topology::new(prefix).expect("topology");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -166,7 +179,7 @@ fn run(prefix: &str, profile: &str) -> Run {
         .map(String::from),
     );
     let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).expect("daemon");
-    let created = load(&topo);
+    let created = load(&topo, with_id);
     daemon
         .wait_settled(topo.legacy(), created, Duration::from_secs(120))
         .expect("settled");
@@ -183,6 +196,8 @@ fn run(prefix: &str, profile: &str) -> Run {
     let _ = legacy.stop(Duration::from_secs(10));
     let _ = pay.stop(Duration::from_secs(10));
     Run {
+        db: dir.path().join("m.db"),
+        _dir: dir,
         code: exit.code,
         stderr: exit.stderr,
         card,
@@ -204,6 +219,7 @@ fn figure(stderr: &str, name: &str) -> u64 {
         .first()
         .copied()
         .unwrap_or_else(|| panic!("no side-effect summary in {stderr}"));
+    eprintln!("{line}");
     line.split(name)
         .nth(1)
         .and_then(|s| {
@@ -216,7 +232,7 @@ fn figure(stderr: &str, name: &str) -> u64 {
 
 #[test]
 fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
-    let r = run("fx", "parity");
+    let r = run("fx", "parity", |_| true);
     assert!(
         r.created >= CLIENTS * PER_CLIENT * 9 / 10,
         "{} created",
@@ -253,7 +269,7 @@ fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
 
 #[test]
 fn candidate_charging_another_amount_is_no_go_on_side_effects() {
-    let r = run("fy", "demo");
+    let r = run("fy", "demo", |_| true);
     assert_eq!(
         r.charges, r.created,
         "payments received only legacy's calls"
@@ -303,4 +319,104 @@ fn candidate_charging_another_amount_is_no_go_on_side_effects() {
     assert!(failing.contains("max_side_effect_mismatch"), "{failing}");
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert_eq!(figure(&r.stderr, "unmatched 502 "), 0, "{}", r.stderr);
+}
+
+/// The stored `POST /orders` exchanges whose user's `u % 4` is in `rests`, with
+/// (`id=1`) or without (`id=0`) a propagated id: how many compared equal, how many got a
+/// different response (the virtual dependency answered wrong or not at all), and how many
+/// differed only in their side effects (a call tied to another inbound exchange).
+#[derive(Debug, Default)]
+struct Outcomes {
+    equal: u64,
+    response: u64,
+    side_effects_only: u64,
+    /// Targets and diffs of the first few that differed.
+    examples: Vec<String>,
+}
+
+fn outcomes(db: &std::path::Path, with_id: bool, rests: &[u64]) -> Outcomes {
+    let rows = sqlite_rows(db, "SELECT target, outcome, diffs FROM exchanges").expect("rows");
+    let mut out = Outcomes::default();
+    for r in rows {
+        let (Some(t), Some(o)) = (r[0].as_str(), r[1].as_str()) else {
+            continue;
+        };
+        let Some(q) = t.strip_prefix("/orders?") else {
+            continue;
+        };
+        let param = |k: &str| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(k))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if param("id=") != Some(u64::from(with_id))
+            || !param("u=").is_some_and(|u| rests.contains(&(u % 4)))
+        {
+            continue;
+        }
+        let diffs: Vec<Value> = r[2]
+            .as_str()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default();
+        let response = diffs.iter().any(|d| d["kind"]["kind"] != "side_effect");
+        if o != "matched" && out.examples.len() < 3 {
+            out.examples.push(format!("{t}: {o} {}", r[2]));
+        }
+        match (o, response) {
+            ("matched", _) => out.equal += 1,
+            (_, true) => out.response += 1,
+            (_, false) => out.side_effects_only += 1,
+        }
+    }
+    out
+}
+
+/// The deviations candidate skips some charges and adds others; half the requests carry
+/// no id, so their calls are tied by time window and matched by content.
+#[test]
+fn missing_and_extra_calls_are_counted_and_matching_without_ids_is_measured() {
+    let r = run("fz", "deviations", |n| n % 2 == 0);
+    assert_eq!(
+        r.charges, r.created,
+        "payments received only legacy's calls"
+    );
+    let whats: std::collections::BTreeSet<String> = r.card["side_effects"]
+        .as_array()
+        .expect("side effects")
+        .iter()
+        .map(|e| e["what"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        whats.contains("missing") && whats.contains("extra"),
+        "{whats:?}"
+    );
+    // With a propagated id: exactly the deviating users differ, never a wrong match.
+    let o = outcomes(&r.db, true, &[0, 3]);
+    assert!(o.equal > 0, "{o:?}");
+    assert_eq!(
+        (o.response, o.side_effects_only),
+        (0, 0),
+        "wrong matches with a propagated id"
+    );
+    let o = outcomes(&r.db, true, &[1, 2]);
+    assert!(
+        o.equal == 0 && o.response + o.side_effects_only > 0,
+        "{o:?}"
+    );
+    // Extra calls of requests with an id are answered 502; those without an id may
+    // take another exchange's recording (a wrong match, measured below).
+    let extra_with_id = (0..CLIENTS * PER_CLIENT)
+        .filter(|n| n % 2 == 0 && user(*n) % 4 == 2)
+        .count() as u64;
+    assert!(figure(&r.stderr, "unmatched 502 ") >= extra_with_id * 9 / 10);
+    assert!(figure(&r.stderr, "by time window ") > 0);
+    // Without an id: measured and reported, not asserted.
+    let o = outcomes(&r.db, false, &[0, 3]);
+    let all = (o.equal + o.response + o.side_effects_only).max(1) as f64;
+    eprintln!(
+        "without a propagated id, of {all} exchanges that should compare equal: {:.2} % got a wrong or no answer from the virtual dependency, {:.2} % more differed only in side effects (calls tied to another exchange); ambiguous attributions {}",
+        100.0 * o.response as f64 / all,
+        100.0 * o.side_effects_only as f64 / all,
+        figure(&r.stderr, "ambiguous ")
+    );
 }

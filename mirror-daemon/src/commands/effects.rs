@@ -71,7 +71,8 @@ pub fn prepare(
         propagation: Propagation::new(&p.propagation_headers),
         virtualize: p.virtualize_egress,
         limits: BookLimits::default(),
-        wait: RECORDING_WAIT,
+        // Under the replay timeout, so a waiting call still gets its answer in time.
+        wait: RECORDING_WAIT.min(p.timeout * 4 / 5),
     };
     out.effects = Some(Arc::new(Effects::new(
         cfg,

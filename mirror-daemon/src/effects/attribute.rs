@@ -106,6 +106,10 @@ pub struct Book {
     /// Inbound exchanges without ids (claim calls by time), in registration order.
     windowed: VecDeque<CorrelationId>,
     pool: VecDeque<OutboundCall>,
+    /// Unused recordings tied by time window to an exchange that has concluded: with
+    /// overlapping windows the call may have been another exchange's, whose candidate
+    /// can still be answered with it (calls without ids only).
+    orphans: Vec<Recorded>,
     stats: BookStats,
     /// Newest capture time seen (drives the ages).
     now_ns: u64,
@@ -314,7 +318,29 @@ impl Book {
 
     /// Stops following `id` and hands over what was recorded for it.
     pub fn finish(&mut self, id: &CorrelationId) -> Option<Inbound> {
-        self.forget(id)
+        let inb = self.forget(id)?;
+        let now = self.now_ns;
+        self.orphans
+            .retain(|o| o.call.response_last_ns.saturating_add(POOL_AGE_NS) >= now);
+        for r in &inb.legacy {
+            if r.how == Attributed::Window && !r.used {
+                if self.orphans.len() >= self.limits.max_pool {
+                    self.orphans.remove(0);
+                }
+                self.orphans.push(r.clone());
+            }
+        }
+        Some(inb)
+    }
+
+    /// Recordings of concluded exchanges a call without ids may still match.
+    pub fn orphans(&self) -> &[Recorded] {
+        &self.orphans
+    }
+
+    /// Takes orphan `i` (it answers one call only).
+    pub fn take_orphan(&mut self, i: usize) -> Option<Recorded> {
+        (i < self.orphans.len()).then(|| self.orphans.remove(i))
     }
 }
 

@@ -27,8 +27,16 @@ use record::{Dependencies, Propagation};
 
 /// Dependency exchanges waiting between the capture thread and the recorder.
 pub const OUTBOUND_QUEUE: usize = 8192;
+/// How long a call without a propagated id waits for a recording that fits.
+pub const CONTENT_WAIT: Duration = Duration::from_millis(300);
+/// Least body similarity (see [`virtual_dep::similarity`]) for answering a call without
+/// a propagated id from a recording.
+pub const MIN_CONTENT_SIMILARITY: f64 = 0.6;
 /// How long the virtual dependency waits for legacy's recording of a call.
-pub const RECORDING_WAIT: Duration = Duration::from_millis(500);
+/// Legacy's call was captured before its inbound exchange completed, so this only covers
+/// the recorder's lag on a loaded host; it must stay under the replay timeout (see
+/// `--timeout`), and only a call whose recording is not there yet waits.
+pub const RECORDING_WAIT: Duration = Duration::from_secs(4);
 
 /// What the capture thread needs: which servers are dependencies, and where their
 /// exchanges go (never blocking: a full queue drops the call and counts it).
@@ -75,7 +83,7 @@ pub struct VirtualCounters {
     pub matched_by_id: AtomicU64,
     /// Answered by content among all followed exchanges (the call carried no id).
     pub matched_by_content: AtomicU64,
-    /// Of those, ties between several recordings.
+    /// Calls without an id that several recordings fit equally well (refused).
     pub content_ties: AtomicU64,
     /// Answered 502: no recording matched.
     pub unmatched: AtomicU64,
@@ -183,37 +191,70 @@ impl Effects {
     }
 
     /// One attempt to answer: the recorded response when a recording matches now.
-    fn try_answer(&self, dep: SocketAddr, ids: &[String], masked: &Request) -> Option<Response> {
+    fn try_answer(
+        &self,
+        dep: SocketAddr,
+        ids: &[String],
+        masked: &Request,
+        tie: &mut bool,
+        settled: &mut bool,
+    ) -> Option<Response> {
         let tpl = self.template();
         let mut book = self.book();
         let (owner, index) = if ids.is_empty() {
-            // No id: the best recording over every followed exchange.
-            let mut best: Option<(CorrelationId, usize, f64)> = None;
-            let mut tie = false;
-            for (id, inb) in book.inbound_iter_mut() {
-                if let Some((i, s)) = virtual_dep::pick(&inb.legacy, dep, masked, &tpl) {
-                    match best {
-                        Some((_, _, b)) if s < b => {}
-                        Some((_, _, b)) if (s - b).abs() < f64::EPSILON => tie = true,
-                        _ => {
-                            best = Some((*id, i, s));
-                            tie = false;
-                        }
+            // No id: the best recording over the followed exchanges whose replay carried
+            // no id either (a call of one that did would carry it).
+            let mut best: Option<(Option<CorrelationId>, usize, f64)> = None;
+            *tie = false;
+            let mut consider = |owner: Option<CorrelationId>, found: Option<(usize, f64)>| {
+                let Some((i, s)) = found else { return };
+                match best {
+                    Some((_, _, b)) if s < b => {}
+                    Some((_, _, b)) if (s - b).abs() < f64::EPSILON => *tie = true,
+                    _ => {
+                        best = Some((owner, i, s));
+                        *tie = false;
                     }
                 }
+            };
+            for (id, inb) in book.inbound_iter_mut() {
+                if inb.sent_ids.is_empty() && inb.raw_ids.is_empty() {
+                    consider(Some(*id), virtual_dep::pick(&inb.legacy, dep, masked, &tpl));
+                }
             }
+            consider(None, virtual_dep::pick(book.orphans(), dep, masked, &tpl));
             let (owner, i, _) = best?;
+            if *tie {
+                // Several recordings fit as well: taking one could take another
+                // exchange's answer. Refused (a 502), and counted.
+                *settled = true;
+                return None;
+            }
+            // The body must look like the recording's, not merely share the route.
+            let recorded = match owner {
+                Some(o) => &book.inbound(&o)?.legacy.get(i)?.call.request.body,
+                None => &book.orphans().get(i)?.call.request.body,
+            };
+            if virtual_dep::similarity(recorded, &masked.body) < MIN_CONTENT_SIMILARITY {
+                return None;
+            }
             self.counters
                 .matched_by_content
                 .fetch_add(1, Ordering::Relaxed);
-            if tie {
-                self.counters.content_ties.fetch_add(1, Ordering::Relaxed);
-            }
+            let Some(owner) = owner else {
+                // Its exchange has concluded: answered, not diffed.
+                return book.take_orphan(i).map(|r| r.call.response);
+            };
             (owner, i)
         } else {
             let owner = book.owner_by_sent(ids)?;
             let inb = book.inbound(&owner)?;
-            let (i, _) = virtual_dep::pick(&inb.legacy, dep, masked, &tpl)?;
+            let Some((i, _)) = virtual_dep::pick(&inb.legacy, dep, masked, &tpl) else {
+                // Legacy's calls of this exchange to `dep` are here and all answered:
+                // this one is extra, no need to wait for another recording.
+                *settled = inb.legacy.iter().any(|r| r.call.dependency == dep);
+                return None;
+            };
             self.counters.matched_by_id.fetch_add(1, Ordering::Relaxed);
             (owner, i)
         };
@@ -239,15 +280,26 @@ impl Effects {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let ids = self.cfg.propagation.ids(&req.headers);
         let masked = self.masker.mask_request(&req);
-        let deadline = tokio::time::Instant::now() + self.cfg.wait;
+        // Without an id a late recording is only a guess: wait less (the replay lane
+        // waits with the call).
+        let wait = if ids.is_empty() {
+            self.cfg.wait.min(CONTENT_WAIT)
+        } else {
+            self.cfg.wait
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let (mut tie, mut settled) = (false, false);
         loop {
             let changed = self.changed.notified();
-            if let Some(resp) = self.try_answer(dep, &ids, &masked) {
+            if let Some(resp) = self.try_answer(dep, &ids, &masked, &mut tie, &mut settled) {
                 return Some(resp);
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            if settled || tokio::time::timeout_at(deadline, changed).await.is_err() {
                 break;
             }
+        }
+        if tie {
+            self.counters.content_ties.fetch_add(1, Ordering::Relaxed);
         }
         self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
         let mut book = self.book();
@@ -304,7 +356,7 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {} with {} ties, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
