@@ -18,6 +18,8 @@
 //!   keyed tokens before anything is stored, logged or shown.
 //! - [`replay`] sends the request to the candidate; [`guard`] fences the candidate's
 //!   outbound network with cgroup eBPF hooks.
+//! - [`effects`] records legacy's calls to its dependencies (`--dependency`), answers the
+//!   candidate's from those recordings (`--virtualize-egress`) and diffs both sides' calls.
 //! - [`compare`] ([`compare::Comparator`]) diffs the responses; [`store`]
 //!   ([`store::Store`]) keeps each outcome under its correlation id.
 //! - [`report`] turns what the store holds into the parity card (one section model drawn

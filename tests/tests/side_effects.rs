@@ -283,7 +283,7 @@ fn candidate_charging_another_amount_is_no_go_on_side_effects() {
     let differs = (0..CLIENTS * PER_CLIENT)
         .filter(|&n| {
             let (sku, qty) = item(n);
-            mirror_examples::api::product_price_cents(sku) * qty % 10 != 0
+            !(mirror_examples::api::product_price_cents(sku) * qty).is_multiple_of(10)
         })
         .count() as u64;
     assert!(differs > 0 && differs < r.created);

@@ -3,8 +3,9 @@
 //! ```text
 //!  client ns            legacy ns                         candidate ns             mail ns
 //!  wrk ──10.77.1.0/24──▶ legacy :8080                      candidate :9090 ──10.77.3.0/24──▶ mail-sink :25
-//!                        (tapped interface)                 (fenced cgroup)
-//!                        mirror-daemon ─────10.77.2.0/24──▶ replays
+//!  payments :7070 ◀───── (tapped interface)                 (fenced cgroup; its payments
+//!                        mirror-daemon ─────10.77.2.0/24──▶ replays   calls answered by the
+//!                        (records legacy's payments calls)            daemon's virtual dependency)
 //! ```
 //!
 //! The addresses exist only inside these namespaces; names carry our pid. Everything is
@@ -40,6 +41,8 @@ const CANDIDATE: &str = "10.77.2.2:9090";
 const OUTSIDE_IP: &str = "10.77.3.1";
 const MAIL_IP: &str = "10.77.3.2";
 const MAIL: &str = "10.77.3.2:25";
+/// The payment dependency, beside the clients: legacy's calls cross the tapped interface.
+const PAYMENTS: &str = "10.77.1.2:7070";
 const DASHBOARD: &str = "127.0.0.1:9464";
 /// Criteria written down before the run, as an SRE would.
 const CRITERIA: &[&str] = &[
@@ -49,6 +52,8 @@ const CRITERIA: &[&str] = &[
     "10%",
     "--min-exchanges",
     "500",
+    "--max-side-effect-mismatch",
+    "0%",
 ];
 /// wrk: connections, threads, pause between requests on one connection (ms). About
 /// 250–300 requests/s: realistic, and well within what 2 cores replay and compare.
@@ -174,14 +179,26 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     say("Starting the services");
     let legacy_addr: SocketAddr = LEGACY.parse()?;
     let mail_addr: SocketAddr = MAIL.parse()?;
+    let charges_file = lab.dir.join("payments-count");
+    lab.spawn_logged(
+        "payments",
+        ns_cmd(&n.client, examples)
+            .args(["payments", "--listen", PAYMENTS, "--count-file"])
+            .arg(&charges_file),
+    )?;
+    lab::wait_port(&n.client, PAYMENTS.parse()?, Duration::from_secs(10))
+        .context("the payments service did not come up")?;
     lab.spawn_logged(
         "legacy",
-        ns_cmd(&n.legacy, examples).args(["legacy", "--listen", LEGACY]),
+        ns_cmd(&n.legacy, examples).args(["legacy", "--listen", LEGACY, "--payments", PAYMENTS]),
     )?;
     lab::wait_port(&n.client, legacy_addr, Duration::from_secs(10))
         .context("the legacy service did not come up")?;
     note(&format!(
         "legacy serves {LEGACY}; real clients (wrk) talk to it, and only to it"
+    ));
+    note(&format!(
+        "legacy charges every new order at the payments service {PAYMENTS} (POST /charges, X-Request-Id propagated)"
     ));
     let count_file = lab.dir.join("mail-count");
     lab.spawn_logged(
@@ -205,7 +222,7 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     // The daemon enters the candidate's namespace itself (--candidate-netns) before it
     // drops the candidate's privileges.
     let candidate_cmd = format!(
-        "exec {} candidate --listen {CANDIDATE} --profile demo --mail-host {MAIL} >&2",
+        "exec {} candidate --listen {CANDIDATE} --profile demo --mail-host {MAIL} --payments {PAYMENTS} >&2",
         sh_quote(&examples.to_string_lossy()),
     );
     let store = lab.dir.join("mirror.db");
@@ -221,6 +238,7 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
         .args(["--listen", DASHBOARD])
         .args(["--duration", &format!("{}s", opts.seconds + DRAIN_SECS)])
         .args(["--sample", "100", "--ignore", "json:$..generated_at"])
+        .args(["--dependency", PAYMENTS, "--virtualize-egress"])
         .args(CRITERIA)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(lab.dir.join("card.txt"))?)
@@ -230,7 +248,12 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
         "    --candidate-cmd \"mirror-examples candidate --profile demo …\" --candidate-netns … \\",
     );
     note("    --sample 100 --ignore 'json:$..generated_at' \\");
-    note("    --max-mismatch 0.5% --max-p95-regression 10% --min-exchanges 500");
+    note(&format!(
+        "    --dependency {PAYMENTS} --virtualize-egress \\"
+    ));
+    note(
+        "    --max-mismatch 0.5% --max-p95-regression 10% --min-exchanges 500 --max-side-effect-mismatch 0%",
+    );
     note("(go/no-go criteria are written down before the run; full log in daemon.log)");
     let d = lab.spawn("mirror-daemon", &mut cmd)?;
     let relay = Relay::start(lab.proc(d)?.take_stderr(), &lab.dir.join("daemon.log"))?;
@@ -485,6 +508,37 @@ fn summary(
     );
     note("       key order, whitespace and the Server header differ too, and are no diff");
 
+    // Side effects: what the candidate would have sent the payments service.
+    let side_effects = list(&report["side_effects"]);
+    note(
+        "side effects: legacy's payments calls were recorded from the tap; the candidate's connections",
+    );
+    note(&format!(
+        "        to {PAYMENTS} ({}) went to the daemon's virtual dependency, which answered each call",
+        relay.virtualized.load(Ordering::SeqCst)
+    ));
+    note("        with legacy's recorded response for the same request (matched by X-Request-Id);");
+    for e in side_effects.iter().take(3) {
+        note(&format!(
+            "        {} on {}: {} in {} exchanges (e.g. legacy {}, candidate {})",
+            text(&e["call"]),
+            text(&e["route"]),
+            text(&e["what"]),
+            e["exchanges"],
+            text(&e["legacy"]),
+            text(&e["candidate"])
+        ));
+    }
+    let charges = std::fs::read_to_string(lab.dir.join("payments-count"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "0".into());
+    note(&format!(
+        "        the real payments service received {charges} charges: legacy's, none from the candidate"
+    ));
+    note(
+        "        (the mail relay speaks SMTP: it stays refused, below; only HTTP dependencies are virtualized)",
+    );
+
     // Egress: what the candidate tried, what the guard did, what arrived.
     let to_mail: u64 = list(&report["egress"])
         .iter()
@@ -588,6 +642,8 @@ struct Relay {
     tap_attached: AtomicBool,
     /// Refusals of the candidate's connections (not the guard's self-test probe).
     refused: AtomicU64,
+    /// The candidate's connections to the payments service, sent to the virtual dependency.
+    virtualized: AtomicU64,
     /// The candidate's cgroup as the daemon names it.
     cgroup: Mutex<Option<String>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -602,6 +658,7 @@ impl Relay {
         let relay = Arc::new(Self {
             tap_attached: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            virtualized: AtomicU64::new(0),
             cgroup: Mutex::new(None),
             thread: Mutex::new(None),
         });
@@ -625,6 +682,10 @@ impl Relay {
                     if n == SHOWN_REFUSALS {
                         println!("    daemon | … (further refusals counted, not shown)");
                     }
+                    continue;
+                }
+                if text.contains("egress virtualized") {
+                    r.virtualized.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 if text.contains("confirmation email failed") {
@@ -794,6 +855,7 @@ function request()
     return wrk.format("GET", "/products?page=" .. math.random(1, 100), h)
   elseif r <= 82 then
     h["Content-Type"] = "application/json"
+    h["X-Request-Id"] = string.format("req-%d-%d-%d", tid or 0, os.time(), math.random(1, 1000000000))
     local body = string.format('{{"user_id":%d,"items":[{{"sku":"P-%05d","qty":%d}}],"card_number":"%s"}}',
       id, math.random(1, 10000), math.random(1, 3), cards[math.random(#cards)])
     return wrk.format("POST", "/orders", h, body)

@@ -107,9 +107,9 @@ impl Outlet {
         match o {
             HttpOutput::Exchange(ex) => {
                 let ex = match &self.outbound {
-                    Some(tap) => match tap.offer(ex) {
-                        Ok(()) => return,
-                        Err(ex) => ex,
+                    Some(tap) => match tap.take(ex) {
+                        Some(ex) => ex,
+                        None => return,
                     },
                     None => ex,
                 };

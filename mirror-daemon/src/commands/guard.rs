@@ -248,7 +248,7 @@ impl Drop for Fence {
 pub fn describe(a: &EgressAttempt) -> String {
     // What the guard stopped is shouted; what it let through is not.
     let action = match a.action {
-        EgressAction::Allowed => a.action.as_str().to_string(),
+        EgressAction::Allowed | EgressAction::Virtualized => a.action.as_str().to_string(),
         stopped => stopped.as_str().to_ascii_uppercase(),
     };
     if a.protocol == "unix" {

@@ -48,15 +48,16 @@ pub struct OutboundTap {
 }
 
 impl OutboundTap {
-    /// Takes `ex` when it is a call to a dependency (true), queuing it for the recorder.
-    pub fn offer(&self, ex: Exchange) -> Result<(), Exchange> {
+    /// Takes `ex` when it is a call to a dependency, queuing it for the recorder; hands
+    /// it back otherwise (an inbound exchange).
+    pub fn take(&self, ex: Exchange) -> Option<Exchange> {
         let Some(dep) = self.dependencies.find(&ex.flow.server) else {
-            return Err(ex);
+            return Some(ex);
         };
         if self.tx.try_send((ex, dep)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        None
     }
 
     pub fn is_dependency(&self, server: &SocketAddr) -> bool {
