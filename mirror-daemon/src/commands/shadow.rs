@@ -84,11 +84,15 @@ pub fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         )));
     }
     let speed: Speed = args.speed.parse().map_err(usage)?;
+    let mut ports = args.ports;
+    if !ports.is_empty() {
+        ports.extend(super::effects::SideEffects::extra_ports(&args.pipeline));
+    } // effects (issue 17); empty: learned from SYNs
     shadow_run(
         args.pipeline,
         Input::File {
             path: args.pcap,
-            ports: args.ports,
+            ports,
             reorder_window: args.reorder_window,
             speed,
         },

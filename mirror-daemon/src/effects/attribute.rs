@@ -26,6 +26,8 @@ pub struct BookLimits {
     pub max_inbound: usize,
     /// Calls waiting for their inbound exchange.
     pub max_pool: usize,
+    /// Bytes of every call held (pool, exchanges, orphans), bodies included.
+    pub max_bytes: usize,
 }
 
 impl Default for BookLimits {
@@ -34,6 +36,7 @@ impl Default for BookLimits {
             per_exchange: 16,
             max_inbound: 16_384,
             max_pool: 16_384,
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -92,6 +95,8 @@ pub struct BookStats {
     pub inbound_refused: u64,
     /// Inbound exchanges forgotten unconcluded.
     pub inbound_expired: u64,
+    /// Calls not kept because the byte budget was spent.
+    pub over_budget: u64,
 }
 
 /// The in-memory book: legacy's calls per inbound exchange, and the candidate's.
@@ -110,6 +115,8 @@ pub struct Book {
     /// overlapping windows the call may have been another exchange's, whose candidate
     /// can still be answered with it (calls without ids only).
     orphans: Vec<Recorded>,
+    /// Bytes held (see [`BookLimits::max_bytes`]).
+    bytes: usize,
     stats: BookStats,
     /// Newest capture time seen (drives the ages).
     now_ns: u64,
@@ -149,14 +156,22 @@ impl Book {
         ids.iter().find_map(|i| self.by_sent.get(i).copied())
     }
 
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Gives `call` (already counted in `bytes`) to `owner`.
     fn attach(&mut self, owner: CorrelationId, call: OutboundCall, how: Attributed) {
         let cap = self.limits.per_exchange;
         let Some(inb) = self.inbound.get_mut(&owner) else {
+            self.bytes = self.bytes.saturating_sub(call.size());
             return;
         };
         if inb.legacy.len() >= cap {
             inb.over_cap += 1;
             self.stats.over_cap += 1;
+            self.bytes = self.bytes.saturating_sub(call.size());
             return;
         }
         match how {
@@ -183,6 +198,11 @@ impl Book {
     pub fn add_call(&mut self, call: OutboundCall) {
         self.stats.calls_recorded += 1;
         self.now_ns = self.now_ns.max(call.response_last_ns);
+        if self.bytes + call.size() > self.limits.max_bytes {
+            self.stats.over_budget += 1;
+            return;
+        }
+        self.bytes += call.size();
         if let Some(owner) = call.ids.iter().find_map(|i| self.by_raw.get(i).copied()) {
             self.attach(owner, call, Attributed::Exact);
             return;
@@ -211,7 +231,9 @@ impl Book {
             if !aged && self.pool.len() <= self.limits.max_pool {
                 break;
             }
-            self.pool.pop_front();
+            if let Some(c) = self.pool.pop_front() {
+                self.bytes = self.bytes.saturating_sub(c.size());
+            }
             self.stats.unattributed += 1;
         }
     }
@@ -301,6 +323,8 @@ impl Book {
 
     fn forget(&mut self, id: &CorrelationId) -> Option<Inbound> {
         let inb = self.inbound.remove(id)?;
+        let held: usize = inb.legacy.iter().map(|r| r.call.size()).sum();
+        self.bytes = self.bytes.saturating_sub(held);
         for r in &inb.raw_ids {
             if self.by_raw.get(r) == Some(id) {
                 self.by_raw.remove(r);
@@ -320,14 +344,25 @@ impl Book {
     pub fn finish(&mut self, id: &CorrelationId) -> Option<Inbound> {
         let inb = self.forget(id)?;
         let now = self.now_ns;
-        self.orphans
-            .retain(|o| o.call.response_last_ns.saturating_add(POOL_AGE_NS) >= now);
+        let mut freed = 0;
+        self.orphans.retain(|o| {
+            let keep = o.call.response_last_ns.saturating_add(POOL_AGE_NS) >= now;
+            if !keep {
+                freed += o.call.size();
+            }
+            keep
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
         for r in &inb.legacy {
             if r.how == Attributed::Window && !r.used {
                 if self.orphans.len() >= self.limits.max_pool {
-                    self.orphans.remove(0);
+                    let o = self.orphans.remove(0);
+                    self.bytes = self.bytes.saturating_sub(o.call.size());
                 }
-                self.orphans.push(r.clone());
+                if self.bytes + r.call.size() <= self.limits.max_bytes {
+                    self.bytes += r.call.size();
+                    self.orphans.push(r.clone());
+                }
             }
         }
         Some(inb)
@@ -340,7 +375,9 @@ impl Book {
 
     /// Takes orphan `i` (it answers one call only).
     pub fn take_orphan(&mut self, i: usize) -> Option<Recorded> {
-        (i < self.orphans.len()).then(|| self.orphans.remove(i))
+        let o = (i < self.orphans.len()).then(|| self.orphans.remove(i))?;
+        self.bytes = self.bytes.saturating_sub(o.call.size());
+        Some(o)
     }
 }
 
@@ -422,6 +459,7 @@ mod tests {
             per_exchange: 2,
             max_inbound: 1,
             max_pool: 2,
+            max_bytes: 1 << 20,
         };
         let mut b = Book::new(limits);
         let x = CorrelationId::new();
@@ -442,6 +480,28 @@ mod tests {
         let done = b.finish(&x).expect("followed");
         assert_eq!((done.legacy.len(), done.over_cap), (2, 1));
         assert!(b.inbound(&x).is_none());
+        // What is left is the pool's two orphaned calls.
+        assert_eq!(b.bytes(), 2 * call(&[], 0, "orphan").size());
+    }
+
+    #[test]
+    fn the_byte_budget_refuses_calls_and_is_given_back() {
+        let size = call(&[], 0, "x").size();
+        let mut b = Book::new(BookLimits {
+            max_bytes: 2 * size,
+            ..BookLimits::default()
+        });
+        let x = CorrelationId::new();
+        b.register(x, vec!["x-request-id=a".into()], (0, 100))
+            .expect("room");
+        for _ in 0..3 {
+            b.add_call(call(&["x-request-id=a"], 10, "x"));
+        }
+        assert_eq!((b.stats().over_budget, b.bytes()), (1, 2 * size));
+        b.finish(&x);
+        assert_eq!(b.bytes(), 0);
+        b.add_call(call(&["x-request-id=b"], 20, "x"));
+        assert_eq!(b.bytes(), size);
     }
 
     #[test]

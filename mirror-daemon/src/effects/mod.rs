@@ -357,13 +357,14 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
             b.ambiguous,
             b.unattributed,
             b.over_cap,
+            b.over_budget,
             self.recorder_queue_full,
             self.candidate_calls,
             self.matched_by_id,
