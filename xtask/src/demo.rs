@@ -570,7 +570,7 @@ fn summary(
     }
     let other: u64 = list(&report["egress"])
         .iter()
-        .filter(|e| e["destination"] != MAIL)
+        .filter(|e| e["destination"] != MAIL && e["action"] != "virtualized")
         .filter_map(|e| e["attempts"].as_u64())
         .sum();
     if other > 0 {
