@@ -376,3 +376,175 @@ impl std::fmt::Display for EffectsFigures {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::FlowKey;
+    use crate::compare::CompareConfig;
+    use crate::http::{Header, Timing};
+    use crate::mask::{MaskConfig, MaskKey};
+
+    const DEP: &str = "10.0.0.9:7070";
+
+    fn effects() -> Effects {
+        let key = MaskKey::from_bytes(&[7u8; 32]).expect("key");
+        let masker = Masker::new(MaskConfig::with_defaults(key)).expect("masker");
+        let cfg = EffectsConfig {
+            dependencies: Dependencies::new(vec![DEP.parse().expect("addr")]),
+            propagation: Propagation::default(),
+            virtualize: true,
+            limits: BookLimits::default(),
+            wait: Duration::from_millis(50),
+        };
+        Effects::new(
+            cfg,
+            Arc::new(masker),
+            Arc::new(RouteTemplater::new(&[]).expect("templater")),
+        )
+    }
+
+    fn request(target: &str, id: Option<&str>, body: &str) -> Request {
+        let mut headers = vec![Header::new("Content-Type", "application/json")];
+        if let Some(id) = id {
+            headers.push(Header::new("X-Request-Id", id));
+        }
+        Request {
+            method: "POST".into(),
+            target: target.into(),
+            version: 1,
+            headers,
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    fn exchange(server: &str, req: Request, resp_body: &str, t: u64) -> Exchange {
+        Exchange {
+            id: CorrelationId::new(),
+            flow: FlowKey {
+                client: "10.0.0.1:40000".parse().expect("addr"),
+                server: server.parse().expect("addr"),
+            },
+            request: req,
+            response: Response {
+                version: 1,
+                status: 201,
+                reason: "Created".into(),
+                headers: vec![Header::new("Content-Type", "application/json")],
+                body: bytes::Bytes::from(resp_body.to_string()),
+            },
+            timing: Timing {
+                request_first_ns: t,
+                request_last_ns: t,
+                response_first_ns: t + 10,
+                response_last_ns: t + 10,
+            },
+        }
+    }
+
+    /// Legacy's call for inbound `n` recorded, the inbound exchange followed and replayed.
+    fn legacy_order(e: &Effects, n: u64) -> Exchange {
+        let id = format!("req-{n}");
+        let call = exchange(
+            DEP,
+            request(
+                "/charges",
+                Some(&id),
+                &format!(r#"{{"order":{n},"amount":1{n}.5}}"#),
+            ),
+            &format!(r#"{{"charge":"ch_{n}"}}"#),
+            1_000 * n + 5,
+        );
+        e.record_call(&call, DEP.parse().expect("addr"));
+        let inbound = exchange(
+            "10.0.0.2:8080",
+            request("/orders", Some(&id), "{}"),
+            "{}",
+            1_000 * n,
+        );
+        e.register(&inbound).expect("room");
+        e.bind_sent(inbound.id, &inbound.request);
+        inbound
+    }
+
+    #[tokio::test]
+    async fn each_call_gets_its_own_exchange_recording_once_and_the_rest_is_diffed() {
+        let e = effects();
+        let dep: SocketAddr = DEP.parse().expect("addr");
+        let (a, b) = (legacy_order(&e, 1), legacy_order(&e, 2));
+        // b's call first, then a's with another amount, then an extra call for a.
+        let rb = e
+            .answer(
+                dep,
+                request("/charges", Some("req-2"), r#"{"order":2,"amount":12.5}"#),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(rb.body.as_ref(), br#"{"charge":"ch_2"}"#);
+        let ra = e
+            .answer(
+                dep,
+                request("/charges", Some("req-1"), r#"{"order":1,"amount":99}"#),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(ra.body.as_ref(), br#"{"charge":"ch_1"}"#);
+        let extra = e
+            .answer(
+                dep,
+                request("/charges", Some("req-1"), r#"{"order":1,"amount":1}"#),
+            )
+            .await;
+        assert!(extra.is_none(), "a recording answers once");
+        let cmp = Comparator::new(CompareConfig::default()).expect("comparator");
+        let keys = |d: Vec<Diff>| {
+            d.into_iter()
+                .map(|d| d.kind.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(e.conclude(&a.id, &cmp)),
+            vec![
+                "side_effect(POST /charges,field($.amount,value))",
+                "side_effect(POST /charges,extra)"
+            ]
+        );
+        assert!(e.conclude(&b.id, &cmp).is_empty());
+        let f = e.figures();
+        assert_eq!(
+            (f.matched_by_id, f.unmatched, f.book.attributed_exact),
+            (2, 1, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_legacy_call_the_candidate_never_makes_is_missing() {
+        let e = effects();
+        let a = legacy_order(&e, 3);
+        let cmp = Comparator::new(CompareConfig::default()).expect("comparator");
+        let d = e.conclude(&a.id, &cmp);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].kind.to_string(), "side_effect(POST /charges,missing)");
+        // Concluded: a late call finds nothing (502 after the bounded wait).
+        let dep: SocketAddr = DEP.parse().expect("addr");
+        assert!(
+            e.answer(dep, request("/charges", Some("req-3"), "{}"))
+                .await
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_capture_hands_over_dependency_calls_only() {
+        let e = effects();
+        let (tap, mut rx) = e.outbound_tap();
+        let inbound = exchange("10.0.0.2:8080", request("/orders", None, "{}"), "{}", 1);
+        assert!(
+            tap.take(inbound).is_some(),
+            "an inbound exchange is handed back"
+        );
+        let call = exchange(DEP, request("/charges", None, "{}"), "{}", 1);
+        assert!(tap.take(call).is_none());
+        assert!(rx.try_recv().is_ok());
+    }
+}
