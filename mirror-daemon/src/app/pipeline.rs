@@ -306,25 +306,8 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         })
         .await?;
     // The fence first: a candidate we start must never run unfenced.
-    let (fence, unfenced, patience) = match &fencing {
-        Fencing::Off(cfg) => {
-            tracing::warn!(
-                "--no-egress-guard: the candidate's outbound network is NOT fenced; its side effects are real"
-            );
-            (None, start_unfenced(cfg)?, patience(cfg))
-        }
-        Fencing::Guard(cfg) => (
-            Some(Fence::setup(cfg, &run_id, &secrets).await?),
-            None,
-            patience(cfg),
-        ),
-    };
-    wait_reachable(replay.target.addr, patience).await?;
-    if let Some(s) = &secondary {
-        wait_reachable(s.target.addr, Duration::from_secs(3))
-            .await
-            .context("--secondary")?;
-    }
+    let (mut fence, unfenced) =
+        fence_candidate(&fencing, &run_id, &secrets, &replay, secondary.as_ref()).await?;
 
     let ledger = Arc::new(Ledger::default());
     let metrics = Arc::new(Metrics::for_ledger(ledger.clone()));
@@ -368,8 +351,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         ..Default::default()
     }));
     let ready = Arc::new(AtomicBool::new(false));
-    let (stop_dashboard, stopped) = tokio::sync::oneshot::channel::<()>();
-    let dashboard = serve::serve(
+    let (dashboard, stop_dashboard) = open_dashboard(
         serve_cfg,
         ServeState {
             snapshot: snapshot.clone(),
@@ -377,12 +359,8 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
             ready: ready.clone(),
             control: Some(sample_control(&sampler, &desired_ppm)),
         },
-        async move {
-            let _ = stopped.await;
-        },
     )
     .await?;
-    eprintln!("dashboard: http://{dashboard}/   metrics: http://{dashboard}/metrics");
 
     // Capture: the reader exists before the tap is attached, so nothing is missed.
     let (ex_tx, ex_rx) = mpsc::channel(EXCHANGE_QUEUE);
@@ -399,7 +377,6 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
 
-    let (mut fence, unfenced) = (fence, unfenced);
     let egress = EgressReports::new(
         fence.as_mut().and_then(|f| f.guard.take_events()),
         fence.as_mut().and_then(|f| f.sink_rx.take()),
@@ -436,6 +413,52 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         unfenced,
         stop_dashboard,
     })
+}
+
+/// Fences the candidate (or, with `--no-egress-guard`, starts it unfenced), then waits
+/// until it, and the secondary, accept connections.
+async fn fence_candidate(
+    fencing: &Fencing,
+    run_id: &str,
+    secrets: &[PathBuf],
+    replay: &ReplayConfig,
+    secondary: Option<&ReplayConfig>,
+) -> anyhow::Result<(Option<Fence>, Option<ChildGuard>)> {
+    let (fence, unfenced, patience) = match fencing {
+        Fencing::Off(cfg) => {
+            tracing::warn!(
+                "--no-egress-guard: the candidate's outbound network is NOT fenced; its side effects are real"
+            );
+            (None, start_unfenced(cfg)?, patience(cfg))
+        }
+        Fencing::Guard(cfg) => (
+            Some(Fence::setup(cfg, run_id, secrets).await?),
+            None,
+            patience(cfg),
+        ),
+    };
+    wait_reachable(replay.target.addr, patience).await?;
+    if let Some(s) = secondary {
+        wait_reachable(s.target.addr, Duration::from_secs(3))
+            .await
+            .context("--secondary")?;
+    }
+    Ok((fence, unfenced))
+}
+
+/// The dashboard, API and `/metrics` listener; it stops when the sender is used or
+/// dropped.
+async fn open_dashboard(
+    cfg: ServeConfig,
+    state: ServeState,
+) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let bound = serve::serve(cfg, state, async move {
+        let _ = stopped.await;
+    })
+    .await?;
+    eprintln!("dashboard: http://{bound}/   metrics: http://{bound}/metrics");
+    Ok((bound, stop))
 }
 
 /// A candidate we start gets longer to come up.

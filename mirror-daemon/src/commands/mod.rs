@@ -3,7 +3,9 @@
 mod check;
 mod check_impl;
 mod common;
+pub mod config;
 mod exchanges;
+pub mod flags;
 mod guard;
 mod record;
 mod report;

@@ -261,7 +261,7 @@ fn reload(config: Option<&PathBuf>, running: &Running) {
     };
     let result = (|| -> anyhow::Result<()> {
         // Re-expand from the original command line so flags still win over the file.
-        let args = crate::config::expand(std::env::args_os().collect())?;
+        let args = super::config::expand(std::env::args_os().collect())?;
         let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(args)?;
         let p = match cli.command {
             crate::cli::Command::Run(r) => r.pipeline,

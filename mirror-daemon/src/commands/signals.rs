@@ -162,3 +162,41 @@ impl Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real signals to this process: the handlers stay ours (the process lives on), a
+    /// SIGHUP is a reload request, the first stop signal names the stop for async code
+    /// and sets the flag threads read, and a second install returns the same source.
+    #[test]
+    fn one_source_turns_signals_into_stop_and_reload_requests() {
+        let mut signals = install(Hangup::Reload).expect("install");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let limit = std::time::Duration::from_secs(30);
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).expect("raise SIGHUP");
+            tokio::time::timeout(limit, signals.reloads.next())
+                .await
+                .expect("a reload request");
+            assert!(!signals.stop.requested(), "a reload is not a stop");
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).expect("raise SIGTERM");
+            let by = tokio::time::timeout(limit, signals.stop.wait())
+                .await
+                .expect("a stop request");
+            assert_eq!(by, "SIGTERM");
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGINT).expect("raise SIGINT");
+            let mut again = install(Hangup::Default).expect("second install");
+            assert!(again.stop.requested(), "the same flag");
+            assert_eq!(
+                again.stop.wait().await,
+                "SIGTERM",
+                "the first stop names it"
+            );
+        });
+    }
+}
