@@ -10,7 +10,7 @@ use mirror_daemon::{
 
 use super::{
     common::usage,
-    signals::{self, Hangup},
+    signals::{self, Hangup, Stop},
 };
 use crate::{cli::GuardArgs, exit};
 
@@ -60,44 +60,49 @@ pub fn run(args: GuardArgs) -> anyhow::Result<u8> {
         anyhow::bail!("--no-egress-guard makes `guard` pointless; use it with `run`/`replay` only");
     }
     let cfg = fence_config(&args)?;
-    let mut signals = signals::install(Hangup::Default)?;
+    let stop = signals::install(Hangup::Default)?.stop;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let run_id = ulid::Ulid::new().to_string().to_lowercase();
-        let mut fence = Fence::setup(&cfg, &run_id, &[]).await?;
-        println!(
-            "guard attached to {} ({})",
-            fence.cgroup.path.display(),
-            fence.self_test
-        );
-        if let Some(addr) = fence.sink_addr {
-            println!("egress sink listening on {addr}");
+    rt.block_on(fence_until_stopped(&cfg, stop))?;
+    mirror_daemon::guard::cgroup::release_private_mount();
+    Ok(exit::OK)
+}
+
+/// Fences the candidate and reports every attempt until a stop request or the end of
+/// the candidate we started; then the summary.
+async fn fence_until_stopped(cfg: &FenceConfig, mut stop: Stop) -> anyhow::Result<()> {
+    let run_id = ulid::Ulid::new().to_string().to_lowercase();
+    let mut fence = Fence::setup(cfg, &run_id, &[]).await?;
+    let c = &fence.cgroup;
+    println!(
+        "guard attached to {} ({})",
+        c.path.display(),
+        fence.self_test
+    );
+    if let Some(addr) = fence.sink_addr {
+        println!("egress sink listening on {addr}");
+    }
+    let mut events = fence
+        .guard
+        .take_events()
+        .context("guard events already taken")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = tick.tick() => if report(&mut fence, &mut events) {
+                println!("candidate exited");
+                break;
+            },
         }
-        let mut events = fence
-            .guard
-            .take_events()
-            .context("guard events already taken")?;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = signals.stop.wait() => break,
-                _ = tick.tick() => if report(&mut fence, &mut events) {
-                    println!("candidate exited");
-                    break;
-                },
-            }
-        }
-        // What came in since the last tick.
-        print_attempts(&mut events, fence.probe_pid);
-        let c = fence.guard.counters();
-        println!(
-            "guard summary: {} refused, {} redirected, {} allowed, {} reports lost",
-            c.refused, c.redirected, c.allowed, c.events_lost
-        );
-        drop(fence);
-        mirror_daemon::guard::cgroup::release_private_mount();
-        Ok(exit::OK)
-    })
+    }
+    // What came in since the last tick.
+    print_attempts(&mut events, fence.probe_pid);
+    let c = fence.guard.counters();
+    println!(
+        "guard summary: {} refused, {} redirected, {} allowed, {} reports lost",
+        c.refused, c.redirected, c.allowed, c.events_lost
+    );
+    Ok(())
 }
 
 /// Prints the attempts and sink captures since the last call; true once the candidate
