@@ -17,7 +17,10 @@ use mirror_daemon::{
 };
 use tokio::sync::mpsc;
 
-use super::{common, signals};
+use super::{
+    common,
+    signals::{self, Hangup},
+};
 use crate::{
     cli::{ExchangeFormat, ExchangesArgs},
     exit,
@@ -38,6 +41,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
     let figures = Arc::new(Mutex::new(capture_loop::CaptureFigures::default()));
     let (tx, mut rx) = mpsc::channel::<capture_loop::Captured>(EXCHANGE_QUEUE);
 
+    let mut stop_signal = None;
     let (source, tap) = match (&args.pcap, &args.iface) {
         (Some(path), None) => (
             Source::File {
@@ -47,7 +51,8 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             None,
         ),
         (None, Some(iface)) => {
-            signals::install()?;
+            // Live only: a file ends by itself, and Ctrl-C ends reading it at once.
+            stop_signal = Some(signals::install(Hangup::Default)?.stop);
             let mut tap = Tap::load(&TapConfig {
                 iface: iface.clone(),
                 ports: args.ports.clone(),
@@ -106,7 +111,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             match rx.try_recv() {
                 Ok(ex) => Some(ex),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    let done = signals::stop_requested()
+                    let done = stop_signal.as_ref().is_some_and(|s| s.requested())
                         || args.count.is_some_and(|c| printed >= c)
                         || duration.is_some_and(|d| started.elapsed() >= d);
                     if done {
