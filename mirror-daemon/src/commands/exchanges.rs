@@ -12,7 +12,10 @@ use mirror_daemon::{
     accounting::Ledger,
     app::capture_loop::{self, CaptureSettings, Source},
     capture::kernel::{Tap, TapConfig},
-    http::{EXCHANGE_TABLE_HEADER, exchange_json, exchange_json_with, exchange_table_row},
+    http::{
+        EXCHANGE_TABLE_HEADER, PairingCounters, exchange_json, exchange_json_with,
+        exchange_table_row,
+    },
     pipeline::EXCHANGE_QUEUE,
 };
 use tokio::sync::mpsc;
@@ -176,11 +179,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             drops.join(", ")
         }
     );
-    let h = &figures.http;
-    eprintln!(
-        "pairing: {} of {} exchanges proven by TCP byte ranges; joined mid-stream: {} dropped; {} responses without a captured request",
-        h.exchanges_proven, h.exchanges, h.dropped_at_join, h.responses_unpaired
-    );
+    eprintln!("{}", PairingCounters::from(&figures.http));
     if let Some(f) = figures.file
         && (f.truncated > 0 || f.malformed > 0)
     {

@@ -25,7 +25,7 @@ use mirror_daemon::{
         kernel::GuardEvents,
         sink::{PAIRING_GRACE, RedirectPairing, SinkCapture},
     },
-    http::Limits,
+    http::{Limits, PairingCounters},
     mask::Masker,
     pipeline::{EXCHANGE_QUEUE, STORE_QUEUE},
     replay::{
@@ -393,14 +393,16 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                         kernel = t.counters();
                         metrics.set_kernel(&kernel);
                     }
+                    let http_pairing = CaptureFigures::pairing_of(&figures);
+                    metrics.set_pairing(&http_pairing);
                     // Egress reports: counted, logged (no payload), stored, shown.
                     let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, false);
                     report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
-                    let card = card_now(&live, &ledger, &kernel, &criteria);
+                    let card = card_now(&live, &ledger, &kernel, &http_pairing, &criteria);
                     publish(&snapshot, &run_view, &card, &ledger, &kernel, sampler.ppm());
                     if last_ledger_write.elapsed() >= Duration::from_secs(2) {
                         last_ledger_write = Instant::now();
-                        if let Err(e) = store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &kernel).await {
+                        if let Err(e) = store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &kernel, &http_pairing).await {
                             tracing::warn!(error = %e, "storing the ledger failed");
                         }
                     }
@@ -464,7 +466,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         // Attempts still waiting for their sink capture are reported without bytes.
         let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, true);
         report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
-        store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &kernel).await?;
+        store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &kernel, &figures_final.pairing()).await?;
         drop(fence);
         drop(unfenced_candidate);
         mirror_daemon::guard::cgroup::release_private_mount();
@@ -494,6 +496,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
             h.parse_errors,
             h.oversize_header_bytes + h.oversize_header_count + h.oversize_body
         );
+        eprintln!("{}", figures_final.pairing());
         let has_criteria = criteria.has_parity_limit() || criteria.min_exchanges.is_some() || criteria.min_completeness.is_some();
         Ok(if has_criteria { card.verdict.exit_code() as u8 } else { exit::OK })
     })
@@ -574,6 +577,7 @@ fn card_now(
     live: &Mutex<LiveEvidence>,
     ledger: &Ledger,
     kernel: &KernelCounters,
+    pairing: &PairingCounters,
     criteria: &mirror_daemon::verdict::Criteria,
 ) -> report::ParityCard {
     let snapshot = ledger.snapshot();
@@ -581,7 +585,7 @@ fn card_now(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     report::build(
-        live.card_evidence(&snapshot, kernel),
+        live.card_evidence(&snapshot, kernel, Some(pairing)),
         criteria,
         &NoiseRule::default(),
     )

@@ -344,6 +344,29 @@ fn kernel_counters_are_exposed_as_set() {
 }
 
 #[test]
+fn pairing_counters_are_exposed_as_set() {
+    let m = Metrics::new();
+    let text = m.encode();
+    assert!(text.contains("mirror_pairing_proven_total 0\n"), "{text}");
+    m.set_pairing(&crate::http::PairingCounters {
+        exchanges: 120,
+        proven: 117,
+        dropped_at_join: 3,
+        responses_unpaired: 2,
+    });
+    let text = m.encode();
+    for line in [
+        "# TYPE mirror_pairing_exchanges counter",
+        "mirror_pairing_exchanges_total 120\n",
+        "mirror_pairing_proven_total 117\n",
+        "mirror_pairing_dropped_at_join_total 3\n",
+        "mirror_pairing_responses_unpaired_total 2\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+}
+
+#[test]
 fn routes_beyond_the_cap_are_other() {
     let m = Metrics::new();
     m.set_routes_cap(2);
