@@ -191,6 +191,10 @@ impl Stages {
     }
 
     fn finish(&mut self) {
+        tracing::debug!(
+            flows = self.reassembler.open_flows(),
+            "end of capture: closing every flow"
+        );
         let (tracker, outlet) = (&mut self.tracker, &self.outlet);
         self.reassembler.finish(&mut |ev| {
             tracker.on_event(&ev, &mut |o| outlet.deliver(o));

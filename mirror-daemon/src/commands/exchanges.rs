@@ -153,6 +153,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
         }
     }
     out.flush()?;
+    let kernel = tap.as_ref().map(|t| t.counters());
     // Detach first, then let the capture thread drain and flush every flow.
     drop(tap);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -162,6 +163,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
         .join()
         .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
     let _ = drain.join();
+    tracing::debug!(reassembly = ?figures.reassembly, http = ?figures.http, "capture figures");
     let s = ledger.snapshot();
     let drops: Vec<String> = s
         .dropped
@@ -180,6 +182,14 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
         }
     );
     eprintln!("{}", PairingCounters::from(&figures.http));
+    if let Some(k) = kernel {
+        // Records the ring had no room for are lost segments: their exchanges are among
+        // the gaps above.
+        eprintln!(
+            "tap: {} records, {} lost (ring buffer full)",
+            k.records, k.ring_full
+        );
+    }
     if let Some(f) = figures.file
         && (f.truncated > 0 || f.malformed > 0)
     {

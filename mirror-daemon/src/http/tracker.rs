@@ -346,6 +346,7 @@ struct Sink<'a, F: FnMut(HttpOutput)> {
 
 impl<F: FnMut(HttpOutput)> Sink<'_, F> {
     fn drop_one(&mut self, reason: DropReason, detail: &'static str) {
+        tracing::debug!(flow = %self.flow, reason = reason.as_str(), detail, "exchange dropped");
         self.stats.count_drop(reason);
         (self.out)(HttpOutput::Dropped {
             flow: self.flow,
