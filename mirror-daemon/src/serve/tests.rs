@@ -152,6 +152,12 @@ fn realistic(go: bool) -> LiveSnapshot {
             sampled_out: 0,
             load_errors: 0,
         },
+        pairing: crate::http::PairingCounters {
+            exchanges: 19_851,
+            proven: 19_838,
+            dropped_at_join: 13,
+            responses_unpaired: 4,
+        },
         verdict: VerdictView {
             status: if go { "GO" } else { "NO-GO" }.into(),
             criteria,
@@ -645,6 +651,7 @@ fn snapshot_json_round_trips() {
     assert_eq!(back.run, s.run);
     assert_eq!(back.ledger, s.ledger);
     assert_eq!(back.kernel, s.kernel);
+    assert_eq!(back.pairing, s.pairing);
     assert_eq!(back.verdict, s.verdict);
     assert_eq!(back.diffs, s.diffs);
     assert_eq!(back.egress, s.egress);
@@ -849,6 +856,8 @@ async fn dashboard_renders_in_a_real_browser() {
             "✓ adds up",
             "gap 131",
             "timeout 7",
+            "19,838 of 19,851",
+            "dropped at a mid-stream join",
         ] {
             assert!(
                 dom.contains(needle),
