@@ -23,6 +23,10 @@
 //!    response direction is then at a message boundary. A client sends a request at
 //!    such a point only after reading every response it waited for (keep-alive, or a
 //!    pipelined batch read to its end).
+//!    A request found by scanning over the rest of one whose start was not seen (a join
+//!    or a loss no tracked request owns) never resumes pairing: that unseen request may
+//!    still wait for its response, which comes first, and a pipelining client sends both
+//!    before reading, so no number tells them apart. It holds a place and is dropped.
 //! 5. Safety net: once paired again, a response that does not parse, or arrives with
 //!    nothing pending and no TCP numbers to place it, desynchronizes again (2.).
 //!
@@ -293,6 +297,9 @@ struct Conn {
     resp_expect: Option<u32>,
     /// Joined mid-stream and no proven exchange yet (drops count as `dropped_at_join`).
     joining: bool,
+    /// The request direction is scanning after a join or a loss that no tracked request
+    /// owns: bytes it passes over are the rest of a request whose start was not seen.
+    requests_unowned: bool,
 }
 
 impl Conn {
@@ -313,6 +320,7 @@ impl Conn {
             resp_since: None,
             resp_expect: None,
             joining: false,
+            requests_unowned: false,
         }
     }
 
@@ -515,6 +523,7 @@ impl ExchangeTracker {
                 conn.responses.resync();
                 conn.mode = Mode::Suspended;
                 conn.joining = true;
+                conn.requests_unowned = true;
             }
             self.stats.connections_opened += 1;
             self.conns.insert(flow, conn);
@@ -619,7 +628,13 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
                     let end = bytes.len() - rest.len();
                     let start = (head_len <= end)
                         .then(|| (at.at(end).wrapping_sub(head_len as u32), at.ack));
-                    request_started(conn, first_ns, start, sink);
+                    // After the rest of a request whose start was not seen: that request
+                    // may still be waiting for its response, which would come first. Its
+                    // position is no proof (a pipelining client sends both before
+                    // reading), so this one only holds a place; the next one may resume.
+                    let after_unseen =
+                        std::mem::take(&mut conn.requests_unowned) && conn.requests.skipped();
+                    request_started(conn, first_ns, start.filter(|_| !after_unseen), sink);
                 }
                 if conn.request_tracked
                     && let Some(entry) = conn.queue.back_mut()
@@ -996,6 +1011,8 @@ fn on_gap<F: FnMut(HttpOutput)>(
             if direction == Direction::ToClient {
                 // Responses are followed again only after the lost bytes.
                 conn.resp_since = conn.next_seq[d];
+            } else if !tracked {
+                conn.requests_unowned = true;
             }
             desync(
                 conn,
