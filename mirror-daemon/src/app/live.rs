@@ -412,6 +412,7 @@ mod tests {
             proven: 38,
             dropped_at_join: 2,
             responses_unpaired: 1,
+            dropped_at_end: 3,
         };
         store.write_batch(&rows).await.expect("rows");
         store

@@ -20,6 +20,10 @@ pub struct PairingCounters {
     pub dropped_at_join: u64,
     /// Responses whose request was not captured, discarded.
     pub responses_unpaired: u64,
+    /// Requests still waiting for their response when the capture ended (the tap
+    /// detached or the file ended), dropped as `unpaired`: in flight at the end.
+    #[serde(default)]
+    pub dropped_at_end: u64,
 }
 
 impl PairingCounters {
@@ -29,6 +33,7 @@ impl PairingCounters {
         self.proven += o.proven;
         self.dropped_at_join += o.dropped_at_join;
         self.responses_unpaired += o.responses_unpaired;
+        self.dropped_at_end += o.dropped_at_end;
     }
 }
 
@@ -39,6 +44,7 @@ impl From<&HttpStats> for PairingCounters {
             proven: h.exchanges_proven,
             dropped_at_join: h.dropped_at_join,
             responses_unpaired: h.responses_unpaired,
+            dropped_at_end: h.dropped_at_end,
         }
     }
 }
@@ -48,8 +54,12 @@ impl fmt::Display for PairingCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "pairing: {} of {} exchanges proven by TCP byte ranges; joined mid-stream: {} dropped; {} responses without a captured request",
-            self.proven, self.exchanges, self.dropped_at_join, self.responses_unpaired
+            "pairing: {} of {} exchanges proven by TCP byte ranges; joined mid-stream: {} dropped; {} responses without a captured request; {} waiting for a response at the end",
+            self.proven,
+            self.exchanges,
+            self.dropped_at_join,
+            self.responses_unpaired,
+            self.dropped_at_end
         )
     }
 }
@@ -65,13 +75,14 @@ mod tests {
             exchanges_proven: 8,
             dropped_at_join: 2,
             responses_unpaired: 1,
+            dropped_at_end: 3,
             dropped_gap: 5,
             ..HttpStats::default()
         };
         let mut p = PairingCounters::from(&h);
         assert_eq!(
             p.to_string(),
-            "pairing: 8 of 10 exchanges proven by TCP byte ranges; joined mid-stream: 2 dropped; 1 responses without a captured request"
+            "pairing: 8 of 10 exchanges proven by TCP byte ranges; joined mid-stream: 2 dropped; 1 responses without a captured request; 3 waiting for a response at the end"
         );
         p.add(&PairingCounters::from(&h));
         assert_eq!(
@@ -80,7 +91,8 @@ mod tests {
                 exchanges: 20,
                 proven: 16,
                 dropped_at_join: 4,
-                responses_unpaired: 2
+                responses_unpaired: 2,
+                dropped_at_end: 6,
             }
         );
     }

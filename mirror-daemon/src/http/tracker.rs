@@ -87,6 +87,9 @@ pub struct HttpStats {
     /// Requests dropped (gap or unpaired) on connections joined mid-stream, before their
     /// first proven exchange: the cost of attaching to live traffic.
     pub dropped_at_join: u64,
+    /// Requests still waiting for (the rest of) their response when the capture ended
+    /// (the tap detached, or the file ended): dropped as `unpaired`, in flight at the end.
+    pub dropped_at_end: u64,
     pub dropped_gap: u64,
     pub dropped_parse_error: u64,
     pub dropped_oversize: u64,
@@ -468,12 +471,16 @@ impl ExchangeTracker {
                 reason,
             } => {
                 if let Some(mut conn) = self.conns.remove(&flow) {
+                    let before = self.stats.dropped();
                     let mut sink = Sink {
                         flow,
                         stats: &mut self.stats,
                         out,
                     };
                     close(&mut conn, ts_ns, reason, &mut sink);
+                    if reason == CloseReason::EndOfCapture {
+                        self.stats.dropped_at_end += self.stats.dropped() - before;
+                    }
                 }
                 self.evicted.remove(&flow);
             }
@@ -486,6 +493,7 @@ impl ExchangeTracker {
         flows.sort();
         for flow in flows {
             if let Some(mut conn) = self.conns.remove(&flow) {
+                let before = self.stats.dropped();
                 let mut sink = Sink {
                     flow,
                     stats: &mut self.stats,
@@ -497,6 +505,7 @@ impl ExchangeTracker {
                     "no response before end of input",
                     &mut sink,
                 );
+                self.stats.dropped_at_end += self.stats.dropped() - before;
             }
         }
         self.evicted.clear();

@@ -325,10 +325,20 @@ fn unanswered_requests_are_unpaired_at_close_and_finish() {
         h.drop_reasons(),
         [DropReason::Unpaired, DropReason::Unpaired]
     );
+    // Closed by the peers: not the capture's end.
+    assert_eq!(h.tracker.stats().dropped_at_end, 0);
     h.data(flow(2), Direction::ToServer, &get("/3"));
-    assert_eq!(h.tracker.pending(), 1);
+    h.data(flow(3), Direction::ToServer, &get("/4"));
+    assert_eq!(h.tracker.pending(), 2);
+    // The capture ends: the reassembler closes one flow, `finish` the other.
+    h.feed(StreamEvent::Closed {
+        flow: flow(3),
+        ts_ns: h.ts,
+        reason: CloseReason::EndOfCapture,
+    });
     h.finish();
-    assert_eq!(h.drop_reasons().len(), 3);
+    assert_eq!(h.drop_reasons().len(), 4);
+    assert_eq!(h.tracker.stats().dropped_at_end, 2);
     assert_eq!(h.tracker.connections(), 0);
     h.check_accounting();
 }

@@ -344,6 +344,7 @@ fn accounting(ev: &CardEvidence<'_>, routes: &[RouteCard]) -> Accounting {
             proven: p.proven,
             dropped_at_join: p.dropped_at_join,
             responses_unpaired: p.responses_unpaired,
+            dropped_at_end: p.dropped_at_end,
             ledgers_not_recorded: ev.ledgers.iter().filter(|l| l.pairing.is_none()).count() as u64,
         }),
         stored: StoredCard {

@@ -112,6 +112,9 @@ pub struct PairingCard {
     pub dropped_at_join: u64,
     /// Responses whose request was not captured (discarded, not exchanges).
     pub responses_unpaired: u64,
+    /// Requests still waiting for their response when the capture ended (the tap
+    /// detached at the stop), dropped as `unpaired`.
+    pub dropped_at_end: u64,
     /// Ledgers of the selection without pairing figures (written by an older build).
     pub ledgers_not_recorded: u64,
 }

@@ -278,6 +278,10 @@ fn pairing_lines(card: &ParityCard) -> Vec<String> {
             p.dropped_at_join, p.responses_unpaired
         ),
         format!(
+            "  still waiting for a response when the capture ended: {} dropped",
+            p.dropped_at_end
+        ),
+        format!(
             "  dropped as gap {} and as unpaired {} (all connections, joined or not)",
             dropped(crate::accounting::DropReason::Gap).unwrap_or(0),
             dropped(crate::accounting::DropReason::Unpaired).unwrap_or(0)

@@ -789,6 +789,7 @@ async fn json_field_names_are_stable() {
             "proven",
             "dropped_at_join",
             "responses_unpaired",
+            "dropped_at_end",
             "ledgers_not_recorded",
         ])
     );
@@ -1180,9 +1181,11 @@ fn joined_sims() -> Vec<Sim> {
     sims[0].dropped(DropReason::Unpaired, 4);
     sims[0].pairing.dropped_at_join = 6;
     sims[0].pairing.responses_unpaired = 2;
+    sims[0].pairing.dropped_at_end = 3;
     sims[0].pairing.proven -= 10;
     sims[1].dropped(DropReason::Unpaired, 1);
     sims[1].pairing.dropped_at_join = 1;
+    sims[1].pairing.dropped_at_end = 1;
     sims
 }
 
@@ -1198,13 +1201,15 @@ async fn pairing_figures_in_every_format() {
             p.proven,
             p.dropped_at_join,
             p.responses_unpaired,
+            p.dropped_at_end,
             p.ledgers_not_recorded
         ),
-        (1201, 1191, 7, 2, 0)
+        (1201, 1191, 7, 2, 4, 0)
     );
     let lines = [
         "pairing: 1191 of 1201 exchanges proven by TCP byte ranges",
         "  joined mid-stream: 7 dropped; 2 responses without a captured request",
+        "  still waiting for a response when the capture ended: 4 dropped",
         "  dropped as gap 7 and as unpaired 5 (all connections, joined or not)",
     ];
     let text = render_table(&card);
@@ -1265,6 +1270,7 @@ async fn ledgers_without_pairing_figures_still_report_and_say_so() {
     total.proven -= newer.proven;
     total.dropped_at_join -= newer.dropped_at_join;
     total.responses_unpaired -= newer.responses_unpaired;
+    total.dropped_at_end -= newer.dropped_at_end;
     mixed.pairing_total = Some(total);
     let card = card_of(&mixed, &criteria());
     let p = card.accounting.pairing.as_ref().expect("partly recorded");

@@ -10,7 +10,7 @@
 //!   time to first / last response byte, `side` is `legacy` or `candidate`;
 //! - `mirror_egress_attempts_total{action,protocol}`: the candidate's outbound attempts;
 //! - `mirror_kernel_*_total`: the tap's own counters (see [`Metrics::set_kernel`]);
-//! - `mirror_pairing_{exchanges,proven,dropped_at_join,responses_unpaired}_total`: how
+//! - `mirror_pairing_{exchanges,proven,dropped_at_join,responses_unpaired,dropped_at_end}_total`: how
 //!   the http stage paired requests with responses (see [`Metrics::set_pairing`]).
 //!
 //! The exchange series are read from the run's [`Ledger`] at scrape time, never counted
@@ -78,7 +78,7 @@ pub struct Metrics {
     ttlb: HistogramFamily,
     egress: Family<EgressLabels, Counter>,
     kernel: Arc<Published<7>>,
-    pairing: Arc<Published<4>>,
+    pairing: Arc<Published<5>>,
     routes_cap: AtomicUsize,
     /// Routes that own a label value; read-locked on the hot path, written once per route.
     routes: RwLock<HashSet<String>>,
@@ -275,7 +275,7 @@ fn kernel_values(k: &KernelCounters) -> [u64; 7] {
     ]
 }
 
-const PAIRING_NAMES: [(&str, &str); 4] = [
+const PAIRING_NAMES: [(&str, &str); 5] = [
     (
         "pairing_exchanges",
         "Exchanges rebuilt by the http stage (a request paired with its response)",
@@ -292,14 +292,19 @@ const PAIRING_NAMES: [(&str, &str); 4] = [
         "pairing_responses_unpaired",
         "Responses whose request was not captured (discarded)",
     ),
+    (
+        "pairing_dropped_at_end",
+        "Requests still waiting for their response when the capture ended (dropped as unpaired)",
+    ),
 ];
 
-fn pairing_values(p: &PairingCounters) -> [u64; 4] {
+fn pairing_values(p: &PairingCounters) -> [u64; 5] {
     [
         p.exchanges,
         p.proven,
         p.dropped_at_join,
         p.responses_unpaired,
+        p.dropped_at_end,
     ]
 }
 

@@ -157,6 +157,7 @@ fn realistic(go: bool) -> LiveSnapshot {
             proven: 19_838,
             dropped_at_join: 13,
             responses_unpaired: 4,
+            dropped_at_end: 6,
         },
         verdict: VerdictView {
             status: if go { "GO" } else { "NO-GO" }.into(),
@@ -359,6 +360,7 @@ fn pairing_counters_are_exposed_as_set() {
         proven: 117,
         dropped_at_join: 3,
         responses_unpaired: 2,
+        dropped_at_end: 5,
     });
     let text = m.encode();
     for line in [
@@ -367,6 +369,7 @@ fn pairing_counters_are_exposed_as_set() {
         "mirror_pairing_proven_total 117\n",
         "mirror_pairing_dropped_at_join_total 3\n",
         "mirror_pairing_responses_unpaired_total 2\n",
+        "mirror_pairing_dropped_at_end_total 5\n",
     ] {
         assert!(text.contains(line), "{line:?} in {text}");
     }

@@ -172,6 +172,7 @@ fn pairing(n: u64) -> PairingCounters {
         proven: n - 2,
         dropped_at_join: 3,
         responses_unpaired: 1,
+        dropped_at_end: 4,
     }
 }
 
