@@ -399,7 +399,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
                     let ready = ready_egress(&mut guard_events, &mut sink_rx, &mut pairing, &masker, &mut attempts_buf, false);
                     report_egress(without_probe(ready, probe_pid), &metrics, &live, &store, &host, &run_id).await;
                     let card = card_now(&live, &ledger, &kernel, &http_pairing, &criteria);
-                    publish(&snapshot, &run_view, &card, &ledger, (&kernel, &http_pairing), sampler.ppm());
+                    publish(&snapshot, &run_view, &card, &ledger, &kernel, &http_pairing, sampler.ppm());
                     if last_ledger_write.elapsed() >= Duration::from_secs(2) {
                         last_ledger_write = Instant::now();
                         if let Err(e) = store.write_ledger(&host, &run_id, mirror_daemon::clock::unix_ms(), &ledger.snapshot(), &kernel, &http_pairing).await {
@@ -596,7 +596,8 @@ fn publish(
     run: &RunView,
     card: &report::ParityCard,
     ledger: &Ledger,
-    (kernel, pairing): (&KernelCounters, &PairingCounters),
+    kernel: &KernelCounters,
+    pairing: &PairingCounters,
     ppm: u32,
 ) {
     let (verdict, routes, diffs, egress) = report::live_views(card);
