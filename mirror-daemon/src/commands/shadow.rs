@@ -137,6 +137,7 @@ fn print_final(end: &Final, stopped_by: StopReason) -> u8 {
         h.parse_errors,
         h.oversize_header_bytes + h.oversize_header_count + h.oversize_body
     );
+    eprintln!("{}", end.capture.pairing());
     let c = &end.criteria;
     let has_criteria =
         c.has_parity_limit() || c.min_exchanges.is_some() || c.min_completeness.is_some();

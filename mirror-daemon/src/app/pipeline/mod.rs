@@ -45,6 +45,7 @@ use crate::{
         pcap::PcapError,
     },
     compare::NoiseRule,
+    http::PairingCounters,
     report::{self, ParityCard},
     sample::{SampleConfig, SampleError, Sampler},
     serve::{LiveSnapshot, Metrics, RunView},
@@ -81,6 +82,9 @@ pub struct Running {
     tap: Option<Tap>,
     kernel: KernelCounters,
     capture: std::thread::JoinHandle<Result<CaptureFigures, PcapError>>,
+    /// The capture thread's figures as they stand (pairing, for /metrics and the card).
+    figures: Arc<Mutex<CaptureFigures>>,
+    pairing: PairingCounters,
     stop_capture: Arc<AtomicBool>,
     replays: JoinHandle<()>,
     writer: JoinHandle<()>,
@@ -198,6 +202,7 @@ impl Running {
                 crate::clock::unix_ms(),
                 &self.ledger.snapshot(),
                 &self.kernel,
+                &figures.pairing(),
             )
             .await?;
         drop(self.fence);
@@ -232,6 +237,8 @@ impl Running {
             self.kernel = t.counters();
             self.metrics.set_kernel(&self.kernel);
         }
+        self.pairing = CaptureFigures::pairing_of(&self.figures);
+        self.metrics.set_pairing(&self.pairing);
     }
 
     async fn report_egress(&self, attempts: Vec<crate::guard::EgressAttempt>) {
@@ -251,7 +258,14 @@ impl Running {
         let at = crate::clock::unix_ms();
         if let Err(e) = self
             .store
-            .write_ledger(&self.host, &self.run_id, at, &snapshot, &self.kernel)
+            .write_ledger(
+                &self.host,
+                &self.run_id,
+                at,
+                &snapshot,
+                &self.kernel,
+                &self.pairing,
+            )
             .await
         {
             tracing::warn!(error = %e, "storing the ledger failed");
@@ -283,7 +297,7 @@ impl Running {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         report::build(
-            live.card_evidence(&snapshot, &self.kernel),
+            live.card_evidence(&snapshot, &self.kernel, Some(&self.pairing)),
             &self.criteria,
             &NoiseRule::default(),
         )
@@ -299,6 +313,7 @@ impl Running {
             ledger: self.ledger.snapshot(),
             completeness: card.completeness,
             kernel: self.kernel,
+            pairing: self.pairing,
             verdict,
             routes,
             diffs,

@@ -130,7 +130,8 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
     let (ex_tx, ex_rx) = mpsc::channel(EXCHANGE_QUEUE);
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (source, mut tap, settings, duration) = capture_source(input, limits, &sampler)?;
-    let capture = spawn_capture(source, settings, ex_tx, &ledger, &stop_capture)?;
+    let figures = Arc::new(Mutex::new(CaptureFigures::default()));
+    let capture = spawn_capture(source, settings, ex_tx, &ledger, &stop_capture, &figures)?;
     let replays = tokio::spawn(shadow.run(ex_rx));
     if let Some(t) = tap.as_mut() {
         t.attach()?;
@@ -165,7 +166,9 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         applied_ppm,
         tap,
         kernel: KernelCounters::default(),
+        pairing: Default::default(),
         capture,
+        figures,
         stop_capture,
         replays,
         writer,
@@ -325,9 +328,9 @@ fn spawn_capture(
     exchanges: mpsc::Sender<capture_loop::Captured>,
     ledger: &Arc<Ledger>,
     stop: &Arc<AtomicBool>,
+    figures: &Arc<Mutex<CaptureFigures>>,
 ) -> anyhow::Result<std::thread::JoinHandle<Result<CaptureFigures, PcapError>>> {
-    let figures = Arc::new(Mutex::new(CaptureFigures::default()));
-    let (ledger, stop) = (ledger.clone(), stop.clone());
+    let (ledger, stop, figures) = (ledger.clone(), stop.clone(), figures.clone());
     Ok(std::thread::Builder::new()
         .name("capture".into())
         .spawn(move || capture_loop::run(source, settings, exchanges, ledger, stop, figures))?)
