@@ -15,6 +15,7 @@ use mirror_daemon::{
     accounting::{DropReason, Ledger, Outcome},
     app::{
         capture_loop::{self, CaptureFigures, CaptureSettings, Source},
+        isolation,
         live::LiveEvidence,
         shadow::{self, Shadow},
     },
@@ -212,6 +213,7 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
+        .on_thread_start(isolation::runtime_hook(p.pipeline_priority))
         .enable_all()
         .build()?;
     rt.block_on(async move {
@@ -351,9 +353,11 @@ fn shadow_run(p: PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow:
         };
         let capture = {
             let (ledger, stop, figures) = (ledger.clone(), stop.clone(), figures.clone());
-            std::thread::Builder::new()
-                .name("capture".into())
-                .spawn(move || capture_loop::run(source, settings, ex_tx, ledger, stop, figures))?
+            let priority = p.pipeline_priority;
+            std::thread::Builder::new().name("capture".into()).spawn(move || {
+                isolation::reader_thread(priority);
+                capture_loop::run(source, settings, ex_tx, ledger, stop, figures)
+            })?
         };
         let shadow_task = tokio::spawn(shadow.clone().run(ex_rx));
         if let Some(t) = tap.as_mut() {
