@@ -119,7 +119,10 @@ fn unit_has_the_promised_settings() {
         caps.sort_unstable();
         assert_eq!(caps, want, "{key}");
     }
-    assert!(get("CPUSchedulingPolicy").is_empty(), "idle would starve the reader");
+    assert!(
+        get("CPUSchedulingPolicy").is_empty(),
+        "idle would starve the reader"
+    );
     // The store path of the default config lives in the unit's StateDirectory.
     assert!(read(&deploy_file("mirror.toml")).contains("\"/var/lib/mirror/"));
 }

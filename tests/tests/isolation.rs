@@ -25,16 +25,13 @@ fn threads(pid: u32) -> Vec<Thread> {
             .expect("a task's stat");
         let (head, tail) = stat.rsplit_once(") ").expect("stat has (comm)");
         let name = head.split_once(" (").expect("pid (comm").1.to_string();
-        let fields: Vec<i64> = tail
-            .split_whitespace()
-            .skip(1)
-            .map(|f| f.parse().expect("numeric stat fields after the state"))
-            .collect();
-        // fields[0] is field 4 (ppid): field N is fields[N - 4].
+        let fields: Vec<&str> = tail.split_whitespace().collect();
+        // fields[0] is field 3 (state): field N is fields[N - 3].
+        let field = |n: usize| -> i64 { fields[n - 3].parse().expect("a numeric stat field") };
         out.push(Thread {
             name,
-            nice: fields[19 - 4],
-            policy: fields[41 - 4],
+            nice: field(19),
+            policy: field(41),
         });
     }
     out
@@ -59,6 +56,8 @@ fn daemon_threads(extra: &[&str]) -> Vec<Thread> {
     t
 }
 
+/// Threads whose name starts so (tokio names its threads `tokio-rt-worker`, older
+/// releases `tokio-runtime-worker`).
 fn named<'a>(t: &'a [Thread], prefix: &str) -> Vec<&'a Thread> {
     t.iter().filter(|t| t.name.starts_with(prefix)).collect()
 }
@@ -67,7 +66,7 @@ fn named<'a>(t: &'a [Thread], prefix: &str) -> Vec<&'a Thread> {
 fn pipeline_threads_are_sched_idle_and_the_reader_is_not() {
     require_root();
     let t = daemon_threads(&[]);
-    let pipeline = named(&t, "tokio-runtime-w");
+    let pipeline = named(&t, "tokio-r");
     // 2 workers and at least the blocking thread that opened the store.
     assert!(pipeline.len() >= 3, "{t:#?}");
     assert!(pipeline.iter().all(|t| t.policy == SCHED_IDLE), "{t:#?}");
@@ -80,7 +79,7 @@ fn pipeline_threads_are_sched_idle_and_the_reader_is_not() {
 fn pipeline_priority_normal_leaves_every_thread_as_started() {
     require_root();
     let t = daemon_threads(&["--pipeline-priority", "normal"]);
-    assert!(named(&t, "tokio-runtime-w").len() >= 3, "{t:#?}");
+    assert!(named(&t, "tokio-r").len() >= 3, "{t:#?}");
     assert!(named(&t, "capture").len() == 1, "{t:#?}");
     assert!(t.iter().all(|t| t.policy == SCHED_OTHER), "{t:#?}");
     assert!(t.iter().all(|t| t.nice == 0), "{t:#?}");

@@ -150,7 +150,8 @@ mod tests {
             .build()
             .expect("a runtime");
         let worker = rt.block_on(async { tokio::spawn(async { own_scheduling().0 }).await });
-        let blocking = rt.block_on(tokio::task::spawn_blocking(|| own_scheduling().0));
+        let blocking =
+            rt.block_on(async { tokio::task::spawn_blocking(|| own_scheduling().0).await });
         assert_eq!(worker.expect("worker task"), libc::SCHED_IDLE);
         assert_eq!(blocking.expect("blocking task"), libc::SCHED_IDLE);
     }
