@@ -82,10 +82,11 @@ pub struct TapReport {
 }
 
 impl TapReport {
-    /// Share of the rebuilt exchanges replayed to the candidate.
+    /// Share of the exchanges the daemon saw that were replayed and compared (the rest
+    /// sampled out or dropped, e.g. `replay_queue_full` when the candidate is slower).
     pub fn replayed_share(&self) -> Option<f64> {
-        (self.exchanges > 0)
-            .then(|| self.exchanges.saturating_sub(self.sampled_out) as f64 / self.exchanges as f64)
+        let seen = self.exchanges + self.daemon_drops;
+        (seen > 0).then(|| self.exchanges.saturating_sub(self.sampled_out) as f64 / seen as f64)
     }
 }
 
