@@ -344,6 +344,11 @@ pub struct PipelineArgs {
     /// Most headers per message.
     #[arg(long, default_value_t = 128)]
     pub max_headers: usize,
+    /// `idle`: pipeline threads at SCHED_IDLE, the ring-buffer reader at nice 10, so the
+    /// daemon only takes CPU the legacy service leaves (excess is dropped and counted);
+    /// `normal`: threads keep the service's priority (debugging, comparisons).
+    #[arg(long, value_enum, default_value_t = mirror_daemon::app::isolation::PipelinePriority::Idle)]
+    pub pipeline_priority: mirror_daemon::app::isolation::PipelinePriority,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 pub mod capture_loop;
 pub mod egress;
 pub mod fence;
+pub mod isolation;
 pub mod lanes;
 pub mod live;
 pub mod pipeline;

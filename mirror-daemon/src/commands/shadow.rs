@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use mirror_common::PPM_ALL;
 use mirror_daemon::{
     accounting::{DropReason, Outcome},
+    app::isolation,
     app::pipeline::{
         self, Deadlines, Fencing, Final, Input, Plan, Retention, Running, StopReason, TICK,
     },
@@ -73,6 +74,7 @@ fn shadow_run(p: &PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
+        .on_thread_start(isolation::runtime_hook(p.pipeline_priority))
         .enable_all()
         .build()?;
     rt.block_on(async move {
@@ -200,6 +202,7 @@ fn plan(p: &PipelineArgs, input: Input, config: Option<&PathBuf>) -> anyhow::Res
         sample_percent: p.sample.0,
         host: p.host.clone().unwrap_or_else(hostname),
         run_id: ulid::Ulid::new().to_string().to_lowercase(),
+        priority: p.pipeline_priority,
     })
 }
 

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
-    app::fence::FenceConfig,
+    app::{fence::FenceConfig, isolation::PipelinePriority},
     capture::kernel::TapConfig,
     compare::{Comparator, RouteTemplater},
     http::Limits,
@@ -81,4 +81,6 @@ pub struct Plan {
     pub sample_percent: f64,
     pub host: String,
     pub run_id: String,
+    /// Scheduling of the pipeline threads and the ring-buffer reader.
+    pub priority: PipelinePriority,
 }

@@ -18,6 +18,7 @@ use crate::app::{
     capture_loop::{self, CaptureFigures, CaptureSettings, Source},
     egress::EgressReports,
     fence::{ChildGuard, Fence, FenceConfig, start_unfenced},
+    isolation::{self, PipelinePriority},
     live::LiveEvidence,
     shadow::{self, Shadow},
 };
@@ -58,6 +59,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         sample_percent,
         host,
         run_id,
+        priority,
     } = plan;
     let store = open_store(&store_url, &store_text).await?;
     store
@@ -131,7 +133,15 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (source, mut tap, settings, duration) = capture_source(input, limits, &sampler)?;
     let figures = Arc::new(Mutex::new(CaptureFigures::default()));
-    let capture = spawn_capture(source, settings, ex_tx, &ledger, &stop_capture, &figures)?;
+    let capture = spawn_capture(
+        source,
+        settings,
+        ex_tx,
+        &ledger,
+        &stop_capture,
+        &figures,
+        priority,
+    )?;
     let replays = tokio::spawn(shadow.run(ex_rx));
     if let Some(t) = tap.as_mut() {
         t.attach()?;
@@ -329,11 +339,15 @@ fn spawn_capture(
     ledger: &Arc<Ledger>,
     stop: &Arc<AtomicBool>,
     figures: &Arc<Mutex<CaptureFigures>>,
+    priority: PipelinePriority,
 ) -> anyhow::Result<std::thread::JoinHandle<Result<CaptureFigures, PcapError>>> {
     let (ledger, stop, figures) = (ledger.clone(), stop.clone(), figures.clone());
     Ok(std::thread::Builder::new()
         .name("capture".into())
-        .spawn(move || capture_loop::run(source, settings, exchanges, ledger, stop, figures))?)
+        .spawn(move || {
+            isolation::reader_thread(priority);
+            capture_loop::run(source, settings, exchanges, ledger, stop, figures)
+        })?)
 }
 
 /// Checks that the candidate accepts TCP connections (retrying while a candidate we

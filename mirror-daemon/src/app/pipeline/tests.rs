@@ -126,6 +126,7 @@ fn plan(dir: &std::path::Path, candidate: SocketAddr, timeout: Duration) -> Plan
         sample_percent: 100.0,
         host: "h".into(),
         run_id: "r".into(),
+        priority: crate::app::isolation::PipelinePriority::Normal,
     }
 }
 
