@@ -131,7 +131,7 @@ pub struct RecordArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Stop after this long: seconds (`60`) or with a unit (`2s`, `10m`).
-    #[arg(long, conflicts_with = "count", value_parser = crate::flags::duration)]
+    #[arg(long, conflicts_with = "count", value_parser = crate::commands::flags::duration)]
     pub duration: Option<Duration>,
     /// Stop after this many segments.
     #[arg(long)]
@@ -287,8 +287,8 @@ pub struct PipelineArgs {
     #[arg(long)]
     pub secondary: Option<String>,
     /// Percent of exchanges to replay (sticky per key with --sticky).
-    #[arg(long, default_value = "100", value_parser = crate::flags::SamplePercent::parse)]
-    pub sample: crate::flags::SamplePercent,
+    #[arg(long, default_value = "100", value_parser = crate::commands::flags::SamplePercent::parse)]
+    pub sample: crate::commands::flags::SamplePercent,
     /// Sticky sampling key: `header:NAME`, `cookie:NAME`, `query:NAME` or `client-ip`.
     #[arg(long)]
     pub sticky: Option<String>,
@@ -307,7 +307,7 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Per-request timeout to the candidate, e.g. `5s`, `500ms`.
-    #[arg(long, default_value = "5s", value_parser = crate::flags::duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::commands::flags::duration)]
     pub timeout: Duration,
     /// Send the candidate the captured values unmasked (it must authenticate as the
     /// user, say). Everything stored, logged or shown stays masked either way.
@@ -337,7 +337,7 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "/var/lib/mirror/mirror.db")]
     pub store: String,
     /// Delete stored rows older than this (e.g. `7d`).
-    #[arg(long, value_parser = crate::flags::duration)]
+    #[arg(long, value_parser = crate::commands::flags::duration)]
     pub retention_age: Option<Duration>,
     /// Keep the store under this size in MiB (oldest rows go first).
     #[arg(long)]
@@ -360,6 +360,11 @@ pub struct PipelineArgs {
     /// Most headers per message.
     #[arg(long, default_value_t = 128)]
     pub max_headers: usize,
+    /// `idle`: pipeline threads at SCHED_IDLE, the ring-buffer reader at nice 10, so the
+    /// daemon only takes CPU the legacy service leaves (excess is dropped and counted);
+    /// `normal`: threads keep the service's priority (debugging, comparisons).
+    #[arg(long, value_enum, default_value_t = mirror_daemon::app::isolation::PipelinePriority::Idle)]
+    pub pipeline_priority: mirror_daemon::app::isolation::PipelinePriority,
 }
 
 #[derive(Debug, Args)]
@@ -373,7 +378,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     /// Stop after this long (e.g. `10m`, or seconds: `60`); default: until SIGINT/SIGTERM.
-    #[arg(long, value_parser = crate::flags::duration)]
+    #[arg(long, value_parser = crate::commands::flags::duration)]
     pub duration: Option<Duration>,
 }
 
@@ -436,7 +441,7 @@ pub struct ExchangesArgs {
     #[arg(long)]
     pub count: Option<u64>,
     /// Live: stop after this long (e.g. `30s`, or seconds: `30`).
-    #[arg(long, value_parser = crate::flags::duration)]
+    #[arg(long, value_parser = crate::commands::flags::duration)]
     pub duration: Option<Duration>,
     /// Live: kernel ring-buffer size in MiB.
     #[arg(long, default_value_t = 64)]

@@ -26,9 +26,14 @@
 //!   as a table or Markdown, or the card as JSON); [`verdict`] judges it against the
 //!   criteria; [`serve`] is the local dashboard, API and `/metrics`.
 //!
-//! Wiring: [`app`] runs the stages (`app::capture_loop` on its own OS thread, then
-//! `app::shadow` on tokio); [`pipeline`] owns the bounded queues between them and their
-//! drop policy (drop the newest and count it, never block the capture).
+//! Wiring: [`app`] runs the stages. A run is a typed plan and three steps
+//! (`app::pipeline`: `start(plan)` builds the stages and attaches the tap, `Running::tick`
+//! does the periodic duties, `Running::shutdown(deadlines)` stops them in order and seals
+//! the ledger); `app::capture_loop` runs on its own OS thread, `app::shadow` on tokio,
+//! `app::fence` fences the candidate. [`pipeline`] owns the bounded queues between the
+//! stages and their drop policy (drop the newest and count it, never block the capture).
+//! The binary's `commands` turn flags into the plan (stages never see the CLI) and own
+//! the one signal source every command stops on.
 //!
 //! # Accounting
 //!

@@ -2,8 +2,6 @@
 //! one subcommand, and maps the outcome to the documented exit codes.
 mod cli;
 mod commands;
-mod config;
-mod flags;
 mod progress;
 
 use std::process::ExitCode;
@@ -24,7 +22,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    let args = match config::expand(std::env::args_os().collect()) {
+    let args = match commands::config::expand(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -112,6 +112,42 @@ pub struct Link {
     pub b_if: String,
     pub a_ip: String,
     pub b_ip: String,
+    /// Declared last, so it is released after the namespaces are gone.
+    _turn: Option<HostTurn>,
+}
+
+/// One end-to-end test of a binary at a time. Each creates its own load, legacy,
+/// candidate and daemon (whose pipeline threads run at `SCHED_IDLE`); on a 2-core box two
+/// such tests at once starve each other's daemons and move each other's latencies, so
+/// the figures a test checks would depend on which test ran beside it. Taken by the
+/// first [`Link`] of a thread, held until that link is dropped.
+struct HostTurn(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+static HOST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+thread_local! {
+    static HOLDS_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl HostTurn {
+    /// The host for this test, or `None` when this thread already holds it (a test with
+    /// two links).
+    fn take() -> Option<Self> {
+        if HOLDS_TURN.with(|h| h.replace(true)) {
+            return None;
+        }
+        // A test that panicked while holding it poisons the lock; the host is still fine.
+        Some(Self(
+            HOST.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ))
+    }
+}
+
+impl Drop for HostTurn {
+    fn drop(&mut self) {
+        HOLDS_TURN.with(|h| h.set(false));
+    }
 }
 
 /// A /24 subnet for one test, unique within this process (lives only inside the
@@ -123,6 +159,7 @@ pub fn unique_subnet() -> String {
 
 impl Link {
     pub fn new(a_prefix: &str, b_prefix: &str) -> Result<Self> {
+        let turn = HostTurn::take();
         let a = Netns::new(a_prefix)?;
         let b = Netns::new(b_prefix)?;
         let tag = unique_tag();
@@ -143,6 +180,7 @@ impl Link {
             b_if,
             a_ip,
             b_ip,
+            _turn: turn,
         })
     }
 }

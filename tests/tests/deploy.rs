@@ -87,6 +87,10 @@ fn unit_has_the_promised_settings() {
         ("ReadWritePaths", "/sys/fs/cgroup"),
         ("MemoryMax", "512M"),
         ("CPUQuota", "50%"),
+        // Issue 16: below the services it watches; the daemon sets its own threads'
+        // policies (pipeline SCHED_IDLE, reader nice 10), so no CPUSchedulingPolicy.
+        ("Nice", "10"),
+        ("CPUWeight", "20"),
         ("Restart", "on-failure"),
         ("RestartSec", "2s"),
         ("LimitMEMLOCK", "infinity"),
@@ -115,6 +119,10 @@ fn unit_has_the_promised_settings() {
         caps.sort_unstable();
         assert_eq!(caps, want, "{key}");
     }
+    assert!(
+        get("CPUSchedulingPolicy").is_empty(),
+        "idle would starve the reader"
+    );
     // The store path of the default config lives in the unit's StateDirectory.
     assert!(read(&deploy_file("mirror.toml")).contains("\"/var/lib/mirror/"));
 }

@@ -16,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "tshark",
     "tcpdump",
+    "nftables",
     "wrk",
     "nginx-light",
     "bpftool",

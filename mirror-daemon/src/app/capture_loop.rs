@@ -20,7 +20,7 @@ use crate::{
         pcap,
         reorder::{CausalReorder, DEFAULT_REORDER_WINDOW, ReorderStats},
     },
-    http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits},
+    http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits, PairingCounters},
     pipeline,
     reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats, StreamEvent},
 };
@@ -90,6 +90,21 @@ pub struct CaptureFigures {
     pub file: Option<pcap::PcapStats>,
     /// Capture files: the cross-direction reorder stage.
     pub reorder: ReorderStats,
+}
+
+impl CaptureFigures {
+    /// The http stage's pairing counters (stored, exposed and shown as one shape).
+    pub fn pairing(&self) -> PairingCounters {
+        PairingCounters::from(&self.http)
+    }
+
+    /// The pairing counters of the figures shared by the capture thread, as last published.
+    pub fn pairing_of(figures: &Mutex<CaptureFigures>) -> PairingCounters {
+        figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pairing()
+    }
 }
 
 /// Where the HTTP stage's outputs go.
@@ -206,6 +221,10 @@ impl Stages {
     }
 
     fn finish(&mut self) {
+        tracing::debug!(
+            flows = self.reassembler.open_flows(),
+            "end of capture: closing every flow"
+        );
         let (tracker, outlet) = (&mut self.tracker, &self.outlet);
         self.reassembler.finish(&mut |ev| {
             tracker.on_event(&ev, &mut |o| outlet.deliver(o));

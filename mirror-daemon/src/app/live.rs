@@ -11,8 +11,8 @@ use crate::{
     guard::{EgressAction, EgressAttempt},
     report::CardEvidence,
     store::{
-        DiffExample, DiffKindStats, EgressSummary, KernelCounters, LatencySample, RouteLatency,
-        RouteStats, diff_kind_key,
+        DiffExample, DiffKindStats, EgressSummary, KernelCounters, LatencySample, PairingCounters,
+        RouteLatency, RouteStats, diff_kind_key,
     },
 };
 
@@ -222,18 +222,20 @@ impl LiveEvidence {
             .sum()
     }
 
-    /// The evidence a card is drawn from, borrowed, with the run's ledger and kernel
-    /// counters.
+    /// The evidence a card is drawn from, borrowed, with the run's ledger, kernel and
+    /// pairing counters.
     pub fn card_evidence<'a>(
         &'a self,
         ledger: &'a LedgerSnapshot,
         kernel: &'a KernelCounters,
+        pairing: Option<&'a PairingCounters>,
     ) -> CardEvidence<'a> {
         CardEvidence {
             runs: &[],
             ledgers: &[],
             ledger_total: ledger,
             kernel_total: kernel,
+            pairing_total: pairing,
             routes: &self.routes,
             diffs: &self.diffs,
             latency: &self.latency,
@@ -288,7 +290,7 @@ mod tests {
             });
         }
         let (ledger, kernel) = Default::default();
-        let ev = live.card_evidence(&ledger, &kernel);
+        let ev = live.card_evidence(&ledger, &kernel, None);
         assert_eq!(ev.diffs.len(), 1, "array indexes aggregate into one key");
         let d = &ev.diffs[0];
         assert_eq!((d.diffs, d.exchanges), (20, 10));
@@ -317,7 +319,7 @@ mod tests {
             });
         }
         let (ledger, kernel) = Default::default();
-        let ev = live.card_evidence(&ledger, &kernel);
+        let ev = live.card_evidence(&ledger, &kernel, None);
         assert_eq!(ev.latency[0].samples.len(), SAMPLES_PER_ROUTE);
         assert_eq!(ev.latency[0].exchanges, (SAMPLES_PER_ROUTE + 500) as u64);
     }
@@ -405,15 +407,22 @@ mod tests {
         }
         ledger.saw_dropped(DropReason::Gap, 2);
         let (snap, kernel) = (ledger.snapshot(), KernelCounters::default());
+        let pairing = PairingCounters {
+            exchanges: 40,
+            proven: 38,
+            dropped_at_join: 2,
+            responses_unpaired: 1,
+            dropped_at_end: 3,
+        };
         store.write_batch(&rows).await.expect("rows");
         store
-            .write_ledger("h", "r", 1_760_000_000_000, &snap, &kernel)
+            .write_ledger("h", "r", 1_760_000_000_000, &snap, &kernel, &pairing)
             .await
             .expect("ledger");
         let stored = store.load(&ReportFilter::default()).await.expect("load");
         let criteria = crate::verdict::Criteria::default();
         let from_live = crate::report::build(
-            live.card_evidence(&snap, &kernel),
+            live.card_evidence(&snap, &kernel, Some(&pairing)),
             &criteria,
             &NoiseRule::default(),
         );

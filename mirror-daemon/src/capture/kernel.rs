@@ -400,10 +400,14 @@ impl SegmentReader {
 
     fn drain(&mut self, sink: &mut impl FnMut(&Segment<'_>)) -> PollStats {
         let mut stats = PollStats::default();
-        let live_since = self.live_since.load(Ordering::Acquire);
-        let live_until = self.live_until.load(Ordering::Acquire);
         while let Some(item) = self.ring.next() {
             stats.records += 1;
+            // Read for each record, not once per drain: a busy ring is never empty, so one
+            // drain can last while the tap attaches or detaches. With bounds read at its
+            // start, a drain that began before the detach kept the one-direction window
+            // after it (requests, or responses, alone: counted as gaps and unpaired).
+            let live_since = self.live_since.load(Ordering::Acquire);
+            let live_until = self.live_until.load(Ordering::Acquire);
             match decode_record(&item) {
                 Some(seg)
                     if live_since == 0 || seg.ts_ns < live_since || seg.ts_ns >= live_until =>

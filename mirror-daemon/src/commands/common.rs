@@ -65,7 +65,7 @@ pub fn criteria(
             .min_latency_delta
             .as_deref()
             .map(|d| {
-                crate::flags::duration(d)
+                super::flags::duration(d)
                     .map(|d| d.as_nanos() as u64)
                     .map_err(|e| usage(format!("--min-latency-delta {e}")))
             })

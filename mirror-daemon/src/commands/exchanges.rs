@@ -12,12 +12,18 @@ use mirror_daemon::{
     accounting::Ledger,
     app::capture_loop::{self, CaptureSettings, Source},
     capture::kernel::{Tap, TapConfig},
-    http::{EXCHANGE_TABLE_HEADER, exchange_json, exchange_json_with, exchange_table_row},
+    http::{
+        EXCHANGE_TABLE_HEADER, PairingCounters, exchange_json, exchange_json_with,
+        exchange_table_row,
+    },
     pipeline::EXCHANGE_QUEUE,
 };
 use tokio::sync::mpsc;
 
-use super::{common, signals};
+use super::{
+    common,
+    signals::{self, Hangup},
+};
 use crate::{
     cli::{ExchangeFormat, ExchangesArgs},
     exit,
@@ -38,6 +44,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
     let figures = Arc::new(Mutex::new(capture_loop::CaptureFigures::default()));
     let (tx, mut rx) = mpsc::channel::<capture_loop::Captured>(EXCHANGE_QUEUE);
 
+    let mut stop_signal = None;
     let (source, tap) = match (&args.pcap, &args.iface) {
         (Some(path), None) => (
             Source::File {
@@ -47,7 +54,8 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             None,
         ),
         (None, Some(iface)) => {
-            signals::install()?;
+            // Live only: a file ends by itself, and Ctrl-C ends reading it at once.
+            stop_signal = Some(signals::install(Hangup::Default)?.stop);
             let mut tap = Tap::load(&TapConfig {
                 iface: iface.clone(),
                 ports: args.ports.clone(),
@@ -106,7 +114,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             match rx.try_recv() {
                 Ok(ex) => Some(ex),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    let done = signals::stop_requested()
+                    let done = stop_signal.as_ref().is_some_and(|s| s.requested())
                         || args.count.is_some_and(|c| printed >= c)
                         || duration.is_some_and(|d| started.elapsed() >= d);
                     if done {
@@ -150,6 +158,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
         }
     }
     out.flush()?;
+    let kernel = tap.as_ref().map(|t| t.counters());
     // Detach first, then let the capture thread drain and flush every flow.
     drop(tap);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -159,6 +168,7 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
         .join()
         .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
     let _ = drain.join();
+    tracing::debug!(reassembly = ?figures.reassembly, http = ?figures.http, "capture figures");
     let s = ledger.snapshot();
     let drops: Vec<String> = s
         .dropped
@@ -176,11 +186,15 @@ pub fn run(args: ExchangesArgs) -> anyhow::Result<u8> {
             drops.join(", ")
         }
     );
-    let h = &figures.http;
-    eprintln!(
-        "pairing: {} of {} exchanges proven by TCP byte ranges; joined mid-stream: {} dropped; {} responses without a captured request",
-        h.exchanges_proven, h.exchanges, h.dropped_at_join, h.responses_unpaired
-    );
+    eprintln!("{}", PairingCounters::from(&figures.http));
+    if let Some(k) = kernel {
+        // Records the ring had no room for are lost segments: their exchanges are among
+        // the gaps above.
+        eprintln!(
+            "tap: {} records, {} lost (ring buffer full)",
+            k.records, k.ring_full
+        );
+    }
     if let Some(f) = figures.file
         && (f.truncated > 0 || f.malformed > 0)
     {

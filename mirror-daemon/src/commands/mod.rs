@@ -1,10 +1,16 @@
 //! One module per subcommand: the edges where flags become a validated configuration
-//! and stages are wired (anyhow with context here; thiserror inside the stages).
+//! (a typed plan the stages are built from; only this module and `main` know the CLI),
+//! with anyhow and context here and thiserror inside the stages. Shared by all:
+//! `flags` (one syntax per kind of value), `config` (`--config` files), `common`
+//! (flags → stage configurations) and `signals` (the one source of stop and reload
+//! requests).
 mod check;
 mod check_impl;
 mod common;
+pub mod config;
 mod effects;
 mod exchanges;
+pub mod flags;
 mod guard;
 mod record;
 mod report;

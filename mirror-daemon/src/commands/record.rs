@@ -8,11 +8,11 @@ use mirror_daemon::capture::{
     pcap::PcapNgSink,
 };
 
-use super::signals;
+use super::signals::{self, Hangup};
 use crate::{cli::RecordArgs, exit, progress::Progress};
 
 pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
-    signals::install()?;
+    let stop = signals::install(Hangup::Default)?.stop;
     let cfg = TapConfig {
         iface: args.tap.iface.clone(),
         ports: args.tap.ports.clone(),
@@ -53,7 +53,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
             .poll(mirror_daemon::capture::kernel::POLL_INTERVAL, &mut sink_fn)
             .context("reading the ring buffer")?;
         if write_error.is_some()
-            || signals::stop_requested()
+            || stop.requested()
             || limit_reached(sink.packets)
             || deadline.is_some_and(|d| Instant::now() >= d)
         {

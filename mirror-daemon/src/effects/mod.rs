@@ -7,8 +7,10 @@
 //! [`Effects`] is the shared state (a bounded [`attribute::Book`] behind a mutex) with a
 //! thin async shell: the capture thread hands it dependency exchanges through a bounded
 //! queue, the shadow pipeline registers each replayed exchange and collects its diffs.
+//! [`EffectsPlan`] is what a run's plan holds (`app::pipeline` starts it).
 pub mod attribute;
 pub mod diff;
+pub mod plan;
 pub mod record;
 pub mod virtual_dep;
 
@@ -23,6 +25,7 @@ use crate::compare::{Comparator, Diff, RouteTemplater};
 use crate::http::{CorrelationId, Exchange, Request, Response};
 use crate::mask::Masker;
 use attribute::{Book, BookFull, BookLimits, BookStats, CandidateCall};
+pub use plan::EffectsPlan;
 use record::{Dependencies, Propagation};
 
 /// Dependency exchanges waiting between the capture thread and the recorder.

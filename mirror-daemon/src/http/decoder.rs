@@ -113,6 +113,9 @@ pub(crate) struct Decoder {
     /// Partial head, chunk-size line, trailer section or scanned line.
     buf: Vec<u8>,
     state: State,
+    /// Since the last [`Decoder::resync`], scanning passed over bytes that began no
+    /// message (the rest of one whose start was not seen, or of a false start).
+    skipped: bool,
 }
 
 enum Acc<T> {
@@ -127,7 +130,13 @@ impl Decoder {
             limits,
             buf: Vec::new(),
             state: State::Idle,
+            skipped: false,
         }
+    }
+
+    /// Whether scanning passed over bytes since the last [`Decoder::resync`].
+    pub(crate) fn skipped(&self) -> bool {
+        self.skipped
     }
 
     /// Decode from `input` up to the next event. If no event is returned, all of `input`
@@ -213,6 +222,7 @@ impl Decoder {
 
     /// Drop whatever is in progress and scan for the next message start.
     pub(crate) fn resync(&mut self) {
+        self.skipped = false;
         self.buf = Vec::new();
         self.state = State::Scan {
             line_ts: None,
@@ -287,6 +297,7 @@ impl Decoder {
             } else {
                 *overlong = true;
                 self.buf = Vec::new();
+                self.skipped = true;
             }
             return input.len();
         };
@@ -305,6 +316,7 @@ impl Decoder {
             };
         } else {
             self.buf.clear();
+            self.skipped = true;
             self.state = State::Scan {
                 line_ts: None,
                 overlong: false,
@@ -342,6 +354,7 @@ impl Decoder {
             // candidate line itself is consumed, so this always makes progress.
             Err(e) if resynced_at.is_some() && e.protocol().is_none() => {
                 self.resync();
+                self.skipped = true;
                 return Ok((self.scan(input, ts), None));
             }
             Err(e) => return Err(e),

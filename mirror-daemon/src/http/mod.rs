@@ -5,6 +5,7 @@
 //! - `decoder`/`head`: framing of one direction (bounded by [`Limits`]);
 //! - [`ResponseReader`]: one response, for the replay stage;
 //! - [`ExchangeTracker`]: pairing per connection, gap and resync rules;
+//! - [`PairingCounters`]: its figures as stored, exposed and shown (the cost of a join);
 //! - `json`: the `exchanges` views (schema in `SCHEMA.md`);
 //! - [`fuzz_framing`]: entry for a cargo-fuzz target.
 mod decoder;
@@ -13,6 +14,7 @@ mod exchange;
 mod fuzz;
 mod head;
 mod json;
+mod pairing;
 mod reader;
 mod tracker;
 
@@ -22,5 +24,6 @@ pub use exchange::{
 };
 pub use fuzz::fuzz_framing;
 pub use json::{EXCHANGE_TABLE_HEADER, exchange_json, exchange_json_with, exchange_table_row};
+pub use pairing::PairingCounters;
 pub use reader::{ReadProgress, ResponseReader};
 pub use tracker::{ExchangeTracker, HttpOutput, HttpStats, MAX_PENDING};

@@ -23,6 +23,10 @@
 //!    response direction is then at a message boundary. A client sends a request at
 //!    such a point only after reading every response it waited for (keep-alive, or a
 //!    pipelined batch read to its end).
+//!    A request found by scanning over the rest of one whose start was not seen (a join
+//!    or a loss no tracked request owns) never resumes pairing: that unseen request may
+//!    still wait for its response, which comes first, and a pipelining client sends both
+//!    before reading, so no number tells them apart. It holds a place and is dropped.
 //! 5. Safety net: once paired again, a response that does not parse, or arrives with
 //!    nothing pending and no TCP numbers to place it, desynchronizes again (2.).
 //!
@@ -83,6 +87,9 @@ pub struct HttpStats {
     /// Requests dropped (gap or unpaired) on connections joined mid-stream, before their
     /// first proven exchange: the cost of attaching to live traffic.
     pub dropped_at_join: u64,
+    /// Requests still waiting for (the rest of) their response when the capture ended
+    /// (the tap detached, or the file ended): dropped as `unpaired`, in flight at the end.
+    pub dropped_at_end: u64,
     pub dropped_gap: u64,
     pub dropped_parse_error: u64,
     pub dropped_oversize: u64,
@@ -294,6 +301,9 @@ struct Conn {
     resp_expect: Option<u32>,
     /// Joined mid-stream and no proven exchange yet (drops count as `dropped_at_join`).
     joining: bool,
+    /// The request direction is scanning after a join or a loss that no tracked request
+    /// owns: bytes it passes over are the rest of a request whose start was not seen.
+    requests_unowned: bool,
 }
 
 impl Conn {
@@ -314,6 +324,7 @@ impl Conn {
             resp_since: None,
             resp_expect: None,
             joining: false,
+            requests_unowned: false,
         }
     }
 
@@ -347,6 +358,7 @@ struct Sink<'a, F: FnMut(HttpOutput)> {
 
 impl<F: FnMut(HttpOutput)> Sink<'_, F> {
     fn drop_one(&mut self, reason: DropReason, detail: &'static str) {
+        tracing::debug!(flow = %self.flow, reason = reason.as_str(), detail, "exchange dropped");
         self.stats.count_drop(reason);
         (self.out)(HttpOutput::Dropped {
             flow: self.flow,
@@ -460,12 +472,16 @@ impl ExchangeTracker {
                 reason,
             } => {
                 if let Some(mut conn) = self.conns.remove(&flow) {
+                    let before = self.stats.dropped();
                     let mut sink = Sink {
                         flow,
                         stats: &mut self.stats,
                         out,
                     };
                     close(&mut conn, ts_ns, reason, &mut sink);
+                    if reason == CloseReason::EndOfCapture {
+                        self.stats.dropped_at_end += self.stats.dropped() - before;
+                    }
                 }
                 self.evicted.remove(&flow);
             }
@@ -478,6 +494,7 @@ impl ExchangeTracker {
         flows.sort();
         for flow in flows {
             if let Some(mut conn) = self.conns.remove(&flow) {
+                let before = self.stats.dropped();
                 let mut sink = Sink {
                     flow,
                     stats: &mut self.stats,
@@ -489,6 +506,7 @@ impl ExchangeTracker {
                     "no response before end of input",
                     &mut sink,
                 );
+                self.stats.dropped_at_end += self.stats.dropped() - before;
             }
         }
         self.evicted.clear();
@@ -515,6 +533,7 @@ impl ExchangeTracker {
                 conn.responses.resync();
                 conn.mode = Mode::Suspended;
                 conn.joining = true;
+                conn.requests_unowned = true;
             }
             self.stats.connections_opened += 1;
             self.conns.insert(flow, conn);
@@ -619,7 +638,13 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
                     let end = bytes.len() - rest.len();
                     let start = (head_len <= end)
                         .then(|| (at.at(end).wrapping_sub(head_len as u32), at.ack));
-                    request_started(conn, first_ns, start, sink);
+                    // After the rest of a request whose start was not seen: that request
+                    // may still be waiting for its response, which would come first. Its
+                    // position is no proof (a pipelining client sends both before
+                    // reading), so this one only holds a place; the next one may resume.
+                    let after_unseen =
+                        std::mem::take(&mut conn.requests_unowned) && conn.requests.skipped();
+                    request_started(conn, first_ns, start.filter(|_| !after_unseen), sink);
                 }
                 if conn.request_tracked
                     && let Some(entry) = conn.queue.back_mut()
@@ -996,6 +1021,8 @@ fn on_gap<F: FnMut(HttpOutput)>(
             if direction == Direction::ToClient {
                 // Responses are followed again only after the lost bytes.
                 conn.resp_since = conn.next_seq[d];
+            } else if !tracked {
+                conn.requests_unowned = true;
             }
             desync(
                 conn,

@@ -9,7 +9,8 @@ use crate::verdict::{Criteria, Evidence, RouteEvidence, decide, evaluate};
 
 use super::card::{
     Accounting, CARD_VERSION, CompletenessDetail, DiffCard, EgressCard, ExampleCard, KernelCard,
-    LatencyCard, MismatchBasis, ParityCard, RouteCard, Scope, SideEffectCard, StoredCard,
+    LatencyCard, MismatchBasis, PairingCard, ParityCard, RouteCard, Scope, SideEffectCard,
+    StoredCard,
 };
 use super::input::CardEvidence;
 use super::latency;
@@ -389,6 +390,14 @@ fn accounting(ev: &CardEvidence<'_>, routes: &[RouteCard]) -> Accounting {
             oversize_bytes: k.oversize,
             load_errors: k.load_errors,
         },
+        pairing: ev.pairing_total.map(|p| PairingCard {
+            exchanges: p.exchanges,
+            proven: p.proven,
+            dropped_at_join: p.dropped_at_join,
+            responses_unpaired: p.responses_unpaired,
+            dropped_at_end: p.dropped_at_end,
+            ledgers_not_recorded: ev.ledgers.iter().filter(|l| l.pairing.is_none()).count() as u64,
+        }),
         stored: StoredCard {
             compared: routes.iter().map(|r| r.compared).sum(),
             candidate_errors: routes.iter().map(|r| r.candidate_errors).sum(),
@@ -447,6 +456,16 @@ fn notes(ev: &CardEvidence<'_>, card: &ParityCard) -> Vec<String> {
              have had a secondary comparison"
                 .to_string(),
         );
+    }
+    if let Some(p) = &a.pairing
+        && p.ledgers_not_recorded > 0
+    {
+        out.push(format!(
+            "pairing figures cover {} of {} ledgers: the others were written by a build that \
+             did not store them",
+            ev.ledgers.len() as u64 - p.ledgers_not_recorded,
+            ev.ledgers.len()
+        ));
     }
     let ledger_compared = a.matched + a.differed;
     if a.stored.compared != ledger_compared {

@@ -81,6 +81,9 @@ pub struct Accounting {
     /// + dropped_total + in_flight`.
     pub identity_holds: bool,
     pub kernel: KernelCard,
+    /// How requests were paired with responses, summed over the ledgers that recorded it;
+    /// `null` when none of the selection did (ledgers written by an older build).
+    pub pairing: Option<PairingCard>,
     /// Exchanges in the store; rates and latencies are computed over these.
     pub stored: StoredCard,
 }
@@ -99,6 +102,26 @@ pub struct KernelCard {
     /// Payload bytes beyond the per-packet record limit (they show up as gaps).
     pub oversize_bytes: u64,
     pub load_errors: u64,
+}
+
+/// The http stage's pairing figures: byte-range proof and the cost of joining live
+/// traffic. Drops by reason (`gap`, `unpaired`) are in `accounting.dropped`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PairingCard {
+    /// Exchanges rebuilt (a request paired with its response).
+    pub exchanges: u64,
+    /// Of them, paired with proof from the TCP sequence and ACK numbers.
+    pub proven: u64,
+    /// Requests dropped (`gap` or `unpaired`) on connections joined mid-stream, before
+    /// their first proven exchange.
+    pub dropped_at_join: u64,
+    /// Responses whose request was not captured (discarded, not exchanges).
+    pub responses_unpaired: u64,
+    /// Requests still waiting for their response when the capture ended (the tap
+    /// detached at the stop), dropped as `unpaired`.
+    pub dropped_at_end: u64,
+    /// Ledgers of the selection without pairing figures (written by an older build).
+    pub ledgers_not_recorded: u64,
 }
 
 /// What the store holds for the selection.

@@ -38,8 +38,8 @@ pub use build::{
 };
 pub use card::{
     Accounting, CARD_VERSION, CompletenessDetail, DiffCard, EgressCard, ExampleCard, KernelCard,
-    LatencyCard, MismatchBasis, ParityCard, Percentiles, RouteCard, RouteLatencyCard, Scope,
-    SideLatency, StoredCard,
+    LatencyCard, MismatchBasis, PairingCard, ParityCard, Percentiles, RouteCard, RouteLatencyCard,
+    Scope, SideLatency, StoredCard,
 };
 pub use input::CardEvidence;
 pub use live::live_views;

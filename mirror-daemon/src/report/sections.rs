@@ -259,6 +259,37 @@ fn completeness_lines(card: &ParityCard) -> Vec<String> {
     ]
 }
 
+/// How exchanges were paired, and what joining live traffic cost (drops of all connections
+/// by reason are on the `dropped:` line above; repeated here for the two pairing ones).
+fn pairing_lines(card: &ParityCard) -> Vec<String> {
+    let a = &card.accounting;
+    let Some(p) = &a.pairing else {
+        return vec![
+            "pairing: not recorded (ledgers written by a build that did not store it)".into(),
+        ];
+    };
+    let dropped = |r: crate::accounting::DropReason| a.dropped.get(r.as_str()).copied();
+    vec![
+        format!(
+            "pairing: {} of {} exchanges proven by TCP byte ranges",
+            p.proven, p.exchanges
+        ),
+        format!(
+            "  joined mid-stream: {} dropped; {} responses without a captured request",
+            p.dropped_at_join, p.responses_unpaired
+        ),
+        format!(
+            "  still waiting for a response when the capture ended: {} dropped",
+            p.dropped_at_end
+        ),
+        format!(
+            "  dropped as gap {} and as unpaired {} (all connections, joined or not)",
+            dropped(crate::accounting::DropReason::Gap).unwrap_or(0),
+            dropped(crate::accounting::DropReason::Unpaired).unwrap_or(0)
+        ),
+    ]
+}
+
 fn accounting(card: &ParityCard) -> Section<'_> {
     let a = &card.accounting;
     let mut lines = identity_lines(card);
@@ -276,6 +307,7 @@ fn accounting(card: &ParityCard) -> Section<'_> {
             crate::accounting::DropReason::ALL.map(|r| r.as_str())
         )
     ));
+    lines.extend(pairing_lines(card));
     lines.push(format!(
         "kernel: segments {}, records {}, ring_full {}, pre-sampled {}, load_errors {}",
         a.kernel.segments,

@@ -7,8 +7,8 @@ use crate::accounting::{CandidateErrorKind, DropReason, Ledger, LedgerSnapshot, 
 use crate::compare::{Diff, DiffKind, FieldDiffKind, NoiseClass, NoiseRule};
 use crate::guard::{EgressAction, EgressAttempt};
 use crate::store::{
-    ExchangeRecord, KernelCounters, ReportFilter, RouteStats, RunInfo, Store, StoreOptions,
-    StoreUrl, StoredEvidence,
+    ExchangeRecord, KernelCounters, PairingCounters, ReportFilter, RouteStats, RunInfo, Store,
+    StoreOptions, StoreUrl, StoredEvidence,
 };
 use crate::verdict::{Criteria, Verdict, parse_percent};
 
@@ -39,6 +39,7 @@ struct Sim {
     records: Vec<ExchangeRecord>,
     ledger: Ledger,
     kernel: KernelCounters,
+    pairing: PairingCounters,
     egress: Vec<EgressAttempt>,
 }
 
@@ -49,6 +50,7 @@ impl Sim {
             records: Vec::new(),
             ledger: Ledger::default(),
             kernel: KernelCounters::default(),
+            pairing: PairingCounters::default(),
             egress: Vec::new(),
         }
     }
@@ -91,6 +93,8 @@ impl Sim {
         self.ledger.record(outcome);
         self.kernel.records += 4;
         self.kernel.segments += 4;
+        self.pairing.exchanges += 1;
+        self.pairing.proven += 1;
     }
 
     /// `n` matched exchanges with ttlb `legacy_ms` / `candidate_ms`.
@@ -170,6 +174,7 @@ async fn load_sims(sims: &[Sim]) -> StoredEvidence {
                 BASE_TS + 100_000,
                 &s.ledger.snapshot(),
                 &s.kernel,
+                &s.pairing,
             )
             .await
             .expect("ledger");
@@ -775,7 +780,19 @@ async fn json_field_names_are_stable() {
             "in_flight",
             "identity_holds",
             "kernel",
+            "pairing",
             "stored",
+        ])
+    );
+    assert_eq!(
+        keys(&v["accounting"]["pairing"]),
+        set(&[
+            "exchanges",
+            "proven",
+            "dropped_at_join",
+            "responses_unpaired",
+            "dropped_at_end",
+            "ledgers_not_recorded",
         ])
     );
     assert_eq!(
@@ -1029,6 +1046,9 @@ async fn sample_card_renders_every_section_in_order() {
     a.dropped(DropReason::Gap, 41);
     a.dropped(DropReason::Unsupported, 120);
     a.kernel.ring_full = 12;
+    a.pairing.proven -= 20;
+    a.pairing.dropped_at_join = 12;
+    a.pairing.responses_unpaired = 3;
     a.ledger.saw(3);
     a.egress.push(EgressAttempt {
         ts_unix_ms: BASE_TS + 5,
@@ -1049,6 +1069,8 @@ async fn sample_card_renders_every_section_in_order() {
         "\nCriteria\n",
         "\nAccounting",
         "(identity holds)",
+        "pairing: 10300 of 10320 exchanges proven by TCP byte ranges",
+        "joined mid-stream: 12 dropped; 3 responses without a captured request",
         "completeness 99.93% = ",
         "= (1 - 41 / 100361) x 41280 / (41280 + 12)",
         "\nRoutes\n",
@@ -1151,4 +1173,115 @@ async fn every_section_appears_in_every_format() {
     assert!(text.contains("load_errors") && md.contains("load_errors"));
     assert!(text.contains("\nScope: hosts ") && md.contains("_Scope: hosts "));
     assert!(json["scope"]["hosts"].is_array());
+}
+
+/// Two hosts that joined live traffic: the pairing figures are summed over their ledgers
+/// and said once, in the Accounting section of every format.
+fn joined_sims() -> Vec<Sim> {
+    let mut sims = go_sims();
+    sims[0].dropped(DropReason::Gap, 5);
+    sims[0].dropped(DropReason::Unpaired, 4);
+    sims[0].pairing.dropped_at_join = 6;
+    sims[0].pairing.responses_unpaired = 2;
+    sims[0].pairing.dropped_at_end = 3;
+    sims[0].pairing.proven -= 10;
+    sims[1].dropped(DropReason::Unpaired, 1);
+    sims[1].pairing.dropped_at_join = 1;
+    sims[1].pairing.dropped_at_end = 1;
+    sims
+}
+
+#[tokio::test]
+async fn pairing_figures_in_every_format() {
+    let ev = load_sims(&joined_sims()).await;
+    let card = card_of(&ev, &criteria());
+    // 603 + 598 exchanges; host-a's proof missing for 10 of them.
+    let p = card.accounting.pairing.as_ref().expect("pairing recorded");
+    assert_eq!(
+        (
+            p.exchanges,
+            p.proven,
+            p.dropped_at_join,
+            p.responses_unpaired,
+            p.dropped_at_end,
+            p.ledgers_not_recorded
+        ),
+        (1201, 1191, 7, 2, 4, 0)
+    );
+    let lines = [
+        "pairing: 1191 of 1201 exchanges proven by TCP byte ranges",
+        "  joined mid-stream: 7 dropped; 2 responses without a captured request",
+        "  still waiting for a response when the capture ended: 4 dropped",
+        "  dropped as gap 7 and as unpaired 5 (all connections, joined or not)",
+    ];
+    let text = render_table(&card);
+    let md = render_markdown(&card);
+    for l in lines {
+        assert!(text.contains(&format!("{l}\n")), "{l:?} in\n{text}");
+        assert!(md.contains(&format!("{l}\n")), "{l:?} in\n{md}");
+    }
+    // Said once, inside the Accounting section (between the dropped and kernel lines).
+    assert_eq!(text.matches("proven by TCP byte ranges").count(), 1);
+    let at = |needle: &str| text.find(needle).expect(needle);
+    assert!(at("  dropped: ") < at("  pairing: ") && at("  pairing: ") < at("  kernel: "));
+    let json: serde_json::Value = serde_json::from_str(&render_json(&card)).expect("json");
+    let j = &json["accounting"]["pairing"];
+    assert_eq!(
+        (
+            &j["exchanges"],
+            &j["proven"],
+            &j["dropped_at_join"],
+            &j["responses_unpaired"]
+        ),
+        (
+            &serde_json::json!(1201),
+            &serde_json::json!(1191),
+            &serde_json::json!(7),
+            &serde_json::json!(2)
+        )
+    );
+    assert!(!card.notes.iter().any(|n| n.contains("pairing")));
+}
+
+#[tokio::test]
+async fn ledgers_without_pairing_figures_still_report_and_say_so() {
+    let full = load_sims(&joined_sims()).await;
+    // Both ledgers written by an older build (no pairing column in their rows).
+    let mut old = full.clone();
+    old.pairing_total = None;
+    for l in &mut old.ledgers {
+        l.pairing = None;
+    }
+    let card = card_of(&old, &criteria());
+    assert_eq!(card.accounting.pairing, None);
+    assert_eq!(card.verdict, card_of(&full, &criteria()).verdict);
+    let text = render_table(&card);
+    assert!(
+        text.contains("pairing: not recorded (ledgers written by a build that did not store it)"),
+        "{text}"
+    );
+    assert!(!text.contains("proven by TCP byte ranges"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&render_json(&card)).expect("json");
+    assert!(json["accounting"]["pairing"].is_null());
+
+    // One of two ledgers has them: its figures, and a note that they are partial.
+    let mut mixed = full.clone();
+    let newer = mixed.ledgers[1].pairing.take().expect("host-b recorded");
+    let mut total = mixed.pairing_total.expect("recorded");
+    total.exchanges -= newer.exchanges;
+    total.proven -= newer.proven;
+    total.dropped_at_join -= newer.dropped_at_join;
+    total.responses_unpaired -= newer.responses_unpaired;
+    total.dropped_at_end -= newer.dropped_at_end;
+    mixed.pairing_total = Some(total);
+    let card = card_of(&mixed, &criteria());
+    let p = card.accounting.pairing.as_ref().expect("partly recorded");
+    assert_eq!((p.exchanges, p.ledgers_not_recorded), (603, 1));
+    assert!(
+        card.notes
+            .iter()
+            .any(|n| n.starts_with("pairing figures cover 1 of 2 ledgers")),
+        "{:?}",
+        card.notes
+    );
 }

@@ -9,7 +9,9 @@
 //! - `mirror_ttfb_seconds{route,side}` / `mirror_ttlb_seconds{route,side}`: histograms of
 //!   time to first / last response byte, `side` is `legacy` or `candidate`;
 //! - `mirror_egress_attempts_total{action,protocol}`: the candidate's outbound attempts;
-//! - `mirror_kernel_*_total`: the tap's own counters (see [`Metrics::set_kernel`]).
+//! - `mirror_kernel_*_total`: the tap's own counters (see [`Metrics::set_kernel`]);
+//! - `mirror_pairing_{exchanges,proven,dropped_at_join,responses_unpaired,dropped_at_end}_total`: how
+//!   the http stage paired requests with responses (see [`Metrics::set_pairing`]).
 //!
 //! The exchange series are read from the run's [`Ledger`] at scrape time, never counted
 //! here, so `/metrics`, the dashboard and the report cannot disagree.
@@ -36,6 +38,7 @@ use prometheus_client::{
 
 use crate::accounting::{Ledger, Outcome};
 use crate::capture::kernel::KernelCounters;
+use crate::http::PairingCounters;
 
 /// Routes kept as their own label value before the rest become `other`.
 pub const DEFAULT_ROUTES_CAP: usize = 100;
@@ -74,7 +77,8 @@ pub struct Metrics {
     ttfb: HistogramFamily,
     ttlb: HistogramFamily,
     egress: Family<EgressLabels, Counter>,
-    kernel: Arc<KernelValues>,
+    kernel: Arc<Published<7>>,
+    pairing: Arc<Published<5>>,
     routes_cap: AtomicUsize,
     /// Routes that own a label value; read-locked on the hot path, written once per route.
     routes: RwLock<HashSet<String>>,
@@ -114,14 +118,17 @@ impl Metrics {
             "Outbound attempts of the candidate seen by the egress guard",
             egress.clone(),
         );
-        let kernel = Arc::new(KernelValues::default());
-        registry.register_collector(Box::new(KernelCollector(Arc::clone(&kernel))));
+        let kernel = Arc::new(Published::new(KERNEL_NAMES));
+        registry.register_collector(Box::new(PublishedCollector(Arc::clone(&kernel))));
+        let pairing = Arc::new(Published::new(PAIRING_NAMES));
+        registry.register_collector(Box::new(PublishedCollector(Arc::clone(&pairing))));
         Self {
             registry,
             ttfb,
             ttlb,
             egress,
             kernel,
+            pairing,
             routes_cap: AtomicUsize::new(DEFAULT_ROUTES_CAP),
             routes: RwLock::new(HashSet::new()),
         }
@@ -152,7 +159,13 @@ impl Metrics {
     /// counters at scrape time rather than re-counted here: a scrape always shows the
     /// kernel's own figure, and nothing drifts if a read is skipped.
     pub fn set_kernel(&self, k: &KernelCounters) {
-        self.kernel.store(k);
+        self.kernel.store(kernel_values(k));
+    }
+
+    /// Publishes the http stage's pairing counters (cumulative, read from the capture
+    /// thread's figures), the same way as [`Metrics::set_kernel`].
+    pub fn set_pairing(&self, p: &PairingCounters) {
+        self.pairing.store(pairing_values(p));
     }
 
     /// Caps the number of distinct `route` label values; later routes count as `other`.
@@ -197,67 +210,60 @@ fn ns_to_s(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-/// The last kernel counters read, as atomics so `set_kernel` stays `&self` and lock-free.
-#[derive(Debug, Default)]
-struct KernelValues {
-    segments: AtomicU64,
-    payload_bytes: AtomicU64,
-    records: AtomicU64,
-    ring_full: AtomicU64,
-    oversize: AtomicU64,
-    sampled_out: AtomicU64,
-    load_errors: AtomicU64,
+/// Counters kept elsewhere (the kernel, the capture thread), published here as their
+/// last values (atomics, so publishing stays `&self` and lock-free) and exposed as
+/// constant counters at scrape time.
+#[derive(Debug)]
+struct Published<const N: usize> {
+    values: [AtomicU64; N],
+    /// Name (without `mirror_` and `_total`) and help of each value.
+    names: [(&'static str, &'static str); N],
 }
 
-impl KernelValues {
-    fn store(&self, k: &KernelCounters) {
-        for (slot, v) in self.slots().iter().zip(values(k)) {
-            slot.0.store(v, Ordering::Relaxed);
+impl<const N: usize> Published<N> {
+    fn new(names: [(&'static str, &'static str); N]) -> Self {
+        Self {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+            names,
         }
     }
 
-    fn slots(&self) -> [(&AtomicU64, &'static str, &'static str); 7] {
-        [
-            (
-                &self.segments,
-                "kernel_segments",
-                "TCP segments seen on a tapped port (including pure ACKs)",
-            ),
-            (
-                &self.payload_bytes,
-                "kernel_payload_bytes",
-                "TCP payload bytes seen on a tapped port",
-            ),
-            (
-                &self.records,
-                "kernel_records",
-                "Ring-buffer records written by the tap",
-            ),
-            (
-                &self.ring_full,
-                "kernel_ring_full",
-                "Records lost because the ring buffer was full",
-            ),
-            (
-                &self.oversize,
-                "kernel_oversize",
-                "Payload bytes beyond the per-packet record limit (never expected)",
-            ),
-            (
-                &self.sampled_out,
-                "kernel_sampled_out",
-                "Segments skipped by in-kernel pre-sampling",
-            ),
-            (
-                &self.load_errors,
-                "kernel_load_errors",
-                "Payload bytes the tap could not read from the packet",
-            ),
-        ]
+    fn store(&self, values: [u64; N]) {
+        for (slot, v) in self.values.iter().zip(values) {
+            slot.store(v, Ordering::Relaxed);
+        }
     }
 }
 
-fn values(k: &KernelCounters) -> [u64; 7] {
+const KERNEL_NAMES: [(&str, &str); 7] = [
+    (
+        "kernel_segments",
+        "TCP segments seen on a tapped port (including pure ACKs)",
+    ),
+    (
+        "kernel_payload_bytes",
+        "TCP payload bytes seen on a tapped port",
+    ),
+    ("kernel_records", "Ring-buffer records written by the tap"),
+    (
+        "kernel_ring_full",
+        "Records lost because the ring buffer was full",
+    ),
+    (
+        "kernel_oversize",
+        "Payload bytes beyond the per-packet record limit (never expected)",
+    ),
+    (
+        "kernel_sampled_out",
+        "Segments skipped by in-kernel pre-sampling",
+    ),
+    (
+        "kernel_load_errors",
+        "Payload bytes the tap could not read from the packet",
+    ),
+];
+
+fn kernel_values(k: &KernelCounters) -> [u64; 7] {
     [
         k.segments,
         k.payload_bytes,
@@ -266,6 +272,39 @@ fn values(k: &KernelCounters) -> [u64; 7] {
         k.oversize,
         k.sampled_out,
         k.load_errors,
+    ]
+}
+
+const PAIRING_NAMES: [(&str, &str); 5] = [
+    (
+        "pairing_exchanges",
+        "Exchanges rebuilt by the http stage (a request paired with its response)",
+    ),
+    (
+        "pairing_proven",
+        "Exchanges paired with proof from the TCP sequence and ACK numbers",
+    ),
+    (
+        "pairing_dropped_at_join",
+        "Requests dropped (gap or unpaired) on connections joined mid-stream, before their first proven exchange",
+    ),
+    (
+        "pairing_responses_unpaired",
+        "Responses whose request was not captured (discarded)",
+    ),
+    (
+        "pairing_dropped_at_end",
+        "Requests still waiting for their response when the capture ended (dropped as unpaired)",
+    ),
+];
+
+fn pairing_values(p: &PairingCounters) -> [u64; 5] {
+    [
+        p.exchanges,
+        p.proven,
+        p.dropped_at_join,
+        p.responses_unpaired,
+        p.dropped_at_end,
     ]
 }
 
@@ -305,11 +344,11 @@ impl Collector for LedgerCollector {
 }
 
 #[derive(Debug)]
-struct KernelCollector(Arc<KernelValues>);
+struct PublishedCollector<const N: usize>(Arc<Published<N>>);
 
-impl Collector for KernelCollector {
+impl<const N: usize> Collector for PublishedCollector<N> {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        for (slot, name, help) in self.0.slots() {
+        for (slot, (name, help)) in self.0.values.iter().zip(self.0.names) {
             let counter = ConstCounter::new(slot.load(Ordering::Relaxed));
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;

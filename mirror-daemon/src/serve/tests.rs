@@ -152,6 +152,13 @@ fn realistic(go: bool) -> LiveSnapshot {
             sampled_out: 0,
             load_errors: 0,
         },
+        pairing: crate::http::PairingCounters {
+            exchanges: 19_851,
+            proven: 19_838,
+            dropped_at_join: 13,
+            responses_unpaired: 4,
+            dropped_at_end: 6,
+        },
         verdict: VerdictView {
             status: if go { "GO" } else { "NO-GO" }.into(),
             criteria,
@@ -341,6 +348,31 @@ fn kernel_counters_are_exposed_as_set() {
         text.contains("mirror_kernel_load_errors_total 0\n"),
         "{text}"
     );
+}
+
+#[test]
+fn pairing_counters_are_exposed_as_set() {
+    let m = Metrics::new();
+    let text = m.encode();
+    assert!(text.contains("mirror_pairing_proven_total 0\n"), "{text}");
+    m.set_pairing(&crate::http::PairingCounters {
+        exchanges: 120,
+        proven: 117,
+        dropped_at_join: 3,
+        responses_unpaired: 2,
+        dropped_at_end: 5,
+    });
+    let text = m.encode();
+    for line in [
+        "# TYPE mirror_pairing_exchanges counter",
+        "mirror_pairing_exchanges_total 120\n",
+        "mirror_pairing_proven_total 117\n",
+        "mirror_pairing_dropped_at_join_total 3\n",
+        "mirror_pairing_responses_unpaired_total 2\n",
+        "mirror_pairing_dropped_at_end_total 5\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
 }
 
 #[test]
@@ -622,6 +654,7 @@ fn snapshot_json_round_trips() {
     assert_eq!(back.run, s.run);
     assert_eq!(back.ledger, s.ledger);
     assert_eq!(back.kernel, s.kernel);
+    assert_eq!(back.pairing, s.pairing);
     assert_eq!(back.verdict, s.verdict);
     assert_eq!(back.diffs, s.diffs);
     assert_eq!(back.egress, s.egress);
@@ -826,6 +859,8 @@ async fn dashboard_renders_in_a_real_browser() {
             "✓ adds up",
             "gap 131",
             "timeout 7",
+            "19,838 of 19,851",
+            "dropped at a mid-stream join",
         ] {
             assert!(
                 dom.contains(needle),

@@ -8,6 +8,7 @@ use crate::{
     accounting::LedgerSnapshot,
     capture::kernel::KernelCounters,
     guard::{EgressAction, EgressAttempt},
+    http::PairingCounters,
 };
 
 /// The whole live view of a run.
@@ -20,6 +21,9 @@ pub struct LiveSnapshot {
     /// Capture completeness, 0..=1.
     pub completeness: f64,
     pub kernel: KernelCounters,
+    /// How the http stage paired requests with responses (the join's cost).
+    #[serde(default)]
+    pub pairing: PairingCounters,
     pub verdict: VerdictView,
     pub routes: Vec<RouteView>,
     pub diffs: Vec<DiffView>,

@@ -14,7 +14,9 @@ use crate::accounting::{CandidateErrorKind, LedgerSnapshot};
 use crate::guard::EgressAction;
 
 use super::rows::parse_action;
-use super::{Example, KernelCounters, ReportFilter, RunInfo, StoreError, StoreOptions};
+use super::{
+    Example, KernelCounters, PairingCounters, ReportFilter, RunInfo, StoreError, StoreOptions,
+};
 
 /// A column value as read from either database.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +93,7 @@ pub(crate) fn plan(f: &ReportFilter, opts: &StoreOptions) -> Plan {
         }),
         query(|p| {
             format!(
-                "SELECT host, run_id, ts_unix_ms, ledger, kernel FROM ledgers WHERE 1=1{}",
+                "SELECT host, run_id, ts_unix_ms, ledger, kernel, pairing FROM ledgers WHERE 1=1{}",
                 filter_sql(f, "", true, p)
             )
         }),
@@ -162,6 +164,8 @@ pub struct HostLedger {
     pub ts_unix_ms: i64,
     pub ledger: LedgerSnapshot,
     pub kernel: KernelCounters,
+    /// `None` for snapshots written before pairing figures were stored.
+    pub pairing: Option<PairingCounters>,
 }
 
 /// Outcomes of the stored exchanges of one route.
@@ -252,6 +256,8 @@ pub struct StoredEvidence {
     pub ledger_total: LedgerSnapshot,
     /// Sum of the kernel counters of `ledgers`.
     pub kernel_total: KernelCounters,
+    /// Sum of the pairing counters of the `ledgers` that have them; `None` when none has.
+    pub pairing_total: Option<PairingCounters>,
     /// Sorted by route.
     pub routes: Vec<RouteStats>,
     /// Most frequent first (by exchanges, then secondary exchanges), then by route and key.
@@ -370,14 +376,22 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
     for row in &results[Q_LEDGERS] {
         let ledger: LedgerSnapshot = serde_json::from_str(&text(row, 3)?)?;
         let kernel: KernelCounters = serde_json::from_str(&text(row, 4)?)?;
+        let pairing: Option<PairingCounters> = match opt_text(row, 5)? {
+            Some(json) => Some(serde_json::from_str(&json)?),
+            None => None,
+        };
         sum_ledger(&mut ev.ledger_total, &ledger);
         ev.kernel_total.add(&kernel);
+        if let Some(p) = &pairing {
+            ev.pairing_total.get_or_insert_default().add(p);
+        }
         ev.ledgers.push(HostLedger {
             host: text(row, 0)?,
             run_id: text(row, 1)?,
             ts_unix_ms: int(row, 2)?,
             ledger,
             kernel,
+            pairing,
         });
     }
     ev.ledgers

@@ -156,6 +156,8 @@ pub struct RetentionReport {
 
 /// Counters read from the kernel tap, stored with each ledger snapshot.
 pub use crate::capture::kernel::KernelCounters;
+/// The http stage's pairing figures, stored with each ledger snapshot.
+pub use crate::http::PairingCounters;
 
 /// One daemon run on one host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,7 +251,8 @@ impl Store {
         Ok(report)
     }
 
-    /// Upserts the latest ledger of (host, run_id); an older snapshot never replaces a newer one.
+    /// Upserts the latest ledger of (host, run_id), with the tap's and the pairing
+    /// counters read at the same time; an older snapshot never replaces a newer one.
     pub async fn write_ledger(
         &self,
         host: &str,
@@ -257,6 +260,7 @@ impl Store {
         ts_unix_ms: i64,
         snap: &LedgerSnapshot,
         kernel: &KernelCounters,
+        pairing: &PairingCounters,
     ) -> Result<(), StoreError> {
         let row = rows::LedgerRow {
             host: host.to_string(),
@@ -264,6 +268,7 @@ impl Store {
             ts_unix_ms,
             ledger: serde_json::to_string(snap)?,
             kernel: serde_json::to_string(kernel)?,
+            pairing: serde_json::to_string(pairing)?,
         };
         match &self.backend {
             Backend::Sqlite(s) => s.write_ledger(row).await,

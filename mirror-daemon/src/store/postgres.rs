@@ -55,7 +55,14 @@ impl PgStore {
         client
             .execute(
                 &sql(schema::UPSERT_LEDGER),
-                &[&r.host, &r.run_id, &r.ts_unix_ms, &r.ledger, &r.kernel],
+                &[
+                    &r.host,
+                    &r.run_id,
+                    &r.ts_unix_ms,
+                    &r.ledger,
+                    &r.kernel,
+                    &r.pairing,
+                ],
             )
             .await?;
         Ok(())

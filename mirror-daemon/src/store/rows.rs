@@ -168,6 +168,7 @@ pub(crate) struct LedgerRow {
     pub ts_unix_ms: i64,
     pub ledger: String,
     pub kernel: String,
+    pub pairing: String,
 }
 
 pub(crate) struct EgressRow {

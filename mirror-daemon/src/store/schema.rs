@@ -32,11 +32,14 @@ impl Dialect {
 }
 
 /// The schema version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations, in order; migration `i` brings the schema from version `i` to `i + 1`.
 /// Queries must not contain `?` other than placeholders (PostgreSQL rewriting is textual).
-pub(crate) const MIGRATIONS: &[&[&str]] = &[&[
+pub(crate) const MIGRATIONS: &[&[&str]] = &[V1, V2];
+
+/// The first schema.
+const V1: &[&str] = &[
     // One row per exchange with a kept outcome (matched, differed, candidate_error).
     // `seq` is a local surrogate key; (host, id) is the identity across the fleet.
     "CREATE TABLE exchanges (
@@ -132,7 +135,11 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[&[
         criteria TEXT NOT NULL,
         PRIMARY KEY (host, run_id)
     )",
-]];
+];
+
+/// The pairing figures of the http stage beside each ledger snapshot (JSON of
+/// `PairingCounters`). NULL in rows written before: the report says they were not recorded.
+const V2: &[&str] = &["ALTER TABLE ledgers ADD COLUMN pairing TEXT"];
 
 /// Creates the version table (idempotent).
 pub(crate) const CREATE_VERSION_TABLE: &str =
@@ -164,9 +171,10 @@ pub(crate) const LOCK_SLOT: &str =
     "SELECT kept FROM example_slots WHERE route = ?1 AND kind_key = ?2 FOR UPDATE";
 
 /// An older snapshot (out-of-order write) never replaces a newer one.
-pub(crate) const UPSERT_LEDGER: &str = "INSERT INTO ledgers (host, run_id, ts_unix_ms, ledger, kernel) \
-    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (host, run_id) DO UPDATE SET ts_unix_ms = excluded.ts_unix_ms, \
-    ledger = excluded.ledger, kernel = excluded.kernel WHERE excluded.ts_unix_ms >= ledgers.ts_unix_ms";
+pub(crate) const UPSERT_LEDGER: &str = "INSERT INTO ledgers (host, run_id, ts_unix_ms, ledger, kernel, pairing) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (host, run_id) DO UPDATE SET ts_unix_ms = excluded.ts_unix_ms, \
+    ledger = excluded.ledger, kernel = excluded.kernel, pairing = excluded.pairing \
+    WHERE excluded.ts_unix_ms >= ledgers.ts_unix_ms";
 
 pub(crate) const INSERT_EGRESS: &str = "INSERT INTO egress (host, run_id, ts_unix_ms, pid, command, protocol, \
     destination, action, first_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";

@@ -151,7 +151,14 @@ impl SqliteStore {
         self.with_writer(move |conn| {
             conn.execute(
                 &sql(schema::UPSERT_LEDGER),
-                params![row.host, row.run_id, row.ts_unix_ms, row.ledger, row.kernel],
+                params![
+                    row.host,
+                    row.run_id,
+                    row.ts_unix_ms,
+                    row.ledger,
+                    row.kernel,
+                    row.pairing
+                ],
             )?;
             Ok(())
         })

@@ -166,6 +166,16 @@ fn kernel(n: u64) -> KernelCounters {
     }
 }
 
+fn pairing(n: u64) -> PairingCounters {
+    PairingCounters {
+        exchanges: n,
+        proven: n - 2,
+        dropped_at_join: 3,
+        responses_unpaired: 1,
+        dropped_at_end: 4,
+    }
+}
+
 fn egress(ts: i64, command: &str, port: u16, action: EgressAction) -> EgressAttempt {
     EgressAttempt {
         ts_unix_ms: ts,
@@ -195,12 +205,26 @@ async fn write_host(store: &Store, host: &str, base_ts: i64) -> WriteReport {
         .await
         .expect("write batch");
     store
-        .write_ledger(host, "r1", base_ts + 10, &ledger_snapshot(20), &kernel(100))
+        .write_ledger(
+            host,
+            "r1",
+            base_ts + 10,
+            &ledger_snapshot(20),
+            &kernel(100),
+            &pairing(11),
+        )
         .await
         .expect("ledger");
     // An older snapshot arriving late must not replace the newer one.
     store
-        .write_ledger(host, "r1", base_ts + 5, &ledger_snapshot(1), &kernel(1))
+        .write_ledger(
+            host,
+            "r1",
+            base_ts + 5,
+            &ledger_snapshot(1),
+            &kernel(1),
+            &pairing(2),
+        )
         .await
         .expect("old ledger");
     store
@@ -251,6 +275,8 @@ async fn conformance(store: &Store) -> (StoredEvidence, StoredEvidence) {
     assert_eq!(ev.ledgers[0].ledger.seen, 20, "newest ledger kept");
     assert_eq!(ev.ledger_total, ledger_snapshot(20));
     assert_eq!(ev.kernel_total, kernel(100));
+    assert_eq!(ev.ledgers[0].pairing, Some(pairing(11)));
+    assert_eq!(ev.pairing_total, Some(pairing(11)));
 
     assert_eq!(ev.routes.len(), 2);
     let items = &ev.routes[0];
@@ -839,6 +865,9 @@ async fn postgres_two_hosts_one_store() {
     assert_eq!(ev.ledger_total.seen, 40);
     assert_eq!(ev.ledger_total.drops(), 6);
     assert_eq!(ev.kernel_total.segments, 200);
+    let mut both = pairing(11);
+    both.add(&pairing(11));
+    assert_eq!(ev.pairing_total, Some(both), "pairing summed over hosts");
     assert_eq!(ev.routes[0].compared, 20);
     assert_eq!(
         ev.routes[1].candidate_errors[0],
@@ -926,4 +955,114 @@ async fn postgres_two_hosts_one_store() {
     assert_eq!(only_b.routes[0].compared, 10);
     assert_eq!(only_b.ledgers.len(), 1);
     assert_eq!(only_b.ledger_total.seen, 20);
+}
+
+// Migration from schema version 1 (before pairing figures were stored).
+
+/// A version-1 ledger row as an older build wrote it: no pairing column.
+const V1_LEDGER: &str = "INSERT INTO ledgers (host, run_id, ts_unix_ms, ledger, kernel) \
+    VALUES ('old-host', 'old-run', 1, ?1, ?2)";
+
+fn v1_ledger_json() -> (String, String) {
+    (
+        serde_json::to_string(&ledger_snapshot(20)).expect("ledger json"),
+        serde_json::to_string(&kernel(100)).expect("kernel json"),
+    )
+}
+
+/// What a store migrated from version 1 must give: the old ledger without pairing
+/// figures, a new one with them, and a sum over only the ledgers that have them.
+async fn check_migrated(store: &Store) {
+    let old = store
+        .load(&ReportFilter::default())
+        .await
+        .expect("load old");
+    assert_eq!(old.ledgers.len(), 1);
+    assert_eq!(
+        old.ledgers[0].ledger,
+        ledger_snapshot(20),
+        "old ledger kept"
+    );
+    assert_eq!(old.ledgers[0].pairing, None);
+    assert_eq!(old.pairing_total, None, "nothing recorded, not zeros");
+    store
+        .write_ledger(
+            "new-host",
+            "new-run",
+            2,
+            &ledger_snapshot(20),
+            &kernel(1),
+            &pairing(7),
+        )
+        .await
+        .expect("new ledger");
+    let both = store.load(&ReportFilter::default()).await.expect("load");
+    assert_eq!(both.ledgers.len(), 2);
+    // Sorted by host: `new-host` first.
+    assert_eq!(both.ledgers[0].pairing, Some(pairing(7)));
+    assert_eq!(both.ledgers[1].pairing, None);
+    assert_eq!(both.pairing_total, Some(pairing(7)));
+    assert_eq!(both.ledger_total.seen, 40);
+}
+
+#[tokio::test]
+async fn sqlite_store_of_schema_1_migrates_and_reports_without_pairing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mirror.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute(schema::CREATE_VERSION_TABLE, [])
+            .expect("version table");
+        for q in schema::MIGRATIONS[0] {
+            conn.execute(&schema::Dialect::Sqlite.sql(q), [])
+                .expect("v1 schema");
+        }
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)", [])
+            .expect("version 1");
+        let (ledger, kernel) = v1_ledger_json();
+        conn.execute(V1_LEDGER, [ledger, kernel])
+            .expect("v1 ledger");
+    }
+    let (store, _) = sqlite_store(dir.path()).await;
+    check_migrated(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_of_schema_1_migrates_and_reports_without_pairing() {
+    let Some(server) = PgTestServer::start() else {
+        return;
+    };
+    let url = server.create_database("v1").await;
+    {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(schema::CREATE_VERSION_TABLE)
+            .await
+            .expect("version table");
+        for q in schema::MIGRATIONS[0] {
+            client
+                .batch_execute(&schema::Dialect::Postgres.sql(q))
+                .await
+                .expect("v1 schema");
+        }
+        client
+            .execute("INSERT INTO schema_version (version) VALUES (1)", &[])
+            .await
+            .expect("version 1");
+        let (ledger, kernel) = v1_ledger_json();
+        client
+            .execute(
+                &schema::Dialect::Postgres.sql(V1_LEDGER),
+                &[&ledger, &kernel],
+            )
+            .await
+            .expect("v1 ledger");
+    }
+    let store = Store::open(&parse_store_url(&url).expect("url"), opts())
+        .await
+        .expect("open and migrate");
+    check_migrated(&store).await;
 }

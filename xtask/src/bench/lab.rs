@@ -13,7 +13,12 @@ use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
 use nix::unistd::Pid;
 
+use super::cgroups::{self, Cgroup};
+use super::servers::{EXAMPLES_PORT, NGINX_PORT, TEE_PROXY_PORT, TEE_STATIC_PORT};
 use crate::util::output;
+
+/// The ports the loads go to: connections to them come from many client addresses.
+const LEGACY_PORTS: [u16; 4] = [NGINX_PORT, EXAMPLES_PORT, TEE_STATIC_PORT, TEE_PROXY_PORT];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -79,6 +84,10 @@ pub struct Lab {
     pub dir: PathBuf,
     created: Vec<String>,
     bpf_stats_old: Option<String>,
+    /// The daemon's cgroup (deploy/mirror.service's CPU settings) and the candidate's
+    /// (a stated CPU limit): see `cgroups`.
+    pub daemon_cgroup: Option<Cgroup>,
+    pub candidate_cgroup: Option<Cgroup>,
 }
 
 impl Lab {
@@ -93,6 +102,8 @@ impl Lab {
             dir: std::env::temp_dir().join(format!("mirror-bench-{id}")),
             created: Vec::new(),
             bpf_stats_old: None,
+            daemon_cgroup: None,
+            candidate_cgroup: None,
         };
         fs::create_dir_all(&lab.dir).with_context(|| format!("creating {}", lab.dir.display()))?;
         // Push each namespace before configuring it, so `Drop` removes a half-built lab.
@@ -159,6 +170,17 @@ impl Lab {
         lab.sysctl(c, "net.ipv4.ip_local_port_range", "1024 65000")?;
         lab.sysctl(s, "net.core.somaxconn", "65535")?;
         lab.sysctl(s, "net.ipv4.tcp_max_syn_backlog", "65535")?;
+        super::clients::spread(c, &cif, SERVER_IP, &LEGACY_PORTS)?;
+        lab.daemon_cgroup = Some(Cgroup::create(
+            &format!("mbench-{id}-daemon"),
+            Some(cgroups::DAEMON_CPU_WEIGHT),
+            cgroups::DAEMON_CPU_PERCENT,
+        )?);
+        lab.candidate_cgroup = Some(Cgroup::create(
+            &format!("mbench-{id}-candidate"),
+            None,
+            cgroups::CANDIDATE_CPU_PERCENT,
+        )?);
         Ok(lab)
     }
 
@@ -222,6 +244,8 @@ impl Drop for Lab {
             let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
         }
         let _ = fs::remove_dir_all(&self.dir);
+        self.daemon_cgroup = None;
+        self.candidate_cgroup = None;
         eprintln!("xtask bench: lab {} removed", self.id);
     }
 }

@@ -15,21 +15,31 @@ use super::servers::{
 use super::table::{Table, f, median, ratio};
 use super::tap::{self, BpfStats, TAP_MODE, TapDaemon, TapMode, TapReport, Tcpdump, TcpdumpReport};
 
+/// What is attached to the legacy path; (b)–(d) are `mirror-daemon run` the ways it is
+/// meant to be used, each with the same CPU settings as deploy/mirror.service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Config {
     /// (a) nothing attached.
     Nothing,
-    /// (b) the mirror tap + daemon.
-    Tap,
-    /// (c) nginx's `mirror` directive as an in-path tee.
+    /// (b) capture only: tap, reassembly, HTTP framing and the ledger, nothing replayed
+    /// (`run --sample 0`).
+    Capture,
+    /// (c) the production setting: 5 % of clients shadowed, chosen in the kernel
+    /// (`--sample 5 --sticky client-ip`; the load comes from 20 client addresses).
+    Shadow5,
+    /// (d) every request shadowed (`--sample 100`).
+    Shadow100,
+    /// (e) nginx's `mirror` directive as an in-path tee.
     NginxMirror,
-    /// (d) tcpdump writing a capture.
+    /// (f) tcpdump writing a capture.
     Tcpdump,
 }
 
-pub const CONFIGS: [Config; 4] = [
+pub const CONFIGS: [Config; 6] = [
     Config::Nothing,
-    Config::Tap,
+    Config::Capture,
+    Config::Shadow5,
+    Config::Shadow100,
     Config::NginxMirror,
     Config::Tcpdump,
 ];
@@ -38,9 +48,21 @@ impl Config {
     pub fn label(self) -> &'static str {
         match self {
             Config::Nothing => "a nothing",
-            Config::Tap => "b mirror tap",
-            Config::NginxMirror => "c nginx mirror",
-            Config::Tcpdump => "d tcpdump",
+            Config::Capture => "b capture",
+            Config::Shadow5 => "c shadow 5%",
+            Config::Shadow100 => "d shadow 100%",
+            Config::NginxMirror => "e nginx mirror",
+            Config::Tcpdump => "f tcpdump",
+        }
+    }
+
+    /// The `run` sampling flags of the daemon configurations.
+    pub fn sampling(self) -> Option<&'static [&'static str]> {
+        match self {
+            Config::Capture => Some(&["--sample", "0"]),
+            Config::Shadow5 => Some(&["--sample", "5", "--sticky", "client-ip"]),
+            Config::Shadow100 => Some(&["--sample", "100"]),
+            Config::Nothing | Config::NginxMirror | Config::Tcpdump => None,
         }
     }
 }
@@ -129,18 +151,17 @@ pub fn measure(
     let bound = ctx.seconds * 4 + 60;
     let mut daemon = None;
     let mut dump = None;
-    match config {
-        Config::Tap => {
-            daemon = Some(TapDaemon::start(
-                &ctx.lab,
-                &ctx.daemon,
-                TAP_MODE,
-                target.port(),
-                bound,
-            )?)
-        }
-        Config::Tcpdump => dump = Some(Tcpdump::start(&ctx.lab, target.port())?),
-        Config::Nothing | Config::NginxMirror => {}
+    if let Some(sampling) = config.sampling() {
+        daemon = Some(TapDaemon::start_sampled(
+            &ctx.lab,
+            &ctx.daemon,
+            TAP_MODE,
+            target.port(),
+            bound,
+            sampling,
+        )?);
+    } else if config == Config::Tcpdump {
+        dump = Some(Tcpdump::start(&ctx.lab, target.port())?);
     }
     let observer = daemon
         .as_ref()
@@ -193,6 +214,12 @@ pub fn measure(
         run.completeness()
             .map(|c| format!(" completeness {:.3}%", c * 100.0))
             .unwrap_or_default()
+            + &run
+                .tap
+                .as_ref()
+                .and_then(TapReport::replayed_share)
+                .map(|r| format!(" replayed {:.1}%", r * 100.0))
+                .unwrap_or_default()
     );
     Ok(run)
 }
@@ -231,7 +258,7 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
         ),
         &[
             "legacy", "load", "config", "req/s", "p50 ms", "p99 ms", "max ms", "req/s×", "p50×",
-            "p99×", "max×", "errors",
+            "p99×", "max×", "errors", "replayed",
         ],
         3,
     );
@@ -259,6 +286,12 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
                     .filter(|r| r.target == target && r.load_spec == l && r.config == config)
                     .map(|r| r.result.errors)
                     .sum();
+                let replayed = median(
+                    runs.iter()
+                        .filter(|r| r.target == target && r.load_spec == l && r.config == config)
+                        .filter_map(|r| r.tap.as_ref()?.replayed_share())
+                        .collect(),
+                );
                 t.row(vec![
                     target.label().into(),
                     l.label(),
@@ -272,14 +305,24 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
                     ratio(p99, base(|r| r.p99_ms)),
                     ratio(max, base(|r| r.max_ms)),
                     errors.to_string(),
+                    replayed.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
                 ]);
             }
         }
     }
     t.note(format!(
-        "(b) = {}; fixed rates by oha (-q, --latency-correction), saturation by wrk (-t2 -c64); \
-         (c) for mirror-examples is nginx proxy+mirror in front of it, so it includes a proxy hop",
-        TAP_MODE.label()
+        "(b)–(d) = mirror-daemon {} --pipeline-priority {} in a cgroup with cpu weight {} and \
+         quota {}% (deploy/mirror.service); the candidate in its own cgroup limited to {}% of a \
+         CPU; load from {} client addresses (one in the 5% sample); fixed rates by oha (-q, \
+         --latency-correction), saturation by wrk (-t2 -c64); (e) for mirror-examples is nginx \
+         proxy+mirror in front of it, so it includes a proxy hop; replayed = share of rebuilt \
+         exchanges sent to the candidate",
+        TAP_MODE.label(),
+        tap::pipeline_priority(),
+        super::cgroups::DAEMON_CPU_WEIGHT,
+        super::cgroups::DAEMON_CPU_PERCENT,
+        super::cgroups::CANDIDATE_CPU_PERCENT,
+        super::clients::CLIENTS,
     ));
     t
 }
@@ -298,6 +341,7 @@ pub fn completeness_table(runs: &[Run]) -> Table {
         &[
             "legacy",
             "load",
+            "config",
             "completed",
             "in capture",
             "tap %",
@@ -308,13 +352,18 @@ pub fn completeness_table(runs: &[Run]) -> Table {
             "drop reasons",
             "tcpdump drops",
         ],
-        2,
+        3,
     );
     for target in TARGETS {
-        for l in distinct_loads(runs) {
+        for (l, config) in distinct_loads(runs)
+            .into_iter()
+            .flat_map(|l| CONFIGS.map(|c| (l, c)))
+        {
             let taps: Vec<&Run> = runs
                 .iter()
-                .filter(|r| r.target == target && r.load_spec == l && r.tap.is_some())
+                .filter(|r| {
+                    r.target == target && r.load_spec == l && r.config == config && r.tap.is_some()
+                })
                 .collect();
             if taps.is_empty() {
                 continue;
@@ -354,6 +403,7 @@ pub fn completeness_table(runs: &[Run]) -> Table {
             t.row(vec![
                 target.label().into(),
                 l.label(),
+                config.label().into(),
                 completed.to_string(),
                 in_capture.map_or("-".into(), |n| n.to_string()),
                 in_capture.map_or("-".into(), |n| {
@@ -373,7 +423,9 @@ pub fn completeness_table(runs: &[Run]) -> Table {
         }
     }
     t.note(match TAP_MODE {
-        TapMode::Run => "exchanges = ledger `seen` − dropped, from /metrics".to_string(),
+        TapMode::Run => "exchanges = ledger `seen` − dropped, from /metrics; (c) sees only the \
+                         clients the kernel keeps (about 5%), so its completeness is that share"
+            .to_string(),
         _ => "exchanges = `mirror-daemon exchanges --pcap` on the pcapng `record` wrote; \
               \"in capture\" = requests found in that file by xtask's own segment scan (what the \
               kernel tap delivered); at saturation wrk stops with requests in flight that the tap \
@@ -405,7 +457,7 @@ pub fn cost(ctx: &mut Ctx, rates: &[u32]) -> Result<Vec<Run>> {
                 ctx,
                 Target::Nginx,
                 Load::Rate(rate),
-                Config::Tap,
+                Config::Shadow100,
                 0,
                 true,
             )?);

@@ -259,6 +259,9 @@ pub fn candidate(lab: &Lab, bin: &Path) -> Result<Proc> {
         "parity".into(),
     ];
     let mut p = Proc::spawn(lab, &lab.cand_ns, "candidate", &argv)?;
+    if let Some(cg) = &lab.candidate_cgroup {
+        cg.add(p.pid())?;
+    }
     p.wait_for("listening on", Duration::from_secs(10))?;
     Ok(p)
 }

@@ -75,10 +75,48 @@ pub struct TapReport {
     /// Daemon: exchanges dropped (gap, parse error, queue full…), with reasons.
     pub daemon_drops: u64,
     pub drop_reasons: String,
+    /// `run`: exchanges the sampler left out (not replayed).
+    pub sampled_out: u64,
+    /// `run`: segments the kernel left out (`--sticky client-ip` pre-sampling).
+    pub kernel_sampled_out: Option<u64>,
+}
+
+impl TapReport {
+    /// Share of the exchanges the daemon saw that were replayed and compared (the rest
+    /// sampled out or dropped, e.g. `replay_queue_full` when the candidate is slower).
+    pub fn replayed_share(&self) -> Option<f64> {
+        let seen = self.exchanges + self.daemon_drops;
+        (seen > 0).then(|| self.exchanges.saturating_sub(self.sampled_out) as f64 / seen as f64)
+    }
+}
+
+/// `--pipeline-priority` of every `run` the bench starts (`cargo xtask bench
+/// --pipeline-priority`), `idle` unless set.
+static PIPELINE_PRIORITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn set_pipeline_priority(p: &str) {
+    let _ = PIPELINE_PRIORITY.set(p.to_string());
+}
+
+pub fn pipeline_priority() -> &'static str {
+    PIPELINE_PRIORITY.get().map_or("idle", String::as_str)
 }
 
 impl TapDaemon {
+    /// `run` replaying every request (the cost and growth sections' configuration).
     pub fn start(lab: &Lab, daemon: &Path, mode: TapMode, port: u16, bound: u64) -> Result<Self> {
+        Self::start_sampled(lab, daemon, mode, port, bound, &["--sample", "100"])
+    }
+
+    /// `run` with these sampling flags (`--sample 0` captures without replaying).
+    pub fn start_sampled(
+        lab: &Lab,
+        daemon: &Path,
+        mode: TapMode,
+        port: u16,
+        bound: u64,
+        sampling: &[&str],
+    ) -> Result<Self> {
         let pcap = lab.path(&format!("tap-{port}.pcapng"));
         let iface = lab.server_if.clone();
         let mut argv: Vec<String> = vec![daemon.display().to_string()];
@@ -138,13 +176,14 @@ impl TapDaemon {
                         METRICS_ADDR,
                         "--duration",
                         &format!("{bound}s"),
-                        "--sample",
-                        "100",
                         "--mask-key-file",
                         &lab.path("mask.key").display().to_string(),
+                        "--pipeline-priority",
+                        pipeline_priority(),
                     ]
                     .map(String::from),
                 );
+                argv.extend(sampling.iter().map(|s| s.to_string()));
             }
         }
         let mut proc = if mode == TapMode::LiveExchanges {
@@ -153,6 +192,10 @@ impl TapDaemon {
         } else {
             Proc::spawn(lab, &lab.server_ns, name, &argv)?
         };
+        // deploy/mirror.service's CPU settings, before the daemon does any work.
+        if let Some(cg) = &lab.daemon_cgroup {
+            cg.add(proc.pid())?;
+        }
         match mode {
             TapMode::Record => proc.wait_for("tap attached", Duration::from_secs(20))?,
             TapMode::LiveExchanges => proc.wait_for("tap attached", Duration::from_secs(20))?,
@@ -267,6 +310,9 @@ fn parse_metrics(text: &str, r: &mut TapReport) {
         let v = v as u64;
         if name.starts_with("mirror_exchanges_total") {
             seen += v;
+            if name.contains("outcome=\"sampled_out\"") {
+                r.sampled_out += v;
+            }
             if name.contains("outcome=\"dropped\"") {
                 dropped += v;
                 if v > 0 {
@@ -275,6 +321,8 @@ fn parse_metrics(text: &str, r: &mut TapReport) {
             }
         } else if name == "mirror_kernel_ring_full_total" {
             r.kernel_ring_full = Some(v);
+        } else if name == "mirror_kernel_sampled_out_total" {
+            r.kernel_sampled_out = Some(v);
         } else if name == "mirror_kernel_segments_total" {
             r.kernel_segments = Some(v);
         }

@@ -137,7 +137,10 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.tap.iface, "eth0");
-        assert_eq!(run.pipeline.sample, crate::flags::SamplePercent(1.5));
+        assert_eq!(
+            run.pipeline.sample,
+            crate::commands::flags::SamplePercent(1.5)
+        );
         assert!(run.pipeline.replay_raw);
     }
 
