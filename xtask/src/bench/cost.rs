@@ -31,6 +31,8 @@ pub const TARGET_US: f64 = 20.0;
 pub const TARGET_MASK_MB_S: f64 = 500.0;
 pub const TARGET_COMPARE_MB_S: f64 = 400.0;
 
+/// Builds the example with the same package set as `util::build_release`, so the
+/// library is built once with the same features (mirror-examples has no examples).
 pub fn build(env: &BuildEnv) -> Result<()> {
     util::cargo(
         env,
@@ -39,8 +41,9 @@ pub fn build(env: &BuildEnv) -> Result<()> {
             "--release",
             "-p",
             "mirror-daemon",
-            "--example",
-            "cost",
+            "-p",
+            "mirror-examples",
+            "--examples",
         ],
     )
 }
@@ -121,25 +124,60 @@ fn instructions_per_exchange(upto: &str, extra: &[String], keep: Option<&Path>) 
     Ok(i2.saturating_sub(i1) as f64 / (n2 - n1) as f64)
 }
 
-/// The top functions (self instructions) of a callgrind profile, as text.
+/// The top functions by own instructions of a callgrind profile, as Markdown table rows
+/// (a function's inlined pieces, which callgrind lists per source file, added up).
 fn top_functions(profile: &Path, n: usize) -> String {
     let out = Command::new("callgrind_annotate")
-        .args(["--inclusive=no", "--threshold=99"])
+        .args(["--inclusive=no", "--auto=no", "--threshold=100"])
         .arg(profile)
         .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let mut lines: Vec<&str> = text
-                .lines()
-                .skip_while(|l| !l.contains("file:function"))
-                .take(n + 2)
-                .collect();
-            lines.retain(|l| !l.trim().is_empty());
-            lines.join("\n")
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => return "callgrind_annotate not available".into(),
+    };
+    let mut total = 0u64;
+    let mut by_fn: Vec<(String, u64)> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let Some((count, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.replace(',', "").parse::<u64>() else {
+            continue;
+        };
+        // `(12.3%)  file:function [object]`
+        let Some((_, rest)) = rest.split_once(')') else {
+            continue;
+        };
+        let rest = rest.trim();
+        if rest.starts_with("PROGRAM TOTALS") {
+            total = count;
+            continue;
         }
-        _ => "callgrind_annotate not available".into(),
+        let func = rest.split_once(':').map_or(rest, |(_, f)| f);
+        let func = func.split(" [").next().unwrap_or(func).trim();
+        // `f'2` is a recursive call of `f`.
+        let func = match func.rsplit_once('\'') {
+            Some((f, depth)) if depth.bytes().all(|b| b.is_ascii_digit()) => f,
+            _ => func,
+        };
+        match by_fn.iter_mut().find(|(f, _)| f == func) {
+            Some((_, c)) => *c += count,
+            None => by_fn.push((func.to_string(), count)),
+        }
     }
+    by_fn.sort_by_key(|f| std::cmp::Reverse(f.1));
+    by_fn
+        .iter()
+        .take(n)
+        .map(|(f, c)| {
+            format!(
+                "| {:5.1} % | `{f}` |",
+                *c as f64 * 100.0 / total.max(1) as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn run(quick: bool) -> Result<Vec<Table>> {
