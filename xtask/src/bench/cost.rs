@@ -259,6 +259,11 @@ pub fn run(quick: bool) -> Result<Vec<Table>> {
     for (key, label, target) in [
         ("mask_mb_s", "mask (response)", TARGET_MASK_MB_S),
         ("compare_mb_s", "compare (equal JSON)", TARGET_COMPARE_MB_S),
+        (
+            "compare_differs_mb_s",
+            "compare (one field differs)",
+            TARGET_COMPARE_MB_S,
+        ),
     ] {
         let v = med(&|r| r["throughput"][key].as_f64());
         tp.row(vec![
