@@ -187,6 +187,16 @@ impl Comparator {
             Some(m) => is_json_type(m),
             None => looks_like_json(&a),
         };
+        // Equal bytes are equal documents (no rule can find a difference between a value
+        // and itself, save the unordered-array matcher's budget), so when they are valid
+        // JSON the two trees are not built. `ValidJson` parses exactly as `Value` does.
+        if json_expected
+            && a == b
+            && self.cfg.unordered.is_empty()
+            && serde_json::from_slice::<ValidJson>(&a).is_ok()
+        {
+            return BodyMode::Json;
+        }
         if json_expected {
             match serde_json::from_slice::<Value>(&a) {
                 Ok(ja) => {
@@ -310,6 +320,57 @@ impl Comparator {
     }
 }
 
+/// A JSON document checked without building it: `deserialize_any` parses every token
+/// exactly as for a `serde_json::Value` (numbers range-checked, strings unescaped), and
+/// the visitor keeps nothing.
+struct ValidJson;
+
+impl<'de> Deserialize<'de> for ValidJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValidJson)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValidJson {
+    type Value = ValidJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_none<E>(self) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self, D::Error> {
+        ValidJson::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<ValidJson>()?.is_some() {}
+        Ok(ValidJson)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<ValidJson, ValidJson>()?.is_some() {}
+        Ok(ValidJson)
+    }
+}
+
 fn media_type(r: &Response) -> Option<String> {
     let v = header(&r.headers, "content-type")?;
     let s = String::from_utf8_lossy(v);
@@ -378,6 +439,27 @@ mod tests {
 
     fn strict() -> Comparator {
         Comparator::new(CompareConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn equal_bodies_are_judged_as_when_both_trees_were_built() {
+        let c = strict();
+        let json = [("Content-Type", "application/json")];
+        let doc = r#"{"a":[1,2.5,"x"],"b":{"c":null,"d":true}}"#;
+        let cmp = c.compare(&resp(200, &json, doc), &resp(200, &json, doc));
+        assert!(cmp.matched());
+        assert_eq!(cmp.body, BodyMode::Json);
+        // A number serde_json cannot hold fails `Value` and the check alike: such a body
+        // is still compared as text, and counted as unparsable.
+        let huge = r#"{"n":1e400}"#;
+        let cmp = c.compare(&resp(200, &json, huge), &resp(200, &json, huge));
+        assert!(cmp.matched());
+        assert_eq!(cmp.body, BodyMode::Text);
+        assert_eq!(c.counts().legacy_json_unparsable, 1);
+        // Invalid JSON, equal on both sides: text, as before.
+        let cmp = c.compare(&resp(200, &json, "{oops"), &resp(200, &json, "{oops"));
+        assert_eq!(cmp.body, BodyMode::Text);
+        assert_eq!(c.counts().legacy_json_unparsable, 2);
     }
 
     #[test]

@@ -61,6 +61,8 @@ use super::head::ResponseCtx;
 
 /// Pending (pipelined) requests per connection; beyond it the connection desynchronizes.
 pub const MAX_PENDING: usize = 64;
+/// Bytes all connections may hold together by default ([`ExchangeTracker::with_budget`]).
+pub const DEFAULT_BUDGET_BYTES: usize = 64 << 20;
 
 /// What the tracker emits: one item per request it saw.
 #[derive(Debug)]
@@ -126,6 +128,9 @@ pub struct HttpStats {
     pub connections_opened: u64,
     /// Connection states evicted to stay within `max_connections`.
     pub connections_evicted: u64,
+    /// Connection states evicted to keep the bytes held for all connections within the
+    /// tracker's budget (their pending requests count as `evicted`).
+    pub connections_evicted_budget: u64,
     pub bytes_to_server: u64,
     pub bytes_to_client: u64,
 }
@@ -383,6 +388,11 @@ impl<F: FnMut(HttpOutput)> Sink<'_, F> {
 pub struct ExchangeTracker {
     limits: Limits,
     max_connections: usize,
+    /// Bytes all connections may hold together (buffers, bodies, queued messages).
+    budget: usize,
+    /// Bytes held now: the sum of every connection's `Conn::memory_bytes`, kept up to
+    /// date per event (each event changes one connection).
+    held: usize,
     conns: HashMap<FlowKey, Conn>,
     /// Flows whose state was evicted: if they come back, they are joined mid-stream.
     evicted: HashSet<FlowKey>,
@@ -397,11 +407,22 @@ impl ExchangeTracker {
         Self {
             limits,
             max_connections: max_connections.max(1),
+            budget: DEFAULT_BUDGET_BYTES,
+            held: 0,
             conns: HashMap::new(),
             evicted: HashSet::new(),
             tick: 0,
             stats: HttpStats::default(),
         }
+    }
+
+    /// Bytes all connections may hold together; past it the connection whose bytes went
+    /// over is evicted (its pending requests dropped as `evicted`, counted in
+    /// `connections_evicted_budget`). Without a global cap, `max_body_bytes` times the
+    /// open connections would bound nothing a host can hold.
+    pub fn with_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes.max(1);
+        self
     }
 
     pub fn stats(&self) -> &HttpStats {
@@ -422,7 +443,7 @@ impl ExchangeTracker {
 
     /// Bytes held for open connections (buffers, bodies, queued messages).
     pub fn memory_bytes(&self) -> usize {
-        self.conns.values().map(Conn::memory_bytes).sum()
+        self.held
     }
 
     pub fn on_event(&mut self, ev: &StreamEvent<'_>, out: &mut impl FnMut(HttpOutput)) {
@@ -442,6 +463,7 @@ impl ExchangeTracker {
                 let Some((conn, stats)) = self.conn(flow, false, out) else {
                     return;
                 };
+                let held_before = conn.memory_bytes();
                 let before = (stats.dropped(), conn.joining);
                 let mut sink = Sink { flow, stats, out };
                 let at = Position { seq, ack };
@@ -451,6 +473,8 @@ impl ExchangeTracker {
                 }
                 conn.next_seq[direction.index()] = Some(seq.wrapping_add(bytes.len() as u32));
                 count_join_cost(conn, before, sink.stats);
+                let held_after = conn.memory_bytes();
+                self.held_changed(flow, held_before, held_after, out);
             }
             StreamEvent::Gap {
                 flow,
@@ -461,10 +485,13 @@ impl ExchangeTracker {
                 let Some((conn, stats)) = self.conn(flow, true, out) else {
                     return;
                 };
+                let held_before = conn.memory_bytes();
                 let before = (stats.dropped(), conn.joining);
                 let mut sink = Sink { flow, stats, out };
                 on_gap(conn, direction, lost_bytes, &mut sink);
                 count_join_cost(conn, before, sink.stats);
+                let held_after = conn.memory_bytes();
+                self.held_changed(flow, held_before, held_after, out);
             }
             StreamEvent::Closed {
                 flow,
@@ -473,6 +500,7 @@ impl ExchangeTracker {
             } => {
                 if let Some(mut conn) = self.conns.remove(&flow) {
                     let before = self.stats.dropped();
+                    self.held = self.held.saturating_sub(conn.memory_bytes());
                     let mut sink = Sink {
                         flow,
                         stats: &mut self.stats,
@@ -510,6 +538,48 @@ impl ExchangeTracker {
             }
         }
         self.evicted.clear();
+        self.held = 0;
+    }
+
+    /// Accounts one connection's change in held bytes; over the budget, that connection
+    /// (the one whose bytes went over) is evicted.
+    fn held_changed(
+        &mut self,
+        flow: FlowKey,
+        before: usize,
+        after: usize,
+        out: &mut impl FnMut(HttpOutput),
+    ) {
+        self.held = (self.held + after).saturating_sub(before);
+        if self.held <= self.budget {
+            return;
+        }
+        if let Some(mut conn) = self.conns.remove(&flow) {
+            self.held = self.held.saturating_sub(conn.memory_bytes());
+            self.stats.connections_evicted_budget += 1;
+            let mut sink = Sink {
+                flow,
+                stats: &mut self.stats,
+                out,
+            };
+            drop_all(
+                &mut conn,
+                DropReason::Evicted,
+                "connection state evicted (tracker memory budget)",
+                &mut sink,
+            );
+            self.remember_evicted(flow);
+        }
+    }
+
+    /// A flow whose state is gone: if it comes back, it is joined mid-stream.
+    fn remember_evicted(&mut self, flow: FlowKey) {
+        if self.evicted.len() >= self.max_connections {
+            // Bounded memory over perfect recall: a forgotten flow that comes back is
+            // treated as new, and a mid-stream start then fails to parse.
+            self.evicted.clear();
+        }
+        self.evicted.insert(flow);
     }
 
     /// The connection's state, created if needed. `joined`: created by a gap, so the
@@ -555,6 +625,7 @@ impl ExchangeTracker {
         ages.select_nth_unstable(n - 1);
         for (_, flow) in ages.into_iter().take(n) {
             if let Some(mut conn) = self.conns.remove(&flow) {
+                self.held = self.held.saturating_sub(conn.memory_bytes());
                 self.stats.connections_evicted += 1;
                 let mut sink = Sink {
                     flow,
@@ -567,12 +638,7 @@ impl ExchangeTracker {
                     "connection state evicted (max_connections)",
                     &mut sink,
                 );
-                if self.evicted.len() >= self.max_connections {
-                    // Bounded memory over perfect recall: a forgotten flow that comes back
-                    // is treated as new, and a mid-stream start then fails to parse.
-                    self.evicted.clear();
-                }
-                self.evicted.insert(flow);
+                self.remember_evicted(flow);
             }
         }
     }
@@ -941,6 +1007,11 @@ fn pop_complete<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
         let Some(entry) = conn.queue.pop_front() else {
             break;
         };
+        if conn.queue.is_empty() {
+            // An idle keep-alive connection holds no queue: its capacity (four entries,
+            // about 1 KiB) times 100k open connections was most of the tracker's memory.
+            conn.queue = VecDeque::new();
+        }
         conn.answered = conn.answered.saturating_sub(1);
         if entry.dropped {
             continue;

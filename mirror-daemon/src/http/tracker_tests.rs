@@ -1160,3 +1160,48 @@ fn framing_throughput() {
         secs
     );
 }
+
+#[test]
+fn bytes_held_across_connections_are_bounded_by_the_budget() {
+    let mut h = Harness::new();
+    h.tracker = ExchangeTracker::new(Limits::default(), 1024).with_budget(3000);
+    let head = |n: usize| format!("POST /up HTTP/1.1\r\nContent-Length: {n}\r\n\r\n");
+    // Two uploads in progress: 2 × 1000 body bytes held, within the budget.
+    for n in 0..2 {
+        h.data(flow(n), Direction::ToServer, head(1500).as_bytes());
+        h.data(flow(n), Direction::ToServer, &[b'a'; 1000]);
+    }
+    assert_eq!(h.tracker.memory_bytes(), 2000);
+    assert!(h.drops().is_empty());
+    // A third takes the total over: that connection's state goes, counted.
+    h.data(flow(2), Direction::ToServer, head(1500).as_bytes());
+    h.data(flow(2), Direction::ToServer, &[b'a'; 1200]);
+    assert_eq!(
+        h.drops(),
+        [(
+            DropReason::Evicted,
+            "connection state evicted (tracker memory budget)"
+        )]
+    );
+    assert_eq!(h.tracker.stats().connections_evicted_budget, 1);
+    assert_eq!(h.tracker.memory_bytes(), 2000);
+    // The others complete normally, and the bytes they held are released.
+    for n in 0..2 {
+        h.data(flow(n), Direction::ToServer, &[b'a'; 500]);
+        h.data(flow(n), Direction::ToClient, &ok("done"));
+    }
+    assert_eq!(h.exchanges().len(), 2);
+    assert_eq!(h.tracker.memory_bytes(), 0);
+    h.finish();
+    h.check_accounting();
+}
+
+#[test]
+fn an_idle_keep_alive_connection_holds_no_queue() {
+    let mut h = Harness::new();
+    h.req(&get("/a"));
+    h.data(flow(1), Direction::ToClient, &ok("a"));
+    let conn = h.tracker.conns.get(&flow(1)).expect("open connection");
+    assert_eq!(conn.queue.capacity(), 0);
+    assert_eq!(h.tracker.memory_bytes(), 0);
+}

@@ -54,7 +54,7 @@ use crate::capture::FlowKey;
 use crate::http::{Exchange, Header, Request, Response};
 use body::{BodyKind, Coding, DecodeError};
 use detect::{Detector, Found};
-use taint::TaintSet;
+use taint::{TaintCache, TaintSet};
 use token::Tokenizer;
 
 /// Re-detection passes after the first (see `Masker::mask_str`).
@@ -161,6 +161,8 @@ pub struct Masker {
     form_names: Vec<String>,
     max_decoded_body: usize,
     stats: MaskStats,
+    /// Matchers of recent requests' masked values (see `taint.rs`).
+    taints: TaintCache,
 }
 
 impl std::fmt::Debug for Masker {
@@ -208,6 +210,7 @@ impl Masker {
             form_names: Vec::new(),
             max_decoded_body: cfg.max_decoded_body,
             stats: MaskStats::default(),
+            taints: TaintCache::default(),
         };
         for rule in cfg.rules {
             match rule {
@@ -282,7 +285,7 @@ impl Masker {
         self.stats
             .taint_values_skipped
             .fetch_add(set.skipped, std::sync::atomic::Ordering::Relaxed);
-        (masked, set.seal())
+        (masked, set.seal_cached(&self.taints))
     }
 
     /// Free text (log lines, diff renderings, raw egress bytes): detectors, and the value

@@ -12,6 +12,8 @@
 //! `%2B` both match) over all forms scans each body once. Bounded: at most
 //! [`MAX_TAINTED_VALUES`] values of [`MIN_TAINT_LEN`]..=[`MAX_TAINT_LEN`] bytes.
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
@@ -64,48 +66,138 @@ impl TaintSet {
     }
 
     /// Build the matcher over every encoded form of every value.
+    #[cfg(test)]
     pub fn seal(self) -> Taint {
         if self.values.is_empty() {
             return Taint::default();
         }
-        let mut patterns: Vec<Vec<u8>> = Vec::new();
-        let mut replacements: Vec<(Vec<u8>, bool)> = Vec::new();
-        // Longer values first: when two values share a form, the longer one's wins.
-        let mut values = self.values;
-        values.sort_by_key(|v| std::cmp::Reverse(v.0.len()));
-        for (value, token) in &values {
-            for (p, r) in forms(value, token.as_bytes()) {
-                if p.len() < MIN_TAINT_LEN
-                    || p == r
-                    || patterns.iter().any(|q| q.eq_ignore_ascii_case(&p))
-                {
-                    continue;
-                }
-                let whole_word = p.len() < MIN_SUBSTRING_LEN;
-                patterns.push(p);
-                replacements.push((r, whole_word));
-            }
-        }
-        // Built once per exchange: a contiguous NFA builds in microseconds where a DFA
-        // (what `auto` picks for few patterns) costs a millisecond, and scans nearly as
-        // fast behind its prefilter.
-        let ac = AhoCorasickBuilder::new()
-            .kind(Some(AhoCorasickKind::ContiguousNFA))
-            .match_kind(MatchKind::LeftmostLongest)
-            .ascii_case_insensitive(true)
-            .build(&patterns)
-            .ok();
+        let n = self.values.len();
         Taint {
-            matcher: ac.map(|ac| Matcher { ac, replacements }),
-            values: values.len(),
+            matcher: build(self.values).map(Arc::new),
+            values: n,
         }
     }
+
+    /// [`TaintSet::seal`], reusing the matcher of an earlier exchange whose request had
+    /// the same values in the same order (a client sends the same cookie and token on
+    /// every request): building one costs far more than the exchange's other work.
+    pub fn seal_cached(self, cache: &TaintCache) -> Taint {
+        if self.values.is_empty() {
+            return Taint::default();
+        }
+        let n = self.values.len();
+        if let Some(m) = cache.get(&self.values) {
+            return Taint {
+                matcher: Some(m),
+                values: n,
+            };
+        }
+        let key = self.values.clone();
+        let matcher = build(self.values).map(Arc::new);
+        if let Some(m) = &matcher {
+            cache.put(key, m.clone());
+        }
+        Taint { matcher, values: n }
+    }
+}
+
+/// Bytes of values and automata a [`TaintCache`] generation holds at most.
+const CACHE_GENERATION_BYTES: usize = 4 << 20;
+/// A matcher this large is not cached (a request with many long values).
+const CACHE_MAX_ENTRY_BYTES: usize = 256 << 10;
+
+type Values = Vec<(Vec<u8>, String)>;
+
+/// Recently built matchers by the values they were built from, bounded in bytes: two
+/// generations, the older dropped whole when the newer fills (a cheap approximation of
+/// least-recently-used). Keys are request values an attacker chooses, so the map keeps
+/// std's randomly keyed hasher.
+#[derive(Debug, Default)]
+pub(crate) struct TaintCache {
+    inner: Mutex<Generations>,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    young: HashMap<Values, (Arc<Matcher>, usize)>,
+    young_bytes: usize,
+    old: HashMap<Values, (Arc<Matcher>, usize)>,
+}
+
+impl TaintCache {
+    fn get(&self, values: &Values) -> Option<Arc<Matcher>> {
+        let mut g = self.inner.lock().ok()?;
+        if let Some((m, _)) = g.young.get(values) {
+            return Some(m.clone());
+        }
+        let (k, (m, bytes)) = g.old.remove_entry(values)?;
+        let found = m.clone();
+        g.insert(k, m, bytes);
+        Some(found)
+    }
+
+    fn put(&self, values: Values, m: Arc<Matcher>) {
+        let bytes = m.ac.memory_usage()
+            + values
+                .iter()
+                .map(|(v, t)| v.len() + t.len() + 48)
+                .sum::<usize>();
+        if bytes > CACHE_MAX_ENTRY_BYTES {
+            return;
+        }
+        if let Ok(mut g) = self.inner.lock() {
+            g.insert(values, m, bytes);
+        }
+    }
+}
+
+impl Generations {
+    fn insert(&mut self, values: Values, m: Arc<Matcher>, bytes: usize) {
+        if self.young_bytes + bytes > CACHE_GENERATION_BYTES {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        self.young_bytes += bytes;
+        self.young.insert(values, (m, bytes));
+    }
+}
+
+/// The matcher over every encoded form of every value (`None` if it cannot be built).
+fn build(values: Values) -> Option<Matcher> {
+    let mut patterns: Vec<Vec<u8>> = Vec::new();
+    let mut replacements: Vec<(Vec<u8>, bool)> = Vec::new();
+    // Longer values first: when two values share a form, the longer one's wins.
+    let mut values = values;
+    values.sort_by_key(|v| std::cmp::Reverse(v.0.len()));
+    for (value, token) in &values {
+        for (p, r) in forms(value, token.as_bytes()) {
+            if p.len() < MIN_TAINT_LEN
+                || p == r
+                || patterns.iter().any(|q| q.eq_ignore_ascii_case(&p))
+            {
+                continue;
+            }
+            let whole_word = p.len() < MIN_SUBSTRING_LEN;
+            patterns.push(p);
+            replacements.push((r, whole_word));
+        }
+    }
+    // Built once per set of values: a contiguous NFA builds in microseconds where a DFA
+    // (what `auto` picks for few patterns) costs a millisecond, and scans nearly as
+    // fast behind its prefilter.
+    let ac = AhoCorasickBuilder::new()
+        .kind(Some(AhoCorasickKind::ContiguousNFA))
+        .match_kind(MatchKind::LeftmostLongest)
+        .ascii_case_insensitive(true)
+        .build(&patterns)
+        .ok();
+    ac.map(|ac| Matcher { ac, replacements })
 }
 
 /// The sealed taint of one exchange: apply it to each response with [`Taint::replace`].
 #[derive(Debug, Default)]
 pub struct Taint {
-    matcher: Option<Matcher>,
+    matcher: Option<Arc<Matcher>>,
     values: usize,
 }
 
@@ -278,6 +370,30 @@ mod tests {
 
     fn replaced(t: &Taint, hay: &str) -> String {
         String::from_utf8(t.replace(hay.as_bytes()).0.into_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_cached_matcher_is_reused_for_the_same_values_only() {
+        let cache = TaintCache::default();
+        let set = |v: &str| {
+            let mut t = TaintSet::default();
+            t.add(v.as_bytes(), TOKEN);
+            t
+        };
+        let first = set("s3cr3t-Value").seal_cached(&cache);
+        let again = set("s3cr3t-Value").seal_cached(&cache);
+        let other = set("another-secret").seal_cached(&cache);
+        let (Some(a), Some(b), Some(c)) = (&first.matcher, &again.matcher, &other.matcher) else {
+            panic!("every set has a matcher");
+        };
+        assert!(Arc::ptr_eq(a, b));
+        assert!(!Arc::ptr_eq(a, c));
+        let hay = "Bearer s3cr3t-Value and another-secret";
+        assert_eq!(replaced(&again, hay), replaced(&taint("s3cr3t-Value"), hay));
+        assert_eq!(
+            replaced(&other, hay),
+            format!("Bearer s3cr3t-Value and {TOKEN}")
+        );
     }
 
     #[test]

@@ -204,3 +204,278 @@ pub fn bodies(ctx: &Ctx) -> Result<Table> {
     t.note(format!("daemon = {}", TAP_MODE.label()));
     Ok(t)
 }
+
+/// Body sizes of the in-process growth run (bytes).
+const INPROC_BODIES: &[usize] = &[1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
+/// Open connections of the in-process growth run.
+const INPROC_CONNS: &[usize] = &[1, 100, 1_000, 10_000, 100_000];
+
+/// One point of an in-process run: µs of process CPU and of wall time per exchange.
+struct Point {
+    x: usize,
+    cpu_us: f64,
+    wall_us: f64,
+}
+
+fn point(x: usize, args: &[String]) -> Result<Point> {
+    let v = super::cost::measure(args)?;
+    let get = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("the cost example printed no {k}"))
+    };
+    Ok(Point {
+        x,
+        cpu_us: get("cpu_us_per_exchange")?,
+        wall_us: get("wall_us_per_exchange")?,
+    })
+}
+
+/// 4c and 4d: the daemon's CPU per exchange in one process (mirror-daemon's `cost`
+/// example, every stage, 100 % replayed) against response body size and against
+/// connections open at once; tables here, plots as SVG under `target/bench/`.
+pub fn in_process(quick: bool) -> Result<Vec<Table>> {
+    let dir = crate::util::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    // Bounded work: about 64 MiB of bodies per size (32 with --quick).
+    let budget: usize = if quick { 32 << 20 } else { 64 << 20 };
+    let mut bodies = Vec::new();
+    for &size in INPROC_BODIES {
+        let n = (budget / size).clamp(100, 20_000);
+        bodies.push(point(
+            size,
+            &[
+                "--exchanges".into(),
+                n.to_string(),
+                "--body".into(),
+                size.to_string(),
+                "--conns".into(),
+                "16".into(),
+            ],
+        )?);
+    }
+    let mut conns = Vec::new();
+    for &c in INPROC_CONNS {
+        if quick && c > 10_000 {
+            continue;
+        }
+        let n = c.max(20_000);
+        conns.push(point(
+            c,
+            &[
+                "--exchanges".into(),
+                n.to_string(),
+                "--conns".into(),
+                c.to_string(),
+            ],
+        )?);
+    }
+    let mut tb = Table::new(
+        "4c. growth in process: CPU per exchange against response body size (one core)",
+        &[
+            "body",
+            "CPU µs/exchange",
+            "wall µs/exchange",
+            "CPU µs per KiB",
+        ],
+        1,
+    );
+    for p in &bodies {
+        tb.row(vec![
+            size_label(p.x),
+            format!("{:.2}", p.cpu_us),
+            format!("{:.2}", p.wall_us),
+            format!("{:.3}", p.cpu_us / (p.x as f64 / 1024.0)),
+        ]);
+    }
+    let body_svg = dir.join("growth-body.svg");
+    std::fs::write(
+        &body_svg,
+        svg_plot(
+            "CPU per exchange against response body size",
+            "response body (bytes, log scale)",
+            &bodies,
+            size_label,
+        ),
+    )?;
+    tb.note(format!(
+        "all stages, 100 % replayed, 16 interleaved connections; plot: {}",
+        body_svg.display()
+    ));
+    let mut tc = Table::new(
+        "4d. growth in process: CPU per exchange against open connections (1 KiB JSON)",
+        &["connections", "CPU µs/exchange", "wall µs/exchange"],
+        1,
+    );
+    for p in &conns {
+        tc.row(vec![
+            p.x.to_string(),
+            format!("{:.2}", p.cpu_us),
+            format!("{:.2}", p.wall_us),
+        ]);
+    }
+    let conn_svg = dir.join("growth-connections.svg");
+    std::fs::write(
+        &conn_svg,
+        svg_plot(
+            "CPU per exchange against connections open at once",
+            "connections (log scale)",
+            &conns,
+            |x| x.to_string(),
+        ),
+    )?;
+    tc.note(format!(
+        "max(20000, connections) exchanges spread over the connections, interleaved, so \
+         every connection is open at once; plot: {}",
+        conn_svg.display()
+    ));
+    Ok(vec![tb, tc])
+}
+
+fn size_label(b: usize) -> String {
+    match b {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => format!("{b}B"),
+    }
+}
+
+/// A log-x, log-y line plot of CPU and wall µs per exchange, as a standalone SVG.
+fn svg_plot(title: &str, x_label: &str, pts: &[Point], label: impl Fn(usize) -> String) -> String {
+    use std::fmt::Write as _;
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 80.0, 30.0, 50.0, 60.0);
+    let log = |v: f64| v.max(1e-9).log10();
+    let xs: Vec<f64> = pts.iter().map(|p| log(p.x as f64)).collect();
+    let ys: Vec<f64> = pts
+        .iter()
+        .flat_map(|p| [log(p.cpu_us), log(p.wall_us)])
+        .collect();
+    let span = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if lo.is_finite() && hi > lo {
+            (lo, hi)
+        } else {
+            (lo - 0.5, lo + 0.5)
+        }
+    };
+    let (x0, x1) = span(&xs);
+    let (y0, y1) = span(&ys);
+    let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
+    let px = |x: f64| left + (x - x0) / (x1 - x0).max(1e-9) * (w - left - right);
+    let py = |y: f64| h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>",
+        w / 2.0,
+        xml(title)
+    );
+    // Axes, decade grid lines on y, a tick per point on x.
+    let _ = write!(
+        s,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>",
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
+    let mut d = y0;
+    while d <= y1 + 1e-9 {
+        let y = py(d);
+        let _ = write!(
+            s,
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            w - right,
+            left - 6.0,
+            y + 4.0,
+            fmt_us(10f64.powf(d))
+        );
+        d += 1.0;
+    }
+    for (p, x) in pts.iter().zip(&xs) {
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            px(*x),
+            h - bottom + 18.0,
+            xml(&label(p.x))
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\
+         <text x=\"18\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {})\">\
+         µs per exchange (log scale)</text>",
+        (left + w - right) / 2.0,
+        h - 16.0,
+        xml(x_label),
+        (top + h - bottom) / 2.0,
+        (top + h - bottom) / 2.0
+    );
+    for (name, color, pick) in [
+        (
+            "CPU",
+            "#c0392b",
+            (|p: &Point| p.cpu_us) as fn(&Point) -> f64,
+        ),
+        ("wall", "#2980b9", |p: &Point| p.wall_us),
+    ] {
+        let path: Vec<String> = pts
+            .iter()
+            .zip(&xs)
+            .map(|(p, x)| format!("{:.1},{:.1}", px(*x), py(log(pick(p)))))
+            .collect();
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        for (p, x) in pts.iter().zip(&xs) {
+            let _ = write!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\">\
+                 <title>{name}: {:.2} µs</title></circle>",
+                px(*x),
+                py(log(pick(p))),
+                pick(p)
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"#c0392b\"/>\
+         <text x=\"{}\" y=\"{}\">process CPU</text>\
+         <rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"#2980b9\"/>\
+         <text x=\"{}\" y=\"{}\">wall time</text></svg>",
+        left + 12.0,
+        top + 4.0,
+        left + 30.0,
+        top + 9.0,
+        left + 12.0,
+        top + 22.0,
+        left + 30.0,
+        top + 27.0
+    );
+    s
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.0} ms", v / 1000.0)
+    } else if v >= 1.0 {
+        format!("{v:.0} µs")
+    } else {
+        format!("{v:.1} µs")
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

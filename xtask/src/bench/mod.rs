@@ -4,6 +4,7 @@
 //! every load is bounded in count and time.
 mod cgroups;
 mod clients;
+mod cost;
 mod growth;
 mod hold;
 mod lab;
@@ -87,6 +88,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let env = setup::run(true)?;
     util::build_release(&env)?;
     let want = |s: Section| args.only.is_none_or(|o| o == s);
+    if want(Section::Cost) || want(Section::Growth) {
+        cost::build(&env)?;
+    }
     // oha drives the fixed rates; the offline section alone does not need it.
     let oha = if want(Section::Overhead)
         || want(Section::Cost)
@@ -164,6 +168,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tables.last().map(Table::print);
     }
     if want(Section::Cost) {
+        for t in cost::run(quick)? {
+            t.print();
+            tables.push(t);
+        }
         let cost = overhead::cost(&mut ctx, &cost_rates)?;
         tables.push(overhead::cost_table(&cost));
         tables.last().map(Table::print);
@@ -195,6 +203,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let t = growth::bodies(&ctx)?;
         t.print();
         tables.push(t);
+        for t in growth::in_process(quick)? {
+            t.print();
+            tables.push(t);
+        }
     }
     if want(Section::Offline) {
         let t = offline::run(&ctx)?;
