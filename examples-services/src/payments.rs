@@ -21,6 +21,7 @@ pub const PROPAGATED: [&str; 2] = ["x-request-id", "traceparent"];
 pub struct Payments {
     pub charges: AtomicU64,
     pub count_file: Option<PathBuf>,
+    pub count_lock: std::sync::Mutex<()>,
 }
 
 /// The charge id `payments` gives an order charged `amount_cents`.
@@ -43,9 +44,17 @@ impl Handler for Payments {
                         .get("amount")
                         .and_then(Value::as_f64)
                         .map_or(0, |a| (a * 100.0).round() as u64);
-                    let n = self.charges.fetch_add(1, Ordering::SeqCst) + 1;
-                    if let Some(f) = &self.count_file {
-                        let _ = std::fs::write(f, n.to_string());
+                    // Counted and written under one lock: two handlers writing their own
+                    // counts could leave the smaller one in the file.
+                    {
+                        let _turn = self
+                            .count_lock
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let n = self.charges.fetch_add(1, Ordering::SeqCst) + 1;
+                        if let Some(f) = &self.count_file {
+                            let _ = std::fs::write(f, n.to_string());
+                        }
                     }
                     (
                         201,
