@@ -1,6 +1,8 @@
-//! `cargo xtask bench`: a side-by-side benchmark of the legacy path with nothing, the
-//! mirror tap, nginx's mirror tee and tcpdump attached, plus completeness, cost, growth
-//! and offline reading. Everything runs in network namespaces created and removed here;
+//! `cargo xtask bench`: a side-by-side benchmark of the legacy path with (a) nothing,
+//! (b) mirror capturing only, (c) shadowing 5 % of clients, (d) shadowing everything,
+//! (e) nginx's mirror tee and (f) tcpdump attached, plus completeness, cost, growth and
+//! offline reading. The daemon runs with deploy/mirror.service's CPU settings and the
+//! candidate under a stated CPU limit (`cgroups`). Everything runs in network namespaces created and removed here;
 //! every load is bounded in count and time.
 mod cgroups;
 mod clients;
@@ -41,7 +43,7 @@ pub struct BenchArgs {
     /// Seconds of load per measurement (default 10, or 3 with --quick).
     #[arg(long)]
     seconds: Option<u64>,
-    /// Rounds of the interleaved a,b,c,d overhead runs (default 3, or 1 with --quick).
+    /// Rounds of the interleaved a–f overhead runs (default 3, or 1 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
     /// Scheduling of the daemon's pipeline threads in every `run` (`idle`, as shipped,
@@ -395,8 +397,10 @@ fn targets_table(runs: &[Run], conn_rss: &[(usize, f64)]) -> Table {
         },
     ]);
     t.note(format!(
-        "(b) = {}: until `run` works, the tap's cost excludes replay, compare and store",
-        TAP_MODE.label()
+        "(b)–(d) = `mirror-daemon {}` with --sample 0 / --sample 5 --sticky client-ip / \
+         --sample 100, --pipeline-priority {}",
+        TAP_MODE.label(),
+        tap::pipeline_priority()
     ));
     t
 }
