@@ -30,10 +30,6 @@ use mirror_daemon::{
     store::{ExchangeRecord, Store, StoreOptions, StoreUrl},
 };
 
-/// The daemon's allocator (`main.rs`), so the figures are the daemon's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Payload bytes per TCP segment (a 1500-byte MTU).
 const MSS: usize = 1448;
 /// Rows per store write (the writer's batch).

@@ -8,12 +8,6 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-/// mimalloc instead of glibc's allocator: per-exchange buffers, header vectors and JSON
-/// work were a fifth of the daemon's CPU in glibc malloc/free (see docs/cost.md for the
-/// measurement side by side).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit codes users script against (see README "Exit codes").
 pub mod exit {
     pub const OK: u8 = 0;
