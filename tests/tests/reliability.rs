@@ -605,7 +605,14 @@ fn idle_connections_stay_within_memory_cap() {
     );
     assert_eq!(acc["identity_holds"], true, "{acc}");
     assert_eq!(n(&acc, &["seen"]), total, "{acc}");
-    assert_eq!(n(&acc, &["excluded"]), total, "{acc}");
+    // The pipeline runs at SCHED_IDLE: while 20k connections open at once saturate both
+    // cores it may not drain the exchange queue, and what overflows is dropped and
+    // counted as queue_full (the isolation's promise), never lost.
+    assert_eq!(
+        n(&acc, &["excluded"]) + n(&acc, &["dropped", "queue_full"]),
+        total,
+        "{acc}"
+    );
     // Under the default caps (200k flows, 100k connection states) nothing is evicted.
     assert!(capture_figure(&log, "flows_opened") >= total, "{log}");
     assert_eq!(capture_figure(&log, "connections_evicted"), 0, "{log}");
