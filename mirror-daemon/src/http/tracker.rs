@@ -554,22 +554,35 @@ impl ExchangeTracker {
         if self.held <= self.budget {
             return;
         }
-        if let Some(mut conn) = self.conns.remove(&flow) {
-            self.held = self.held.saturating_sub(conn.memory_bytes());
+        if self.evict_one(
+            flow,
+            "connection state evicted (tracker memory budget)",
+            out,
+        ) {
             self.stats.connections_evicted_budget += 1;
-            let mut sink = Sink {
-                flow,
-                stats: &mut self.stats,
-                out,
-            };
-            drop_all(
-                &mut conn,
-                DropReason::Evicted,
-                "connection state evicted (tracker memory budget)",
-                &mut sink,
-            );
-            self.remember_evicted(flow);
         }
+    }
+
+    /// Removes one connection's state, drops what it held as `evicted` and remembers the
+    /// flow (if it comes back, it is joined mid-stream). False when it was not tracked.
+    fn evict_one(
+        &mut self,
+        flow: FlowKey,
+        why: &'static str,
+        out: &mut impl FnMut(HttpOutput),
+    ) -> bool {
+        let Some(mut conn) = self.conns.remove(&flow) else {
+            return false;
+        };
+        self.held = self.held.saturating_sub(conn.memory_bytes());
+        let mut sink = Sink {
+            flow,
+            stats: &mut self.stats,
+            out,
+        };
+        drop_all(&mut conn, DropReason::Evicted, why, &mut sink);
+        self.remember_evicted(flow);
+        true
     }
 
     /// A flow whose state is gone: if it comes back, it is joined mid-stream.
@@ -624,21 +637,8 @@ impl ExchangeTracker {
         }
         ages.select_nth_unstable(n - 1);
         for (_, flow) in ages.into_iter().take(n) {
-            if let Some(mut conn) = self.conns.remove(&flow) {
-                self.held = self.held.saturating_sub(conn.memory_bytes());
+            if self.evict_one(flow, "connection state evicted (max_connections)", out) {
                 self.stats.connections_evicted += 1;
-                let mut sink = Sink {
-                    flow,
-                    stats: &mut self.stats,
-                    out,
-                };
-                drop_all(
-                    &mut conn,
-                    DropReason::Evicted,
-                    "connection state evicted (max_connections)",
-                    &mut sink,
-                );
-                self.remember_evicted(flow);
             }
         }
     }
