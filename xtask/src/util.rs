@@ -48,17 +48,22 @@ pub fn cargo(env: &BuildEnv, args: &[&str]) -> Result<()> {
 
 /// Builds the daemon and the example services in release (demo, bench, `xtask build`).
 pub fn build_release(env: &BuildEnv) -> Result<()> {
-    cargo(
-        env,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "mirror-daemon",
-            "-p",
-            "mirror-examples",
-        ],
-    )
+    build_release_with(env, &[])
+}
+
+/// The same release build with extra cargo arguments (the cost bench adds `--examples`:
+/// the same package set, so the library is built once with the same features).
+pub fn build_release_with(env: &BuildEnv, extra: &[&str]) -> Result<()> {
+    let mut args = vec![
+        "build",
+        "--release",
+        "-p",
+        "mirror-daemon",
+        "-p",
+        "mirror-examples",
+    ];
+    args.extend_from_slice(extra);
+    cargo(env, &args)
 }
 
 /// Runs cargo in a sub-directory of the workspace (a crate outside it, like `fuzz/`) with

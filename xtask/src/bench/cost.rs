@@ -31,21 +31,9 @@ pub const TARGET_US: f64 = 20.0;
 pub const TARGET_MASK_MB_S: f64 = 500.0;
 pub const TARGET_COMPARE_MB_S: f64 = 400.0;
 
-/// Builds the example with the same package set as `util::build_release`, so the
-/// library is built once with the same features (mirror-examples has no examples).
+/// Builds the cost example beside the release binaries (mirror-examples has no examples).
 pub fn build(env: &BuildEnv) -> Result<()> {
-    util::cargo(
-        env,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "mirror-daemon",
-            "-p",
-            "mirror-examples",
-            "--examples",
-        ],
-    )
+    util::build_release_with(env, &["--examples"])
 }
 
 fn binary() -> PathBuf {
