@@ -135,6 +135,31 @@ fn oha_rate(
     seconds: u64,
     name: &str,
 ) -> Result<LoadResult> {
+    oha_rate_to(lab, oha, &[url.to_string()], rate, seconds, name)
+}
+
+/// oha at a fixed rate over the URLs listed in `file` (one per line; oha picks one at
+/// random per request), same connections and bounds as the other fixed-rate runs.
+pub fn oha_rate_urls(
+    lab: &Lab,
+    oha: &Path,
+    file: &Path,
+    rate: u32,
+    seconds: u64,
+    name: &str,
+) -> Result<LoadResult> {
+    let target = ["--urls-from-file".to_string(), file.display().to_string()];
+    oha_rate_to(lab, oha, &target, rate, seconds, name)
+}
+
+fn oha_rate_to(
+    lab: &Lab,
+    oha: &Path,
+    target: &[String],
+    rate: u32,
+    seconds: u64,
+    name: &str,
+) -> Result<LoadResult> {
     // A fixed duration, and `-w` waits for the requests still in flight at its end
     // (instead of aborting them), so every request sent is answered and counted: the
     // capture can be compared request for request, and an overloaded configuration
@@ -154,8 +179,8 @@ fn oha_rate(
         "--latency-correction".into(),
         "-t".into(),
         "5s".into(),
-        url.into(),
     ];
+    let argv: Vec<String> = argv.into_iter().chain(target.iter().cloned()).collect();
     let mut p = Proc::spawn(lab, &lab.client_ns, name, &argv)?;
     let st = p.wait(Duration::from_secs(seconds + 30))?;
     if !st.success() {

@@ -1,12 +1,13 @@
 //! `cargo xtask bench`: a side-by-side benchmark of the legacy path with (a) nothing,
 //! (b) mirror capturing only, (c) shadowing 5 % of clients, (d) shadowing everything,
 //! (e) nginx's mirror tee and (f) tcpdump attached, plus completeness, cost, growth and
-//! offline reading. The daemon runs with deploy/mirror.service's CPU settings and the
+//! offline reading, and fidelity (an identical candidate judged by the product, issue 12). The daemon runs with deploy/mirror.service's CPU settings and the
 //! candidate under a stated CPU limit (`cgroups`). Everything runs in network namespaces created and removed here;
 //! every load is bounded in count and time.
 mod cgroups;
 mod clients;
 mod cost;
+mod fidelity;
 mod growth;
 mod hold;
 mod lab;
@@ -66,6 +67,7 @@ pub enum Section {
     Cost,
     Growth,
     Offline,
+    Fidelity,
 }
 
 pub struct Ctx {
@@ -98,6 +100,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         || want(Section::Cost)
         || want(Section::Completeness)
         || want(Section::Growth)
+        || want(Section::Fidelity)
     {
         tools::ensure("oha", "1.16.0", "oha", &[])?.join("oha")
     } else {
@@ -215,6 +218,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         t.print();
         tables.push(t);
     }
+    let mut fidelity_runs = Vec::new();
+    if want(Section::Fidelity) {
+        let plan = fidelity::Plan {
+            rates: vec![1_000, 10_000],
+            // Long enough for ~20 samples in each route's p95 tail at 1k req/s.
+            seconds: args.seconds.unwrap_or(if quick { 5 } else { 12 }).max(1),
+            capped_too: !quick,
+        };
+        let (t, r) = fidelity::run(&ctx, &plan)?;
+        t.print();
+        tables.push(t);
+        fidelity_runs = r;
+    }
     let mut verdicts = targets_table(&runs, &conn_rss);
     if let Some(l) = busy {
         verdicts.note(format!(
@@ -241,6 +257,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         },
         "tables": tables.iter().map(Table::to_json).collect::<Vec<_>>(),
         "runs": runs,
+        "fidelity": fidelity_runs,
     });
     let dir = util::workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;

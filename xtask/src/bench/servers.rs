@@ -19,6 +19,10 @@ pub const TEE_PROXY_PORT: u16 = 8083;
 /// RLIMIT_NOFILE descriptors, and the hard limit cannot be raised here).
 pub const MANY_PORT: u16 = 8084;
 pub const CANDIDATE_PORT: u16 = 9090;
+/// The fidelity section's identical candidates: the example legacy binary and the
+/// legacy nginx's configuration, in the candidate namespace.
+pub const TWIN_EXAMPLES_PORT: u16 = 9091;
+pub const TWIN_NGINX_PORT: u16 = 9092;
 
 /// The JSON document most runs fetch (about 1 KiB, like a typical API answer).
 pub const DATA_PATH: &str = "/data.json";
@@ -135,6 +139,23 @@ fn mirror_location() -> &'static str {
 }
 
 fn start_nginx(lab: &Lab, conf: &NginxConf<'_>, ports: &[u16]) -> Result<Proc> {
+    start_nginx_in(
+        lab,
+        conf,
+        &lab.server_ns,
+        (&lab.client_ns, SERVER_IP),
+        ports,
+    )
+}
+
+/// nginx in namespace `ns`, ready once `probe.1:port` accepts from namespace `probe.0`.
+fn start_nginx_in(
+    lab: &Lab,
+    conf: &NginxConf<'_>,
+    ns: &str,
+    probe: (&str, &str),
+    ports: &[u16],
+) -> Result<Proc> {
     let path = lab.path(&format!("{}.conf", conf.name));
     fs::write(&path, nginx_conf(&lab.dir, conf))?;
     let argv = vec![
@@ -144,11 +165,11 @@ fn start_nginx(lab: &Lab, conf: &NginxConf<'_>, ports: &[u16]) -> Result<Proc> {
         "-p".into(),
         lab.dir.display().to_string(),
     ];
-    let mut p = Proc::spawn(lab, &lab.server_ns, conf.name, &argv)?;
+    let mut p = Proc::spawn(lab, ns, conf.name, &argv)?;
     for port in ports {
         wait_port(
-            &lab.client_ns,
-            &format!("{SERVER_IP}:{port}"),
+            probe.0,
+            &format!("{}:{port}", probe.1),
             Duration::from_secs(10),
         )
         .with_context(|| {
@@ -262,6 +283,40 @@ pub fn candidate(lab: &Lab, bin: &Path) -> Result<Proc> {
     if let Some(cg) = &lab.candidate_cgroup {
         cg.add(p.pid())?;
     }
+    p.wait_for("listening on", Duration::from_secs(10))?;
+    Ok(p)
+}
+
+/// The legacy nginx's twin in the candidate namespace: same configuration, same files.
+pub fn nginx_twin(lab: &Lab) -> Result<Proc> {
+    let www = lab.path("www");
+    let servers = format!(
+        "    server {{\n        listen {CANDIDATE_IP}:{TWIN_NGINX_PORT} backlog=4096;\n        location / {{ root {}; }}\n    }}",
+        www.display()
+    );
+    start_nginx_in(
+        lab,
+        &NginxConf {
+            name: "nginx-twin",
+            workers: None,
+            worker_connections: 8192,
+            servers,
+        },
+        &lab.cand_ns,
+        (&lab.server_ns, CANDIDATE_IP),
+        &[TWIN_NGINX_PORT],
+    )
+}
+
+/// The example legacy binary itself, as a candidate in the candidate namespace.
+pub fn examples_twin(lab: &Lab, bin: &Path) -> Result<Proc> {
+    let argv = vec![
+        bin.display().to_string(),
+        "legacy".into(),
+        "--listen".into(),
+        format!("{CANDIDATE_IP}:{TWIN_EXAMPLES_PORT}"),
+    ];
+    let mut p = Proc::spawn(lab, &lab.cand_ns, "examples-twin", &argv)?;
     p.wait_for("listening on", Duration::from_secs(10))?;
     Ok(p)
 }

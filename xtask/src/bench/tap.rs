@@ -296,7 +296,7 @@ fn parse_exchanges_summary(text: &str, r: &mut TapReport) {
 }
 
 /// `mirror_exchanges_total{outcome,reason}` and `mirror_kernel_ring_full_total`.
-fn parse_metrics(text: &str, r: &mut TapReport) {
+pub fn parse_metrics(text: &str, r: &mut TapReport) {
     let mut seen = 0;
     let mut dropped = 0;
     let mut reasons = Vec::new();
@@ -336,7 +336,7 @@ fn parse_metrics(text: &str, r: &mut TapReport) {
     };
 }
 
-fn http_get(addr: &str, path: &str) -> Result<String> {
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;

@@ -1,0 +1,600 @@
+//! Fidelity (issue 12): the product judging an identical candidate. The legacy binary
+//! itself is the candidate (the example service, and nginx serving the same static
+//! files with the same configuration) in the candidate namespace; legacy is tapped, and
+//! the daemon replays every request live (`run`) or from a capture recorded at that
+//! rate (`replay --speed 1`). Per route: legacy and candidate p50/p95 time to last byte,
+//! the p95 ratio, delta and interval, read from the daemon's own JSON card, and the
+//! product's verdict with a 15 % p95 limit on every route. Both sides run in one run, so
+//! the ratios are side by side whatever else loads the box (its load average is recorded
+//! with every leg).
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::cgroups::Cgroup;
+use super::lab::{CANDIDATE_IP, Lab, in_netns, sleep, wait_port};
+use super::load::{LoadResult, oha_rate_urls};
+use super::procs::Proc;
+use super::servers::{
+    EXAMPLES_PORT, NGINX_PORT, TWIN_EXAMPLES_PORT, TWIN_NGINX_PORT, examples_twin, nginx_twin,
+};
+use super::table::{Table, f};
+use super::tap::{TapReport, http_get, parse_metrics, pipeline_priority};
+use super::{Ctx, loadavg};
+
+/// The issue's bound: an identical candidate's p95 ratio within 1.00 ± 0.15.
+const P95_LIMIT: &str = "15%";
+const TOLERANCE: f64 = 0.15;
+/// The floor the e2e tests judge live runs with, for a second verdict.
+const FLOOR: &str = "1ms";
+/// `/metrics` of the section's `run` (the overhead section's daemon uses 9464).
+const METRICS_ADDR: &str = "127.0.0.1:9465";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Service {
+    Examples,
+    Nginx,
+}
+
+impl Service {
+    fn label(self) -> &'static str {
+        match self {
+            Service::Examples => "mirror-examples",
+            Service::Nginx => "nginx static",
+        }
+    }
+
+    fn legacy_port(self) -> u16 {
+        match self {
+            Service::Examples => EXAMPLES_PORT,
+            Service::Nginx => NGINX_PORT,
+        }
+    }
+
+    fn twin_port(self) -> u16 {
+        match self {
+            Service::Examples => TWIN_EXAMPLES_PORT,
+            Service::Nginx => TWIN_NGINX_PORT,
+        }
+    }
+
+    /// The routes the load spreads over (GET only: oha sends one method).
+    fn paths(self) -> Vec<String> {
+        match self {
+            Service::Examples => {
+                let mut v = Vec::new();
+                for id in [7, 42, 311, 999] {
+                    v.push(format!("/users/{id}"));
+                    v.push(format!("/users/{id}/orders"));
+                    v.push(format!("/products?page={}", id % 100 + 1));
+                    v.push("/health".into());
+                    v.push(format!("/slow/{id}"));
+                }
+                v
+            }
+            Service::Nginx => vec![
+                "/health.json".into(),
+                "/items.json".into(),
+                "/data.json".into(),
+            ],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Source {
+    /// `run`: replayed as legacy answers, both sides timed at once.
+    Live,
+    /// `record` at the rate, then `replay --speed 1` of the file.
+    Capture,
+}
+
+/// The candidate's CPU: as legacy's (no limit: both share the box alike), or capped as
+/// `--candidate-cpu 100%` (the daemon's default) caps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CandidateCpu {
+    AsLegacy,
+    Capped100,
+}
+
+impl CandidateCpu {
+    fn label(self) -> &'static str {
+        match self {
+            CandidateCpu::AsLegacy => "as legacy",
+            CandidateCpu::Capped100 => "100% cap",
+        }
+    }
+}
+
+/// One route's figures from the card (milliseconds).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RouteFigures {
+    pub route: String,
+    pub replayed: u64,
+    pub mismatched: u64,
+    pub candidate_errors: u64,
+    pub legacy_p50_ms: Option<f64>,
+    pub candidate_p50_ms: Option<f64>,
+    pub legacy_p95_ms: Option<f64>,
+    pub candidate_p95_ms: Option<f64>,
+    pub legacy_p99_ms: Option<f64>,
+    pub candidate_p99_ms: Option<f64>,
+    pub legacy_ttfb_p50_ms: Option<f64>,
+    pub candidate_ttfb_p50_ms: Option<f64>,
+    pub p95_ratio: Option<f64>,
+    pub p95_delta_ms: Option<f64>,
+    pub p95_interval_ms: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FidelityRun {
+    pub service: Service,
+    pub rate: u32,
+    pub source: Source,
+    pub candidate_cpu: CandidateCpu,
+    pub load: LoadResult,
+    pub loadavg: String,
+    /// The daemon's `replay: N requests sent …` line.
+    pub replay_line: String,
+    pub tap: Option<TapReport>,
+    /// The product's verdict with a 15 % p95 limit run-wide and on every route, no
+    /// candidate error allowed and no latency floor; then the same with a 1 ms floor.
+    pub verdict: String,
+    pub verdict_with_floor: String,
+    pub routes: Vec<RouteFigures>,
+    pub all_routes: RouteFigures,
+}
+
+pub struct Plan {
+    pub rates: Vec<u32>,
+    pub seconds: u64,
+    /// Also run the live legs with the candidate capped (what the cap costs).
+    pub capped_too: bool,
+}
+
+pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
+    let lab = &ctx.lab;
+    write_files(lab)?;
+    let capped = Cgroup::create(&format!("mbench-{}-twin", lab.id), None, 100)?;
+    let mut runs = Vec::new();
+    for service in [Service::Examples, Service::Nginx] {
+        // Started per service and stopped after it: one twin loads the box at a time.
+        let twin = match service {
+            Service::Examples => examples_twin(lab, &ctx.examples)?,
+            Service::Nginx => nginx_twin(lab)?,
+        };
+        wait_port(
+            &lab.server_ns,
+            &format!("{CANDIDATE_IP}:{}", service.twin_port()),
+            Duration::from_secs(10),
+        )?;
+        for &rate in &plan.rates {
+            for source in [Source::Live, Source::Capture] {
+                let r = leg(ctx, plan, service, rate, source, CandidateCpu::AsLegacy)?;
+                print_leg(&r);
+                runs.push(r);
+            }
+        }
+        if plan.capped_too {
+            // nginx is one process; mirror-examples is threaded: the cap moves it only
+            // when it needs more than one CPU in a 100 ms period.
+            capped.add(twin.pid())?;
+            for &rate in &plan.rates {
+                let r = leg(
+                    ctx,
+                    plan,
+                    service,
+                    rate,
+                    Source::Live,
+                    CandidateCpu::Capped100,
+                )?;
+                print_leg(&r);
+                runs.push(r);
+            }
+        }
+        drop(twin);
+    }
+    Ok((table(&runs), runs))
+}
+
+/// nginx's extra routes: a tiny and a mid-size document next to the 1 KiB data.json.
+fn write_files(lab: &Lab) -> Result<()> {
+    let www = lab.path("www");
+    std::fs::write(www.join("health.json"), br#"{"ok":true}"#)?;
+    let items: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"id":{i},"name":"item {i}"}}"#))
+        .collect();
+    std::fs::write(www.join("items.json"), format!("[{}]", items.join(",")))?;
+    Ok(())
+}
+
+fn urls_file(lab: &Lab, service: Service) -> Result<std::path::PathBuf> {
+    let base = format!("http://{}:{}", super::lab::SERVER_IP, service.legacy_port());
+    let text: String = service
+        .paths()
+        .iter()
+        .map(|p| format!("{base}{p}\n"))
+        .collect();
+    let file = lab.path(&format!("urls-{}.txt", service.legacy_port()));
+    std::fs::write(&file, text)?;
+    Ok(file)
+}
+
+fn leg(
+    ctx: &Ctx,
+    plan: &Plan,
+    service: Service,
+    rate: u32,
+    source: Source,
+    cpu: CandidateCpu,
+) -> Result<FidelityRun> {
+    let lab = &ctx.lab;
+    let tag = format!(
+        "fid-{}-{rate}-{}-{}",
+        service.legacy_port(),
+        matches!(source, Source::Live) as u8,
+        matches!(cpu, CandidateCpu::Capped100) as u8
+    );
+    let store = lab.path(&format!("{tag}.db"));
+    let urls = urls_file(lab, service)?;
+    let loadavg_at_start = loadavg();
+    let (load, replay_line, tap) = match source {
+        Source::Live => {
+            let mut daemon = start_run(ctx, service, &store, plan.seconds + 120)?;
+            let load = oha_rate_urls(lab, &ctx.oha, &urls, rate, plan.seconds, &tag)?;
+            let tap = settle(lab)?;
+            let st = daemon.stop(Signal::SIGINT, Duration::from_secs(60))?;
+            if !matches!(st.code(), Some(0 | 1 | 3)) {
+                bail!("mirror-daemon run failed ({st}): {}", daemon.tail());
+            }
+            (load, replay_line(&daemon.stderr()), Some(tap))
+        }
+        Source::Capture => {
+            let pcap = lab.path(&format!("{tag}.pcapng"));
+            let mut rec = daemon_proc(
+                ctx,
+                "fid-record",
+                &[
+                    "record",
+                    "--iface",
+                    &lab.server_if,
+                    "--port",
+                    &service.legacy_port().to_string(),
+                    "--out",
+                    &pcap.display().to_string(),
+                    "--duration",
+                    &(plan.seconds + 120).to_string(),
+                ],
+            )?;
+            rec.wait_for("tap attached", Duration::from_secs(30))?;
+            let load = oha_rate_urls(lab, &ctx.oha, &urls, rate, plan.seconds, &tag)?;
+            sleep(Duration::from_millis(500))?;
+            let st = rec.stop(Signal::SIGINT, Duration::from_secs(60))?;
+            if !st.success() {
+                bail!("mirror-daemon record failed ({st}): {}", rec.tail());
+            }
+            let mut args = vec![
+                "replay".to_string(),
+                "--pcap".into(),
+                pcap.display().to_string(),
+                "--port".into(),
+                service.legacy_port().to_string(),
+                "--speed".into(),
+                "1".into(),
+            ];
+            args.extend(pipeline_args(lab, service, &store));
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut replay = daemon_proc(ctx, "fid-replay", &refs)?;
+            let st = replay.wait(Duration::from_secs(plan.seconds * 3 + 120))?;
+            if !matches!(st.code(), Some(0 | 1 | 3)) {
+                bail!("mirror-daemon replay failed ({st}): {}", replay.tail());
+            }
+            let _ = std::fs::remove_file(&pcap);
+            (load, replay_line(&replay.stderr()), None)
+        }
+    };
+    let card = report_json(&ctx.daemon, &store)?;
+    let routes: Vec<RouteFigures> = card["routes"]
+        .as_array()
+        .map(|a| a.iter().map(route_figures).collect())
+        .unwrap_or_default();
+    let all_routes = RouteFigures {
+        route: "(all routes)".into(),
+        ..figures_of(&card["latency"])
+    };
+    let verdict = judge(&ctx.daemon, &store, &routes, None)?;
+    let verdict_with_floor = judge(&ctx.daemon, &store, &routes, Some(FLOOR))?;
+    Ok(FidelityRun {
+        service,
+        rate,
+        source,
+        candidate_cpu: cpu,
+        load,
+        loadavg: format!("{loadavg_at_start} → {}", loadavg()),
+        replay_line,
+        tap,
+        verdict,
+        verdict_with_floor,
+        routes,
+        all_routes,
+    })
+}
+
+/// The flags `run` and `replay` share: candidate, store, key, listener, scheduling.
+fn pipeline_args(lab: &Lab, service: Service, store: &Path) -> Vec<String> {
+    [
+        "--candidate",
+        &format!("http://{CANDIDATE_IP}:{}", service.twin_port()),
+        "--no-egress-guard",
+        "--sample",
+        "100",
+        "--store",
+        &store.display().to_string(),
+        "--mask-key-file",
+        &lab.path("mask.key").display().to_string(),
+        "--pipeline-priority",
+        pipeline_priority(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `mirror-daemon ARGS` in the server namespace, in the daemon's cgroup
+/// (deploy/mirror.service's CPU settings).
+fn daemon_proc(ctx: &Ctx, name: &str, args: &[&str]) -> Result<Proc> {
+    let lab = &ctx.lab;
+    let mut argv = vec![ctx.daemon.display().to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let p = Proc::spawn(lab, &lab.server_ns, name, &argv)?;
+    if let Some(cg) = &lab.daemon_cgroup {
+        cg.add(p.pid())?;
+    }
+    Ok(p)
+}
+
+fn start_run(ctx: &Ctx, service: Service, store: &Path, bound: u64) -> Result<Proc> {
+    let lab = &ctx.lab;
+    let mut args = vec![
+        "run".to_string(),
+        "--iface".into(),
+        lab.server_if.clone(),
+        "--port".into(),
+        service.legacy_port().to_string(),
+        "--listen".into(),
+        METRICS_ADDR.into(),
+        "--duration".into(),
+        format!("{bound}s"),
+    ];
+    args.extend(pipeline_args(lab, service, store));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = daemon_proc(ctx, "fid-run", &refs)?;
+    wait_port(&lab.server_ns, METRICS_ADDR, Duration::from_secs(30))
+        .with_context(|| format!("mirror-daemon run: {}", p.tail()))?;
+    p.wait_for("tap attached", Duration::from_secs(30))?;
+    Ok(p)
+}
+
+/// Waits until every exchange the tap rebuilt has ended in an outcome (the ledger's
+/// total stops moving for 2 s; at most 60 s), then returns the ledger.
+fn settle(lab: &Lab) -> Result<TapReport> {
+    let mut last = (u64::MAX, 0u32);
+    for _ in 0..120 {
+        sleep(Duration::from_millis(500))?;
+        let text = in_netns(&lab.server_ns, || http_get(METRICS_ADDR, "/metrics"))?;
+        let mut r = TapReport::default();
+        parse_metrics(&text, &mut r);
+        let total = r.exchanges + r.daemon_drops;
+        last = if total == last.0 {
+            (total, last.1 + 1)
+        } else {
+            (total, 0)
+        };
+        if last.1 >= 4 {
+            return Ok(r);
+        }
+    }
+    bail!("the daemon's ledger did not settle within 60 s")
+}
+
+fn replay_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("requests sent to the candidate"))
+        .map(|l| l[l.find("replay:").unwrap_or(0)..].trim().to_string())
+        .unwrap_or_default()
+}
+
+fn report_json(daemon: &Path, store: &Path) -> Result<Value> {
+    let out = Command::new(daemon)
+        .args(["report", "--format", "json", "--store"])
+        .arg(store)
+        .output()
+        .context("mirror-daemon report")?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "report JSON: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+/// The product's verdict (exit code of `report` with the criteria) as a word.
+fn judge(
+    daemon: &Path,
+    store: &Path,
+    routes: &[RouteFigures],
+    floor: Option<&str>,
+) -> Result<String> {
+    let mut cmd = Command::new(daemon);
+    cmd.args(["report", "--store"]).arg(store).args([
+        "--max-p95-regression",
+        P95_LIMIT,
+        "--max-candidate-errors",
+        "0%",
+    ]);
+    if let Some(floor) = floor {
+        cmd.args(["--min-latency-delta", floor]);
+    }
+    for r in routes {
+        cmd.arg("--route-max-p95-regression")
+            .arg(format!("{}={P95_LIMIT}", r.route));
+    }
+    let out = cmd.output().context("mirror-daemon report")?;
+    Ok(match out.status.code() {
+        Some(0) => "GO".into(),
+        Some(1) => "NO-GO".into(),
+        Some(3) => "INSUFFICIENT".into(),
+        c => bail!(
+            "report failed ({c:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
+}
+
+fn ms(v: &Value) -> Option<f64> {
+    v.as_f64().map(|ns| ns / 1e6)
+}
+
+fn figures_of(l: &Value) -> RouteFigures {
+    let interval = l["p95_ttlb_delta_interval_ns"]
+        .as_array()
+        .and_then(|a| Some((a.first()?.as_f64()? / 1e6, a.get(1)?.as_f64()? / 1e6)));
+    RouteFigures {
+        legacy_p50_ms: ms(&l["legacy"]["ttlb"]["p50_ns"]),
+        candidate_p50_ms: ms(&l["candidate"]["ttlb"]["p50_ns"]),
+        legacy_p95_ms: ms(&l["legacy"]["ttlb"]["p95_ns"]),
+        candidate_p95_ms: ms(&l["candidate"]["ttlb"]["p95_ns"]),
+        legacy_p99_ms: ms(&l["legacy"]["ttlb"]["p99_ns"]),
+        candidate_p99_ms: ms(&l["candidate"]["ttlb"]["p99_ns"]),
+        legacy_ttfb_p50_ms: ms(&l["legacy"]["ttfb"]["p50_ns"]),
+        candidate_ttfb_p50_ms: ms(&l["candidate"]["ttfb"]["p50_ns"]),
+        p95_ratio: l["p95_ttlb_ratio"].as_f64(),
+        p95_delta_ms: ms(&l["p95_ttlb_delta_ns"]),
+        p95_interval_ms: interval,
+        ..RouteFigures::default()
+    }
+}
+
+fn route_figures(r: &Value) -> RouteFigures {
+    RouteFigures {
+        route: r["route"].as_str().unwrap_or("?").to_string(),
+        replayed: r["replayed"].as_u64().unwrap_or(0),
+        mismatched: r["mismatched"].as_u64().unwrap_or(0),
+        candidate_errors: r["candidate_errors"].as_u64().unwrap_or(0),
+        ..figures_of(&r["latency"])
+    }
+}
+
+fn print_leg(r: &FidelityRun) {
+    eprintln!(
+        "xtask bench: fidelity {} {}/s {:?} (candidate {}): {} (with {FLOOR} floor: {}); \
+         load {}; {}",
+        r.service.label(),
+        r.rate,
+        r.source,
+        r.candidate_cpu.label(),
+        r.verdict,
+        r.verdict_with_floor,
+        r.loadavg,
+        r.replay_line
+    );
+}
+
+fn within(ratio: Option<f64>) -> String {
+    match ratio {
+        Some(x) if (x - 1.0).abs() <= TOLERANCE => "yes".into(),
+        Some(x) => format!("no ({:+.2})", x - 1.0),
+        None => "-".into(),
+    }
+}
+
+pub fn table(runs: &[FidelityRun]) -> Table {
+    let mut t = Table::new(
+        "fidelity: identical candidate, p95 time to last byte per route",
+        &[
+            "service",
+            "rate",
+            "source",
+            "candidate cpu",
+            "route",
+            "replayed",
+            "legacy p50 ms",
+            "cand p50 ms",
+            "legacy p95 ms",
+            "cand p95 ms",
+            "p95 ratio",
+            "delta ms",
+            "interval ms",
+            "within ±0.15",
+            "verdict / 1ms floor",
+            "load avg",
+        ],
+        5,
+    );
+    for r in runs {
+        for (i, fig) in r.routes.iter().chain([&r.all_routes]).enumerate() {
+            let first = i == 0;
+            t.row(vec![
+                r.service.label().into(),
+                format!("{}/s", r.rate),
+                format!("{:?}", r.source).to_lowercase(),
+                r.candidate_cpu.label().into(),
+                fig.route.clone(),
+                if fig.route.starts_with('(') {
+                    "-".into()
+                } else {
+                    fig.replayed.to_string()
+                },
+                f(fig.legacy_p50_ms, 3),
+                f(fig.candidate_p50_ms, 3),
+                f(fig.legacy_p95_ms, 3),
+                f(fig.candidate_p95_ms, 3),
+                f(fig.p95_ratio, 2),
+                f(fig.p95_delta_ms, 3),
+                fig.p95_interval_ms
+                    .map_or("-".into(), |(a, b)| format!("{a:+.3}..{b:+.3}")),
+                within(fig.p95_ratio),
+                if first {
+                    format!("{} / {}", r.verdict, r.verdict_with_floor)
+                } else {
+                    String::new()
+                },
+                if first {
+                    r.loadavg.clone()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    let legs = runs.len();
+    let go = runs.iter().filter(|r| r.verdict == "GO").count();
+    let routes: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.routes.iter().filter_map(|x| x.p95_ratio))
+        .collect();
+    let inside = routes
+        .iter()
+        .filter(|x| (*x - 1.0).abs() <= TOLERANCE)
+        .count();
+    t.note(format!(
+        "target (issue 12): GO with every route's p95 ratio within 1.00 ± {TOLERANCE:.2}: \
+         {go} of {legs} legs GO, {inside} of {} route ratios inside",
+        routes.len()
+    ));
+    t.note(format!(
+        "verdict = `report --max-p95-regression {P95_LIMIT}` run-wide and per route, \
+         --max-candidate-errors 0%, no floor / with --min-latency-delta {FLOOR}; \
+         daemon in deploy/mirror.service's cgroup, --pipeline-priority {}",
+        pipeline_priority()
+    ));
+    t.note(
+        "live = `run` (tap on legacy's interface, every request replayed); capture = \
+         `record` at the rate, then `replay --speed 1` (legacy timed then, candidate now)",
+    );
+    t
+}
