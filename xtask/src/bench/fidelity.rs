@@ -7,7 +7,13 @@
 //! product's verdict with a 15 % p95 limit on every route. Both sides run in one run, so
 //! the ratios are side by side whatever else loads the box (its load average is recorded
 //! with every leg).
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::Signal;
@@ -127,6 +133,14 @@ pub struct RouteFigures {
     pub p95_ratio: Option<f64>,
     pub p95_delta_ms: Option<f64>,
     pub p95_interval_ms: Option<(f64, f64)>,
+    /// The same exchanges timed by a second tap on the candidate's interface (tc hooks,
+    /// as legacy's tap times legacy): what the candidate's figure would be if both sides
+    /// were timed at the same place.
+    pub candidate_tap_samples: u64,
+    pub candidate_tap_p50_ms: Option<f64>,
+    pub candidate_tap_p95_ms: Option<f64>,
+    /// candidate p95 at the candidate's interface / legacy p95.
+    pub tap_p95_ratio: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -241,6 +255,8 @@ fn leg(
     let store = lab.path(&format!("{tag}.db"));
     let urls = urls_file(lab, service)?;
     let loadavg_at_start = loadavg();
+    let cand_pcap = lab.path(&format!("{tag}-cand.pcapng"));
+    let mut cand_tap = candidate_tap(ctx, service, &cand_pcap, plan.seconds * 3 + 120)?;
     let (load, replay_line, tap) = match source {
         Source::Live => {
             let mut daemon = start_run(ctx, service, &store, plan.seconds + 120)?;
@@ -296,15 +312,33 @@ fn leg(
             (load, replay_line(&replay.stderr()), None)
         }
     };
+    sleep(Duration::from_millis(500))?;
+    let st = cand_tap.stop(Signal::SIGINT, Duration::from_secs(60))?;
+    if !st.success() {
+        bail!(
+            "mirror-daemon record (candidate side) failed ({st}): {}",
+            cand_tap.tail()
+        );
+    }
+    let at_candidate = candidate_tap_ttlb(&ctx.daemon, &cand_pcap, service.twin_port())?;
+    let _ = std::fs::remove_file(&cand_pcap);
     let card = report_json(&ctx.daemon, &store)?;
-    let routes: Vec<RouteFigures> = card["routes"]
+    let mut routes: Vec<RouteFigures> = card["routes"]
         .as_array()
         .map(|a| a.iter().map(route_figures).collect())
         .unwrap_or_default();
-    let all_routes = RouteFigures {
+    let mut all_routes = RouteFigures {
         route: "(all routes)".into(),
         ..figures_of(&card["latency"])
     };
+    let mut every = Vec::new();
+    for r in &mut routes {
+        if let Some(v) = at_candidate.get(&r.route) {
+            add_candidate_tap(r, v.clone());
+            every.extend_from_slice(v);
+        }
+    }
+    add_candidate_tap(&mut all_routes, every);
     let verdict = judge(&ctx.daemon, &store, &routes, None)?;
     let verdict_with_floor = judge(&ctx.daemon, &store, &routes, Some(FLOOR))?;
     Ok(FidelityRun {
@@ -397,6 +431,107 @@ fn settle(lab: &Lab) -> Result<TapReport> {
         }
     }
     bail!("the daemon's ledger did not settle within 60 s")
+}
+
+/// `record` on the candidate's interface, in the candidate's namespace: the tap's tc
+/// hooks stamp the candidate's traffic where legacy's tap stamps legacy's.
+fn candidate_tap(ctx: &Ctx, service: Service, pcap: &Path, bound: u64) -> Result<Proc> {
+    let lab = &ctx.lab;
+    let argv: Vec<String> = [
+        &ctx.daemon.display().to_string(),
+        "record",
+        "--iface",
+        &lab.cand_if,
+        "--port",
+        &service.twin_port().to_string(),
+        "--out",
+        &pcap.display().to_string(),
+        "--duration",
+        &bound.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut p = Proc::spawn(lab, &lab.cand_ns, "fid-cand-tap", &argv)?;
+    if let Some(cg) = &lab.daemon_cgroup {
+        cg.add(p.pid())?;
+    }
+    p.wait_for("tap attached", Duration::from_secs(30))?;
+    Ok(p)
+}
+
+/// Time to last byte (ns) per route of every exchange in the candidate-side capture
+/// (`exchanges --pcap`), routes named as the daemon names them (ids templated).
+fn candidate_tap_ttlb(daemon: &Path, pcap: &Path, port: u16) -> Result<BTreeMap<String, Vec<u64>>> {
+    let mut child = Command::new(daemon)
+        .args(["exchanges", "--pcap"])
+        .arg(pcap)
+        .args(["--port", &port.to_string(), "--format", "jsonl"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("mirror-daemon exchanges")?;
+    let mut by_route: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let Ok(v) = serde_json::from_str::<Value>(&line?) else {
+                continue;
+            };
+            let (Some(method), Some(target), Some(ttlb)) = (
+                v["request"]["method"].as_str(),
+                v["request"]["target"].as_str(),
+                v["timing"]["ttlb_ns"].as_u64(),
+            ) else {
+                continue;
+            };
+            by_route
+                .entry(format!("{method} {}", route_of(target)))
+                .or_default()
+                .push(ttlb);
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("mirror-daemon exchanges --pcap failed ({st})");
+    }
+    Ok(by_route)
+}
+
+/// `/users/42/orders?x=1` → `/users/{id}/orders`, as the daemon templates the routes
+/// this section's loads use.
+fn route_of(target: &str) -> String {
+    let path = target.split('?').next().unwrap_or(target);
+    path.split('/')
+        .map(|s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                "{id}"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Nearest rank, as the daemon's card computes it.
+fn percentile_ms(sorted: &[u64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1] as f64 / 1e6)
+}
+
+fn add_candidate_tap(r: &mut RouteFigures, mut ttlb: Vec<u64>) {
+    ttlb.sort_unstable();
+    r.candidate_tap_samples = ttlb.len() as u64;
+    r.candidate_tap_p50_ms = percentile_ms(&ttlb, 0.50);
+    r.candidate_tap_p95_ms = percentile_ms(&ttlb, 0.95);
+    r.tap_p95_ratio = r
+        .candidate_tap_p95_ms
+        .zip(r.legacy_p95_ms)
+        .filter(|(_, l)| *l > 0.0)
+        .map(|(c, l)| c / l);
 }
 
 fn replay_line(stderr: &str) -> String {
@@ -530,6 +665,9 @@ pub fn table(runs: &[FidelityRun]) -> Table {
             "delta ms",
             "interval ms",
             "within ±0.15",
+            "cand@tap p50 ms",
+            "cand@tap p95 ms",
+            "ratio@tap",
             "verdict / 1ms floor",
             "load avg",
         ],
@@ -558,6 +696,9 @@ pub fn table(runs: &[FidelityRun]) -> Table {
                 fig.p95_interval_ms
                     .map_or("-".into(), |(a, b)| format!("{a:+.3}..{b:+.3}")),
                 within(fig.p95_ratio),
+                f(fig.candidate_tap_p50_ms, 3),
+                f(fig.candidate_tap_p95_ms, 3),
+                f(fig.tap_p95_ratio, 2),
                 if first {
                     format!("{} / {}", r.verdict, r.verdict_with_floor)
                 } else {
@@ -592,6 +733,11 @@ pub fn table(runs: &[FidelityRun]) -> Table {
          daemon in deploy/mirror.service's cgroup, --pipeline-priority {}",
         pipeline_priority()
     ));
+    t.note(
+        "cand@tap = the same candidate exchanges timed by a second tap (`record`) on the \
+         candidate's interface, tc ingress of the last request byte to tc egress of the last \
+         response byte, as legacy's tap times legacy; ratio@tap = its p95 / legacy p95",
+    );
     t.note(
         "live = `run` (tap on legacy's interface, every request replayed); capture = \
          `record` at the rate, then `replay --speed 1` (legacy timed then, candidate now)",

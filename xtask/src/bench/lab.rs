@@ -81,6 +81,9 @@ pub struct Lab {
     pub cand_ns: String,
     /// The legacy interface: the tap and tcpdump watch it.
     pub server_if: String,
+    /// The candidate's interface (in `cand_ns`): a tap there times the candidate as the
+    /// legacy tap times legacy (the fidelity section).
+    pub cand_if: String,
     pub dir: PathBuf,
     created: Vec<String>,
     bpf_stats_old: Option<String>,
@@ -99,6 +102,7 @@ impl Lab {
             server_ns: format!("mbench-s-{id}"),
             cand_ns: format!("mbench-k-{id}"),
             server_if: format!("mbs{id}"),
+            cand_if: format!("mbx{id}"),
             dir: std::env::temp_dir().join(format!("mirror-bench-{id}")),
             created: Vec::new(),
             bpf_stats_old: None,
@@ -113,7 +117,7 @@ impl Lab {
         }
         let (c, s, k) = (&lab.client_ns, &lab.server_ns, &lab.cand_ns);
         let (cif, sif) = (format!("mbc{id}"), lab.server_if.clone());
-        let (kif, xif) = (format!("mbk{id}"), format!("mbx{id}"));
+        let (kif, xif) = (format!("mbk{id}"), lab.cand_if.clone());
         ip(&[
             "link", "add", &cif, "netns", c, "type", "veth", "peer", "name", &sif, "netns", s,
         ])?;
