@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::cgroups::Cgroup;
 use super::lab::{CANDIDATE_IP, Lab, in_netns, sleep, wait_port};
-use super::load::{LoadResult, oha_rate_urls};
+use super::load::{LoadResult, oha_finish, oha_rate_urls, oha_start, urls_target};
 use super::procs::Proc;
 use super::servers::{
     EXAMPLES_PORT, NGINX_PORT, TWIN_EXAMPLES_PORT, TWIN_NGINX_PORT, examples_twin, nginx_twin,
@@ -96,6 +96,10 @@ pub enum Source {
     Live,
     /// `record` at the rate, then `replay --speed 1` of the file.
     Capture,
+    /// No daemon: a second oha drives the candidate directly at the same rate while
+    /// legacy gets its own, each timed by a tap on its interface. What two identical
+    /// services measure side by side on this box: the floor for the other legs.
+    Control,
 }
 
 /// The candidate's CPU: as legacy's (no limit: both share the box alike), or capped as
@@ -186,7 +190,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
             Duration::from_secs(10),
         )?;
         for &rate in &plan.rates {
-            for source in [Source::Live, Source::Capture] {
+            for source in [Source::Control, Source::Live, Source::Capture] {
                 let r = leg(ctx, plan, service, rate, source, CandidateCpu::AsLegacy)?;
                 print_leg(&r);
                 runs.push(r);
@@ -225,14 +229,18 @@ fn write_files(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-fn urls_file(lab: &Lab, service: Service) -> Result<std::path::PathBuf> {
-    let base = format!("http://{}:{}", super::lab::SERVER_IP, service.legacy_port());
+fn urls_file(lab: &Lab, service: Service, to_twin: bool) -> Result<std::path::PathBuf> {
+    let base = if to_twin {
+        format!("http://{CANDIDATE_IP}:{}", service.twin_port())
+    } else {
+        format!("http://{}:{}", super::lab::SERVER_IP, service.legacy_port())
+    };
     let text: String = service
         .paths()
         .iter()
         .map(|p| format!("{base}{p}\n"))
         .collect();
-    let file = lab.path(&format!("urls-{}.txt", service.legacy_port()));
+    let file = lab.path(&format!("urls-{}-{to_twin}.txt", service.legacy_port()));
     std::fs::write(&file, text)?;
     Ok(file)
 }
@@ -249,15 +257,56 @@ fn leg(
     let tag = format!(
         "fid-{}-{rate}-{}-{}",
         service.legacy_port(),
-        matches!(source, Source::Live) as u8,
+        source as u8,
         matches!(cpu, CandidateCpu::Capped100) as u8
     );
     let store = lab.path(&format!("{tag}.db"));
-    let urls = urls_file(lab, service)?;
+    let urls = urls_file(lab, service, false)?;
     let loadavg_at_start = loadavg();
     let cand_pcap = lab.path(&format!("{tag}-cand.pcapng"));
     let mut cand_tap = candidate_tap(ctx, service, &cand_pcap, plan.seconds * 3 + 120)?;
     let (load, replay_line, tap) = match source {
+        Source::Control => {
+            let legacy_pcap = lab.path(&format!("{tag}-legacy.pcapng"));
+            let mut legacy_tap = record(ctx, service, &legacy_pcap, plan.seconds + 120)?;
+            let twin_urls = urls_file(lab, service, true)?;
+            let to_legacy = oha_start(
+                lab,
+                &lab.client_ns,
+                &ctx.oha,
+                &urls_target(&urls),
+                rate,
+                plan.seconds,
+                &tag,
+            )?;
+            let to_twin = oha_start(
+                lab,
+                &lab.server_ns,
+                &ctx.oha,
+                &urls_target(&twin_urls),
+                rate,
+                plan.seconds,
+                &format!("{tag}-twin"),
+            )?;
+            let load = oha_finish(to_legacy, plan.seconds)?;
+            oha_finish(to_twin, plan.seconds)?;
+            sleep(Duration::from_millis(500))?;
+            stop_record(&mut legacy_tap)?;
+            stop_record(&mut cand_tap)?;
+            let legacy = tap_ttlb(&ctx.daemon, &legacy_pcap, service.legacy_port())?;
+            let twin = tap_ttlb(&ctx.daemon, &cand_pcap, service.twin_port())?;
+            let _ = std::fs::remove_file(&legacy_pcap);
+            let _ = std::fs::remove_file(&cand_pcap);
+            return Ok(control_run(
+                service,
+                rate,
+                cpu,
+                load,
+                loadavg_at_start,
+                legacy,
+                twin,
+            ));
+        }
         Source::Live => {
             let mut daemon = start_run(ctx, service, &store, plan.seconds + 120)?;
             let load = oha_rate_urls(lab, &ctx.oha, &urls, rate, plan.seconds, &tag)?;
@@ -270,28 +319,10 @@ fn leg(
         }
         Source::Capture => {
             let pcap = lab.path(&format!("{tag}.pcapng"));
-            let mut rec = daemon_proc(
-                ctx,
-                "fid-record",
-                &[
-                    "record",
-                    "--iface",
-                    &lab.server_if,
-                    "--port",
-                    &service.legacy_port().to_string(),
-                    "--out",
-                    &pcap.display().to_string(),
-                    "--duration",
-                    &(plan.seconds + 120).to_string(),
-                ],
-            )?;
-            rec.wait_for("tap attached", Duration::from_secs(30))?;
+            let mut rec = record(ctx, service, &pcap, plan.seconds + 120)?;
             let load = oha_rate_urls(lab, &ctx.oha, &urls, rate, plan.seconds, &tag)?;
             sleep(Duration::from_millis(500))?;
-            let st = rec.stop(Signal::SIGINT, Duration::from_secs(60))?;
-            if !st.success() {
-                bail!("mirror-daemon record failed ({st}): {}", rec.tail());
-            }
+            stop_record(&mut rec)?;
             let mut args = vec![
                 "replay".to_string(),
                 "--pcap".into(),
@@ -313,14 +344,8 @@ fn leg(
         }
     };
     sleep(Duration::from_millis(500))?;
-    let st = cand_tap.stop(Signal::SIGINT, Duration::from_secs(60))?;
-    if !st.success() {
-        bail!(
-            "mirror-daemon record (candidate side) failed ({st}): {}",
-            cand_tap.tail()
-        );
-    }
-    let at_candidate = candidate_tap_ttlb(&ctx.daemon, &cand_pcap, service.twin_port())?;
+    stop_record(&mut cand_tap)?;
+    let at_candidate = tap_ttlb(&ctx.daemon, &cand_pcap, service.twin_port())?;
     let _ = std::fs::remove_file(&cand_pcap);
     let card = report_json(&ctx.daemon, &store)?;
     let mut routes: Vec<RouteFigures> = card["routes"]
@@ -433,6 +458,102 @@ fn settle(lab: &Lab) -> Result<TapReport> {
     bail!("the daemon's ledger did not settle within 60 s")
 }
 
+/// `record` on legacy's interface (the server namespace).
+fn record(ctx: &Ctx, service: Service, pcap: &Path, bound: u64) -> Result<Proc> {
+    let mut rec = daemon_proc(
+        ctx,
+        "fid-record",
+        &[
+            "record",
+            "--iface",
+            &ctx.lab.server_if,
+            "--port",
+            &service.legacy_port().to_string(),
+            "--out",
+            &pcap.display().to_string(),
+            "--duration",
+            &bound.to_string(),
+        ],
+    )?;
+    rec.wait_for("tap attached", Duration::from_secs(30))?;
+    Ok(rec)
+}
+
+fn stop_record(rec: &mut Proc) -> Result<()> {
+    let st = rec.stop(Signal::SIGINT, Duration::from_secs(60))?;
+    if !st.success() {
+        bail!("mirror-daemon record failed ({st}): {}", rec.tail());
+    }
+    Ok(())
+}
+
+/// The control leg's figures: both sides from their taps, no daemon verdict.
+fn control_run(
+    service: Service,
+    rate: u32,
+    cpu: CandidateCpu,
+    load: LoadResult,
+    loadavg_at_start: String,
+    legacy: BTreeMap<String, Vec<u64>>,
+    twin: BTreeMap<String, Vec<u64>>,
+) -> FidelityRun {
+    let side = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        (
+            v.len() as u64,
+            percentile_ms(&v, 0.5),
+            percentile_ms(&v, 0.95),
+            percentile_ms(&v, 0.99),
+        )
+    };
+    let figures = |route: String, l: &[u64], c: &[u64]| {
+        let (n, l50, l95, l99) = side(l);
+        let (_, c50, c95, c99) = side(c);
+        let mut r = RouteFigures {
+            route,
+            replayed: n,
+            legacy_p50_ms: l50,
+            legacy_p95_ms: l95,
+            legacy_p99_ms: l99,
+            candidate_p50_ms: c50,
+            candidate_p95_ms: c95,
+            candidate_p99_ms: c99,
+            p95_ratio: c95.zip(l95).filter(|(_, l)| *l > 0.0).map(|(c, l)| c / l),
+            p95_delta_ms: c95.zip(l95).map(|(c, l)| c - l),
+            ..RouteFigures::default()
+        };
+        add_candidate_tap(&mut r, c.to_vec());
+        r
+    };
+    let routes: Vec<RouteFigures> = legacy
+        .iter()
+        .map(|(route, l)| {
+            figures(
+                route.clone(),
+                l,
+                twin.get(route).map_or(&[][..], |v| &v[..]),
+            )
+        })
+        .collect();
+    let all_l: Vec<u64> = legacy.values().flatten().copied().collect();
+    let all_c: Vec<u64> = twin.values().flatten().copied().collect();
+    FidelityRun {
+        service,
+        rate,
+        source: Source::Control,
+        candidate_cpu: cpu,
+        load,
+        loadavg: format!("{loadavg_at_start} → {}", loadavg()),
+        replay_line: String::new(),
+        tap: None,
+        verdict: "-".into(),
+        verdict_with_floor: "-".into(),
+        routes,
+        all_routes: figures("(all routes)".into(), &all_l, &all_c),
+    }
+}
+
 /// `record` on the candidate's interface, in the candidate's namespace: the tap's tc
 /// hooks stamp the candidate's traffic where legacy's tap stamps legacy's.
 fn candidate_tap(ctx: &Ctx, service: Service, pcap: &Path, bound: u64) -> Result<Proc> {
@@ -461,7 +582,7 @@ fn candidate_tap(ctx: &Ctx, service: Service, pcap: &Path, bound: u64) -> Result
 
 /// Time to last byte (ns) per route of every exchange in the candidate-side capture
 /// (`exchanges --pcap`), routes named as the daemon names them (ids templated).
-fn candidate_tap_ttlb(daemon: &Path, pcap: &Path, port: u16) -> Result<BTreeMap<String, Vec<u64>>> {
+fn tap_ttlb(daemon: &Path, pcap: &Path, port: u16) -> Result<BTreeMap<String, Vec<u64>>> {
     let mut child = Command::new(daemon)
         .args(["exchanges", "--pcap"])
         .arg(pcap)
@@ -737,6 +858,10 @@ pub fn table(runs: &[FidelityRun]) -> Table {
         "cand@tap = the same candidate exchanges timed by a second tap (`record`) on the \
          candidate's interface, tc ingress of the last request byte to tc egress of the last \
          response byte, as legacy's tap times legacy; ratio@tap = its p95 / legacy p95",
+    );
+    t.note(
+        "control = no daemon: a second oha drives the candidate directly at the same rate \
+         while legacy gets its own, both timed by taps on their interfaces",
     );
     t.note(
         "live = `run` (tap on legacy's interface, every request replayed); capture = \

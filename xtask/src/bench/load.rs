@@ -148,8 +148,22 @@ pub fn oha_rate_urls(
     seconds: u64,
     name: &str,
 ) -> Result<LoadResult> {
-    let target = ["--urls-from-file".to_string(), file.display().to_string()];
-    oha_rate_to(lab, oha, &target, rate, seconds, name)
+    let p = oha_start(
+        lab,
+        &lab.client_ns,
+        oha,
+        &urls_target(file),
+        rate,
+        seconds,
+        name,
+    )?;
+    oha_finish(p, seconds)
+}
+
+/// oha's target arguments for a file of URLs (one per line; oha picks one at random
+/// per request).
+pub fn urls_target(file: &Path) -> Vec<String> {
+    vec!["--urls-from-file".to_string(), file.display().to_string()]
 }
 
 fn oha_rate_to(
@@ -160,6 +174,20 @@ fn oha_rate_to(
     seconds: u64,
     name: &str,
 ) -> Result<LoadResult> {
+    let p = oha_start(lab, &lab.client_ns, oha, target, rate, seconds, name)?;
+    oha_finish(p, seconds)
+}
+
+/// Starts oha at a fixed rate in namespace `ns` (two can run side by side).
+pub fn oha_start(
+    lab: &Lab,
+    ns: &str,
+    oha: &Path,
+    target: &[String],
+    rate: u32,
+    seconds: u64,
+    name: &str,
+) -> Result<Proc> {
     // A fixed duration, and `-w` waits for the requests still in flight at its end
     // (instead of aborting them), so every request sent is answered and counted: the
     // capture can be compared request for request, and an overloaded configuration
@@ -181,7 +209,11 @@ fn oha_rate_to(
         "5s".into(),
     ];
     let argv: Vec<String> = argv.into_iter().chain(target.iter().cloned()).collect();
-    let mut p = Proc::spawn(lab, &lab.client_ns, name, &argv)?;
+    Proc::spawn(lab, ns, name, &argv)
+}
+
+/// Waits for an oha started by `oha_start` and parses its report.
+pub fn oha_finish(mut p: Proc, seconds: u64) -> Result<LoadResult> {
     let st = p.wait(Duration::from_secs(seconds + 30))?;
     if !st.success() {
         bail!("oha failed ({st}): {}", p.tail());
