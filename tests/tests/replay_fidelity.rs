@@ -45,11 +45,24 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 /// `mirror-examples load` at a fixed rate over 4 keep-alive connections.
 fn paced_load(ns: &Netns, target: &str) -> u64 {
+    paced_load_at(ns, target, REQUESTS, RATE, "4")
+}
+
+/// `mirror-examples load`: `requests` at `rate` per second over `conns` connections;
+/// every one answered.
+fn paced_load_at(ns: &Netns, target: &str, requests: u64, rate: &str, conns: &str) -> u64 {
     let out = ns
         .cmd(examples_bin())
         .args(["load", "--target", target, "--requests"])
-        .arg(REQUESTS.to_string())
-        .args(["--concurrency", "4", "--rate", RATE, "--max-duration", "60"])
+        .arg(requests.to_string())
+        .args([
+            "--concurrency",
+            conns,
+            "--rate",
+            rate,
+            "--max-duration",
+            "60",
+        ])
         .output()
         .expect("load");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -58,7 +71,7 @@ fn paced_load(ns: &Netns, target: &str) -> u64 {
         .find_map(|kv| kv.strip_prefix("ok="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("load summary: {text}"));
-    assert_eq!(ok, REQUESTS, "legacy answered every request: {text}");
+    assert_eq!(ok, requests, "legacy answered every request: {text}");
     ok
 }
 
@@ -230,6 +243,71 @@ fn identical_example_service_is_go_live_and_from_a_capture() {
             "example capture",
             CAPTURE_MIN_DELTA
         ),
+        0
+    );
+}
+
+/// The same identical candidate live at 1k req/s (5× the other legs' rate): GO, every
+/// request seen by the tap, replayed and matched (no diff, no candidate error, no drop).
+/// The p95 ratios are printed, not asserted: speed goes to `cargo xtask bench --only
+/// fidelity`, measured side by side with a no-daemon control.
+#[test]
+fn identical_example_service_is_go_live_at_1k_per_second() {
+    require_root();
+    let topo = Topology::new("rk").expect("test setup");
+    let dir = tempfile::tempdir().expect("test setup");
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).expect("test setup");
+    let cand = format!(
+        "exec {} legacy --listen {}",
+        examples_bin().display(),
+        topo.candidate_addr()
+    );
+    let mut args = topo.run_args(dir.path(), &cand);
+    args.extend(strings(&[
+        "--max-p95-regression",
+        P95_LIMIT,
+        "--min-latency-delta",
+        MIN_DELTA,
+        "--max-candidate-errors",
+        "0%",
+    ]));
+    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).expect("test setup");
+    const FAST: u64 = 10_000;
+    let answered = paced_load_at(topo.client(), &topo.legacy_addr(), FAST, "1000", "16");
+    let ledger = daemon
+        .wait_settled(topo.legacy(), answered, Duration::from_secs(90))
+        .expect("every exchange ends in an outcome");
+    let exit = daemon.stop(Duration::from_secs(60)).expect("test setup");
+    assert_eq!(
+        ledger["seen"].as_u64(),
+        Some(FAST),
+        "the tap saw every request: {ledger}"
+    );
+    assert_eq!(
+        ledger["matched"].as_u64(),
+        Some(FAST),
+        "every request replayed and matched, none dropped: {ledger}"
+    );
+    assert!(
+        exit.stderr
+            .contains("timed by the daemon's clock (no kernel timestamps): 0"),
+        "every candidate reply is kernel-timed: {}",
+        exit.stderr
+    );
+    assert_eq!(
+        exit.code,
+        Some(0),
+        "live at 1k/s: GO expected: {}",
+        exit.stdout
+    );
+    let (_, card) = report_json(&dir.path().join("m.db"), &[]).expect("report");
+    assert_eq!(
+        card["accounting"]["identity_holds"],
+        Value::Bool(true),
+        "{card}"
+    );
+    assert_eq!(
+        judge(&dir.path().join("m.db"), "example live 1k/s", MIN_DELTA),
         0
     );
 }

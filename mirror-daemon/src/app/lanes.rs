@@ -48,8 +48,8 @@ pub const LANE_QUEUE: usize = 256;
 /// What a lane is told, in capture order.
 enum LaneItem {
     Exchange(Exchange),
-    /// The captured connection closed: close the candidate connection too.
-    Close,
+    /// The captured connection closed (tap time, ns): close the candidate connection too.
+    Close(u64),
 }
 
 /// The lanes of the run, keyed by captured connection.
@@ -124,9 +124,9 @@ impl Lanes {
 
     /// The captured connection `flow` closed: its lane finishes what it holds, then closes
     /// the candidate connection. (When its queue is full the lane closes when idle.)
-    pub fn close(&mut self, flow: &FlowKey) {
+    pub fn close(&mut self, flow: &FlowKey, ts_ns: u64) {
         if let Some(tx) = self.lanes.remove(flow) {
-            let _ = tx.try_send(LaneItem::Close);
+            let _ = tx.try_send(LaneItem::Close(ts_ns));
         }
     }
 
@@ -181,12 +181,12 @@ enum Ahead {
         timing: Timing,
         masked: JoinHandle<Masked>,
     },
-    Close,
+    Close(u64),
 }
 
 fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
     match item {
-        LaneItem::Close => Ahead::Close,
+        LaneItem::Close(ts_ns) => Ahead::Close(ts_ns),
         LaneItem::Exchange(ex) => {
             let me = shadow.clone();
             Ahead::Exchange {
@@ -240,9 +240,16 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         }
         while concluding.try_join_next().is_some() {}
         while concluding.len() >= MAX_CONCLUDING && concluding.join_next().await.is_some() {}
-        let Some(Ahead::Exchange { timing, masked }) = ahead.pop_front() else {
-            conn = None;
-            continue;
+        let (timing, masked) = match ahead.pop_front() {
+            Some(Ahead::Exchange { timing, masked }) => (timing, masked),
+            Some(Ahead::Close(ts_ns)) => {
+                if let Some(wait) = shadow.live_wait(ts_ns) {
+                    tokio::time::sleep(wait).await;
+                }
+                conn = None;
+                continue;
+            }
+            None => continue,
         };
         let mut batch = vec![masked];
         while batch.len() < MAX_PIPELINE {
@@ -258,6 +265,11 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         let Some(prepared) = prepare(&shadow, batch).await else {
             continue;
         };
+        // Live: masked while waiting, sent a fixed delay after legacy got it, so each
+        // connection keeps legacy's spacing instead of the ring's polling bursts.
+        if let Some(wait) = shadow.live_wait(timing.request_first_ns) {
+            tokio::time::sleep(wait).await;
+        }
         let closes = prepared
             .last()
             .is_some_and(|p| legacy_closed(&p.ex.request, &p.ex.response));

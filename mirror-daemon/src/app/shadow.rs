@@ -63,6 +63,16 @@ pub(super) fn stage_failure(e: &tokio::task::JoinError) -> Outcome {
 }
 
 impl Shadow {
+    /// Live: how long to wait before replaying what legacy's tap saw at `tap_ns`
+    /// (`CLOCK_MONOTONIC`), so requests leave a fixed delay after legacy got them, with
+    /// the spacing legacy saw. `None` when due already or not live.
+    pub(super) fn live_wait(&self, tap_ns: u64) -> Option<Duration> {
+        let Some(Pace::Live(delay)) = self.pace else {
+            return None;
+        };
+        Some(live_wait(tap_ns, crate::clock::monotonic_ns(), delay)).filter(|d| !d.is_zero())
+    }
+
     pub(super) fn finish(&self, o: Outcome) {
         self.ledger.record(o);
     }
@@ -77,10 +87,6 @@ impl Shadow {
             Some(Pace::Capture(speed)) => Some(Pacer::new(speed)),
             _ => None,
         };
-        let live_delay = match self.pace {
-            Some(Pace::Live(d)) => Some(d),
-            _ => None,
-        };
         let started = tokio::time::Instant::now();
         let mut replayed = 0u64;
         while let Some(item) = rx.recv().await {
@@ -90,11 +96,9 @@ impl Shadow {
                     if let Some(due) = pacer.as_mut().and_then(|p| p.due(ts_ns)) {
                         tokio::time::sleep_until(started + due).await;
                     }
-                    if let Some(delay) = live_delay {
-                        let now = crate::clock::monotonic_ns();
-                        tokio::time::sleep(live_wait(ts_ns, now, delay)).await;
-                    }
-                    lanes.close(&flow);
+                    // Live, the lane waits out the delay itself (after the exchanges it
+                    // holds), so this loop never holds back other connections' requests.
+                    lanes.close(&flow, ts_ns);
                     continue;
                 }
             };

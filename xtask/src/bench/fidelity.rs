@@ -152,6 +152,8 @@ pub struct FidelityRun {
     pub service: Service,
     pub rate: u32,
     pub source: Source,
+    /// The `mirror-daemon` build that replayed (`baseline` or `this build`).
+    pub daemon: String,
     pub candidate_cpu: CandidateCpu,
     pub load: LoadResult,
     pub loadavg: String,
@@ -171,6 +173,16 @@ pub struct Plan {
     pub seconds: u64,
     /// Also run the live legs with the candidate capped (what the cap costs).
     pub capped_too: bool,
+    /// Another `mirror-daemon` build (e.g. before a change) whose `run` and `replay`
+    /// legs run interleaved with this build's, for a before/after in one run.
+    pub baseline: Option<std::path::PathBuf>,
+}
+
+/// The `mirror-daemon` build that replays a leg: its label in the table and its path.
+#[derive(Clone, Copy)]
+struct Replayer<'a> {
+    label: &'a str,
+    bin: &'a Path,
 }
 
 pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
@@ -178,6 +190,18 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
     write_files(lab)?;
     let capped = Cgroup::create(&format!("mbench-{}-twin", lab.id), None, 100)?;
     let mut runs = Vec::new();
+    let mut replayers = Vec::new();
+    if let Some(b) = &plan.baseline {
+        replayers.push(Replayer {
+            label: "baseline",
+            bin: b,
+        });
+    }
+    replayers.push(Replayer {
+        label: "this build",
+        bin: &ctx.daemon,
+    });
+    let current = replayers[replayers.len() - 1];
     for service in [Service::Examples, Service::Nginx] {
         // Started per service and stopped after it: one twin loads the box at a time.
         let twin = match service {
@@ -191,9 +215,16 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
         )?;
         for &rate in &plan.rates {
             for source in [Source::Control, Source::Live, Source::Capture] {
-                let r = leg(ctx, plan, service, rate, source, CandidateCpu::AsLegacy)?;
-                print_leg(&r);
-                runs.push(r);
+                let builds = if source == Source::Control {
+                    &replayers[replayers.len() - 1..]
+                } else {
+                    &replayers[..]
+                };
+                for &by in builds {
+                    let r = leg(ctx, plan, by, service, rate, source, CandidateCpu::AsLegacy)?;
+                    print_leg(&r);
+                    runs.push(r);
+                }
             }
         }
         if plan.capped_too {
@@ -204,6 +235,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
                 let r = leg(
                     ctx,
                     plan,
+                    current,
                     service,
                     rate,
                     Source::Live,
@@ -248,6 +280,7 @@ fn urls_file(lab: &Lab, service: Service, to_twin: bool) -> Result<std::path::Pa
 fn leg(
     ctx: &Ctx,
     plan: &Plan,
+    by: Replayer<'_>,
     service: Service,
     rate: u32,
     source: Source,
@@ -255,10 +288,11 @@ fn leg(
 ) -> Result<FidelityRun> {
     let lab = &ctx.lab;
     let tag = format!(
-        "fid-{}-{rate}-{}-{}",
+        "fid-{}-{rate}-{}-{}-{}",
         service.legacy_port(),
         source as u8,
-        matches!(cpu, CandidateCpu::Capped100) as u8
+        matches!(cpu, CandidateCpu::Capped100) as u8,
+        by.label.len()
     );
     let store = lab.path(&format!("{tag}.db"));
     let urls = urls_file(lab, service, false)?;
@@ -308,7 +342,7 @@ fn leg(
             ));
         }
         Source::Live => {
-            let mut daemon = start_run(ctx, service, &store, plan.seconds + 120)?;
+            let mut daemon = start_run(ctx, by.bin, service, &store, plan.seconds + 120)?;
             let load = oha_rate_urls(lab, &ctx.oha, &urls, rate, plan.seconds, &tag)?;
             let tap = settle(lab)?;
             let st = daemon.stop(Signal::SIGINT, Duration::from_secs(60))?;
@@ -334,7 +368,7 @@ fn leg(
             ];
             args.extend(pipeline_args(lab, service, &store));
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut replay = daemon_proc(ctx, "fid-replay", &refs)?;
+            let mut replay = daemon_proc(ctx, by.bin, "fid-replay", &refs)?;
             let st = replay.wait(Duration::from_secs(plan.seconds * 3 + 120))?;
             if !matches!(st.code(), Some(0 | 1 | 3)) {
                 bail!("mirror-daemon replay failed ({st}): {}", replay.tail());
@@ -370,6 +404,7 @@ fn leg(
         service,
         rate,
         source,
+        daemon: by.label.into(),
         candidate_cpu: cpu,
         load,
         loadavg: format!("{loadavg_at_start} → {}", loadavg()),
@@ -403,9 +438,9 @@ fn pipeline_args(lab: &Lab, service: Service, store: &Path) -> Vec<String> {
 
 /// `mirror-daemon ARGS` in the server namespace, in the daemon's cgroup
 /// (deploy/mirror.service's CPU settings).
-fn daemon_proc(ctx: &Ctx, name: &str, args: &[&str]) -> Result<Proc> {
+fn daemon_proc(ctx: &Ctx, bin: &Path, name: &str, args: &[&str]) -> Result<Proc> {
     let lab = &ctx.lab;
-    let mut argv = vec![ctx.daemon.display().to_string()];
+    let mut argv = vec![bin.display().to_string()];
     argv.extend(args.iter().map(|s| s.to_string()));
     let p = Proc::spawn(lab, &lab.server_ns, name, &argv)?;
     if let Some(cg) = &lab.daemon_cgroup {
@@ -414,7 +449,7 @@ fn daemon_proc(ctx: &Ctx, name: &str, args: &[&str]) -> Result<Proc> {
     Ok(p)
 }
 
-fn start_run(ctx: &Ctx, service: Service, store: &Path, bound: u64) -> Result<Proc> {
+fn start_run(ctx: &Ctx, bin: &Path, service: Service, store: &Path, bound: u64) -> Result<Proc> {
     let lab = &ctx.lab;
     let mut args = vec![
         "run".to_string(),
@@ -429,7 +464,7 @@ fn start_run(ctx: &Ctx, service: Service, store: &Path, bound: u64) -> Result<Pr
     ];
     args.extend(pipeline_args(lab, service, store));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut p = daemon_proc(ctx, "fid-run", &refs)?;
+    let mut p = daemon_proc(ctx, bin, "fid-run", &refs)?;
     wait_port(&lab.server_ns, METRICS_ADDR, Duration::from_secs(30))
         .with_context(|| format!("mirror-daemon run: {}", p.tail()))?;
     p.wait_for("tap attached", Duration::from_secs(30))?;
@@ -462,6 +497,7 @@ fn settle(lab: &Lab) -> Result<TapReport> {
 fn record(ctx: &Ctx, service: Service, pcap: &Path, bound: u64) -> Result<Proc> {
     let mut rec = daemon_proc(
         ctx,
+        &ctx.daemon,
         "fid-record",
         &[
             "record",
@@ -542,6 +578,7 @@ fn control_run(
         service,
         rate,
         source: Source::Control,
+        daemon: "-".into(),
         candidate_cpu: cpu,
         load,
         loadavg: format!("{loadavg_at_start} → {}", loadavg()),
@@ -775,6 +812,7 @@ pub fn table(runs: &[FidelityRun]) -> Table {
             "service",
             "rate",
             "source",
+            "daemon",
             "candidate cpu",
             "route",
             "replayed",
@@ -792,7 +830,7 @@ pub fn table(runs: &[FidelityRun]) -> Table {
             "verdict / 1ms floor",
             "load avg",
         ],
-        5,
+        6,
     );
     for r in runs {
         for (i, fig) in r.routes.iter().chain([&r.all_routes]).enumerate() {
@@ -801,6 +839,7 @@ pub fn table(runs: &[FidelityRun]) -> Table {
                 r.service.label().into(),
                 format!("{}/s", r.rate),
                 format!("{:?}", r.source).to_lowercase(),
+                r.daemon.clone(),
                 r.candidate_cpu.label().into(),
                 fig.route.clone(),
                 if fig.route.starts_with('(') {
@@ -833,9 +872,13 @@ pub fn table(runs: &[FidelityRun]) -> Table {
             ]);
         }
     }
-    let legs = runs.len();
-    let go = runs.iter().filter(|r| r.verdict == "GO").count();
-    let routes: Vec<f64> = runs
+    let judged: Vec<&FidelityRun> = runs
+        .iter()
+        .filter(|r| r.source != Source::Control && r.daemon != "baseline")
+        .collect();
+    let legs = judged.len();
+    let go = judged.iter().filter(|r| r.verdict == "GO").count();
+    let routes: Vec<f64> = judged
         .iter()
         .flat_map(|r| r.routes.iter().filter_map(|x| x.p95_ratio))
         .collect();

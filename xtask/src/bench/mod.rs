@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// or `normal`: what isolation buys, measured the same way).
     #[arg(long, default_value = "idle", value_parser = ["idle", "normal"])]
     pipeline_priority: String,
+    /// Fidelity section: also replay with this other `mirror-daemon` build (e.g. one
+    /// built before a change), interleaved leg by leg with this build's.
+    #[arg(long)]
+    baseline_daemon: Option<PathBuf>,
     /// Internal: hold this many idle connections (the growth section's helper process).
     #[arg(long, hide = true)]
     hold_conns: Option<usize>,
@@ -225,6 +229,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             // Long enough for ~20 samples in each route's p95 tail at 1k req/s.
             seconds: args.seconds.unwrap_or(if quick { 5 } else { 12 }).max(1),
             capped_too: !quick,
+            baseline: args.baseline_daemon.clone(),
         };
         let (t, r) = fidelity::run(&ctx, &plan)?;
         t.print();
@@ -238,8 +243,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
              latencies and ratios carry that noise; rerun on an idle host before deciding"
         ));
     }
-    verdicts.print();
-    tables.push(verdicts);
+    // The targets are issue 16's (overhead, completeness, RSS): the fidelity section
+    // judges its own in its table.
+    if args.only != Some(Section::Fidelity) {
+        verdicts.print();
+        tables.push(verdicts);
+    }
 
     let report = json!({
         "meta": {
