@@ -21,7 +21,7 @@ use std::{
 use tokio::{
     sync::mpsc::{self, error::TrySendError},
     task::{JoinHandle, JoinSet},
-    time::timeout,
+    time::{Instant, sleep_until, timeout},
 };
 
 use super::shadow::Shadow;
@@ -45,11 +45,12 @@ const MAX_PIPELINE: usize = 16;
 /// does not leave minutes of backlog behind one connection.
 pub const LANE_QUEUE: usize = 256;
 
-/// What a lane is told, in capture order.
+/// What a lane is told, in capture order, each with the instant it is due (paced input:
+/// the lane masks it meanwhile and waits; `None`: at once).
 enum LaneItem {
-    Exchange(Exchange),
-    /// The captured connection closed (tap time, ns): close the candidate connection too.
-    Close(u64),
+    Exchange(Exchange, Option<Instant>),
+    /// The captured connection closed: close the candidate connection too.
+    Close(Option<Instant>),
 }
 
 /// The lanes of the run, keyed by captured connection.
@@ -73,26 +74,32 @@ impl Lanes {
 
     /// Hands `ex` to its connection's lane (opening one if there is room); false when
     /// there is none, for the caller to count as dropped.
-    pub fn offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange) -> bool {
+    /// `send_at`: when to write it to the candidate (paced input), else at once.
+    pub fn offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange, send_at: Option<Instant>) -> bool {
         if self.queued.load(Ordering::Relaxed) >= REPLAY_QUEUE {
             return false;
         }
-        let offered = self.try_offer(shadow, ex).is_ok();
+        let offered = self.try_offer(shadow, ex, send_at).is_ok();
         if offered {
             self.queued.fetch_add(1, Ordering::Relaxed);
         }
         offered
     }
 
-    fn try_offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange) -> Result<(), Box<Exchange>> {
+    fn try_offer(
+        &mut self,
+        shadow: &Arc<Shadow>,
+        ex: Exchange,
+        send_at: Option<Instant>,
+    ) -> Result<(), Box<Exchange>> {
         while self.tasks.try_join_next().is_some() {}
         let back = |e: TrySendError<LaneItem>| match e {
-            TrySendError::Full(LaneItem::Exchange(ex))
-            | TrySendError::Closed(LaneItem::Exchange(ex)) => Some(Box::new(ex)),
+            TrySendError::Full(LaneItem::Exchange(ex, _))
+            | TrySendError::Closed(LaneItem::Exchange(ex, _)) => Some(Box::new(ex)),
             _ => None,
         };
         let ex = match self.lanes.get(&ex.flow) {
-            Some(tx) => match tx.try_send(LaneItem::Exchange(ex)) {
+            Some(tx) => match tx.try_send(LaneItem::Exchange(ex, send_at)) {
                 Ok(()) => return Ok(()),
                 Err(e @ TrySendError::Full(_)) => return back(e).map_or(Ok(()), Err),
                 Err(e) => match back(e) {
@@ -113,7 +120,7 @@ impl Lanes {
         }
         let (tx, rx) = mpsc::channel(LANE_QUEUE);
         let flow = ex.flow;
-        if let Err(e) = tx.try_send(LaneItem::Exchange(ex)) {
+        if let Err(e) = tx.try_send(LaneItem::Exchange(ex, send_at)) {
             return back(e).map_or(Ok(()), Err);
         }
         self.tasks
@@ -124,9 +131,9 @@ impl Lanes {
 
     /// The captured connection `flow` closed: its lane finishes what it holds, then closes
     /// the candidate connection. (When its queue is full the lane closes when idle.)
-    pub fn close(&mut self, flow: &FlowKey, ts_ns: u64) {
+    pub fn close(&mut self, flow: &FlowKey, at: Option<Instant>) {
         if let Some(tx) = self.lanes.remove(flow) {
-            let _ = tx.try_send(LaneItem::Close(ts_ns));
+            let _ = tx.try_send(LaneItem::Close(at));
         }
     }
 
@@ -180,16 +187,18 @@ enum Ahead {
     Exchange {
         timing: Timing,
         masked: JoinHandle<Masked>,
+        send_at: Option<Instant>,
     },
-    Close(u64),
+    Close(Option<Instant>),
 }
 
 fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
     match item {
-        LaneItem::Close(ts_ns) => Ahead::Close(ts_ns),
-        LaneItem::Exchange(ex) => {
+        LaneItem::Close(at) => Ahead::Close(at),
+        LaneItem::Exchange(ex, send_at) => {
             let me = shadow.clone();
             Ahead::Exchange {
+                send_at,
                 timing: ex.timing,
                 masked: tokio::task::spawn_blocking(move || {
                     let (masked, taint) = me.masker.mask_exchange_tainted(&ex);
@@ -210,7 +219,7 @@ const MAX_CONCLUDING: usize = 32;
 /// the daemon's own work.
 async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc<AtomicUsize>) {
     let start = |item: LaneItem| {
-        if matches!(item, LaneItem::Exchange(_)) {
+        if matches!(item, LaneItem::Exchange(..)) {
             queued.fetch_sub(1, Ordering::Relaxed);
         }
         start(&shadow, item)
@@ -240,12 +249,14 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         }
         while concluding.try_join_next().is_some() {}
         while concluding.len() >= MAX_CONCLUDING && concluding.join_next().await.is_some() {}
-        let (timing, masked) = match ahead.pop_front() {
-            Some(Ahead::Exchange { timing, masked }) => (timing, masked),
-            Some(Ahead::Close(ts_ns)) => {
-                if let Some(wait) = shadow.live_wait(ts_ns) {
-                    tokio::time::sleep(wait).await;
-                }
+        let (timing, masked, send_at) = match ahead.pop_front() {
+            Some(Ahead::Exchange {
+                timing,
+                masked,
+                send_at,
+            }) => (timing, masked, send_at),
+            Some(Ahead::Close(at)) => {
+                wait_until(at).await;
                 conn = None;
                 continue;
             }
@@ -265,11 +276,9 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         let Some(prepared) = prepare(&shadow, batch).await else {
             continue;
         };
-        // Live: masked while waiting, sent a fixed delay after legacy got it, so each
-        // connection keeps legacy's spacing instead of the ring's polling bursts.
-        if let Some(wait) = shadow.live_wait(timing.request_first_ns) {
-            tokio::time::sleep(wait).await;
-        }
+        // Paced: masked while waiting, written when due, so each connection keeps the
+        // spacing legacy saw instead of the bursts of the ring's polling or of masking.
+        wait_until(send_at).await;
         let closes = prepared
             .last()
             .is_some_and(|p| legacy_closed(&p.ex.request, &p.ex.response));
@@ -280,6 +289,14 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         concluding.spawn(conclude(shadow.clone(), prepared, replies));
     }
     while concluding.join_next().await.is_some() {}
+}
+
+/// Sleeps until `at` when it is still ahead (a past deadline would wait for the timer's
+/// next tick).
+async fn wait_until(at: Option<Instant>) {
+    if let Some(at) = at.filter(|at| *at > Instant::now()) {
+        sleep_until(at).await;
+    }
 }
 
 /// Waits for the batch's masking and starts the secondary's replays.

@@ -25,6 +25,9 @@ use crate::{
     store::{Example, ExchangeRecord, LatencySample, Store},
 };
 
+/// Paced from a capture, an exchange goes to its lane this long before it is due.
+const HAND_OVER_LEAD: Duration = crate::replay::LIVE_REPLAY_DELAY;
+
 /// Everything the workers share.
 pub struct Shadow {
     pub ledger: Arc<Ledger>,
@@ -63,14 +66,34 @@ pub(super) fn stage_failure(e: &tokio::task::JoinError) -> Outcome {
 }
 
 impl Shadow {
-    /// Live: how long to wait before replaying what legacy's tap saw at `tap_ns`
-    /// (`CLOCK_MONOTONIC`), so requests leave a fixed delay after legacy got them, with
-    /// the spacing legacy saw. `None` when due already or not live.
-    pub(super) fn live_wait(&self, tap_ns: u64) -> Option<Duration> {
-        let Some(Pace::Live(delay)) = self.pace else {
-            return None;
-        };
-        Some(live_wait(tap_ns, crate::clock::monotonic_ns(), delay)).filter(|d| !d.is_zero())
+    /// When what legacy got at `ts_ns` is due at the candidate. Live: a fixed delay after
+    /// legacy got it (tap time, `CLOCK_MONOTONIC`). From a capture: its capture time
+    /// scaled by `--speed`, and this loop waits until [`HAND_OVER_LEAD`] before that, so
+    /// the file is read no faster than replayed while the lane has time to mask it. The
+    /// lane waits out the rest: requests leave with the spacing legacy saw, neither in
+    /// the ring's polling bursts nor behind another connection's wait or masking.
+    async fn send_at(
+        &self,
+        ts_ns: u64,
+        pacer: Option<&mut Pacer>,
+        started: tokio::time::Instant,
+    ) -> Option<tokio::time::Instant> {
+        match self.pace {
+            Some(Pace::Live(delay)) => {
+                let wait = live_wait(ts_ns, crate::clock::monotonic_ns(), delay);
+                Some(tokio::time::Instant::now() + wait)
+            }
+            Some(Pace::Capture(_)) => {
+                let at = started + pacer?.due(ts_ns)?;
+                if let Some(hand_over) = at.checked_sub(HAND_OVER_LEAD)
+                    && hand_over > tokio::time::Instant::now()
+                {
+                    tokio::time::sleep_until(hand_over).await;
+                }
+                Some(at)
+            }
+            None => None,
+        }
     }
 
     pub(super) fn finish(&self, o: Outcome) {
@@ -93,12 +116,8 @@ impl Shadow {
             let ex = match item {
                 Captured::Exchange(ex) => ex,
                 Captured::Closed { flow, ts_ns } => {
-                    if let Some(due) = pacer.as_mut().and_then(|p| p.due(ts_ns)) {
-                        tokio::time::sleep_until(started + due).await;
-                    }
-                    // Live, the lane waits out the delay itself (after the exchanges it
-                    // holds), so this loop never holds back other connections' requests.
-                    lanes.close(&flow, ts_ns);
+                    let at = self.send_at(ts_ns, pacer.as_mut(), started).await;
+                    lanes.close(&flow, at);
                     continue;
                 }
             };
@@ -110,12 +129,9 @@ impl Shadow {
                 self.finish(Outcome::Dropped(DropReason::RateLimited));
                 continue;
             }
-            if let Some(due) = pacer
-                .as_mut()
-                .and_then(|p| p.due(ex.timing.request_first_ns))
-            {
-                tokio::time::sleep_until(started + due).await;
-            }
+            let send_at = self
+                .send_at(ex.timing.request_first_ns, pacer.as_mut(), started)
+                .await;
             if let Some(e) = &self.effects
                 && e.register(&ex).is_err()
             {
@@ -125,7 +141,7 @@ impl Shadow {
             let id = ex.id;
             // A slow candidate fills its lanes; the newest exchange is then dropped and
             // counted, and the capture never waits.
-            if lanes.offer(&self, ex) {
+            if lanes.offer(&self, ex, send_at) {
                 replayed += 1;
             } else {
                 if let Some(e) = &self.effects {
