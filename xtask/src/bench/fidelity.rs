@@ -784,11 +784,12 @@ fn route_figures(r: &Value) -> RouteFigures {
 
 fn print_leg(r: &FidelityRun) {
     eprintln!(
-        "xtask bench: fidelity {} {}/s {:?} (candidate {}): {} (with {FLOOR} floor: {}); \
-         load {}; {}",
+        "xtask bench: fidelity {} {}/s {:?} by {} (candidate {}): {} (with {FLOOR} floor: \
+         {}); load {}; {}",
         r.service.label(),
         r.rate,
         r.source,
+        r.daemon,
         r.candidate_cpu.label(),
         r.verdict,
         r.verdict_with_floor,
