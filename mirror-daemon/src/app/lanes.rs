@@ -40,9 +40,10 @@ pub const LANE_IDLE: Duration = Duration::from_secs(5);
 /// Requests written back to back on one connection at most.
 const MAX_PIPELINE: usize = 16;
 
-/// Exchanges waiting in one lane at most: enough for the live replay delay at a few
-/// thousand requests per second on one connection, short enough that a hanging candidate
-/// does not leave minutes of backlog behind one connection.
+/// Exchanges waiting in one lane at most: each waits there up to the live delay (or the
+/// hand-over lead), 50 ms, so this holds that long of ~5k requests per second on one
+/// connection; short enough that a hanging candidate does not leave minutes of backlog
+/// behind one connection.
 pub const LANE_QUEUE: usize = 256;
 
 /// What a lane is told, in capture order, each with the instant it is due (paced input:

@@ -41,9 +41,11 @@ pub enum Pace {
     Live(Duration),
 }
 
-/// Live requests leave this long after legacy got them: covers the ring's polling
-/// interval and the capture thread's work, so the spacing legacy saw is kept.
-pub const LIVE_REPLAY_DELAY: Duration = Duration::from_millis(100);
+/// Live requests leave this long after legacy got them: covers the ring's 20 ms polling
+/// interval and the capture thread's work, so the spacing legacy saw is kept. Each waits
+/// in its connection's lane meanwhile, so the lanes' bounds must hold this long of
+/// traffic: 100 ms overflowed them on one fast keep-alive connection (e2e `shadow`).
+pub const LIVE_REPLAY_DELAY: Duration = Duration::from_millis(50);
 
 /// How long to wait, from now (`now_mono_ns`, `CLOCK_MONOTONIC`), before replaying a
 /// live request legacy received at `received_mono_ns`; zero when already late.
