@@ -3,7 +3,9 @@
 //! timestamps), so an identical candidate is judged identical by the product itself.
 //!
 //! Controls: the legacy binary (an example service, and nginx serving static files)
-//! replayed to itself gives GO under a 15 % p95 limit, live and from a capture; a capture
+//! replayed to itself gives GO under a 15 % p95 limit, live and from a capture (and the
+//! example service live at 1k req/s; the ratios themselves are measured side by side by
+//! `cargo xtask bench --only fidelity`, not asserted here); a capture
 //! replayed at its own pace to a one-thread candidate with a tiny accept backlog gets no
 //! errors, and the candidate receives the same connections and the same per-connection
 //! request order as legacy did (checked on the wire, from both servers' logs).
