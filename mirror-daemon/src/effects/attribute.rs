@@ -80,7 +80,8 @@ pub struct Inbound {
 }
 
 /// Counters of the book (reported at the end of a run and on the card's section).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct BookStats {
     pub calls_recorded: u64,
     pub attributed_exact: u64,
@@ -97,6 +98,21 @@ pub struct BookStats {
     pub inbound_expired: u64,
     /// Calls not kept because the byte budget was spent.
     pub over_budget: u64,
+}
+
+impl BookStats {
+    /// Adds `o` (summing over hosts).
+    pub fn add(&mut self, o: &BookStats) {
+        self.calls_recorded += o.calls_recorded;
+        self.attributed_exact += o.attributed_exact;
+        self.attributed_window += o.attributed_window;
+        self.ambiguous += o.ambiguous;
+        self.unattributed += o.unattributed;
+        self.over_cap += o.over_cap;
+        self.inbound_refused += o.inbound_refused;
+        self.inbound_expired += o.inbound_expired;
+        self.over_budget += o.over_budget;
+    }
 }
 
 /// The in-memory book: legacy's calls per inbound exchange, and the candidate's.

@@ -94,8 +94,10 @@ pub struct VirtualCounters {
     pub malformed: AtomicU64,
 }
 
-/// Figures of a run's side effects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// Figures of a run's side effects (stored with each ledger snapshot as JSON; fields
+/// added later read as 0 from older rows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EffectsFigures {
     pub book: BookStats,
     /// Dependency exchanges lost on the capture → recorder queue.
@@ -106,6 +108,20 @@ pub struct EffectsFigures {
     pub content_ties: u64,
     pub unmatched: u64,
     pub malformed: u64,
+}
+
+impl EffectsFigures {
+    /// Adds `o` (summing over hosts).
+    pub fn add(&mut self, o: &EffectsFigures) {
+        self.book.add(&o.book);
+        self.recorder_queue_full += o.recorder_queue_full;
+        self.candidate_calls += o.candidate_calls;
+        self.matched_by_id += o.matched_by_id;
+        self.matched_by_content += o.matched_by_content;
+        self.content_ties += o.content_ties;
+        self.unmatched += o.unmatched;
+        self.malformed += o.malformed;
+    }
 }
 
 /// The side-effect stages' shared state.

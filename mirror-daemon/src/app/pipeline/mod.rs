@@ -191,6 +191,8 @@ impl Running {
             Err(_) => anyhow::bail!("capture thread panicked"),
         };
         let drained = drain(self.replays, self.writer, &self.ledger, deadlines).await;
+        // Every replay has concluded: the side-effect figures are final.
+        let side_effects = self.effects.as_ref().map(|e| e.figures());
         // Attempts still waiting for their sink capture are reported without bytes.
         let attempts = self.egress.ready(Instant::now(), true);
         egress::report(
@@ -210,6 +212,7 @@ impl Running {
                 &self.ledger.snapshot(),
                 &self.kernel,
                 &figures.pairing(),
+                side_effects.as_ref(),
             )
             .await?;
         drop(self.fence);
@@ -228,7 +231,7 @@ impl Running {
             ledger: self.ledger.snapshot(),
             capture: figures,
             drained,
-            side_effects: self.effects.as_ref().map(|e| e.figures()),
+            side_effects,
             criteria: self.criteria,
             host: self.host,
             run_id: self.run_id,
@@ -273,6 +276,7 @@ impl Running {
                 &snapshot,
                 &self.kernel,
                 &self.pairing,
+                self.effects.as_ref().map(|e| e.figures()).as_ref(),
             )
             .await
         {
@@ -300,12 +304,18 @@ impl Running {
     /// shape).
     fn card_now(&self) -> ParityCard {
         let snapshot = self.ledger.snapshot();
+        let side_effects = self.effects.as_ref().map(|e| e.figures());
         let live = self
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         report::build(
-            live.card_evidence(&snapshot, &self.kernel, Some(&self.pairing)),
+            live.card_evidence(
+                &snapshot,
+                &self.kernel,
+                Some(&self.pairing),
+                side_effects.as_ref(),
+            ),
             &self.criteria,
             &NoiseRule::default(),
         )
