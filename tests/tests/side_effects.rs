@@ -108,6 +108,10 @@ fn load(topo: &Topology, with_id: fn(u64) -> bool) -> u64 {
 }
 
 struct Run {
+    /// `mirror_side_effect_*_total` (name without prefix and suffix) scraped after the
+    /// load settled, and the dashboard's side-effect figures read then.
+    metrics: std::collections::BTreeMap<String, u64>,
+    live: Value,
     db: std::path::PathBuf,
     _dir: tempfile::TempDir,
     code: Option<i32>,
@@ -183,6 +187,23 @@ fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
     daemon
         .wait_settled(topo.legacy(), created, Duration::from_secs(120))
         .expect("settled");
+    let metrics = side_effect_metrics(&daemon.get(topo.legacy(), "/metrics").expect("scrape"));
+    // The dashboard's figures are published once a second: wait (bounded) for the tick
+    // after the load to reach them.
+    let mut live = Value::Null;
+    for _ in 0..50 {
+        let snap: Value = serde_json::from_str(
+            &daemon
+                .get(topo.legacy(), "/api/snapshot")
+                .expect("snapshot"),
+        )
+        .expect("snapshot json");
+        live = snap["side_effects"].clone();
+        if live["candidate_calls"].as_u64() == metrics.get("candidate_calls").copied() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let exit = daemon.stop(Duration::from_secs(60)).expect("stopped");
     let (_, card) = report_json(
         &dir.path().join("m.db"),
@@ -196,6 +217,8 @@ fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
     let _ = legacy.stop(Duration::from_secs(10));
     let _ = pay.stop(Duration::from_secs(10));
     Run {
+        metrics,
+        live,
         db: dir.path().join("m.db"),
         _dir: dir,
         code: exit.code,
@@ -204,6 +227,71 @@ fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
         charges,
         created,
     }
+}
+
+/// `mirror_side_effect_NAME_total N` lines.
+fn side_effect_metrics(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("mirror_side_effect_"))
+        .filter_map(|l| l.split_once("_total "))
+        .filter_map(|(name, v)| Some((name.to_string(), v.trim().parse().ok()?)))
+        .collect()
+}
+
+/// `/metrics` after the load, the dashboard's panel and the stored report's
+/// `side_effect_counts` give the same numbers (nothing moved once the load settled).
+fn counts_agree(r: &Run) {
+    let c = &r.card["side_effect_counts"];
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("a count in {c}"));
+    let stored = [
+        ("calls_recorded", n(&c["calls_recorded"])),
+        ("attributed_by_id", n(&c["attributed_by_id"])),
+        ("attributed_by_window", n(&c["attributed_by_window"])),
+        ("ambiguous", n(&c["ambiguous"])),
+        ("unattributed", n(&c["unattributed"])),
+        ("recorder_queue_full", n(&c["recorder_queue_full"])),
+        ("candidate_calls", n(&c["candidate_calls"])),
+        (
+            "virtual_matched",
+            n(&c["answered_by_id"]) + n(&c["answered_by_content"]),
+        ),
+        ("virtual_unmatched", n(&c["unmatched"])),
+        ("mismatched", n(&c["exchanges_with_diffs"])),
+    ];
+    eprintln!("stored side-effect counts {c}\nmetrics {:?}", r.metrics);
+    for (name, v) in stored {
+        assert_eq!(
+            r.metrics.get(name),
+            Some(&v),
+            "mirror_side_effect_{name}_total"
+        );
+    }
+    assert!(
+        n(&c["calls_recorded"]) > 0 && n(&c["candidate_calls"]) > 0,
+        "{c}"
+    );
+    let b = &r.live["book"];
+    assert_eq!(
+        (
+            n(&b["calls_recorded"]),
+            n(&b["attributed_exact"]),
+            n(&b["attributed_window"]),
+            n(&r.live["candidate_calls"]),
+            n(&r.live["unmatched"]),
+            n(&r.live["exchanges_with_diffs"]),
+        ),
+        (
+            stored[0].1,
+            stored[1].1,
+            stored[2].1,
+            stored[6].1,
+            stored[8].1,
+            stored[9].1
+        ),
+        "dashboard {}",
+        r.live
+    );
+    assert_eq!(c["ledgers_not_recorded"], 0, "{c}");
 }
 
 fn route<'a>(card: &'a Value, name: &str) -> &'a Value {
@@ -265,6 +353,7 @@ fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
     assert_eq!(figure(&r.stderr, "by time window "), 0);
     let egress = r.card["egress"].to_string();
     assert!(egress.contains("virtualized"), "{egress}");
+    counts_agree(&r);
 }
 
 #[test]
@@ -319,6 +408,9 @@ fn candidate_charging_another_amount_is_no_go_on_side_effects() {
     assert!(failing.contains("max_side_effect_mismatch"), "{failing}");
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert_eq!(figure(&r.stderr, "unmatched 502 "), 0, "{}", r.stderr);
+    counts_agree(&r);
+    // One kind of diff per exchange here, so the card's upper bound is exact.
+    assert_eq!(r.metrics["mismatched"], mismatched);
 }
 
 /// The stored `POST /orders` exchanges whose user's `u % 4` is in `rests`, with
@@ -410,6 +502,7 @@ fn missing_and_extra_calls_are_counted_and_matching_without_ids_is_measured() {
         .count() as u64;
     assert!(figure(&r.stderr, "unmatched 502 ") >= extra_with_id * 9 / 10);
     assert!(figure(&r.stderr, "by time window ") > 0);
+    counts_agree(&r);
     // Without an id: measured and reported, not asserted.
     let o = outcomes(&r.db, false, &[0, 3]);
     let all = (o.equal + o.response + o.side_effects_only).max(1) as f64;

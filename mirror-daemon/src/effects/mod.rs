@@ -92,6 +92,9 @@ pub struct VirtualCounters {
     /// Answered 502: no recording matched.
     pub unmatched: AtomicU64,
     pub malformed: AtomicU64,
+    /// Compared exchanges with at least one side-effect diff (counted by the shadow
+    /// stage, which alone knows whether the diffs were compared).
+    pub exchanges_with_diffs: AtomicU64,
 }
 
 /// Figures of a run's side effects (stored with each ledger snapshot as JSON; fields
@@ -108,6 +111,9 @@ pub struct EffectsFigures {
     pub content_ties: u64,
     pub unmatched: u64,
     pub malformed: u64,
+    /// Compared exchanges with at least one side-effect diff (exact, where the card's
+    /// `side_effect_mismatched` is an upper bound over diff kinds).
+    pub exchanges_with_diffs: u64,
 }
 
 impl EffectsFigures {
@@ -121,6 +127,7 @@ impl EffectsFigures {
         self.content_ties += o.content_ties;
         self.unmatched += o.unmatched;
         self.malformed += o.malformed;
+        self.exchanges_with_diffs += o.exchanges_with_diffs;
     }
 }
 
@@ -360,6 +367,7 @@ impl Effects {
             content_ties: l(&c.content_ties),
             unmatched: l(&c.unmatched),
             malformed: l(&c.malformed),
+            exchanges_with_diffs: l(&c.exchanges_with_diffs),
         }
     }
 }
@@ -376,7 +384,7 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
@@ -391,7 +399,8 @@ impl std::fmt::Display for EffectsFigures {
             self.content_ties,
             self.unmatched,
             self.malformed,
-            b.inbound_refused
+            b.inbound_refused,
+            self.exchanges_with_diffs
         )
     }
 }

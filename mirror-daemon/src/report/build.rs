@@ -230,6 +230,7 @@ fn side_effect_counts(ev: &CardEvidence<'_>) -> Option<SideEffectCounts> {
         refused_as_ties: f.content_ties,
         unmatched: f.unmatched,
         malformed: f.malformed,
+        exchanges_with_diffs: f.exchanges_with_diffs,
         ledgers_not_recorded: ev
             .ledgers
             .iter()

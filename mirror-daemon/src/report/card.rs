@@ -320,6 +320,9 @@ pub struct SideEffectCounts {
     /// Calls no recording matched (answered 502).
     pub unmatched: u64,
     pub malformed: u64,
+    /// Compared exchanges with at least one side-effect diff (exact; `mirror_side_effect_
+    /// mismatched_total` on /metrics).
+    pub exchanges_with_diffs: u64,
     /// Ledgers of the selection without these figures.
     pub ledgers_not_recorded: u64,
 }

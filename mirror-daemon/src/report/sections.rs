@@ -695,6 +695,10 @@ fn side_effect_count_lines(card: &ParityCard) -> Vec<String> {
             c.refused_as_ties,
             c.malformed
         ),
+        format!(
+            "compared exchanges with a side-effect diff: {}",
+            c.exchanges_with_diffs
+        ),
     ];
     if c.ledgers_not_recorded > 0 {
         lines.push(format!(
