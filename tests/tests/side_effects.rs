@@ -512,4 +512,5 @@ fn missing_and_extra_calls_are_counted_and_matching_without_ids_is_measured() {
         100.0 * o.side_effects_only as f64 / all,
         figure(&r.stderr, "ambiguous ")
     );
+    eprintln!("first that differed: {:?}", o.examples);
 }

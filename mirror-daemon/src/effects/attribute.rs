@@ -2,10 +2,15 @@
 //!
 //! Exactly when the call carries an id the inbound request carried (`traceparent`'s trace
 //! id, `X-Request-Id`, `--propagation-header`); otherwise by time: a call without ids
-//! belongs to an inbound exchange without ids whose window (first request byte to last
-//! response byte) contains the call's first byte. A call inside several such windows is
-//! given to the oldest and counted as ambiguous. Calls and exchanges can come in either
-//! order; a call nobody claims is dropped from the pool (counted) after [`POOL_AGE_NS`].
+//! belongs to an inbound exchange without ids whose handler window holds the whole call —
+//! from the inbound request's last byte to its response's first byte, widened by
+//! [`WINDOW_SLACK_NS`] on each side (a handler reads the request, calls, then answers; a
+//! call it makes after it started answering is not attributed without an id). A call
+//! several windows hold goes to the tightest fit (the least time between the request's
+//! end and the call, plus between the call's end and the response) and is counted as
+//! ambiguous; an exchange registered later that fits a still-unused call better takes
+//! it over. Calls and exchanges can come in either order; a call nobody claims is
+//! dropped from the pool (counted) after [`POOL_AGE_NS`].
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -16,6 +21,13 @@ use crate::http::{CorrelationId, Request};
 pub const POOL_AGE_NS: u64 = 10_000_000_000;
 /// An inbound exchange never concluded (lost on the way) is forgotten after this long.
 pub const INBOUND_AGE_NS: u64 = 60_000_000_000;
+/// How far a call without ids may stick out of an inbound exchange's handler window and
+/// still be its call: both are stamped by the same tap clock, so this only absorbs the
+/// order in which the kernel hooks see the segments of two sockets.
+pub const WINDOW_SLACK_NS: u64 = 1_000_000;
+/// Inbound exchanges without ids (newest first) a call without ids is fitted against: the
+/// owner of a call completes around the time the call does, so it is among the newest.
+pub const WINDOW_SCAN: usize = 1024;
 
 /// Memory bounds of the book.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +84,8 @@ pub struct CandidateCall {
 pub struct Inbound {
     pub raw_ids: Vec<String>,
     pub sent_ids: Vec<String>,
+    /// The handler window: the request's last byte, the response's first byte (capture
+    /// clock).
     pub window: (u64, u64),
     pub legacy: Vec<Recorded>,
     pub candidate: Vec<CandidateCall>,
@@ -88,6 +102,9 @@ pub struct BookStats {
     pub attributed_window: u64,
     /// Calls inside the windows of several inbound exchanges without ids.
     pub ambiguous: u64,
+    /// Calls without ids an exchange registered later fitted better and took over (they
+    /// count once, as attributed by window, to their last owner).
+    pub taken_over: u64,
     /// Calls no inbound exchange claimed (aged out or over the pool cap).
     pub unattributed: u64,
     /// Calls over the per-exchange cap.
@@ -107,6 +124,7 @@ impl BookStats {
         self.attributed_exact += o.attributed_exact;
         self.attributed_window += o.attributed_window;
         self.ambiguous += o.ambiguous;
+        self.taken_over += o.taken_over;
         self.unattributed += o.unattributed;
         self.over_cap += o.over_cap;
         self.inbound_refused += o.inbound_refused;
@@ -136,6 +154,17 @@ pub struct Book {
     stats: BookStats,
     /// Newest capture time seen (drives the ages).
     now_ns: u64,
+}
+
+/// How tightly handler window `w` holds `call` (smaller is tighter): the time from the
+/// request's end to the call plus from the call's end to the response; `None` unless the
+/// whole call is inside the window widened by [`WINDOW_SLACK_NS`].
+pub fn fit(w: (u64, u64), call: &OutboundCall) -> Option<u64> {
+    let (start, end) = (call.request_first_ns, call.response_last_ns);
+    if start.saturating_add(WINDOW_SLACK_NS) < w.0 || w.1.saturating_add(WINDOW_SLACK_NS) < end {
+        return None;
+    }
+    Some(start.abs_diff(w.0) + w.1.abs_diff(end))
 }
 
 /// The book cannot follow another inbound exchange.
@@ -201,13 +230,64 @@ impl Book {
         });
     }
 
-    /// Inbound exchanges without ids whose window holds `ts`, oldest first.
-    fn windows_holding(&self, ts: u64) -> impl Iterator<Item = CorrelationId> + '_ {
-        self.windowed.iter().copied().filter(move |id| {
-            self.inbound
-                .get(id)
-                .is_some_and(|i| i.window.0 <= ts && ts <= i.window.1)
-        })
+    /// The best fit among the newest [`WINDOW_SCAN`] inbound exchanges without ids whose
+    /// window holds `call`, and how many hold it.
+    fn best_window(&self, call: &OutboundCall) -> (Option<CorrelationId>, usize) {
+        let mut best: Option<(CorrelationId, u64)> = None;
+        let mut holders = 0;
+        for id in self.windowed.iter().rev().take(WINDOW_SCAN) {
+            let Some(f) = self.inbound.get(id).and_then(|i| fit(i.window, call)) else {
+                continue;
+            };
+            holders += 1;
+            if best.is_none_or(|(_, b)| f < b) {
+                best = Some((*id, f));
+            }
+        }
+        (best.map(|(id, _)| id), holders)
+    }
+
+    /// Newly registered `id` (without ids) takes over the unused calls of other
+    /// exchanges' windows that it fits better. The old slot is marked used (nothing
+    /// answers from it or reports it missing; indices of candidate calls stay valid).
+    fn take_over(&mut self, id: CorrelationId) {
+        let Some(window) = self.inbound.get(&id).map(|i| i.window) else {
+            return;
+        };
+        let mut moved = Vec::new();
+        for other in self.windowed.iter().rev().take(WINDOW_SCAN) {
+            if *other == id {
+                continue;
+            }
+            let Some(inb) = self.inbound.get_mut(other) else {
+                continue;
+            };
+            if inb.window.1.saturating_add(WINDOW_SLACK_NS) < window.0
+                || window.1.saturating_add(WINDOW_SLACK_NS) < inb.window.0
+            {
+                continue;
+            }
+            for r in inb.legacy.iter_mut() {
+                if r.used || r.how != Attributed::Window {
+                    continue;
+                }
+                let (Some(mine), Some(theirs)) = (fit(window, &r.call), fit(inb.window, &r.call))
+                else {
+                    continue;
+                };
+                if mine < theirs {
+                    r.used = true;
+                    moved.push(r.call.clone());
+                }
+            }
+        }
+        for call in moved {
+            // The old slot keeps its bytes until its exchange is forgotten.
+            self.bytes += call.size();
+            self.stats.attributed_window = self.stats.attributed_window.saturating_sub(1);
+            self.stats.taken_over += 1;
+            self.attach(id, call, Attributed::Window);
+        }
     }
 
     /// A call legacy made, captured.
@@ -223,18 +303,14 @@ impl Book {
             self.attach(owner, call, Attributed::Exact);
             return;
         }
-        if call.ids.is_empty() {
-            let holders: Vec<CorrelationId> = self
-                .windows_holding(call.request_first_ns)
-                .take(2)
-                .collect();
-            if let Some(&owner) = holders.first() {
-                if holders.len() > 1 {
-                    self.stats.ambiguous += 1;
-                }
-                self.attach(owner, call, Attributed::Window);
-                return;
+        if call.ids.is_empty()
+            && let (Some(owner), holders) = self.best_window(&call)
+        {
+            if holders > 1 {
+                self.stats.ambiguous += 1;
             }
+            self.attach(owner, call, Attributed::Window);
+            return;
         }
         self.pool.push_back(call);
         self.expire_pool();
@@ -305,10 +381,7 @@ impl Book {
         for call in self.pool.drain(..) {
             let inb = &self.inbound[&id];
             let exact = call.ids.iter().any(|i| inb.raw_ids.contains(i));
-            let in_window = windowed
-                && call.ids.is_empty()
-                && window.0 <= call.request_first_ns
-                && call.request_first_ns <= window.1;
+            let in_window = windowed && call.ids.is_empty() && fit(window, &call).is_some();
             match (exact, in_window) {
                 (true, _) => claimed.push((call, Attributed::Exact)),
                 (false, true) => claimed.push((call, Attributed::Window)),
@@ -316,12 +389,13 @@ impl Book {
             }
         }
         self.pool = kept;
+        // A pooled call had no holder when it came: `id` is the first, hence the only
+        // registered one.
         for (call, how) in claimed {
-            if how == Attributed::Window && self.windows_holding(call.request_first_ns).count() > 1
-            {
-                self.stats.ambiguous += 1;
-            }
             self.attach(id, call, how);
+        }
+        if windowed {
+            self.take_over(id);
         }
         Ok(())
     }
@@ -454,19 +528,81 @@ mod tests {
         );
     }
 
+    const MS: u64 = 1_000_000;
+
+    /// A call without ids from `from` to `to` ms.
+    fn timed(from: u64, to: u64, body: &str) -> OutboundCall {
+        let mut c = call(&[], from * MS, body);
+        c.response_last_ns = to * MS;
+        c
+    }
+
+    fn unused(b: &Book, id: &CorrelationId) -> Vec<String> {
+        b.inbound(id)
+            .expect("followed")
+            .legacy
+            .iter()
+            .filter(|r| !r.used)
+            .map(|r| String::from_utf8_lossy(&r.call.request.body).into_owned())
+            .collect()
+    }
+
     #[test]
-    fn without_ids_the_window_decides_and_overlaps_count_as_ambiguous() {
+    fn without_ids_the_tightest_window_wins_and_overlaps_count_as_ambiguous() {
         let mut b = Book::new(BookLimits::default());
         let (x, y) = (CorrelationId::new(), CorrelationId::new());
-        b.register(x, vec![], (100, 200)).expect("room");
-        b.add_call(call(&[], 150, "alone"));
-        b.register(y, vec![], (180, 300)).expect("room");
-        b.add_call(call(&[], 190, "both"));
-        b.add_call(call(&[], 250, "late"));
-        assert_eq!(bodies(&b, &x), vec!["alone", "both"]);
+        b.register(x, vec![], (100 * MS, 200 * MS)).expect("room");
+        b.add_call(timed(150, 160, "alone"));
+        b.register(y, vec![], (180 * MS, 300 * MS)).expect("room");
+        // Both hold it: 85 + 5 ms from x's ends, 5 + 105 ms from y's.
+        b.add_call(timed(185, 195, "both"));
+        // y's start is nearer, but x's end is: x's (200 ms) still holds it.
+        b.add_call(timed(182, 199, "x-fits"));
+        b.add_call(timed(250, 260, "late"));
+        assert_eq!(bodies(&b, &x), vec!["alone", "both", "x-fits"]);
         assert_eq!(bodies(&b, &y), vec!["late"]);
-        assert_eq!(b.stats().ambiguous, 1);
-        assert_eq!(b.stats().attributed_window, 3);
+        assert_eq!(b.stats().ambiguous, 2);
+        assert_eq!(b.stats().attributed_window, 4);
+    }
+
+    #[test]
+    fn a_call_outside_the_handler_window_is_not_attributed_without_ids() {
+        let mut b = Book::new(BookLimits::default());
+        let x = CorrelationId::new();
+        b.register(x, vec![], (100 * MS, 200 * MS)).expect("room");
+        // Started before the request was read, or ended after the answer began (beyond
+        // the slack): another exchange's, or a call made after answering.
+        b.add_call(timed(98, 150, "early"));
+        b.add_call(timed(150, 202, "late"));
+        // Within the slack on both ends.
+        let mut edge = timed(100, 200, "edge");
+        edge.request_first_ns -= WINDOW_SLACK_NS / 2;
+        edge.response_last_ns += WINDOW_SLACK_NS / 2;
+        b.add_call(edge);
+        assert_eq!(bodies(&b, &x), vec!["edge"]);
+        assert_eq!(b.stats().attributed_window, 1);
+    }
+
+    #[test]
+    fn an_exchange_registered_later_takes_over_the_unused_calls_it_fits_better() {
+        let mut b = Book::new(BookLimits::default());
+        let (x, y) = (CorrelationId::new(), CorrelationId::new());
+        // The calls come first (they end before their exchanges do).
+        b.add_call(timed(500, 510, "y's"));
+        b.add_call(timed(300, 320, "x's"));
+        b.add_call(timed(600, 650, "also x's"));
+        // x's long window holds all three and claims them from the pool.
+        b.register(x, vec![], (290 * MS, 700 * MS)).expect("room");
+        assert_eq!(unused(&b, &x), vec!["y's", "x's", "also x's"]);
+        // y's window is tight around one of them: y takes it over; the others stay.
+        b.register(y, vec![], (499 * MS, 512 * MS)).expect("room");
+        assert_eq!(unused(&b, &x), vec!["x's", "also x's"]);
+        assert_eq!(unused(&b, &y), vec!["y's"]);
+        let s = b.stats();
+        assert_eq!((s.attributed_window, s.taken_over), (3, 1));
+        // The moved slot is neither answered from nor reported missing for x.
+        let done = b.finish(&x).expect("followed");
+        assert_eq!(done.legacy.iter().filter(|r| !r.used).count(), 2);
     }
 
     #[test]

@@ -195,7 +195,8 @@ impl Effects {
     /// Follows inbound exchange `ex` (before it is replayed).
     pub fn register(&self, ex: &Exchange) -> Result<(), BookFull> {
         let ids = self.cfg.propagation.ids(&ex.request.headers);
-        let window = (ex.timing.request_first_ns, ex.timing.response_last_ns);
+        // The handler's time: after the request was read, before the answer began.
+        let window = (ex.timing.request_last_ns, ex.timing.response_first_ns);
         let r = self.book().register(ex.id, ids, window);
         self.changed.notify_waiters();
         r
@@ -384,11 +385,12 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
             b.ambiguous,
+            b.taken_over,
             b.unattributed,
             b.over_cap,
             b.over_budget,

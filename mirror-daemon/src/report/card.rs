@@ -299,8 +299,10 @@ pub struct SideEffectCounts {
     pub attributed_by_id: u64,
     /// Tied by the inbound exchange's time window (no id).
     pub attributed_by_window: u64,
-    /// Of those, calls several inbound exchanges' windows held.
+    /// Of those, calls several inbound exchanges' windows held when they came.
     pub ambiguous: u64,
+    /// Of those, calls an exchange registered later fitted better and took over.
+    pub taken_over: u64,
     /// Calls no inbound exchange claimed.
     pub unattributed: u64,
     /// Calls not kept: over the per-exchange cap, over the byte budget.

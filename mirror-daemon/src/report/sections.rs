@@ -672,12 +672,13 @@ fn side_effect_count_lines(card: &ParityCard) -> Vec<String> {
     };
     let mut lines = vec![
         format!(
-            "legacy calls recorded: {} (by id {}, by time window {} of them ambiguous {}, \
-             unattributed {})",
+            "legacy calls recorded: {} (by id {}, by time window {} of them ambiguous {} and \
+             taken over by a better fit {}, unattributed {})",
             c.calls_recorded,
             c.attributed_by_id,
             c.attributed_by_window,
             c.ambiguous,
+            c.taken_over,
             c.unattributed
         ),
         format!(
