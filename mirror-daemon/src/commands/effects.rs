@@ -17,10 +17,12 @@ use mirror_daemon::{
 use super::common::usage;
 use crate::cli::PipelineArgs;
 
-/// Validates the flags and, with `--virtualize-egress`, binds the virtual dependency
+/// Validates the flags (`inbound_ports`: legacy's own `--port`s, empty when learned
+/// from a capture file) and, with `--virtualize-egress`, binds the virtual dependency
 /// listeners in the candidate's network namespace; `None` without `--dependency`.
 pub fn prepare(
     p: &PipelineArgs,
+    inbound_ports: &[u16],
     masker: &Arc<Masker>,
     templater: &Arc<RouteTemplater>,
 ) -> anyhow::Result<Option<EffectsPlan>> {
@@ -41,6 +43,7 @@ pub fn prepare(
     }
     let cfg = EffectsConfig {
         dependencies: Dependencies::new(p.dependencies.clone()),
+        inbound_ports: inbound_ports.to_vec(),
         propagation: Propagation::new(&p.propagation_headers),
         virtualize: p.virtualize_egress,
         limits: BookLimits::default(),

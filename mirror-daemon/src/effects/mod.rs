@@ -26,7 +26,7 @@ use crate::http::{CorrelationId, Exchange, Request, Response};
 use crate::mask::Masker;
 use attribute::{Book, BookFull, BookLimits, BookStats, CandidateCall};
 pub use plan::EffectsPlan;
-use record::{Dependencies, Propagation};
+use record::{Dependencies, Propagation, Traffic};
 
 /// Dependency exchanges waiting between the capture thread and the recorder.
 pub const OUTBOUND_QUEUE: usize = 8192;
@@ -46,25 +46,53 @@ pub const RECORDING_WAIT: Duration = Duration::from_secs(4);
 #[derive(Clone, Debug)]
 pub struct OutboundTap {
     pub dependencies: Dependencies,
+    /// Legacy's own server ports (empty when learned from a capture file).
+    pub inbound_ports: Vec<u16>,
     pub tx: mpsc::Sender<(Exchange, SocketAddr)>,
     pub dropped: Arc<AtomicU64>,
+    /// Exchanges (and drops) on a dependency's port to a server not given with
+    /// `--dependency`: not calls, not inbound, counted here.
+    pub other: Arc<AtomicU64>,
 }
 
 impl OutboundTap {
-    /// Takes `ex` when it is a call to a dependency, queuing it for the recorder; hands
-    /// it back otherwise (an inbound exchange).
+    /// Takes `ex` when it is a call to a dependency (queued for the recorder) or other
+    /// traffic on a dependency's port (counted); hands it back when it is inbound.
     pub fn take(&self, ex: Exchange) -> Option<Exchange> {
-        let Some(dep) = self.dependencies.find(&ex.flow.server) else {
-            return Some(ex);
-        };
-        if self.tx.try_send((ex, dep)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match self.classify(&ex.flow.server) {
+            Traffic::Inbound => Some(ex),
+            Traffic::Dependency(dep) => {
+                if self.tx.try_send((ex, dep)).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                None
+            }
+            Traffic::Other => {
+                self.other.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
-        None
     }
 
-    pub fn is_dependency(&self, server: &SocketAddr) -> bool {
-        self.dependencies.find(server).is_some()
+    pub fn classify(&self, server: &SocketAddr) -> Traffic {
+        self.dependencies.classify(server, &self.inbound_ports)
+    }
+
+    /// Counts `n` exchanges of a connection that is not inbound lost in framing.
+    pub fn count_lost(&self, server: &SocketAddr, n: u64) {
+        match self.classify(server) {
+            Traffic::Inbound => {}
+            Traffic::Dependency(_) => {
+                self.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+            Traffic::Other => {
+                self.other.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn is_inbound(&self, server: &SocketAddr) -> bool {
+        self.classify(server) == Traffic::Inbound
     }
 }
 
@@ -72,6 +100,8 @@ impl OutboundTap {
 #[derive(Clone, Debug)]
 pub struct EffectsConfig {
     pub dependencies: Dependencies,
+    /// Legacy's own server ports (`--port`; empty when learned from a capture file).
+    pub inbound_ports: Vec<u16>,
     pub propagation: Propagation,
     /// Answer the candidate's calls from the recordings and diff both sides.
     pub virtualize: bool,
@@ -103,8 +133,11 @@ pub struct VirtualCounters {
 #[serde(default)]
 pub struct EffectsFigures {
     pub book: BookStats,
-    /// Dependency exchanges lost on the capture → recorder queue.
+    /// Dependency exchanges lost on the capture → recorder queue (or in framing).
     pub recorder_queue_full: u64,
+    /// Exchanges on a dependency's port to a server not given with `--dependency` (not
+    /// calls, not inbound).
+    pub other_on_dependency_ports: u64,
     pub candidate_calls: u64,
     pub matched_by_id: u64,
     pub matched_by_content: u64,
@@ -121,6 +154,7 @@ impl EffectsFigures {
     pub fn add(&mut self, o: &EffectsFigures) {
         self.book.add(&o.book);
         self.recorder_queue_full += o.recorder_queue_full;
+        self.other_on_dependency_ports += o.other_on_dependency_ports;
         self.candidate_calls += o.candidate_calls;
         self.matched_by_id += o.matched_by_id;
         self.matched_by_content += o.matched_by_content;
@@ -140,6 +174,7 @@ pub struct Effects {
     templater: Arc<RouteTemplater>,
     pub counters: VirtualCounters,
     pub recorder_dropped: Arc<AtomicU64>,
+    pub other_traffic: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Effects {
@@ -160,6 +195,7 @@ impl Effects {
             templater,
             counters: VirtualCounters::default(),
             recorder_dropped: Arc::new(AtomicU64::new(0)),
+            other_traffic: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -172,8 +208,10 @@ impl Effects {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let tap = OutboundTap {
             dependencies: self.cfg.dependencies.clone(),
+            inbound_ports: self.cfg.inbound_ports.clone(),
             tx,
             dropped: self.recorder_dropped.clone(),
+            other: self.other_traffic.clone(),
         };
         (tap, rx)
     }
@@ -362,6 +400,7 @@ impl Effects {
         EffectsFigures {
             book: self.book().stats(),
             recorder_queue_full: l(&self.recorder_dropped),
+            other_on_dependency_ports: l(&self.other_traffic),
             candidate_calls: l(&c.calls),
             matched_by_id: l(&c.matched_by_id),
             matched_by_content: l(&c.matched_by_content),
@@ -385,7 +424,7 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); other servers on dependency ports (not calls, not inbound) {}; candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
@@ -395,6 +434,7 @@ impl std::fmt::Display for EffectsFigures {
             b.over_cap,
             b.over_budget,
             self.recorder_queue_full,
+            self.other_on_dependency_ports,
             self.candidate_calls,
             self.matched_by_id,
             self.matched_by_content,
@@ -422,6 +462,7 @@ mod tests {
         let masker = Masker::new(MaskConfig::with_defaults(key)).expect("masker");
         let cfg = EffectsConfig {
             dependencies: Dependencies::new(vec![DEP.parse().expect("addr")]),
+            inbound_ports: vec![8080],
             propagation: Propagation::default(),
             virtualize: true,
             limits: BookLimits::default(),

@@ -40,6 +40,24 @@ impl Dependencies {
             .find(|d| d.port() == server.port() && canonical(d.ip()) == ip)
     }
 
+    /// What a captured connection to `server` is, given legacy's own server ports
+    /// (`--port`; empty when learned from a capture file): a call to a dependency, other
+    /// traffic on a port the tap watches only for the dependencies (another server on
+    /// that port: neither a call nor an inbound exchange), or inbound.
+    pub fn classify(&self, server: &SocketAddr, inbound_ports: &[u16]) -> Traffic {
+        if let Some(dep) = self.find(server) {
+            return Traffic::Dependency(dep);
+        }
+        let port = server.port();
+        if !inbound_ports.is_empty()
+            && !inbound_ports.contains(&port)
+            && self.endpoints.iter().any(|d| d.port() == port)
+        {
+            return Traffic::Other;
+        }
+        Traffic::Inbound
+    }
+
     /// Server ports the tap must also watch.
     pub fn ports(&self) -> Vec<u16> {
         let mut p: Vec<u16> = self.endpoints.iter().map(SocketAddr::port).collect();
@@ -47,6 +65,16 @@ impl Dependencies {
         p.dedup();
         p
     }
+}
+
+/// What a captured connection is to the side-effect stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    Inbound,
+    /// A call to this `--dependency`.
+    Dependency(SocketAddr),
+    /// On a dependency's port but to another server (and not a legacy port).
+    Other,
 }
 
 /// The headers that carry an id from an inbound request to the calls it causes.
@@ -150,6 +178,29 @@ mod tests {
         assert!(d.find(&"10.0.0.8:7070".parse().expect("addr")).is_none());
         assert!(d.find(&"10.0.0.7:7071".parse().expect("addr")).is_none());
         assert_eq!(d.ports(), vec![7070]);
+    }
+
+    #[test]
+    fn only_the_given_dependency_addresses_are_calls_other_servers_on_their_port_are_not_inbound() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let d = Dependencies::new(vec![a("10.0.0.7:7070"), a("10.0.0.8:8080")]);
+        let inbound = [8080];
+        assert_eq!(
+            d.classify(&a("10.0.0.7:7070"), &inbound),
+            Traffic::Dependency(a("10.0.0.7:7070"))
+        );
+        // Another server on the dependency's port: neither a call nor inbound.
+        assert_eq!(d.classify(&a("10.0.0.9:7070"), &inbound), Traffic::Other);
+        assert_eq!(d.classify(&a("[::1]:7070"), &inbound), Traffic::Other);
+        // A dependency on one of legacy's own ports: only its address is a call.
+        assert_eq!(
+            d.classify(&a("10.0.0.8:8080"), &inbound),
+            Traffic::Dependency(a("10.0.0.8:8080"))
+        );
+        assert_eq!(d.classify(&a("10.0.0.2:8080"), &inbound), Traffic::Inbound);
+        // Ports learned from a capture file (none given): cannot tell, so inbound.
+        assert_eq!(d.classify(&a("10.0.0.9:7070"), &[]), Traffic::Inbound);
+        assert_eq!(d.classify(&a("10.0.0.2:9000"), &inbound), Traffic::Inbound);
     }
 
     #[test]

@@ -222,6 +222,7 @@ fn side_effect_counts(ev: &CardEvidence<'_>) -> Option<SideEffectCounts> {
         over_cap: b.over_cap,
         over_budget: b.over_budget,
         recorder_queue_full: f.recorder_queue_full,
+        other_on_dependency_ports: f.other_on_dependency_ports,
         side_effects_full: ev
             .ledger_total
             .count(Outcome::Dropped(DropReason::SideEffectsFull)),

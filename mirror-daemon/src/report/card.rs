@@ -310,6 +310,9 @@ pub struct SideEffectCounts {
     pub over_budget: u64,
     /// Calls lost on the capture → recorder queue.
     pub recorder_queue_full: u64,
+    /// Exchanges on a dependency's port to a server not given with `--dependency`
+    /// (neither calls nor inbound exchanges).
+    pub other_on_dependency_ports: u64,
     /// Inbound exchanges not replayed because the book was full
     /// (`dropped{side_effects_full}` in the ledger).
     pub side_effects_full: u64,

@@ -687,6 +687,10 @@ fn side_effect_count_lines(card: &ParityCard) -> Vec<String> {
             c.over_cap, c.over_budget, c.recorder_queue_full, c.side_effects_full
         ),
         format!(
+            "  other servers on dependency ports (neither calls nor inbound): {} exchanges",
+            c.other_on_dependency_ports
+        ),
+        format!(
             "candidate calls: {} (answered by id {}, by content {}; unmatched 502 {}, refused \
              as ties {}, malformed {})",
             c.candidate_calls,

@@ -1298,6 +1298,7 @@ async fn side_effect_counts_in_every_format() {
     let mut sims = go_sims();
     let mut f = EffectsFigures {
         recorder_queue_full: 2,
+        other_on_dependency_ports: 13,
         candidate_calls: 590,
         matched_by_id: 580,
         matched_by_content: 4,
@@ -1337,6 +1338,7 @@ async fn side_effect_counts_in_every_format() {
     let lines = [
         "legacy calls recorded: 600 (by id 585, by time window 9 of them ambiguous 3 and taken over by a better fit 0, unattributed 6)",
         "  not kept: over the per-exchange cap 0, over the byte budget 0, lost on the recorder queue 2; exchanges not replayed (side_effects_full) 7",
+        "  other servers on dependency ports (neither calls nor inbound): 13 exchanges",
         "candidate calls: 590 (answered by id 580, by content 4; unmatched 502 5, refused as ties 1, malformed 0)",
         "compared exchanges with a side-effect diff: 11",
         "  1 ledger(s) of the selection did not record these counts",

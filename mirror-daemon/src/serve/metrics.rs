@@ -13,8 +13,8 @@
 //! - `mirror_pairing_{exchanges,proven,dropped_at_join,responses_unpaired,dropped_at_end}_total`: how
 //!   the http stage paired requests with responses (see [`Metrics::set_pairing`]);
 //! - `mirror_side_effect_{calls_recorded,attributed_by_id,attributed_by_window,ambiguous,
-//!   unattributed,recorder_queue_full,candidate_calls,virtual_matched,virtual_unmatched,
-//!   mismatched}_total`: legacy's calls to its dependencies and how the virtual dependency
+//!   unattributed,recorder_queue_full,other_on_dependency_ports,candidate_calls,
+//!   virtual_matched,virtual_unmatched,mismatched}_total`: legacy's calls to its dependencies and how the virtual dependency
 //!   answered the candidate's (`--dependency`; read at scrape time, see
 //!   [`Metrics::watch_side_effects`]; zeros without dependencies).
 //!
@@ -325,7 +325,7 @@ fn pairing_values(p: &PairingCounters) -> [u64; 5] {
     ]
 }
 
-const SIDE_EFFECT_NAMES: [(&str, &str); 10] = [
+const SIDE_EFFECT_NAMES: [(&str, &str); 11] = [
     (
         "side_effect_calls_recorded",
         "Legacy's calls to its dependencies captured (--dependency)",
@@ -351,6 +351,10 @@ const SIDE_EFFECT_NAMES: [(&str, &str); 10] = [
         "Legacy calls lost on the capture to recorder queue",
     ),
     (
+        "side_effect_other_on_dependency_ports",
+        "Exchanges on a dependency's port to a server not given with --dependency (neither calls nor inbound)",
+    ),
+    (
         "side_effect_candidate_calls",
         "The candidate's calls to the virtual dependency (--virtualize-egress)",
     ),
@@ -368,7 +372,7 @@ const SIDE_EFFECT_NAMES: [(&str, &str); 10] = [
     ),
 ];
 
-fn side_effect_values(f: &EffectsFigures) -> [u64; 10] {
+fn side_effect_values(f: &EffectsFigures) -> [u64; 11] {
     let b = &f.book;
     [
         b.calls_recorded,
@@ -377,6 +381,7 @@ fn side_effect_values(f: &EffectsFigures) -> [u64; 10] {
         b.ambiguous,
         b.unattributed,
         f.recorder_queue_full,
+        f.other_on_dependency_ports,
         f.candidate_calls,
         f.matched_by_id + f.matched_by_content,
         f.unmatched,

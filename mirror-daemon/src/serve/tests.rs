@@ -402,6 +402,7 @@ fn side_effect_counters_are_read_from_their_source_at_scrape_time() {
     m.watch_side_effects(move || {
         let mut f = crate::effects::EffectsFigures {
             recorder_queue_full: 1,
+            other_on_dependency_ports: 3,
             candidate_calls: 6,
             matched_by_id: 4,
             matched_by_content: 1,
@@ -426,6 +427,7 @@ fn side_effect_counters_are_read_from_their_source_at_scrape_time() {
         "mirror_side_effect_ambiguous_total 1\n",
         "mirror_side_effect_unattributed_total 1\n",
         "mirror_side_effect_recorder_queue_full_total 1\n",
+        "mirror_side_effect_other_on_dependency_ports_total 3\n",
         "mirror_side_effect_candidate_calls_total 6\n",
         "mirror_side_effect_virtual_matched_total 5\n",
         "mirror_side_effect_virtual_unmatched_total 1\n",
