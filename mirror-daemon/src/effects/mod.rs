@@ -605,6 +605,51 @@ mod tests {
         );
     }
 
+    /// Through a real listener: a chunked call (as clients streaming a body send them) is
+    /// answered with the recording, then a keep-alive Content-Length one on the same
+    /// connection with a 502.
+    #[tokio::test]
+    async fn the_virtual_listener_answers_a_chunked_call() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let e = Arc::new(effects());
+        let dep: SocketAddr = DEP.parse().expect("addr");
+        legacy_order(&e, 4);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(virtual_dep::serve(listener, e.clone(), dep));
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let body = r#"{"order":4,"amount":14.5}"#;
+        let (first, rest) = body.split_at(10);
+        let chunked = format!(
+            "POST /charges HTTP/1.1\r\nX-Request-Id: req-4\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n\
+             POST /charges HTTP/1.1\r\nX-Request-Id: req-4\r\nContent-Length: 2\r\n\r\n{{}}",
+            first.len(),
+            rest.len()
+        );
+        c.write_all(chunked.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("no recorded legacy call") {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .expect("answers in time")
+                .expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 201 Created\r\n") && text.contains(r#"{"charge":"ch_4"}"#),
+            "{text}"
+        );
+        assert!(text.contains("HTTP/1.1 502 Bad Gateway"), "{text}");
+        let f = e.figures();
+        assert_eq!((f.matched_by_id, f.unmatched, f.malformed), (1, 1, 0));
+    }
+
     #[test]
     fn the_capture_hands_over_dependency_calls_only() {
         let e = effects();
