@@ -123,10 +123,50 @@ struct Run {
 
 /// A shadow run of `POST /orders` traffic against the example candidate of `profile`.
 fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
+    run_on(prefix, profile, with_id, false)
+}
+
+/// Gives the tapped link IPv6 addresses (a /64 derived from its IPv4 /24, unique the
+/// same way); the client end's.
+fn add_ipv6(topo: &Topology) -> String {
+    let l = &topo.link;
+    let mut parts = l.b_ip.split('.').skip(1);
+    let (x, y) = (
+        parts.next().unwrap_or("0").to_string(),
+        parts.next().unwrap_or("0").to_string(),
+    );
+    for (ns, ifc, host) in [(&l.a, &l.a_if, 1), (&l.b, &l.b_if, 2)] {
+        // nodad: usable at once (no duplicate detection delay).
+        ns.exec_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:{x}:{y}::{host}/64"),
+            "dev",
+            ifc,
+            "nodad",
+        ])
+        .expect("IPv6 address");
+    }
+    format!("fd00:{x}:{y}::2")
+}
+
+/// [`run`], with the payments service on the client namespace's IPv6 address if `ipv6`.
+fn run_on(prefix: &str, profile: &str, with_id: fn(u64) -> bool, ipv6: bool) -> Run {
     require_root();
     let topo = Topology::new(prefix).expect("topology");
     let dir = tempfile::tempdir().expect("tempdir");
-    let pay_addr = format!("{}:{PAY_PORT}", topo.link.b_ip);
+    let pay_ip = if ipv6 {
+        add_ipv6(&topo)
+    } else {
+        topo.link.b_ip.clone()
+    };
+    let pay_addr = if ipv6 {
+        format!("[{pay_ip}]:{PAY_PORT}")
+    } else {
+        format!("{pay_ip}:{PAY_PORT}")
+    };
     let count = dir.path().join("charges");
     let mut pay = Proc::spawn(
         "payments",
@@ -137,13 +177,7 @@ fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
             .stdout(std::process::Stdio::null()),
     )
     .expect("payments");
-    wait_for_port(
-        topo.client(),
-        &topo.link.b_ip,
-        PAY_PORT,
-        Duration::from_secs(10),
-    )
-    .expect("payments up");
+    wait_for_port(topo.client(), &pay_ip, PAY_PORT, Duration::from_secs(10)).expect("payments up");
     let legacy_listen = topo.legacy_addr();
     let mut legacy = Proc::spawn(
         "legacy",
@@ -361,6 +395,38 @@ fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
     // The pairing figures are the inbound traffic's: legacy's calls are not in them.
     let acc = &r.card["accounting"];
     assert_eq!(acc["pairing"]["exchanges"], acc["seen"], "{acc}");
+}
+
+/// The same with the dependency on IPv6: legacy's calls are recorded from the tap, the
+/// guard sends the candidate's connects to the virtual dependency on its [::1].
+#[test]
+fn an_ipv6_dependency_is_recorded_and_virtualized_too() {
+    let r = run_on("f6", "parity", |_| true, true);
+    assert!(
+        r.created >= CLIENTS * PER_CLIENT * 9 / 10,
+        "{} created",
+        r.created
+    );
+    assert_eq!(
+        r.charges, r.created,
+        "payments received only legacy's calls"
+    );
+    let orders = route(&r.card, "POST /orders");
+    let compared = orders["compared"].as_u64().expect("compared");
+    assert!(compared >= r.created * 9 / 10, "{orders}");
+    assert_eq!(orders["mismatched"], 0, "{orders}\n{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        figure(&r.stderr, "answered by id ") >= compared,
+        "{}",
+        r.stderr
+    );
+    let egress = r.card["egress"].to_string();
+    assert!(
+        egress.contains("virtualized") && egress.contains(&format!(":{PAY_PORT}")),
+        "{egress}"
+    );
+    counts_agree(&r);
 }
 
 #[test]

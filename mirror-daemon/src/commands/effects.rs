@@ -35,11 +35,6 @@ pub fn prepare(
                 "--virtualize-egress needs the egress guard (it redirects the candidate's connects); drop --no-egress-guard",
             ));
         }
-        if let Some(dep) = p.dependencies.iter().find(|d| !d.is_ipv4()) {
-            return Err(usage(format!(
-                "--virtualize-egress: dependency {dep} is IPv6; only IPv4 dependencies can be virtualized"
-            )));
-        }
     }
     let cfg = EffectsConfig {
         dependencies: Dependencies::new(p.dependencies.clone()),
