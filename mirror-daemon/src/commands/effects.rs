@@ -29,12 +29,10 @@ pub fn prepare(
     if p.dependencies.is_empty() {
         return Ok(None);
     }
-    if p.virtualize_egress {
-        if p.guard.no_egress_guard {
-            return Err(usage(
-                "--virtualize-egress needs the egress guard (it redirects the candidate's connects); drop --no-egress-guard",
-            ));
-        }
+    if p.virtualize_egress && p.guard.no_egress_guard {
+        return Err(usage(
+            "--virtualize-egress needs the egress guard (it redirects the candidate's connects); drop --no-egress-guard",
+        ));
     }
     let cfg = EffectsConfig {
         dependencies: Dependencies::new(p.dependencies.clone()),
