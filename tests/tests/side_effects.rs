@@ -536,6 +536,52 @@ fn outcomes(db: &std::path::Path, with_id: bool, rests: &[u64]) -> Outcomes {
     out
 }
 
+/// Of the `missing` side-effect diffs of exchanges without an id whose user's `u % 4`
+/// is in `rests`: how many carry an amount one of that user's orders has, how many not.
+fn missing_calls_whose(db: &std::path::Path, rests: &[u64]) -> (u64, u64) {
+    let rows = sqlite_rows(db, "SELECT target, diffs FROM exchanges").expect("rows");
+    let (mut own, mut other) = (0, 0);
+    for r in rows {
+        let Some(q) = r[0]
+            .as_str()
+            .and_then(|t| t.strip_prefix("/orders?id=0&u="))
+        else {
+            continue;
+        };
+        let Ok(u) = q.parse::<u64>() else { continue };
+        if !rests.contains(&(u % 4)) {
+            continue;
+        }
+        let amounts: Vec<String> = (0..CLIENTS * PER_CLIENT)
+            .filter(|&n| n % 2 == 1 && user(n) == u)
+            .map(|n| {
+                let (sku, qty) = item(n);
+                let c = mirror_examples::api::product_price_cents(sku) * qty;
+                format!("{}.{:02}", c / 100, c % 100)
+            })
+            .collect();
+        let diffs: Vec<Value> = r[1]
+            .as_str()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default();
+        for d in diffs.iter().filter(|d| d["kind"]["what"] == "missing") {
+            let shown = d["legacy"].as_str().unwrap_or_default();
+            let amount = shown
+                .split("\"amount\":")
+                .nth(1)
+                .and_then(|s| s.split([',', '}']).next())
+                .unwrap_or_default();
+            let norm = |a: &str| a.parse::<f64>().map(|f| (f * 100.0).round() as i64).ok();
+            if amounts.iter().any(|a| norm(a) == norm(amount)) {
+                own += 1;
+            } else {
+                other += 1;
+            }
+        }
+    }
+    (own, other)
+}
+
 /// The deviations candidate skips some charges and adds others; half the requests carry
 /// no id, so their calls are tied by time window and matched by content.
 #[test]
@@ -586,4 +632,17 @@ fn missing_and_extra_calls_are_counted_and_matching_without_ids_is_measured() {
         figure(&r.stderr, "ambiguous ")
     );
     eprintln!("first that differed: {:?}", o.examples);
+    // Whose call a `missing` one is: the exchange's own (its charge was never asked for
+    // by the candidate) or another's (tied to the wrong exchange).
+    let (own, other) = missing_calls_whose(&r.db, &[0, 3]);
+    eprintln!(
+        "without a propagated id, missing calls: {own} of the exchange's own amount, {other} of another's"
+    );
+    // The users whose charges the candidate skips: their missing calls are still seen.
+    let skipped = outcomes(&r.db, false, &[1]);
+    eprintln!(
+        "without a propagated id, users whose charge the candidate skips: {} equal, {} differed",
+        skipped.equal,
+        skipped.response + skipped.side_effects_only
+    );
 }

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
-use super::record::OutboundCall;
+use super::record::{OutboundCall, shared_tokens};
 use crate::http::{CorrelationId, Request};
 
 /// A call nobody claimed within this much capture time is unattributed.
@@ -28,6 +28,10 @@ pub const WINDOW_SLACK_NS: u64 = 1_000_000;
 /// Inbound exchanges without ids (newest first) a call without ids is fitted against: the
 /// owner of a call completes around the time the call does, so it is among the newest.
 pub const WINDOW_SCAN: usize = 1024;
+/// An unused call tied by time window to an exchange that concludes is reported missing
+/// only if the book has seen this much capture time past the call's end: before that its
+/// real owner (whose response starts right after the call) may not be registered yet.
+pub const SETTLE_NS: u64 = 20_000_000;
 
 /// Memory bounds of the book.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +91,8 @@ pub struct Inbound {
     /// The handler window: the request's last byte, the response's first byte (capture
     /// clock).
     pub window: (u64, u64),
+    /// Content tokens of its request and response (`record::content_tokens`).
+    pub tokens: Vec<u64>,
     pub legacy: Vec<Recorded>,
     pub candidate: Vec<CandidateCall>,
     /// Calls beyond the per-exchange cap (not kept, so not compared).
@@ -105,6 +111,9 @@ pub struct BookStats {
     /// Calls without ids an exchange registered later fitted better and took over (they
     /// count once, as attributed by window, to their last owner).
     pub taken_over: u64,
+    /// Unused calls tied by time window to an exchange that concluded before the call
+    /// had settled (see [`SETTLE_NS`]): not reported missing, kept for a later owner.
+    pub unsettled: u64,
     /// Calls no inbound exchange claimed (aged out or over the pool cap).
     pub unattributed: u64,
     /// Calls over the per-exchange cap.
@@ -125,6 +134,7 @@ impl BookStats {
         self.attributed_window += o.attributed_window;
         self.ambiguous += o.ambiguous;
         self.taken_over += o.taken_over;
+        self.unsettled += o.unsettled;
         self.unattributed += o.unattributed;
         self.over_cap += o.over_cap;
         self.inbound_refused += o.inbound_refused;
@@ -165,6 +175,28 @@ pub fn fit(w: (u64, u64), call: &OutboundCall) -> Option<u64> {
         return None;
     }
     Some(start.abs_diff(w.0) + w.1.abs_diff(end))
+}
+
+/// How well an inbound exchange explains a call without ids: the content tokens they
+/// share (more is better), then the window's fit (tighter is better).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Score {
+    shared: usize,
+    fit: u64,
+}
+
+impl Score {
+    fn better_than(&self, o: &Score) -> bool {
+        self.shared > o.shared || (self.shared == o.shared && self.fit < o.fit)
+    }
+}
+
+/// `None` unless `inb`'s window holds `call`.
+fn score(inb: &Inbound, call: &OutboundCall) -> Option<Score> {
+    Some(Score {
+        fit: fit(inb.window, call)?,
+        shared: shared_tokens(&inb.tokens, &call.tokens),
+    })
 }
 
 /// The book cannot follow another inbound exchange.
@@ -233,26 +265,48 @@ impl Book {
     /// The best fit among the newest [`WINDOW_SCAN`] inbound exchanges without ids whose
     /// window holds `call`, and how many hold it.
     fn best_window(&self, call: &OutboundCall) -> (Option<CorrelationId>, usize) {
-        let mut best: Option<(CorrelationId, u64)> = None;
+        let mut best: Option<(CorrelationId, Score)> = None;
         let mut holders = 0;
         for id in self.windowed.iter().rev().take(WINDOW_SCAN) {
-            let Some(f) = self.inbound.get(id).and_then(|i| fit(i.window, call)) else {
+            let Some(s) = self.inbound.get(id).and_then(|i| score(i, call)) else {
                 continue;
             };
             holders += 1;
-            if best.is_none_or(|(_, b)| f < b) {
-                best = Some((*id, f));
+            if best.is_none_or(|(_, b)| s.better_than(&b)) {
+                best = Some((*id, s));
             }
         }
         (best.map(|(id, _)| id), holders)
+    }
+
+    /// Newly registered `id` (without ids) takes the unused recordings of concluded
+    /// exchanges its window holds (their owner concluded before `id` was registered).
+    fn claim_orphans(&mut self, id: CorrelationId, window: (u64, u64)) {
+        let mut i = 0;
+        while i < self.orphans.len() {
+            if fit(window, &self.orphans[i].call).is_some() {
+                let o = self.orphans.remove(i);
+                self.stats.attributed_window = self.stats.attributed_window.saturating_sub(1);
+                self.stats.taken_over += 1;
+                self.attach(id, o.call, Attributed::Window);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Newly registered `id` (without ids) takes over the unused calls of other
     /// exchanges' windows that it fits better. The old slot is marked used (nothing
     /// answers from it or reports it missing; indices of candidate calls stay valid).
     fn take_over(&mut self, id: CorrelationId) {
-        let Some(window) = self.inbound.get(&id).map(|i| i.window) else {
+        let Some((window, tokens)) = self.inbound.get(&id).map(|i| (i.window, i.tokens.clone()))
+        else {
             return;
+        };
+        let me = Inbound {
+            window,
+            tokens,
+            ..Default::default()
         };
         let mut moved = Vec::new();
         for other in self.windowed.iter().rev().take(WINDOW_SCAN) {
@@ -267,19 +321,25 @@ impl Book {
             {
                 continue;
             }
+            let theirs_of = Inbound {
+                window: inb.window,
+                tokens: std::mem::take(&mut inb.tokens),
+                ..Default::default()
+            };
             for r in inb.legacy.iter_mut() {
                 if r.used || r.how != Attributed::Window {
                     continue;
                 }
-                let (Some(mine), Some(theirs)) = (fit(window, &r.call), fit(inb.window, &r.call))
+                let (Some(mine), Some(theirs)) = (score(&me, &r.call), score(&theirs_of, &r.call))
                 else {
                     continue;
                 };
-                if mine < theirs {
+                if mine.better_than(&theirs) {
                     r.used = true;
                     moved.push(r.call.clone());
                 }
             }
+            inb.tokens = theirs_of.tokens;
         }
         for call in moved {
             // The old slot keeps its bytes until its exchange is forgotten.
@@ -354,6 +414,17 @@ impl Book {
         raw_ids: Vec<String>,
         window: (u64, u64),
     ) -> Result<(), BookFull> {
+        self.register_with_tokens(id, raw_ids, window, Vec::new())
+    }
+
+    /// [`Book::register`], with the exchange's content tokens (see [`Score`]).
+    pub fn register_with_tokens(
+        &mut self,
+        id: CorrelationId,
+        raw_ids: Vec<String>,
+        window: (u64, u64),
+        tokens: Vec<u64>,
+    ) -> Result<(), BookFull> {
         self.now_ns = self.now_ns.max(window.1);
         self.expire_inbound();
         if self.inbound.len() >= self.limits.max_inbound {
@@ -369,6 +440,7 @@ impl Book {
             Inbound {
                 raw_ids,
                 window,
+                tokens,
                 ..Default::default()
             },
         );
@@ -396,6 +468,7 @@ impl Book {
         }
         if windowed {
             self.take_over(id);
+            self.claim_orphans(id, window);
         }
         Ok(())
     }
@@ -432,7 +505,7 @@ impl Book {
 
     /// Stops following `id` and hands over what was recorded for it.
     pub fn finish(&mut self, id: &CorrelationId) -> Option<Inbound> {
-        let inb = self.forget(id)?;
+        let mut inb = self.forget(id)?;
         let now = self.now_ns;
         let mut freed = 0;
         self.orphans.retain(|o| {
@@ -443,7 +516,7 @@ impl Book {
             keep
         });
         self.bytes = self.bytes.saturating_sub(freed);
-        for r in &inb.legacy {
+        for r in &mut inb.legacy {
             if r.how == Attributed::Window && !r.used {
                 if self.orphans.len() >= self.limits.max_pool {
                     let o = self.orphans.remove(0);
@@ -452,6 +525,12 @@ impl Book {
                 if self.bytes + r.call.size() <= self.limits.max_bytes {
                     self.bytes += r.call.size();
                     self.orphans.push(r.clone());
+                }
+                // Its real owner may not be registered yet: not reported missing here
+                // (a later exchange that fits it claims it from the orphans).
+                if r.call.response_last_ns.saturating_add(SETTLE_NS) > now {
+                    r.used = true;
+                    self.stats.unsettled += 1;
                 }
             }
         }
@@ -496,6 +575,7 @@ mod tests {
             request_first_ns: first,
             response_last_ns: first + 10,
             ids: ids.iter().map(|s| s.to_string()).collect(),
+            tokens: Vec::new(),
         }
     }
 
@@ -563,6 +643,59 @@ mod tests {
         assert_eq!(bodies(&b, &y), vec!["late"]);
         assert_eq!(b.stats().ambiguous, 2);
         assert_eq!(b.stats().attributed_window, 4);
+    }
+
+    #[test]
+    fn shared_content_beats_a_tighter_window() {
+        use crate::effects::record::content_tokens;
+        let mut b = Book::new(BookLimits::default());
+        let (x, y) = (CorrelationId::new(), CorrelationId::new());
+        // y's window is the tighter fit, but x's answer carries the call's order id.
+        b.register_with_tokens(
+            x,
+            vec![],
+            (100 * MS, 300 * MS),
+            content_tokens(&[br#"{"id":"ord_42"}"#]),
+        )
+        .expect("room");
+        b.register_with_tokens(
+            y,
+            vec![],
+            (149 * MS, 161 * MS),
+            content_tokens(&[br#"{"id":"ord_7"}"#]),
+        )
+        .expect("room");
+        let mut c = timed(150, 160, "x's");
+        c.tokens = content_tokens(&[br#"{"order_id":"ord_42"}"#]);
+        b.add_call(c);
+        // Nothing shared with either: the window decides.
+        b.add_call(timed(152, 158, "y's"));
+        assert_eq!(bodies(&b, &x), vec!["x's"]);
+        assert_eq!(bodies(&b, &y), vec!["y's"]);
+    }
+
+    #[test]
+    fn a_call_not_settled_when_its_exchange_concludes_is_kept_for_a_later_owner() {
+        let mut b = Book::new(BookLimits::default());
+        let (x, y) = (CorrelationId::new(), CorrelationId::new());
+        b.register(x, vec![], (100 * MS, 165 * MS)).expect("room");
+        b.add_call(timed(150, 160, "y's"));
+        // x concludes before the book has seen SETTLE_NS past the call: not missing.
+        let done = b.finish(&x).expect("followed");
+        assert!(done.legacy.iter().all(|r| r.used), "not reported missing");
+        assert_eq!(b.stats().unsettled, 1);
+        // y (its response was longer, so it completed later), registered later, claims it from the concluded exchange's leftovers.
+        b.register(y, vec![], (149 * MS, 161 * MS)).expect("room");
+        assert_eq!(unused(&b, &y), vec!["y's"]);
+        assert!(b.orphans().is_empty());
+        // A call that has settled is reported missing as before.
+        let z = CorrelationId::new();
+        b.register(z, vec![], (200 * MS, 260 * MS)).expect("room");
+        b.add_call(timed(210, 220, "z's"));
+        b.register(CorrelationId::new(), vec![], (900 * MS, 950 * MS))
+            .expect("room");
+        let done = b.finish(&z).expect("followed");
+        assert_eq!(done.legacy.iter().filter(|r| !r.used).count(), 1);
     }
 
     #[test]

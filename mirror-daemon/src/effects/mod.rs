@@ -235,7 +235,8 @@ impl Effects {
         let ids = self.cfg.propagation.ids(&ex.request.headers);
         // The handler's time: after the request was read, before the answer began.
         let window = (ex.timing.request_last_ns, ex.timing.response_first_ns);
-        let r = self.book().register(ex.id, ids, window);
+        let tokens = record::content_tokens(&[&ex.request.body, &ex.response.body]);
+        let r = self.book().register_with_tokens(ex.id, ids, window, tokens);
         self.changed.notify_waiters();
         r
     }
@@ -424,12 +425,13 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); other servers on dependency ports (not calls, not inbound) {}; candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unsettled at their exchange's end {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); other servers on dependency ports (not calls, not inbound) {}; candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
             b.ambiguous,
             b.taken_over,
+            b.unsettled,
             b.unattributed,
             b.over_cap,
             b.over_budget,

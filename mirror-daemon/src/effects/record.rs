@@ -136,13 +136,61 @@ pub struct OutboundCall {
     pub request_first_ns: u64,
     pub response_last_ns: u64,
     pub ids: Vec<String>,
+    /// [`content_tokens`] of the raw call (in memory only): what it shares with the
+    /// inbound exchange that caused it helps tie a call without ids.
+    pub tokens: Vec<u64>,
 }
 
 impl OutboundCall {
     /// Bytes held in memory (for the recording caps).
     pub fn size(&self) -> usize {
-        self.request.body.len() + self.response.body.len() + 512
+        self.request.body.len() + self.response.body.len() + 512 + 8 * self.tokens.len()
     }
+}
+
+/// Tokens of a body kept per call and per inbound exchange, at most.
+pub const MAX_TOKENS: usize = 256;
+
+/// The distinct words (3 characters or more) of `bodies`, hashed and sorted, at most
+/// [`MAX_TOKENS`]: a handler's call usually carries values of its inbound request or
+/// answer (an order id, an amount), and its answer those of the call's response.
+pub fn content_tokens(bodies: &[&[u8]]) -> Vec<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut out: Vec<u64> = Vec::new();
+    for body in bodies {
+        for w in body.split(|c| !c.is_ascii_alphanumeric() && !b"._-".contains(c)) {
+            if w.len() < 3 {
+                continue;
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            w.hash(&mut h);
+            out.push(h.finish());
+            if out.len() >= 4 * MAX_TOKENS {
+                break;
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out.truncate(MAX_TOKENS);
+    out
+}
+
+/// How many tokens two sorted token lists share.
+pub fn shared_tokens(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Keeps a captured exchange to `dependency` as a masked call.
@@ -156,6 +204,7 @@ pub fn record(
     OutboundCall {
         dependency,
         ids: prop.ids(&ex.request.headers),
+        tokens: content_tokens(&[&ex.request.body, &ex.response.body]),
         request: masked.request,
         response: masked.response,
         request_first_ns: ex.timing.request_first_ns,
@@ -201,6 +250,22 @@ mod tests {
         // Ports learned from a capture file (none given): cannot tell, so inbound.
         assert_eq!(d.classify(&a("10.0.0.9:7070"), &[]), Traffic::Inbound);
         assert_eq!(d.classify(&a("10.0.0.2:9000"), &inbound), Traffic::Inbound);
+    }
+
+    #[test]
+    fn tokens_are_the_words_two_bodies_share() {
+        let call = content_tokens(&[br#"{"order_id":"ord_9cc9","amount":65.19}"#, b"ch_77"]);
+        let mine = content_tokens(&[
+            b"{}",
+            br#"{"id":"ord_9cc9","total":65.19,"charge":"ch_77"}"#,
+        ]);
+        let other = content_tokens(&[b"{}", br#"{"id":"ord_1234","total":11.5,"charge":"ch_78"}"#]);
+        assert_eq!(shared_tokens(&call, &mine), 3);
+        assert_eq!(shared_tokens(&call, &other), 0);
+        let many: Vec<u8> = (0..5000)
+            .flat_map(|i| format!("w{i:05} ").into_bytes())
+            .collect();
+        assert_eq!(content_tokens(&[&many]).len(), MAX_TOKENS, "bounded");
     }
 
     #[test]

@@ -218,6 +218,7 @@ fn side_effect_counts(ev: &CardEvidence<'_>) -> Option<SideEffectCounts> {
         attributed_by_window: b.attributed_window,
         ambiguous: b.ambiguous,
         taken_over: b.taken_over,
+        unsettled: b.unsettled,
         unattributed: b.unattributed,
         over_cap: b.over_cap,
         over_budget: b.over_budget,

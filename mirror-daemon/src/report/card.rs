@@ -303,6 +303,9 @@ pub struct SideEffectCounts {
     pub ambiguous: u64,
     /// Of those, calls an exchange registered later fitted better and took over.
     pub taken_over: u64,
+    /// Unused calls not judged missing: their exchange concluded before the capture had
+    /// moved far enough past them to rule out a later owner.
+    pub unsettled: u64,
     /// Calls no inbound exchange claimed.
     pub unattributed: u64,
     /// Calls not kept: over the per-exchange cap, over the byte budget.

@@ -673,13 +673,14 @@ fn side_effect_count_lines(card: &ParityCard) -> Vec<String> {
     let mut lines = vec![
         format!(
             "legacy calls recorded: {} (by id {}, by time window {} of them ambiguous {} and \
-             taken over by a better fit {}, unattributed {})",
+             taken over by a better fit {}, unattributed {}, not judged missing as unsettled {})",
             c.calls_recorded,
             c.attributed_by_id,
             c.attributed_by_window,
             c.ambiguous,
             c.taken_over,
-            c.unattributed
+            c.unattributed,
+            c.unsettled
         ),
         format!(
             "  not kept: over the per-exchange cap {}, over the byte budget {}, lost on the \

@@ -1336,7 +1336,7 @@ async fn side_effect_counts_in_every_format() {
         (590, 580, 5)
     );
     let lines = [
-        "legacy calls recorded: 600 (by id 585, by time window 9 of them ambiguous 3 and taken over by a better fit 0, unattributed 6)",
+        "legacy calls recorded: 600 (by id 585, by time window 9 of them ambiguous 3 and taken over by a better fit 0, unattributed 6, not judged missing as unsettled 0)",
         "  not kept: over the per-exchange cap 0, over the byte budget 0, lost on the recorder queue 2; exchanges not replayed (side_effects_full) 7",
         "  other servers on dependency ports (neither calls nor inbound): 13 exchanges",
         "candidate calls: 590 (answered by id 580, by content 4; unmatched 502 5, refused as ties 1, malformed 0)",
