@@ -235,7 +235,12 @@ impl Effects {
         let ids = self.cfg.propagation.ids(&ex.request.headers);
         // The handler's time: after the request was read, before the answer began.
         let window = (ex.timing.request_last_ns, ex.timing.response_first_ns);
-        let tokens = record::content_tokens(&[&ex.request.body, &ex.response.body]);
+        // Only an exchange without ids is matched to calls by content.
+        let tokens = if ids.is_empty() {
+            record::content_tokens(&[&ex.request.body, &ex.response.body])
+        } else {
+            Vec::new()
+        };
         let r = self.book().register_with_tokens(ex.id, ids, window, tokens);
         self.changed.notify_waiters();
         r

@@ -201,10 +201,17 @@ pub fn record(
     prop: &Propagation,
 ) -> OutboundCall {
     let masked = masker.mask_exchange(ex);
+    let ids = prop.ids(&ex.request.headers);
+    // Only a call without ids is matched to its exchange by content.
+    let tokens = if ids.is_empty() {
+        content_tokens(&[&ex.request.body, &ex.response.body])
+    } else {
+        Vec::new()
+    };
     OutboundCall {
         dependency,
-        ids: prop.ids(&ex.request.headers),
-        tokens: content_tokens(&[&ex.request.body, &ex.response.body]),
+        ids,
+        tokens,
         request: masked.request,
         response: masked.response,
         request_first_ns: ex.timing.request_first_ns,
