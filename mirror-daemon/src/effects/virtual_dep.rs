@@ -215,6 +215,19 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static st
     Ok(Some((request, head + len)))
 }
 
+/// Entry for the `virtual_request` fuzz target: [`parse_request`] on untrusted bytes
+/// never panics, consumes at most what it was given, keeps bodies within the limit, and
+/// gives the same request when handed only the bytes it consumed.
+pub fn fuzz_request(data: &[u8]) {
+    let Ok(Some((req, used))) = parse_request(data) else {
+        return;
+    };
+    assert!(used <= data.len(), "consumed {used} of {}", data.len());
+    assert!(req.body.len() <= MAX_BODY);
+    let again = parse_request(&data[..used]);
+    assert_eq!(again, Ok(Some((req, used))), "independent of what follows");
+}
+
 /// Serves one dependency's virtual listener until the runtime stops.
 pub async fn serve(listener: TcpListener, effects: Arc<Effects>, dependency: SocketAddr) {
     loop {
@@ -378,5 +391,20 @@ mod tests {
             parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").is_err(),
             "chunked must be last"
         );
+    }
+
+    #[test]
+    fn the_fuzz_entry_holds_on_seeds_and_their_cuts() {
+        let seeds: [&[u8]; 4] = [
+            b"POST /charges HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdGET / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nT: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+            b"\r\n\r\n",
+        ];
+        for seed in seeds {
+            for cut in 0..=seed.len() {
+                fuzz_request(&seed[..cut]);
+            }
+        }
     }
 }
