@@ -281,16 +281,18 @@ impl Book {
 
     /// Newly registered `id` (without ids) takes the unused recordings of concluded
     /// exchanges its window holds (their owner concluded before `id` was registered).
+    /// Only the newest [`WINDOW_SCAN`] are looked at (the cost per registration stays
+    /// bounded).
     fn claim_orphans(&mut self, id: CorrelationId, window: (u64, u64)) {
-        let mut i = 0;
-        while i < self.orphans.len() {
+        let mut i = self.orphans.len();
+        let stop = i.saturating_sub(WINDOW_SCAN);
+        while i > stop {
+            i -= 1;
             if fit(window, &self.orphans[i].call).is_some() {
                 let o = self.orphans.remove(i);
                 self.stats.attributed_window = self.stats.attributed_window.saturating_sub(1);
                 self.stats.taken_over += 1;
                 self.attach(id, o.call, Attributed::Window);
-            } else {
-                i += 1;
             }
         }
     }
