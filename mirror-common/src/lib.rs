@@ -131,6 +131,7 @@ pub mod map_name {
     pub const GUARD_SETTINGS: &str = "GUARD_SETTINGS";
     pub const GUARD_COUNTERS: &str = "GUARD_COUNTERS";
     pub const GUARD_VIRTUAL4: &str = "GUARD_VIRTUAL4";
+    pub const GUARD_VIRTUAL6: &str = "GUARD_VIRTUAL6";
 }
 
 /// Program names in the object files.
@@ -241,6 +242,19 @@ pub struct VirtualKey4 {
     pub _pad: [u8; 2],
 }
 
+/// An IPv6 dependency endpoint whose TCP connects the guard sends to a virtual
+/// dependency listener (key of `GUARD_VIRTUAL6`; the value is the listener's port on
+/// [::1], host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtualKey6 {
+    /// Network byte order.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
 /// One outbound attempt seen by the guard.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,4 +341,6 @@ mod pod {
     unsafe impl aya::Pod for super::OwnFlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::VirtualKey4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VirtualKey6 {}
 }

@@ -108,6 +108,10 @@ fn load(topo: &Topology, with_id: fn(u64) -> bool) -> u64 {
 }
 
 struct Run {
+    /// `mirror_side_effect_*_total` (name without prefix and suffix) scraped after the
+    /// load settled, and the dashboard's side-effect figures read then.
+    metrics: std::collections::BTreeMap<String, u64>,
+    live: Value,
     db: std::path::PathBuf,
     _dir: tempfile::TempDir,
     code: Option<i32>,
@@ -119,10 +123,50 @@ struct Run {
 
 /// A shadow run of `POST /orders` traffic against the example candidate of `profile`.
 fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
+    run_on(prefix, profile, with_id, false)
+}
+
+/// Gives the tapped link IPv6 addresses (a /64 derived from its IPv4 /24, unique the
+/// same way); the client end's.
+fn add_ipv6(topo: &Topology) -> String {
+    let l = &topo.link;
+    let mut parts = l.b_ip.split('.').skip(1);
+    let (x, y) = (
+        parts.next().unwrap_or("0").to_string(),
+        parts.next().unwrap_or("0").to_string(),
+    );
+    for (ns, ifc, host) in [(&l.a, &l.a_if, 1), (&l.b, &l.b_if, 2)] {
+        // nodad: usable at once (no duplicate detection delay).
+        ns.exec_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:{x}:{y}::{host}/64"),
+            "dev",
+            ifc,
+            "nodad",
+        ])
+        .expect("IPv6 address");
+    }
+    format!("fd00:{x}:{y}::2")
+}
+
+/// [`run`], with the payments service on the client namespace's IPv6 address if `ipv6`.
+fn run_on(prefix: &str, profile: &str, with_id: fn(u64) -> bool, ipv6: bool) -> Run {
     require_root();
     let topo = Topology::new(prefix).expect("topology");
     let dir = tempfile::tempdir().expect("tempdir");
-    let pay_addr = format!("{}:{PAY_PORT}", topo.link.b_ip);
+    let pay_ip = if ipv6 {
+        add_ipv6(&topo)
+    } else {
+        topo.link.b_ip.clone()
+    };
+    let pay_addr = if ipv6 {
+        format!("[{pay_ip}]:{PAY_PORT}")
+    } else {
+        format!("{pay_ip}:{PAY_PORT}")
+    };
     let count = dir.path().join("charges");
     let mut pay = Proc::spawn(
         "payments",
@@ -133,13 +177,7 @@ fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
             .stdout(std::process::Stdio::null()),
     )
     .expect("payments");
-    wait_for_port(
-        topo.client(),
-        &topo.link.b_ip,
-        PAY_PORT,
-        Duration::from_secs(10),
-    )
-    .expect("payments up");
+    wait_for_port(topo.client(), &pay_ip, PAY_PORT, Duration::from_secs(10)).expect("payments up");
     let legacy_listen = topo.legacy_addr();
     let mut legacy = Proc::spawn(
         "legacy",
@@ -183,6 +221,23 @@ fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
     daemon
         .wait_settled(topo.legacy(), created, Duration::from_secs(120))
         .expect("settled");
+    let metrics = side_effect_metrics(&daemon.get(topo.legacy(), "/metrics").expect("scrape"));
+    // The dashboard's figures are published once a second: wait (bounded) for the tick
+    // after the load to reach them.
+    let mut live = Value::Null;
+    for _ in 0..50 {
+        let snap: Value = serde_json::from_str(
+            &daemon
+                .get(topo.legacy(), "/api/snapshot")
+                .expect("snapshot"),
+        )
+        .expect("snapshot json");
+        live = snap["side_effects"].clone();
+        if live["candidate_calls"].as_u64() == metrics.get("candidate_calls").copied() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let exit = daemon.stop(Duration::from_secs(60)).expect("stopped");
     let (_, card) = report_json(
         &dir.path().join("m.db"),
@@ -196,6 +251,8 @@ fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
     let _ = legacy.stop(Duration::from_secs(10));
     let _ = pay.stop(Duration::from_secs(10));
     Run {
+        metrics,
+        live,
         db: dir.path().join("m.db"),
         _dir: dir,
         code: exit.code,
@@ -204,6 +261,75 @@ fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
         charges,
         created,
     }
+}
+
+/// `mirror_side_effect_NAME_total N` lines.
+fn side_effect_metrics(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("mirror_side_effect_"))
+        .filter_map(|l| l.split_once("_total "))
+        .filter_map(|(name, v)| Some((name.to_string(), v.trim().parse().ok()?)))
+        .collect()
+}
+
+/// `/metrics` after the load, the dashboard's panel and the stored report's
+/// `side_effect_counts` give the same numbers (nothing moved once the load settled).
+fn counts_agree(r: &Run) {
+    let c = &r.card["side_effect_counts"];
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("a count in {c}"));
+    let stored = [
+        ("calls_recorded", n(&c["calls_recorded"])),
+        ("attributed_by_id", n(&c["attributed_by_id"])),
+        ("attributed_by_window", n(&c["attributed_by_window"])),
+        ("ambiguous", n(&c["ambiguous"])),
+        ("unattributed", n(&c["unattributed"])),
+        ("recorder_queue_full", n(&c["recorder_queue_full"])),
+        (
+            "other_on_dependency_ports",
+            n(&c["other_on_dependency_ports"]),
+        ),
+        ("candidate_calls", n(&c["candidate_calls"])),
+        (
+            "virtual_matched",
+            n(&c["answered_by_id"]) + n(&c["answered_by_content"]),
+        ),
+        ("virtual_unmatched", n(&c["unmatched"])),
+        ("mismatched", n(&c["exchanges_with_diffs"])),
+    ];
+    eprintln!("stored side-effect counts {c}\nmetrics {:?}", r.metrics);
+    for (name, v) in stored {
+        assert_eq!(
+            r.metrics.get(name),
+            Some(&v),
+            "mirror_side_effect_{name}_total"
+        );
+    }
+    assert!(
+        n(&c["calls_recorded"]) > 0 && n(&c["candidate_calls"]) > 0,
+        "{c}"
+    );
+    let b = &r.live["book"];
+    assert_eq!(
+        (
+            n(&b["calls_recorded"]),
+            n(&b["attributed_exact"]),
+            n(&b["attributed_window"]),
+            n(&r.live["candidate_calls"]),
+            n(&r.live["unmatched"]),
+            n(&r.live["exchanges_with_diffs"]),
+        ),
+        (
+            stored[0].1,
+            stored[1].1,
+            stored[2].1,
+            stored[7].1,
+            stored[9].1,
+            stored[10].1
+        ),
+        "dashboard {}",
+        r.live
+    );
+    assert_eq!(c["ledgers_not_recorded"], 0, "{c}");
 }
 
 fn route<'a>(card: &'a Value, name: &str) -> &'a Value {
@@ -265,6 +391,42 @@ fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
     assert_eq!(figure(&r.stderr, "by time window "), 0);
     let egress = r.card["egress"].to_string();
     assert!(egress.contains("virtualized"), "{egress}");
+    counts_agree(&r);
+    // The pairing figures are the inbound traffic's: legacy's calls are not in them.
+    let acc = &r.card["accounting"];
+    assert_eq!(acc["pairing"]["exchanges"], acc["seen"], "{acc}");
+}
+
+/// The same with the dependency on IPv6: legacy's calls are recorded from the tap, the
+/// guard sends the candidate's connects to the virtual dependency on its [::1].
+#[test]
+fn an_ipv6_dependency_is_recorded_and_virtualized_too() {
+    let r = run_on("f6", "parity", |_| true, true);
+    assert!(
+        r.created >= CLIENTS * PER_CLIENT * 9 / 10,
+        "{} created",
+        r.created
+    );
+    assert_eq!(
+        r.charges, r.created,
+        "payments received only legacy's calls"
+    );
+    let orders = route(&r.card, "POST /orders");
+    let compared = orders["compared"].as_u64().expect("compared");
+    assert!(compared >= r.created * 9 / 10, "{orders}");
+    assert_eq!(orders["mismatched"], 0, "{orders}\n{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        figure(&r.stderr, "answered by id ") >= compared,
+        "{}",
+        r.stderr
+    );
+    let egress = r.card["egress"].to_string();
+    assert!(
+        egress.contains("virtualized") && egress.contains(&format!(":{PAY_PORT}")),
+        "{egress}"
+    );
+    counts_agree(&r);
 }
 
 #[test]
@@ -319,6 +481,9 @@ fn candidate_charging_another_amount_is_no_go_on_side_effects() {
     assert!(failing.contains("max_side_effect_mismatch"), "{failing}");
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert_eq!(figure(&r.stderr, "unmatched 502 "), 0, "{}", r.stderr);
+    counts_agree(&r);
+    // One kind of diff per exchange here, so the card's upper bound is exact.
+    assert_eq!(r.metrics["mismatched"], mismatched);
 }
 
 /// The stored `POST /orders` exchanges whose user's `u % 4` is in `rests`, with
@@ -371,6 +536,52 @@ fn outcomes(db: &std::path::Path, with_id: bool, rests: &[u64]) -> Outcomes {
     out
 }
 
+/// Of the `missing` side-effect diffs of exchanges without an id whose user's `u % 4`
+/// is in `rests`: how many carry an amount one of that user's orders has, how many not.
+fn missing_calls_whose(db: &std::path::Path, rests: &[u64]) -> (u64, u64) {
+    let rows = sqlite_rows(db, "SELECT target, diffs FROM exchanges").expect("rows");
+    let (mut own, mut other) = (0, 0);
+    for r in rows {
+        let Some(q) = r[0]
+            .as_str()
+            .and_then(|t| t.strip_prefix("/orders?id=0&u="))
+        else {
+            continue;
+        };
+        let Ok(u) = q.parse::<u64>() else { continue };
+        if !rests.contains(&(u % 4)) {
+            continue;
+        }
+        let amounts: Vec<String> = (0..CLIENTS * PER_CLIENT)
+            .filter(|&n| n % 2 == 1 && user(n) == u)
+            .map(|n| {
+                let (sku, qty) = item(n);
+                let c = mirror_examples::api::product_price_cents(sku) * qty;
+                format!("{}.{:02}", c / 100, c % 100)
+            })
+            .collect();
+        let diffs: Vec<Value> = r[1]
+            .as_str()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default();
+        for d in diffs.iter().filter(|d| d["kind"]["what"] == "missing") {
+            let shown = d["legacy"].as_str().unwrap_or_default();
+            let amount = shown
+                .split("\"amount\":")
+                .nth(1)
+                .and_then(|s| s.split([',', '}']).next())
+                .unwrap_or_default();
+            let norm = |a: &str| a.parse::<f64>().map(|f| (f * 100.0).round() as i64).ok();
+            if amounts.iter().any(|a| norm(a) == norm(amount)) {
+                own += 1;
+            } else {
+                other += 1;
+            }
+        }
+    }
+    (own, other)
+}
+
 /// The deviations candidate skips some charges and adds others; half the requests carry
 /// no id, so their calls are tied by time window and matched by content.
 #[test]
@@ -410,6 +621,7 @@ fn missing_and_extra_calls_are_counted_and_matching_without_ids_is_measured() {
         .count() as u64;
     assert!(figure(&r.stderr, "unmatched 502 ") >= extra_with_id * 9 / 10);
     assert!(figure(&r.stderr, "by time window ") > 0);
+    counts_agree(&r);
     // Without an id: measured and reported, not asserted.
     let o = outcomes(&r.db, false, &[0, 3]);
     let all = (o.equal + o.response + o.side_effects_only).max(1) as f64;
@@ -418,5 +630,19 @@ fn missing_and_extra_calls_are_counted_and_matching_without_ids_is_measured() {
         100.0 * o.response as f64 / all,
         100.0 * o.side_effects_only as f64 / all,
         figure(&r.stderr, "ambiguous ")
+    );
+    eprintln!("first that differed: {:?}", o.examples);
+    // Whose call a `missing` one is: the exchange's own (its charge was never asked for
+    // by the candidate) or another's (tied to the wrong exchange).
+    let (own, other) = missing_calls_whose(&r.db, &[0, 3]);
+    eprintln!(
+        "without a propagated id, missing calls: {own} of the exchange's own amount, {other} of another's"
+    );
+    // The users whose charges the candidate skips: their missing calls are still seen.
+    let skipped = outcomes(&r.db, false, &[1]);
+    eprintln!(
+        "without a propagated id, users whose charge the candidate skips: {} equal, {} differed",
+        skipped.equal,
+        skipped.response + skipped.side_effects_only
     );
 }

@@ -518,6 +518,19 @@ fn summary(
         relay.virtualized.load(Ordering::SeqCst)
     ));
     note("        with legacy's recorded response for the same request (matched by X-Request-Id);");
+    let counts = &report["side_effect_counts"];
+    if counts.is_object() {
+        note(&format!(
+            "        {} legacy calls recorded ({} tied by id, {} by time window), {} candidate calls ({} answered, {} unmatched)",
+            counts["calls_recorded"],
+            counts["attributed_by_id"],
+            counts["attributed_by_window"],
+            counts["candidate_calls"],
+            counts["answered_by_id"].as_u64().unwrap_or(0)
+                + counts["answered_by_content"].as_u64().unwrap_or(0),
+            counts["unmatched"]
+        ));
+    }
     for e in side_effects.iter().take(3) {
         note(&format!(
             "        {} on {}: {} in {} exchanges (e.g. legacy {}, candidate {})",

@@ -6,7 +6,13 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{tools, util::workspace_root};
 
-pub const TARGETS: &[&str] = &["framing", "reassembly", "mask", "capture_frame"];
+pub const TARGETS: &[&str] = &[
+    "framing",
+    "reassembly",
+    "mask",
+    "capture_frame",
+    "virtual_request",
+];
 
 pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
     let bin = tools::ensure("cargo-fuzz", "0.13.2", "cargo-fuzz", &[])?;

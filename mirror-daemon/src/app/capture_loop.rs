@@ -90,12 +90,15 @@ pub struct CaptureFigures {
     pub file: Option<pcap::PcapStats>,
     /// Capture files: the cross-direction reorder stage.
     pub reorder: ReorderStats,
+    /// The part of `http`'s pairing figures on connections that are not inbound
+    /// (dependency calls, other servers on their ports), left out of [`Self::pairing`].
+    pub not_inbound_pairing: PairingCounters,
 }
 
 impl CaptureFigures {
     /// The http stage's pairing counters (stored, exposed and shown as one shape).
     pub fn pairing(&self) -> PairingCounters {
-        PairingCounters::from(&self.http)
+        PairingCounters::from(&self.http).minus(&self.not_inbound_pairing)
     }
 
     /// The pairing counters of the figures shared by the capture thread, as last published.
@@ -118,6 +121,14 @@ struct Outlet {
 }
 
 impl Outlet {
+    /// Whether `flow` is legacy's inbound traffic (not a dependency call, not another
+    /// server on a dependency's port).
+    fn is_inbound(&self, flow: &FlowKey) -> bool {
+        self.outbound
+            .as_ref()
+            .is_none_or(|t| t.is_inbound(&flow.server))
+    }
+
     fn deliver(&self, o: HttpOutput) {
         match o {
             HttpOutput::Exchange(ex) => {
@@ -136,15 +147,11 @@ impl Outlet {
                     self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
                 }
             }
-            HttpOutput::Dropped { flow, .. }
-                if self
-                    .outbound
-                    .as_ref()
-                    .is_some_and(|t| t.is_dependency(&flow.server)) =>
-            {
-                // A dependency call lost in framing: not an inbound exchange.
+            HttpOutput::Dropped { flow, count, .. } if !self.is_inbound(&flow) => {
+                // A dependency call (or other traffic on its port) lost in framing: not
+                // an inbound exchange.
                 if let Some(t) = &self.outbound {
-                    t.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    t.count_lost(&flow.server, count);
                 }
             }
             HttpOutput::Dropped { reason, count, .. } => self.ledger.saw_dropped(reason, count),
@@ -156,11 +163,7 @@ impl Outlet {
     /// candidate connection when idle).
     fn stream_event(&self, ev: &StreamEvent<'_>) {
         if let StreamEvent::Closed { flow, ts_ns, .. } = ev {
-            if self
-                .outbound
-                .as_ref()
-                .is_some_and(|t| t.is_dependency(&flow.server))
-            {
+            if !self.is_inbound(flow) {
                 return;
             }
             let item = Captured::Closed {
@@ -186,17 +189,17 @@ struct Stages {
     reorder: ReorderStats,
     /// Flow-table refusals already in the ledger.
     refusals_counted: u64,
+    /// Pairing figures of connections that are not inbound (see [`feed`]).
+    not_inbound: PairingCounters,
 }
 
 impl Stages {
     fn segment(&mut self, seg: &Segment<'_>) {
         self.segments += 1;
         self.payload_bytes += seg.payload.len() as u64;
-        let (tracker, outlet) = (&mut self.tracker, &self.outlet);
-        self.reassembler.process(seg, &mut |ev| {
-            tracker.on_event(&ev, &mut |o| outlet.deliver(o));
-            outlet.stream_event(&ev);
-        });
+        let (tracker, outlet, apart) = (&mut self.tracker, &self.outlet, &mut self.not_inbound);
+        self.reassembler
+            .process(seg, &mut |ev| feed(tracker, outlet, apart, &ev));
         self.count_refusals();
     }
 
@@ -213,11 +216,9 @@ impl Stages {
     }
 
     fn expire(&mut self, now_ns: u64) {
-        let (tracker, outlet) = (&mut self.tracker, &self.outlet);
-        self.reassembler.expire(now_ns, &mut |ev| {
-            tracker.on_event(&ev, &mut |o| outlet.deliver(o));
-            outlet.stream_event(&ev);
-        });
+        let (tracker, outlet, apart) = (&mut self.tracker, &self.outlet, &mut self.not_inbound);
+        self.reassembler
+            .expire(now_ns, &mut |ev| feed(tracker, outlet, apart, &ev));
     }
 
     fn finish(&mut self) {
@@ -225,11 +226,9 @@ impl Stages {
             flows = self.reassembler.open_flows(),
             "end of capture: closing every flow"
         );
-        let (tracker, outlet) = (&mut self.tracker, &self.outlet);
-        self.reassembler.finish(&mut |ev| {
-            tracker.on_event(&ev, &mut |o| outlet.deliver(o));
-            outlet.stream_event(&ev);
-        });
+        let (tracker, outlet, apart) = (&mut self.tracker, &self.outlet, &mut self.not_inbound);
+        self.reassembler
+            .finish(&mut |ev| feed(tracker, outlet, apart, &ev));
         tracker.finish(&mut |o| outlet.deliver(o));
     }
 
@@ -245,7 +244,27 @@ impl Stages {
             buffered_bytes: self.reassembler.buffered_bytes(),
             file,
             reorder: self.reorder,
+            not_inbound_pairing: self.not_inbound,
         }
+    }
+}
+
+/// Feeds one stream event to the tracker and passes its outputs on. What the event moves
+/// in the pairing figures on a connection that is not inbound (a dependency call, another
+/// server on a dependency's port) is kept apart, so the pairing figures describe legacy's
+/// inbound traffic only. (Each event concerns one connection; the tracker's last flush
+/// at the end of the capture is not split.)
+fn feed(
+    tracker: &mut ExchangeTracker,
+    outlet: &Outlet,
+    apart: &mut PairingCounters,
+    ev: &StreamEvent<'_>,
+) {
+    let before = (!outlet.is_inbound(ev.flow())).then(|| PairingCounters::from(tracker.stats()));
+    tracker.on_event(ev, &mut |o| outlet.deliver(o));
+    outlet.stream_event(ev);
+    if let Some(before) = before {
+        apart.add(&PairingCounters::from(tracker.stats()).minus(&before));
     }
 }
 
@@ -273,6 +292,7 @@ pub fn run(
         before_attach: 0,
         reorder: ReorderStats::default(),
         refusals_counted: 0,
+        not_inbound: PairingCounters::default(),
     };
     let publish = |st: &Stages, malformed: u64, file: Option<pcap::PcapStats>| {
         if let Ok(mut f) = figures.lock() {
@@ -365,6 +385,7 @@ mod tests {
             before_attach: 0,
             reorder: ReorderStats::default(),
             refusals_counted: 0,
+            not_inbound: PairingCounters::default(),
         };
         for port in [40_000, 40_001, 40_002] {
             st.segment(&Segment {
@@ -383,6 +404,103 @@ mod tests {
         let s = ledger.snapshot();
         assert_eq!(s.count(Outcome::Dropped(DropReason::FlowTableFull)), 2);
         assert_eq!((s.seen, s.in_flight()), (2, 0));
+    }
+
+    /// One whole keep-alive-less exchange on `server`: handshake, request, response, FINs.
+    fn conversation(st: &mut Stages, client_port: u16, server: std::net::SocketAddr, ts: u64) {
+        use crate::capture::{Direction, TcpFlags};
+        let flow = FlowKey {
+            client: std::net::SocketAddr::from(([10, 0, 0, 1], client_port)),
+            server,
+        };
+        let req: &[u8] = b"POST /charges HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+        let resp: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}";
+        let (rq, rs) = (req.len() as u32, resp.len() as u32);
+        let (ack, psh) = (TcpFlags::ACK, TcpFlags::ACK | TcpFlags::PSH);
+        let fin = TcpFlags::ACK | TcpFlags::FIN;
+        let steps: [(Direction, u32, u32, u8, &[u8]); 6] = [
+            (Direction::ToServer, 0, 0, TcpFlags::SYN, b""),
+            (Direction::ToClient, 0, 1, TcpFlags::SYN | ack, b""),
+            (Direction::ToServer, 1, 1, psh, req),
+            (Direction::ToClient, 1, 1 + rq, psh, resp),
+            (Direction::ToServer, 1 + rq, 1 + rs, fin, b""),
+            (Direction::ToClient, 1 + rs, 2 + rq, fin, b""),
+        ];
+        for (i, (direction, seq, ack, flags, payload)) in steps.into_iter().enumerate() {
+            st.segment(&Segment {
+                flow,
+                direction,
+                seq,
+                ack,
+                flags: TcpFlags(flags),
+                ts_ns: ts + i as u64,
+                payload,
+            });
+        }
+    }
+
+    #[test]
+    fn only_inbound_connections_reach_the_ledger_and_the_pairing_figures() {
+        use crate::effects::record::Dependencies;
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        let ledger = Arc::new(Ledger::default());
+        let (tx, mut rx) = mpsc::channel(16);
+        let (calls_tx, mut calls) = mpsc::channel(16);
+        let tap = crate::effects::OutboundTap {
+            dependencies: Dependencies::new(vec![a("10.0.0.7:7070")]),
+            inbound_ports: vec![80],
+            tx: calls_tx,
+            dropped: Arc::default(),
+            other: Arc::default(),
+        };
+        let mut st = Stages {
+            reassembler: Reassembler::new(ReassemblyConfig::default()),
+            tracker: ExchangeTracker::new(Limits::default(), 16),
+            outlet: Outlet {
+                exchanges: tx,
+                outbound: Some(tap.clone()),
+                ledger: ledger.clone(),
+                wait_when_full: false,
+            },
+            segments: 0,
+            payload_bytes: 0,
+            before_attach: 0,
+            reorder: ReorderStats::default(),
+            refusals_counted: 0,
+            not_inbound: PairingCounters::default(),
+        };
+        conversation(&mut st, 40_000, a("10.0.0.2:80"), 1_000);
+        conversation(&mut st, 40_001, a("10.0.0.7:7070"), 2_000);
+        // Another server on the dependency's port: not a call, and not inbound either.
+        conversation(&mut st, 40_002, a("10.0.0.9:7070"), 3_000);
+        conversation(&mut st, 40_003, a("10.0.0.9:7070"), 4_000);
+        let s = ledger.snapshot();
+        assert_eq!(s.seen, 1, "only the inbound exchange is seen");
+        let mut inbound = 0;
+        while let Ok(c) = rx.try_recv() {
+            if let Captured::Exchange(ex) = c {
+                assert_eq!(ex.flow.server, a("10.0.0.2:80"));
+                inbound += 1;
+            }
+        }
+        assert_eq!(inbound, 1);
+        let (call, dep) = calls.try_recv().expect("the dependency call is recorded");
+        assert_eq!(
+            (call.flow.server, dep),
+            (a("10.0.0.7:7070"), a("10.0.0.7:7070"))
+        );
+        assert!(
+            calls.try_recv().is_err(),
+            "only the given address is a call"
+        );
+        assert_eq!(tap.other.load(Ordering::Relaxed), 2);
+        let f = st.figures(0, None);
+        assert_eq!(f.http.exchanges, 4, "the http stage rebuilt all four");
+        assert_eq!(
+            (f.pairing().exchanges, f.pairing().proven),
+            (1, 1),
+            "the pairing figures describe the inbound traffic only"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! sink, the DNS relay, the self-test, and the candidate process started inside. `guard`
 //! runs it alone; `run` and `replay` start it before the first replay.
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
     sync::Arc,
@@ -49,9 +49,9 @@ pub struct FenceConfig {
     pub egress_sink: Option<SocketAddr>,
     pub allow_dns: Option<SocketAddr>,
     pub allow_unix: Vec<PathBuf>,
-    /// Dependency endpoints (IPv4) whose connects go to a virtual dependency listening on
-    /// the candidate's 127.0.0.1 at the given port (`--virtualize-egress`).
-    pub virtual_deps: Vec<(SocketAddrV4, u16)>,
+    /// Dependency endpoints whose connects go to a virtual dependency listening on the
+    /// candidate's loopback of the same family at the given port (`--virtualize-egress`).
+    pub virtual_deps: Vec<(SocketAddr, u16)>,
 }
 
 impl FenceConfig {

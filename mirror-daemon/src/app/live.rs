@@ -11,8 +11,8 @@ use crate::{
     guard::{EgressAction, EgressAttempt},
     report::CardEvidence,
     store::{
-        DiffExample, DiffKindStats, EgressSummary, KernelCounters, LatencySample, PairingCounters,
-        RouteLatency, RouteStats, diff_kind_key,
+        DiffExample, DiffKindStats, EffectsFigures, EgressSummary, KernelCounters, LatencySample,
+        PairingCounters, RouteLatency, RouteStats, diff_kind_key,
     },
 };
 
@@ -222,13 +222,14 @@ impl LiveEvidence {
             .sum()
     }
 
-    /// The evidence a card is drawn from, borrowed, with the run's ledger, kernel and
-    /// pairing counters.
+    /// The evidence a card is drawn from, borrowed, with the run's ledger, kernel,
+    /// pairing and side-effect counters.
     pub fn card_evidence<'a>(
         &'a self,
         ledger: &'a LedgerSnapshot,
         kernel: &'a KernelCounters,
         pairing: Option<&'a PairingCounters>,
+        side_effects: Option<&'a EffectsFigures>,
     ) -> CardEvidence<'a> {
         CardEvidence {
             runs: &[],
@@ -236,6 +237,7 @@ impl LiveEvidence {
             ledger_total: ledger,
             kernel_total: kernel,
             pairing_total: pairing,
+            side_effects_total: side_effects,
             routes: &self.routes,
             diffs: &self.diffs,
             latency: &self.latency,
@@ -290,7 +292,7 @@ mod tests {
             });
         }
         let (ledger, kernel) = Default::default();
-        let ev = live.card_evidence(&ledger, &kernel, None);
+        let ev = live.card_evidence(&ledger, &kernel, None, None);
         assert_eq!(ev.diffs.len(), 1, "array indexes aggregate into one key");
         let d = &ev.diffs[0];
         assert_eq!((d.diffs, d.exchanges), (20, 10));
@@ -319,7 +321,7 @@ mod tests {
             });
         }
         let (ledger, kernel) = Default::default();
-        let ev = live.card_evidence(&ledger, &kernel, None);
+        let ev = live.card_evidence(&ledger, &kernel, None, None);
         assert_eq!(ev.latency[0].samples.len(), SAMPLES_PER_ROUTE);
         assert_eq!(ev.latency[0].exchanges, (SAMPLES_PER_ROUTE + 500) as u64);
     }
@@ -416,13 +418,13 @@ mod tests {
         };
         store.write_batch(&rows).await.expect("rows");
         store
-            .write_ledger("h", "r", 1_760_000_000_000, &snap, &kernel, &pairing)
+            .write_ledger("h", "r", 1_760_000_000_000, &snap, &kernel, &pairing, None)
             .await
             .expect("ledger");
         let stored = store.load(&ReportFilter::default()).await.expect("load");
         let criteria = crate::verdict::Criteria::default();
         let from_live = crate::report::build(
-            live.card_evidence(&snap, &kernel, Some(&pairing)),
+            live.card_evidence(&snap, &kernel, Some(&pairing), None),
             &criteria,
             &NoiseRule::default(),
         );

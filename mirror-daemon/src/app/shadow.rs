@@ -210,6 +210,13 @@ impl Shadow {
                 let mut cmp = self.comparator.compare(&masked.response, &cand);
                 // What the candidate would have sent its dependencies counts like the
                 // response: an exchange with a side-effect diff differed.
+                if !side_effects.is_empty()
+                    && let Some(e) = &self.effects
+                {
+                    e.counters
+                        .exchanges_with_diffs
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 cmp.diffs.extend(side_effects);
                 let outcome = if cmp.matched() {
                     Outcome::Matched

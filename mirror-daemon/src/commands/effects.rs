@@ -17,30 +17,26 @@ use mirror_daemon::{
 use super::common::usage;
 use crate::cli::PipelineArgs;
 
-/// Validates the flags and, with `--virtualize-egress`, binds the virtual dependency
+/// Validates the flags (`inbound_ports`: legacy's own `--port`s, empty when learned
+/// from a capture file) and, with `--virtualize-egress`, binds the virtual dependency
 /// listeners in the candidate's network namespace; `None` without `--dependency`.
 pub fn prepare(
     p: &PipelineArgs,
+    inbound_ports: &[u16],
     masker: &Arc<Masker>,
     templater: &Arc<RouteTemplater>,
 ) -> anyhow::Result<Option<EffectsPlan>> {
     if p.dependencies.is_empty() {
         return Ok(None);
     }
-    if p.virtualize_egress {
-        if p.guard.no_egress_guard {
-            return Err(usage(
-                "--virtualize-egress needs the egress guard (it redirects the candidate's connects); drop --no-egress-guard",
-            ));
-        }
-        if let Some(dep) = p.dependencies.iter().find(|d| !d.is_ipv4()) {
-            return Err(usage(format!(
-                "--virtualize-egress: dependency {dep} is IPv6; only IPv4 dependencies can be virtualized"
-            )));
-        }
+    if p.virtualize_egress && p.guard.no_egress_guard {
+        return Err(usage(
+            "--virtualize-egress needs the egress guard (it redirects the candidate's connects); drop --no-egress-guard",
+        ));
     }
     let cfg = EffectsConfig {
         dependencies: Dependencies::new(p.dependencies.clone()),
+        inbound_ports: inbound_ports.to_vec(),
         propagation: Propagation::new(&p.propagation_headers),
         virtualize: p.virtualize_egress,
         limits: BookLimits::default(),

@@ -33,7 +33,8 @@ use crate::{
 
 pub fn run_live(args: RunArgs) -> anyhow::Result<u8> {
     // The tap also takes legacy's calls to its --dependency endpoints.
-    let mut ports = args.tap.ports.clone();
+    let inbound = args.tap.ports.clone();
+    let mut ports = inbound.clone();
     ports.extend(super::effects::extra_ports(&args.pipeline));
     let tap = TapConfig {
         iface: args.tap.iface.clone(),
@@ -46,7 +47,7 @@ pub fn run_live(args: RunArgs) -> anyhow::Result<u8> {
         tap,
         duration: args.duration,
     };
-    shadow_run(&args.pipeline, input, args.config)
+    shadow_run(&args.pipeline, &inbound, input, args.config)
 }
 
 pub fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
@@ -58,6 +59,7 @@ pub fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
     }
     let speed: Speed = args.speed.parse().map_err(usage)?;
     // With explicit ports, the --dependency ones too (empty: learned from SYNs).
+    let inbound = args.ports.clone();
     let mut ports = args.ports;
     if !ports.is_empty() {
         ports.extend(super::effects::extra_ports(&args.pipeline));
@@ -68,11 +70,17 @@ pub fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         reorder_window: args.reorder_window,
         speed,
     };
-    shadow_run(&args.pipeline, input, args.config)
+    shadow_run(&args.pipeline, &inbound, input, args.config)
 }
 
-fn shadow_run(p: &PipelineArgs, input: Input, config: Option<PathBuf>) -> anyhow::Result<u8> {
-    let plan = plan(p, input, config.as_ref())?;
+/// `inbound`: legacy's own server ports (empty when learned from a capture file).
+fn shadow_run(
+    p: &PipelineArgs,
+    inbound: &[u16],
+    input: Input,
+    config: Option<PathBuf>,
+) -> anyhow::Result<u8> {
+    let plan = plan(p, inbound, input, config.as_ref())?;
     let deadlines = Deadlines::for_replay_timeout(p.timeout);
     // Stop requests during start-up are honoured once the loop starts, with everything
     // created so far torn down in order.
@@ -163,7 +171,12 @@ fn print_final(end: &Final, stopped_by: StopReason) -> u8 {
 
 /// The run's plan: every flag parsed and checked here, before the kernel or the
 /// candidate is touched.
-fn plan(p: &PipelineArgs, input: Input, config: Option<&PathBuf>) -> anyhow::Result<Plan> {
+fn plan(
+    p: &PipelineArgs,
+    inbound: &[u16],
+    input: Input,
+    config: Option<&PathBuf>,
+) -> anyhow::Result<Plan> {
     let sampler = Sampler::new(common::sample_config(p)?).map_err(usage)?;
     let criteria = common::criteria(&p.criteria)?;
     let criteria_text = common::criteria_text(&p.criteria);
@@ -185,7 +198,7 @@ fn plan(p: &PipelineArgs, input: Input, config: Option<&PathBuf>) -> anyhow::Res
     let masker = Arc::new(common::build_masker(&p.mask)?);
     let templater = Arc::new(templater);
     // Before the fence: the guard redirects to the virtual dependencies' listeners.
-    let effects = super::effects::prepare(p, &masker, &templater)?;
+    let effects = super::effects::prepare(p, inbound, &masker, &templater)?;
     if let (Fencing::Guard(cfg), Some(e)) = (&mut fencing, &effects) {
         cfg.virtual_deps = e.virtual_deps.clone();
     }

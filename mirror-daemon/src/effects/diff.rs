@@ -116,6 +116,7 @@ mod tests {
                 request_first_ns: 0,
                 response_last_ns: 0,
                 ids: vec![],
+                tokens: vec![],
             },
             how: Attributed::Exact,
             used,

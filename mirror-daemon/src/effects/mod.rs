@@ -26,7 +26,7 @@ use crate::http::{CorrelationId, Exchange, Request, Response};
 use crate::mask::Masker;
 use attribute::{Book, BookFull, BookLimits, BookStats, CandidateCall};
 pub use plan::EffectsPlan;
-use record::{Dependencies, Propagation};
+use record::{Dependencies, Propagation, Traffic};
 
 /// Dependency exchanges waiting between the capture thread and the recorder.
 pub const OUTBOUND_QUEUE: usize = 8192;
@@ -46,25 +46,53 @@ pub const RECORDING_WAIT: Duration = Duration::from_secs(4);
 #[derive(Clone, Debug)]
 pub struct OutboundTap {
     pub dependencies: Dependencies,
+    /// Legacy's own server ports (empty when learned from a capture file).
+    pub inbound_ports: Vec<u16>,
     pub tx: mpsc::Sender<(Exchange, SocketAddr)>,
     pub dropped: Arc<AtomicU64>,
+    /// Exchanges (and drops) on a dependency's port to a server not given with
+    /// `--dependency`: not calls, not inbound, counted here.
+    pub other: Arc<AtomicU64>,
 }
 
 impl OutboundTap {
-    /// Takes `ex` when it is a call to a dependency, queuing it for the recorder; hands
-    /// it back otherwise (an inbound exchange).
+    /// Takes `ex` when it is a call to a dependency (queued for the recorder) or other
+    /// traffic on a dependency's port (counted); hands it back when it is inbound.
     pub fn take(&self, ex: Exchange) -> Option<Exchange> {
-        let Some(dep) = self.dependencies.find(&ex.flow.server) else {
-            return Some(ex);
-        };
-        if self.tx.try_send((ex, dep)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match self.classify(&ex.flow.server) {
+            Traffic::Inbound => Some(ex),
+            Traffic::Dependency(dep) => {
+                if self.tx.try_send((ex, dep)).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                None
+            }
+            Traffic::Other => {
+                self.other.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
-        None
     }
 
-    pub fn is_dependency(&self, server: &SocketAddr) -> bool {
-        self.dependencies.find(server).is_some()
+    pub fn classify(&self, server: &SocketAddr) -> Traffic {
+        self.dependencies.classify(server, &self.inbound_ports)
+    }
+
+    /// Counts `n` exchanges of a connection that is not inbound lost in framing.
+    pub fn count_lost(&self, server: &SocketAddr, n: u64) {
+        match self.classify(server) {
+            Traffic::Inbound => {}
+            Traffic::Dependency(_) => {
+                self.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+            Traffic::Other => {
+                self.other.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn is_inbound(&self, server: &SocketAddr) -> bool {
+        self.classify(server) == Traffic::Inbound
     }
 }
 
@@ -72,6 +100,8 @@ impl OutboundTap {
 #[derive(Clone, Debug)]
 pub struct EffectsConfig {
     pub dependencies: Dependencies,
+    /// Legacy's own server ports (`--port`; empty when learned from a capture file).
+    pub inbound_ports: Vec<u16>,
     pub propagation: Propagation,
     /// Answer the candidate's calls from the recordings and diff both sides.
     pub virtualize: bool,
@@ -92,20 +122,47 @@ pub struct VirtualCounters {
     /// Answered 502: no recording matched.
     pub unmatched: AtomicU64,
     pub malformed: AtomicU64,
+    /// Compared exchanges with at least one side-effect diff (counted by the shadow
+    /// stage, which alone knows whether the diffs were compared).
+    pub exchanges_with_diffs: AtomicU64,
 }
 
-/// Figures of a run's side effects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// Figures of a run's side effects (stored with each ledger snapshot as JSON; fields
+/// added later read as 0 from older rows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EffectsFigures {
     pub book: BookStats,
-    /// Dependency exchanges lost on the capture → recorder queue.
+    /// Dependency exchanges lost on the capture → recorder queue (or in framing).
     pub recorder_queue_full: u64,
+    /// Exchanges on a dependency's port to a server not given with `--dependency` (not
+    /// calls, not inbound).
+    pub other_on_dependency_ports: u64,
     pub candidate_calls: u64,
     pub matched_by_id: u64,
     pub matched_by_content: u64,
     pub content_ties: u64,
     pub unmatched: u64,
     pub malformed: u64,
+    /// Compared exchanges with at least one side-effect diff (exact, where the card's
+    /// `side_effect_mismatched` is an upper bound over diff kinds).
+    pub exchanges_with_diffs: u64,
+}
+
+impl EffectsFigures {
+    /// Adds `o` (summing over hosts).
+    pub fn add(&mut self, o: &EffectsFigures) {
+        self.book.add(&o.book);
+        self.recorder_queue_full += o.recorder_queue_full;
+        self.other_on_dependency_ports += o.other_on_dependency_ports;
+        self.candidate_calls += o.candidate_calls;
+        self.matched_by_id += o.matched_by_id;
+        self.matched_by_content += o.matched_by_content;
+        self.content_ties += o.content_ties;
+        self.unmatched += o.unmatched;
+        self.malformed += o.malformed;
+        self.exchanges_with_diffs += o.exchanges_with_diffs;
+    }
 }
 
 /// The side-effect stages' shared state.
@@ -117,6 +174,7 @@ pub struct Effects {
     templater: Arc<RouteTemplater>,
     pub counters: VirtualCounters,
     pub recorder_dropped: Arc<AtomicU64>,
+    pub other_traffic: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Effects {
@@ -137,6 +195,7 @@ impl Effects {
             templater,
             counters: VirtualCounters::default(),
             recorder_dropped: Arc::new(AtomicU64::new(0)),
+            other_traffic: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -149,8 +208,10 @@ impl Effects {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let tap = OutboundTap {
             dependencies: self.cfg.dependencies.clone(),
+            inbound_ports: self.cfg.inbound_ports.clone(),
             tx,
             dropped: self.recorder_dropped.clone(),
+            other: self.other_traffic.clone(),
         };
         (tap, rx)
     }
@@ -172,8 +233,15 @@ impl Effects {
     /// Follows inbound exchange `ex` (before it is replayed).
     pub fn register(&self, ex: &Exchange) -> Result<(), BookFull> {
         let ids = self.cfg.propagation.ids(&ex.request.headers);
-        let window = (ex.timing.request_first_ns, ex.timing.response_last_ns);
-        let r = self.book().register(ex.id, ids, window);
+        // The handler's time: after the request was read, before the answer began.
+        let window = (ex.timing.request_last_ns, ex.timing.response_first_ns);
+        // Only an exchange without ids is matched to calls by content.
+        let tokens = if ids.is_empty() {
+            record::content_tokens(&[&ex.request.body, &ex.response.body])
+        } else {
+            Vec::new()
+        };
+        let r = self.book().register_with_tokens(ex.id, ids, window, tokens);
         self.changed.notify_waiters();
         r
     }
@@ -338,12 +406,14 @@ impl Effects {
         EffectsFigures {
             book: self.book().stats(),
             recorder_queue_full: l(&self.recorder_dropped),
+            other_on_dependency_ports: l(&self.other_traffic),
             candidate_calls: l(&c.calls),
             matched_by_id: l(&c.matched_by_id),
             matched_by_content: l(&c.matched_by_content),
             content_ties: l(&c.content_ties),
             unmatched: l(&c.unmatched),
             malformed: l(&c.malformed),
+            exchanges_with_diffs: l(&c.exchanges_with_diffs),
         }
     }
 }
@@ -360,22 +430,26 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unsettled at their exchange's end {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); other servers on dependency ports (not calls, not inbound) {}; candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
             b.ambiguous,
+            b.taken_over,
+            b.unsettled,
             b.unattributed,
             b.over_cap,
             b.over_budget,
             self.recorder_queue_full,
+            self.other_on_dependency_ports,
             self.candidate_calls,
             self.matched_by_id,
             self.matched_by_content,
             self.content_ties,
             self.unmatched,
             self.malformed,
-            b.inbound_refused
+            b.inbound_refused,
+            self.exchanges_with_diffs
         )
     }
 }
@@ -395,6 +469,7 @@ mod tests {
         let masker = Masker::new(MaskConfig::with_defaults(key)).expect("masker");
         let cfg = EffectsConfig {
             dependencies: Dependencies::new(vec![DEP.parse().expect("addr")]),
+            inbound_ports: vec![8080],
             propagation: Propagation::default(),
             virtualize: true,
             limits: BookLimits::default(),
@@ -535,6 +610,51 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// Through a real listener: a chunked call (as clients streaming a body send them) is
+    /// answered with the recording, then a keep-alive Content-Length one on the same
+    /// connection with a 502.
+    #[tokio::test]
+    async fn the_virtual_listener_answers_a_chunked_call() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let e = Arc::new(effects());
+        let dep: SocketAddr = DEP.parse().expect("addr");
+        legacy_order(&e, 4);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(virtual_dep::serve(listener, e.clone(), dep));
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let body = r#"{"order":4,"amount":14.5}"#;
+        let (first, rest) = body.split_at(10);
+        let chunked = format!(
+            "POST /charges HTTP/1.1\r\nX-Request-Id: req-4\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n\
+             POST /charges HTTP/1.1\r\nX-Request-Id: req-4\r\nContent-Length: 2\r\n\r\n{{}}",
+            first.len(),
+            rest.len()
+        );
+        c.write_all(chunked.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("no recorded legacy call") {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .expect("answers in time")
+                .expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 201 Created\r\n") && text.contains(r#"{"charge":"ch_4"}"#),
+            "{text}"
+        );
+        assert!(text.contains("HTTP/1.1 502 Bad Gateway"), "{text}");
+        let f = e.figures();
+        assert_eq!((f.matched_by_id, f.unmatched, f.malformed), (1, 1, 0));
     }
 
     #[test]

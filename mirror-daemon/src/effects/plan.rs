@@ -4,7 +4,7 @@
 //! pipeline starts.
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     sync::Arc,
 };
@@ -18,16 +18,16 @@ use crate::{
 #[derive(Debug)]
 pub struct EffectsPlan {
     pub effects: Arc<Effects>,
-    /// Dependency → port of its virtual listener on the candidate's 127.0.0.1, for the
-    /// guard (`FenceConfig::virtual_deps`).
-    pub virtual_deps: Vec<(SocketAddrV4, u16)>,
+    /// Dependency → port of its virtual listener on the candidate's loopback of the same
+    /// family (127.0.0.1 or [::1]), for the guard (`FenceConfig::virtual_deps`).
+    pub virtual_deps: Vec<(SocketAddr, u16)>,
     listeners: Vec<(SocketAddr, std::net::TcpListener)>,
 }
 
 impl EffectsPlan {
     /// Builds the shared state; with `cfg.virtualize`, binds one listener per dependency
-    /// on 127.0.0.1 in the candidate's network namespace `netns` (where the guard sends
-    /// its connects). Only IPv4 dependencies can be virtualized.
+    /// on the loopback of its family (127.0.0.1, or [::1] for an IPv6 dependency) in the
+    /// candidate's network namespace `netns` (where the guard sends its connects).
     pub fn new(
         cfg: EffectsConfig,
         masker: Arc<Masker>,
@@ -38,26 +38,24 @@ impl EffectsPlan {
         let mut listeners = Vec::new();
         if cfg.virtualize {
             for dep in cfg.dependencies.endpoints() {
-                let SocketAddr::V4(v4) = dep else {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "dependency {dep} is IPv6; only IPv4 dependencies can be virtualized"
-                        ),
-                    ));
+                let loopback = match dep {
+                    SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
                 };
                 let listener = in_netns(netns, || {
-                    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+                    let l = std::net::TcpListener::bind((loopback, 0))?;
                     l.set_nonblocking(true)?;
                     Ok(l)
                 })
                 .map_err(|e| {
                     io::Error::new(
                         e.kind(),
-                        format!("binding the virtual dependency for {dep}: {e}"),
+                        format!(
+                            "binding the virtual dependency for {dep} on {loopback} in the candidate's network namespace (an IPv6 dependency needs IPv6 loopback there): {e}"
+                        ),
                     )
                 })?;
-                virtual_deps.push((*v4, listener.local_addr()?.port()));
+                virtual_deps.push((*dep, listener.local_addr()?.port()));
                 listeners.push((*dep, listener));
             }
         }

@@ -40,6 +40,24 @@ impl Dependencies {
             .find(|d| d.port() == server.port() && canonical(d.ip()) == ip)
     }
 
+    /// What a captured connection to `server` is, given legacy's own server ports
+    /// (`--port`; empty when learned from a capture file): a call to a dependency, other
+    /// traffic on a port the tap watches only for the dependencies (another server on
+    /// that port: neither a call nor an inbound exchange), or inbound.
+    pub fn classify(&self, server: &SocketAddr, inbound_ports: &[u16]) -> Traffic {
+        if let Some(dep) = self.find(server) {
+            return Traffic::Dependency(dep);
+        }
+        let port = server.port();
+        if !inbound_ports.is_empty()
+            && !inbound_ports.contains(&port)
+            && self.endpoints.iter().any(|d| d.port() == port)
+        {
+            return Traffic::Other;
+        }
+        Traffic::Inbound
+    }
+
     /// Server ports the tap must also watch.
     pub fn ports(&self) -> Vec<u16> {
         let mut p: Vec<u16> = self.endpoints.iter().map(SocketAddr::port).collect();
@@ -47,6 +65,16 @@ impl Dependencies {
         p.dedup();
         p
     }
+}
+
+/// What a captured connection is to the side-effect stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    Inbound,
+    /// A call to this `--dependency`.
+    Dependency(SocketAddr),
+    /// On a dependency's port but to another server (and not a legacy port).
+    Other,
 }
 
 /// The headers that carry an id from an inbound request to the calls it causes.
@@ -108,13 +136,61 @@ pub struct OutboundCall {
     pub request_first_ns: u64,
     pub response_last_ns: u64,
     pub ids: Vec<String>,
+    /// [`content_tokens`] of the raw call (in memory only): what it shares with the
+    /// inbound exchange that caused it helps tie a call without ids.
+    pub tokens: Vec<u64>,
 }
 
 impl OutboundCall {
     /// Bytes held in memory (for the recording caps).
     pub fn size(&self) -> usize {
-        self.request.body.len() + self.response.body.len() + 512
+        self.request.body.len() + self.response.body.len() + 512 + 8 * self.tokens.len()
     }
+}
+
+/// Tokens of a body kept per call and per inbound exchange, at most.
+pub const MAX_TOKENS: usize = 256;
+
+/// The distinct words (3 characters or more) of `bodies`, hashed and sorted, at most
+/// [`MAX_TOKENS`]: a handler's call usually carries values of its inbound request or
+/// answer (an order id, an amount), and its answer those of the call's response.
+pub fn content_tokens(bodies: &[&[u8]]) -> Vec<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut out: Vec<u64> = Vec::new();
+    for body in bodies {
+        for w in body.split(|c| !c.is_ascii_alphanumeric() && !b"._-".contains(c)) {
+            if w.len() < 3 {
+                continue;
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            w.hash(&mut h);
+            out.push(h.finish());
+            if out.len() >= 4 * MAX_TOKENS {
+                break;
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out.truncate(MAX_TOKENS);
+    out
+}
+
+/// How many tokens two sorted token lists share.
+pub fn shared_tokens(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Keeps a captured exchange to `dependency` as a masked call.
@@ -125,9 +201,17 @@ pub fn record(
     prop: &Propagation,
 ) -> OutboundCall {
     let masked = masker.mask_exchange(ex);
+    let ids = prop.ids(&ex.request.headers);
+    // Only a call without ids is matched to its exchange by content.
+    let tokens = if ids.is_empty() {
+        content_tokens(&[&ex.request.body, &ex.response.body])
+    } else {
+        Vec::new()
+    };
     OutboundCall {
         dependency,
-        ids: prop.ids(&ex.request.headers),
+        ids,
+        tokens,
         request: masked.request,
         response: masked.response,
         request_first_ns: ex.timing.request_first_ns,
@@ -150,6 +234,45 @@ mod tests {
         assert!(d.find(&"10.0.0.8:7070".parse().expect("addr")).is_none());
         assert!(d.find(&"10.0.0.7:7071".parse().expect("addr")).is_none());
         assert_eq!(d.ports(), vec![7070]);
+    }
+
+    #[test]
+    fn only_the_given_dependency_addresses_are_calls_other_servers_on_their_port_are_not_inbound() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let d = Dependencies::new(vec![a("10.0.0.7:7070"), a("10.0.0.8:8080")]);
+        let inbound = [8080];
+        assert_eq!(
+            d.classify(&a("10.0.0.7:7070"), &inbound),
+            Traffic::Dependency(a("10.0.0.7:7070"))
+        );
+        // Another server on the dependency's port: neither a call nor inbound.
+        assert_eq!(d.classify(&a("10.0.0.9:7070"), &inbound), Traffic::Other);
+        assert_eq!(d.classify(&a("[::1]:7070"), &inbound), Traffic::Other);
+        // A dependency on one of legacy's own ports: only its address is a call.
+        assert_eq!(
+            d.classify(&a("10.0.0.8:8080"), &inbound),
+            Traffic::Dependency(a("10.0.0.8:8080"))
+        );
+        assert_eq!(d.classify(&a("10.0.0.2:8080"), &inbound), Traffic::Inbound);
+        // Ports learned from a capture file (none given): cannot tell, so inbound.
+        assert_eq!(d.classify(&a("10.0.0.9:7070"), &[]), Traffic::Inbound);
+        assert_eq!(d.classify(&a("10.0.0.2:9000"), &inbound), Traffic::Inbound);
+    }
+
+    #[test]
+    fn tokens_are_the_words_two_bodies_share() {
+        let call = content_tokens(&[br#"{"order_id":"ord_9cc9","amount":65.19}"#, b"ch_77"]);
+        let mine = content_tokens(&[
+            b"{}",
+            br#"{"id":"ord_9cc9","total":65.19,"charge":"ch_77"}"#,
+        ]);
+        let other = content_tokens(&[b"{}", br#"{"id":"ord_1234","total":11.5,"charge":"ch_78"}"#]);
+        assert_eq!(shared_tokens(&call, &mine), 3);
+        assert_eq!(shared_tokens(&call, &other), 0);
+        let many: Vec<u8> = (0..5000)
+            .flat_map(|i| format!("w{i:05} ").into_bytes())
+            .collect();
+        assert_eq!(content_tokens(&[&many]).len(), MAX_TOKENS, "bounded");
     }
 
     #[test]

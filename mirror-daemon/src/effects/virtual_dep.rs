@@ -109,9 +109,57 @@ pub fn response_wire(r: &Response, out: &mut Vec<u8>) {
 /// The answer to a call nothing recorded matches.
 pub const UNMATCHED: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nX-Mirror-Virtual: unmatched\r\nContent-Length: 49\r\n\r\nmirror: no recorded legacy call matches this one\n";
 
+/// Decodes a chunked body from the front of `buf`: `Ok(Some((body, consumed)))` with
+/// the trailers consumed (and dropped), `Ok(None)` when more bytes are needed.
+fn chunked_body(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, &'static str> {
+    // Chunk framing can cost several bytes per body byte: bound what is buffered too.
+    if buf.len() > MAX_HEAD + 2 * MAX_BODY {
+        return Err("chunked body too large");
+    }
+    let mut body = Vec::new();
+    let mut pos = 0;
+    loop {
+        let (n, size) = match httparse::parse_chunk_size(&buf[pos..]) {
+            Ok(httparse::Status::Complete(done)) => done,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err("bad chunk size"),
+        };
+        pos += n;
+        if size == 0 {
+            // Trailer lines, up to an empty one.
+            loop {
+                let rest = &buf[pos..];
+                let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                    return if rest.len() > MAX_HEAD {
+                        Err("trailers too large")
+                    } else {
+                        Ok(None)
+                    };
+                };
+                pos += eol + 2;
+                if eol == 0 {
+                    return Ok(Some((body, pos)));
+                }
+            }
+        }
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| body.len() + s <= MAX_BODY)
+            .ok_or("body too large")?;
+        let Some(data) = buf.get(pos..pos + size + 2) else {
+            return Ok(None);
+        };
+        if !data.ends_with(b"\r\n") {
+            return Err("bad chunk");
+        }
+        body.extend_from_slice(&data[..size]);
+        pos += size + 2;
+    }
+}
+
 /// Parses one request from the front of `buf`: `Ok(Some((request, consumed)))`, `Ok(None)`
 /// when more bytes are needed, `Err` when it is not an HTTP/1.x request with a
-/// Content-Length body within the limits.
+/// Content-Length or chunked body within the limits.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
@@ -126,8 +174,23 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static st
         .iter()
         .map(|h| Header::new(h.name, h.value))
         .collect();
-    if crate::http::header(&hs, "transfer-encoding").is_some() {
-        return Err("chunked request bodies are not supported by the virtual dependency");
+    if let Some(te) = crate::http::header(&hs, "transfer-encoding") {
+        // Chunked must be the last coding (RFC 9112 6.1); it wins over a Content-Length.
+        let last = te.rsplit(|c| *c == b',').next().unwrap_or_default();
+        if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err("a Transfer-Encoding without chunked last");
+        }
+        let Some((body, used)) = chunked_body(&buf[head..])? else {
+            return Ok(None);
+        };
+        let request = Request {
+            method: req.method.unwrap_or_default().to_string(),
+            target: req.path.unwrap_or_default().to_string(),
+            version: req.version.unwrap_or(1),
+            headers: hs,
+            body: body.into(),
+        };
+        return Ok(Some((request, head + used)));
     }
     let len = match crate::http::header(&hs, "content-length") {
         Some(v) => std::str::from_utf8(v)
@@ -150,6 +213,19 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static st
         body: bytes::Bytes::copy_from_slice(&buf[head..head + len]),
     };
     Ok(Some((request, head + len)))
+}
+
+/// Entry for the `virtual_request` fuzz target: [`parse_request`] on untrusted bytes
+/// never panics, consumes at most what it was given, keeps bodies within the limit, and
+/// gives the same request when handed only the bytes it consumed.
+pub fn fuzz_request(data: &[u8]) {
+    let Ok(Some((req, used))) = parse_request(data) else {
+        return;
+    };
+    assert!(used <= data.len(), "consumed {used} of {}", data.len());
+    assert!(req.body.len() <= MAX_BODY);
+    let again = parse_request(&data[..used]);
+    assert_eq!(again, Ok(Some((req, used))), "independent of what follows");
 }
 
 /// Serves one dependency's virtual listener until the runtime stops.
@@ -234,6 +310,7 @@ mod tests {
                 request_first_ns: 0,
                 response_last_ns: 0,
                 ids: vec![],
+                tokens: vec![],
             },
             how: Attributed::Exact,
             used,
@@ -284,5 +361,50 @@ mod tests {
         let (r, used) = parse_request(wire).expect("valid").expect("complete");
         assert_eq!((r.body.as_ref(), used), (&b"abcd"[..], wire.len() - 3));
         assert!(parse_request(b"\x16\x03\x01garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn chunked_request_bodies_are_decoded_incrementally_and_bounded() {
+        let wire = b"POST /charges HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            4\r\n{\"a\"\r\n3;ext=1\r\n:1}\r\n0\r\nX-Trailer: t\r\n\r\nGET";
+        let complete = wire.len() - 3;
+        // Every cut before the end needs more bytes; none is an error.
+        for cut in 0..complete {
+            assert_eq!(parse_request(&wire[..cut]), Ok(None), "cut at {cut}");
+        }
+        let (r, used) = parse_request(wire).expect("valid").expect("complete");
+        assert_eq!((r.body.as_ref(), used), (&br#"{"a":1}"#[..], complete));
+        // Without trailers, and with a Content-Length that chunked overrides.
+        let plain = b"POST / HTTP/1.1\r\nContent-Length: 99\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let (r, used) = parse_request(plain).expect("valid").expect("complete");
+        assert_eq!((r.body.as_ref(), used), (&b"ok"[..], plain.len()));
+        // Bad framing and oversize chunks are errors, not waits.
+        let bad = |body: &[u8]| {
+            let mut w = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            w.extend_from_slice(body);
+            parse_request(&w)
+        };
+        assert!(bad(b"zz\r\n").is_err());
+        assert!(bad(b"2\r\nokX\r\n").is_err());
+        assert!(bad(b"200000\r\n").is_err(), "over the body limit");
+        assert!(
+            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").is_err(),
+            "chunked must be last"
+        );
+    }
+
+    #[test]
+    fn the_fuzz_entry_holds_on_seeds_and_their_cuts() {
+        let seeds: [&[u8]; 4] = [
+            b"POST /charges HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdGET / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nT: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+            b"\r\n\r\n",
+        ];
+        for seed in seeds {
+            for cut in 0..=seed.len() {
+                fuzz_request(&seed[..cut]);
+            }
+        }
     }
 }

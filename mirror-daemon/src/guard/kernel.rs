@@ -11,8 +11,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
 };
 use mirror_common::{
-    AllowPorts, GuardConfig, GuardEvent, UnixGuardEvent, VirtualKey4, guard_action, guard_counter,
-    guard_mode, map_name, program_name,
+    AllowPorts, GuardConfig, GuardEvent, UnixGuardEvent, VirtualKey4, VirtualKey6, guard_action,
+    guard_counter, guard_mode, map_name, program_name,
 };
 
 use super::{EgressAction, EgressAttempt, cgroup::Cgroup, rules::AllowRule};
@@ -46,9 +46,10 @@ pub struct GuardSettings {
     /// Unix sockets the candidate may connect to (`--allow-unix`); empty: the Unix hooks
     /// are not attached (the candidate cannot create Unix sockets at all).
     pub allow_unix: Vec<std::path::PathBuf>,
-    /// Dependency endpoints (IPv4) whose TCP connects go to a virtual dependency listener
-    /// on the candidate's 127.0.0.1, with that listener's port (`--virtualize-egress`).
-    pub virtual_deps: Vec<(std::net::SocketAddrV4, u16)>,
+    /// Dependency endpoints whose TCP connects go to a virtual dependency listener on the
+    /// candidate's loopback of the same family (127.0.0.1 or [::1]), with that listener's
+    /// port (`--virtualize-egress`).
+    pub virtual_deps: Vec<(SocketAddr, u16)>,
 }
 
 /// Kernel counters of the guard, summed over CPUs.
@@ -167,14 +168,45 @@ impl EgressGuard {
             .map_err(load_err)?;
             arr.set(0, cfg, 0).map_err(load_err)?;
         }
-        if !settings.virtual_deps.is_empty() {
+        let v4: Vec<_> = settings
+            .virtual_deps
+            .iter()
+            .filter_map(|(d, p)| match d {
+                SocketAddr::V4(a) => Some((*a, *p)),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        if !v4.is_empty() {
             let mut map: aya::maps::HashMap<_, VirtualKey4, u16> = aya::maps::HashMap::try_from(
                 ebpf.map_mut(map_name::GUARD_VIRTUAL4)
                     .ok_or_else(|| load_err("no GUARD_VIRTUAL4"))?,
             )
             .map_err(load_err)?;
-            for (dep, listener_port) in &settings.virtual_deps {
+            for (dep, listener_port) in &v4 {
                 let key = VirtualKey4 {
+                    addr: dep.ip().octets(),
+                    port: dep.port(),
+                    _pad: [0; 2],
+                };
+                map.insert(key, listener_port, 0).map_err(load_err)?;
+            }
+        }
+        let v6: Vec<_> = settings
+            .virtual_deps
+            .iter()
+            .filter_map(|(d, p)| match d {
+                SocketAddr::V6(a) => Some((*a, *p)),
+                SocketAddr::V4(_) => None,
+            })
+            .collect();
+        if !v6.is_empty() {
+            let mut map: aya::maps::HashMap<_, VirtualKey6, u16> = aya::maps::HashMap::try_from(
+                ebpf.map_mut(map_name::GUARD_VIRTUAL6)
+                    .ok_or_else(|| load_err("no GUARD_VIRTUAL6"))?,
+            )
+            .map_err(load_err)?;
+            for (dep, listener_port) in &v6 {
+                let key = VirtualKey6 {
                     addr: dep.ip().octets(),
                     port: dep.port(),
                     _pad: [0; 2],

@@ -37,6 +37,19 @@ impl PairingCounters {
     }
 }
 
+impl PairingCounters {
+    /// These counters without `o` (a part of them), never below zero.
+    pub fn minus(&self, o: &PairingCounters) -> PairingCounters {
+        PairingCounters {
+            exchanges: self.exchanges.saturating_sub(o.exchanges),
+            proven: self.proven.saturating_sub(o.proven),
+            dropped_at_join: self.dropped_at_join.saturating_sub(o.dropped_at_join),
+            responses_unpaired: self.responses_unpaired.saturating_sub(o.responses_unpaired),
+            dropped_at_end: self.dropped_at_end.saturating_sub(o.dropped_at_end),
+        }
+    }
+}
+
 impl From<&HttpStats> for PairingCounters {
     fn from(h: &HttpStats) -> Self {
         PairingCounters {

@@ -95,6 +95,17 @@ pub enum StreamEvent<'a> {
     },
 }
 
+impl StreamEvent<'_> {
+    /// The connection the event is about.
+    pub fn flow(&self) -> &FlowKey {
+        match self {
+            StreamEvent::Data { flow, .. }
+            | StreamEvent::Gap { flow, .. }
+            | StreamEvent::Closed { flow, .. } => flow,
+        }
+    }
+}
+
 /// Why a connection's reassembly ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloseReason {

@@ -2,7 +2,7 @@
 //! and the verdict's [`Evidence`].
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::accounting::{DropReason, LedgerSnapshot};
+use crate::accounting::{DropReason, LedgerSnapshot, Outcome};
 use crate::compare::{NoiseClass, NoiseModel, NoiseRule};
 use crate::store::{DiffKindStats, KernelCounters};
 use crate::verdict::{Criteria, Evidence, RouteEvidence, decide, evaluate};
@@ -10,7 +10,7 @@ use crate::verdict::{Criteria, Evidence, RouteEvidence, decide, evaluate};
 use super::card::{
     Accounting, CARD_VERSION, CompletenessDetail, DiffCard, EgressCard, ExampleCard, KernelCard,
     LatencyCard, MismatchBasis, PairingCard, ParityCard, RouteCard, Scope, SideEffectCard,
-    StoredCard,
+    SideEffectCounts, StoredCard,
 };
 use super::input::CardEvidence;
 use super::latency;
@@ -206,6 +206,40 @@ fn side_effect_mismatched(cards: &[SideEffectCard], routes: &[RouteCard]) -> u64
             n.min(r.compared)
         })
         .sum()
+}
+
+/// The side-effect figures of the ledgers that stored them.
+fn side_effect_counts(ev: &CardEvidence<'_>) -> Option<SideEffectCounts> {
+    let f = ev.side_effects_total?;
+    let b = &f.book;
+    Some(SideEffectCounts {
+        calls_recorded: b.calls_recorded,
+        attributed_by_id: b.attributed_exact,
+        attributed_by_window: b.attributed_window,
+        ambiguous: b.ambiguous,
+        taken_over: b.taken_over,
+        unsettled: b.unsettled,
+        unattributed: b.unattributed,
+        over_cap: b.over_cap,
+        over_budget: b.over_budget,
+        recorder_queue_full: f.recorder_queue_full,
+        other_on_dependency_ports: f.other_on_dependency_ports,
+        side_effects_full: ev
+            .ledger_total
+            .count(Outcome::Dropped(DropReason::SideEffectsFull)),
+        candidate_calls: f.candidate_calls,
+        answered_by_id: f.matched_by_id,
+        answered_by_content: f.matched_by_content,
+        refused_as_ties: f.content_ties,
+        unmatched: f.unmatched,
+        malformed: f.malformed,
+        exchanges_with_diffs: f.exchanges_with_diffs,
+        ledgers_not_recorded: ev
+            .ledgers
+            .iter()
+            .filter(|l| l.side_effects.is_none())
+            .count() as u64,
+    })
 }
 
 fn to_evidence(routes: &[RouteCard], latency: &LatencyCard, completeness: f64) -> Evidence {
@@ -518,6 +552,7 @@ pub fn build_with<'a>(
         completeness_detail: detail,
         diffs: diff_cards(&ev, &noise, &routes, opts.examples_per_diff),
         side_effect_mismatched: evidence.side_effect_mismatched,
+        side_effect_counts: side_effect_counts(&ev),
         side_effects,
         routes,
         latency,

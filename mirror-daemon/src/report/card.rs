@@ -36,6 +36,10 @@ pub struct ParityCard {
     pub side_effects: Vec<SideEffectCard>,
     /// Compared exchanges with a side-effect diff (upper bound, see the verdict).
     pub side_effect_mismatched: u64,
+    /// How legacy's calls were recorded and attributed and how the candidate's were
+    /// answered, summed over the ledgers that stored them; `null` when none did (no
+    /// `--dependency`, or ledgers written by an older build).
+    pub side_effect_counts: Option<SideEffectCounts>,
     /// Every criterion with its measured value, run-wide first, then per route.
     pub criteria: Vec<CriterionResult>,
     pub verdict: Verdict,
@@ -284,6 +288,51 @@ pub struct SideEffectCard {
     /// An example's masked renderings of both sides.
     pub legacy: Option<String>,
     pub candidate: Option<String>,
+}
+
+/// The side-effect stages' figures (`--dependency`, `--virtualize-egress`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SideEffectCounts {
+    /// Legacy's calls to the dependencies, captured.
+    pub calls_recorded: u64,
+    /// Tied to their inbound exchange by a propagated id.
+    pub attributed_by_id: u64,
+    /// Tied by the inbound exchange's time window (no id).
+    pub attributed_by_window: u64,
+    /// Of those, calls several inbound exchanges' windows held when they came.
+    pub ambiguous: u64,
+    /// Of those, calls an exchange registered later fitted better and took over.
+    pub taken_over: u64,
+    /// Unused calls not judged missing: their exchange concluded before the capture had
+    /// moved far enough past them to rule out a later owner.
+    pub unsettled: u64,
+    /// Calls no inbound exchange claimed.
+    pub unattributed: u64,
+    /// Calls not kept: over the per-exchange cap, over the byte budget.
+    pub over_cap: u64,
+    pub over_budget: u64,
+    /// Calls lost on the capture → recorder queue.
+    pub recorder_queue_full: u64,
+    /// Exchanges on a dependency's port to a server not given with `--dependency`
+    /// (neither calls nor inbound exchanges).
+    pub other_on_dependency_ports: u64,
+    /// Inbound exchanges not replayed because the book was full
+    /// (`dropped{side_effects_full}` in the ledger).
+    pub side_effects_full: u64,
+    /// The candidate's calls to the virtual dependency.
+    pub candidate_calls: u64,
+    pub answered_by_id: u64,
+    pub answered_by_content: u64,
+    /// Calls without an id that several recordings fit equally well (answered 502).
+    pub refused_as_ties: u64,
+    /// Calls no recording matched (answered 502).
+    pub unmatched: u64,
+    pub malformed: u64,
+    /// Compared exchanges with at least one side-effect diff (exact; `mirror_side_effect_
+    /// mismatched_total` on /metrics).
+    pub exchanges_with_diffs: u64,
+    /// Ledgers of the selection without these figures.
+    pub ledgers_not_recorded: u64,
 }
 
 /// The candidate's outbound attempts, grouped by destination, protocol and action.

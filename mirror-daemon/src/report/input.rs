@@ -2,8 +2,8 @@
 //! live run's (the dashboard), without copying either into the other's shape.
 use crate::accounting::LedgerSnapshot;
 use crate::store::{
-    DiffKindStats, EgressSummary, HostLedger, KernelCounters, PairingCounters, RouteLatency,
-    RouteStats, RunInfo, StoredEvidence,
+    DiffKindStats, EffectsFigures, EgressSummary, HostLedger, KernelCounters, PairingCounters,
+    RouteLatency, RouteStats, RunInfo, StoredEvidence,
 };
 
 /// The evidence behind a card. Routes and latency sorted by route; diffs in any order.
@@ -16,6 +16,8 @@ pub struct CardEvidence<'a> {
     pub kernel_total: &'a KernelCounters,
     /// `None` when no ledger recorded pairing figures.
     pub pairing_total: Option<&'a PairingCounters>,
+    /// `None` when no ledger recorded side-effect figures.
+    pub side_effects_total: Option<&'a EffectsFigures>,
     pub routes: &'a [RouteStats],
     pub diffs: &'a [DiffKindStats],
     pub latency: &'a [RouteLatency],
@@ -30,6 +32,7 @@ impl<'a> From<&'a StoredEvidence> for CardEvidence<'a> {
             ledger_total: &ev.ledger_total,
             kernel_total: &ev.kernel_total,
             pairing_total: ev.pairing_total.as_ref(),
+            side_effects_total: ev.side_effects_total.as_ref(),
             routes: &ev.routes,
             diffs: &ev.diffs,
             latency: &ev.latency,

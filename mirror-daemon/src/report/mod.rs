@@ -39,7 +39,7 @@ pub use build::{
 pub use card::{
     Accounting, CARD_VERSION, CompletenessDetail, DiffCard, EgressCard, ExampleCard, KernelCard,
     LatencyCard, MismatchBasis, PairingCard, ParityCard, Percentiles, RouteCard, RouteLatencyCard,
-    Scope, SideLatency, StoredCard,
+    Scope, SideEffectCard, SideEffectCounts, SideLatency, StoredCard,
 };
 pub use input::CardEvidence;
 pub use live::live_views;

@@ -643,7 +643,10 @@ fn side_effects(card: &ParityCard) -> Section<'_> {
         ("difference", false, None),
         ("example", false, Some(60)),
     ];
-    let mut blocks = vec![table_or("none (or no --virtualize-egress)", &spec, rows)];
+    let mut blocks = vec![
+        Block::Lines(side_effect_count_lines(card)),
+        table_or("none (or no --virtualize-egress)", &spec, rows),
+    ];
     if card.side_effect_mismatched > 0 {
         blocks.push(Block::Remark(plain(format!(
             "{} compared exchange(s) would have called a dependency differently from legacy",
@@ -655,6 +658,61 @@ fn side_effects(card: &ParityCard) -> Section<'_> {
         json_field: "side_effects",
         blocks,
     }
+}
+
+/// How legacy's calls were recorded and the candidate's answered (JSON
+/// `side_effect_counts`).
+fn side_effect_count_lines(card: &ParityCard) -> Vec<String> {
+    let Some(c) = &card.side_effect_counts else {
+        return vec![
+            "counts: not recorded (no --dependency, or ledgers written by a build that did not \
+             store them)"
+                .to_string(),
+        ];
+    };
+    let mut lines = vec![
+        format!(
+            "legacy calls recorded: {} (by id {}, by time window {} of them ambiguous {} and \
+             taken over by a better fit {}, unattributed {}, not judged missing as unsettled {})",
+            c.calls_recorded,
+            c.attributed_by_id,
+            c.attributed_by_window,
+            c.ambiguous,
+            c.taken_over,
+            c.unattributed,
+            c.unsettled
+        ),
+        format!(
+            "  not kept: over the per-exchange cap {}, over the byte budget {}, lost on the \
+             recorder queue {}; exchanges not replayed (side_effects_full) {}",
+            c.over_cap, c.over_budget, c.recorder_queue_full, c.side_effects_full
+        ),
+        format!(
+            "  other servers on dependency ports (neither calls nor inbound): {} exchanges",
+            c.other_on_dependency_ports
+        ),
+        format!(
+            "candidate calls: {} (answered by id {}, by content {}; unmatched 502 {}, refused \
+             as ties {}, malformed {})",
+            c.candidate_calls,
+            c.answered_by_id,
+            c.answered_by_content,
+            c.unmatched,
+            c.refused_as_ties,
+            c.malformed
+        ),
+        format!(
+            "compared exchanges with a side-effect diff: {}",
+            c.exchanges_with_diffs
+        ),
+    ];
+    if c.ledgers_not_recorded > 0 {
+        lines.push(format!(
+            "  {} ledger(s) of the selection did not record these counts",
+            c.ledgers_not_recorded
+        ));
+    }
+    lines
 }
 
 fn scope_parts(card: &ParityCard) -> Vec<String> {

@@ -7,8 +7,8 @@ use crate::accounting::{CandidateErrorKind, DropReason, Ledger, LedgerSnapshot, 
 use crate::compare::{Diff, DiffKind, FieldDiffKind, NoiseClass, NoiseRule};
 use crate::guard::{EgressAction, EgressAttempt};
 use crate::store::{
-    ExchangeRecord, KernelCounters, PairingCounters, ReportFilter, RouteStats, RunInfo, Store,
-    StoreOptions, StoreUrl, StoredEvidence,
+    EffectsFigures, ExchangeRecord, KernelCounters, PairingCounters, ReportFilter, RouteStats,
+    RunInfo, Store, StoreOptions, StoreUrl, StoredEvidence,
 };
 use crate::verdict::{Criteria, Verdict, parse_percent};
 
@@ -40,6 +40,7 @@ struct Sim {
     ledger: Ledger,
     kernel: KernelCounters,
     pairing: PairingCounters,
+    side_effects: Option<EffectsFigures>,
     egress: Vec<EgressAttempt>,
 }
 
@@ -51,6 +52,7 @@ impl Sim {
             ledger: Ledger::default(),
             kernel: KernelCounters::default(),
             pairing: PairingCounters::default(),
+            side_effects: None,
             egress: Vec::new(),
         }
     }
@@ -175,6 +177,7 @@ async fn load_sims(sims: &[Sim]) -> StoredEvidence {
                 &s.ledger.snapshot(),
                 &s.kernel,
                 &s.pairing,
+                s.side_effects.as_ref(),
             )
             .await
             .expect("ledger");
@@ -747,6 +750,7 @@ async fn json_field_names_are_stable() {
             "egress",
             "side_effects",
             "side_effect_mismatched",
+            "side_effect_counts",
             "criteria",
             "verdict",
             "exit_code",
@@ -1284,4 +1288,88 @@ async fn ledgers_without_pairing_figures_still_report_and_say_so() {
         "{:?}",
         card.notes
     );
+}
+
+/// Two hosts, one of which recorded side-effect figures: the counts are that host's, said
+/// in the Side effects section of every format, and the other ledger is named as not
+/// recorded.
+#[tokio::test]
+async fn side_effect_counts_in_every_format() {
+    let mut sims = go_sims();
+    let mut f = EffectsFigures {
+        recorder_queue_full: 2,
+        other_on_dependency_ports: 13,
+        candidate_calls: 590,
+        matched_by_id: 580,
+        matched_by_content: 4,
+        content_ties: 1,
+        unmatched: 5,
+        malformed: 0,
+        exchanges_with_diffs: 11,
+        ..EffectsFigures::default()
+    };
+    f.book.calls_recorded = 600;
+    f.book.attributed_exact = 585;
+    f.book.attributed_window = 9;
+    f.book.ambiguous = 3;
+    f.book.unattributed = 6;
+    sims[0].side_effects = Some(f);
+    sims[0].dropped(DropReason::SideEffectsFull, 7);
+    let ev = load_sims(&sims).await;
+    let card = card_of(&ev, &criteria());
+    let c = card.side_effect_counts.as_ref().expect("recorded");
+    assert_eq!(
+        (
+            c.calls_recorded,
+            c.attributed_by_id,
+            c.attributed_by_window,
+            c.ambiguous,
+            c.unattributed,
+            c.recorder_queue_full,
+            c.side_effects_full,
+            c.ledgers_not_recorded
+        ),
+        (600, 585, 9, 3, 6, 2, 7, 1)
+    );
+    assert_eq!(
+        (c.candidate_calls, c.answered_by_id, c.unmatched),
+        (590, 580, 5)
+    );
+    let lines = [
+        "legacy calls recorded: 600 (by id 585, by time window 9 of them ambiguous 3 and taken over by a better fit 0, unattributed 6, not judged missing as unsettled 0)",
+        "  not kept: over the per-exchange cap 0, over the byte budget 0, lost on the recorder queue 2; exchanges not replayed (side_effects_full) 7",
+        "  other servers on dependency ports (neither calls nor inbound): 13 exchanges",
+        "candidate calls: 590 (answered by id 580, by content 4; unmatched 502 5, refused as ties 1, malformed 0)",
+        "compared exchanges with a side-effect diff: 11",
+        "  1 ledger(s) of the selection did not record these counts",
+    ];
+    let text = render_table(&card);
+    let md = render_markdown(&card);
+    for l in lines {
+        assert!(text.contains(&format!("{l}\n")), "{l:?} in\n{text}");
+        assert!(md.contains(&format!("{l}\n")), "{l:?} in\n{md}");
+    }
+    let at = |needle: &str| text.find(needle).expect(needle);
+    assert!(at("Side effects") < at("legacy calls recorded: 600"));
+    let json: serde_json::Value = serde_json::from_str(&render_json(&card)).expect("json");
+    let j = &json["side_effect_counts"];
+    assert_eq!(
+        (
+            &j["attributed_by_window"],
+            &j["unmatched"],
+            &j["side_effects_full"]
+        ),
+        (
+            &serde_json::json!(9),
+            &serde_json::json!(5),
+            &serde_json::json!(7)
+        )
+    );
+    // No ledger recorded them: said so, and `null`, not zeros.
+    let ev = load_sims(&go_sims()).await;
+    let card = card_of(&ev, &criteria());
+    assert_eq!(card.side_effect_counts, None);
+    assert!(render_table(&card).contains("counts: not recorded (no --dependency"));
+    let json: serde_json::Value = serde_json::from_str(&render_json(&card)).expect("json");
+    assert!(json["side_effect_counts"].is_null());
 }

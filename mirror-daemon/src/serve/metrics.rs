@@ -11,7 +11,12 @@
 //! - `mirror_egress_attempts_total{action,protocol}`: the candidate's outbound attempts;
 //! - `mirror_kernel_*_total`: the tap's own counters (see [`Metrics::set_kernel`]);
 //! - `mirror_pairing_{exchanges,proven,dropped_at_join,responses_unpaired,dropped_at_end}_total`: how
-//!   the http stage paired requests with responses (see [`Metrics::set_pairing`]).
+//!   the http stage paired requests with responses (see [`Metrics::set_pairing`]);
+//! - `mirror_side_effect_{calls_recorded,attributed_by_id,attributed_by_window,ambiguous,
+//!   unattributed,recorder_queue_full,other_on_dependency_ports,candidate_calls,
+//!   virtual_matched,virtual_unmatched,mismatched}_total`: legacy's calls to its dependencies and how the virtual dependency
+//!   answered the candidate's (`--dependency`; read at scrape time, see
+//!   [`Metrics::watch_side_effects`]; zeros without dependencies).
 //!
 //! The exchange series are read from the run's [`Ledger`] at scrape time, never counted
 //! here, so `/metrics`, the dashboard and the report cannot disagree.
@@ -38,6 +43,7 @@ use prometheus_client::{
 
 use crate::accounting::{Ledger, Outcome};
 use crate::capture::kernel::KernelCounters;
+use crate::effects::EffectsFigures;
 use crate::http::PairingCounters;
 
 /// Routes kept as their own label value before the rest become `other`.
@@ -79,6 +85,7 @@ pub struct Metrics {
     egress: Family<EgressLabels, Counter>,
     kernel: Arc<Published<7>>,
     pairing: Arc<Published<5>>,
+    side_effects: Arc<SideEffectsSource>,
     routes_cap: AtomicUsize,
     /// Routes that own a label value; read-locked on the hot path, written once per route.
     routes: RwLock<HashSet<String>>,
@@ -122,6 +129,8 @@ impl Metrics {
         registry.register_collector(Box::new(PublishedCollector(Arc::clone(&kernel))));
         let pairing = Arc::new(Published::new(PAIRING_NAMES));
         registry.register_collector(Box::new(PublishedCollector(Arc::clone(&pairing))));
+        let side_effects = Arc::new(SideEffectsSource::default());
+        registry.register_collector(Box::new(SideEffectsCollector(Arc::clone(&side_effects))));
         Self {
             registry,
             ttfb,
@@ -129,6 +138,7 @@ impl Metrics {
             egress,
             kernel,
             pairing,
+            side_effects,
             routes_cap: AtomicUsize::new(DEFAULT_ROUTES_CAP),
             routes: RwLock::new(HashSet::new()),
         }
@@ -166,6 +176,13 @@ impl Metrics {
     /// thread's figures), the same way as [`Metrics::set_kernel`].
     pub fn set_pairing(&self, p: &PairingCounters) {
         self.pairing.store(pairing_values(p));
+    }
+
+    /// Reads the side-effect figures from `figures` at every scrape (the side-effect
+    /// stages' own counters, so `/metrics` and the stored figures cannot disagree). The
+    /// first source set stays.
+    pub fn watch_side_effects(&self, figures: impl Fn() -> EffectsFigures + Send + Sync + 'static) {
+        let _ = self.side_effects.0.set(Box::new(figures));
     }
 
     /// Caps the number of distinct `route` label values; later routes count as `other`.
@@ -306,6 +323,103 @@ fn pairing_values(p: &PairingCounters) -> [u64; 5] {
         p.responses_unpaired,
         p.dropped_at_end,
     ]
+}
+
+const SIDE_EFFECT_NAMES: [(&str, &str); 11] = [
+    (
+        "side_effect_calls_recorded",
+        "Legacy's calls to its dependencies captured (--dependency)",
+    ),
+    (
+        "side_effect_attributed_by_id",
+        "Legacy calls tied to their inbound exchange by a propagated id",
+    ),
+    (
+        "side_effect_attributed_by_window",
+        "Legacy calls without an id tied to an inbound exchange by its time window",
+    ),
+    (
+        "side_effect_ambiguous",
+        "Legacy calls without an id that several inbound exchanges' windows held",
+    ),
+    (
+        "side_effect_unattributed",
+        "Legacy calls no inbound exchange claimed",
+    ),
+    (
+        "side_effect_recorder_queue_full",
+        "Legacy calls lost on the capture to recorder queue",
+    ),
+    (
+        "side_effect_other_on_dependency_ports",
+        "Exchanges on a dependency's port to a server not given with --dependency (neither calls nor inbound)",
+    ),
+    (
+        "side_effect_candidate_calls",
+        "The candidate's calls to the virtual dependency (--virtualize-egress)",
+    ),
+    (
+        "side_effect_virtual_matched",
+        "Candidate calls answered with a recorded legacy response (by id or content)",
+    ),
+    (
+        "side_effect_virtual_unmatched",
+        "Candidate calls no recording matched (answered 502)",
+    ),
+    (
+        "side_effect_mismatched",
+        "Compared exchanges with at least one side-effect diff",
+    ),
+];
+
+fn side_effect_values(f: &EffectsFigures) -> [u64; 11] {
+    let b = &f.book;
+    [
+        b.calls_recorded,
+        b.attributed_exact,
+        b.attributed_window,
+        b.ambiguous,
+        b.unattributed,
+        f.recorder_queue_full,
+        f.other_on_dependency_ports,
+        f.candidate_calls,
+        f.matched_by_id + f.matched_by_content,
+        f.unmatched,
+        f.exchanges_with_diffs,
+    ]
+}
+
+type FiguresFn = Box<dyn Fn() -> EffectsFigures + Send + Sync>;
+
+/// Where the side-effect figures are read from (set once the stages start).
+#[derive(Default)]
+struct SideEffectsSource(std::sync::OnceLock<FiguresFn>);
+
+impl std::fmt::Debug for SideEffectsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SideEffectsSource")
+            .field(&self.0.get().is_some())
+            .finish()
+    }
+}
+
+/// The side-effect figures at scrape time.
+#[derive(Debug)]
+struct SideEffectsCollector(Arc<SideEffectsSource>);
+
+impl Collector for SideEffectsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let figures = self.0.0.get().map(|f| f()).unwrap_or_default();
+        for (v, (name, help)) in side_effect_values(&figures)
+            .into_iter()
+            .zip(SIDE_EFFECT_NAMES)
+        {
+            let counter = ConstCounter::new(v);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 /// The ledger's counters at scrape time.

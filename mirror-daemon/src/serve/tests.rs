@@ -159,6 +159,20 @@ fn realistic(go: bool) -> LiveSnapshot {
             responses_unpaired: 4,
             dropped_at_end: 6,
         },
+        side_effects: Some({
+            let mut f = crate::effects::EffectsFigures {
+                candidate_calls: 4_410,
+                matched_by_id: 4_398,
+                unmatched: 12,
+                exchanges_with_diffs: 37,
+                ..Default::default()
+            };
+            f.book.calls_recorded = 4_402;
+            f.book.attributed_exact = 4_399;
+            f.book.unattributed = 3;
+            f
+        }),
+        side_effect_mismatched: 37,
         verdict: VerdictView {
             status: if go { "GO" } else { "NO-GO" }.into(),
             criteria,
@@ -370,6 +384,54 @@ fn pairing_counters_are_exposed_as_set() {
         "mirror_pairing_dropped_at_join_total 3\n",
         "mirror_pairing_responses_unpaired_total 2\n",
         "mirror_pairing_dropped_at_end_total 5\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+}
+
+#[test]
+fn side_effect_counters_are_read_from_their_source_at_scrape_time() {
+    let m = Metrics::new();
+    let text = m.encode();
+    assert!(
+        text.contains("mirror_side_effect_calls_recorded_total 0\n"),
+        "zeros without dependencies: {text}"
+    );
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(7));
+    let source = calls.clone();
+    m.watch_side_effects(move || {
+        let mut f = crate::effects::EffectsFigures {
+            recorder_queue_full: 1,
+            other_on_dependency_ports: 3,
+            candidate_calls: 6,
+            matched_by_id: 4,
+            matched_by_content: 1,
+            unmatched: 1,
+            exchanges_with_diffs: 2,
+            ..Default::default()
+        };
+        f.book.calls_recorded = source.load(std::sync::atomic::Ordering::Relaxed);
+        f.book.attributed_exact = 5;
+        f.book.attributed_window = 1;
+        f.book.ambiguous = 1;
+        f.book.unattributed = 1;
+        f
+    });
+    calls.store(9, std::sync::atomic::Ordering::Relaxed);
+    let text = m.encode();
+    for line in [
+        "# TYPE mirror_side_effect_calls_recorded counter",
+        "mirror_side_effect_calls_recorded_total 9\n",
+        "mirror_side_effect_attributed_by_id_total 5\n",
+        "mirror_side_effect_attributed_by_window_total 1\n",
+        "mirror_side_effect_ambiguous_total 1\n",
+        "mirror_side_effect_unattributed_total 1\n",
+        "mirror_side_effect_recorder_queue_full_total 1\n",
+        "mirror_side_effect_other_on_dependency_ports_total 3\n",
+        "mirror_side_effect_candidate_calls_total 6\n",
+        "mirror_side_effect_virtual_matched_total 5\n",
+        "mirror_side_effect_virtual_unmatched_total 1\n",
+        "mirror_side_effect_mismatched_total 2\n",
     ] {
         assert!(text.contains(line), "{line:?} in {text}");
     }
@@ -861,6 +923,10 @@ async fn dashboard_renders_in_a_real_browser() {
             "timeout 7",
             "19,838 of 19,851",
             "dropped at a mid-stream join",
+            "legacy calls recorded",
+            "4,402",
+            "4,399",
+            "compared exchanges with a side-effect diff",
         ] {
             assert!(
                 dom.contains(needle),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     accounting::LedgerSnapshot,
     capture::kernel::KernelCounters,
+    effects::EffectsFigures,
     guard::{EgressAction, EgressAttempt},
     http::PairingCounters,
 };
@@ -24,6 +25,14 @@ pub struct LiveSnapshot {
     /// How the http stage paired requests with responses (the join's cost).
     #[serde(default)]
     pub pairing: PairingCounters,
+    /// Legacy's calls to its dependencies and how the candidate's were answered
+    /// (`--dependency`; `None` without dependencies).
+    #[serde(default)]
+    pub side_effects: Option<EffectsFigures>,
+    /// Compared exchanges with a side-effect diff, as the card counts them (an upper
+    /// bound over diff kinds).
+    #[serde(default)]
+    pub side_effect_mismatched: u64,
     pub verdict: VerdictView,
     pub routes: Vec<RouteView>,
     pub diffs: Vec<DiffView>,

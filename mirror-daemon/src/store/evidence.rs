@@ -15,7 +15,8 @@ use crate::guard::EgressAction;
 
 use super::rows::parse_action;
 use super::{
-    Example, KernelCounters, PairingCounters, ReportFilter, RunInfo, StoreError, StoreOptions,
+    EffectsFigures, Example, KernelCounters, PairingCounters, ReportFilter, RunInfo, StoreError,
+    StoreOptions,
 };
 
 /// A column value as read from either database.
@@ -93,7 +94,7 @@ pub(crate) fn plan(f: &ReportFilter, opts: &StoreOptions) -> Plan {
         }),
         query(|p| {
             format!(
-                "SELECT host, run_id, ts_unix_ms, ledger, kernel, pairing FROM ledgers WHERE 1=1{}",
+                "SELECT host, run_id, ts_unix_ms, ledger, kernel, pairing, side_effects FROM ledgers WHERE 1=1{}",
                 filter_sql(f, "", true, p)
             )
         }),
@@ -166,6 +167,9 @@ pub struct HostLedger {
     pub kernel: KernelCounters,
     /// `None` for snapshots written before pairing figures were stored.
     pub pairing: Option<PairingCounters>,
+    /// `None` for runs without `--dependency` and snapshots written before side-effect
+    /// figures were stored.
+    pub side_effects: Option<EffectsFigures>,
 }
 
 /// Outcomes of the stored exchanges of one route.
@@ -258,6 +262,8 @@ pub struct StoredEvidence {
     pub kernel_total: KernelCounters,
     /// Sum of the pairing counters of the `ledgers` that have them; `None` when none has.
     pub pairing_total: Option<PairingCounters>,
+    /// Sum of the side-effect figures of the `ledgers` that have them; `None` when none has.
+    pub side_effects_total: Option<EffectsFigures>,
     /// Sorted by route.
     pub routes: Vec<RouteStats>,
     /// Most frequent first (by exchanges, then secondary exchanges), then by route and key.
@@ -385,6 +391,13 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
         if let Some(p) = &pairing {
             ev.pairing_total.get_or_insert_default().add(p);
         }
+        let side_effects: Option<EffectsFigures> = match opt_text(row, 6)? {
+            Some(json) => Some(serde_json::from_str(&json)?),
+            None => None,
+        };
+        if let Some(f) = &side_effects {
+            ev.side_effects_total.get_or_insert_default().add(f);
+        }
         ev.ledgers.push(HostLedger {
             host: text(row, 0)?,
             run_id: text(row, 1)?,
@@ -392,6 +405,7 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
             ledger,
             kernel,
             pairing,
+            side_effects,
         });
     }
     ev.ledgers

@@ -156,6 +156,8 @@ pub struct RetentionReport {
 
 /// Counters read from the kernel tap, stored with each ledger snapshot.
 pub use crate::capture::kernel::KernelCounters;
+/// The side-effect figures (`--dependency`), stored with each ledger snapshot.
+pub use crate::effects::EffectsFigures;
 /// The http stage's pairing figures, stored with each ledger snapshot.
 pub use crate::http::PairingCounters;
 
@@ -251,8 +253,10 @@ impl Store {
         Ok(report)
     }
 
-    /// Upserts the latest ledger of (host, run_id), with the tap's and the pairing
-    /// counters read at the same time; an older snapshot never replaces a newer one.
+    /// Upserts the latest ledger of (host, run_id), with the tap's, the pairing and (runs
+    /// with `--dependency`) the side-effect figures read at the same time; an older
+    /// snapshot never replaces a newer one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn write_ledger(
         &self,
         host: &str,
@@ -261,6 +265,7 @@ impl Store {
         snap: &LedgerSnapshot,
         kernel: &KernelCounters,
         pairing: &PairingCounters,
+        side_effects: Option<&EffectsFigures>,
     ) -> Result<(), StoreError> {
         let row = rows::LedgerRow {
             host: host.to_string(),
@@ -269,6 +274,7 @@ impl Store {
             ledger: serde_json::to_string(snap)?,
             kernel: serde_json::to_string(kernel)?,
             pairing: serde_json::to_string(pairing)?,
+            side_effects: side_effects.map(serde_json::to_string).transpose()?,
         };
         match &self.backend {
             Backend::Sqlite(s) => s.write_ledger(row).await,

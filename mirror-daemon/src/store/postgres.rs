@@ -62,6 +62,7 @@ impl PgStore {
                     &r.ledger,
                     &r.kernel,
                     &r.pairing,
+                    &r.side_effects,
                 ],
             )
             .await?;

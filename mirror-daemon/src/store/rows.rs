@@ -169,6 +169,7 @@ pub(crate) struct LedgerRow {
     pub ledger: String,
     pub kernel: String,
     pub pairing: String,
+    pub side_effects: Option<String>,
 }
 
 pub(crate) struct EgressRow {

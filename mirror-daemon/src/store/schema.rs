@@ -32,11 +32,11 @@ impl Dialect {
 }
 
 /// The schema version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations, in order; migration `i` brings the schema from version `i` to `i + 1`.
 /// Queries must not contain `?` other than placeholders (PostgreSQL rewriting is textual).
-pub(crate) const MIGRATIONS: &[&[&str]] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&[&str]] = &[V1, V2, V3];
 
 /// The first schema.
 const V1: &[&str] = &[
@@ -141,6 +141,11 @@ const V1: &[&str] = &[
 /// `PairingCounters`). NULL in rows written before: the report says they were not recorded.
 const V2: &[&str] = &["ALTER TABLE ledgers ADD COLUMN pairing TEXT"];
 
+/// The side-effect figures (`--dependency`: calls recorded, how they were attributed,
+/// how the virtual dependency answered; JSON of `EffectsFigures`) beside each ledger
+/// snapshot. NULL in rows written before, and for runs without dependencies.
+const V3: &[&str] = &["ALTER TABLE ledgers ADD COLUMN side_effects TEXT"];
+
 /// Creates the version table (idempotent).
 pub(crate) const CREATE_VERSION_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
@@ -171,9 +176,10 @@ pub(crate) const LOCK_SLOT: &str =
     "SELECT kept FROM example_slots WHERE route = ?1 AND kind_key = ?2 FOR UPDATE";
 
 /// An older snapshot (out-of-order write) never replaces a newer one.
-pub(crate) const UPSERT_LEDGER: &str = "INSERT INTO ledgers (host, run_id, ts_unix_ms, ledger, kernel, pairing) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (host, run_id) DO UPDATE SET ts_unix_ms = excluded.ts_unix_ms, \
-    ledger = excluded.ledger, kernel = excluded.kernel, pairing = excluded.pairing \
+pub(crate) const UPSERT_LEDGER: &str = "INSERT INTO ledgers (host, run_id, ts_unix_ms, ledger, kernel, pairing, \
+    side_effects) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (host, run_id) DO UPDATE SET \
+    ts_unix_ms = excluded.ts_unix_ms, ledger = excluded.ledger, kernel = excluded.kernel, \
+    pairing = excluded.pairing, side_effects = excluded.side_effects \
     WHERE excluded.ts_unix_ms >= ledgers.ts_unix_ms";
 
 pub(crate) const INSERT_EGRESS: &str = "INSERT INTO egress (host, run_id, ts_unix_ms, pid, command, protocol, \

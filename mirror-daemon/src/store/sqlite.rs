@@ -157,7 +157,8 @@ impl SqliteStore {
                     row.ts_unix_ms,
                     row.ledger,
                     row.kernel,
-                    row.pairing
+                    row.pairing,
+                    row.side_effects
                 ],
             )?;
             Ok(())

@@ -176,6 +176,25 @@ fn pairing(n: u64) -> PairingCounters {
     }
 }
 
+fn side_effects(n: u64) -> EffectsFigures {
+    let mut f = EffectsFigures {
+        recorder_queue_full: 1,
+        candidate_calls: n,
+        matched_by_id: n - 3,
+        matched_by_content: 1,
+        content_ties: 1,
+        unmatched: 1,
+        malformed: 0,
+        ..EffectsFigures::default()
+    };
+    f.book.calls_recorded = n + 1;
+    f.book.attributed_exact = n - 2;
+    f.book.attributed_window = 2;
+    f.book.ambiguous = 1;
+    f.book.unattributed = 1;
+    f
+}
+
 fn egress(ts: i64, command: &str, port: u16, action: EgressAction) -> EgressAttempt {
     EgressAttempt {
         ts_unix_ms: ts,
@@ -212,6 +231,7 @@ async fn write_host(store: &Store, host: &str, base_ts: i64) -> WriteReport {
             &ledger_snapshot(20),
             &kernel(100),
             &pairing(11),
+            Some(&side_effects(9)),
         )
         .await
         .expect("ledger");
@@ -224,6 +244,7 @@ async fn write_host(store: &Store, host: &str, base_ts: i64) -> WriteReport {
             &ledger_snapshot(1),
             &kernel(1),
             &pairing(2),
+            Some(&side_effects(4)),
         )
         .await
         .expect("old ledger");
@@ -277,6 +298,8 @@ async fn conformance(store: &Store) -> (StoredEvidence, StoredEvidence) {
     assert_eq!(ev.kernel_total, kernel(100));
     assert_eq!(ev.ledgers[0].pairing, Some(pairing(11)));
     assert_eq!(ev.pairing_total, Some(pairing(11)));
+    assert_eq!(ev.ledgers[0].side_effects, Some(side_effects(9)));
+    assert_eq!(ev.side_effects_total, Some(side_effects(9)));
 
     assert_eq!(ev.routes.len(), 2);
     let items = &ev.routes[0];
@@ -868,6 +891,13 @@ async fn postgres_two_hosts_one_store() {
     let mut both = pairing(11);
     both.add(&pairing(11));
     assert_eq!(ev.pairing_total, Some(both), "pairing summed over hosts");
+    let mut both = side_effects(9);
+    both.add(&side_effects(9));
+    assert_eq!(
+        ev.side_effects_total,
+        Some(both),
+        "side effects summed over hosts"
+    );
     assert_eq!(ev.routes[0].compared, 20);
     assert_eq!(
         ev.routes[1].candidate_errors[0],
@@ -985,6 +1015,7 @@ async fn check_migrated(store: &Store) {
     );
     assert_eq!(old.ledgers[0].pairing, None);
     assert_eq!(old.pairing_total, None, "nothing recorded, not zeros");
+    assert_eq!(old.side_effects_total, None);
     store
         .write_ledger(
             "new-host",
@@ -993,6 +1024,7 @@ async fn check_migrated(store: &Store) {
             &ledger_snapshot(20),
             &kernel(1),
             &pairing(7),
+            None,
         )
         .await
         .expect("new ledger");
@@ -1065,4 +1097,120 @@ async fn postgres_store_of_schema_1_migrates_and_reports_without_pairing() {
         .await
         .expect("open and migrate");
     check_migrated(&store).await;
+}
+
+// Migration from schema version 2 (before side-effect figures were stored).
+
+/// A version-2 ledger row as an older build wrote it: pairing, no side-effect column.
+const V2_LEDGER: &str = "INSERT INTO ledgers (host, run_id, ts_unix_ms, ledger, kernel, pairing) \
+    VALUES ('old-host', 'old-run', 1, ?1, ?2, ?3)";
+
+fn v2_ledger_json() -> [String; 3] {
+    let (ledger, kernel) = v1_ledger_json();
+    [
+        ledger,
+        kernel,
+        serde_json::to_string(&pairing(11)).expect("pairing json"),
+    ]
+}
+
+/// What a store migrated from version 2 must give: the old ledger with its pairing but
+/// without side-effect figures, a new one with them, and a sum over only those.
+async fn check_migrated_from_2(store: &Store) {
+    let old = store
+        .load(&ReportFilter::default())
+        .await
+        .expect("load old");
+    assert_eq!(old.ledgers.len(), 1);
+    assert_eq!(old.ledgers[0].pairing, Some(pairing(11)), "pairing kept");
+    assert_eq!(old.ledgers[0].side_effects, None);
+    assert_eq!(old.side_effects_total, None, "nothing recorded, not zeros");
+    store
+        .write_ledger(
+            "new-host",
+            "new-run",
+            2,
+            &ledger_snapshot(20),
+            &kernel(1),
+            &pairing(7),
+            Some(&side_effects(9)),
+        )
+        .await
+        .expect("new ledger");
+    let both = store.load(&ReportFilter::default()).await.expect("load");
+    assert_eq!(both.ledgers.len(), 2);
+    assert_eq!(both.ledgers[0].side_effects, Some(side_effects(9)));
+    assert_eq!(both.ledgers[1].side_effects, None);
+    assert_eq!(both.side_effects_total, Some(side_effects(9)));
+    let card = crate::report::build(
+        &both,
+        &crate::verdict::Criteria::default(),
+        &crate::compare::NoiseRule::default(),
+    );
+    let counts = card.side_effect_counts.expect("counts of the new ledger");
+    assert_eq!(
+        (counts.calls_recorded, counts.ledgers_not_recorded),
+        (10, 1)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_of_schema_2_migrates_and_reports_without_side_effect_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mirror.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute(schema::CREATE_VERSION_TABLE, [])
+            .expect("version table");
+        for q in schema::MIGRATIONS[..2].iter().copied().flatten() {
+            conn.execute(&schema::Dialect::Sqlite.sql(q), [])
+                .expect("v2 schema");
+        }
+        conn.execute("INSERT INTO schema_version (version) VALUES (2)", [])
+            .expect("version 2");
+        conn.execute(V2_LEDGER, v2_ledger_json())
+            .expect("v2 ledger");
+    }
+    let (store, _) = sqlite_store(dir.path()).await;
+    check_migrated_from_2(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_of_schema_2_migrates_and_reports_without_side_effect_counts() {
+    let Some(server) = PgTestServer::start() else {
+        return;
+    };
+    let url = server.create_database("v2").await;
+    {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(schema::CREATE_VERSION_TABLE)
+            .await
+            .expect("version table");
+        for q in schema::MIGRATIONS[..2].iter().copied().flatten() {
+            client
+                .batch_execute(&schema::Dialect::Postgres.sql(q))
+                .await
+                .expect("v2 schema");
+        }
+        client
+            .execute("INSERT INTO schema_version (version) VALUES (2)", &[])
+            .await
+            .expect("version 2");
+        let [ledger, kernel, pairing] = v2_ledger_json();
+        client
+            .execute(
+                &schema::Dialect::Postgres.sql(V2_LEDGER),
+                &[&ledger, &kernel, &pairing],
+            )
+            .await
+            .expect("v2 ledger");
+    }
+    let store = Store::open(&parse_store_url(&url).expect("url"), opts())
+        .await
+        .expect("open and migrate");
+    check_migrated_from_2(&store).await;
 }

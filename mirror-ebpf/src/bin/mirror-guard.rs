@@ -33,7 +33,8 @@ mod program {
         programs::{SockAddrContext, SockContext},
     };
     use mirror_common::{
-        AllowPorts, GuardConfig, GuardEvent, VirtualKey4, guard_action, guard_counter, guard_mode,
+        AllowPorts, GuardConfig, GuardEvent, VirtualKey4, VirtualKey6, guard_action, guard_counter,
+        guard_mode,
     };
 
     const ALLOW: i32 = 1;
@@ -59,6 +60,10 @@ mod program {
     /// (`--virtualize-egress`) → listener port on the candidate's 127.0.0.1.
     #[map(name = "GUARD_VIRTUAL4")]
     static GUARD_VIRTUAL4: HashMap<VirtualKey4, u16> = HashMap::with_max_entries(64, 0);
+
+    /// The same for IPv6 dependency endpoints → listener port on the candidate's [::1].
+    #[map(name = "GUARD_VIRTUAL6")]
+    static GUARD_VIRTUAL6: HashMap<VirtualKey6, u16> = HashMap::with_max_entries(64, 0);
 
     #[map(name = "GUARD_EVENTS")]
     static GUARD_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
@@ -272,6 +277,18 @@ mod program {
         unsafe { GUARD_VIRTUAL4.get(&key) }.copied()
     }
 
+    /// The same for an IPv6 (not IPv4-mapped) dependency endpoint.
+    #[inline(always)]
+    fn virtual6(addr: [u8; 16], port: u16) -> Option<u16> {
+        let key = VirtualKey6 {
+            addr,
+            port,
+            _pad: [0; 2],
+        };
+        // SAFETY: a plain value read from a map the daemon fills before attaching.
+        unsafe { GUARD_VIRTUAL6.get(&key) }.copied()
+    }
+
     #[inline(always)]
     fn allowed4(ip: [u8; 4], port: u16) -> bool {
         GUARD_ALLOW4
@@ -427,6 +444,22 @@ mod program {
                 (*sa).user_ip6[1] = 0;
                 (*sa).user_ip6[2] = 0x0000_ffff_u32.to_be();
                 (*sa).user_ip6[3] = u32::from_ne_bytes(LOOPBACK4);
+                (*sa).user_port = u32::from(lport.to_be());
+            }
+            report(addr, 6, port, proto, guard_action::VIRTUALIZED);
+            return ALLOW;
+        }
+        if connect
+            && proto == IPPROTO_TCP
+            && !mapped
+            && let Some(lport) = virtual6(addr, port)
+        {
+            // SAFETY: writable fields of the connect6 context, as u32 words: [::1].
+            unsafe {
+                (*sa).user_ip6[0] = 0;
+                (*sa).user_ip6[1] = 0;
+                (*sa).user_ip6[2] = 0;
+                (*sa).user_ip6[3] = 1u32.to_be();
                 (*sa).user_port = u32::from(lport.to_be());
             }
             report(addr, 6, port, proto, guard_action::VIRTUALIZED);

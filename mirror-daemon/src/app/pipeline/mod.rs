@@ -123,8 +123,9 @@ impl Running {
         self.follow_kernel();
         let attempts = self.egress.ready(now, false);
         self.report_egress(attempts).await;
-        let card = self.card_now();
-        self.publish(&card);
+        let side_effects = self.effects.as_ref().map(|e| e.figures());
+        let card = self.card_now(side_effects.as_ref());
+        self.publish(&card, side_effects);
         let due = self.schedule.due(now);
         if due.write_ledger {
             self.write_ledger().await;
@@ -191,6 +192,8 @@ impl Running {
             Err(_) => anyhow::bail!("capture thread panicked"),
         };
         let drained = drain(self.replays, self.writer, &self.ledger, deadlines).await;
+        // Every replay has concluded: the side-effect figures are final.
+        let side_effects = self.effects.as_ref().map(|e| e.figures());
         // Attempts still waiting for their sink capture are reported without bytes.
         let attempts = self.egress.ready(Instant::now(), true);
         egress::report(
@@ -210,6 +213,7 @@ impl Running {
                 &self.ledger.snapshot(),
                 &self.kernel,
                 &figures.pairing(),
+                side_effects.as_ref(),
             )
             .await?;
         drop(self.fence);
@@ -228,7 +232,7 @@ impl Running {
             ledger: self.ledger.snapshot(),
             capture: figures,
             drained,
-            side_effects: self.effects.as_ref().map(|e| e.figures()),
+            side_effects,
             criteria: self.criteria,
             host: self.host,
             run_id: self.run_id,
@@ -273,6 +277,7 @@ impl Running {
                 &snapshot,
                 &self.kernel,
                 &self.pairing,
+                self.effects.as_ref().map(|e| e.figures()).as_ref(),
             )
             .await
         {
@@ -298,21 +303,21 @@ impl Running {
 
     /// The live card, drawn from the run's evidence in place (no copy into the store's
     /// shape).
-    fn card_now(&self) -> ParityCard {
+    fn card_now(&self, side_effects: Option<&EffectsFigures>) -> ParityCard {
         let snapshot = self.ledger.snapshot();
         let live = self
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         report::build(
-            live.card_evidence(&snapshot, &self.kernel, Some(&self.pairing)),
+            live.card_evidence(&snapshot, &self.kernel, Some(&self.pairing), side_effects),
             &self.criteria,
             &NoiseRule::default(),
         )
     }
 
     /// What the dashboard shows.
-    fn publish(&self, card: &ParityCard) {
+    fn publish(&self, card: &ParityCard, side_effects: Option<EffectsFigures>) {
         let (verdict, routes, diffs, egress) = report::live_views(card);
         let mut run = self.run_view.clone();
         run.sample_percent = f64::from(self.sampler.ppm()) / 10_000.0;
@@ -322,6 +327,8 @@ impl Running {
             completeness: card.completeness,
             kernel: self.kernel,
             pairing: self.pairing,
+            side_effects,
+            side_effect_mismatched: card.side_effect_mismatched,
             verdict,
             routes,
             diffs,

@@ -139,6 +139,10 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         .map(|e| e.start(&mut settings))
         .transpose()
         .context("starting the side-effect stages")?;
+    if let Some(e) = &effects {
+        let e = e.clone();
+        metrics.watch_side_effects(move || e.figures());
+    }
     let figures = Arc::new(Mutex::new(CaptureFigures::default()));
     let capture = spawn_capture(
         source,
