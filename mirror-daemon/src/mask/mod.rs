@@ -26,6 +26,7 @@ mod detect;
 mod headers;
 mod json;
 mod key;
+mod reuse;
 mod rules;
 mod secret;
 mod stats;
@@ -163,6 +164,9 @@ pub struct Masker {
     stats: MaskStats,
     /// Matchers of recent requests' masked values (see `taint.rs`).
     taints: TaintCache,
+    /// Unique per masker in the process: a body memo (`reuse.rs`) is only reused by
+    /// the masker that made it.
+    id: u64,
 }
 
 impl std::fmt::Debug for Masker {
@@ -211,6 +215,10 @@ impl Masker {
             max_decoded_body: cfg.max_decoded_body,
             stats: MaskStats::default(),
             taints: TaintCache::default(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         };
         for rule in cfg.rules {
             match rule {
@@ -244,8 +252,28 @@ impl Masker {
 
     /// A response of the exchange whose request left `taint`: every echo of a masked
     /// request value gets that value's token (legacy, candidate and secondary alike).
+    ///
+    /// The first response masked with `taint` (legacy's) leaves its masked body in it; a
+    /// later one whose body bytes and reading headers are the same (a candidate that
+    /// answers as legacy did) gets that body without a second scan (`reuse.rs`).
     pub fn mask_response_tainted(&self, r: &Response, taint: &Taint) -> Response {
-        Pass::applying(self, taint).response(r)
+        let pass = Pass::applying(self, taint);
+        if let Some(memo) = taint.memo()
+            && memo.fits(self.id, &r.headers, &r.body)
+        {
+            MaskStats::bump(&self.stats.bodies_reused);
+            return pass.response_with(r, memo.masked.clone());
+        }
+        let change = pass
+            .mask_body(&r.headers, &r.body)
+            .map(|c| (Bytes::from(c.body), c.drop_content_encoding));
+        taint.remember(reuse::BodyMemo::new(
+            self.id,
+            &r.headers,
+            &r.body,
+            change.clone(),
+        ));
+        pass.response_with(r, change)
     }
 
     /// Request, response, and the client address when the `ip` detector is on (the
@@ -411,8 +439,23 @@ impl<'m> Pass<'m> {
     }
 
     fn response(&self, r: &Response) -> Response {
+        let change = self
+            .mask_body(&r.headers, &r.body)
+            .map(|c| (Bytes::from(c.body), c.drop_content_encoding));
+        self.response_with(r, change)
+    }
+
+    /// `r` masked, its body replaced by `change` (the masked body and whether
+    /// `Content-Encoding` goes; `None`: the body unchanged).
+    fn response_with(&self, r: &Response, change: Option<(Bytes, bool)>) -> Response {
         let mut headers = self.mask_headers(&r.headers);
-        let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
+        let body = match change {
+            Some((body, drop_content_encoding)) => {
+                fix_body_headers(&mut headers, body.len(), drop_content_encoding);
+                body
+            }
+            None => r.body.clone(),
+        };
         let reason = self.untaint(r.reason.as_bytes());
         Response {
             version: r.version,
@@ -629,15 +672,7 @@ impl<'m> Pass<'m> {
         let Some(change) = self.mask_body(orig_headers, body) else {
             return body.clone();
         };
-        if change.drop_content_encoding {
-            headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
-        }
-        for h in headers
-            .iter_mut()
-            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-        {
-            h.value = change.body.len().to_string().into_bytes();
-        }
+        fix_body_headers(headers, change.body.len(), change.drop_content_encoding);
         Bytes::from(change.body)
     }
 
@@ -711,6 +746,19 @@ impl<'m> Pass<'m> {
             }
             _ => self.mask_bytes(data).into_owned_if_changed(),
         }
+    }
+}
+
+/// The headers of a message whose body was replaced by one of `len` bytes.
+fn fix_body_headers(headers: &mut Vec<Header>, len: usize, drop_content_encoding: bool) {
+    if drop_content_encoding {
+        headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
+    }
+    for h in headers
+        .iter_mut()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        h.value = len.to_string().into_bytes();
     }
 }
 

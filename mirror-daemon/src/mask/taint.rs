@@ -13,7 +13,7 @@
 //! [`MAX_TAINTED_VALUES`] values of [`MIN_TAINT_LEN`]..=[`MAX_TAINT_LEN`] bytes.
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
@@ -75,6 +75,7 @@ impl TaintSet {
         Taint {
             matcher: build(self.values).map(Arc::new),
             values: n,
+            memo: OnceLock::new(),
         }
     }
 
@@ -90,6 +91,7 @@ impl TaintSet {
             return Taint {
                 matcher: Some(m),
                 values: n,
+                memo: OnceLock::new(),
             };
         }
         let key = self.values.clone();
@@ -97,7 +99,11 @@ impl TaintSet {
         if let Some(m) = &matcher {
             cache.put(key, m.clone());
         }
-        Taint { matcher, values: n }
+        Taint {
+            matcher,
+            values: n,
+            memo: OnceLock::new(),
+        }
     }
 }
 
@@ -199,6 +205,9 @@ fn build(values: Values) -> Option<Matcher> {
 pub struct Taint {
     matcher: Option<Arc<Matcher>>,
     values: usize,
+    /// The first response body masked with this taint (legacy's), for a later response
+    /// of the exchange with the same bytes (see `reuse.rs`).
+    memo: OnceLock<Box<super::reuse::BodyMemo>>,
 }
 
 #[derive(Debug)]
@@ -217,6 +226,16 @@ impl Taint {
     /// How many request values are tracked.
     pub fn values(&self) -> usize {
         self.values
+    }
+
+    /// The body memo of the first response masked with this taint.
+    pub(crate) fn memo(&self) -> Option<&super::reuse::BodyMemo> {
+        self.memo.get().map(|b| &**b)
+    }
+
+    /// Keeps `memo` unless one is kept already (the first response wins).
+    pub(crate) fn remember(&self, memo: super::reuse::BodyMemo) {
+        let _ = self.memo.set(Box::new(memo));
     }
 
     /// `hay` with every echoed form replaced; borrowed when nothing was found.
