@@ -56,7 +56,7 @@ use crate::http::{Exchange, Header, Request, Response};
 use body::{BodyKind, Coding, DecodeError};
 use detect::{Detector, Found};
 use taint::{TaintCache, TaintSet};
-use token::Tokenizer;
+use token::{TokenCache, TokenKind, Tokenizer};
 
 /// Re-detection passes after the first (see `Masker::mask_str`).
 const MAX_EXTRA_PASSES: usize = 3;
@@ -164,6 +164,8 @@ pub struct Masker {
     stats: MaskStats,
     /// Matchers of recent requests' masked values (see `taint.rs`).
     taints: TaintCache,
+    /// Recently made tokens (see `token::TokenCache`).
+    token_cache: TokenCache,
     /// Unique per masker in the process: a body memo (`reuse.rs`) is only reused by
     /// the masker that made it.
     id: u64,
@@ -215,6 +217,7 @@ impl Masker {
             max_decoded_body: cfg.max_decoded_body,
             stats: MaskStats::default(),
             taints: TaintCache::default(),
+            token_cache: TokenCache::default(),
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -555,7 +558,9 @@ impl<'m> Pass<'m> {
     fn token_for(&self, value: &[u8]) -> String {
         match self.action {
             Action::Redact => REDACTED.to_string(),
-            Action::Tokenize => self.tokens.generic(value),
+            Action::Tokenize => self
+                .token_cache
+                .get_or(TokenKind::Generic, value, || self.tokens.generic(value)),
         }
     }
 
@@ -579,7 +584,12 @@ impl<'m> Pass<'m> {
         });
         let out = match self.action {
             Action::Redact => REDACTED.to_string(),
-            Action::Tokenize => self.tokens.detected(kind, text),
+            Action::Tokenize => {
+                self.token_cache
+                    .get_or(TokenKind::Detected(kind), text.as_bytes(), || {
+                        self.tokens.detected(kind, text)
+                    })
+            }
         };
         self.taint(text.as_bytes(), &out);
         out
