@@ -8,7 +8,7 @@ use super::CompareError;
 use super::config::CompareConfig;
 use super::decode::{Decoded, decode};
 use super::headers::HeaderRules;
-use super::json::{Sink, diff_json};
+use super::json::{Sink, diff_json, diff_json_text};
 use super::model::{BodyMode, Comparison, Diff, DiffKind, FieldDiffKind};
 use super::render::{describe_bytes, render_json, sha256, truncate, window};
 use crate::http::{Response, header};
@@ -195,6 +195,22 @@ impl Comparator {
             && self.cfg.unordered.is_empty()
             && serde_json::from_slice::<ValidJson>(&a).is_ok()
         {
+            return BodyMode::Json;
+        }
+        // Different bytes, both valid JSON: only the members that differ are parsed
+        // into trees (`diff_json_text`); the diffs are those of the trees.
+        if json_expected
+            && self.cfg.unordered.is_empty()
+            && serde_json::from_slice::<ValidJson>(&a).is_ok()
+            && serde_json::from_slice::<ValidJson>(&b).is_ok()
+            && let (Ok(ta), Ok(tb)) = (std::str::from_utf8(&a), std::str::from_utf8(&b))
+            && let Some(exhausted) = diff_json_text(&self.cfg, ta, tb, sink)
+        {
+            if exhausted {
+                self.counters
+                    .multiset_budget_exhausted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             return BodyMode::Json;
         }
         if json_expected {

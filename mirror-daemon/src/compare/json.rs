@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::ops::ControlFlow;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use super::config::{CompareConfig, Tolerance};
@@ -69,6 +71,165 @@ pub(crate) fn diff_json(
     };
     let _ = w.diff(legacy, candidate, &mut Out::Collect(sink));
     w.exhausted
+}
+
+/// [`diff_json`] of two documents given as text, without building trees for the parts
+/// that are byte-identical on both sides: an object's members are split as raw text,
+/// members with equal text are skipped (no rule finds a difference between a value and
+/// itself when there are no unordered rules, whose matcher has a work budget), and only
+/// the members that differ are descended into; arrays, scalars and objects with escaped
+/// keys that differ are compared as trees, exactly as `diff_json` does.
+///
+/// The caller guarantees there are no unordered rules and that both texts are valid
+/// JSON as `serde_json::Value` reads it. `None`: a text did not split (nothing was
+/// added to `sink`; compare the trees instead).
+pub(crate) fn diff_json_text(
+    cfg: &CompareConfig,
+    legacy: &str,
+    candidate: &str,
+    sink: &mut Sink,
+) -> Option<bool> {
+    debug_assert!(cfg.unordered.is_empty());
+    let a: &RawValue = serde_json::from_str(legacy).ok()?;
+    let b: &RawValue = serde_json::from_str(candidate).ok()?;
+    let mut w = Walker {
+        cfg,
+        has_rules: !(cfg.ignore_json.is_empty() && cfg.tolerance.is_empty()),
+        path: Vec::new(),
+        budget: PROBE_BUDGET,
+        exhausted: false,
+    };
+    let _ = w.diff_text(a, b, &mut Out::Collect(sink));
+    Some(w.exhausted)
+}
+
+/// An object's members as raw text, in the order `Value` keeps them: a repeated key
+/// keeps its first position and its last value. `None` when a key has escapes (it
+/// cannot be borrowed from the text).
+fn members(text: &str) -> Option<Vec<(&str, &RawValue)>> {
+    struct Members<'a>(Vec<(&'a str, &'a RawValue)>);
+    struct Key<'a>(&'a str);
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            <&'de str>::deserialize(d).map(Key)
+        }
+    }
+    impl<'de> Deserialize<'de> for Members<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Members(Vec::new()))
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for Members<'de> {
+        type Value = Members<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            mut self,
+            mut m: M,
+        ) -> Result<Self::Value, M::Error> {
+            while let Some(Key(k)) = m.next_key()? {
+                let v: &'de RawValue = m.next_value()?;
+                match self.0.iter_mut().find(|(x, _)| *x == k) {
+                    Some(slot) => slot.1 = v,
+                    None => self.0.push((k, v)),
+                }
+            }
+            Ok(self)
+        }
+    }
+    serde_json::from_str::<Members<'_>>(text).ok().map(|m| m.0)
+}
+
+/// The member `k` of `members`, through `index` when there are many.
+fn member<'a>(
+    members: &[(&'a str, &'a RawValue)],
+    index: Option<&HashMap<&str, usize>>,
+    k: &str,
+) -> Option<&'a RawValue> {
+    match index {
+        Some(ix) => ix.get(k).map(|&i| members[i].1),
+        None => members.iter().find(|(x, _)| *x == k).map(|(_, v)| *v),
+    }
+}
+
+/// Objects with more members than this are looked up through a hash map.
+const LINEAR_LOOKUP: usize = 16;
+
+fn index_of<'a>(members: &[(&'a str, &'a RawValue)]) -> Option<HashMap<&'a str, usize>> {
+    (members.len() > LINEAR_LOOKUP).then(|| {
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect()
+    })
+}
+
+fn tree(raw: &RawValue) -> Value {
+    // The whole document was checked to parse as a `Value`, so each part does.
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
+impl<'t> Walker<'_, 't> {
+    /// [`Walker::diff`] of two values given as raw text (see [`diff_json_text`]).
+    fn diff_text(&mut self, a: &'t RawValue, b: &'t RawValue, out: &mut Out<'_>) -> Flow {
+        let (x, y) = (a.get(), b.get());
+        if x == y || self.ignored() {
+            return ControlFlow::Continue(());
+        }
+        if x.starts_with('{')
+            && y.starts_with('{')
+            && let (Some(ma), Some(mb)) = (members(x), members(y))
+        {
+            return self.objects_text(&ma, &mb, out);
+        }
+        let (va, vb) = (tree(a), tree(b));
+        let mut sub = Walker {
+            cfg: self.cfg,
+            has_rules: self.has_rules,
+            path: self.path.clone(),
+            budget: self.budget,
+            exhausted: false,
+        };
+        let r = sub.diff(&va, &vb, out);
+        self.budget = sub.budget;
+        self.exhausted |= sub.exhausted;
+        r
+    }
+
+    /// [`Walker::objects`] over raw members.
+    fn objects_text(
+        &mut self,
+        a: &[(&'t str, &'t RawValue)],
+        b: &[(&'t str, &'t RawValue)],
+        out: &mut Out<'_>,
+    ) -> Flow {
+        let nem = self.cfg.null_equals_missing;
+        let is_null = |v: &RawValue| v.get() == "null";
+        let (ia, ib) = (index_of(a), index_of(b));
+        for &(k, va) in a {
+            self.path.push(Elem::Key(k));
+            match member(b, ib.as_ref(), k) {
+                Some(vb) => self.diff_text(va, vb, out)?,
+                None if nem && is_null(va) => {}
+                None if self.ignored() => {}
+                None => self.emit(out, FieldDiffKind::Missing, Some(&tree(va)), None)?,
+            }
+            self.path.pop();
+        }
+        for &(k, vb) in b {
+            if member(a, ia.as_ref(), k).is_some() || (nem && is_null(vb)) {
+                continue;
+            }
+            self.path.push(Elem::Key(k));
+            if !self.ignored() {
+                self.emit(out, FieldDiffKind::Extra, None, Some(&tree(vb)))?;
+            }
+            self.path.pop();
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 struct Walker<'c, 'v> {
@@ -701,5 +862,88 @@ mod tests {
                 prop_assert_eq!(counts(&c, &Value::Array(xs), &Value::Array(ys)).2, 0);
             }
         }
+    }
+
+    /// `diff_json_text` finds exactly the diffs `diff_json` finds on the trees (same
+    /// kinds, paths, renderings, order), whatever differs and under every rule kind it
+    /// accepts: escaped keys, repeated keys, escapes versus plain characters, number
+    /// forms, null versus missing, ignore paths, tolerances, nested changes.
+    #[test]
+    fn diffs_from_text_are_the_diffs_of_the_trees() {
+        let pairs: &[(&str, &str)] = &[
+            (
+                r#"{"a":1,"b":{"c":"x","d":[1,2,3]},"e":"EUR"}"#,
+                r#"{"a":1,"b":{"c":"x","d":[1,2,3]},"e":"USD"}"#,
+            ),
+            (
+                r#"{"a":1,"b":{"c":"x","d":[1,2,3]}}"#,
+                r#"{"b":{"d":[1,2,4],"c":"y"},"a":1.0}"#,
+            ),
+            (r#"{"a":"A","b":"\u0042"}"#, r#"{"a":"\u0041","b":"B"}"#),
+            (r#"{"a\u0041":1,"b":2}"#, r#"{"aA":1,"b":3}"#),
+            (r#"{"k":1,"k":2,"z":0}"#, r#"{"k":2,"z":1}"#),
+            (r#"{"k":1,"k":2}"#, r#"{"k":1}"#),
+            (r#"{"n":null,"m":1}"#, r#"{"m":1,"x":null}"#),
+            (
+                r#"{"n":1,"o":{"p":{"q":[{"r":1},{"r":2}]}}}"#,
+                r#"{"n":1,"o":{"p":{"q":[{"r":1},{"r":3}]}}}"#,
+            ),
+            (r#"{"t":1}"#, r#"{"t":{"u":1}}"#),
+            (r#"{"t":[1,2]}"#, r#"{"t":[2,1]}"#),
+            (r#"{"big":9007199254740993}"#, r#"{"big":9007199254740992}"#),
+            (r#"{"f":1.0,"g":2.5}"#, r#"{"f":1,"g":2.504}"#),
+            (r#"{ "a" : 1 , "b" : [ 1 ] }"#, r#"{"a":1,"b":[1]}"#),
+            (r#"[1,{"a":1}]"#, r#"[1,{"a":2}]"#),
+            (r#""s""#, r#""t""#),
+            (
+                r#"{"updated_at":"1","items":[{"price":1.0,"id":1}]}"#,
+                r#"{"updated_at":"2","items":[{"price":1.001,"id":1}],"extra":true}"#,
+            ),
+        ];
+        let mut wide: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let a_wide = format!("{{{}}}", wide.join(","));
+        wide[17] = r#""k17":"changed""#.into();
+        wide.push(r#""k7":"repeated""#.into());
+        let b_wide = format!("{{{}}}", wide.join(","));
+        let mut all: Vec<(&str, &str)> = pairs.to_vec();
+        all.push((&a_wide, &b_wide));
+        let configs = [
+            CompareConfig::default(),
+            CompareConfig {
+                null_equals_missing: true,
+                ..cfg(
+                    &["json:$..updated_at", "json:$.b.c"],
+                    &["json:$..price=0.01", "json:$.g=0.01"],
+                    &[],
+                )
+            },
+        ];
+        for c in &configs {
+            for (x, y) in &all {
+                for (l, r) in [(x, y), (y, x)] {
+                    let (tl, tr): (Value, Value) = (
+                        serde_json::from_str(l).expect("valid"),
+                        serde_json::from_str(r).expect("valid"),
+                    );
+                    let mut trees = Sink::new(1000);
+                    diff_json(c, &tl, &tr, &mut trees);
+                    let mut text = Sink::new(1000);
+                    diff_json_text(c, l, r, &mut text).expect("splits");
+                    assert_eq!(text.diffs, trees.diffs, "{l} vs {r}");
+                    assert_eq!(text.omitted, trees.omitted);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_keys_keep_the_first_place_and_the_last_value() {
+        let m = members(r#"{"a":1,"b":2,"a":3}"#).expect("object");
+        let got: Vec<(&str, &str)> = m.iter().map(|(k, v)| (*k, v.get())).collect();
+        assert_eq!(got, [("a", "3"), ("b", "2")]);
+        assert!(
+            members(r#"{"\u0061":1}"#).is_none(),
+            "escaped keys are not split"
+        );
     }
 }
