@@ -189,29 +189,28 @@ impl Comparator {
         };
         // Equal bytes are equal documents (no rule can find a difference between a value
         // and itself, save the unordered-array matcher's budget), so when they are valid
-        // JSON the two trees are not built. `ValidJson` parses exactly as `Value` does.
-        if json_expected
-            && a == b
-            && self.cfg.unordered.is_empty()
-            && serde_json::from_slice::<ValidJson>(&a).is_ok()
-        {
-            return BodyMode::Json;
-        }
-        // Different bytes, both valid JSON: only the members that differ are parsed
-        // into trees (`diff_json_text`); the diffs are those of the trees.
+        // JSON the two trees are not built; different bytes are compared member by
+        // member as text, only the members that differ parsed into trees
+        // (`diff_json_text`, the diffs of the trees). `ValidJson` parses exactly as
+        // `Value` does; a valid JSON document is UTF-8 throughout, so the text is checked
+        // once instead of string by string.
         if json_expected
             && self.cfg.unordered.is_empty()
-            && serde_json::from_slice::<ValidJson>(&a).is_ok()
-            && serde_json::from_slice::<ValidJson>(&b).is_ok()
-            && let (Ok(ta), Ok(tb)) = (std::str::from_utf8(&a), std::str::from_utf8(&b))
-            && let Some(exhausted) = diff_json_text(&self.cfg, ta, tb, sink)
+            && let Some(ta) = valid_json(&a)
         {
-            if exhausted {
-                self.counters
-                    .multiset_budget_exhausted
-                    .fetch_add(1, Ordering::Relaxed);
+            if a == b {
+                return BodyMode::Json;
             }
-            return BodyMode::Json;
+            if let Some(tb) = valid_json(&b)
+                && let Some(exhausted) = diff_json_text(&self.cfg, ta, tb, sink)
+            {
+                if exhausted {
+                    self.counters
+                        .multiset_budget_exhausted
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return BodyMode::Json;
+            }
         }
         if json_expected {
             match serde_json::from_slice::<Value>(&a) {
@@ -334,6 +333,13 @@ impl Comparator {
             BodyMode::Hashed
         }
     }
+}
+
+/// `t` as text when it is a valid JSON document (see [`ValidJson`]).
+fn valid_json(t: &[u8]) -> Option<&str> {
+    std::str::from_utf8(t)
+        .ok()
+        .filter(|s| serde_json::from_str::<ValidJson>(s).is_ok())
 }
 
 /// A JSON document checked without building it: `deserialize_any` parses every token
