@@ -197,7 +197,12 @@ fn build(values: Values) -> Option<Matcher> {
         .ascii_case_insensitive(true)
         .build(&patterns)
         .ok();
-    ac.map(|ac| Matcher { ac, replacements })
+    let shortest = patterns.iter().map(Vec::len).min().unwrap_or(0);
+    ac.map(|ac| Matcher {
+        ac,
+        replacements,
+        shortest,
+    })
 }
 
 /// The sealed taint of one exchange: apply it to each response with [`Taint::replace`].
@@ -215,6 +220,8 @@ struct Matcher {
     ac: AhoCorasick,
     /// Per pattern: its replacement, and whether it must stand as a whole word.
     replacements: Vec<(Vec<u8>, bool)>,
+    /// The shortest pattern's length: shorter text (most header values) holds no echo.
+    shortest: usize,
 }
 
 impl Taint {
@@ -240,7 +247,7 @@ impl Taint {
 
     /// `hay` with every echoed form replaced; borrowed when nothing was found.
     pub(crate) fn replace<'a>(&self, hay: &'a [u8]) -> (Cow<'a, [u8]>, u64) {
-        let Some(m) = &self.matcher else {
+        let Some(m) = self.matcher.as_ref().filter(|m| hay.len() >= m.shortest) else {
             return (Cow::Borrowed(hay), 0);
         };
         let mut found = 0u64;
