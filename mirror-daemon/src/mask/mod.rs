@@ -239,6 +239,12 @@ impl Masker {
         &self.stats
     }
 
+    /// Forgets the tokens kept for repeated values, so the next values are masked as
+    /// if never seen (the cost bench's cold figure).
+    pub fn forget_tokens(&self) {
+        self.token_cache.clear();
+    }
+
     /// A keyed digest (HMAC-SHA256 under the mask key, hex) of any bytes: what may be
     /// stored or shown instead of a body or value.
     pub fn digest(&self, data: &[u8]) -> String {

@@ -396,6 +396,15 @@ impl TokenCache {
     }
 }
 
+impl TokenCache {
+    /// Forgets every kept token.
+    pub fn clear(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Generations::default();
+        }
+    }
+}
+
 impl Generations {
     fn insert(&mut self, key: Box<[u8]>, token: Box<str>) {
         let bytes = key.len() + token.len() + 64;
