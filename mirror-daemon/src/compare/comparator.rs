@@ -201,7 +201,7 @@ impl Comparator {
             if a == b {
                 return BodyMode::Json;
             }
-            if let Some(tb) = valid_json(&b)
+            if let Ok(tb) = std::str::from_utf8(&b)
                 && let Some(exhausted) = diff_json_text(&self.cfg, ta, tb, sink)
             {
                 if exhausted {

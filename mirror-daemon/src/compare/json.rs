@@ -68,6 +68,7 @@ pub(crate) fn diff_json(
         path: Vec::new(),
         budget: PROBE_BUDGET,
         exhausted: false,
+        candidate_invalid: false,
     };
     let _ = w.diff(legacy, candidate, &mut Out::Collect(sink));
     w.exhausted
@@ -80,9 +81,12 @@ pub(crate) fn diff_json(
 /// the members that differ are descended into; arrays, scalars and objects with escaped
 /// keys that differ are compared as trees, exactly as `diff_json` does.
 ///
-/// The caller guarantees there are no unordered rules and that both texts are valid
-/// JSON as `serde_json::Value` reads it. `None` is kept for a text that cannot be
-/// split (nothing is then added to `sink`; compare the trees instead).
+/// The caller guarantees there are no unordered rules and that `legacy` is valid JSON
+/// as `serde_json::Value` reads it. The candidate's text is checked as it is walked:
+/// its parts equal to legacy's are valid as those are (at the same depth), every other
+/// part is read as a `Value` at its depth (serde_json's nesting limit counts the
+/// enclosing levels) or split as an object. `None`: the candidate's text is not JSON
+/// (nothing is added to `sink`; the caller compares as before).
 pub(crate) fn diff_json_text<'t>(
     cfg: &CompareConfig,
     legacy: &'t str,
@@ -99,14 +103,42 @@ pub(crate) fn diff_json_text<'t>(
         path: Vec::new(),
         budget: PROBE_BUDGET,
         exhausted: false,
+        candidate_invalid: false,
     };
-    let _ = w.diff_text(a, b, &mut Out::Collect(sink));
+    // Diffs are added only once the candidate proved valid; as many as `sink` takes.
+    let mut local = Sink::new(sink.max.saturating_sub(sink.diffs.len()));
+    let _ = w.diff_text(a, b, &mut Out::Collect(&mut local));
+    if w.candidate_invalid {
+        return None;
+    }
+    sink.diffs.append(&mut local.diffs);
+    sink.omitted += local.omitted;
     Some(w.exhausted)
 }
 
-/// An object's members as raw text, in the order `Value` keeps them: a repeated key
-/// keeps its first position and its last value. `None` when a key has escapes (it
-/// cannot be borrowed from the text).
+/// `raw` (a part of a document enclosed by `depth` arrays or objects) read as a `Value`
+/// as it would be within the document: serde_json's nesting limit counts from the root,
+/// so the part is read inside `depth` arrays.
+fn tree_at(raw: &str, depth: usize) -> Option<Value> {
+    if depth == 0 {
+        return serde_json::from_str(raw).ok();
+    }
+    let mut text = String::with_capacity(raw.len() + 2 * depth);
+    text.extend(std::iter::repeat_n('[', depth));
+    text.push_str(raw);
+    text.extend(std::iter::repeat_n(']', depth));
+    let mut v: Value = serde_json::from_str(&text).ok()?;
+    for _ in 0..depth {
+        v = match v {
+            Value::Array(mut xs) if xs.len() == 1 => xs.pop()?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// An object's members as raw text, in order. `None` when a key has escapes (it cannot
+/// be borrowed from the text) or is repeated, or the text is not an object.
 fn members(text: &str) -> Option<Vec<(&str, &str)>> {
     struct Members<'a>(Vec<(&'a str, &'a RawValue)>);
     struct Key<'a>(&'a str);
@@ -129,12 +161,24 @@ fn members(text: &str) -> Option<Vec<(&str, &str)>> {
             mut self,
             mut m: M,
         ) -> Result<Self::Value, M::Error> {
+            // Keys seen, once the object is large (a linear search below).
+            let mut seen: HashMap<&'de str, ()> = HashMap::new();
             while let Some(Key(k)) = m.next_key()? {
                 let v: &'de RawValue = m.next_value()?;
-                match self.0.iter_mut().find(|(x, _)| *x == k) {
-                    Some(slot) => slot.1 = v,
-                    None => self.0.push((k, v)),
+                let repeated = if self.0.len() > LINEAR_LOOKUP {
+                    if seen.is_empty() {
+                        seen = self.0.iter().map(|(x, _)| (*x, ())).collect();
+                    }
+                    seen.insert(k, ()).is_some()
+                } else {
+                    self.0.iter().any(|(x, _)| *x == k)
+                };
+                if repeated {
+                    // `Value` keeps the last value in the first place, and the dropped
+                    // value must still be read: left to the trees.
+                    return Err(serde::de::Error::custom("repeated key"));
                 }
+                self.0.push((k, v));
             }
             Ok(self)
         }
@@ -177,7 +221,12 @@ fn tree(raw: &str) -> Value {
 impl<'t> Walker<'_, 't> {
     /// [`Walker::diff`] of two values given as raw text (see [`diff_json_text`]).
     fn diff_text(&mut self, x: &'t str, y: &'t str, out: &mut Out<'_>) -> Flow {
-        if x == y || self.ignored() {
+        if x == y {
+            return ControlFlow::Continue(());
+        }
+        if self.ignored() {
+            // Not compared, but the candidate's document must still be JSON.
+            self.candidate_part(y)?;
             return ControlFlow::Continue(());
         }
         if x.starts_with('{')
@@ -186,13 +235,15 @@ impl<'t> Walker<'_, 't> {
         {
             return self.objects_text(&ma, &mb, out);
         }
-        let (va, vb) = (tree(x), tree(y));
+        let va = tree(x);
+        let vb = self.candidate_part(y)?;
         let mut sub = Walker {
             cfg: self.cfg,
             has_rules: self.has_rules,
             path: self.path.clone(),
             budget: self.budget,
             exhausted: false,
+            candidate_invalid: false,
         };
         let r = sub.diff(&va, &vb, out);
         self.budget = sub.budget;
@@ -225,12 +276,25 @@ impl<'t> Walker<'_, 't> {
                 continue;
             }
             self.path.push(Elem::Key(k));
+            let vb = self.candidate_part(vb)?;
             if !self.ignored() {
-                self.emit(out, FieldDiffKind::Extra, None, Some(&tree(vb)))?;
+                self.emit(out, FieldDiffKind::Extra, None, Some(&vb))?;
             }
             self.path.pop();
         }
         ControlFlow::Continue(())
+    }
+
+    /// The candidate's part `y` at the current path as a `Value`; when it is not JSON
+    /// there, the walk stops and the whole text counts as not JSON.
+    fn candidate_part(&mut self, y: &str) -> ControlFlow<(), Value> {
+        match tree_at(y, self.path.len()) {
+            Some(v) => ControlFlow::Continue(v),
+            None => {
+                self.candidate_invalid = true;
+                ControlFlow::Break(())
+            }
+        }
     }
 }
 
@@ -240,6 +304,8 @@ struct Walker<'c, 'v> {
     path: Vec<Elem<'v>>,
     budget: u64,
     exhausted: bool,
+    /// `diff_json_text`: a part of the candidate's text is not JSON as `Value` reads it.
+    candidate_invalid: bool,
 }
 
 impl<'v> Walker<'_, 'v> {
@@ -939,12 +1005,46 @@ mod tests {
     }
 
     #[test]
-    fn repeated_keys_keep_the_first_place_and_the_last_value() {
-        let m = members(r#"{"a":1,"b":2,"a":3}"#).expect("object");
-        assert_eq!(m, [("a", "3"), ("b", "2")]);
-        assert!(
-            members(r#"{"\u0061":1}"#).is_none(),
-            "escaped keys are not split"
-        );
+    fn objects_with_repeated_or_escaped_keys_are_not_split() {
+        let m = members(r#"{"a":1,"b":[2]}"#).expect("object");
+        assert_eq!(m, [("a", "1"), ("b", "[2]")]);
+        assert!(members(r#"{"a":1,"b":2,"a":3}"#).is_none());
+        assert!(members(r#"{"\\u0061":1}"#).is_none());
+    }
+
+    /// The candidate's text is checked as it is walked: wherever it is not JSON as a
+    /// `Value` reads it (in a changed member, an ignored one, an extra one, a repeated
+    /// key's dropped value, past the nesting limit, after the end) the text diff gives
+    /// up (`None`) and adds nothing, so the comparator reports it as before.
+    #[test]
+    fn a_candidate_that_is_not_json_is_left_to_the_trees() {
+        let c = cfg(&["json:$.ign"], &[], &[]);
+        // Nested objects: nested one-element arrays that differ at the bottom make the
+        // tree walk's probes exponential in the depth (a separate, older problem).
+        let deep = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+        let legacy = format!(r#"{{"a":1,"ign":2,"d":{}}}"#, deep(120));
+        assert!(serde_json::from_str::<Value>(&legacy).is_ok());
+        for cand in [
+            format!(r#"{{"a":1e400,"ign":2,"d":{}}}"#, deep(120)),
+            format!(r#"{{"a":1,"ign":1e400,"d":{}}}"#, deep(120)),
+            format!(r#"{{"a":1,"ign":2,"x":"\q","d":{}}}"#, deep(120)),
+            format!(r#"{{"a":1e400,"a":1,"ign":2,"d":{}}}"#, deep(120)),
+            format!(r#"{{"a":1,"ign":2,"d":{}}}"#, deep(127)),
+            format!(r#"{{"a":1,"ign":2,"d":{}}} x"#, deep(120)),
+        ] {
+            assert!(serde_json::from_str::<Value>(&cand).is_err(), "{cand}");
+            let mut sink = Sink::new(10);
+            assert!(
+                diff_json_text(&c, &legacy, &cand, &mut sink).is_none(),
+                "{cand}"
+            );
+            assert!(sink.diffs.is_empty());
+        }
+        // One level less is valid, and compared.
+        let ok = format!(r#"{{"a":1,"ign":2,"d":{}}}"#, deep(126));
+        assert!(serde_json::from_str::<Value>(&ok).is_ok());
+        let mut sink = Sink::new(10);
+        assert!(diff_json_text(&c, &legacy, &ok, &mut sink).is_some());
+        assert_eq!(sink.diffs.len(), 1, "{:?}", sink.diffs);
     }
 }
