@@ -411,6 +411,12 @@ impl<'v> Walker<'_, 'v> {
         if first_unequal.is_none() && a.len() == b.len() {
             return ControlFlow::Continue(());
         }
+        // A probe only asks "equal?": an unequal element already answers it. Walking on
+        // would probe the same element again at every level below, which makes nested
+        // arrays that differ deep down cost 2^depth.
+        if first_unequal.is_some() && matches!(out, Out::Probe) {
+            return ControlFlow::Break(());
+        }
         if a.len() == b.len() {
             let (matched, _) = self.match_multiset(a, b);
             if matched.iter().all(Option::is_some) {
@@ -665,6 +671,16 @@ mod tests {
         let mut sink = Sink::new(1000);
         diff_json(c, a, b, &mut sink);
         sink.diffs.iter().map(|d| d.kind.to_string()).collect()
+    }
+
+    /// Hostile nesting: one-element arrays 100 deep that differ at the bottom. Each level
+    /// probes its element; without the early answer in probe mode this never finishes.
+    #[test]
+    fn deep_arrays_that_differ_at_the_bottom_cost_no_more_than_their_depth() {
+        let nest = |leaf: Value| (0..100).fold(leaf, |v, _| Value::Array(vec![v]));
+        let d = diffs(&CompareConfig::default(), &nest(json!(1)), &nest(json!(2)));
+        let path = format!("${}", "[0]".repeat(100));
+        assert_eq!(d, [format!("field({path},value)")]);
     }
 
     #[test]
