@@ -14,7 +14,8 @@
 //!   only) or a capture file, producing [`capture::Segment`]s.
 //! - [`reassembly`] orders TCP segments per flow (bounded flow table and buffers);
 //!   [`http`] frames them into request/response [`http::Exchange`]s.
-//! - [`sample`] decides what is replayed; [`mask`] ([`mask::Masker`]) replaces PII with
+//! - [`sample`] decides what is replayed, on the capture thread before the exchange queue
+//!   (an excluded or sampled-out exchange never takes queue space); [`mask`] ([`mask::Masker`]) replaces PII with
 //!   keyed tokens before anything is stored, logged or shown.
 //! - [`replay`] sends the request to the candidate; [`guard`] fences the candidate's
 //!   outbound network with cgroup eBPF hooks.

@@ -58,6 +58,11 @@ pub struct CaptureSettings {
     /// Legacy's calls to its dependencies (`--dependency`): taken out of the inbound
     /// stream and handed to the side-effect recorder; never counted as inbound exchanges.
     pub outbound: Option<crate::effects::OutboundTap>,
+    /// The run's sampler (`--include/--exclude`, `--sample`, `--sticky`): decided here,
+    /// before the exchange queue, so an exchange that will not be replayed never takes
+    /// queue space and under a flood still ends as `excluded` / `sampled_out`, not
+    /// `queue_full`. `None`: every exchange is queued (`exchanges` command).
+    pub sampler: Option<Arc<crate::sample::Sampler>>,
 }
 
 // Not derived: a derived 0 became a table of one connection, so `exchanges` evicted every
@@ -70,6 +75,7 @@ impl Default for CaptureSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             reorder_window: DEFAULT_REORDER_WINDOW,
             outbound: None,
+            sampler: None,
         }
     }
 }
@@ -114,6 +120,7 @@ impl CaptureFigures {
 struct Outlet {
     exchanges: mpsc::Sender<Captured>,
     outbound: Option<crate::effects::OutboundTap>,
+    sampler: Option<Arc<crate::sample::Sampler>>,
     ledger: Arc<Ledger>,
     /// Offline input waits for the pipeline instead of dropping: no legacy user waits on
     /// a file, and a golden set should be replayed whole.
@@ -140,6 +147,10 @@ impl Outlet {
                     None => ex,
                 };
                 self.ledger.saw(1);
+                if let Some(o) = self.sampler.as_ref().and_then(|s| s.decide(&ex).outcome()) {
+                    self.ledger.record(o);
+                    return;
+                }
                 let item = Captured::Exchange(ex);
                 if !self.wait_when_full {
                     pipeline::offer(&self.exchanges, item, &self.ledger);
@@ -284,6 +295,7 @@ pub fn run(
         outlet: Outlet {
             exchanges,
             outbound: settings.outbound.clone(),
+            sampler: settings.sampler.clone(),
             ledger,
             wait_when_full: matches!(source, Source::File { .. }),
         },
@@ -377,6 +389,7 @@ mod tests {
             outlet: Outlet {
                 exchanges: tx,
                 outbound: None,
+                sampler: None,
                 ledger: ledger.clone(),
                 wait_when_full: false,
             },
@@ -459,6 +472,7 @@ mod tests {
             outlet: Outlet {
                 exchanges: tx,
                 outbound: Some(tap.clone()),
+                sampler: None,
                 ledger: ledger.clone(),
                 wait_when_full: false,
             },
@@ -501,6 +515,107 @@ mod tests {
             (1, 1),
             "the pairing figures describe the inbound traffic only"
         );
+    }
+
+    fn exchange(path: &str, port: u16) -> Exchange {
+        use crate::http::{CorrelationId, Request, Response};
+        use std::net::{Ipv4Addr, SocketAddr};
+        Exchange {
+            id: CorrelationId::new(),
+            flow: FlowKey {
+                client: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), port)),
+                server: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 80)),
+            },
+            request: Request {
+                method: "GET".into(),
+                target: path.into(),
+                version: 1,
+                headers: Vec::new(),
+                body: bytes::Bytes::new(),
+            },
+            response: Response {
+                version: 1,
+                status: 200,
+                reason: "OK".into(),
+                headers: Vec::new(),
+                body: bytes::Bytes::new(),
+            },
+            timing: Default::default(),
+        }
+    }
+
+    /// Under a flood the exchange queue is full; an excluded or sampled-out exchange is
+    /// decided before the queue, so it still ends as `excluded` / `sampled_out` (never
+    /// `queue_full`) and takes no queue space.
+    #[test]
+    fn with_the_queue_full_excluded_exchanges_are_still_counted_excluded() {
+        use crate::sample::{SampleConfig, Sampler, parse_rule};
+        let ledger = Arc::new(Ledger::default());
+        let (tx, mut rx) = mpsc::channel(2);
+        let sampler = Sampler::new(SampleConfig {
+            exclude: vec![parse_rule("path:^/health").expect("rule")],
+            ..SampleConfig::default()
+        })
+        .expect("sampler");
+        let outlet = Outlet {
+            exchanges: tx,
+            outbound: None,
+            sampler: Some(Arc::new(sampler)),
+            ledger: ledger.clone(),
+            wait_when_full: false,
+        };
+        // Two replayable exchanges fill the queue; the rest arrive with it full.
+        for (i, path) in ["/a", "/b", "/health", "/c", "/health/db", "/health"]
+            .into_iter()
+            .enumerate()
+        {
+            outlet.deliver(HttpOutput::Exchange(exchange(path, 40_000 + i as u16)));
+        }
+        let s = ledger.snapshot();
+        assert_eq!(s.seen, 6, "{s:?}");
+        assert_eq!(s.count(Outcome::Excluded), 3, "{s:?}");
+        assert_eq!(s.count(Outcome::Dropped(DropReason::QueueFull)), 1, "{s:?}");
+        assert_eq!(s.in_flight(), 2, "the two queued: {s:?}");
+        // Only replayable exchanges took queue space.
+        let mut queued = Vec::new();
+        while let Ok(Captured::Exchange(ex)) = rx.try_recv() {
+            queued.push(ex.request.target);
+        }
+        assert_eq!(queued, ["/a", "/b"]);
+        // Identity: once the queued two end, nothing is in flight.
+        ledger.record(Outcome::Matched);
+        ledger.record(Outcome::Differed);
+        let s = ledger.snapshot();
+        assert_eq!((s.seen, s.terminal(), s.in_flight()), (6, 6, 0), "{s:?}");
+    }
+
+    /// A rate of 0 % samples out every exchange before the queue: none is queued, none
+    /// is dropped as `queue_full`, each is `sampled_out`.
+    #[test]
+    fn sampled_out_exchanges_never_take_queue_space() {
+        use crate::sample::{SampleConfig, Sampler};
+        let ledger = Arc::new(Ledger::default());
+        let (tx, mut rx) = mpsc::channel(1);
+        let sampler = Sampler::new(SampleConfig {
+            percent: 0.0,
+            ..SampleConfig::default()
+        })
+        .expect("sampler");
+        let outlet = Outlet {
+            exchanges: tx,
+            outbound: None,
+            sampler: Some(Arc::new(sampler)),
+            ledger: ledger.clone(),
+            wait_when_full: false,
+        };
+        for i in 0..5 {
+            outlet.deliver(HttpOutput::Exchange(exchange("/a", 40_000 + i)));
+        }
+        let s = ledger.snapshot();
+        assert_eq!(s.count(Outcome::SampledOut), 5, "{s:?}");
+        assert_eq!(s.count(Outcome::Dropped(DropReason::QueueFull)), 0, "{s:?}");
+        assert_eq!((s.seen, s.terminal(), s.in_flight()), (5, 5, 0), "{s:?}");
+        assert!(rx.try_recv().is_err(), "nothing queued");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The shadow pipeline after capture: sample → mask → replay → compare → store, with
+//! The shadow pipeline after capture (which already sampled): mask → replay → compare → store, with
 //! every exchange ending in exactly one counted outcome. A replayed exchange's outcome is
 //! recorded by the store writer once its row is written (or lost, with its reason), so
 //! the ledger never counts a comparison the report cannot show.
@@ -20,7 +20,6 @@ use crate::{
     http::Exchange,
     mask::{Masker, PersistBody, Taint},
     replay::{Pace, Pacer, Replayer, live_wait},
-    sample::Sampler,
     serve::Metrics,
     store::{Example, ExchangeRecord, LatencySample, Store},
 };
@@ -31,7 +30,6 @@ const HAND_OVER_LEAD: Duration = crate::replay::LIVE_REPLAY_DELAY;
 /// Everything the workers share.
 pub struct Shadow {
     pub ledger: Arc<Ledger>,
-    pub sampler: Arc<Sampler>,
     pub masker: Arc<Masker>,
     pub replayer: Arc<Replayer>,
     pub secondary: Option<Arc<Replayer>>,
@@ -121,10 +119,8 @@ impl Shadow {
                     continue;
                 }
             };
-            if let Some(o) = self.sampler.decide(&ex).outcome() {
-                self.finish(o);
-                continue;
-            }
+            // Sampling and `--exclude` were decided by the capture thread, before the
+            // queue (`capture_loop::CaptureSettings::sampler`).
             if !self.replayer.try_rate() {
                 self.finish(Outcome::Dropped(DropReason::RateLimited));
                 continue;

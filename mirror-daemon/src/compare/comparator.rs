@@ -8,7 +8,7 @@ use super::CompareError;
 use super::config::CompareConfig;
 use super::decode::{Decoded, decode};
 use super::headers::HeaderRules;
-use super::json::{Sink, diff_json};
+use super::json::{Sink, diff_json, diff_json_text};
 use super::model::{BodyMode, Comparison, Diff, DiffKind, FieldDiffKind};
 use super::render::{describe_bytes, render_json, sha256, truncate, window};
 use crate::http::{Response, header};
@@ -189,13 +189,28 @@ impl Comparator {
         };
         // Equal bytes are equal documents (no rule can find a difference between a value
         // and itself, save the unordered-array matcher's budget), so when they are valid
-        // JSON the two trees are not built. `ValidJson` parses exactly as `Value` does.
+        // JSON the two trees are not built; different bytes are compared member by
+        // member as text, only the members that differ parsed into trees
+        // (`diff_json_text`, the diffs of the trees). `ValidJson` parses exactly as
+        // `Value` does; a valid JSON document is UTF-8 throughout, so the text is checked
+        // once instead of string by string.
         if json_expected
-            && a == b
             && self.cfg.unordered.is_empty()
-            && serde_json::from_slice::<ValidJson>(&a).is_ok()
+            && let Some(ta) = valid_json(&a)
         {
-            return BodyMode::Json;
+            if a == b {
+                return BodyMode::Json;
+            }
+            if let Ok(tb) = std::str::from_utf8(&b)
+                && let Some(exhausted) = diff_json_text(&self.cfg, ta, tb, sink)
+            {
+                if exhausted {
+                    self.counters
+                        .multiset_budget_exhausted
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return BodyMode::Json;
+            }
         }
         if json_expected {
             match serde_json::from_slice::<Value>(&a) {
@@ -318,6 +333,13 @@ impl Comparator {
             BodyMode::Hashed
         }
     }
+}
+
+/// `t` as text when it is a valid JSON document (see [`ValidJson`]).
+fn valid_json(t: &[u8]) -> Option<&str> {
+    std::str::from_utf8(t)
+        .ok()
+        .filter(|s| serde_json::from_str::<ValidJson>(s).is_ok())
 }
 
 /// A JSON document checked without building it: `deserialize_any` parses every token

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::ops::ControlFlow;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use super::config::{CompareConfig, Tolerance};
@@ -66,9 +68,234 @@ pub(crate) fn diff_json(
         path: Vec::new(),
         budget: PROBE_BUDGET,
         exhausted: false,
+        candidate_invalid: false,
     };
     let _ = w.diff(legacy, candidate, &mut Out::Collect(sink));
     w.exhausted
+}
+
+/// [`diff_json`] of two documents given as text, without building trees for the parts
+/// that are byte-identical on both sides: an object's members are split as raw text,
+/// members with equal text are skipped (no rule finds a difference between a value and
+/// itself when there are no unordered rules, whose matcher has a work budget), and only
+/// the members that differ are descended into; arrays, scalars and objects with escaped
+/// keys that differ are compared as trees, exactly as `diff_json` does.
+///
+/// The caller guarantees there are no unordered rules and that `legacy` is valid JSON
+/// as `serde_json::Value` reads it. The candidate's text is checked as it is walked:
+/// its parts equal to legacy's are valid as those are (at the same depth), every other
+/// part is read as a `Value` at its depth (serde_json's nesting limit counts the
+/// enclosing levels) or split as an object. `None`: the candidate's text is not JSON
+/// (nothing is added to `sink`; the caller compares as before).
+pub(crate) fn diff_json_text<'t>(
+    cfg: &CompareConfig,
+    legacy: &'t str,
+    candidate: &'t str,
+    sink: &mut Sink,
+) -> Option<bool> {
+    debug_assert!(cfg.unordered.is_empty());
+    // A valid document is its value between JSON whitespace (a `RawValue`'s text).
+    let trim = |t: &'t str| t.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    let (a, b) = (trim(legacy), trim(candidate));
+    let mut w = Walker {
+        cfg,
+        has_rules: !(cfg.ignore_json.is_empty() && cfg.tolerance.is_empty()),
+        path: Vec::new(),
+        budget: PROBE_BUDGET,
+        exhausted: false,
+        candidate_invalid: false,
+    };
+    // Diffs are added only once the candidate proved valid; as many as `sink` takes.
+    let mut local = Sink::new(sink.max.saturating_sub(sink.diffs.len()));
+    let _ = w.diff_text(a, b, &mut Out::Collect(&mut local));
+    if w.candidate_invalid {
+        return None;
+    }
+    sink.diffs.append(&mut local.diffs);
+    sink.omitted += local.omitted;
+    Some(w.exhausted)
+}
+
+/// `raw` (a part of a document enclosed by `depth` arrays or objects) read as a `Value`
+/// as it would be within the document: serde_json's nesting limit counts from the root,
+/// so the part is read inside `depth` arrays.
+fn tree_at(raw: &str, depth: usize) -> Option<Value> {
+    if depth == 0 {
+        return serde_json::from_str(raw).ok();
+    }
+    let mut text = String::with_capacity(raw.len() + 2 * depth);
+    text.extend(std::iter::repeat_n('[', depth));
+    text.push_str(raw);
+    text.extend(std::iter::repeat_n(']', depth));
+    let mut v: Value = serde_json::from_str(&text).ok()?;
+    for _ in 0..depth {
+        v = match v {
+            Value::Array(mut xs) if xs.len() == 1 => xs.pop()?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// An object's members as raw text, in order. `None` when a key has escapes (it cannot
+/// be borrowed from the text) or is repeated, or the text is not an object.
+fn members(text: &str) -> Option<Vec<(&str, &str)>> {
+    struct Members<'a>(Vec<(&'a str, &'a RawValue)>);
+    struct Key<'a>(&'a str);
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            <&'de str>::deserialize(d).map(Key)
+        }
+    }
+    impl<'de> Deserialize<'de> for Members<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Members(Vec::new()))
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for Members<'de> {
+        type Value = Members<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            mut self,
+            mut m: M,
+        ) -> Result<Self::Value, M::Error> {
+            // Keys seen, once the object is large (a linear search below).
+            let mut seen: HashMap<&'de str, ()> = HashMap::new();
+            while let Some(Key(k)) = m.next_key()? {
+                let v: &'de RawValue = m.next_value()?;
+                let repeated = if self.0.len() > LINEAR_LOOKUP {
+                    if seen.is_empty() {
+                        seen = self.0.iter().map(|(x, _)| (*x, ())).collect();
+                    }
+                    seen.insert(k, ()).is_some()
+                } else {
+                    self.0.iter().any(|(x, _)| *x == k)
+                };
+                if repeated {
+                    // `Value` keeps the last value in the first place, and the dropped
+                    // value must still be read: left to the trees.
+                    return Err(serde::de::Error::custom("repeated key"));
+                }
+                self.0.push((k, v));
+            }
+            Ok(self)
+        }
+    }
+    serde_json::from_str::<Members<'_>>(text)
+        .ok()
+        .map(|m| m.0.into_iter().map(|(k, v)| (k, v.get())).collect())
+}
+
+/// The member `k` of `members`, through `index` when there are many.
+fn member<'a>(
+    members: &[(&'a str, &'a str)],
+    index: Option<&HashMap<&str, usize>>,
+    k: &str,
+) -> Option<&'a str> {
+    match index {
+        Some(ix) => ix.get(k).map(|&i| members[i].1),
+        None => members.iter().find(|(x, _)| *x == k).map(|(_, v)| *v),
+    }
+}
+
+/// Objects with more members than this are looked up through a hash map.
+const LINEAR_LOOKUP: usize = 16;
+
+fn index_of<'a>(members: &[(&'a str, &'a str)]) -> Option<HashMap<&'a str, usize>> {
+    (members.len() > LINEAR_LOOKUP).then(|| {
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect()
+    })
+}
+
+fn tree(raw: &str) -> Value {
+    // The whole document was checked to parse as a `Value`, so each part does.
+    serde_json::from_str(raw).unwrap_or(Value::Null)
+}
+
+impl<'t> Walker<'_, 't> {
+    /// [`Walker::diff`] of two values given as raw text (see [`diff_json_text`]).
+    fn diff_text(&mut self, x: &'t str, y: &'t str, out: &mut Out<'_>) -> Flow {
+        if x == y {
+            return ControlFlow::Continue(());
+        }
+        if self.ignored() {
+            // Not compared, but the candidate's document must still be JSON.
+            self.candidate_part(y)?;
+            return ControlFlow::Continue(());
+        }
+        if x.starts_with('{')
+            && y.starts_with('{')
+            && let (Some(ma), Some(mb)) = (members(x), members(y))
+        {
+            return self.objects_text(&ma, &mb, out);
+        }
+        let va = tree(x);
+        let vb = self.candidate_part(y)?;
+        let mut sub = Walker {
+            cfg: self.cfg,
+            has_rules: self.has_rules,
+            path: self.path.clone(),
+            budget: self.budget,
+            exhausted: false,
+            candidate_invalid: false,
+        };
+        let r = sub.diff(&va, &vb, out);
+        self.budget = sub.budget;
+        self.exhausted |= sub.exhausted;
+        r
+    }
+
+    /// [`Walker::objects`] over raw members.
+    fn objects_text(
+        &mut self,
+        a: &[(&'t str, &'t str)],
+        b: &[(&'t str, &'t str)],
+        out: &mut Out<'_>,
+    ) -> Flow {
+        let nem = self.cfg.null_equals_missing;
+        let is_null = |v: &str| v == "null";
+        let (ia, ib) = (index_of(a), index_of(b));
+        for &(k, va) in a {
+            self.path.push(Elem::Key(k));
+            match member(b, ib.as_ref(), k) {
+                Some(vb) => self.diff_text(va, vb, out)?,
+                None if nem && is_null(va) => {}
+                None if self.ignored() => {}
+                None => self.emit(out, FieldDiffKind::Missing, Some(&tree(va)), None)?,
+            }
+            self.path.pop();
+        }
+        for &(k, vb) in b {
+            if member(a, ia.as_ref(), k).is_some() || (nem && is_null(vb)) {
+                continue;
+            }
+            self.path.push(Elem::Key(k));
+            let vb = self.candidate_part(vb)?;
+            if !self.ignored() {
+                self.emit(out, FieldDiffKind::Extra, None, Some(&vb))?;
+            }
+            self.path.pop();
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The candidate's part `y` at the current path as a `Value`; when it is not JSON
+    /// there, the walk stops and the whole text counts as not JSON.
+    fn candidate_part(&mut self, y: &str) -> ControlFlow<(), Value> {
+        match tree_at(y, self.path.len()) {
+            Some(v) => ControlFlow::Continue(v),
+            None => {
+                self.candidate_invalid = true;
+                ControlFlow::Break(())
+            }
+        }
+    }
 }
 
 struct Walker<'c, 'v> {
@@ -77,6 +304,8 @@ struct Walker<'c, 'v> {
     path: Vec<Elem<'v>>,
     budget: u64,
     exhausted: bool,
+    /// `diff_json_text`: a part of the candidate's text is not JSON as `Value` reads it.
+    candidate_invalid: bool,
 }
 
 impl<'v> Walker<'_, 'v> {
@@ -181,6 +410,12 @@ impl<'v> Walker<'_, 'v> {
         let first_unequal = (0..common).find(|&i| !self.probe_eq(Elem::Index(i), &a[i], &b[i]));
         if first_unequal.is_none() && a.len() == b.len() {
             return ControlFlow::Continue(());
+        }
+        // A probe only asks "equal?": an unequal element already answers it. Walking on
+        // would probe the same element again at every level below, which makes nested
+        // arrays that differ deep down cost 2^depth.
+        if first_unequal.is_some() && matches!(out, Out::Probe) {
+            return ControlFlow::Break(());
         }
         if a.len() == b.len() {
             let (matched, _) = self.match_multiset(a, b);
@@ -436,6 +671,16 @@ mod tests {
         let mut sink = Sink::new(1000);
         diff_json(c, a, b, &mut sink);
         sink.diffs.iter().map(|d| d.kind.to_string()).collect()
+    }
+
+    /// Hostile nesting: one-element arrays 100 deep that differ at the bottom. Each level
+    /// probes its element; without the early answer in probe mode this never finishes.
+    #[test]
+    fn deep_arrays_that_differ_at_the_bottom_cost_no_more_than_their_depth() {
+        let nest = |leaf: Value| (0..100).fold(leaf, |v, _| Value::Array(vec![v]));
+        let d = diffs(&CompareConfig::default(), &nest(json!(1)), &nest(json!(2)));
+        let path = format!("${}", "[0]".repeat(100));
+        assert_eq!(d, [format!("field({path},value)")]);
     }
 
     #[test]
@@ -701,5 +946,121 @@ mod tests {
                 prop_assert_eq!(counts(&c, &Value::Array(xs), &Value::Array(ys)).2, 0);
             }
         }
+    }
+
+    /// `diff_json_text` finds exactly the diffs `diff_json` finds on the trees (same
+    /// kinds, paths, renderings, order), whatever differs and under every rule kind it
+    /// accepts: escaped keys, repeated keys, escapes versus plain characters, number
+    /// forms, null versus missing, ignore paths, tolerances, nested changes.
+    #[test]
+    fn diffs_from_text_are_the_diffs_of_the_trees() {
+        let pairs: &[(&str, &str)] = &[
+            (
+                r#"{"a":1,"b":{"c":"x","d":[1,2,3]},"e":"EUR"}"#,
+                r#"{"a":1,"b":{"c":"x","d":[1,2,3]},"e":"USD"}"#,
+            ),
+            (
+                r#"{"a":1,"b":{"c":"x","d":[1,2,3]}}"#,
+                r#"{"b":{"d":[1,2,4],"c":"y"},"a":1.0}"#,
+            ),
+            (r#"{"a":"A","b":"\u0042"}"#, r#"{"a":"\u0041","b":"B"}"#),
+            (r#"{"a\u0041":1,"b":2}"#, r#"{"aA":1,"b":3}"#),
+            (r#"{"k":1,"k":2,"z":0}"#, r#"{"k":2,"z":1}"#),
+            (r#"{"k":1,"k":2}"#, r#"{"k":1}"#),
+            (r#"{"n":null,"m":1}"#, r#"{"m":1,"x":null}"#),
+            (
+                r#"{"n":1,"o":{"p":{"q":[{"r":1},{"r":2}]}}}"#,
+                r#"{"n":1,"o":{"p":{"q":[{"r":1},{"r":3}]}}}"#,
+            ),
+            (r#"{"t":1}"#, r#"{"t":{"u":1}}"#),
+            (r#"{"t":[1,2]}"#, r#"{"t":[2,1]}"#),
+            (r#"{"big":9007199254740993}"#, r#"{"big":9007199254740992}"#),
+            (r#"{"f":1.0,"g":2.5}"#, r#"{"f":1,"g":2.504}"#),
+            (r#"{ "a" : 1 , "b" : [ 1 ] }"#, r#"{"a":1,"b":[1]}"#),
+            (r#"[1,{"a":1}]"#, r#"[1,{"a":2}]"#),
+            (r#""s""#, r#""t""#),
+            (
+                r#"{"updated_at":"1","items":[{"price":1.0,"id":1}]}"#,
+                r#"{"updated_at":"2","items":[{"price":1.001,"id":1}],"extra":true}"#,
+            ),
+        ];
+        let mut wide: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let a_wide = format!("{{{}}}", wide.join(","));
+        wide[17] = r#""k17":"changed""#.into();
+        wide.push(r#""k7":"repeated""#.into());
+        let b_wide = format!("{{{}}}", wide.join(","));
+        let mut all: Vec<(&str, &str)> = pairs.to_vec();
+        all.push((&a_wide, &b_wide));
+        let configs = [
+            CompareConfig::default(),
+            CompareConfig {
+                null_equals_missing: true,
+                ..cfg(
+                    &["json:$..updated_at", "json:$.b.c"],
+                    &["json:$..price=0.01", "json:$.g=0.01"],
+                    &[],
+                )
+            },
+        ];
+        for c in &configs {
+            for (x, y) in &all {
+                for (l, r) in [(x, y), (y, x)] {
+                    let (tl, tr): (Value, Value) = (
+                        serde_json::from_str(l).expect("valid"),
+                        serde_json::from_str(r).expect("valid"),
+                    );
+                    let mut trees = Sink::new(1000);
+                    diff_json(c, &tl, &tr, &mut trees);
+                    let mut text = Sink::new(1000);
+                    diff_json_text(c, l, r, &mut text).expect("splits");
+                    assert_eq!(text.diffs, trees.diffs, "{l} vs {r}");
+                    assert_eq!(text.omitted, trees.omitted);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn objects_with_repeated_or_escaped_keys_are_not_split() {
+        let m = members(r#"{"a":1,"b":[2]}"#).expect("object");
+        assert_eq!(m, [("a", "1"), ("b", "[2]")]);
+        assert!(members(r#"{"a":1,"b":2,"a":3}"#).is_none());
+        assert!(members(r#"{"\\u0061":1}"#).is_none());
+    }
+
+    /// The candidate's text is checked as it is walked: wherever it is not JSON as a
+    /// `Value` reads it (in a changed member, an ignored one, an extra one, a repeated
+    /// key's dropped value, past the nesting limit, after the end) the text diff gives
+    /// up (`None`) and adds nothing, so the comparator reports it as before.
+    #[test]
+    fn a_candidate_that_is_not_json_is_left_to_the_trees() {
+        let c = cfg(&["json:$.ign"], &[], &[]);
+        // Nested objects: nested one-element arrays that differ at the bottom make the
+        // tree walk's probes exponential in the depth (a separate, older problem).
+        let deep = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+        let legacy = format!(r#"{{"a":1,"ign":2,"d":{}}}"#, deep(120));
+        assert!(serde_json::from_str::<Value>(&legacy).is_ok());
+        for cand in [
+            format!(r#"{{"a":1e400,"ign":2,"d":{}}}"#, deep(120)),
+            format!(r#"{{"a":1,"ign":1e400,"d":{}}}"#, deep(120)),
+            format!(r#"{{"a":1,"ign":2,"x":"\q","d":{}}}"#, deep(120)),
+            format!(r#"{{"a":1e400,"a":1,"ign":2,"d":{}}}"#, deep(120)),
+            format!(r#"{{"a":1,"ign":2,"d":{}}}"#, deep(127)),
+            format!(r#"{{"a":1,"ign":2,"d":{}}} x"#, deep(120)),
+        ] {
+            assert!(serde_json::from_str::<Value>(&cand).is_err(), "{cand}");
+            let mut sink = Sink::new(10);
+            assert!(
+                diff_json_text(&c, &legacy, &cand, &mut sink).is_none(),
+                "{cand}"
+            );
+            assert!(sink.diffs.is_empty());
+        }
+        // One level less is valid, and compared.
+        let ok = format!(r#"{{"a":1,"ign":2,"d":{}}}"#, deep(126));
+        assert!(serde_json::from_str::<Value>(&ok).is_ok());
+        let mut sink = Sink::new(10);
+        assert!(diff_json_text(&c, &legacy, &ok, &mut sink).is_some());
+        assert_eq!(sink.diffs.len(), 1, "{:?}", sink.diffs);
     }
 }

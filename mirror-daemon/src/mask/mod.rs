@@ -26,6 +26,7 @@ mod detect;
 mod headers;
 mod json;
 mod key;
+mod reuse;
 mod rules;
 mod secret;
 mod stats;
@@ -55,7 +56,7 @@ use crate::http::{Exchange, Header, Request, Response};
 use body::{BodyKind, Coding, DecodeError};
 use detect::{Detector, Found};
 use taint::{TaintCache, TaintSet};
-use token::Tokenizer;
+use token::{TokenCache, TokenKind, Tokenizer};
 
 /// Re-detection passes after the first (see `Masker::mask_str`).
 const MAX_EXTRA_PASSES: usize = 3;
@@ -163,6 +164,11 @@ pub struct Masker {
     stats: MaskStats,
     /// Matchers of recent requests' masked values (see `taint.rs`).
     taints: TaintCache,
+    /// Recently made tokens (see `token::TokenCache`).
+    token_cache: TokenCache,
+    /// Unique per masker in the process: a body memo (`reuse.rs`) is only reused by
+    /// the masker that made it.
+    id: u64,
 }
 
 impl std::fmt::Debug for Masker {
@@ -211,6 +217,11 @@ impl Masker {
             max_decoded_body: cfg.max_decoded_body,
             stats: MaskStats::default(),
             taints: TaintCache::default(),
+            token_cache: TokenCache::default(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         };
         for rule in cfg.rules {
             match rule {
@@ -226,6 +237,12 @@ impl Masker {
 
     pub fn stats(&self) -> &MaskStats {
         &self.stats
+    }
+
+    /// Forgets the tokens kept for repeated values, so the next values are masked as
+    /// if never seen (the cost bench's cold figure).
+    pub fn forget_tokens(&self) {
+        self.token_cache.clear();
     }
 
     /// A keyed digest (HMAC-SHA256 under the mask key, hex) of any bytes: what may be
@@ -244,8 +261,28 @@ impl Masker {
 
     /// A response of the exchange whose request left `taint`: every echo of a masked
     /// request value gets that value's token (legacy, candidate and secondary alike).
+    ///
+    /// The first response masked with `taint` (legacy's) leaves its masked body in it; a
+    /// later one whose body bytes and reading headers are the same (a candidate that
+    /// answers as legacy did) gets that body without a second scan (`reuse.rs`).
     pub fn mask_response_tainted(&self, r: &Response, taint: &Taint) -> Response {
-        Pass::applying(self, taint).response(r)
+        let pass = Pass::applying(self, taint);
+        if let Some(memo) = taint.memo()
+            && memo.fits(self.id, &r.headers, &r.body)
+        {
+            MaskStats::bump(&self.stats.bodies_reused);
+            return pass.response_with(r, memo.masked.clone());
+        }
+        let change = pass
+            .mask_body(&r.headers, &r.body)
+            .map(|c| (Bytes::from(c.body), c.drop_content_encoding));
+        taint.remember(reuse::BodyMemo::new(
+            self.id,
+            &r.headers,
+            &r.body,
+            change.clone(),
+        ));
+        pass.response_with(r, change)
     }
 
     /// Request, response, and the client address when the `ip` detector is on (the
@@ -411,8 +448,23 @@ impl<'m> Pass<'m> {
     }
 
     fn response(&self, r: &Response) -> Response {
+        let change = self
+            .mask_body(&r.headers, &r.body)
+            .map(|c| (Bytes::from(c.body), c.drop_content_encoding));
+        self.response_with(r, change)
+    }
+
+    /// `r` masked, its body replaced by `change` (the masked body and whether
+    /// `Content-Encoding` goes; `None`: the body unchanged).
+    fn response_with(&self, r: &Response, change: Option<(Bytes, bool)>) -> Response {
         let mut headers = self.mask_headers(&r.headers);
-        let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
+        let body = match change {
+            Some((body, drop_content_encoding)) => {
+                fix_body_headers(&mut headers, body.len(), drop_content_encoding);
+                body
+            }
+            None => r.body.clone(),
+        };
         let reason = self.untaint(r.reason.as_bytes());
         Response {
             version: r.version,
@@ -512,7 +564,9 @@ impl<'m> Pass<'m> {
     fn token_for(&self, value: &[u8]) -> String {
         match self.action {
             Action::Redact => REDACTED.to_string(),
-            Action::Tokenize => self.tokens.generic(value),
+            Action::Tokenize => self
+                .token_cache
+                .get_or(TokenKind::Generic, value, || self.tokens.generic(value)),
         }
     }
 
@@ -536,7 +590,12 @@ impl<'m> Pass<'m> {
         });
         let out = match self.action {
             Action::Redact => REDACTED.to_string(),
-            Action::Tokenize => self.tokens.detected(kind, text),
+            Action::Tokenize => {
+                self.token_cache
+                    .get_or(TokenKind::Detected(kind), text.as_bytes(), || {
+                        self.tokens.detected(kind, text)
+                    })
+            }
         };
         self.taint(text.as_bytes(), &out);
         out
@@ -629,15 +688,7 @@ impl<'m> Pass<'m> {
         let Some(change) = self.mask_body(orig_headers, body) else {
             return body.clone();
         };
-        if change.drop_content_encoding {
-            headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
-        }
-        for h in headers
-            .iter_mut()
-            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-        {
-            h.value = change.body.len().to_string().into_bytes();
-        }
+        fix_body_headers(headers, change.body.len(), change.drop_content_encoding);
         Bytes::from(change.body)
     }
 
@@ -711,6 +762,19 @@ impl<'m> Pass<'m> {
             }
             _ => self.mask_bytes(data).into_owned_if_changed(),
         }
+    }
+}
+
+/// The headers of a message whose body was replaced by one of `len` bytes.
+fn fix_body_headers(headers: &mut Vec<Header>, len: usize, drop_content_encoding: bool) {
+    if drop_content_encoding {
+        headers.retain(|h| !h.name.eq_ignore_ascii_case("content-encoding"));
+    }
+    for h in headers
+        .iter_mut()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        h.value = len.to_string().into_bytes();
     }
 }
 

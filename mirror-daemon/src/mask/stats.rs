@@ -70,6 +70,9 @@ pub struct MaskStats {
     pub(crate) echoes_masked: AtomicU64,
     /// Masked request values not tracked for echoes (too short, too long, too many).
     pub(crate) taint_values_skipped: AtomicU64,
+    /// Response bodies not scanned because an earlier response of the exchange had the
+    /// same bytes, reading headers and taint: its masked body was reused (`reuse.rs`).
+    pub(crate) bodies_reused: AtomicU64,
 }
 
 /// A point-in-time copy of [`MaskStats`], for metrics and reports.
@@ -86,6 +89,7 @@ pub struct MaskStatsSnapshot {
     pub raw_bodies_masked: u64,
     pub echoes_masked: u64,
     pub taint_values_skipped: u64,
+    pub bodies_reused: u64,
 }
 
 impl MaskStatsSnapshot {
@@ -121,6 +125,7 @@ impl MaskStats {
             raw_bodies_masked: self.raw_bodies_masked.load(Relaxed),
             echoes_masked: self.echoes_masked.load(Relaxed),
             taint_values_skipped: self.taint_values_skipped.load(Relaxed),
+            bodies_reused: self.bodies_reused.load(Relaxed),
         }
     }
 }

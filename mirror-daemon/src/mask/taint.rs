@@ -13,7 +13,7 @@
 //! [`MAX_TAINTED_VALUES`] values of [`MIN_TAINT_LEN`]..=[`MAX_TAINT_LEN`] bytes.
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
@@ -75,6 +75,7 @@ impl TaintSet {
         Taint {
             matcher: build(self.values).map(Arc::new),
             values: n,
+            memo: OnceLock::new(),
         }
     }
 
@@ -90,6 +91,7 @@ impl TaintSet {
             return Taint {
                 matcher: Some(m),
                 values: n,
+                memo: OnceLock::new(),
             };
         }
         let key = self.values.clone();
@@ -97,7 +99,11 @@ impl TaintSet {
         if let Some(m) = &matcher {
             cache.put(key, m.clone());
         }
-        Taint { matcher, values: n }
+        Taint {
+            matcher,
+            values: n,
+            memo: OnceLock::new(),
+        }
     }
 }
 
@@ -191,7 +197,12 @@ fn build(values: Values) -> Option<Matcher> {
         .ascii_case_insensitive(true)
         .build(&patterns)
         .ok();
-    ac.map(|ac| Matcher { ac, replacements })
+    let shortest = patterns.iter().map(Vec::len).min().unwrap_or(0);
+    ac.map(|ac| Matcher {
+        ac,
+        replacements,
+        shortest,
+    })
 }
 
 /// The sealed taint of one exchange: apply it to each response with [`Taint::replace`].
@@ -199,6 +210,9 @@ fn build(values: Values) -> Option<Matcher> {
 pub struct Taint {
     matcher: Option<Arc<Matcher>>,
     values: usize,
+    /// The first response body masked with this taint (legacy's), for a later response
+    /// of the exchange with the same bytes (see `reuse.rs`).
+    memo: OnceLock<Box<super::reuse::BodyMemo>>,
 }
 
 #[derive(Debug)]
@@ -206,6 +220,8 @@ struct Matcher {
     ac: AhoCorasick,
     /// Per pattern: its replacement, and whether it must stand as a whole word.
     replacements: Vec<(Vec<u8>, bool)>,
+    /// The shortest pattern's length: shorter text (most header values) holds no echo.
+    shortest: usize,
 }
 
 impl Taint {
@@ -219,9 +235,19 @@ impl Taint {
         self.values
     }
 
+    /// The body memo of the first response masked with this taint.
+    pub(crate) fn memo(&self) -> Option<&super::reuse::BodyMemo> {
+        self.memo.get().map(|b| &**b)
+    }
+
+    /// Keeps `memo` unless one is kept already (the first response wins).
+    pub(crate) fn remember(&self, memo: super::reuse::BodyMemo) {
+        let _ = self.memo.set(Box::new(memo));
+    }
+
     /// `hay` with every echoed form replaced; borrowed when nothing was found.
     pub(crate) fn replace<'a>(&self, hay: &'a [u8]) -> (Cow<'a, [u8]>, u64) {
-        let Some(m) = &self.matcher else {
+        let Some(m) = self.matcher.as_ref().filter(|m| hay.len() >= m.shortest) else {
             return (Cow::Borrowed(hay), 0);
         };
         let mut found = 0u64;

@@ -1082,3 +1082,103 @@ fn opaque_digests_are_keyed() {
         masker_with(&[], |c| c.key = key(9)).digest(b"4111111111111111")
     );
 }
+
+/// A candidate answering with legacy's very bytes gets legacy's masked body without a
+/// second scan; anything that could change the masked output (one byte of the body, a
+/// reading header, another masker) masks the body in full, so no PII passes.
+mod reused_bodies {
+    use super::*;
+
+    const SECRET: &str = "sess-9f8e7d6c5b4a";
+
+    fn request() -> Request {
+        req(
+            "/me",
+            &[("Cookie", format!("session={SECRET}").as_bytes())],
+            b"",
+        )
+    }
+
+    fn json_echo(email: &str) -> Response {
+        let body = format!(r#"{{"email":"{email}","session":"{SECRET}","n":1}}"#);
+        resp(
+            &[
+                ("Date", b"Mon, 07 Dec 2026 10:00:00 GMT"),
+                ("Content-Type", b"application/json"),
+                ("Content-Length", body.len().to_string().as_bytes()),
+            ],
+            body.as_bytes(),
+        )
+    }
+
+    fn leaks(r: &Response) -> bool {
+        let b = body_str(&r.body);
+        b.contains(SECRET) || b.contains("@example.com")
+    }
+
+    #[test]
+    fn identical_bytes_reuse_the_masked_body_and_equal_a_full_mask() {
+        let m = masker(&[]);
+        let (_, taint) = m.mask_request_tainted(&request());
+        let legacy = m.mask_response_tainted(&json_echo("ana@example.com"), &taint);
+        let mut cand_raw = json_echo("ana@example.com");
+        cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT".to_vec();
+        let cand = m.mask_response_tainted(&cand_raw, &taint);
+        assert_eq!(m.stats().snapshot().bodies_reused, 1);
+        // The same as masking it from scratch with the same request's taint.
+        let (_, fresh) = m.mask_request_tainted(&request());
+        let full = m.mask_response_tainted(&cand_raw, &fresh);
+        assert_eq!(
+            m.stats().snapshot().bodies_reused,
+            1,
+            "a new taint has no memo"
+        );
+        assert_eq!(cand, full);
+        assert_eq!(cand.body, legacy.body);
+        assert!(!leaks(&cand), "{}", body_str(&cand.body));
+        assert_eq!(hv(&cand.headers, "date"), "Mon, 07 Dec 2026 10:00:01 GMT");
+        assert_eq!(
+            hv(&cand.headers, "content-length"),
+            cand.body.len().to_string()
+        );
+    }
+
+    #[test]
+    fn a_different_body_is_masked_in_full() {
+        let m = masker(&[]);
+        let (_, taint) = m.mask_request_tainted(&request());
+        let legacy = m.mask_response_tainted(&json_echo("ana@example.com"), &taint);
+        // Same length, one letter different: the candidate's own PII must be masked.
+        let cand = m.mask_response_tainted(&json_echo("bob@example.com"), &taint);
+        assert_eq!(m.stats().snapshot().bodies_reused, 0);
+        assert!(!leaks(&cand), "{}", body_str(&cand.body));
+        assert_ne!(cand.body, legacy.body);
+    }
+
+    #[test]
+    fn a_different_reading_header_is_masked_in_full() {
+        // A `json:` rule applies to JSON only: as text the field is left alone, so the
+        // masked bodies differ and reusing legacy's would be wrong.
+        let m = masker(&["json:$.n"]);
+        let (_, taint) = m.mask_request_tainted(&request());
+        let legacy = m.mask_response_tainted(&json_echo("ana@example.com"), &taint);
+        let mut cand_raw = json_echo("ana@example.com");
+        cand_raw.headers[1].value = b"text/plain".to_vec();
+        let cand = m.mask_response_tainted(&cand_raw, &taint);
+        assert_eq!(m.stats().snapshot().bodies_reused, 0);
+        assert!(!leaks(&cand), "{}", body_str(&cand.body));
+        assert_ne!(cand.body, legacy.body, "the json rule only masked legacy's");
+    }
+
+    #[test]
+    fn another_maskers_memo_is_not_reused() {
+        let a = masker(&[]);
+        let b = masker_with(&[], |c| c.key = key(2));
+        let (_, taint) = a.mask_request_tainted(&request());
+        let by_a = a.mask_response_tainted(&json_echo("ana@example.com"), &taint);
+        let by_b = b.mask_response_tainted(&json_echo("ana@example.com"), &taint);
+        assert_eq!(b.stats().snapshot().bodies_reused, 0);
+        assert_ne!(by_a.body, by_b.body, "other key, other tokens");
+        assert!(!leaks(&by_b));
+    }
+}

@@ -319,3 +319,155 @@ mod tests {
         assert_ne!(v4, t.ipv4("192.168.1.21".parse().unwrap()));
     }
 }
+
+/// Values longer than this are not cached (rare, and costly to keep and hash).
+const CACHE_MAX_VALUE: usize = 256;
+/// Bytes of keys and tokens one [`TokenCache`] generation holds at most.
+const CACHE_GENERATION_BYTES: usize = 512 << 10;
+
+/// Recently made tokens by kind and value: the same user's email, phone, cookie and
+/// token appear in the request and in legacy's, the candidate's and the next exchanges'
+/// responses, and each token costs one or two HMACs. Bounded in bytes by two
+/// generations (the older dropped whole when the newer fills). The keys are values a
+/// client chooses, so the maps keep std's randomly keyed hasher; the values are held in
+/// memory only, like the exchange they came from.
+#[derive(Debug, Default)]
+pub(crate) struct TokenCache {
+    inner: std::sync::Mutex<Generations>,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    young: std::collections::HashMap<Box<[u8]>, Box<str>>,
+    young_bytes: usize,
+    old: std::collections::HashMap<Box<[u8]>, Box<str>>,
+}
+
+/// Which token of a value: one tag byte per format (and NANP area position).
+#[derive(Clone, Copy)]
+pub(crate) enum TokenKind {
+    Generic,
+    Detected(PiiKind),
+}
+
+impl TokenKind {
+    /// `None` for IP addresses: cheap to make, and rarely repeated per value.
+    fn tag(self) -> Option<u8> {
+        Some(match self {
+            TokenKind::Generic => 0,
+            TokenKind::Detected(k) => match k {
+                PiiKind::Email => 1,
+                PiiKind::Card => 2,
+                PiiKind::Ssn => 3,
+                PiiKind::PhoneE164 => 4,
+                PiiKind::Iban => 5,
+                // `area` is a digit index, well below 200.
+                PiiKind::PhoneNanp { area } => 16u8.checked_add(area)?,
+                PiiKind::Ipv4(_) | PiiKind::Ipv6(_) => return None,
+            },
+        })
+    }
+}
+
+impl TokenCache {
+    /// The token of `value` as `kind`, made by `make` unless a recent one is kept.
+    pub fn get_or(&self, kind: TokenKind, value: &[u8], make: impl FnOnce() -> String) -> String {
+        let Some(tag) = kind.tag().filter(|_| value.len() <= CACHE_MAX_VALUE) else {
+            return make();
+        };
+        let mut key = Vec::with_capacity(value.len() + 1);
+        key.push(tag);
+        key.extend_from_slice(value);
+        if let Ok(mut g) = self.inner.lock() {
+            if let Some(t) = g.young.get(&key[..]) {
+                return t.to_string();
+            }
+            if let Some((k, t)) = g.old.remove_entry(&key[..]) {
+                let out = t.to_string();
+                g.insert(k, t);
+                return out;
+            }
+        }
+        let token = make();
+        if let Ok(mut g) = self.inner.lock() {
+            g.insert(key.into_boxed_slice(), token.as_str().into());
+        }
+        token
+    }
+}
+
+impl TokenCache {
+    /// Forgets every kept token.
+    pub fn clear(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Generations::default();
+        }
+    }
+}
+
+impl Generations {
+    fn insert(&mut self, key: Box<[u8]>, token: Box<str>) {
+        let bytes = key.len() + token.len() + 64;
+        if self.young_bytes + bytes > CACHE_GENERATION_BYTES {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        self.young_bytes += bytes;
+        self.young.insert(key, token);
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn cached_tokens_are_the_tokens_and_kinds_do_not_mix() {
+        let t = Tokenizer::new(&MaskKey::from_bytes(&[3u8; 32]).expect("key")).expect("tok");
+        let c = TokenCache::default();
+        let v = "ana@example.com";
+        let made = std::cell::Cell::new(0);
+        let email = || {
+            made.set(made.get() + 1);
+            t.detected(PiiKind::Email, v)
+        };
+        let first = c.get_or(TokenKind::Detected(PiiKind::Email), v.as_bytes(), email);
+        let again = c.get_or(TokenKind::Detected(PiiKind::Email), v.as_bytes(), email);
+        assert_eq!(
+            (first.as_str(), again.as_str()),
+            (t.email(v).as_str(), t.email(v).as_str())
+        );
+        assert_eq!(made.get(), 1, "the second came from the cache");
+        // The same bytes as another kind are another entry.
+        let generic = c.get_or(TokenKind::Generic, v.as_bytes(), || t.generic(v.as_bytes()));
+        assert_eq!(generic, t.generic(v.as_bytes()));
+        let p = "(415) 555-0142";
+        let nanp = |area| TokenKind::Detected(PiiKind::PhoneNanp { area });
+        let a0 = c.get_or(nanp(0), p.as_bytes(), || {
+            t.detected(PiiKind::PhoneNanp { area: 0 }, p)
+        });
+        let a1 = c.get_or(nanp(1), p.as_bytes(), || {
+            t.detected(PiiKind::PhoneNanp { area: 1 }, p)
+        });
+        assert_eq!(a1, t.detected(PiiKind::PhoneNanp { area: 1 }, p));
+        assert_eq!(a0, t.detected(PiiKind::PhoneNanp { area: 0 }, p));
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let c = TokenCache::default();
+        for i in 0..100_000u32 {
+            let v = format!("user{i}@example.org");
+            c.get_or(TokenKind::Generic, v.as_bytes(), || format!("tok_{i:016x}"));
+        }
+        let g = c.inner.lock().expect("lock");
+        let bytes: usize = g
+            .young
+            .iter()
+            .chain(g.old.iter())
+            .map(|(k, t)| k.len() + t.len() + 64)
+            .sum();
+        assert!(bytes <= 2 * CACHE_GENERATION_BYTES, "{bytes}");
+        assert!(g.young_bytes <= CACHE_GENERATION_BYTES);
+    }
+}

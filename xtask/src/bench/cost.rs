@@ -246,6 +246,11 @@ pub fn run(quick: bool) -> Result<Vec<Table>> {
     );
     for (key, label, target) in [
         ("mask_mb_s", "mask (response)", TARGET_MASK_MB_S),
+        (
+            "mask_cold_tokens_mb_s",
+            "mask (response, every token made anew)",
+            TARGET_MASK_MB_S,
+        ),
         ("compare_mb_s", "compare (equal JSON)", TARGET_COMPARE_MB_S),
         (
             "compare_differs_mb_s",

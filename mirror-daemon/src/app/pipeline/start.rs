@@ -92,7 +92,6 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
     let workers = replay.concurrency.max(1);
     let shadow = Arc::new(Shadow {
         ledger: ledger.clone(),
-        sampler: sampler.clone(),
         masker: masker.clone(),
         replayer: Replayer::new(replay.clone()),
         secondary: secondary.map(Replayer::new),
@@ -315,10 +314,15 @@ fn run_view(
 type CaptureParts = (Source, Option<Tap>, CaptureSettings, Option<Duration>);
 
 /// The capture's source (the tap loaded, not yet attached) and settings.
-fn capture_source(input: Input, limits: Limits, sampler: &Sampler) -> anyhow::Result<CaptureParts> {
+fn capture_source(
+    input: Input,
+    limits: Limits,
+    sampler: &Arc<Sampler>,
+) -> anyhow::Result<CaptureParts> {
     let mut settings = CaptureSettings {
         limits,
         max_connections: 100_000,
+        sampler: Some(sampler.clone()),
         ..Default::default()
     };
     settings.reassembly.max_flows = 200_000;

@@ -1,0 +1,109 @@
+//! The masked body of one response reused for another response of the same exchange.
+//!
+//! Most candidates answer most requests with legacy's very bytes. Masking a body is a
+//! pure function of the masker (its key, rules and detectors), the body's bytes, the
+//! headers that say how to read them (`Content-Type`, `Content-Encoding`) and the
+//! exchange's taint (the request values whose echoes are replaced). So when a second
+//! response of an exchange carries the same body bytes under the same reading headers,
+//! its masked body is the first one's, and the scan (taint matcher, JSON walk,
+//! detectors, tokens) is skipped.
+//!
+//! The preconditions are checked, not assumed: the memo lives inside the [`Taint`] it
+//! was masked with (so the taint set is the same object), records which [`Masker`]
+//! built it, and keeps the raw body and reading headers, compared byte for byte.
+//!
+//! [`Taint`]: super::Taint
+//! [`Masker`]: super::Masker
+use bytes::Bytes;
+
+use crate::http::Header;
+
+/// Headers the body masking reads (`body::decode`, `body::classify`).
+fn reads_body(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-type") || name.eq_ignore_ascii_case("content-encoding")
+}
+
+/// A response body as the masker left it, and what it was computed from.
+#[derive(Debug)]
+pub(crate) struct BodyMemo {
+    /// `Masker::id` of the masker that masked it.
+    masker: u64,
+    raw: Bytes,
+    /// Every `Content-Type` / `Content-Encoding` header, in order, name lowercased.
+    reading: Vec<(String, Vec<u8>)>,
+    /// The masked body and whether `Content-Encoding` had to go; `None`: unchanged.
+    pub masked: Option<(Bytes, bool)>,
+}
+
+impl BodyMemo {
+    pub fn new(
+        masker: u64,
+        headers: &[Header],
+        raw: &Bytes,
+        masked: Option<(Bytes, bool)>,
+    ) -> Self {
+        BodyMemo {
+            masker,
+            raw: raw.clone(),
+            reading: headers
+                .iter()
+                .filter(|h| reads_body(&h.name))
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+                .collect(),
+            masked,
+        }
+    }
+
+    /// Whether a body masked by `masker` under `headers` would come out as this memo:
+    /// same masker, byte-identical raw body, the same reading headers in the same order.
+    /// (The taint is the same by construction: the memo is kept inside it.)
+    pub fn fits(&self, masker: u64, headers: &[Header], raw: &[u8]) -> bool {
+        if self.masker != masker || self.raw.len() != raw.len() || self.raw[..] != raw[..] {
+            return false;
+        }
+        let mut mine = self.reading.iter();
+        for h in headers.iter().filter(|h| reads_body(&h.name)) {
+            match mine.next() {
+                Some((n, v)) if n.eq_ignore_ascii_case(&h.name) && *v == h.value => {}
+                _ => return false,
+            }
+        }
+        mine.next().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json() -> Vec<Header> {
+        vec![
+            Header::new("Date", "Mon, 07 Dec 2026 10:00:00 GMT"),
+            Header::new("Content-Type", "application/json"),
+        ]
+    }
+
+    #[test]
+    fn fits_only_the_same_masker_bytes_and_reading_headers() {
+        let raw = Bytes::from_static(br#"{"email":"ana@example.com"}"#);
+        let memo = BodyMemo::new(1, &json(), &raw, None);
+        // Other headers (Date) may differ; the name's case may too.
+        let mut other = json();
+        other[0].value = b"Tue, 08 Dec 2026 10:00:00 GMT".to_vec();
+        other[1].name = "content-type".into();
+        assert!(memo.fits(1, &other, &raw));
+        // Another masker, one byte more or less, another byte.
+        assert!(!memo.fits(2, &json(), &raw));
+        assert!(!memo.fits(1, &json(), br#"{"email":"ana@example.com"} "#));
+        assert!(!memo.fits(1, &json(), br#"{"email":"ana@example.co"}"#));
+        assert!(!memo.fits(1, &json(), br#"{"email":"ana@example.con"}"#));
+        // A reading header changed, added or missing.
+        let mut text = json();
+        text[1].value = b"text/plain".to_vec();
+        assert!(!memo.fits(1, &text, &raw));
+        let mut gz = json();
+        gz.push(Header::new("Content-Encoding", "gzip"));
+        assert!(!memo.fits(1, &gz, &raw));
+        assert!(!memo.fits(1, &json()[..1], &raw));
+    }
+}
