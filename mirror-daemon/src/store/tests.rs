@@ -1037,24 +1037,72 @@ async fn check_migrated(store: &Store) {
     assert_eq!(both.ledger_total.seen, 40);
 }
 
+/// A SQLite store at `path` as a build of schema `version` left it, with one ledger row
+/// written by `insert` (the older build's own columns).
+fn old_sqlite_store(path: &std::path::Path, version: usize, insert: &str, row: &[String]) {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.execute(schema::CREATE_VERSION_TABLE, [])
+        .expect("version table");
+    for q in schema::MIGRATIONS[..version].iter().copied().flatten() {
+        conn.execute(&schema::Dialect::Sqlite.sql(q), [])
+            .expect("old schema");
+    }
+    conn.execute(
+        "INSERT INTO schema_version (version) VALUES (?1)",
+        [version as i64],
+    )
+    .expect("old version");
+    conn.execute(insert, rusqlite::params_from_iter(row))
+        .expect("old ledger");
+}
+
+/// The same for a PostgreSQL database at `url`.
+async fn old_postgres_store(url: &str, version: usize, insert: &str, row: &[String]) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(schema::CREATE_VERSION_TABLE)
+        .await
+        .expect("version table");
+    for q in schema::MIGRATIONS[..version].iter().copied().flatten() {
+        client
+            .batch_execute(&schema::Dialect::Postgres.sql(q))
+            .await
+            .expect("old schema");
+    }
+    client
+        .execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&(version as i64)],
+        )
+        .await
+        .expect("old version");
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        row.iter().map(|v| v as _).collect();
+    client
+        .execute(&schema::Dialect::Postgres.sql(insert), &params)
+        .await
+        .expect("old ledger");
+}
+
+async fn migrated_postgres_store(url: &str) -> Store {
+    Store::open(&parse_store_url(url).expect("url"), opts())
+        .await
+        .expect("open and migrate")
+}
+
 #[tokio::test]
 async fn sqlite_store_of_schema_1_migrates_and_reports_without_pairing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("mirror.db");
-    {
-        let conn = rusqlite::Connection::open(&path).expect("open");
-        conn.execute(schema::CREATE_VERSION_TABLE, [])
-            .expect("version table");
-        for q in schema::MIGRATIONS[0] {
-            conn.execute(&schema::Dialect::Sqlite.sql(q), [])
-                .expect("v1 schema");
-        }
-        conn.execute("INSERT INTO schema_version (version) VALUES (1)", [])
-            .expect("version 1");
-        let (ledger, kernel) = v1_ledger_json();
-        conn.execute(V1_LEDGER, [ledger, kernel])
-            .expect("v1 ledger");
-    }
+    let (ledger, kernel) = v1_ledger_json();
+    old_sqlite_store(
+        &dir.path().join("mirror.db"),
+        1,
+        V1_LEDGER,
+        &[ledger, kernel],
+    );
     let (store, _) = sqlite_store(dir.path()).await;
     check_migrated(&store).await;
 }
@@ -1065,38 +1113,9 @@ async fn postgres_store_of_schema_1_migrates_and_reports_without_pairing() {
         return;
     };
     let url = server.create_database("v1").await;
-    {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        client
-            .batch_execute(schema::CREATE_VERSION_TABLE)
-            .await
-            .expect("version table");
-        for q in schema::MIGRATIONS[0] {
-            client
-                .batch_execute(&schema::Dialect::Postgres.sql(q))
-                .await
-                .expect("v1 schema");
-        }
-        client
-            .execute("INSERT INTO schema_version (version) VALUES (1)", &[])
-            .await
-            .expect("version 1");
-        let (ledger, kernel) = v1_ledger_json();
-        client
-            .execute(
-                &schema::Dialect::Postgres.sql(V1_LEDGER),
-                &[&ledger, &kernel],
-            )
-            .await
-            .expect("v1 ledger");
-    }
-    let store = Store::open(&parse_store_url(&url).expect("url"), opts())
-        .await
-        .expect("open and migrate");
-    check_migrated(&store).await;
+    let (ledger, kernel) = v1_ledger_json();
+    old_postgres_store(&url, 1, V1_LEDGER, &[ledger, kernel]).await;
+    check_migrated(&migrated_postgres_store(&url).await).await;
 }
 
 // Migration from schema version 2 (before side-effect figures were stored).
@@ -1157,20 +1176,12 @@ async fn check_migrated_from_2(store: &Store) {
 #[tokio::test]
 async fn sqlite_store_of_schema_2_migrates_and_reports_without_side_effect_counts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("mirror.db");
-    {
-        let conn = rusqlite::Connection::open(&path).expect("open");
-        conn.execute(schema::CREATE_VERSION_TABLE, [])
-            .expect("version table");
-        for q in schema::MIGRATIONS[..2].iter().copied().flatten() {
-            conn.execute(&schema::Dialect::Sqlite.sql(q), [])
-                .expect("v2 schema");
-        }
-        conn.execute("INSERT INTO schema_version (version) VALUES (2)", [])
-            .expect("version 2");
-        conn.execute(V2_LEDGER, v2_ledger_json())
-            .expect("v2 ledger");
-    }
+    old_sqlite_store(
+        &dir.path().join("mirror.db"),
+        2,
+        V2_LEDGER,
+        &v2_ledger_json(),
+    );
     let (store, _) = sqlite_store(dir.path()).await;
     check_migrated_from_2(&store).await;
 }
@@ -1181,36 +1192,6 @@ async fn postgres_store_of_schema_2_migrates_and_reports_without_side_effect_cou
         return;
     };
     let url = server.create_database("v2").await;
-    {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        client
-            .batch_execute(schema::CREATE_VERSION_TABLE)
-            .await
-            .expect("version table");
-        for q in schema::MIGRATIONS[..2].iter().copied().flatten() {
-            client
-                .batch_execute(&schema::Dialect::Postgres.sql(q))
-                .await
-                .expect("v2 schema");
-        }
-        client
-            .execute("INSERT INTO schema_version (version) VALUES (2)", &[])
-            .await
-            .expect("version 2");
-        let [ledger, kernel, pairing] = v2_ledger_json();
-        client
-            .execute(
-                &schema::Dialect::Postgres.sql(V2_LEDGER),
-                &[&ledger, &kernel, &pairing],
-            )
-            .await
-            .expect("v2 ledger");
-    }
-    let store = Store::open(&parse_store_url(&url).expect("url"), opts())
-        .await
-        .expect("open and migrate");
-    check_migrated_from_2(&store).await;
+    old_postgres_store(&url, 2, V2_LEDGER, &v2_ledger_json()).await;
+    check_migrated_from_2(&migrated_postgres_store(&url).await).await;
 }
