@@ -205,6 +205,20 @@ struct Stages {
 }
 
 impl Stages {
+    fn new(reassembler: Reassembler, tracker: ExchangeTracker, outlet: Outlet) -> Self {
+        Self {
+            reassembler,
+            tracker,
+            outlet,
+            segments: 0,
+            payload_bytes: 0,
+            before_attach: 0,
+            reorder: ReorderStats::default(),
+            refusals_counted: 0,
+            not_inbound: PairingCounters::default(),
+        }
+    }
+
     fn segment(&mut self, seg: &Segment<'_>) {
         self.segments += 1;
         self.payload_bytes += seg.payload.len() as u64;
@@ -289,23 +303,17 @@ pub fn run(
     stop: Arc<AtomicBool>,
     figures: Arc<Mutex<CaptureFigures>>,
 ) -> Result<CaptureFigures, pcap::PcapError> {
-    let mut st = Stages {
-        reassembler: Reassembler::new(settings.reassembly.clone()),
-        tracker: ExchangeTracker::new(settings.limits, settings.max_connections.max(1)),
-        outlet: Outlet {
+    let mut st = Stages::new(
+        Reassembler::new(settings.reassembly.clone()),
+        ExchangeTracker::new(settings.limits, settings.max_connections.max(1)),
+        Outlet {
             exchanges,
             outbound: settings.outbound.clone(),
             sampler: settings.sampler.clone(),
             ledger,
             wait_when_full: matches!(source, Source::File { .. }),
         },
-        segments: 0,
-        payload_bytes: 0,
-        before_attach: 0,
-        reorder: ReorderStats::default(),
-        refusals_counted: 0,
-        not_inbound: PairingCounters::default(),
-    };
+    );
     let publish = |st: &Stages, malformed: u64, file: Option<pcap::PcapStats>| {
         if let Ok(mut f) = figures.lock() {
             *f = st.figures(malformed, file);
@@ -383,23 +391,17 @@ mod tests {
             max_flows: 1,
             ..ReassemblyConfig::default()
         };
-        let mut st = Stages {
-            reassembler: Reassembler::new(reassembly),
-            tracker: ExchangeTracker::new(Limits::default(), 16),
-            outlet: Outlet {
+        let mut st = Stages::new(
+            Reassembler::new(reassembly),
+            ExchangeTracker::new(Limits::default(), 16),
+            Outlet {
                 exchanges: tx,
                 outbound: None,
                 sampler: None,
                 ledger: ledger.clone(),
                 wait_when_full: false,
             },
-            segments: 0,
-            payload_bytes: 0,
-            before_attach: 0,
-            reorder: ReorderStats::default(),
-            refusals_counted: 0,
-            not_inbound: PairingCounters::default(),
-        };
+        );
         for port in [40_000, 40_001, 40_002] {
             st.segment(&Segment {
                 flow: FlowKey {
@@ -466,23 +468,17 @@ mod tests {
             dropped: Arc::default(),
             other: Arc::default(),
         };
-        let mut st = Stages {
-            reassembler: Reassembler::new(ReassemblyConfig::default()),
-            tracker: ExchangeTracker::new(Limits::default(), 16),
-            outlet: Outlet {
+        let mut st = Stages::new(
+            Reassembler::new(ReassemblyConfig::default()),
+            ExchangeTracker::new(Limits::default(), 16),
+            Outlet {
                 exchanges: tx,
                 outbound: Some(tap.clone()),
                 sampler: None,
                 ledger: ledger.clone(),
                 wait_when_full: false,
             },
-            segments: 0,
-            payload_bytes: 0,
-            before_attach: 0,
-            reorder: ReorderStats::default(),
-            refusals_counted: 0,
-            not_inbound: PairingCounters::default(),
-        };
+        );
         conversation(&mut st, 40_000, a("10.0.0.2:80"), 1_000);
         conversation(&mut st, 40_001, a("10.0.0.7:7070"), 2_000);
         // Another server on the dependency's port: not a call, and not inbound either.
