@@ -174,25 +174,31 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static st
         .iter()
         .map(|h| Header::new(h.name, h.value))
         .collect();
-    if let Some(te) = crate::http::header(&hs, "transfer-encoding") {
+    let Some((body, used)) = request_body(&hs, &buf[head..])? else {
+        return Ok(None);
+    };
+    let request = Request {
+        method: req.method.unwrap_or_default().to_string(),
+        target: req.path.unwrap_or_default().to_string(),
+        version: req.version.unwrap_or(1),
+        headers: hs,
+        body,
+    };
+    Ok(Some((request, head + used)))
+}
+
+/// The body after the head, framed by chunked coding or Content-Length:
+/// `Ok(Some((body, bytes used)))`, `Ok(None)` when more bytes are needed.
+fn request_body(hs: &[Header], rest: &[u8]) -> Result<Option<(bytes::Bytes, usize)>, &'static str> {
+    if let Some(te) = crate::http::header(hs, "transfer-encoding") {
         // Chunked must be the last coding (RFC 9112 6.1); it wins over a Content-Length.
         let last = te.rsplit(|c| *c == b',').next().unwrap_or_default();
         if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Err("a Transfer-Encoding without chunked last");
         }
-        let Some((body, used)) = chunked_body(&buf[head..])? else {
-            return Ok(None);
-        };
-        let request = Request {
-            method: req.method.unwrap_or_default().to_string(),
-            target: req.path.unwrap_or_default().to_string(),
-            version: req.version.unwrap_or(1),
-            headers: hs,
-            body: body.into(),
-        };
-        return Ok(Some((request, head + used)));
+        return Ok(chunked_body(rest)?.map(|(body, used)| (body.into(), used)));
     }
-    let len = match crate::http::header(&hs, "content-length") {
+    let len = match crate::http::header(hs, "content-length") {
         Some(v) => std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
@@ -202,17 +208,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static st
     if len > MAX_BODY {
         return Err("body too large");
     }
-    if buf.len() < head + len {
+    if rest.len() < len {
         return Ok(None);
     }
-    let request = Request {
-        method: req.method.unwrap_or_default().to_string(),
-        target: req.path.unwrap_or_default().to_string(),
-        version: req.version.unwrap_or(1),
-        headers: hs,
-        body: bytes::Bytes::copy_from_slice(&buf[head..head + len]),
-    };
-    Ok(Some((request, head + len)))
+    Ok(Some((bytes::Bytes::copy_from_slice(&rest[..len]), len)))
 }
 
 /// Entry for the `virtual_request` fuzz target: [`parse_request`] on untrusted bytes
