@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use super::VerdictError;
 
+/// `--min-latency-delta` when not given: below 1 ms two identical services on one host
+/// differ at p95 by tens of percent (docs/fidelity.md), while a real regression worth a
+/// NO-GO is milliseconds.
+pub const DEFAULT_MIN_LATENCY_DELTA: &str = "1ms";
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Criteria {
     /// Largest allowed fraction of compared exchanges with a (non-noise) diff.
