@@ -125,6 +125,11 @@ impl Criteria {
             || self.per_route.iter().any(|(_, c)| c.has_parity_limit())
     }
 
+    /// Whether a p95 regression limit is set (run-wide or on some route).
+    pub fn judges_p95(&self) -> bool {
+        self.max_p95_regression.is_some() || self.per_route.iter().any(|(_, c)| c.judges_p95())
+    }
+
     /// The criteria of `route`, created empty if absent.
     pub fn route_mut(&mut self, route: &str) -> &mut Criteria {
         let i = match self.per_route.iter().position(|(r, _)| r == route) {
