@@ -251,6 +251,25 @@ fn deviations_are_named_with_their_rates_and_the_verdict_follows_the_criteria() 
         failing.contains("max_mismatch") && failing.contains("max_p95_regression"),
         "{failing}"
     );
+    // Judged with the default floor (1 ms), which +30 ms clears.
+    assert_eq!(card["latency"]["min_latency_delta_ns"], 1_000_000);
+    // The run capped the candidate at `--candidate-cpu`'s default (one CPU): on a host
+    // with more, the card says so next to the latency.
+    let host_cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .expect("cpuinfo")
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    if host_cpus > 1 {
+        assert_eq!(card["latency"]["candidate_cpu_cap_percent"], 100);
+        assert!(
+            card["latency"]["caveats"]
+                .to_string()
+                .contains("capped at 100% of one CPU"),
+            "{}",
+            card["latency"]
+        );
+    }
     let (code, table) = report(&db, &strict).unwrap();
     assert_eq!(code, 1);
     let banner = table
