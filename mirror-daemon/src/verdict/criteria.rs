@@ -3,7 +3,8 @@
 //! Run-wide flags: `--max-mismatch 0.5%`, `--max-p95-regression 10%`,
 //! `--max-candidate-errors 0.1%`, `--min-exchanges 1000`, `--min-completeness 99%`,
 //! `--min-latency-delta 1ms` (a p95 regression smaller than this in absolute terms
-//! passes; it also applies to every route's p95 limit).
+//! passes; it also applies to every route's p95 limit; the CLI defaults it to
+//! [`DEFAULT_MIN_LATENCY_DELTA`], `0` for none, while `Criteria::default()` has none).
 //! Percentages must carry `%` (a bare `0.5` is refused: it could mean 0.5 % or 50 %).
 //!
 //! Per-route flags, repeatable, `ROUTE=VALUE` split at the last `=` (route names never
