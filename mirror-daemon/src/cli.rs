@@ -201,9 +201,14 @@ pub struct CriteriaArgs {
     #[arg(long)]
     pub max_p95_regression: Option<String>,
     /// A p95 regression smaller than this in absolute terms passes whatever its ratio
-    /// (e.g. `1ms`; applies run-wide and per route).
-    #[arg(long)]
-    pub min_latency_delta: Option<String>,
+    /// (applies run-wide and per route): sub-millisecond tails move by tens of percent
+    /// between two identical services. `0` judges the ratio alone.
+    #[arg(
+        long,
+        default_value = mirror_daemon::verdict::DEFAULT_MIN_LATENCY_DELTA,
+        value_parser = crate::commands::flags::latency_floor
+    )]
+    pub min_latency_delta: std::time::Duration,
     /// Most candidate errors (timeouts, refused, resets, malformed), e.g. `0.1%`.
     #[arg(long)]
     pub max_candidate_errors: Option<String>,

@@ -70,6 +70,27 @@ fn deviations_are_named_with_their_rates_and_the_verdict_follows_the_criteria() 
         exit.stdout
     );
     assert!(exit.stdout.contains("NO-GO"), "{}", exit.stdout);
+    // The run capped the candidate at `--candidate-cpu`'s default (one CPU) and judges
+    // p95: on a host with more CPUs, it warned at start-up and its card says so.
+    let host_cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .expect("cpuinfo")
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    if host_cpus > 1 {
+        assert!(
+            exit.stderr
+                .contains("p95 criterion: the candidate's CPU was capped at 100%"),
+            "{}",
+            exit.stderr
+        );
+        assert!(
+            exit.stdout
+                .contains("CAVEAT: the candidate's CPU was capped at 100% of one CPU"),
+            "{}",
+            exit.stdout
+        );
+    }
 
     // What was replayed, per route, and which exchanges carry which diff key.
     let rows = sqlite_rows(&db, "SELECT id, route, target, outcome FROM exchanges").unwrap();
@@ -251,6 +272,19 @@ fn deviations_are_named_with_their_rates_and_the_verdict_follows_the_criteria() 
         failing.contains("max_mismatch") && failing.contains("max_p95_regression"),
         "{failing}"
     );
+    // Judged with the default floor (1 ms), which +30 ms clears.
+    assert_eq!(card["latency"]["min_latency_delta_ns"], 1_000_000);
+    // `report` reads the cap back from the store.
+    if host_cpus > 1 {
+        assert_eq!(card["latency"]["candidate_cpu_cap_percent"], 100);
+        assert!(
+            card["latency"]["caveats"]
+                .to_string()
+                .contains("capped at 100% of one CPU"),
+            "{}",
+            card["latency"]
+        );
+    }
     let (code, table) = report(&db, &strict).unwrap();
     assert_eq!(code, 1);
     let banner = table

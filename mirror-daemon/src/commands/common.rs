@@ -61,15 +61,9 @@ pub fn criteria(
         max_side_effect_mismatch: pct(&args.max_side_effect_mismatch)?,
         min_exchanges: args.min_exchanges,
         min_completeness: pct(&args.min_completeness)?,
-        min_latency_delta_ns: args
-            .min_latency_delta
-            .as_deref()
-            .map(|d| {
-                super::flags::duration(d)
-                    .map(|d| d.as_nanos() as u64)
-                    .map_err(|e| usage(format!("--min-latency-delta {e}")))
-            })
-            .transpose()?,
+        // `0` is the strict judgement (the ratio alone), as before the floor had a default.
+        min_latency_delta_ns: (!args.min_latency_delta.is_zero())
+            .then(|| u64::try_from(args.min_latency_delta.as_nanos()).unwrap_or(u64::MAX)),
         per_route: Vec::new(),
     };
     for (limit, values) in [
@@ -102,7 +96,13 @@ pub fn criteria_text(args: &crate::cli::CriteriaArgs) -> String {
     push("max-candidate-errors", &args.max_candidate_errors);
     push("max-side-effect-mismatch", &args.max_side_effect_mismatch);
     push("min-completeness", &args.min_completeness);
-    push("min-latency-delta", &args.min_latency_delta);
+    // The floor applied, default included, wherever a p95 limit makes it matter.
+    if args.max_p95_regression.is_some() || !args.route_max_p95_regression.is_empty() {
+        parts.push(format!(
+            "--min-latency-delta {}",
+            humantime::format_duration(args.min_latency_delta)
+        ));
+    }
     if let Some(n) = args.min_exchanges {
         parts.push(format!("--min-exchanges {n}"));
     }

@@ -20,6 +20,19 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--min-latency-delta`: a duration as [`duration`] reads it, or `0` (also `0ms`, `0s`)
+/// for no floor.
+pub fn latency_floor(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let plain_zero = !t.is_empty()
+        && t.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && t.parse::<f64>().is_ok_and(|v| v == 0.0);
+    if plain_zero || humantime::parse_duration(t).is_ok_and(|d| d.is_zero()) {
+        return Ok(Duration::ZERO);
+    }
+    duration(s)
+}
+
 /// A sampling rate in percent (0..=100), from `1`, `1.5` or `25%`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplePercent(pub f64);
@@ -114,6 +127,70 @@ mod tests {
             .expect_err("a bad duration");
         assert_eq!(e.exit_code(), 2, "{e}");
         assert!(e.to_string().contains("write seconds"), "{e}");
+    }
+
+    #[test]
+    fn min_latency_delta_has_a_floor_by_default_and_zero_is_strict() {
+        use crate::cli::{Cli, Command};
+        use mirror_daemon::verdict::{Evidence, Verdict, decide};
+        let criteria = |extra: &[&str]| {
+            let base = ["mirror-daemon", "report", "--max-p95-regression", "10%"];
+            let args = [&base[..], extra].concat();
+            let Command::Report(r) = <Cli as clap::Parser>::try_parse_from(args)
+                .expect("report parses")
+                .command
+            else {
+                panic!("report")
+            };
+            let text = crate::commands::common::criteria_text(&r.criteria);
+            let c = crate::commands::common::criteria(&r.criteria).expect("criteria");
+            (c, text)
+        };
+        let (default, text) = criteria(&[]);
+        assert_eq!(default.min_latency_delta_ns, Some(1_000_000));
+        assert!(text.contains("--min-latency-delta 1ms"), "{text}");
+        let (strict, text) = criteria(&["--min-latency-delta", "0"]);
+        assert_eq!(strict.min_latency_delta_ns, None);
+        assert!(text.contains("--min-latency-delta 0s"), "{text}");
+        assert_eq!(
+            criteria(&["--min-latency-delta", "0ms"])
+                .0
+                .min_latency_delta_ns,
+            None
+        );
+        assert_eq!(
+            criteria(&["--min-latency-delta", "2.5ms"])
+                .0
+                .min_latency_delta_ns,
+            Some(2_500_000)
+        );
+        let e = <Cli as clap::Parser>::try_parse_from([
+            "mirror-daemon",
+            "report",
+            "--min-latency-delta",
+            "soon",
+        ])
+        .expect_err("a bad floor");
+        assert_eq!(e.exit_code(), 2, "{e}");
+        // An identical sub-millisecond service (0.05 → 0.07 ms, +40 %) is GO by default
+        // and NO-GO only when the user asks for the ratio alone ...
+        let tiny = Evidence {
+            compared: 100,
+            replayed: 100,
+            p95_legacy_ttlb_ns: Some(50_000),
+            p95_candidate_ttlb_ns: Some(70_000),
+            ..Evidence::default()
+        };
+        assert_eq!(decide(&default, &tiny), Verdict::Go);
+        assert!(matches!(decide(&strict, &tiny), Verdict::NoGo { .. }));
+        // ... while a real regression (+30 ms, the e2e known-bad control) fails by default.
+        let slow = Evidence {
+            p95_legacy_ttlb_ns: Some(2_000_000),
+            p95_candidate_ttlb_ns: Some(32_000_000),
+            p95_ttlb_delta_interval_ns: Some((29_000_000, 31_000_000)),
+            ..tiny
+        };
+        assert!(matches!(decide(&default, &slow), Verdict::NoGo { .. }));
     }
 
     #[test]

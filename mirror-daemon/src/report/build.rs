@@ -528,6 +528,26 @@ pub fn build<'a>(
     build_with(ev, criteria, noise_rule, &ReportOptions::default())
 }
 
+/// The floor the p95 criteria were judged with, and the candidate's CPU cap (from the
+/// runs' `args`) as a caveat when a p95 criterion is set.
+fn latency_with_caveats(
+    mut l: LatencyCard,
+    ev: &CardEvidence<'_>,
+    criteria: &Criteria,
+) -> LatencyCard {
+    let cap = ev
+        .runs
+        .iter()
+        .filter_map(|r| super::CandidateCpuCap::from_run_args(&r.args))
+        .min_by_key(|c| c.percent);
+    l.candidate_cpu_cap_percent = cap.map(|c| c.percent);
+    if criteria.judges_p95() {
+        l.min_latency_delta_ns = criteria.min_latency_delta_ns;
+        l.caveats.extend(cap.map(|c| c.caveat()));
+    }
+    l
+}
+
 pub fn build_with<'a>(
     ev: impl Into<CardEvidence<'a>>,
     criteria: &Criteria,
@@ -537,7 +557,7 @@ pub fn build_with<'a>(
     let ev = ev.into();
     let noise = noise_model(ev, noise_rule);
     let routes = route_cards(&ev, &noise, opts.key_sets.as_deref());
-    let latency = latency::overall(ev.latency);
+    let latency = latency_with_caveats(latency::overall(ev.latency), &ev, criteria);
     let detail = completeness_detail(ev.ledger_total, ev.kernel_total);
     let completeness = detail.exchange_factor * detail.kernel_factor;
     let mut evidence = to_evidence(&routes, &latency, completeness);

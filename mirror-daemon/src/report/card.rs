@@ -232,6 +232,15 @@ pub struct LatencyCard {
     /// Samples were weighted by route (exchanges / samples) because the store sampled
     /// some route; otherwise every sample counts once.
     pub weighted: bool,
+    /// The floor the p95 criteria were judged with (`--min-latency-delta`, 1 ms unless
+    /// given), ns; `null` when none applied (`--min-latency-delta 0`) or no p95
+    /// criterion was set.
+    pub min_latency_delta_ns: Option<u64>,
+    /// The tightest CPU cap a selected run put on the candidate, percent of one CPU,
+    /// when it was below the host's CPUs (legacy is not capped by mirror).
+    pub candidate_cpu_cap_percent: Option<u32>,
+    /// What the reader of a p95 criterion must know (a CPU cap on the candidate only).
+    pub caveats: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -147,6 +147,7 @@ pub(crate) fn overall(routes: &[RouteLatency]) -> LatencyCard {
             legacy,
             candidate,
             weighted: false,
+            ..LatencyCard::default()
         };
     }
     let mut v: [Vec<(u64, f64)>; 4] = Default::default();
@@ -186,6 +187,7 @@ pub(crate) fn overall(routes: &[RouteLatency]) -> LatencyCard {
         legacy,
         candidate,
         weighted: true,
+        ..LatencyCard::default()
     }
 }
 

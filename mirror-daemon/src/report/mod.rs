@@ -23,6 +23,7 @@
 //! - **Verdict**: `verdict::decide(criteria, &evidence(..))`.
 mod build;
 mod card;
+mod cpu_cap;
 mod input;
 mod latency;
 mod live;
@@ -41,6 +42,7 @@ pub use card::{
     LatencyCard, MismatchBasis, PairingCard, ParityCard, Percentiles, RouteCard, RouteLatencyCard,
     Scope, SideEffectCard, SideEffectCounts, SideLatency, StoredCard,
 };
+pub use cpu_cap::{CandidateCpuCap, host_cpus};
 pub use input::CardEvidence;
 pub use live::live_views;
 pub use mismatch::{KeySetCount, Mismatch, mismatch_bounds, mismatched_from_key_sets, noise_model};

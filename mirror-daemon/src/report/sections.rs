@@ -566,6 +566,18 @@ fn p95_delta_lines(card: &ParityCard) -> Vec<String> {
         format!("  {label}: {delta} {interval}")
     };
     let l = &card.latency;
+    let judges_p95 = card
+        .criteria
+        .iter()
+        .any(|c| c.name.ends_with("max_p95_regression"));
+    let floor = judges_p95.then(|| match l.min_latency_delta_ns {
+        Some(ns) => format!(
+            "floor: a p95 regression under {} ms passes whatever its ratio \
+             (--min-latency-delta; 0 judges the ratio alone)",
+            ns as f64 / 1e6
+        ),
+        None => "floor: none, the p95 ratio alone is judged (--min-latency-delta 0)".into(),
+    });
     let mut lines = vec![
         "p95 ttlb candidate − legacy (ms), with its 95% interval from the samples:".to_string(),
         line(
@@ -581,6 +593,8 @@ fn p95_delta_lines(card: &ParityCard) -> Vec<String> {
             r.latency.p95_ttlb_delta_interval_ns,
         )
     }));
+    lines.extend(floor);
+    lines.extend(l.caveats.iter().map(|c| format!("CAVEAT: {c}")));
     lines
 }
 

@@ -150,6 +150,11 @@ impl Sim {
 }
 
 async fn load_sims(sims: &[Sim]) -> StoredEvidence {
+    load_sims_with_args(sims, "--sample 100%").await
+}
+
+/// [`load_sims`] with every run's `args` summary.
+async fn load_sims_with_args(sims: &[Sim], args: &str) -> StoredEvidence {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(
         &StoreUrl::Sqlite(dir.path().join("mirror.db")),
@@ -163,7 +168,7 @@ async fn load_sims(sims: &[Sim]) -> StoredEvidence {
                 host: s.host.clone(),
                 run_id: "run-1".into(),
                 started_unix_ms: BASE_TS - 60_000,
-                args: "--sample 100%".into(),
+                args: args.into(),
                 criteria: "--max-mismatch 0.5%".into(),
             })
             .await
@@ -901,7 +906,10 @@ async fn json_field_names_are_stable() {
             "p95_ttlb_ratio",
             "p95_ttlb_delta_ns",
             "p95_ttlb_delta_interval_ns",
-            "weighted"
+            "weighted",
+            "min_latency_delta_ns",
+            "candidate_cpu_cap_percent",
+            "caveats"
         ])
     );
     assert_eq!(
@@ -1372,4 +1380,59 @@ async fn side_effect_counts_in_every_format() {
     assert!(render_table(&card).contains("counts: not recorded (no --dependency"));
     let json: serde_json::Value = serde_json::from_str(&render_json(&card)).expect("json");
     assert!(json["side_effect_counts"].is_null());
+}
+
+#[tokio::test]
+async fn the_latency_section_states_the_floor_and_a_candidate_cpu_cap() {
+    let cap = CandidateCpuCap::binding(Some(100), 2).expect("binds");
+    let capped = load_sims_with_args(
+        &go_sims(),
+        &format!(
+            "candidate=http://10.0.0.2:8080 sample=100% {}",
+            cap.run_args()
+        ),
+    )
+    .await;
+    let mut c = criteria();
+    c.min_latency_delta_ns = Some(MS);
+    let card = card_of(&capped, &c);
+    assert_eq!(card.latency.min_latency_delta_ns, Some(MS));
+    assert_eq!(card.latency.candidate_cpu_cap_percent, Some(100));
+    assert_eq!(card.latency.caveats, vec![cap.caveat()]);
+    let v: serde_json::Value = serde_json::from_str(&render_json(&card)).expect("json");
+    assert_eq!(v["latency"]["min_latency_delta_ns"], MS);
+    assert_eq!(v["latency"]["candidate_cpu_cap_percent"], 100);
+    assert!(
+        v["latency"]["caveats"][0]
+            .as_str()
+            .is_some_and(|c| c.contains("capped at 100% of one CPU")),
+        "{}",
+        v["latency"]
+    );
+    for text in [render_table(&card), render_markdown(&card)] {
+        assert!(
+            text.contains("floor: a p95 regression under 1 ms passes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CAVEAT: the candidate's CPU was capped"),
+            "{text}"
+        );
+    }
+    // No floor: said so.
+    c.min_latency_delta_ns = None;
+    let strict = render_table(&card_of(&capped, &c));
+    assert!(strict.contains("floor: none"), "{strict}");
+    // Without a p95 criterion there is nothing to caveat; the cap is still a fact.
+    c.max_p95_regression = None;
+    let card = card_of(&capped, &c);
+    assert!(card.latency.caveats.is_empty());
+    assert_eq!(card.latency.min_latency_delta_ns, None);
+    assert_eq!(card.latency.candidate_cpu_cap_percent, Some(100));
+    assert!(!render_table(&card).contains("CAVEAT"));
+    // An uncapped run (`--candidate-cpu max`) has no caveat.
+    let uncapped = load_sims(&go_sims()).await;
+    let card = card_of(&uncapped, &criteria());
+    assert!(card.latency.caveats.is_empty());
+    assert_eq!(card.latency.candidate_cpu_cap_percent, None);
 }

@@ -3,7 +3,8 @@
 //! Run-wide flags: `--max-mismatch 0.5%`, `--max-p95-regression 10%`,
 //! `--max-candidate-errors 0.1%`, `--min-exchanges 1000`, `--min-completeness 99%`,
 //! `--min-latency-delta 1ms` (a p95 regression smaller than this in absolute terms
-//! passes; it also applies to every route's p95 limit).
+//! passes; it also applies to every route's p95 limit; the CLI defaults it to
+//! [`DEFAULT_MIN_LATENCY_DELTA`], `0` for none, while `Criteria::default()` has none).
 //! Percentages must carry `%` (a bare `0.5` is refused: it could mean 0.5 % or 50 %).
 //!
 //! Per-route flags, repeatable, `ROUTE=VALUE` split at the last `=` (route names never
@@ -14,6 +15,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::VerdictError;
+
+/// `--min-latency-delta` when not given: below 1 ms two identical services on one host
+/// differ at p95 by tens of percent (docs/fidelity.md), while a real regression worth a
+/// NO-GO is milliseconds.
+pub const DEFAULT_MIN_LATENCY_DELTA: &str = "1ms";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Criteria {
@@ -118,6 +124,11 @@ impl Criteria {
             || self.max_candidate_errors.is_some()
             || self.max_side_effect_mismatch.is_some()
             || self.per_route.iter().any(|(_, c)| c.has_parity_limit())
+    }
+
+    /// Whether a p95 regression limit is set (run-wide or on some route).
+    pub fn judges_p95(&self) -> bool {
+        self.max_p95_regression.is_some() || self.per_route.iter().any(|(_, c)| c.judges_p95())
     }
 
     /// The criteria of `route`, created empty if absent.

@@ -4,7 +4,7 @@ mod criteria;
 mod decide;
 mod evidence;
 
-pub use criteria::{Criteria, RouteLimit, parse_percent};
+pub use criteria::{Criteria, DEFAULT_MIN_LATENCY_DELTA, RouteLimit, parse_percent};
 pub use decide::{CriterionResult, LatencyJudgement, Unit, Verdict, decide, evaluate};
 pub use evidence::{Evidence, RouteEvidence};
 

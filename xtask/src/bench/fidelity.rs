@@ -36,6 +36,10 @@ const P95_LIMIT: &str = "15%";
 const TOLERANCE: f64 = 0.15;
 /// The floor the e2e tests judge live runs with, for a second verdict.
 const FLOOR: &str = "1ms";
+/// The ratio alone. `report` floors at 1 ms by default; `0` would say "none" but a
+/// `--baseline-daemon` from before the default refuses a zero duration, and 1 ns is
+/// below any timing's resolution.
+const NO_FLOOR: &str = "1ns";
 /// `/metrics` of the section's `run` (the overhead section's daemon uses 9464).
 const METRICS_ADDR: &str = "127.0.0.1:9465";
 
@@ -398,8 +402,8 @@ fn leg(
         }
     }
     add_candidate_tap(&mut all_routes, every);
-    let verdict = judge(&ctx.daemon, &store, &routes, None)?;
-    let verdict_with_floor = judge(&ctx.daemon, &store, &routes, Some(FLOOR))?;
+    let verdict = judge(&ctx.daemon, &store, &routes, NO_FLOOR)?;
+    let verdict_with_floor = judge(&ctx.daemon, &store, &routes, FLOOR)?;
     Ok(FidelityRun {
         service,
         rate,
@@ -716,12 +720,7 @@ fn report_json(daemon: &Path, store: &Path) -> Result<Value> {
 }
 
 /// The product's verdict (exit code of `report` with the criteria) as a word.
-fn judge(
-    daemon: &Path,
-    store: &Path,
-    routes: &[RouteFigures],
-    floor: Option<&str>,
-) -> Result<String> {
+fn judge(daemon: &Path, store: &Path, routes: &[RouteFigures], floor: &str) -> Result<String> {
     let mut cmd = Command::new(daemon);
     cmd.args(["report", "--store"]).arg(store).args([
         "--max-p95-regression",
@@ -729,9 +728,7 @@ fn judge(
         "--max-candidate-errors",
         "0%",
     ]);
-    if let Some(floor) = floor {
-        cmd.args(["--min-latency-delta", floor]);
-    }
+    cmd.args(["--min-latency-delta", floor]);
     for r in routes {
         cmd.arg("--route-max-p95-regression")
             .arg(format!("{}={P95_LIMIT}", r.route));

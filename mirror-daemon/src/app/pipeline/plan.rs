@@ -40,6 +40,18 @@ pub enum Fencing {
     Off(FenceConfig),
 }
 
+impl Fencing {
+    /// The CPU cap (percent of one CPU) mirror puts on a candidate it starts; `None`
+    /// when uncapped (`max`) or when the candidate's cgroup is the user's own.
+    pub fn candidate_cpu_cap(&self) -> Option<u32> {
+        let (Fencing::Guard(cfg) | Fencing::Off(cfg)) = self;
+        match cfg.candidate {
+            crate::app::fence::CandidateSource::Command(_) => cfg.limits.cpu_percent,
+            _ => None,
+        }
+    }
+}
+
 /// Retention limits of the store (none: keep everything).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Retention {

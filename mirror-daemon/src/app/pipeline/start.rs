@@ -31,6 +31,7 @@ use crate::{
     http::Limits,
     pipeline::{EXCHANGE_QUEUE, STORE_QUEUE},
     replay::{LIVE_REPLAY_DELAY, Pace, ReplayConfig, Replayer},
+    report::{CandidateCpuCap, host_cpus},
     sample::Sampler,
     serve::{self, LiveSnapshot, Metrics, RunView, ServeConfig, ServeState},
     store::{RunInfo, Store, StoreOptions, StoreUrl},
@@ -63,12 +64,20 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         effects,
     } = plan;
     let store = open_store(&store_url, &store_text).await?;
+    let cpu_cap = CandidateCpuCap::binding(fencing.candidate_cpu_cap(), host_cpus());
+    let mut args = format!("candidate={} sample={sample_percent}%", replay.target.url);
+    if let Some(cap) = cpu_cap {
+        args = format!("{args} {}", cap.run_args());
+        if criteria.judges_p95() {
+            tracing::warn!("p95 criterion: {}", cap.caveat());
+        }
+    }
     store
         .write_run(&RunInfo {
             host: host.clone(),
             run_id: run_id.clone(),
             started_unix_ms: crate::clock::unix_ms(),
-            args: format!("candidate={} sample={sample_percent}%", replay.target.url),
+            args,
             criteria: criteria_text,
         })
         .await?;
