@@ -768,6 +768,64 @@ mod tests {
         assert_eq!((f.smtp_messages, f.smtp_unattributed), (2, 1));
     }
 
+    /// What the server sent until `want` appeared `times` times (or its close).
+    async fn read_until(c: &mut tokio::net::TcpStream, want: &str, times: usize) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while String::from_utf8_lossy(&got).matches(want).count() < times {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .expect("answers in time")
+                .expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Through a real listener: pipelined commands are answered in order, a message is
+    /// kept, a message left without its end and an overlong line keep nothing, and the
+    /// overlong line closes the connection.
+    #[tokio::test]
+    async fn the_virtual_relay_answers_pipelined_commands_and_refuses_overlong_lines() {
+        use tokio::io::AsyncWriteExt as _;
+        let e = Arc::new(effects());
+        let smtp: SocketAddr = "10.0.0.9:25".parse().expect("addr");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(virtual_smtp::serve(listener, e.clone(), smtp));
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(read_until(&mut c, "\r\n", 1).await.starts_with("220 "));
+        c.write_all(
+            b"EHLO t\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nhi\r\n.\r\nNOOP\r\n\
+              MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nno end\r\n",
+        )
+        .await
+        .expect("write");
+        let text = read_until(&mut c, "354 end data", 2).await;
+        let codes: Vec<&str> = text.lines().filter_map(|l| l.get(..4)).collect();
+        assert_eq!(
+            codes,
+            [
+                "250-", "250-", "250-", "250 ", "250 ", "250 ", "354 ", "250 ", "250 ", "250 ",
+                "250 ", "354 "
+            ],
+            "{text}"
+        );
+        c.write_all(&vec![b'x'; 4 * virtual_smtp::MAX_LINE])
+            .await
+            .expect("write");
+        let text = read_until(&mut c, "closing", 1).await;
+        assert!(text.starts_with("500 "), "{text}");
+        let f = e.figures();
+        assert_eq!(f.smtp_messages, 1, "only the finished message is kept");
+    }
+
     #[test]
     fn the_capture_hands_over_dependency_calls_only() {
         let e = effects();
