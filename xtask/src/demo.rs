@@ -3,9 +3,9 @@
 //! ```text
 //!  client ns            legacy ns                         candidate ns             mail ns
 //!  wrk ──10.77.1.0/24──▶ legacy :8080                      candidate :9090 ──10.77.3.0/24──▶ mail-sink :25
-//!  payments :7070 ◀───── (tapped interface)                 (fenced cgroup; its payments
-//!                        mirror-daemon ─────10.77.2.0/24──▶ replays   calls answered by the
-//!                        (records legacy's payments calls)            daemon's virtual dependency)
+//!  payments :7070 ◀───── (tapped interface)                 (fenced cgroup; its payments and
+//!                        mirror-daemon ─────10.77.2.0/24──▶ replays   mail calls answered by the
+//!                        (records legacy's payments calls)            daemon's virtual dependencies)
 //! ```
 //!
 //! The addresses exist only inside these namespaces; names carry our pid. Everything is
