@@ -716,6 +716,15 @@ fn candidate_mail_is_virtualized_and_reported_as_extra_side_effects() {
     let unattributed = figure(&r.stderr, "not tied to an exchange ");
     assert!(accepted >= compared, "{}", r.stderr);
     assert_eq!(unattributed, 0, "every message carried its order's id");
+    let counts = &r.card["side_effect_counts"];
+    assert_eq!(
+        (
+            counts["candidate_mail"].as_u64(),
+            counts["candidate_mail_unattributed"].as_u64()
+        ),
+        (Some(accepted), Some(0)),
+        "the stored counts agree with the run's: {counts}"
+    );
     let card = r.card.to_string();
     assert!(card.contains("SMTP MAIL TO example.com"), "{card}");
     assert!(card.contains("extra"), "{card}");

@@ -584,7 +584,8 @@ fn summary(
         relay.virtualized_mail.load(Ordering::SeqCst)
     ));
     note(&format!(
-        "        daemon's virtual mail relay (--dependency smtp://{MAIL}), which accepted the messages and"
+        "        daemon's virtual mail relay (--dependency smtp://{MAIL}), which accepted {} messages and",
+        report["side_effect_counts"]["candidate_mail"]
     ));
     note(&format!(
         "        delivered none: {extra_mails} orders carry an extra email in the card's side effects (legacy sends"
