@@ -146,6 +146,12 @@ impl Session {
     /// A line that did not fit in [`MAX_LINE`]: refused, and the connection closed (what
     /// follows it cannot be read as commands).
     pub fn overlong(&mut self) -> Step {
+        if self.is_closed() {
+            return Step {
+                close: true,
+                ..Step::default()
+            };
+        }
         self.state = State::Closed;
         Step::closing("500 5.5.6 line too long, closing\r\n")
     }
@@ -309,6 +315,30 @@ pub fn message_call(msg: &Message, id_header: &dyn Fn(&str) -> bool) -> Request 
         version: 1,
         headers,
         body: body.into(),
+    }
+}
+
+/// Entry for the `virtual_smtp` fuzz target: a [`Session`] fed untrusted lines (split
+/// as the listener splits them) never panics, keeps what it holds within the limits,
+/// answers every command with whole CRLF lines, and stays closed once closed.
+pub fn fuzz_session(data: &[u8]) {
+    let mut s = Session::new();
+    for line in data.split(|c| *c == b'\n') {
+        let was_closed = s.is_closed();
+        let step = if line.len() + 1 > MAX_LINE {
+            s.overlong()
+        } else {
+            s.line(line.strip_suffix(b"\r").unwrap_or(line))
+        };
+        assert!(s.data.len() <= MAX_MESSAGE && s.recipients.len() <= MAX_RECIPIENTS);
+        if let Some(r) = &step.reply {
+            assert!(r.ends_with("\r\n") && r.len() >= 5, "{r:?}");
+        }
+        if let Some(m) = &step.message {
+            assert!(!m.recipients.is_empty() && m.data.len() <= MAX_MESSAGE);
+        }
+        assert!(!was_closed || (step.close && step.reply.is_none()));
+        assert_eq!(step.close, s.is_closed());
     }
 }
 
@@ -495,6 +525,25 @@ mod tests {
         assert!(s.line(b".").message.is_some());
         assert_eq!(code(&s.overlong().reply.expect("r")), "500");
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn the_fuzz_entry_holds_on_seeds_and_their_cuts() {
+        let long = format!(
+            "HELO x\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\n{0}\n.\nQUIT\n{0}\n",
+            "y".repeat(MAX_LINE)
+        );
+        let seeds: [&[u8]; 4] = [
+            b"EHLO a\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n..x\r\n.\r\nRSET\r\nQUIT\r\nNOOP\r\n",
+            b"DATA\nRCPT TO:<x>\nMAIL FROM:<>\nXX\nXX\nXX\nXX\nXX\nXX\nXX\nXX\nXX\nXX\nNOOP",
+            long.as_bytes(),
+            b"\xff\xfe\r\n\r\n:\n MAIL FROM:\nmail from:<@>\nquit\n",
+        ];
+        for seed in seeds {
+            for cut in 0..=seed.len() {
+                fuzz_session(&seed[..cut]);
+            }
+        }
     }
 
     #[test]
