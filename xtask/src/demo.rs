@@ -537,6 +537,8 @@ fn summary(
         ));
     }
     let is_mail = |e: &&Value| text(&e["call"]).starts_with("SMTP");
+    // A message's rendering spans lines: shown on one.
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let payments_first = side_effects.iter().filter(|e| !is_mail(e)).take(3);
     for e in payments_first.chain(side_effects.iter().filter(is_mail).take(2)) {
         note(&format!(
@@ -545,8 +547,8 @@ fn summary(
             text(&e["route"]),
             text(&e["what"]),
             e["exchanges"],
-            text(&e["legacy"]),
-            text(&e["candidate"])
+            one_line(&text(&e["legacy"])),
+            one_line(&text(&e["candidate"]))
         ));
     }
     let charges = std::fs::read_to_string(lab.dir.join("payments-count"))
