@@ -726,10 +726,11 @@ fn candidate_mail_is_virtualized_and_reported_as_extra_side_effects() {
         "the stored counts agree with the run's: {counts}"
     );
     let card = r.card.to_string();
-    assert!(card.contains("SMTP MAIL TO example.com"), "{card}");
+    assert!(card.contains("SMTP MAIL TO 1 recipient"), "{card}");
     assert!(card.contains("extra"), "{card}");
-    // Recipients are masked everywhere (the demo users are first.last@example.com).
-    assert!(!card.contains("@example.com"), "{card}");
+    // Recipients are masked everywhere, their domains too (the demo users are
+    // first.last@example.com).
+    assert!(!card.contains("example.com"), "{card}");
     assert_eq!(
         r.code,
         Some(1),

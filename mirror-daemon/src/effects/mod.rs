@@ -733,7 +733,7 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                "side_effect(SMTP MAIL TO example.org,extra)",
+                "side_effect(SMTP MAIL TO 1 recipient,extra)",
                 "side_effect(POST /charges,missing)"
             ]
         );

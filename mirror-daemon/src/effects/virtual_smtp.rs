@@ -1,7 +1,7 @@
 //! The virtual mail relay: the candidate's connects to an SMTP dependency
 //! (`--dependency smtp://ADDR:PORT`) reach this listener instead, which plays a small,
 //! bounded SMTP server and keeps every accepted message as a candidate call (method
-//! `SMTP`, target `MAIL TO <recipient domains>`) for the side-effect diff. Nothing is
+//! `SMTP`, target `MAIL TO <n> recipients`) for the side-effect diff. Nothing is
 //! relayed. The dialogue is pure ([`Session`]); [`serve`] is a thin async shell.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -266,21 +266,17 @@ impl Session {
 }
 
 /// The domains of `recipients`, sorted and deduplicated (`?` for one without a domain).
-fn recipient_domains(recipients: &[String]) -> String {
-    let mut d: Vec<String> = recipients
-        .iter()
-        .map(|r| {
-            r.rsplit_once('@')
-                .map_or_else(|| "?".to_string(), |(_, d)| d.to_ascii_lowercase())
-        })
-        .collect();
-    d.sort();
-    d.dedup();
-    d.join(",")
+/// The target names how many recipients, never who: a recipient's domain can name a
+/// person (`jane@janedoe.me`), and targets are shown unmasked as the call's route.
+fn recipients_target(recipients: &[String]) -> String {
+    match recipients.len() {
+        1 => "MAIL TO 1 recipient".to_string(),
+        n => format!("MAIL TO {n} recipients"),
+    }
 }
 
 /// A message as a call the side-effect stages can attribute, mask and diff: method
-/// `SMTP`, target `MAIL TO <domains>`, the message's propagated-id headers (for
+/// `SMTP`, target `MAIL TO <n> recipients`, the message's propagated-id headers (for
 /// attribution) and a body of the envelope recipients and the message, with those id
 /// headers left out (they differ between runs, not between services). Unmasked: the
 /// caller masks it.
@@ -311,7 +307,7 @@ pub fn message_call(msg: &Message, id_header: &dyn Fn(&str) -> bool) -> Request 
     }
     Request {
         method: "SMTP".into(),
-        target: format!("MAIL TO {}", recipient_domains(&msg.recipients)),
+        target: recipients_target(&msg.recipients),
         version: 1,
         headers,
         body: body.into(),
@@ -547,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_becomes_a_call_named_by_recipient_domains_with_ids_as_headers() {
+    fn a_message_becomes_a_call_named_by_its_recipient_count_with_ids_as_headers() {
         let msg = Message {
             from: "orders@example.com".into(),
             recipients: vec!["Ann@Example.org".into(), "bob@example.org".into()],
@@ -556,7 +552,7 @@ mod tests {
         let call = message_call(&msg, &|n: &str| n.eq_ignore_ascii_case("x-request-id"));
         assert_eq!(
             (call.method.as_str(), call.target.as_str()),
-            ("SMTP", "MAIL TO example.org")
+            ("SMTP", "MAIL TO 2 recipients")
         );
         assert_eq!(
             crate::http::header(&call.headers, "x-request-id"),
