@@ -74,7 +74,7 @@ impl Candidate {
                 round_prices_to_dimes(&mut reply.body)
             }
             (Profile::Demo, Route::CreateOrder) if reply.status == 201 => {
-                self.confirm(&reply.body).await
+                self.confirm(req, &reply.body).await
             }
             (Profile::Demo, _) => {}
             (Profile::Deviations, route) => deviate(route, &mut reply),
@@ -109,16 +109,21 @@ impl Candidate {
         payments::pay(p, req, reply, amount).await;
     }
 
-    /// Send the order confirmation; a failure is logged and never fails the order.
-    async fn confirm(&self, order: &Value) {
+    /// Send the order confirmation; a failure is logged and never fails the order. The
+    /// inbound request's ids ride along as message headers, as on the payment call.
+    async fn confirm(&self, req: &Request, order: &Value) {
         let Some(host) = &self.mail_host else { return };
         let to = order
             .get("user_id")
             .and_then(Value::as_u64)
             .map_or_else(String::new, api::email);
         let id = order.get("id").and_then(Value::as_str).unwrap_or_default();
+        let ids: String = payments::PROPAGATED
+            .iter()
+            .filter_map(|name| Some(format!("{name}: {}\r\n", req.header(name)?)))
+            .collect();
         let text =
-            format!("Subject: Order {id} confirmed\r\n\r\nThank you for your order {id}.\r\n");
+            format!("{ids}Subject: Order {id} confirmed\r\n\r\nThank you for your order {id}.\r\n");
         match mail::send(host, "orders@example.com", &to, &text).await {
             Ok(()) => info!(%host, order = id, "confirmation email sent"),
             Err(e) => warn!(%host, order = id, error = %e, "confirmation email failed, order kept"),

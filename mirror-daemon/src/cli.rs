@@ -319,9 +319,12 @@ pub struct PipelineArgs {
     #[arg(long)]
     pub replay_raw: bool,
     /// A dependency of legacy, ADDR:PORT (repeatable): legacy's calls to it are recorded
-    /// from the tap and tied to the inbound exchange that caused them.
+    /// from the tap and tied to the inbound exchange that caused them. `smtp://ADDR:PORT`
+    /// names a mail relay: with --virtualize-egress the candidate's mail to it is accepted
+    /// by a virtual SMTP server and each message reported as a side effect (legacy's own
+    /// SMTP conversations are not recorded yet).
     #[arg(long = "dependency")]
-    pub dependencies: Vec<std::net::SocketAddr>,
+    pub dependencies: Vec<mirror_daemon::effects::record::DependencyArg>,
     /// A header carrying an id from an inbound request to the calls it causes (repeatable;
     /// `traceparent` and `X-Request-Id` always count).
     #[arg(long = "propagation-header")]

@@ -18,6 +18,8 @@ use mirror_e2e::*;
 use serde_json::Value;
 
 const PAY_PORT: u16 = 7070;
+/// The real mail sink's port (stands for the outside world's relay).
+const MAIL_PORT: u16 = 2525;
 /// Concurrent keep-alive clients and requests each.
 const CLIENTS: u64 = 16;
 const PER_CLIENT: u64 = 200;
@@ -119,11 +121,13 @@ struct Run {
     card: Value,
     charges: u64,
     created: u64,
+    /// Messages the real mail sink received.
+    mails: u64,
 }
 
 /// A shadow run of `POST /orders` traffic against the example candidate of `profile`.
 fn run(prefix: &str, profile: &str, with_id: fn(u64) -> bool) -> Run {
-    run_on(prefix, profile, with_id, false)
+    run_on(prefix, profile, with_id, false, false)
 }
 
 /// Gives the tapped link IPv6 addresses (a /64 derived from its IPv4 /24, unique the
@@ -153,7 +157,10 @@ fn add_ipv6(topo: &Topology) -> String {
 }
 
 /// [`run`], with the payments service on the client namespace's IPv6 address if `ipv6`.
-fn run_on(prefix: &str, profile: &str, with_id: fn(u64) -> bool, ipv6: bool) -> Run {
+/// With `mail`, a real `mail-sink` (the outside world) listens beside payments, the
+/// candidate is told to send its confirmations there and the daemon virtualizes it as
+/// `--dependency smtp://…`.
+fn run_on(prefix: &str, profile: &str, with_id: fn(u64) -> bool, ipv6: bool, mail: bool) -> Run {
     require_root();
     let topo = Topology::new(prefix).expect("topology");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -201,11 +208,41 @@ fn run_on(prefix: &str, profile: &str, with_id: fn(u64) -> bool, ipv6: bool) -> 
     )
     .expect("legacy up");
 
+    let mail_addr = format!("{}:{MAIL_PORT}", topo.link.b_ip);
+    let mail_count = dir.path().join("mails");
+    let mut sink = mail.then(|| {
+        Proc::spawn(
+            "mail-sink",
+            topo.client()
+                .cmd(examples_bin())
+                .args(["mail-sink", "--listen", &mail_addr, "--count-file"])
+                .arg(&mail_count)
+                .stdout(std::process::Stdio::null()),
+        )
+        .expect("mail-sink")
+    });
+    if mail {
+        wait_for_port(
+            topo.client(),
+            &topo.link.b_ip,
+            MAIL_PORT,
+            Duration::from_secs(10),
+        )
+        .expect("mail-sink up");
+    }
+    let mail_flag = if mail {
+        format!(" --mail-host {mail_addr}")
+    } else {
+        String::new()
+    };
     let cand = format!(
-        "{} --payments {pay_addr}",
+        "{} --payments {pay_addr}{mail_flag}",
         topo.example_candidate_cmd(profile)
     );
     let mut args = topo.run_args(dir.path(), &cand);
+    if mail {
+        args.extend(["--dependency".to_string(), format!("smtp://{mail_addr}")]);
+    }
     args.extend(
         [
             "--dependency",
@@ -248,9 +285,17 @@ fn run_on(prefix: &str, profile: &str, with_id: fn(u64) -> bool, ipv6: bool) -> 
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
+    let mails = std::fs::read_to_string(&mail_count)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
     let _ = legacy.stop(Duration::from_secs(10));
     let _ = pay.stop(Duration::from_secs(10));
+    if let Some(s) = sink.as_mut() {
+        let _ = s.stop(Duration::from_secs(10));
+    }
     Run {
+        mails,
         metrics,
         live,
         db: dir.path().join("m.db"),
@@ -401,7 +446,7 @@ fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
 /// guard sends the candidate's connects to the virtual dependency on its [::1].
 #[test]
 fn an_ipv6_dependency_is_recorded_and_virtualized_too() {
-    let r = run_on("f6", "parity", |_| true, true);
+    let r = run_on("f6", "parity", |_| true, true, false);
     assert!(
         r.created >= CLIENTS * PER_CLIENT * 9 / 10,
         "{} created",
@@ -644,5 +689,51 @@ fn missing_and_extra_calls_are_counted_and_matching_without_ids_is_measured() {
         "without a propagated id, users whose charge the candidate skips: {} equal, {} differed",
         skipped.equal,
         skipped.response + skipped.side_effects_only
+    );
+}
+
+/// The demo candidate emails a confirmation per new order (legacy sends none): with the
+/// relay given as `--dependency smtp://…` and `--virtualize-egress`, the daemon's virtual
+/// relay accepts every message, each is an extra side effect of its order (masked), the
+/// payments still compare equal, and the real sink receives nothing.
+#[test]
+fn candidate_mail_is_virtualized_and_reported_as_extra_side_effects() {
+    let r = run_on("fm", "demo", |_| true, false, true);
+    assert!(
+        r.created >= CLIENTS * PER_CLIENT * 9 / 10,
+        "{} created",
+        r.created
+    );
+    assert_eq!(r.mails, 0, "the real mail sink received mail\n{}", r.stderr);
+    assert_eq!(
+        r.charges, r.created,
+        "payments received only legacy's calls"
+    );
+    let orders = route(&r.card, "POST /orders");
+    let compared = orders["compared"].as_u64().expect("compared");
+    assert!(compared >= r.created * 9 / 10, "{orders}");
+    let accepted = figure(&r.stderr, "candidate mail accepted by the virtual relay ");
+    let unattributed = figure(&r.stderr, "not tied to an exchange ");
+    assert!(accepted >= compared, "{}", r.stderr);
+    assert_eq!(unattributed, 0, "every message carried its order's id");
+    let counts = &r.card["side_effect_counts"];
+    assert_eq!(
+        (
+            counts["candidate_mail"].as_u64(),
+            counts["candidate_mail_unattributed"].as_u64()
+        ),
+        (Some(accepted), Some(0)),
+        "the stored counts agree with the run's: {counts}"
+    );
+    let card = r.card.to_string();
+    assert!(card.contains("SMTP MAIL TO 1 recipient"), "{card}");
+    assert!(card.contains("extra"), "{card}");
+    // Recipients are masked everywhere, their domains too (the demo users are
+    // first.last@example.com).
+    assert!(!card.contains("example.com"), "{card}");
+    assert_eq!(
+        r.code,
+        Some(1),
+        "extra emails are a side-effect mismatch: NO-GO"
     );
 }

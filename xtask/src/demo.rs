@@ -3,9 +3,9 @@
 //! ```text
 //!  client ns            legacy ns                         candidate ns             mail ns
 //!  wrk ──10.77.1.0/24──▶ legacy :8080                      candidate :9090 ──10.77.3.0/24──▶ mail-sink :25
-//!  payments :7070 ◀───── (tapped interface)                 (fenced cgroup; its payments
-//!                        mirror-daemon ─────10.77.2.0/24──▶ replays   calls answered by the
-//!                        (records legacy's payments calls)            daemon's virtual dependency)
+//!  payments :7070 ◀───── (tapped interface)                 (fenced cgroup; its payments and
+//!                        mirror-daemon ─────10.77.2.0/24──▶ replays   mail calls answered by the
+//!                        (records legacy's payments calls)            daemon's virtual dependencies)
 //! ```
 //!
 //! The addresses exist only inside these namespaces; names carry our pid. Everything is
@@ -238,7 +238,12 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
         .args(["--listen", DASHBOARD])
         .args(["--duration", &format!("{}s", opts.seconds + DRAIN_SECS)])
         .args(["--sample", "100", "--ignore", "json:$..generated_at"])
-        .args(["--dependency", PAYMENTS, "--virtualize-egress"])
+        .args(["--dependency", PAYMENTS])
+        .args([
+            "--dependency",
+            &format!("smtp://{MAIL}"),
+            "--virtualize-egress",
+        ])
         .args(CRITERIA)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(lab.dir.join("card.txt"))?)
@@ -249,7 +254,7 @@ fn demo(lab: &mut Lab, opts: &Options, daemon: &Path, examples: &Path, pid: u32)
     );
     note("    --sample 100 --ignore 'json:$..generated_at' \\");
     note(&format!(
-        "    --dependency {PAYMENTS} --virtualize-egress \\"
+        "    --dependency {PAYMENTS} --dependency smtp://{MAIL} --virtualize-egress \\"
     ));
     note(
         "    --max-mismatch 0.5% --max-p95-regression 10% --min-exchanges 500 --max-side-effect-mismatch 0%",
@@ -531,15 +536,19 @@ fn summary(
             counts["unmatched"]
         ));
     }
-    for e in side_effects.iter().take(3) {
+    let is_mail = |e: &&Value| text(&e["call"]).starts_with("SMTP");
+    // A message's rendering spans lines: shown on one.
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let payments_first = side_effects.iter().filter(|e| !is_mail(e)).take(3);
+    for e in payments_first.chain(side_effects.iter().filter(is_mail).take(2)) {
         note(&format!(
             "        {} on {}: {} in {} exchanges (e.g. legacy {}, candidate {})",
             text(&e["call"]),
             text(&e["route"]),
             text(&e["what"]),
             e["exchanges"],
-            text(&e["legacy"]),
-            text(&e["candidate"])
+            one_line(&text(&e["legacy"])),
+            one_line(&text(&e["candidate"]))
         ));
     }
     let charges = std::fs::read_to_string(lab.dir.join("payments-count"))
@@ -548,15 +557,17 @@ fn summary(
     note(&format!(
         "        the real payments service received {charges} charges: legacy's, none from the candidate"
     ));
-    note(
-        "        (the mail relay speaks SMTP: it stays refused, below; only HTTP dependencies are virtualized)",
-    );
 
     // Egress: what the candidate tried, what the guard did, what arrived.
     let to_mail: u64 = list(&report["egress"])
         .iter()
-        .filter(|e| e["destination"] == MAIL && e["action"] == "refused")
+        .filter(|e| e["destination"] == MAIL && e["action"] == "virtualized")
         .filter_map(|e| e["attempts"].as_u64())
+        .sum();
+    let extra_mails: u64 = side_effects
+        .iter()
+        .filter(is_mail)
+        .filter_map(|e| e["exchanges"].as_u64())
         .sum();
     let orders = route("POST /orders")
         .and_then(|r| r["replayed"].as_u64())
@@ -571,11 +582,18 @@ fn summary(
         "egress: {orders} new orders were replayed and the candidate tried to email a confirmation"
     ));
     note(&format!(
-        "        for each: the guard refused {all}{to_mail} connections to {MAIL} in the kernel (EPERM;"
+        "        for each: the guard sent {all}{to_mail} connections to {MAIL} ({} live reports) to the",
+        relay.virtualized_mail.load(Ordering::SeqCst)
     ));
     note(&format!(
-        "        {} live \"egress REFUSED\" reports), and the mail host received {messages} messages",
-        relay.refused.load(Ordering::SeqCst)
+        "        daemon's virtual mail relay (--dependency smtp://{MAIL}), which accepted {} messages and",
+        report["side_effect_counts"]["candidate_mail"]
+    ));
+    note(&format!(
+        "        delivered none: {extra_mails} orders carry an extra email in the card's side effects (legacy sends"
+    ));
+    note(&format!(
+        "        none; recipients masked); the mail host received {messages} messages"
     ));
     note(&format!("        ({count})."));
     if messages != 0 {
@@ -657,6 +675,8 @@ struct Relay {
     refused: AtomicU64,
     /// The candidate's connections to the payments service, sent to the virtual dependency.
     virtualized: AtomicU64,
+    /// The candidate's connections to the mail relay, sent to the virtual mail relay.
+    virtualized_mail: AtomicU64,
     /// The candidate's cgroup as the daemon names it.
     cgroup: Mutex<Option<String>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -672,6 +692,7 @@ impl Relay {
             tap_attached: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             virtualized: AtomicU64::new(0),
+            virtualized_mail: AtomicU64::new(0),
             cgroup: Mutex::new(None),
             thread: Mutex::new(None),
         });
@@ -698,7 +719,12 @@ impl Relay {
                     continue;
                 }
                 if text.contains("egress virtualized") {
-                    r.virtualized.fetch_add(1, Ordering::SeqCst);
+                    let to = if text.contains(&format!(" {MAIL} ")) {
+                        &r.virtualized_mail
+                    } else {
+                        &r.virtualized
+                    };
+                    to.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 if text.contains("confirmation email failed") {

@@ -12,6 +12,7 @@ pub const TARGETS: &[&str] = &[
     "mask",
     "capture_frame",
     "virtual_request",
+    "virtual_smtp",
 ];
 
 pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {

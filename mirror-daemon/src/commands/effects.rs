@@ -35,7 +35,7 @@ pub fn prepare(
         ));
     }
     let cfg = EffectsConfig {
-        dependencies: Dependencies::new(p.dependencies.clone()),
+        dependencies: Dependencies::from_args(&p.dependencies),
         inbound_ports: inbound_ports.to_vec(),
         propagation: Propagation::new(&p.propagation_headers),
         virtualize: p.virtualize_egress,
@@ -50,5 +50,5 @@ pub fn prepare(
 
 /// Server ports the tap (or the capture file filter) must also take.
 pub fn extra_ports(p: &PipelineArgs) -> Vec<u16> {
-    Dependencies::new(p.dependencies.clone()).ports()
+    Dependencies::from_args(&p.dependencies).ports()
 }

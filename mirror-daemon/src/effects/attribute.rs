@@ -88,6 +88,9 @@ pub struct CandidateCall {
 pub struct Inbound {
     pub raw_ids: Vec<String>,
     pub sent_ids: Vec<String>,
+    /// Sent to the candidate and not concluded yet (the candidate's own window, for its
+    /// calls that carry no id).
+    pub replaying: bool,
     /// The handler window: the request's last byte, the response's first byte (capture
     /// clock).
     pub window: (u64, u64),
@@ -483,6 +486,7 @@ impl Book {
         }
         if let Some(i) = self.inbound.get_mut(&id) {
             i.sent_ids = sent_ids;
+            i.replaying = true;
         }
     }
 

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod plan;
 pub mod record;
 pub mod virtual_dep;
+pub mod virtual_smtp;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,6 +123,11 @@ pub struct VirtualCounters {
     /// Answered 502: no recording matched.
     pub unmatched: AtomicU64,
     pub malformed: AtomicU64,
+    /// Messages the virtual mail relay accepted from the candidate.
+    pub smtp_messages: AtomicU64,
+    /// Of those, messages no inbound exchange could be named for (no propagated id, and
+    /// not exactly one exchange in the candidate's hands): counted, not diffed.
+    pub smtp_unattributed: AtomicU64,
     /// Compared exchanges with at least one side-effect diff (counted by the shadow
     /// stage, which alone knows whether the diffs were compared).
     pub exchanges_with_diffs: AtomicU64,
@@ -144,6 +150,10 @@ pub struct EffectsFigures {
     pub content_ties: u64,
     pub unmatched: u64,
     pub malformed: u64,
+    /// Messages the virtual mail relay accepted from the candidate (none delivered).
+    pub smtp_messages: u64,
+    /// Of those, messages not tied to an inbound exchange (counted, not diffed).
+    pub smtp_unattributed: u64,
     /// Compared exchanges with at least one side-effect diff (exact, where the card's
     /// `side_effect_mismatched` is an upper bound over diff kinds).
     pub exchanges_with_diffs: u64,
@@ -161,6 +171,8 @@ impl EffectsFigures {
         self.content_ties += o.content_ties;
         self.unmatched += o.unmatched;
         self.malformed += o.malformed;
+        self.smtp_messages += o.smtp_messages;
+        self.smtp_unattributed += o.smtp_unattributed;
         self.exchanges_with_diffs += o.exchanges_with_diffs;
     }
 }
@@ -389,6 +401,45 @@ impl Effects {
         None
     }
 
+    /// A message the candidate sent to SMTP dependency `dep` (accepted by the virtual
+    /// relay, never delivered): kept, masked, as a call of the inbound exchange its
+    /// propagated id names, or else of the one exchange the candidate has in hand. No
+    /// legacy mail is recorded, so it is diffed as an extra side effect.
+    pub fn candidate_message(&self, dep: SocketAddr, msg: &virtual_smtp::Message) {
+        self.counters.smtp_messages.fetch_add(1, Ordering::Relaxed);
+        let names = &self.cfg.propagation;
+        let req = virtual_smtp::message_call(msg, &|n| names.carries(n));
+        let ids = names.ids(&req.headers);
+        let masked = self.masker.mask_request(&req);
+        let mut book = self.book();
+        let owner = if ids.is_empty() {
+            let mut replaying = book
+                .inbound_iter_mut()
+                .filter(|(_, inb)| inb.replaying)
+                .map(|(id, _)| *id);
+            match (replaying.next(), replaying.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        } else {
+            book.owner_by_sent(&ids)
+        };
+        let cap = self.cfg.limits.per_exchange;
+        match owner.and_then(|o| book.inbound_mut(&o)) {
+            Some(inb) if inb.candidate.len() < cap => inb.candidate.push(CandidateCall {
+                dependency: dep,
+                request: masked,
+                matched: None,
+            }),
+            Some(inb) => inb.over_cap += 1,
+            None => {
+                self.counters
+                    .smtp_unattributed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Stops following `id`; with `--virtualize-egress`, its side-effect diffs.
     pub fn conclude(&self, id: &CorrelationId, comparator: &Comparator) -> Vec<Diff> {
         let Some(inb) = self.book().finish(id) else {
@@ -413,6 +464,8 @@ impl Effects {
             content_ties: l(&c.content_ties),
             unmatched: l(&c.unmatched),
             malformed: l(&c.malformed),
+            smtp_messages: l(&c.smtp_messages),
+            smtp_unattributed: l(&c.smtp_unattributed),
             exchanges_with_diffs: l(&c.exchanges_with_diffs),
         }
     }
@@ -430,7 +483,7 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unsettled at their exchange's end {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); other servers on dependency ports (not calls, not inbound) {}; candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unsettled at their exchange's end {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); other servers on dependency ports (not calls, not inbound) {}; candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); candidate mail accepted by the virtual relay {} (not tied to an exchange {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
@@ -448,6 +501,8 @@ impl std::fmt::Display for EffectsFigures {
             self.content_ties,
             self.unmatched,
             self.malformed,
+            self.smtp_messages,
+            self.smtp_unattributed,
             b.inbound_refused,
             self.exchanges_with_diffs
         )
@@ -655,6 +710,120 @@ mod tests {
         assert!(text.contains("HTTP/1.1 502 Bad Gateway"), "{text}");
         let f = e.figures();
         assert_eq!((f.matched_by_id, f.unmatched, f.malformed), (1, 1, 0));
+    }
+
+    fn mail(to: &str, id: Option<&str>) -> virtual_smtp::Message {
+        let id = id.map_or_else(String::new, |i| format!("X-Request-Id: {i}\r\n"));
+        virtual_smtp::Message {
+            from: "orders@example.com".into(),
+            recipients: vec![to.into()],
+            data: format!("{id}Subject: Order confirmed\r\n\r\nThanks, {to}\r\n").into_bytes(),
+        }
+    }
+
+    #[test]
+    fn candidate_mail_is_an_extra_side_effect_of_its_exchange_and_masked() {
+        let e = effects();
+        let smtp: SocketAddr = "10.0.0.9:25".parse().expect("addr");
+        let a = legacy_order(&e, 5);
+        e.candidate_message(smtp, &mail("ann.lee@example.org", Some("req-5")));
+        let cmp = Comparator::new(CompareConfig::default()).expect("comparator");
+        let d = e.conclude(&a.id, &cmp);
+        let kinds: Vec<String> = d.iter().map(|d| d.kind.to_string()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "side_effect(SMTP MAIL TO 1 recipient,extra)",
+                "side_effect(POST /charges,missing)"
+            ]
+        );
+        let shown = d[0].candidate.clone().expect("the message");
+        assert!(shown.contains("Order confirmed"), "{shown}");
+        assert!(
+            !shown.contains("ann.lee"),
+            "the recipient is masked: {shown}"
+        );
+        let f = e.figures();
+        assert_eq!((f.smtp_messages, f.smtp_unattributed), (1, 0));
+    }
+
+    #[test]
+    fn candidate_mail_without_an_id_goes_to_the_one_exchange_in_the_candidates_hands() {
+        let e = effects();
+        let smtp: SocketAddr = "10.0.0.9:25".parse().expect("addr");
+        let a = legacy_order(&e, 6);
+        e.candidate_message(smtp, &mail("bo@example.net", None));
+        let b = legacy_order(&e, 7);
+        // Two exchanges replaying: which one sent it is unknown, so it is counted only.
+        e.candidate_message(smtp, &mail("cy@example.net", None));
+        let cmp = Comparator::new(CompareConfig::default()).expect("comparator");
+        let extra = |d: Vec<Diff>| {
+            d.iter()
+                .filter(|d| d.kind.to_string().contains("SMTP"))
+                .count()
+        };
+        assert_eq!(extra(e.conclude(&a.id, &cmp)), 1);
+        assert_eq!(extra(e.conclude(&b.id, &cmp)), 0);
+        let f = e.figures();
+        assert_eq!((f.smtp_messages, f.smtp_unattributed), (2, 1));
+    }
+
+    /// What the server sent until `want` appeared `times` times (or its close).
+    async fn read_until(c: &mut tokio::net::TcpStream, want: &str, times: usize) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while String::from_utf8_lossy(&got).matches(want).count() < times {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .expect("answers in time")
+                .expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Through a real listener: pipelined commands are answered in order, a message is
+    /// kept, a message left without its end and an overlong line keep nothing, and the
+    /// overlong line closes the connection.
+    #[tokio::test]
+    async fn the_virtual_relay_answers_pipelined_commands_and_refuses_overlong_lines() {
+        use tokio::io::AsyncWriteExt as _;
+        let e = Arc::new(effects());
+        let smtp: SocketAddr = "10.0.0.9:25".parse().expect("addr");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(virtual_smtp::serve(listener, e.clone(), smtp));
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(read_until(&mut c, "\r\n", 1).await.starts_with("220 "));
+        c.write_all(
+            b"EHLO t\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nhi\r\n.\r\nNOOP\r\n\
+              MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nno end\r\n",
+        )
+        .await
+        .expect("write");
+        let text = read_until(&mut c, "354 end data", 2).await;
+        let codes: Vec<&str> = text.lines().filter_map(|l| l.get(..4)).collect();
+        assert_eq!(
+            codes,
+            [
+                "250-", "250-", "250-", "250 ", "250 ", "250 ", "354 ", "250 ", "250 ", "250 ",
+                "250 ", "354 "
+            ],
+            "{text}"
+        );
+        c.write_all(&vec![b'x'; 4 * virtual_smtp::MAX_LINE])
+            .await
+            .expect("write");
+        let text = read_until(&mut c, "closing", 1).await;
+        assert!(text.starts_with("500 "), "{text}");
+        let f = e.figures();
+        assert_eq!(f.smtp_messages, 1, "only the finished message is kept");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{Effects, EffectsConfig, recorder, virtual_dep};
+use super::{Effects, EffectsConfig, recorder, virtual_dep, virtual_smtp};
 use crate::{
     app::capture_loop::CaptureSettings, compare::RouteTemplater, guard::dns::in_netns, mask::Masker,
 };
@@ -75,6 +75,11 @@ impl EffectsPlan {
         tokio::spawn(recorder(self.effects.clone(), rx));
         for (dep, l) in self.listeners {
             let listener = tokio::net::TcpListener::from_std(l)?;
+            if self.effects.config().dependencies.is_smtp(&dep) {
+                tracing::info!(dependency = %dep, listener = %listener.local_addr()?, "virtual mail relay: the candidate's messages are accepted, kept as side effects and never delivered");
+                tokio::spawn(virtual_smtp::serve(listener, self.effects.clone(), dep));
+                continue;
+            }
             tracing::info!(dependency = %dep, listener = %listener.local_addr()?, "virtual dependency: the candidate's calls are answered from legacy's recordings");
             tokio::spawn(virtual_dep::serve(listener, self.effects.clone(), dep));
         }

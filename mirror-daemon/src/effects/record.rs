@@ -9,6 +9,37 @@ use crate::mask::Masker;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dependencies {
     endpoints: Vec<SocketAddr>,
+    /// The endpoints that speak SMTP (`--dependency smtp://ADDR:PORT`): virtualized by an
+    /// SMTP listener; legacy's SMTP calls are not recorded from the tap yet.
+    smtp: Vec<SocketAddr>,
+}
+
+/// One `--dependency` value: `ADDR:PORT` (HTTP/1.x) or `smtp://ADDR:PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DependencyArg {
+    pub addr: SocketAddr,
+    pub smtp: bool,
+}
+
+impl std::str::FromStr for DependencyArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (rest, smtp) = match s.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("smtp") => (rest, true),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (rest, false),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "{s:?}: unknown scheme {scheme:?}; write ADDR:PORT (HTTP/1.x) or smtp://ADDR:PORT"
+                ));
+            }
+            None => (s, false),
+        };
+        let addr = rest.trim_end_matches('/').parse().map_err(|e| {
+            format!("{s:?}: {e}; write ADDR:PORT (HTTP/1.x) or smtp://ADDR:PORT, e.g. smtp://10.0.0.5:25")
+        })?;
+        Ok(Self { addr, smtp })
+    }
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -20,7 +51,23 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 impl Dependencies {
     pub fn new(endpoints: Vec<SocketAddr>) -> Self {
-        Self { endpoints }
+        Self {
+            endpoints,
+            smtp: Vec::new(),
+        }
+    }
+
+    /// From the `--dependency` values (HTTP and SMTP ones).
+    pub fn from_args(args: &[DependencyArg]) -> Self {
+        Self {
+            endpoints: args.iter().map(|a| a.addr).collect(),
+            smtp: args.iter().filter(|a| a.smtp).map(|a| a.addr).collect(),
+        }
+    }
+
+    /// Whether `dep` speaks SMTP.
+    pub fn is_smtp(&self, dep: &SocketAddr) -> bool {
+        self.smtp.contains(dep)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -58,9 +105,15 @@ impl Dependencies {
         Traffic::Inbound
     }
 
-    /// Server ports the tap must also watch.
+    /// Server ports the tap must also watch (the HTTP dependencies': legacy's SMTP
+    /// conversations are not recorded yet).
     pub fn ports(&self) -> Vec<u16> {
-        let mut p: Vec<u16> = self.endpoints.iter().map(SocketAddr::port).collect();
+        let mut p: Vec<u16> = self
+            .endpoints
+            .iter()
+            .filter(|d| !self.smtp.contains(d))
+            .map(SocketAddr::port)
+            .collect();
         p.sort_unstable();
         p.dedup();
         p
@@ -100,6 +153,11 @@ impl Propagation {
             }
         }
         Self { names }
+    }
+
+    /// Whether header `name` carries an id.
+    pub fn carries(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 
     /// The request's propagated ids as `name=value` keys. Of a `traceparent` only the
@@ -294,6 +352,42 @@ mod tests {
                 "x-request-id=r-1".into(),
                 "x-correlation=c-9".into()
             ]
+        );
+    }
+
+    #[test]
+    fn a_dependency_is_http_unless_written_as_smtp() {
+        let d = |s: &str| s.parse::<DependencyArg>();
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(
+            d("10.0.0.5:25"),
+            Ok(DependencyArg {
+                addr: a("10.0.0.5:25"),
+                smtp: false
+            })
+        );
+        assert_eq!(
+            d("smtp://[::1]:587"),
+            Ok(DependencyArg {
+                addr: a("[::1]:587"),
+                smtp: true
+            })
+        );
+        assert_eq!(d("HTTP://10.0.0.5:80/").map(|x| x.smtp), Ok(false));
+        assert!(d("ftp://10.0.0.5:21").is_err());
+        assert!(
+            d("smtp://mail.example:25").is_err(),
+            "an address, not a name"
+        );
+        let deps = Dependencies::from_args(&[
+            d("smtp://10.0.0.5:25").expect("smtp"),
+            d("10.0.0.6:7070").expect("http"),
+        ]);
+        assert!(deps.is_smtp(&a("10.0.0.5:25")) && !deps.is_smtp(&a("10.0.0.6:7070")));
+        assert_eq!(
+            deps.ports(),
+            vec![7070],
+            "the tap does not watch SMTP (not recorded yet)"
         );
     }
 }

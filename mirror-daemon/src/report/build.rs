@@ -234,6 +234,8 @@ fn side_effect_counts(ev: &CardEvidence<'_>) -> Option<SideEffectCounts> {
         unmatched: f.unmatched,
         malformed: f.malformed,
         exchanges_with_diffs: f.exchanges_with_diffs,
+        candidate_mail: f.smtp_messages,
+        candidate_mail_unattributed: f.smtp_unattributed,
         ledgers_not_recorded: ev
             .ledgers
             .iter()

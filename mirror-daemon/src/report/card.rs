@@ -340,6 +340,10 @@ pub struct SideEffectCounts {
     /// Compared exchanges with at least one side-effect diff (exact; `mirror_side_effect_
     /// mismatched_total` on /metrics).
     pub exchanges_with_diffs: u64,
+    /// Messages the virtual mail relay accepted from the candidate (`--dependency
+    /// smtp://…`; none delivered), and those not tied to an inbound exchange.
+    pub candidate_mail: u64,
+    pub candidate_mail_unattributed: u64,
     /// Ledgers of the selection without these figures.
     pub ledgers_not_recorded: u64,
 }

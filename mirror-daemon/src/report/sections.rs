@@ -720,6 +720,13 @@ fn side_effect_count_lines(card: &ParityCard) -> Vec<String> {
             c.exchanges_with_diffs
         ),
     ];
+    if c.candidate_mail > 0 {
+        lines.push(format!(
+            "candidate mail accepted by the virtual relay (not delivered): {} messages, {} not \
+             tied to an exchange",
+            c.candidate_mail, c.candidate_mail_unattributed
+        ));
+    }
     if c.ledgers_not_recorded > 0 {
         lines.push(format!(
             "  {} ledger(s) of the selection did not record these counts",
