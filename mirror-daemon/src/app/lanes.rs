@@ -182,29 +182,70 @@ struct Prepared {
 /// A captured exchange, its masked twin and what masking removed from its request.
 type Masked = (Exchange, Exchange, Taint);
 
+/// Exchanges whose bodies (request and legacy response) are at most this long together
+/// are masked and compared on the lane's own thread: tens of microseconds, less than the
+/// hand-over to the blocking pool costs (a thread woken per exchange, twice: most of the
+/// live run's CPU beyond the stages). Longer ones still go to the blocking pool, so a
+/// large body never holds the runtime's timers and sockets for milliseconds.
+const IN_PLACE_BODY_BYTES: usize = 16 * 1024;
+
+fn in_place(ex: &Exchange) -> bool {
+    ex.request.body.len() + ex.response.body.len() <= IN_PLACE_BODY_BYTES
+}
+
+/// An exchange's masking: done in place, or running on the blocking pool.
+enum Masking {
+    Done(Box<std::thread::Result<Masked>>),
+    Pool(JoinHandle<Masked>),
+}
+
+impl Masking {
+    /// The masked exchange, or the outcome to count when masking panicked (or was cut by
+    /// the shutdown deadline).
+    async fn get(self) -> Result<Masked, Outcome> {
+        match self {
+            Masking::Done(done) => (*done).map_err(|_| {
+                tracing::error!("masking an exchange panicked; the exchange is dropped");
+                Outcome::Dropped(DropReason::StagePanic)
+            }),
+            Masking::Pool(job) => job.await.map_err(|e| super::shadow::stage_failure(&e)),
+        }
+    }
+}
+
 /// An item taken from the lane's queue: an exchange being masked (CPU work, started as
 /// soon as it is queued so it overlaps the candidate's time), or a close.
 enum Ahead {
     Exchange {
         timing: Timing,
-        masked: JoinHandle<Masked>,
+        masked: Masking,
         send_at: Option<Instant>,
     },
     Close(Option<Instant>),
+}
+
+fn mask(shadow: &Shadow, ex: Exchange) -> Masked {
+    let (masked, taint) = shadow.masker.mask_exchange_tainted(&ex);
+    (ex, masked, taint)
 }
 
 fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
     match item {
         LaneItem::Close(at) => Ahead::Close(at),
         LaneItem::Exchange(ex, send_at) => {
-            let me = shadow.clone();
+            let timing = ex.timing;
+            let masked = if in_place(&ex) {
+                let me = &**shadow;
+                let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask(me, ex)));
+                Masking::Done(Box::new(done))
+            } else {
+                let me = shadow.clone();
+                Masking::Pool(tokio::task::spawn_blocking(move || mask(&me, ex)))
+            };
             Ahead::Exchange {
                 send_at,
-                timing: ex.timing,
-                masked: tokio::task::spawn_blocking(move || {
-                    let (masked, taint) = me.masker.mask_exchange_tainted(&ex);
-                    (ex, masked, taint)
-                }),
+                timing,
+                masked,
             }
         }
     }
@@ -287,7 +328,21 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         if closes {
             conn = None;
         }
-        concluding.spawn(conclude(shadow.clone(), prepared, replies));
+        if prepared
+            .iter()
+            .all(|p| p.secondary.is_none() && in_place(&p.ex))
+        {
+            // Small and nothing to wait for: compared and recorded here, no hand-over.
+            conclude_all(
+                &shadow,
+                prepared.into_iter().zip(replies).map(|(p, reply)| {
+                    shadow.replayer.figures.reply(&reply);
+                    (p.ex, p.masked, p.taint, reply, None)
+                }),
+            );
+        } else {
+            concluding.spawn(conclude(shadow.clone(), prepared, replies));
+        }
     }
     while concluding.join_next().await.is_some() {}
 }
@@ -301,13 +356,13 @@ async fn wait_until(at: Option<Instant>) {
 }
 
 /// Waits for the batch's masking and starts the secondary's replays.
-async fn prepare(shadow: &Arc<Shadow>, batch: Vec<JoinHandle<Masked>>) -> Option<Vec<Prepared>> {
+async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepared>> {
     let mut prepared = Vec::with_capacity(batch.len());
     for job in batch {
-        let (ex, masked, taint) = match job.await {
+        let (ex, masked, taint) = match job.get().await {
             Ok(done) => done,
-            Err(e) => {
-                shadow.finish(super::shadow::stage_failure(&e));
+            Err(outcome) => {
+                shadow.finish(outcome);
                 continue;
             }
         };
@@ -431,19 +486,7 @@ async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<Rep
         done.push((p.ex, p.masked, p.taint, reply, secondary));
     }
     let me = shadow.clone();
-    let finished = tokio::task::spawn_blocking(move || {
-        for (ex, masked, taint, reply, secondary) in done {
-            // One exchange's bug must not lose the rest of the batch from the ledger.
-            let concluded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                me.conclude(ex, masked, &taint, reply, secondary)
-            }));
-            if concluded.is_err() {
-                tracing::error!("comparing or recording an exchange panicked; it is dropped");
-                me.finish(Outcome::Dropped(DropReason::StagePanic));
-            }
-        }
-    })
-    .await;
+    let finished = tokio::task::spawn_blocking(move || conclude_all(&me, done)).await;
     if finished.is_err() {
         // Only a runtime stopping at the shutdown deadline cancels this task; the ledger's
         // seal counts what it held as `shutdown_deadline`.
@@ -451,6 +494,29 @@ async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<Rep
             exchanges = n,
             "concluding a batch was cut by the shutdown deadline"
         );
+    }
+}
+
+/// An exchange ready to be compared and recorded.
+type Concluding = (
+    Exchange,
+    Exchange,
+    Taint,
+    ReplayResult,
+    Option<ReplayResult>,
+);
+
+/// Compares and records each exchange, each in its own outcome.
+fn conclude_all(shadow: &Shadow, done: impl IntoIterator<Item = Concluding>) {
+    for (ex, masked, taint, reply, secondary) in done {
+        // One exchange's bug must not lose the rest of the batch from the ledger.
+        let concluded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shadow.conclude(ex, masked, &taint, reply, secondary)
+        }));
+        if concluded.is_err() {
+            tracing::error!("comparing or recording an exchange panicked; it is dropped");
+            shadow.finish(Outcome::Dropped(DropReason::StagePanic));
+        }
     }
 }
 
