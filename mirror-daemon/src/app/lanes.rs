@@ -183,14 +183,19 @@ struct Prepared {
 type Masked = (Exchange, Exchange, Taint);
 
 /// Exchanges whose bodies (request and legacy response) are at most this long together
-/// are masked and compared on the lane's own thread: tens of microseconds, less than the
-/// hand-over to the blocking pool costs (a thread woken per exchange, twice: most of the
-/// live run's CPU beyond the stages). Longer ones still go to the blocking pool, so a
-/// large body never holds the runtime's timers and sockets for milliseconds.
+/// are masked and compared on the lane's own thread while the lane keeps up: tens of
+/// microseconds, less than the hand-over to the blocking pool costs (a thread woken per
+/// exchange, twice: most of the live run's CPU beyond the stages). Longer ones still go
+/// to the blocking pool, so a large body never holds the runtime's timers and sockets for
+/// milliseconds.
 const IN_PLACE_BODY_BYTES: usize = 16 * 1024;
 
-fn in_place(ex: &Exchange) -> bool {
-    ex.request.body.len() + ex.response.body.len() <= IN_PLACE_BODY_BYTES
+/// Whether `ex` is masked or compared on the lane's thread. Not when the lane has fallen
+/// behind (`backlog`: exchanges still in its queue, beyond those masked ahead): a busy
+/// connection's exchanges then use the pool's threads side by side, as one lane's
+/// thread could not.
+fn in_place(ex: &Exchange, backlog: usize) -> bool {
+    backlog < MAX_AHEAD && ex.request.body.len() + ex.response.body.len() <= IN_PLACE_BODY_BYTES
 }
 
 /// An exchange's masking: done in place, or running on the blocking pool.
@@ -229,12 +234,12 @@ fn mask(shadow: &Shadow, ex: Exchange) -> Masked {
     (ex, masked, taint)
 }
 
-fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
+fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
     match item {
         LaneItem::Close(at) => Ahead::Close(at),
         LaneItem::Exchange(ex, send_at) => {
             let timing = ex.timing;
-            let masked = if in_place(&ex) {
+            let masked = if in_place(&ex, backlog) {
                 let me = &**shadow;
                 let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask(me, ex)));
                 Masking::Done(Box::new(done))
@@ -260,11 +265,11 @@ const MAX_CONCLUDING: usize = 32;
 /// runs ahead and comparing runs behind, so the candidate connection is never idle for
 /// the daemon's own work.
 async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc<AtomicUsize>) {
-    let start = |item: LaneItem| {
+    let start = |item: LaneItem, backlog: usize| {
         if matches!(item, LaneItem::Exchange(..)) {
             queued.fetch_sub(1, Ordering::Relaxed);
         }
-        start(&shadow, item)
+        start(&shadow, item, backlog)
     };
     let mut conn: Option<CandidateConn> = None;
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
@@ -272,13 +277,13 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
     loop {
         while ahead.len() < MAX_AHEAD {
             match rx.try_recv() {
-                Ok(item) => ahead.push_back(start(item)),
+                Ok(item) => ahead.push_back(start(item, rx.len())),
                 Err(_) => break,
             }
         }
         if ahead.is_empty() {
             match timeout(LANE_IDLE, rx.recv()).await {
-                Ok(Some(item)) => ahead.push_back(start(item)),
+                Ok(Some(item)) => ahead.push_back(start(item, rx.len())),
                 Ok(None) => break,
                 Err(_) => {
                     // Idle: close the connection and take no more; what is already
@@ -330,7 +335,7 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         }
         if prepared
             .iter()
-            .all(|p| p.secondary.is_none() && in_place(&p.ex))
+            .all(|p| p.secondary.is_none() && in_place(&p.ex, rx.len()))
         {
             // Small and nothing to wait for: compared and recorded here, no hand-over.
             conclude_all(

@@ -380,6 +380,36 @@ mod tests {
     use super::*;
     use crate::store::{StoreOptions, StoreUrl};
 
+    /// Rows queued together share one transaction, at most [`STORE_BATCH`] each; a
+    /// closed queue is emptied first, then reported closed.
+    #[tokio::test]
+    async fn store_rows_are_gathered_into_batches() {
+        let (tx, mut rx) = mpsc::channel(STORE_BATCH * 2);
+        let mut batch = Vec::new();
+        for i in 0..3 {
+            tx.try_send(row(i, Outcome::Matched)).expect("room");
+        }
+        assert!(!gather(&mut rx, &mut batch).await);
+        assert_eq!(batch.len(), 3, "rows queued together share a batch");
+        batch.clear();
+        for i in 0..(STORE_BATCH as u32 + 100) {
+            tx.try_send(row(i, Outcome::Matched)).expect("room");
+        }
+        assert!(!gather(&mut rx, &mut batch).await);
+        assert_eq!(
+            batch.len(),
+            STORE_BATCH,
+            "a batch holds STORE_BATCH rows at most"
+        );
+        batch.clear();
+        drop(tx);
+        assert!(gather(&mut rx, &mut batch).await, "the queue closed");
+        assert_eq!(batch.len(), 100, "what was queued before the close is kept");
+        batch.clear();
+        assert!(gather(&mut rx, &mut batch).await);
+        assert!(batch.is_empty());
+    }
+
     fn row(i: u32, outcome: Outcome) -> ExchangeRecord {
         ExchangeRecord {
             id: format!("x{i}"),
