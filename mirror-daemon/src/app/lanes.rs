@@ -182,29 +182,75 @@ struct Prepared {
 /// A captured exchange, its masked twin and what masking removed from its request.
 type Masked = (Exchange, Exchange, Taint);
 
+/// Exchanges whose bodies (request and legacy response) are at most this long together
+/// are masked and compared on the lane's own thread while the lane keeps up: tens of
+/// microseconds, less than the hand-over to the blocking pool costs (a thread woken per
+/// exchange, twice: most of the live run's CPU beyond the stages). Longer ones still go
+/// to the blocking pool, so a large body never holds the runtime's timers and sockets for
+/// milliseconds.
+const IN_PLACE_BODY_BYTES: usize = 16 * 1024;
+
+/// Whether `ex` is masked or compared on the lane's thread. Not when the lane has fallen
+/// behind (`backlog`: exchanges still in its queue, beyond those masked ahead): a busy
+/// connection's exchanges then use the pool's threads side by side, as one lane's
+/// thread could not.
+fn in_place(ex: &Exchange, backlog: usize) -> bool {
+    backlog < MAX_AHEAD && ex.request.body.len() + ex.response.body.len() <= IN_PLACE_BODY_BYTES
+}
+
+/// An exchange's masking: done in place, or running on the blocking pool.
+enum Masking {
+    Done(Box<std::thread::Result<Masked>>),
+    Pool(JoinHandle<Masked>),
+}
+
+impl Masking {
+    /// The masked exchange, or the outcome to count when masking panicked (or was cut by
+    /// the shutdown deadline).
+    async fn get(self) -> Result<Masked, Outcome> {
+        match self {
+            Masking::Done(done) => (*done).map_err(|_| {
+                tracing::error!("masking an exchange panicked; the exchange is dropped");
+                Outcome::Dropped(DropReason::StagePanic)
+            }),
+            Masking::Pool(job) => job.await.map_err(|e| super::shadow::stage_failure(&e)),
+        }
+    }
+}
+
 /// An item taken from the lane's queue: an exchange being masked (CPU work, started as
 /// soon as it is queued so it overlaps the candidate's time), or a close.
 enum Ahead {
     Exchange {
         timing: Timing,
-        masked: JoinHandle<Masked>,
+        masked: Masking,
         send_at: Option<Instant>,
     },
     Close(Option<Instant>),
 }
 
-fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
+fn mask(shadow: &Shadow, ex: Exchange) -> Masked {
+    let (masked, taint) = shadow.masker.mask_exchange_tainted(&ex);
+    (ex, masked, taint)
+}
+
+fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
     match item {
         LaneItem::Close(at) => Ahead::Close(at),
         LaneItem::Exchange(ex, send_at) => {
-            let me = shadow.clone();
+            let timing = ex.timing;
+            let masked = if in_place(&ex, backlog) {
+                let me = &**shadow;
+                let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask(me, ex)));
+                Masking::Done(Box::new(done))
+            } else {
+                let me = shadow.clone();
+                Masking::Pool(tokio::task::spawn_blocking(move || mask(&me, ex)))
+            };
             Ahead::Exchange {
                 send_at,
-                timing: ex.timing,
-                masked: tokio::task::spawn_blocking(move || {
-                    let (masked, taint) = me.masker.mask_exchange_tainted(&ex);
-                    (ex, masked, taint)
-                }),
+                timing,
+                masked,
             }
         }
     }
@@ -219,11 +265,11 @@ const MAX_CONCLUDING: usize = 32;
 /// runs ahead and comparing runs behind, so the candidate connection is never idle for
 /// the daemon's own work.
 async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc<AtomicUsize>) {
-    let start = |item: LaneItem| {
+    let start = |item: LaneItem, backlog: usize| {
         if matches!(item, LaneItem::Exchange(..)) {
             queued.fetch_sub(1, Ordering::Relaxed);
         }
-        start(&shadow, item)
+        start(&shadow, item, backlog)
     };
     let mut conn: Option<CandidateConn> = None;
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
@@ -231,13 +277,13 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
     loop {
         while ahead.len() < MAX_AHEAD {
             match rx.try_recv() {
-                Ok(item) => ahead.push_back(start(item)),
+                Ok(item) => ahead.push_back(start(item, rx.len())),
                 Err(_) => break,
             }
         }
         if ahead.is_empty() {
             match timeout(LANE_IDLE, rx.recv()).await {
-                Ok(Some(item)) => ahead.push_back(start(item)),
+                Ok(Some(item)) => ahead.push_back(start(item, rx.len())),
                 Ok(None) => break,
                 Err(_) => {
                     // Idle: close the connection and take no more; what is already
@@ -287,7 +333,21 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         if closes {
             conn = None;
         }
-        concluding.spawn(conclude(shadow.clone(), prepared, replies));
+        if prepared
+            .iter()
+            .all(|p| p.secondary.is_none() && in_place(&p.ex, rx.len()))
+        {
+            // Small and nothing to wait for: compared and recorded here, no hand-over.
+            conclude_all(
+                &shadow,
+                prepared.into_iter().zip(replies).map(|(p, reply)| {
+                    shadow.replayer.figures.reply(&reply);
+                    (p.ex, p.masked, p.taint, reply, None)
+                }),
+            );
+        } else {
+            concluding.spawn(conclude(shadow.clone(), prepared, replies));
+        }
     }
     while concluding.join_next().await.is_some() {}
 }
@@ -301,13 +361,13 @@ async fn wait_until(at: Option<Instant>) {
 }
 
 /// Waits for the batch's masking and starts the secondary's replays.
-async fn prepare(shadow: &Arc<Shadow>, batch: Vec<JoinHandle<Masked>>) -> Option<Vec<Prepared>> {
+async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepared>> {
     let mut prepared = Vec::with_capacity(batch.len());
     for job in batch {
-        let (ex, masked, taint) = match job.await {
+        let (ex, masked, taint) = match job.get().await {
             Ok(done) => done,
-            Err(e) => {
-                shadow.finish(super::shadow::stage_failure(&e));
+            Err(outcome) => {
+                shadow.finish(outcome);
                 continue;
             }
         };
@@ -431,19 +491,7 @@ async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<Rep
         done.push((p.ex, p.masked, p.taint, reply, secondary));
     }
     let me = shadow.clone();
-    let finished = tokio::task::spawn_blocking(move || {
-        for (ex, masked, taint, reply, secondary) in done {
-            // One exchange's bug must not lose the rest of the batch from the ledger.
-            let concluded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                me.conclude(ex, masked, &taint, reply, secondary)
-            }));
-            if concluded.is_err() {
-                tracing::error!("comparing or recording an exchange panicked; it is dropped");
-                me.finish(Outcome::Dropped(DropReason::StagePanic));
-            }
-        }
-    })
-    .await;
+    let finished = tokio::task::spawn_blocking(move || conclude_all(&me, done)).await;
     if finished.is_err() {
         // Only a runtime stopping at the shutdown deadline cancels this task; the ledger's
         // seal counts what it held as `shutdown_deadline`.
@@ -451,6 +499,29 @@ async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<Rep
             exchanges = n,
             "concluding a batch was cut by the shutdown deadline"
         );
+    }
+}
+
+/// An exchange ready to be compared and recorded.
+type Concluding = (
+    Exchange,
+    Exchange,
+    Taint,
+    ReplayResult,
+    Option<ReplayResult>,
+);
+
+/// Compares and records each exchange, each in its own outcome.
+fn conclude_all(shadow: &Shadow, done: impl IntoIterator<Item = Concluding>) {
+    for (ex, masked, taint, reply, secondary) in done {
+        // One exchange's bug must not lose the rest of the batch from the ledger.
+        let concluded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shadow.conclude(ex, masked, &taint, reply, secondary)
+        }));
+        if concluded.is_err() {
+            tracing::error!("comparing or recording an exchange panicked; it is dropped");
+            shadow.finish(Outcome::Dropped(DropReason::StagePanic));
+        }
     }
 }
 

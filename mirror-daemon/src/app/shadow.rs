@@ -314,32 +314,28 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Writes rows in batches (every 500 rows or 200 ms) and records each row's outcome in
-/// the ledger: its own once written, `dropped{store_failed}` when the store refused it.
-/// Stops when the queue closes; rows it never reaches are still in flight, and
+/// Rows per store transaction at most.
+const STORE_BATCH: usize = 500;
+/// How long a row waits for others to share its transaction at most.
+const STORE_LINGER: Duration = Duration::from_millis(200);
+
+/// Writes rows in batches (every [`STORE_BATCH`] rows, or [`STORE_LINGER`] after the
+/// batch's first row) and records each row's outcome in the ledger: its own once written,
+/// `dropped{store_failed}` when the store refused it. Stops when the queue closes (what it
+/// holds is written first); rows it never reaches are still in flight, and
 /// [`Ledger::seal`] counts them at the shutdown deadline.
+///
+/// Rows are gathered rather than written as they come: rows arriving one at a time would
+/// otherwise each make a transaction (WAL frames for every index page, a blocking-pool
+/// hop, frequent checkpoints), the largest cost of the live run after the stages.
 pub async fn store_writer(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<ExchangeRecord>,
     ledger: Arc<Ledger>,
 ) {
-    let mut batch = Vec::with_capacity(500);
+    let mut batch = Vec::with_capacity(STORE_BATCH);
     loop {
-        let timed = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
-        let closed = match timed {
-            Ok(Some(row)) => {
-                batch.push(row);
-                while batch.len() < 500 {
-                    match rx.try_recv() {
-                        Ok(row) => batch.push(row),
-                        Err(_) => break,
-                    }
-                }
-                false
-            }
-            Ok(None) => true,
-            Err(_) => false,
-        };
+        let closed = gather(&mut rx, &mut batch).await;
         if !batch.is_empty() {
             match store.write_batch(&batch).await {
                 Ok(_) => {
@@ -361,10 +357,58 @@ pub async fn store_writer(
     }
 }
 
+/// Fills `batch` with the rows of one transaction: waits for a first row, then for more
+/// until [`STORE_BATCH`] or [`STORE_LINGER`] after the first. True when the queue closed.
+async fn gather(rx: &mut mpsc::Receiver<ExchangeRecord>, batch: &mut Vec<ExchangeRecord>) -> bool {
+    if rx.recv_many(batch, STORE_BATCH).await == 0 {
+        return true;
+    }
+    let until = tokio::time::Instant::now() + STORE_LINGER;
+    while batch.len() < STORE_BATCH {
+        let room = STORE_BATCH - batch.len();
+        match tokio::time::timeout_at(until, rx.recv_many(batch, room)).await {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{StoreOptions, StoreUrl};
+
+    /// Rows queued together share one transaction, at most [`STORE_BATCH`] each; a
+    /// closed queue is emptied first, then reported closed.
+    #[tokio::test]
+    async fn store_rows_are_gathered_into_batches() {
+        let (tx, mut rx) = mpsc::channel(STORE_BATCH * 2);
+        let mut batch = Vec::new();
+        for i in 0..3 {
+            tx.try_send(row(i, Outcome::Matched)).expect("room");
+        }
+        assert!(!gather(&mut rx, &mut batch).await);
+        assert_eq!(batch.len(), 3, "rows queued together share a batch");
+        batch.clear();
+        for i in 0..(STORE_BATCH as u32 + 100) {
+            tx.try_send(row(i, Outcome::Matched)).expect("room");
+        }
+        assert!(!gather(&mut rx, &mut batch).await);
+        assert_eq!(
+            batch.len(),
+            STORE_BATCH,
+            "a batch holds STORE_BATCH rows at most"
+        );
+        batch.clear();
+        drop(tx);
+        assert!(gather(&mut rx, &mut batch).await, "the queue closed");
+        assert_eq!(batch.len(), 100, "what was queued before the close is kept");
+        batch.clear();
+        assert!(gather(&mut rx, &mut batch).await);
+        assert!(batch.is_empty());
+    }
 
     fn row(i: u32, outcome: Outcome) -> ExchangeRecord {
         ExchangeRecord {

@@ -85,8 +85,10 @@ fn shadow_run(
     // Stop requests during start-up are honoured once the loop starts, with everything
     // created so far torn down in order.
     let mut signals = signals::install(Hangup::Reload)?;
-    // A few blocking threads (masking and comparing run there) are enough for 2 cores and
-    // keep the thread count, and the allocator arenas that come with threads, bounded.
+    // A few blocking threads (SQLite, and masking and comparing of large bodies run there;
+    // small exchanges are masked and compared on the lanes' own threads) are enough for
+    // 2 cores and keep the thread count, and the allocator arenas that come with threads,
+    // bounded.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
