@@ -125,6 +125,9 @@ pub struct VirtualCounters {
     pub malformed: AtomicU64,
     /// Messages the virtual mail relay accepted from the candidate.
     pub smtp_messages: AtomicU64,
+    /// Candidate connections to a virtual listener closed unserved because
+    /// [`MAX_VIRTUAL_CONNECTIONS`] were already open on it.
+    pub connections_refused: AtomicU64,
     /// Of those, messages no inbound exchange could be named for (no propagated id, and
     /// not exactly one exchange in the candidate's hands): counted, not diffed.
     pub smtp_unattributed: AtomicU64,
@@ -509,6 +512,46 @@ impl std::fmt::Display for EffectsFigures {
     }
 }
 
+/// Connections one virtual listener serves at once: a candidate opening more (it may
+/// hold up to `--candidate-pids` processes, each with many sockets) costs the daemon no
+/// more tasks or buffers; the extra ones are closed and counted.
+pub const MAX_VIRTUAL_CONNECTIONS: usize = 256;
+
+/// Accepts the candidate's connections on a virtual listener and serves each with
+/// `serve_one`, at most [`MAX_VIRTUAL_CONNECTIONS`] at a time, until the runtime stops.
+pub(crate) async fn accept_bounded<F, Fut>(
+    listener: tokio::net::TcpListener,
+    effects: Arc<Effects>,
+    dependency: std::net::SocketAddr,
+    serve_one: F,
+) where
+    F: Fn(tokio::net::TcpStream, Arc<Effects>, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_VIRTUAL_CONNECTIONS));
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            let n = effects
+                .counters
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                tracing::warn!(%dependency, refused = n + 1, "virtual dependency: too many candidate connections at once, closing the extra ones");
+            }
+            continue;
+        };
+        let served = serve_one(sock, effects.clone(), dependency);
+        tokio::spawn(async move {
+            served.await;
+            drop(permit);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,6 +708,37 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// A candidate holding more connections open than a virtual listener serves at once:
+    /// the extra one is closed at once and counted; the ones served stay open.
+    #[tokio::test]
+    async fn a_virtual_listener_serves_a_bounded_number_of_connections() {
+        use tokio::io::AsyncReadExt as _;
+        let e = Arc::new(effects());
+        let dep: SocketAddr = DEP.parse().expect("addr");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(virtual_dep::serve(listener, e.clone(), dep));
+        let mut held = Vec::new();
+        for _ in 0..MAX_VIRTUAL_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf))
+            .await
+            .expect("closed in time");
+        assert!(
+            matches!(n, Ok(0) | Err(_)),
+            "the extra connection is closed: {n:?}"
+        );
+        assert_eq!(e.counters.connections_refused.load(Ordering::Relaxed), 1);
+        // A served connection is still open (waiting for its request).
+        let still = tokio::time::timeout(Duration::from_millis(200), held[0].read(&mut buf)).await;
+        assert!(still.is_err(), "served connections stay open: {still:?}");
     }
 
     /// Through a real listener: a chunked call (as clients streaming a body send them) is

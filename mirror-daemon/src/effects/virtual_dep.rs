@@ -229,14 +229,7 @@ pub fn fuzz_request(data: &[u8]) {
 
 /// Serves one dependency's virtual listener until the runtime stops.
 pub async fn serve(listener: TcpListener, effects: Arc<Effects>, dependency: SocketAddr) {
-    loop {
-        let Ok((sock, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let e = effects.clone();
-        tokio::spawn(async move { connection(sock, e, dependency).await });
-    }
+    super::accept_bounded(listener, effects, dependency, connection).await;
 }
 
 async fn connection(mut sock: TcpStream, effects: Arc<Effects>, dependency: SocketAddr) {

@@ -340,16 +340,10 @@ pub fn fuzz_session(data: &[u8]) {
 
 /// Serves one SMTP dependency's virtual listener until the runtime stops.
 pub async fn serve(listener: TcpListener, effects: Arc<Effects>, dependency: SocketAddr) {
-    loop {
-        let Ok((sock, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let e = effects.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(SESSION, connection(sock, e, dependency)).await;
-        });
-    }
+    super::accept_bounded(listener, effects, dependency, |sock, e, dep| async move {
+        let _ = tokio::time::timeout(SESSION, connection(sock, e, dep)).await;
+    })
+    .await;
 }
 
 async fn connection(mut sock: TcpStream, effects: Arc<Effects>, dependency: SocketAddr) {
