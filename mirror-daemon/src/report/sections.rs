@@ -635,10 +635,14 @@ fn side_effects(card: &ParityCard) -> Section<'_> {
         .side_effects
         .iter()
         .map(|e| {
-            let example = match (&e.legacy, &e.candidate) {
-                (Some(l), Some(c)) => format!("legacy sent {l}, the candidate {c}"),
-                (Some(l), None) => format!("legacy sent {l}"),
-                (None, Some(c)) => format!("the candidate sent {c}"),
+            // A payload can span lines (a mail message); a table cell is one line.
+            let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+            let example = match (e.legacy.as_deref(), e.candidate.as_deref()) {
+                (Some(l), Some(c)) => {
+                    format!("legacy sent {}, the candidate {}", one_line(l), one_line(c))
+                }
+                (Some(l), None) => format!("legacy sent {}", one_line(l)),
+                (None, Some(c)) => format!("the candidate sent {}", one_line(c)),
                 (None, None) => String::new(),
             };
             Row::new(vec![

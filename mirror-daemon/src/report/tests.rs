@@ -1436,3 +1436,26 @@ async fn the_latency_section_states_the_floor_and_a_candidate_cpu_cap() {
     assert!(card.latency.caveats.is_empty());
     assert_eq!(card.latency.candidate_cpu_cap_percent, None);
 }
+
+/// A side effect whose payload spans lines (a mail message) is shown on one line.
+#[tokio::test]
+async fn a_multi_line_side_effect_example_is_shown_on_one_line() {
+    let ev = load_sims(&go_sims()).await;
+    let mut card = card_of(&ev, &criteria());
+    card.side_effects.push(crate::report::card::SideEffectCard {
+        route: "POST /orders".into(),
+        call: "SMTP MAIL TO 1 recipient".into(),
+        what: "extra".into(),
+        exchanges: 3,
+        legacy: None,
+        candidate: Some(
+            "RCPT TO: u-1@x.masked.invalid\r\nSubject: Order 7\r\n\r\nThanks\r\n".into(),
+        ),
+    });
+    let text = crate::report::render::render_table(&card);
+    assert!(
+        text.lines().any(|l| l
+            .contains("the candidate sent RCPT TO: u-1@x.masked.invalid Subject: Order 7 Thanks")),
+        "{text}"
+    );
+}
