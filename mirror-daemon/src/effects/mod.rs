@@ -157,6 +157,8 @@ pub struct EffectsFigures {
     pub smtp_messages: u64,
     /// Of those, messages not tied to an inbound exchange (counted, not diffed).
     pub smtp_unattributed: u64,
+    /// Candidate connections to a virtual listener closed unserved (too many at once).
+    pub virtual_connections_refused: u64,
     /// Compared exchanges with at least one side-effect diff (exact, where the card's
     /// `side_effect_mismatched` is an upper bound over diff kinds).
     pub exchanges_with_diffs: u64,
@@ -470,6 +472,7 @@ impl Effects {
             smtp_messages: l(&c.smtp_messages),
             smtp_unattributed: l(&c.smtp_unattributed),
             exchanges_with_diffs: l(&c.exchanges_with_diffs),
+            virtual_connections_refused: l(&c.connections_refused),
         }
     }
 }
@@ -486,7 +489,7 @@ impl std::fmt::Display for EffectsFigures {
         let b = &self.book;
         write!(
             f,
-            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unsettled at their exchange's end {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); other servers on dependency ports (not calls, not inbound) {}; candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); candidate mail accepted by the virtual relay {} (not tied to an exchange {}); exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
+            "legacy calls recorded {} (by id {}, by time window {}, ambiguous {}, taken over by a better fit {}, unsettled at their exchange's end {}, unattributed {}, over the per-exchange cap {}, over the byte budget {}, lost on the recorder queue {}); other servers on dependency ports (not calls, not inbound) {}; candidate calls {} (answered by id {}, by content {}, refused as ties {}, unmatched 502 {}, malformed {}); candidate mail accepted by the virtual relay {} (not tied to an exchange {}); candidate connections closed unserved (too many at once) {}; exchanges not followed (book full) {}; compared exchanges with a side-effect diff {}",
             b.calls_recorded,
             b.attributed_exact,
             b.attributed_window,
@@ -506,6 +509,7 @@ impl std::fmt::Display for EffectsFigures {
             self.malformed,
             self.smtp_messages,
             self.smtp_unattributed,
+            self.virtual_connections_refused,
             b.inbound_refused,
             self.exchanges_with_diffs
         )
@@ -736,6 +740,11 @@ mod tests {
             "the extra connection is closed: {n:?}"
         );
         assert_eq!(e.counters.connections_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            e.figures().virtual_connections_refused,
+            1,
+            "in the stored figures"
+        );
         // A served connection is still open (waiting for its request).
         let still = tokio::time::timeout(Duration::from_millis(200), held[0].read(&mut buf)).await;
         assert!(still.is_err(), "served connections stay open: {still:?}");
