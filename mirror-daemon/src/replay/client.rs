@@ -294,8 +294,11 @@ impl CandidateConn {
                 };
             }
             let first = *first.get_or_insert(stamp);
-            let data = self.buf[..n].to_vec();
-            if let Some(done) = self.feed(&mut reader, &data, sent, first, stamp)? {
+            // Fed from the read buffer itself (taken out for the call: no copy per read).
+            let buf = std::mem::take(&mut self.buf);
+            let fed = self.feed(&mut reader, &buf[..n], sent, first, stamp);
+            self.buf = buf;
+            if let Some(done) = fed? {
                 return Ok(done);
             }
         }
