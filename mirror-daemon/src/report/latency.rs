@@ -7,13 +7,14 @@
 //! difference's interval is `[cand_lo − legacy_hi, cand_hi − legacy_lo]`, which covers
 //! with at least 95 %. With few samples the ranks reach the extremes and the interval is
 //! wide: a small sample cannot prove a regression.
-use crate::store::{LatencySample, RouteLatency, percentile};
+use crate::store::{LatencySample, RouteLatency};
 
 use super::card::{LatencyCard, Percentiles, RouteLatencyCard, SideLatency};
 
 /// The values of `v` at 1-based `ranks` (each in `1..=v.len()`) as if `v` were sorted,
 /// by successive selection: O(n) where sorting was O(n log n), the same values. The live
 /// card draws every route's percentiles twice a second from up to 20 000 samples each.
+/// (Nearest rank, as `store::percentile` takes it from sorted values.)
 fn at_ranks(v: &mut [u64], ranks: &[usize]) -> Vec<u64> {
     let mut order: Vec<usize> = (0..ranks.len()).collect();
     order.sort_by_key(|&i| ranks[i]);
@@ -31,7 +32,7 @@ fn at_ranks(v: &mut [u64], ranks: &[usize]) -> Vec<u64> {
     out
 }
 
-/// The nearest rank of `q` among `n` values, as [`percentile`] takes it.
+/// The nearest rank of `q` among `n` values, as `store::percentile` takes it.
 fn nearest_rank(q: f64, n: usize) -> usize {
     ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n)
 }
@@ -51,7 +52,7 @@ fn percentiles(mut v: Vec<u64>) -> Percentiles {
 }
 
 /// Nearest rank over weighted values: the smallest value whose cumulative weight reaches
-/// `q` of the total. With every weight 1 this is [`percentile`].
+/// `q` of the total. With every weight 1 this is `store::percentile`.
 fn weighted_percentile(sorted: &[(u64, f64)], q: f64) -> Option<u64> {
     let total: f64 = sorted.iter().map(|(_, w)| w).sum();
     // Slack for float sums: a target hit exactly must not slip to the next value.
@@ -237,6 +238,7 @@ pub(crate) fn overall(routes: &[RouteLatency]) -> LatencyCard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::percentile;
 
     #[test]
     fn weighted_matches_nearest_rank_with_unit_weights() {
