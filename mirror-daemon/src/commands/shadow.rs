@@ -85,14 +85,12 @@ fn shadow_run(
     // Stop requests during start-up are honoured once the loop starts, with everything
     // created so far torn down in order.
     let mut signals = signals::install(Hangup::Reload)?;
-    // One worker thread: the pipeline's async part (lanes, sockets, timers, small
-    // exchanges masked and compared in place) fits in one core at 10k req/s, the unit
-    // gives the daemon half a core, and a second worker cost more than it gave (the two
-    // woke each other to steal tasks: context switches per exchange). A few blocking
-    // threads (SQLite, masking and comparing of large bodies) keep the thread count, and
-    // the allocator arenas that come with threads, bounded.
+    // A few blocking threads (SQLite, and masking and comparing of large bodies run there;
+    // small exchanges are masked and compared on the lanes' own threads) are enough for
+    // 2 cores and keep the thread count, and the allocator arenas that come with threads,
+    // bounded.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .max_blocking_threads(4)
         .on_thread_start(isolation::runtime_hook(p.pipeline_priority))
         .enable_all()
