@@ -116,17 +116,9 @@ impl CaptureFigures {
     }
 }
 
-/// Live, what one poll of the ring rebuilt is handed over together, in bursts of at
-/// most this many: the pipeline's task is woken once per burst, not once per exchange
-/// (each wake from this thread is a system call here and a context switch there).
-const HAND_OVER_BURST: usize = 64;
-
 /// Where the HTTP stage's outputs go.
 struct Outlet {
     exchanges: mpsc::Sender<Captured>,
-    /// Live: items waiting for the end of the poll (or a full burst), in capture order.
-    /// Counted in flight meanwhile (seen, no outcome yet).
-    pending: std::cell::RefCell<Vec<Captured>>,
     outbound: Option<crate::effects::OutboundTap>,
     sampler: Option<Arc<crate::sample::Sampler>>,
     ledger: Arc<Ledger>,
@@ -161,7 +153,7 @@ impl Outlet {
                 }
                 let item = Captured::Exchange(ex);
                 if !self.wait_when_full {
-                    self.queue(item);
+                    pipeline::offer(&self.exchanges, item, &self.ledger);
                 } else if self.exchanges.blocking_send(item).is_err() {
                     self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
                 }
@@ -192,36 +184,7 @@ impl Outlet {
             if self.wait_when_full {
                 let _ = self.exchanges.blocking_send(item);
             } else {
-                self.queue(item);
-            }
-        }
-    }
-
-    /// Holds `item` for the next hand-over; a full burst is handed over at once.
-    fn queue(&self, item: Captured) {
-        let full = {
-            let mut pending = self.pending.borrow_mut();
-            pending.push(item);
-            pending.len() >= HAND_OVER_BURST
-        };
-        if full {
-            self.hand_over();
-        }
-    }
-
-    /// Hands the held items to the pipeline in order, never waiting: an exchange that
-    /// finds the queue full is dropped and counted as `queue_full`; a connection's end
-    /// is skipped (the replay then closes the candidate connection when idle).
-    fn hand_over(&self) {
-        let mut pending = self.pending.borrow_mut();
-        for item in pending.drain(..) {
-            match item {
-                Captured::Exchange(_) => {
-                    pipeline::offer(&self.exchanges, item, &self.ledger);
-                }
-                Captured::Closed { .. } => {
-                    let _ = self.exchanges.try_send(item);
-                }
+                let _ = self.exchanges.try_send(item);
             }
         }
     }
@@ -292,7 +255,6 @@ impl Stages {
         self.reassembler
             .finish(&mut |ev| feed(tracker, outlet, apart, &ev));
         tracker.finish(&mut |o| outlet.deliver(o));
-        outlet.hand_over();
     }
 
     fn figures(&self, malformed: u64, file: Option<pcap::PcapStats>) -> CaptureFigures {
@@ -346,7 +308,6 @@ pub fn run(
         ExchangeTracker::new(settings.limits, settings.max_connections.max(1)),
         Outlet {
             exchanges,
-            pending: Default::default(),
             outbound: settings.outbound.clone(),
             sampler: settings.sampler.clone(),
             ledger,
@@ -378,7 +339,6 @@ pub fn run(
                     st.expire(now);
                     publish(&st, malformed, None);
                 }
-                st.outlet.hand_over();
             }
             // The tap is detached by now: drain what the kernel already queued.
             if let Ok(p) = reader.poll(Duration::ZERO, &mut |seg| st.segment(seg)) {
@@ -436,7 +396,6 @@ mod tests {
             ExchangeTracker::new(Limits::default(), 16),
             Outlet {
                 exchanges: tx,
-                pending: Default::default(),
                 outbound: None,
                 sampler: None,
                 ledger: ledger.clone(),
@@ -514,7 +473,6 @@ mod tests {
             ExchangeTracker::new(Limits::default(), 16),
             Outlet {
                 exchanges: tx,
-                pending: Default::default(),
                 outbound: Some(tap.clone()),
                 sampler: None,
                 ledger: ledger.clone(),
@@ -526,7 +484,6 @@ mod tests {
         // Another server on the dependency's port: not a call, and not inbound either.
         conversation(&mut st, 40_002, a("10.0.0.9:7070"), 3_000);
         conversation(&mut st, 40_003, a("10.0.0.9:7070"), 4_000);
-        st.outlet.hand_over();
         let s = ledger.snapshot();
         assert_eq!(s.seen, 1, "only the inbound exchange is seen");
         let mut inbound = 0;
@@ -598,7 +555,6 @@ mod tests {
         .expect("sampler");
         let outlet = Outlet {
             exchanges: tx,
-            pending: Default::default(),
             outbound: None,
             sampler: Some(Arc::new(sampler)),
             ledger: ledger.clone(),
@@ -611,7 +567,6 @@ mod tests {
         {
             outlet.deliver(HttpOutput::Exchange(exchange(path, 40_000 + i as u16)));
         }
-        outlet.hand_over();
         let s = ledger.snapshot();
         assert_eq!(s.seen, 6, "{s:?}");
         assert_eq!(s.count(Outcome::Excluded), 3, "{s:?}");
@@ -644,7 +599,6 @@ mod tests {
         .expect("sampler");
         let outlet = Outlet {
             exchanges: tx,
-            pending: Default::default(),
             outbound: None,
             sampler: Some(Arc::new(sampler)),
             ledger: ledger.clone(),
@@ -658,57 +612,6 @@ mod tests {
         assert_eq!(s.count(Outcome::Dropped(DropReason::QueueFull)), 0, "{s:?}");
         assert_eq!((s.seen, s.terminal(), s.in_flight()), (5, 5, 0), "{s:?}");
         assert!(rx.try_recv().is_err(), "nothing queued");
-    }
-
-    /// Live, exchanges and connection ends are handed over in bursts, in capture order:
-    /// held (in flight) until the poll ends or a burst is full; a full queue drops and
-    /// counts each exchange that finds no room.
-    #[test]
-    fn live_exchanges_are_handed_over_in_bursts_in_order() {
-        let ledger = Arc::new(Ledger::default());
-        let (tx, mut rx) = mpsc::channel(HAND_OVER_BURST + 1);
-        let outlet = Outlet {
-            exchanges: tx,
-            pending: Default::default(),
-            outbound: None,
-            sampler: None,
-            ledger: ledger.clone(),
-            wait_when_full: false,
-        };
-        for i in 0..HAND_OVER_BURST - 1 {
-            outlet.deliver(HttpOutput::Exchange(exchange("/a", 40_000 + i as u16)));
-        }
-        assert!(rx.try_recv().is_err(), "held until the burst is full");
-        assert_eq!(ledger.snapshot().in_flight(), HAND_OVER_BURST as u64 - 1);
-        outlet.deliver(HttpOutput::Exchange(exchange("/a", 1)));
-        assert_eq!(rx.len(), HAND_OVER_BURST, "a full burst goes at once");
-        // The end of the poll hands over the rest, a connection's end after its exchange.
-        let last = exchange("/last", 2);
-        let flow = last.flow;
-        outlet.deliver(HttpOutput::Exchange(last));
-        outlet.stream_event(&StreamEvent::Closed {
-            flow,
-            ts_ns: 7,
-            reason: crate::reassembly::CloseReason::Fin,
-        });
-        outlet.deliver(HttpOutput::Exchange(exchange("/over", 3)));
-        assert_eq!(rx.len(), HAND_OVER_BURST);
-        outlet.hand_over();
-        let mut got = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            got.push(match item {
-                Captured::Exchange(ex) => ex.request.target,
-                Captured::Closed { .. } => "closed".into(),
-            });
-        }
-        assert_eq!(got.len(), HAND_OVER_BURST + 1);
-        assert_eq!(got[HAND_OVER_BURST], "/last");
-        // The queue was full for the connection's end and the next exchange: the end is
-        // skipped, the exchange counted as queue_full; every exchange has one place.
-        let s = ledger.snapshot();
-        assert_eq!(s.seen, HAND_OVER_BURST as u64 + 2, "{s:?}");
-        assert_eq!(s.count(Outcome::Dropped(DropReason::QueueFull)), 1, "{s:?}");
-        assert_eq!(s.in_flight(), HAND_OVER_BURST as u64 + 1, "{s:?}");
     }
 
     #[test]
