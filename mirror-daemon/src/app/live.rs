@@ -71,10 +71,19 @@ pub struct LiveEvidence {
     egress: Vec<EgressSummary>,
     pub untracked_diff_keys: u64,
     pub untracked_egress: u64,
+    /// Bumped by every change above: a card drawn at the same count (with the same
+    /// counters) is the same card.
+    changes: u64,
 }
 
 impl LiveEvidence {
+    /// How many times the evidence changed; equal counts, equal evidence.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     pub fn record(&mut self, f: &Finished<'_>) {
+        self.changes += 1;
         // Routes are few: the route templater caps them.
         let Some(r) = sorted_entry(
             &mut self.routes,
@@ -181,6 +190,7 @@ impl LiveEvidence {
     }
 
     pub fn record_egress(&mut self, a: &EgressAttempt) {
+        self.changes += 1;
         let destination = a.destination.to_string();
         let entry = sorted_entry(
             &mut self.egress,

@@ -54,7 +54,7 @@ use crate::accounting::DropReason;
 use crate::capture::{Direction, FlowKey};
 use crate::reassembly::{CloseReason, StreamEvent};
 
-use super::decoder::{Decoder, Event, GapEffect, Kind, Message};
+use super::decoder::{BodySlab, Decoder, Event, GapEffect, Kind, Message};
 use super::error::{FramingError, Limits, OversizeKind, Protocol};
 use super::exchange::{CorrelationId, Exchange, Request, Response, Timing};
 use super::head::ResponseCtx;
@@ -354,6 +354,69 @@ fn head_bytes(headers: &[super::exchange::Header]) -> usize {
     headers.iter().map(|h| h.name.len() + h.value.len()).sum()
 }
 
+/// Empty request queues kept for reuse, at most [`SPARE_QUEUES`]: a keep-alive
+/// connection's queue empties after every exchange and an idle connection holds none
+/// (see [`ExchangeTracker::on_event`]), so without them every request allocated a queue
+/// (four entries, about 1 KiB) and every exchange freed it.
+pub(crate) const SPARE_QUEUES: usize = 256;
+
+/// At most `max` spare values for reuse (bounded memory: what does not fit is dropped).
+#[derive(Debug)]
+pub(crate) struct SparePool<T> {
+    spare: Vec<T>,
+    max: usize,
+}
+
+impl<T> SparePool<T> {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            spare: Vec::new(),
+            max,
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> Option<T> {
+        self.spare.pop()
+    }
+
+    /// Keeps `v` for reuse; false (and `v` dropped) when the pool is full.
+    pub(crate) fn give(&mut self, v: T) -> bool {
+        if self.spare.len() >= self.max {
+            return false;
+        }
+        self.spare.push(v);
+        true
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.spare.len()
+    }
+}
+
+/// Request queues for reuse.
+type SpareQueues = SparePool<VecDeque<Entry>>;
+
+impl Conn {
+    /// Before request bytes: an allocated queue from `spare` when this one has none.
+    fn lend_queue(&mut self, spare: &mut SpareQueues) {
+        if self.queue.capacity() == 0
+            && let Some(q) = spare.take()
+        {
+            self.queue = q;
+        }
+    }
+
+    /// After an event: an empty queue goes back to `spare`, so an idle keep-alive
+    /// connection holds none (its capacity times 100k open connections was most of the
+    /// tracker's memory).
+    fn return_queue(&mut self, spare: &mut SpareQueues) {
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            spare.give(std::mem::take(&mut self.queue));
+        }
+    }
+}
+
 /// Everything an event handler needs besides the connection itself.
 struct Sink<'a, F: FnMut(HttpOutput)> {
     flow: FlowKey,
@@ -398,6 +461,9 @@ pub struct ExchangeTracker {
     evicted: HashSet<FlowKey>,
     tick: u64,
     stats: HttpStats,
+    spare_queues: SpareQueues,
+    /// Where bodies of a known length are carved from.
+    bodies: BodySlab,
 }
 
 impl ExchangeTracker {
@@ -413,6 +479,8 @@ impl ExchangeTracker {
             evicted: HashSet::new(),
             tick: 0,
             stats: HttpStats::default(),
+            spare_queues: SparePool::new(SPARE_QUEUES),
+            bodies: BodySlab::default(),
         }
     }
 
@@ -460,7 +528,7 @@ impl ExchangeTracker {
                     Direction::ToServer => self.stats.bytes_to_server += bytes.len() as u64,
                     Direction::ToClient => self.stats.bytes_to_client += bytes.len() as u64,
                 }
-                let Some((conn, stats)) = self.conn(flow, false, out) else {
+                let Some((conn, stats, spare, slab)) = self.conn(flow, false, out) else {
                     return;
                 };
                 let held_before = conn.memory_bytes();
@@ -468,9 +536,15 @@ impl ExchangeTracker {
                 let mut sink = Sink { flow, stats, out };
                 let at = Position { seq, ack };
                 match direction {
-                    Direction::ToServer => on_request_bytes(conn, bytes, ts_ns, at, &mut sink),
-                    Direction::ToClient => on_response_bytes(conn, bytes, ts_ns, at, &mut sink),
+                    Direction::ToServer => {
+                        conn.lend_queue(spare);
+                        on_request_bytes(conn, bytes, ts_ns, at, slab, &mut sink)
+                    }
+                    Direction::ToClient => {
+                        on_response_bytes(conn, bytes, ts_ns, at, slab, &mut sink)
+                    }
                 }
+                conn.return_queue(spare);
                 conn.next_seq[direction.index()] = Some(seq.wrapping_add(bytes.len() as u32));
                 count_join_cost(conn, before, sink.stats);
                 let held_after = conn.memory_bytes();
@@ -482,13 +556,14 @@ impl ExchangeTracker {
                 lost_bytes,
                 ..
             } => {
-                let Some((conn, stats)) = self.conn(flow, true, out) else {
+                let Some((conn, stats, spare, _)) = self.conn(flow, true, out) else {
                     return;
                 };
                 let held_before = conn.memory_bytes();
                 let before = (stats.dropped(), conn.joining);
                 let mut sink = Sink { flow, stats, out };
                 on_gap(conn, direction, lost_bytes, &mut sink);
+                conn.return_queue(spare);
                 count_join_cost(conn, before, sink.stats);
                 let held_after = conn.memory_bytes();
                 self.held_changed(flow, held_before, held_after, out);
@@ -602,7 +677,7 @@ impl ExchangeTracker {
         flow: FlowKey,
         joined: bool,
         out: &mut impl FnMut(HttpOutput),
-    ) -> Option<(&mut Conn, &mut HttpStats)> {
+    ) -> Option<(&mut Conn, &mut HttpStats, &mut SpareQueues, &mut BodySlab)> {
         self.tick += 1;
         let tick = self.tick;
         if !self.conns.contains_key(&flow) {
@@ -623,7 +698,12 @@ impl ExchangeTracker {
         }
         let conn = self.conns.get_mut(&flow)?;
         conn.last_used = tick;
-        Some((conn, &mut self.stats))
+        Some((
+            conn,
+            &mut self.stats,
+            &mut self.spare_queues,
+            &mut self.bodies,
+        ))
     }
 
     /// Evicts the least recently used sixteenth of the table (at least one), so that the
@@ -672,20 +752,25 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
     bytes: &[u8],
     ts: u64,
     at: Position,
+    slab: &mut BodySlab,
     sink: &mut Sink<'_, F>,
 ) {
     let mut rest = bytes;
     while conn.mode != Mode::Ignored {
-        let step = match conn.requests.decode(rest, ts, ResponseCtx::default()) {
-            Ok(step) => step,
-            Err(e) => {
-                on_error(conn, Direction::ToServer, &e, sink);
-                // Scan the same bytes again: the next request line may be in them. Each
-                // error is preceded by consumed input, so this terminates.
-                conn.requests.resync();
-                continue;
-            }
-        };
+        let step =
+            match conn
+                .requests
+                .decode_into(rest, ts, ResponseCtx::default(), Some(&mut *slab))
+            {
+                Ok(step) => step,
+                Err(e) => {
+                    on_error(conn, Direction::ToServer, &e, sink);
+                    // Scan the same bytes again: the next request line may be in them. Each
+                    // error is preceded by consumed input, so this terminates.
+                    conn.requests.resync();
+                    continue;
+                }
+            };
         rest = rest.get(step.consumed..).unwrap_or_default();
         let Some(event) = step.event else { return };
         match event {
@@ -834,6 +919,7 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
     bytes: &[u8],
     ts: u64,
     at: Position,
+    slab: &mut BodySlab,
     sink: &mut Sink<'_, F>,
 ) {
     if conn.next_seq[Direction::ToClient.index()].is_none() {
@@ -855,7 +941,7 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
             .queue
             .get(conn.answered)
             .map_or_else(ResponseCtx::default, |e| e.ctx);
-        let step = match conn.responses.decode(rest, ts, ctx) {
+        let step = match conn.responses.decode_into(rest, ts, ctx, Some(&mut *slab)) {
             Ok(step) => step,
             Err(e) => {
                 on_error(conn, Direction::ToClient, &e, sink);
@@ -1007,11 +1093,6 @@ fn pop_complete<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
         let Some(entry) = conn.queue.pop_front() else {
             break;
         };
-        if conn.queue.is_empty() {
-            // An idle keep-alive connection holds no queue: its capacity (four entries,
-            // about 1 KiB) times 100k open connections was most of the tracker's memory.
-            conn.queue = VecDeque::new();
-        }
         conn.answered = conn.answered.saturating_sub(1);
         if entry.dropped {
             continue;

@@ -1205,3 +1205,46 @@ fn an_idle_keep_alive_connection_holds_no_queue() {
     assert_eq!(conn.queue.capacity(), 0);
     assert_eq!(h.tracker.memory_bytes(), 0);
 }
+
+#[test]
+fn request_queues_are_reused_and_the_spares_stay_bounded() {
+    let mut h = Harness::new();
+    // Many keep-alive connections, each with an exchange in progress: each holds a queue.
+    let conns = SPARE_QUEUES as u16 + 10;
+    for n in 0..conns {
+        h.data(flow(n), Direction::ToServer, &get("/a"));
+    }
+    assert_eq!(h.tracker.spare_queues.len(), 0);
+    for n in 0..conns {
+        h.data(flow(n), Direction::ToClient, &ok("a"));
+        assert_eq!(
+            h.tracker.conns[&flow(n)].queue.capacity(),
+            0,
+            "an idle connection keeps its queue"
+        );
+    }
+    assert_eq!(h.exchanges().len(), conns as usize);
+    // The emptied queues were kept for reuse, at most SPARE_QUEUES of them.
+    assert_eq!(h.tracker.spare_queues.len(), SPARE_QUEUES);
+    // The next request takes a spare instead of allocating; its end gives it back.
+    h.data(flow(0), Direction::ToServer, &get("/b"));
+    assert_eq!(h.tracker.spare_queues.len(), SPARE_QUEUES - 1);
+    assert!(h.tracker.conns[&flow(0)].queue.capacity() > 0);
+    h.data(flow(0), Direction::ToClient, &ok("b"));
+    assert_eq!(h.tracker.spare_queues.len(), SPARE_QUEUES);
+    assert_eq!(h.tracker.memory_bytes(), 0);
+    h.finish();
+    h.check_accounting();
+}
+
+#[test]
+fn a_spare_pool_keeps_at_most_its_bound() {
+    let mut p = SparePool::new(2);
+    assert!(p.give(1));
+    assert!(p.give(2));
+    assert!(!p.give(3), "a full pool drops what it is given");
+    assert_eq!(p.len(), 2);
+    assert_eq!(p.take(), Some(2));
+    assert_eq!(p.take(), Some(1));
+    assert_eq!(p.take(), None);
+}

@@ -176,6 +176,9 @@ pub struct CandidateConn {
     /// (pipelined) one, with the stamp of the read that brought them.
     carry: Vec<u8>,
     carry_stamp: Option<Stamp>,
+    /// Bytes written since stamping was enabled (wrapping): the id of the last request
+    /// byte's transmit stamp is this minus one.
+    written: u32,
 }
 
 impl CandidateConn {
@@ -193,7 +196,13 @@ impl CandidateConn {
             buf: vec![0u8; 16 * 1024].into_boxed_slice(),
             carry: Vec::new(),
             carry_stamp: None,
+            written: 0,
         })
+    }
+
+    /// The transmit-stamp id of the last byte written.
+    fn last_byte(&self) -> u32 {
+        self.written.wrapping_sub(1)
     }
 
     /// Writes one request; the returned instant is when its last byte left.
@@ -206,9 +215,12 @@ impl CandidateConn {
             });
         }
         let at = Instant::now();
+        // Stamp ids are 32-bit byte offsets: truncation is their wrapping.
+        self.written = self.written.wrapping_add(wire.len() as u32);
         // Loopback and veth stamp the segment inside the write: it is queued already.
         let kernel_ns = if self.stamped {
-            stamps::last_tx_stamp(&self.stream, &mut self.cmsg)
+            let id = self.last_byte();
+            stamps::last_tx_stamp(&self.stream, &mut self.cmsg, id)
         } else {
             None
         };
@@ -282,8 +294,11 @@ impl CandidateConn {
                 };
             }
             let first = *first.get_or_insert(stamp);
-            let data = self.buf[..n].to_vec();
-            if let Some(done) = self.feed(&mut reader, &data, sent, first, stamp)? {
+            // Fed from the read buffer itself (taken out for the call: no copy per read).
+            let buf = std::mem::take(&mut self.buf);
+            let fed = self.feed(&mut reader, &buf[..n], sent, first, stamp);
+            self.buf = buf;
+            if let Some(done) = fed? {
                 return Ok(done);
             }
         }
@@ -322,7 +337,8 @@ impl CandidateConn {
         let mut tx = sent.0.kernel_ns;
         if tx.is_none() && self.stamped {
             // The stamp was not queued yet when the write returned.
-            tx = stamps::last_tx_stamp(&self.stream, &mut self.cmsg);
+            let id = self.last_byte();
+            tx = stamps::last_tx_stamp(&self.stream, &mut self.cmsg, id);
         }
         match (tx, first.kernel_ns, done.kernel_ns) {
             (Some(tx), Some(f), Some(d)) => CandidateReply {

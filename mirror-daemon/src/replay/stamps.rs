@@ -4,8 +4,10 @@
 //!
 //! - Transmit: `SOF_TIMESTAMPING_TX_SCHED` stamps a segment as it enters the device
 //!   layer (`__dev_queue_xmit`, just before the tc egress hook the tap uses on legacy's
-//!   side); `SOF_TIMESTAMPING_TX_SOFTWARE` (at the driver) is the fallback. Stamps are
-//!   read back from the socket's error queue.
+//!   side; every device's transmit passes there). Stamps are read back from the
+//!   socket's error queue; `SOF_TIMESTAMPING_OPT_ID` numbers each with the offset of
+//!   the last byte of its write, so the read stops at the request's own stamp: one
+//!   `recvmsg` per request, not a drain to `EAGAIN`.
 //! - Receive: `SOF_TIMESTAMPING_RX_SOFTWARE` stamps a segment as the device hands it to
 //!   the stack (before the tc ingress hook); `recvmsg` returns the stamp of the last
 //!   segment it copied from.
@@ -18,8 +20,7 @@ use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, SockaddrStorage, TimestampingFlag, recvmsg, setsockopt, sockopt,
 };
 
-/// `ee_info` of a transmit stamp (linux/errqueue.h): at the driver / at the device layer.
-const SCM_TSTAMP_SND: u32 = 0;
+/// `ee_info` of a transmit stamp (linux/errqueue.h): at the device layer.
 const SCM_TSTAMP_SCHED: u32 = 1;
 /// Error-queue messages read per exchange at most (one per write of the request).
 const MAX_TX_STAMPS: usize = 64;
@@ -27,7 +28,7 @@ const MAX_TX_STAMPS: usize = 64;
 fn flags() -> TimestampingFlag {
     TimestampingFlag::from_bits_retain(
         libc::SOF_TIMESTAMPING_TX_SCHED
-            | libc::SOF_TIMESTAMPING_TX_SOFTWARE
+            | libc::SOF_TIMESTAMPING_OPT_ID
             | libc::SOF_TIMESTAMPING_RX_SOFTWARE
             | libc::SOF_TIMESTAMPING_SOFTWARE
             | libc::SOF_TIMESTAMPING_OPT_TSONLY,
@@ -92,11 +93,14 @@ pub fn recv_stamped<F: AsFd>(
     Ok((msg.bytes, stamp))
 }
 
-/// Drains the error queue and returns the transmit stamp (ns) of the last request byte
-/// sent: the latest device-layer stamp, else the latest driver stamp.
-pub fn last_tx_stamp<F: AsFd>(sock: &F, cmsg: &mut Vec<u8>) -> Option<u64> {
+/// The transmit stamp (ns) of the last request byte sent: the device-layer stamp whose
+/// id is `last_byte` (the offset of the request's last byte on this connection, counted
+/// from 0 since stamping was enabled, wrapping). Reads the error queue up to that stamp
+/// (earlier ones left unread are passed over); when it is not queued (yet), the latest
+/// device-layer stamp read, if any.
+pub fn last_tx_stamp<F: AsFd>(sock: &F, cmsg: &mut Vec<u8>, last_byte: u32) -> Option<u64> {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock.as_fd());
-    let (mut sched, mut snd) = (None::<u64>, None::<u64>);
+    let mut latest = None::<u64>;
     let mut scratch = [0u8; 64];
     for _ in 0..MAX_TX_STAMPS {
         let mut iov = [IoSliceMut::new(&mut scratch)];
@@ -108,31 +112,31 @@ pub fn last_tx_stamp<F: AsFd>(sock: &F, cmsg: &mut Vec<u8>) -> Option<u64> {
         ) else {
             break;
         };
-        let (mut stamp, mut kind) = (None, None);
+        let (mut stamp, mut id) = (None, None);
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
                 match c {
                     ControlMessageOwned::ScmTimestampsns(ts) => stamp = to_ns(&ts.system),
                     ControlMessageOwned::Ipv4RecvErr(e, _)
                     | ControlMessageOwned::Ipv6RecvErr(e, _)
-                        if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING =>
+                        if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING
+                            && e.ee_info == SCM_TSTAMP_SCHED =>
                     {
-                        kind = Some(e.ee_info)
+                        id = Some(e.ee_data)
                     }
                     _ => {}
                 }
             }
         }
-        let slot = match kind {
-            Some(SCM_TSTAMP_SCHED) => &mut sched,
-            Some(SCM_TSTAMP_SND) => &mut snd,
-            _ => continue,
+        let (Some(s), Some(id)) = (stamp, id) else {
+            continue;
         };
-        if let Some(s) = stamp {
-            *slot = Some(slot.map_or(s, |old| old.max(s)));
+        latest = Some(latest.map_or(s, |old| old.max(s)));
+        if id == last_byte {
+            return Some(s);
         }
     }
-    sched.or(snd)
+    latest
 }
 
 #[cfg(test)]
@@ -151,10 +155,12 @@ mod tests {
         let (mut server, _) = listener.accept().unwrap();
         assert!(enable(&client), "SO_TIMESTAMPING refused");
         let mut cmsg = cmsg_buffer();
+        let mut sent = 0u32;
         // The kernel switches receive stamping on in deferred work: the first exchanges
         // may be unstamped (bounded retries).
         for _ in 0..200 {
             client.write_all(b"ping").unwrap();
+            sent += 4;
             let mut got = [0u8; 4];
             server.read_exact(&mut got).unwrap();
             server.write_all(b"pong").unwrap();
@@ -166,9 +172,9 @@ mod tests {
                 }
             };
             assert_eq!(&buf[..n], b"pong");
-            let tx = last_tx_stamp(&client, &mut cmsg).expect("a transmit stamp");
-            // The queue was drained.
-            assert_eq!(last_tx_stamp(&client, &mut cmsg), None);
+            let tx = last_tx_stamp(&client, &mut cmsg, sent - 1).expect("a transmit stamp");
+            // The stamp was the request's own (found by its id): nothing is left queued.
+            assert_eq!(last_tx_stamp(&client, &mut cmsg, sent - 1), None);
             if let Some(rx) = rx {
                 assert!(rx >= tx, "reply stamped {rx} before request {tx}");
                 return;
@@ -176,5 +182,26 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         panic!("no receive stamp in 200 exchanges");
+    }
+
+    /// The read stops at the stamp asked for by its id (one `recvmsg`), leaving later
+    /// writes' stamps queued for their own reads.
+    #[test]
+    fn a_transmit_stamp_is_found_by_the_offset_of_its_last_byte() {
+        let _keeper = Keeper::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.set_nodelay(true).unwrap();
+        assert!(enable(&client), "SO_TIMESTAMPING refused");
+        let mut cmsg = cmsg_buffer();
+        client.write_all(b"a").unwrap();
+        client.write_all(b"bc").unwrap();
+        let mut got = [0u8; 3];
+        server.read_exact(&mut got).unwrap();
+        let first = last_tx_stamp(&client, &mut cmsg, 0).expect("the first write's stamp");
+        let second = last_tx_stamp(&client, &mut cmsg, 2).expect("the second write's stamp");
+        assert!(second >= first);
+        assert_eq!(last_tx_stamp(&client, &mut cmsg, 2), None);
     }
 }

@@ -7,21 +7,52 @@
 //! difference's interval is `[cand_lo − legacy_hi, cand_hi − legacy_lo]`, which covers
 //! with at least 95 %. With few samples the ranks reach the extremes and the interval is
 //! wide: a small sample cannot prove a regression.
-use crate::store::{LatencySample, RouteLatency, percentile};
+use crate::store::{LatencySample, RouteLatency};
 
 use super::card::{LatencyCard, Percentiles, RouteLatencyCard, SideLatency};
 
+/// The values of `v` at 1-based `ranks` (each in `1..=v.len()`) as if `v` were sorted,
+/// by successive selection: O(n) where sorting was O(n log n), the same values. The live
+/// card draws every route's percentiles twice a second from up to 20 000 samples each.
+/// (Nearest rank, as `store::percentile` takes it from sorted values.)
+fn at_ranks(v: &mut [u64], ranks: &[usize]) -> Vec<u64> {
+    let mut order: Vec<usize> = (0..ranks.len()).collect();
+    order.sort_by_key(|&i| ranks[i]);
+    let mut out = vec![0; ranks.len()];
+    // v[..placed] are the `placed` smallest values, v[placed - 1] the largest of them.
+    let mut placed = 0;
+    for i in order {
+        let at = ranks[i].clamp(1, v.len().max(1)) - 1;
+        if at >= placed {
+            v[placed..].select_nth_unstable(at - placed);
+            placed = at + 1;
+        }
+        out[i] = v.get(at).copied().unwrap_or_default();
+    }
+    out
+}
+
+/// The nearest rank of `q` among `n` values, as `store::percentile` takes it.
+fn nearest_rank(q: f64, n: usize) -> usize {
+    ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n)
+}
+
 fn percentiles(mut v: Vec<u64>) -> Percentiles {
-    v.sort_unstable();
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    let n = v.len();
+    let ranks = [0.50, 0.95, 0.99].map(|q| nearest_rank(q, n));
+    let at = at_ranks(&mut v, &ranks);
     Percentiles {
-        p50_ns: percentile(&v, 0.50),
-        p95_ns: percentile(&v, 0.95),
-        p99_ns: percentile(&v, 0.99),
+        p50_ns: Some(at[0]),
+        p95_ns: Some(at[1]),
+        p99_ns: Some(at[2]),
     }
 }
 
 /// Nearest rank over weighted values: the smallest value whose cumulative weight reaches
-/// `q` of the total. With every weight 1 this is [`percentile`].
+/// `q` of the total. With every weight 1 this is `store::percentile`.
 fn weighted_percentile(sorted: &[(u64, f64)], q: f64) -> Option<u64> {
     let total: f64 = sorted.iter().map(|(_, w)| w).sum();
     // Slack for float sums: a target hit exactly must not slip to the next value.
@@ -48,19 +79,36 @@ fn weighted_percentiles(mut v: Vec<(u64, f64)>) -> Percentiles {
 /// Two-sided normal quantile for 97.5 % per side (Bonferroni over the two sides).
 const Z_PER_SIDE: f64 = 2.2414;
 
+/// Ranks (1-based) of the order statistics that bound the p95 of `n` samples.
+fn p95_bound_ranks(n: usize) -> (f64, f64) {
+    let (nf, p) = (n as f64, 0.95);
+    let half = Z_PER_SIDE * (nf * p * (1.0 - p)).sqrt();
+    let lo_rank = (nf * p - half).floor().max(1.0);
+    let hi_rank = ((nf * p + half).ceil() + 1.0).min(nf);
+    (lo_rank, hi_rank)
+}
+
 /// Bounds of the p95 of `sorted` (value, weight) pairs drawn from `n` samples.
 fn p95_bounds(sorted: &[(u64, f64)], n: usize) -> Option<(u64, u64)> {
     if n == 0 {
         return None;
     }
-    let (nf, p) = (n as f64, 0.95);
-    let half = Z_PER_SIDE * (nf * p * (1.0 - p)).sqrt();
-    let lo_rank = (nf * p - half).floor().max(1.0);
-    let hi_rank = ((nf * p + half).ceil() + 1.0).min(nf);
+    let nf = n as f64;
+    let (lo_rank, hi_rank) = p95_bound_ranks(n);
     Some((
         weighted_percentile(sorted, lo_rank / nf)?,
         weighted_percentile(sorted, hi_rank / nf)?,
     ))
+}
+
+/// [`p95_bounds`] of unweighted samples, by selection (no sort).
+fn p95_bounds_unit(mut v: Vec<u64>) -> Option<(u64, u64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let (lo_rank, hi_rank) = p95_bound_ranks(v.len());
+    let at = at_ranks(&mut v, &[lo_rank as usize, hi_rank as usize]);
+    Some((at[0], at[1]))
 }
 
 /// Interval of `candidate p95 − legacy p95` (ns).
@@ -75,15 +123,11 @@ fn delta_interval(
     Some((c_lo as i64 - l_hi as i64, c_hi as i64 - l_lo as i64))
 }
 
-fn unit(v: impl Iterator<Item = u64>) -> Vec<(u64, f64)> {
-    v.map(|x| (x, 1.0)).collect()
-}
-
 fn ttlb_interval(samples: &[LatencySample]) -> Option<(i64, i64)> {
-    delta_interval(
-        unit(samples.iter().map(|s| s.legacy_ttlb_ns)),
-        unit(samples.iter().filter_map(|s| s.candidate_ttlb_ns)),
-    )
+    let (l_lo, l_hi) = p95_bounds_unit(samples.iter().map(|s| s.legacy_ttlb_ns).collect())?;
+    let (c_lo, c_hi) =
+        p95_bounds_unit(samples.iter().filter_map(|s| s.candidate_ttlb_ns).collect())?;
+    Some((c_lo as i64 - l_hi as i64, c_hi as i64 - l_lo as i64))
 }
 
 pub(crate) fn delta(legacy: Option<u64>, candidate: Option<u64>) -> Option<i64> {
@@ -194,6 +238,7 @@ pub(crate) fn overall(routes: &[RouteLatency]) -> LatencyCard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::percentile;
 
     #[test]
     fn weighted_matches_nearest_rank_with_unit_weights() {
@@ -207,6 +252,27 @@ mod tests {
         assert_eq!(weighted_percentile(&w, 0.5), Some(10));
         assert_eq!(weighted_percentile(&w, 0.01), Some(1));
         assert_eq!(weighted_percentile(&[], 0.5), None);
+    }
+
+    /// Selection gives the values sorting gives: the percentiles and the p95's bounds,
+    /// on random samples with ties, of every size from 1 up.
+    #[test]
+    fn selection_matches_sorting() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for n in (1..200).chain([999, 1000, 1001, 20_000]) {
+            let v: Vec<u64> = (0..n).map(|_| rng.gen_range(0..n as u64 / 3 + 2)).collect();
+            let mut sorted = v.clone();
+            sorted.sort_unstable();
+            let got = percentiles(v.clone());
+            assert_eq!(got.p50_ns, percentile(&sorted, 0.50), "n={n}");
+            assert_eq!(got.p95_ns, percentile(&sorted, 0.95), "n={n}");
+            assert_eq!(got.p99_ns, percentile(&sorted, 0.99), "n={n}");
+            let pairs: Vec<(u64, f64)> = sorted.iter().map(|x| (*x, 1.0)).collect();
+            assert_eq!(p95_bounds_unit(v), p95_bounds(&pairs, n), "n={n}");
+        }
+        assert_eq!(percentiles(Vec::new()), Percentiles::default());
+        assert_eq!(p95_bounds_unit(Vec::new()), None);
     }
 
     fn sample(legacy: u64, candidate: u64) -> LatencySample {

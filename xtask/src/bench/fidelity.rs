@@ -23,7 +23,7 @@ use serde_json::Value;
 use super::cgroups::Cgroup;
 use super::lab::{CANDIDATE_IP, Lab, in_netns, sleep, wait_port};
 use super::load::{LoadResult, oha_finish, oha_rate_urls, oha_start, urls_target};
-use super::procs::Proc;
+use super::procs::{Proc, cpu_seconds};
 use super::servers::{
     EXAMPLES_PORT, NGINX_PORT, TWIN_EXAMPLES_PORT, TWIN_NGINX_PORT, examples_twin, nginx_twin,
 };
@@ -164,6 +164,10 @@ pub struct FidelityRun {
     /// The daemon's `replay: N requests sent …` line.
     pub replay_line: String,
     pub tap: Option<TapReport>,
+    /// Live legs: the daemon's CPU (user + system, every thread) from the tap's attach
+    /// through the load and the settling, and that per exchange replayed.
+    pub daemon_cpu_s: Option<f64>,
+    pub cpu_us_per_replayed: Option<f64>,
     /// The product's verdict with a 15 % p95 limit run-wide and on every route, no
     /// candidate error allowed and no latency floor; then the same with a 1 ms floor.
     pub verdict: String,
@@ -180,6 +184,87 @@ pub struct Plan {
     /// Another `mirror-daemon` build (e.g. before a change) whose `run` and `replay`
     /// legs run interleaved with this build's, for a before/after in one run.
     pub baseline: Option<std::path::PathBuf>,
+    /// Only these legs (`--legs`); every leg when empty.
+    pub legs: Vec<LegName>,
+}
+
+/// A leg as `--legs` names it: `example-10k-live`, `nginx-1k-capture`,
+/// `example-1k-control`, `nginx-10k-capped` (the live leg with the candidate capped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegName {
+    pub service: Service,
+    pub rate: u32,
+    pub source: Source,
+    pub capped: bool,
+}
+
+impl std::str::FromStr for LegName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let form = "SERVICE-RATE-SOURCE: SERVICE example|nginx, RATE 1k|10k|<req/s>, \
+                    SOURCE control|live|capture|capped";
+        let parts: Vec<&str> = s.trim().split('-').collect();
+        let [service, rate, source] = parts[..] else {
+            return Err(format!("leg `{s}`: expected {form}"));
+        };
+        let service = match service {
+            "example" => Service::Examples,
+            "nginx" => Service::Nginx,
+            other => return Err(format!("leg `{s}`: unknown service `{other}` ({form})")),
+        };
+        let rate = match rate.strip_suffix('k') {
+            Some(k) => k.parse::<u32>().ok().and_then(|k| k.checked_mul(1000)),
+            None => rate.parse::<u32>().ok(),
+        }
+        .filter(|r| *r > 0)
+        .ok_or_else(|| format!("leg `{s}`: bad rate `{rate}` ({form})"))?;
+        let (source, capped) = match source {
+            "control" => (Source::Control, false),
+            "live" => (Source::Live, false),
+            "capture" => (Source::Capture, false),
+            "capped" => (Source::Live, true),
+            other => return Err(format!("leg `{s}`: unknown source `{other}` ({form})")),
+        };
+        Ok(LegName {
+            service,
+            rate,
+            source,
+            capped,
+        })
+    }
+}
+
+impl Plan {
+    /// Whether the leg runs: no `--legs`, or named there.
+    fn wants(&self, service: Service, rate: u32, source: Source, capped: bool) -> bool {
+        self.legs.is_empty()
+            || self.legs.contains(&LegName {
+                service,
+                rate,
+                source,
+                capped,
+            })
+    }
+
+    /// The rates some wanted leg of `service` runs at.
+    fn rates_of(&self, service: Service) -> Vec<u32> {
+        let mut rates = self.rates.clone();
+        for l in self.legs.iter().filter(|l| l.service == service) {
+            if !rates.contains(&l.rate) {
+                rates.push(l.rate);
+            }
+        }
+        rates
+            .into_iter()
+            .filter(|&r| {
+                [Source::Control, Source::Live, Source::Capture]
+                    .iter()
+                    .any(|&src| self.wants(service, r, src, false))
+                    || self.wants(service, r, Source::Live, true)
+            })
+            .collect()
+    }
 }
 
 /// The `mirror-daemon` build that replays a leg: its label in the table and its path.
@@ -207,6 +292,10 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
     });
     let current = replayers[replayers.len() - 1];
     for service in [Service::Examples, Service::Nginx] {
+        let rates = plan.rates_of(service);
+        if rates.is_empty() {
+            continue;
+        }
         // Started per service and stopped after it: one twin loads the box at a time.
         let twin = match service {
             Service::Examples => examples_twin(lab, &ctx.examples)?,
@@ -217,8 +306,11 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
             &format!("{CANDIDATE_IP}:{}", service.twin_port()),
             Duration::from_secs(10),
         )?;
-        for &rate in &plan.rates {
+        for &rate in &rates {
             for source in [Source::Control, Source::Live, Source::Capture] {
+                if !plan.wants(service, rate, source, false) {
+                    continue;
+                }
                 let builds = if source == Source::Control {
                     &replayers[replayers.len() - 1..]
                 } else {
@@ -231,11 +323,22 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
                 }
             }
         }
-        if plan.capped_too {
+        let capped_rates: Vec<u32> = rates
+            .iter()
+            .copied()
+            .filter(|&r| {
+                (plan.capped_too && plan.legs.is_empty())
+                    || plan
+                        .legs
+                        .iter()
+                        .any(|l| l.service == service && l.rate == r && l.capped)
+            })
+            .collect();
+        if !capped_rates.is_empty() {
             // nginx is one process; mirror-examples is threaded: the cap moves it only
             // when it needs more than one CPU in a 100 ms period.
             capped.add(twin.pid())?;
-            for &rate in &plan.rates {
+            for &rate in &capped_rates {
                 let r = leg(
                     ctx,
                     plan,
@@ -303,7 +406,7 @@ fn leg(
     let loadavg_at_start = loadavg();
     let cand_pcap = lab.path(&format!("{tag}-cand.pcapng"));
     let mut cand_tap = candidate_tap(ctx, service, &cand_pcap, plan.seconds * 3 + 120)?;
-    let (load, replay_line, tap) = match source {
+    let (load, replay_line, tap, daemon_cpu_s) = match source {
         Source::Control => {
             let legacy_pcap = lab.path(&format!("{tag}-legacy.pcapng"));
             let mut legacy_tap = record(ctx, service, &legacy_pcap, plan.seconds + 120)?;
@@ -347,13 +450,15 @@ fn leg(
         }
         Source::Live => {
             let mut daemon = start_run(ctx, by.bin, service, &store, plan.seconds + 120)?;
+            let cpu_at_start = cpu_seconds(daemon.pid(), ctx.ticks)?;
             let load = oha_rate_urls(lab, &ctx.oha, &urls, rate, plan.seconds, &tag)?;
             let tap = settle(lab)?;
+            let cpu = cpu_seconds(daemon.pid(), ctx.ticks)? - cpu_at_start;
             let st = daemon.stop(Signal::SIGINT, Duration::from_secs(60))?;
             if !matches!(st.code(), Some(0 | 1 | 3)) {
                 bail!("mirror-daemon run failed ({st}): {}", daemon.tail());
             }
-            (load, replay_line(&daemon.stderr()), Some(tap))
+            (load, replay_line(&daemon.stderr()), Some(tap), Some(cpu))
         }
         Source::Capture => {
             let pcap = lab.path(&format!("{tag}.pcapng"));
@@ -378,7 +483,7 @@ fn leg(
                 bail!("mirror-daemon replay failed ({st}): {}", replay.tail());
             }
             let _ = std::fs::remove_file(&pcap);
-            (load, replay_line(&replay.stderr()), None)
+            (load, replay_line(&replay.stderr()), None, None)
         }
     };
     sleep(Duration::from_millis(500))?;
@@ -402,6 +507,13 @@ fn leg(
         }
     }
     add_candidate_tap(&mut all_routes, every);
+    let replayed = tap
+        .as_ref()
+        .map(|t| t.exchanges.saturating_sub(t.sampled_out));
+    let cpu_us_per_replayed = daemon_cpu_s
+        .zip(replayed)
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| s * 1e6 / n as f64);
     let verdict = judge(&ctx.daemon, &store, &routes, NO_FLOOR)?;
     let verdict_with_floor = judge(&ctx.daemon, &store, &routes, FLOOR)?;
     Ok(FidelityRun {
@@ -414,6 +526,8 @@ fn leg(
         loadavg: format!("{loadavg_at_start} → {}", loadavg()),
         replay_line,
         tap,
+        daemon_cpu_s,
+        cpu_us_per_replayed,
         verdict,
         verdict_with_floor,
         routes,
@@ -588,6 +702,8 @@ fn control_run(
         loadavg: format!("{loadavg_at_start} → {}", loadavg()),
         replay_line: String::new(),
         tap: None,
+        daemon_cpu_s: None,
+        cpu_us_per_replayed: None,
         verdict: "-".into(),
         verdict_with_floor: "-".into(),
         routes,
@@ -780,9 +896,20 @@ fn route_figures(r: &Value) -> RouteFigures {
 }
 
 fn print_leg(r: &FidelityRun) {
+    let cpu = match (&r.tap, r.daemon_cpu_s, r.cpu_us_per_replayed) {
+        (Some(t), Some(s), per) => format!(
+            "; seen {}, replayed {} ({}), daemon CPU {s:.2} s = {} µs per replayed exchange",
+            t.exchanges + t.daemon_drops,
+            t.exchanges.saturating_sub(t.sampled_out),
+            t.replayed_share()
+                .map_or("-".into(), |x| format!("{:.1} %", x * 100.0)),
+            per.map_or("-".into(), |x| format!("{x:.1}"))
+        ),
+        _ => String::new(),
+    };
     eprintln!(
         "xtask bench: fidelity {} {}/s {:?} by {} (candidate {}): {} (with {FLOOR} floor: \
-         {}); load {}; {}",
+         {}); load {}; {}{cpu}",
         r.service.label(),
         r.rate,
         r.source,
@@ -909,4 +1036,74 @@ pub fn table(runs: &[FidelityRun]) -> Table {
          `record` at the rate, then `replay --speed 1` (legacy timed then, candidate now)",
     );
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(legs: &[&str]) -> Plan {
+        Plan {
+            rates: vec![1_000, 10_000],
+            seconds: 5,
+            capped_too: false,
+            baseline: None,
+            legs: legs
+                .iter()
+                .map(|l| l.parse().expect("a valid leg name"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn leg_names_parse() {
+        let l: LegName = "example-10k-live".parse().expect("valid");
+        assert_eq!(
+            l,
+            LegName {
+                service: Service::Examples,
+                rate: 10_000,
+                source: Source::Live,
+                capped: false
+            }
+        );
+        let l: LegName = "nginx-2500-capped".parse().expect("valid");
+        assert_eq!(
+            (l.service, l.rate, l.source, l.capped),
+            (Service::Nginx, 2500, Source::Live, true)
+        );
+        for bad in [
+            "example-10k",
+            "apache-1k-live",
+            "example-0k-live",
+            "example-xk-live",
+            "example-1k-replay",
+            "",
+        ] {
+            assert!(bad.parse::<LegName>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn the_filter_keeps_only_the_named_legs() {
+        let p = plan(&["example-10k-live"]);
+        assert!(p.wants(Service::Examples, 10_000, Source::Live, false));
+        assert!(!p.wants(Service::Examples, 10_000, Source::Capture, false));
+        assert!(!p.wants(Service::Examples, 1_000, Source::Live, false));
+        assert!(!p.wants(Service::Examples, 10_000, Source::Live, true));
+        assert_eq!(p.rates_of(Service::Examples), vec![10_000]);
+        assert!(p.rates_of(Service::Nginx).is_empty());
+        // A rate outside the default ones is run when named.
+        assert_eq!(
+            plan(&["nginx-3k-capped"]).rates_of(Service::Nginx),
+            vec![3_000]
+        );
+    }
+
+    #[test]
+    fn no_filter_runs_every_leg() {
+        let p = plan(&[]);
+        assert!(p.wants(Service::Nginx, 1_000, Source::Control, false));
+        assert_eq!(p.rates_of(Service::Nginx), vec![1_000, 10_000]);
+    }
 }

@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// built before a change), interleaved leg by leg with this build's.
     #[arg(long)]
     baseline_daemon: Option<PathBuf>,
+    /// Fidelity section: only these legs, comma-separated, each SERVICE-RATE-SOURCE
+    /// (`example-10k-live`, `nginx-1k-capture`, `example-1k-control`; `capped` = the live
+    /// leg with the candidate capped at 100 %).
+    #[arg(long, value_delimiter = ',')]
+    legs: Vec<fidelity::LegName>,
     /// Internal: hold this many idle connections (the growth section's helper process).
     #[arg(long, hide = true)]
     hold_conns: Option<usize>,
@@ -230,6 +235,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             seconds: args.seconds.unwrap_or(if quick { 5 } else { 12 }).max(1),
             capped_too: !quick,
             baseline: args.baseline_daemon.clone(),
+            legs: args.legs.clone(),
         };
         let (t, r) = fidelity::run(&ctx, &plan)?;
         t.print();

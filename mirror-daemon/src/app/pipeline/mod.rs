@@ -101,6 +101,20 @@ pub struct Running {
     stop_dashboard: tokio::sync::oneshot::Sender<()>,
     /// Side effects (`--dependency`), for the figures at the end.
     effects: Option<Arc<Effects>>,
+    /// The live card last drawn and what it was drawn from.
+    last_card: Option<(CardInputs, Arc<ParityCard>)>,
+}
+
+/// What the live card is a function of (the criteria are fixed for the run): when none
+/// of it moved since the last tick, the card is the same and is not drawn again (its
+/// latency percentiles sort every route's samples).
+#[derive(Clone, Debug, PartialEq)]
+struct CardInputs {
+    evidence_changes: u64,
+    ledger: LedgerSnapshot,
+    kernel: KernelCounters,
+    pairing: PairingCounters,
+    side_effects: Option<EffectsFigures>,
 }
 
 /// The end of a run: the card drawn from the store, and the figures behind it.
@@ -302,18 +316,37 @@ impl Running {
     }
 
     /// The live card, drawn from the run's evidence in place (no copy into the store's
-    /// shape).
-    fn card_now(&self, side_effects: Option<&EffectsFigures>) -> ParityCard {
-        let snapshot = self.ledger.snapshot();
+    /// shape); the last one again when nothing it is drawn from moved.
+    fn card_now(&mut self, side_effects: Option<&EffectsFigures>) -> Arc<ParityCard> {
         let live = self
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        report::build(
-            live.card_evidence(&snapshot, &self.kernel, Some(&self.pairing), side_effects),
+        let inputs = CardInputs {
+            evidence_changes: live.changes(),
+            ledger: self.ledger.snapshot(),
+            kernel: self.kernel,
+            pairing: self.pairing,
+            side_effects: side_effects.copied(),
+        };
+        if let Some((drawn_from, card)) = &self.last_card
+            && *drawn_from == inputs
+        {
+            return card.clone();
+        }
+        let card = Arc::new(report::build(
+            live.card_evidence(
+                &inputs.ledger,
+                &self.kernel,
+                Some(&self.pairing),
+                side_effects,
+            ),
             &self.criteria,
             &NoiseRule::default(),
-        )
+        ));
+        drop(live);
+        self.last_card = Some((inputs, card.clone()));
+        card
     }
 
     /// What the dashboard shows.

@@ -209,6 +209,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         unfenced,
         stop_dashboard,
         effects,
+        last_card: None,
     })
 }
 
