@@ -106,41 +106,6 @@ enum ChunkPhase {
 /// Initial body reservation: enough for typical bodies, small for hostile lengths.
 const INITIAL_BODY_CAPACITY: u64 = 16 * 1024;
 
-/// Slabs bodies are carved from ([`BodySlab`]).
-const SLAB_BYTES: usize = 32 * 1024;
-/// Bodies of a known length up to this are carved from a slab; longer ones get their
-/// own buffer.
-const SLAB_PIECE_MAX: usize = 4 * 1024;
-
-/// Where the tap's message bodies of a known length (`Content-Length`, up to
-/// [`SLAB_PIECE_MAX`]) get their bytes: pieces of a shared 32 KiB slab, each exactly
-/// the body's length, frozen into the exchange's `Bytes` (the slab is freed when its
-/// last body is). One allocation per slab instead of one per body: each was a request
-/// for 1 KiB or more, which makes glibc's allocator consolidate its fast bins first
-/// (most of the capture thread's allocation time). The cost: a body kept alive keeps its
-/// whole slab (at most 32 KiB per exchange held in the pipeline's bounded queues).
-#[derive(Debug, Default)]
-pub(crate) struct BodySlab {
-    free: BytesMut,
-}
-
-impl BodySlab {
-    /// An empty buffer with room for exactly `len` bytes.
-    pub(crate) fn carve(&mut self, len: usize) -> BytesMut {
-        if len == 0 {
-            return BytesMut::new();
-        }
-        if len > SLAB_PIECE_MAX {
-            return BytesMut::with_capacity(len);
-        }
-        if self.free.capacity() < len {
-            self.free = BytesMut::with_capacity(SLAB_BYTES);
-        }
-        let rest = self.free.split_off(len);
-        std::mem::replace(&mut self.free, rest)
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct Decoder {
     kind: Kind,
@@ -183,20 +148,9 @@ impl Decoder {
         ts: u64,
         ctx: ResponseCtx,
     ) -> Result<Step, FramingError> {
-        self.decode_into(input, ts, ctx, None)
-    }
-
-    /// [`decode`](Self::decode), bodies of a known length carved from `slab`.
-    pub(crate) fn decode_into(
-        &mut self,
-        input: &[u8],
-        ts: u64,
-        ctx: ResponseCtx,
-        mut slab: Option<&mut BodySlab>,
-    ) -> Result<Step, FramingError> {
         let mut pos = 0;
         loop {
-            let (n, event) = match self.step(&input[pos..], ts, ctx, slab.as_deref_mut()) {
+            let (n, event) = match self.step(&input[pos..], ts, ctx) {
                 Ok(r) => r,
                 Err(e) => {
                     self.buf = Vec::new();
@@ -301,7 +255,6 @@ impl Decoder {
         input: &[u8],
         ts: u64,
         ctx: ResponseCtx,
-        slab: Option<&mut BodySlab>,
     ) -> Result<(usize, Option<Event>), FramingError> {
         match &mut self.state {
             State::Failed(e) => Err(e.clone()),
@@ -319,7 +272,7 @@ impl Decoder {
             State::Scan { .. } => Ok((self.scan(input, ts), None)),
             State::Head { resynced_at } => {
                 let resynced_at = *resynced_at;
-                self.head(input, ts, ctx, resynced_at, slab)
+                self.head(input, ts, ctx, resynced_at)
             }
             State::Body(_) => self.body(input),
         }
@@ -378,7 +331,6 @@ impl Decoder {
         ts: u64,
         ctx: ResponseCtx,
         resynced_at: Option<u64>,
-        slab: Option<&mut BodySlab>,
     ) -> Result<(usize, Option<Event>), FramingError> {
         let limits = self.limits;
         let kind = self.kind;
@@ -430,10 +382,7 @@ impl Decoder {
             ),
             Framing::Length(n) => (
                 BodyFraming::Length(n),
-                Some(match slab {
-                    Some(slab) => slab.carve(capacity(n)),
-                    None => BytesMut::with_capacity(capacity(n)),
-                }),
+                Some(BytesMut::with_capacity(capacity(n))),
                 None,
             ),
             Framing::Chunked => (
@@ -746,70 +695,6 @@ POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\
         for _ in 0..200 {
             assert!(events(&mut d, &[b'x'; 1024]).is_empty());
             assert!(d.buffered_bytes() <= Limits::default().max_header_bytes);
-        }
-    }
-
-    #[test]
-    fn slab_pieces_are_exact_adjacent_and_bounded() {
-        let mut slab = BodySlab::default();
-        let a = slab.carve(1000);
-        let b = slab.carve(24);
-        assert_eq!((a.len(), a.capacity(), b.capacity()), (0, 1000, 24));
-        // Both from one slab, back to back.
-        assert_eq!(a.as_ptr() as usize + 1000, b.as_ptr() as usize);
-        // Longer than a piece may be: its own buffer, the slab untouched.
-        let big = slab.carve(SLAB_PIECE_MAX + 1);
-        assert_eq!(big.capacity(), SLAB_PIECE_MAX + 1);
-        let c = slab.carve(8);
-        assert_eq!(b.as_ptr() as usize + 24, c.as_ptr() as usize);
-        // A slab that cannot hold the next piece is left for a new one.
-        let mut pieces = 0;
-        while slab.free.capacity() >= SLAB_PIECE_MAX {
-            assert_eq!(slab.carve(SLAB_PIECE_MAX).capacity(), SLAB_PIECE_MAX);
-            pieces += 1;
-        }
-        assert!(pieces >= SLAB_BYTES / SLAB_PIECE_MAX - 1);
-        let next = slab.carve(SLAB_PIECE_MAX);
-        assert_eq!(next.capacity(), SLAB_PIECE_MAX);
-        assert_eq!(slab.free.capacity(), SLAB_BYTES - SLAB_PIECE_MAX);
-        assert_eq!(slab.carve(0).capacity(), 0);
-    }
-
-    /// Bodies decoded through a slab are the same bytes as without one, and each stays
-    /// intact while later bodies are carved after it.
-    #[test]
-    fn bodies_from_a_slab_are_the_messages_bytes() {
-        let mut slab = BodySlab::default();
-        let mut d = Decoder::new(Kind::Response, Limits::default());
-        let mut bodies = Vec::new();
-        for i in 0..200u32 {
-            let body = format!(
-                "{{\"n\":{i},\"pad\":\"{}\"}}",
-                "x".repeat((i * 37 % 3000) as usize)
-            );
-            let msg = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            // Fed in two pieces, as segments would bring it.
-            let (one, two) = msg.as_bytes().split_at(msg.len() / 2);
-            let mut got = None;
-            for piece in [one, two] {
-                let mut rest = piece;
-                while !rest.is_empty() {
-                    let step = d
-                        .decode_into(rest, 0, ResponseCtx::default(), Some(&mut slab))
-                        .expect("valid response");
-                    rest = &rest[step.consumed..];
-                    if let Some(Event::Complete(Some(Message::Response(r)))) = step.event {
-                        got = Some(r.body);
-                    }
-                }
-            }
-            bodies.push((body, got.expect("a complete response")));
-        }
-        for (want, got) in &bodies {
-            assert_eq!(got.as_ref(), want.as_bytes());
         }
     }
 }

@@ -54,7 +54,7 @@ use crate::accounting::DropReason;
 use crate::capture::{Direction, FlowKey};
 use crate::reassembly::{CloseReason, StreamEvent};
 
-use super::decoder::{BodySlab, Decoder, Event, GapEffect, Kind, Message};
+use super::decoder::{Decoder, Event, GapEffect, Kind, Message};
 use super::error::{FramingError, Limits, OversizeKind, Protocol};
 use super::exchange::{CorrelationId, Exchange, Request, Response, Timing};
 use super::head::ResponseCtx;
@@ -462,8 +462,6 @@ pub struct ExchangeTracker {
     tick: u64,
     stats: HttpStats,
     spare_queues: SpareQueues,
-    /// Where bodies of a known length are carved from.
-    bodies: BodySlab,
 }
 
 impl ExchangeTracker {
@@ -480,7 +478,6 @@ impl ExchangeTracker {
             tick: 0,
             stats: HttpStats::default(),
             spare_queues: SparePool::new(SPARE_QUEUES),
-            bodies: BodySlab::default(),
         }
     }
 
@@ -528,7 +525,7 @@ impl ExchangeTracker {
                     Direction::ToServer => self.stats.bytes_to_server += bytes.len() as u64,
                     Direction::ToClient => self.stats.bytes_to_client += bytes.len() as u64,
                 }
-                let Some((conn, stats, spare, slab)) = self.conn(flow, false, out) else {
+                let Some((conn, stats, spare)) = self.conn(flow, false, out) else {
                     return;
                 };
                 let held_before = conn.memory_bytes();
@@ -538,11 +535,9 @@ impl ExchangeTracker {
                 match direction {
                     Direction::ToServer => {
                         conn.lend_queue(spare);
-                        on_request_bytes(conn, bytes, ts_ns, at, slab, &mut sink)
+                        on_request_bytes(conn, bytes, ts_ns, at, &mut sink)
                     }
-                    Direction::ToClient => {
-                        on_response_bytes(conn, bytes, ts_ns, at, slab, &mut sink)
-                    }
+                    Direction::ToClient => on_response_bytes(conn, bytes, ts_ns, at, &mut sink),
                 }
                 conn.return_queue(spare);
                 conn.next_seq[direction.index()] = Some(seq.wrapping_add(bytes.len() as u32));
@@ -556,7 +551,7 @@ impl ExchangeTracker {
                 lost_bytes,
                 ..
             } => {
-                let Some((conn, stats, spare, _)) = self.conn(flow, true, out) else {
+                let Some((conn, stats, spare)) = self.conn(flow, true, out) else {
                     return;
                 };
                 let held_before = conn.memory_bytes();
@@ -677,7 +672,7 @@ impl ExchangeTracker {
         flow: FlowKey,
         joined: bool,
         out: &mut impl FnMut(HttpOutput),
-    ) -> Option<(&mut Conn, &mut HttpStats, &mut SpareQueues, &mut BodySlab)> {
+    ) -> Option<(&mut Conn, &mut HttpStats, &mut SpareQueues)> {
         self.tick += 1;
         let tick = self.tick;
         if !self.conns.contains_key(&flow) {
@@ -698,12 +693,7 @@ impl ExchangeTracker {
         }
         let conn = self.conns.get_mut(&flow)?;
         conn.last_used = tick;
-        Some((
-            conn,
-            &mut self.stats,
-            &mut self.spare_queues,
-            &mut self.bodies,
-        ))
+        Some((conn, &mut self.stats, &mut self.spare_queues))
     }
 
     /// Evicts the least recently used sixteenth of the table (at least one), so that the
@@ -752,25 +742,20 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
     bytes: &[u8],
     ts: u64,
     at: Position,
-    slab: &mut BodySlab,
     sink: &mut Sink<'_, F>,
 ) {
     let mut rest = bytes;
     while conn.mode != Mode::Ignored {
-        let step =
-            match conn
-                .requests
-                .decode_into(rest, ts, ResponseCtx::default(), Some(&mut *slab))
-            {
-                Ok(step) => step,
-                Err(e) => {
-                    on_error(conn, Direction::ToServer, &e, sink);
-                    // Scan the same bytes again: the next request line may be in them. Each
-                    // error is preceded by consumed input, so this terminates.
-                    conn.requests.resync();
-                    continue;
-                }
-            };
+        let step = match conn.requests.decode(rest, ts, ResponseCtx::default()) {
+            Ok(step) => step,
+            Err(e) => {
+                on_error(conn, Direction::ToServer, &e, sink);
+                // Scan the same bytes again: the next request line may be in them. Each
+                // error is preceded by consumed input, so this terminates.
+                conn.requests.resync();
+                continue;
+            }
+        };
         rest = rest.get(step.consumed..).unwrap_or_default();
         let Some(event) = step.event else { return };
         match event {
@@ -919,7 +904,6 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
     bytes: &[u8],
     ts: u64,
     at: Position,
-    slab: &mut BodySlab,
     sink: &mut Sink<'_, F>,
 ) {
     if conn.next_seq[Direction::ToClient.index()].is_none() {
@@ -941,7 +925,7 @@ fn on_response_bytes<F: FnMut(HttpOutput)>(
             .queue
             .get(conn.answered)
             .map_or_else(ResponseCtx::default, |e| e.ctx);
-        let step = match conn.responses.decode_into(rest, ts, ctx, Some(&mut *slab)) {
+        let step = match conn.responses.decode(rest, ts, ctx) {
             Ok(step) => step,
             Err(e) => {
                 on_error(conn, Direction::ToClient, &e, sink);
