@@ -5,10 +5,12 @@
 //! legacy's was (a `Connection: close` on either side) or after [`LANE_IDLE`] without
 //! traffic.
 //!
-//! Bounded: at most `max` lanes (candidate connections), [`LANE_QUEUE`] exchanges waiting
-//! per lane and [`REPLAY_QUEUE`](crate::pipeline::REPLAY_QUEUE) across all lanes; an exchange
-//! that finds no room is dropped and counted as `replay_queue_full`, and the capture never
-//! waits.
+//! Bounded: at most `max` lanes (candidate connections); waiting per lane at most
+//! [`LANE_QUEUE`] exchanges and [`LANE_BYTES`] bytes, across all lanes
+//! [`REPLAY_QUEUE`](crate::pipeline::REPLAY_QUEUE) exchanges and [`REPLAY_QUEUE_BYTES`]
+//! bytes; an exchange that finds no room is dropped and counted as `replay_queue_full`
+//! (those refused by a byte bound also in the replay's summary line), and the capture
+//! never waits.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
@@ -21,10 +23,10 @@ use std::{
 use tokio::{
     sync::mpsc::{self, error::TrySendError},
     task::{JoinHandle, JoinSet},
-    time::{Instant, sleep_until, timeout},
+    time::{Instant, timeout},
 };
 
-use super::shadow::Shadow;
+use super::{pacing::wait_until, shadow::Shadow};
 use crate::{
     accounting::{CandidateErrorKind, DropReason, Outcome},
     capture::FlowKey,
@@ -41,10 +43,91 @@ pub const LANE_IDLE: Duration = Duration::from_secs(5);
 const MAX_PIPELINE: usize = 16;
 
 /// Exchanges waiting in one lane at most: each waits there up to the live delay (or the
-/// hand-over lead), 50 ms, so this holds that long of ~5k requests per second on one
-/// connection; short enough that a hanging candidate does not leave minutes of backlog
-/// behind one connection.
-pub const LANE_QUEUE: usize = 256;
+/// hand-over lead), 50 ms, so this holds that long of ~40k requests per second on one
+/// connection (256 places capped one keep-alive connection at ~5k/s); memory is bounded
+/// by [`LANE_BYTES`], and the queue's places are allocated as used.
+pub const LANE_QUEUE: usize = 2048;
+/// Bytes (bodies, heads, a fixed overhead: [`held_bytes`]) waiting in one lane at most:
+/// a fast connection of small exchanges fits; one of large bodies holds a few of them,
+/// so a hanging candidate does not leave minutes of backlog behind one connection.
+pub const LANE_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes waiting in all lanes together at most.
+pub const REPLAY_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// What an exchange costs a queue beyond its bodies and head fields: the structs, the
+/// timing, the queue's slot.
+const EXCHANGE_OVERHEAD_BYTES: usize = 512;
+
+/// The bytes `ex` holds while it waits in a lane (bodies, head fields, a fixed overhead).
+pub fn held_bytes(ex: &Exchange) -> usize {
+    let heads: usize = ex
+        .request
+        .headers
+        .iter()
+        .chain(&ex.response.headers)
+        .map(|h| h.name.len() + h.value.len())
+        .sum();
+    EXCHANGE_OVERHEAD_BYTES
+        + ex.request.target.len()
+        + heads
+        + ex.request.body.len()
+        + ex.response.body.len()
+}
+
+/// What waits in a queue: exchanges and their bytes ([`held_bytes`]).
+#[derive(Debug, Default)]
+pub struct Held {
+    exchanges: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// Why a queue refused an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Count,
+    Bytes,
+}
+
+/// A bound on what waits: at most `exchanges` and `bytes`. An exchange alone always fits
+/// an empty queue, so one larger than the byte bound is replayed, not starved.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub exchanges: usize,
+    pub bytes: usize,
+}
+
+impl Held {
+    /// Whether one more exchange of `bytes` fits under `bound` (nothing taken yet).
+    pub fn fits(&self, bound: Bound, bytes: usize) -> Result<(), Refused> {
+        let n = self.exchanges.load(Ordering::Relaxed);
+        if n >= bound.exchanges {
+            return Err(Refused::Count);
+        }
+        let held = self.bytes.load(Ordering::Relaxed);
+        if n > 0 && held.saturating_add(bytes) > bound.bytes {
+            return Err(Refused::Bytes);
+        }
+        Ok(())
+    }
+
+    pub fn add(&self, bytes: usize) {
+        self.exchanges.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn take(&self, bytes: usize) {
+        self.exchanges.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+const LANE_BOUND: Bound = Bound {
+    exchanges: LANE_QUEUE,
+    bytes: LANE_BYTES,
+};
+const ALL_LANES_BOUND: Bound = Bound {
+    exchanges: REPLAY_QUEUE,
+    bytes: REPLAY_QUEUE_BYTES,
+};
 
 /// What a lane is told, in capture order, each with the instant it is due (paced input:
 /// the lane masks it meanwhile and waits; `None`: at once).
@@ -54,13 +137,21 @@ enum LaneItem {
     Close(Option<Instant>),
 }
 
+/// One lane as the dispatcher sees it: its queue and what waits there.
+struct LaneTx {
+    tx: mpsc::Sender<LaneItem>,
+    held: Arc<Held>,
+}
+
 /// The lanes of the run, keyed by captured connection.
 pub struct Lanes {
     max: usize,
-    lanes: HashMap<FlowKey, mpsc::Sender<LaneItem>>,
+    lanes: HashMap<FlowKey, LaneTx>,
     tasks: JoinSet<()>,
     /// Exchanges offered to a lane and not yet taken off its queue, all lanes together.
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Held>,
+    /// Exchanges refused because a byte bound was reached (part of `replay_queue_full`).
+    refused_for_bytes: u64,
 }
 
 impl Lanes {
@@ -69,22 +160,29 @@ impl Lanes {
             max: max.max(1),
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
-            queued: Arc::new(AtomicUsize::new(0)),
+            queued: Arc::new(Held::default()),
+            refused_for_bytes: 0,
         }
+    }
+
+    /// Exchanges refused so far because a lane's or all lanes' bytes were at their bound.
+    pub fn refused_for_bytes(&self) -> u64 {
+        self.refused_for_bytes
     }
 
     /// Hands `ex` to its connection's lane (opening one if there is room); false when
     /// there is none, for the caller to count as dropped.
     /// `send_at`: when to write it to the candidate (paced input), else at once.
     pub fn offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange, send_at: Option<Instant>) -> bool {
-        if self.queued.load(Ordering::Relaxed) >= REPLAY_QUEUE {
-            return false;
+        let bytes = held_bytes(&ex);
+        let offered = self
+            .queued
+            .fits(ALL_LANES_BOUND, bytes)
+            .and_then(|()| self.try_offer(shadow, ex, send_at, bytes));
+        if offered == Err(Refused::Bytes) {
+            self.refused_for_bytes += 1;
         }
-        let offered = self.try_offer(shadow, ex, send_at).is_ok();
-        if offered {
-            self.queued.fetch_add(1, Ordering::Relaxed);
-        }
-        offered
+        offered.is_ok()
     }
 
     fn try_offer(
@@ -92,49 +190,60 @@ impl Lanes {
         shadow: &Arc<Shadow>,
         ex: Exchange,
         send_at: Option<Instant>,
-    ) -> Result<(), Box<Exchange>> {
+        bytes: usize,
+    ) -> Result<(), Refused> {
         while self.tasks.try_join_next().is_some() {}
-        let back = |e: TrySendError<LaneItem>| match e {
-            TrySendError::Full(LaneItem::Exchange(ex, _))
-            | TrySendError::Closed(LaneItem::Exchange(ex, _)) => Some(Box::new(ex)),
-            _ => None,
-        };
         let ex = match self.lanes.get(&ex.flow) {
-            Some(tx) => match tx.try_send(LaneItem::Exchange(ex, send_at)) {
-                Ok(()) => return Ok(()),
-                Err(e @ TrySendError::Full(_)) => return back(e).map_or(Ok(()), Err),
-                Err(e) => match back(e) {
-                    Some(ex) => {
-                        self.lanes.remove(&ex.flow);
-                        *ex
+            Some(lane) => {
+                lane.held.fits(LANE_BOUND, bytes)?;
+                // Counted before it is queued: the lane takes it off as soon as it is.
+                lane.held.add(bytes);
+                self.queued.add(bytes);
+                match lane.tx.try_send(LaneItem::Exchange(ex, send_at)) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        lane.held.take(bytes);
+                        self.queued.take(bytes);
+                        match e {
+                            TrySendError::Full(_) => return Err(Refused::Count),
+                            TrySendError::Closed(LaneItem::Exchange(ex, _)) => {
+                                self.lanes.remove(&ex.flow);
+                                ex
+                            }
+                            TrySendError::Closed(LaneItem::Close(_)) => return Ok(()),
+                        }
                     }
-                    None => return Ok(()),
-                },
-            },
+                }
+            }
             None => ex,
         };
         if self.lanes.len() >= self.max {
-            self.lanes.retain(|_, tx| !tx.is_closed());
+            self.lanes.retain(|_, lane| !lane.tx.is_closed());
         }
         if self.lanes.len() >= self.max {
-            return Err(Box::new(ex));
+            return Err(Refused::Count);
         }
         let (tx, rx) = mpsc::channel(LANE_QUEUE);
+        let held = Arc::new(Held::default());
         let flow = ex.flow;
-        if let Err(e) = tx.try_send(LaneItem::Exchange(ex, send_at)) {
-            return back(e).map_or(Ok(()), Err);
+        held.add(bytes);
+        self.queued.add(bytes);
+        if tx.try_send(LaneItem::Exchange(ex, send_at)).is_err() {
+            held.take(bytes);
+            self.queued.take(bytes);
+            return Err(Refused::Count);
         }
         self.tasks
-            .spawn(lane(shadow.clone(), rx, self.queued.clone()));
-        self.lanes.insert(flow, tx);
+            .spawn(lane(shadow.clone(), rx, self.queued.clone(), held.clone()));
+        self.lanes.insert(flow, LaneTx { tx, held });
         Ok(())
     }
 
     /// The captured connection `flow` closed: its lane finishes what it holds, then closes
     /// the candidate connection. (When its queue is full the lane closes when idle.)
     pub fn close(&mut self, flow: &FlowKey, at: Option<Instant>) {
-        if let Some(tx) = self.lanes.remove(flow) {
-            let _ = tx.try_send(LaneItem::Close(at));
+        if let Some(lane) = self.lanes.remove(flow) {
+            let _ = lane.tx.try_send(LaneItem::Close(at));
         }
     }
 
@@ -264,14 +373,22 @@ const MAX_CONCLUDING: usize = 32;
 /// One captured connection's exchanges, in order, over one candidate connection. Masking
 /// runs ahead and comparing runs behind, so the candidate connection is never idle for
 /// the daemon's own work.
-async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc<AtomicUsize>) {
+async fn lane(
+    shadow: Arc<Shadow>,
+    mut rx: mpsc::Receiver<LaneItem>,
+    queued: Arc<Held>,
+    held: Arc<Held>,
+) {
     let start = |item: LaneItem, backlog: usize| {
-        if matches!(item, LaneItem::Exchange(..)) {
-            queued.fetch_sub(1, Ordering::Relaxed);
+        if let LaneItem::Exchange(ex, _) = &item {
+            let bytes = held_bytes(ex);
+            queued.take(bytes);
+            held.take(bytes);
         }
         start(&shadow, item, backlog)
     };
     let mut conn: Option<CandidateConn> = None;
+    let mut fine = None;
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut concluding = JoinSet::new();
     loop {
@@ -303,7 +420,7 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
                 send_at,
             }) => (timing, masked, send_at),
             Some(Ahead::Close(at)) => {
-                wait_until(at).await;
+                wait_until(at, &mut fine).await;
                 conn = None;
                 continue;
             }
@@ -325,7 +442,7 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         };
         // Paced: masked while waiting, written when due, so each connection keeps the
         // spacing legacy saw instead of the bursts of the ring's polling or of masking.
-        wait_until(send_at).await;
+        wait_until(send_at, &mut fine).await;
         let closes = prepared
             .last()
             .is_some_and(|p| legacy_closed(&p.ex.request, &p.ex.response));
@@ -350,14 +467,6 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         }
     }
     while concluding.join_next().await.is_some() {}
-}
-
-/// Sleeps until `at` when it is still ahead (a past deadline would wait for the timer's
-/// next tick).
-async fn wait_until(at: Option<Instant>) {
-    if let Some(at) = at.filter(|at| *at > Instant::now()) {
-        sleep_until(at).await;
-    }
 }
 
 /// Waits for the batch's masking and starts the secondary's replays.
@@ -565,6 +674,64 @@ mod tests {
         let head = ex(100, 500, "").timing;
         assert!(pipelined(&head, &ex(200, 900, "").timing));
         assert!(!pipelined(&head, &ex(600, 900, "").timing));
+    }
+
+    #[test]
+    fn an_exchange_holds_its_bodies_heads_and_an_overhead() {
+        let mut e = ex(1, 2, "keep-alive");
+        let small = held_bytes(&e);
+        assert_eq!(
+            small,
+            EXCHANGE_OVERHEAD_BYTES + "/".len() + "Connection".len() + "keep-alive".len()
+        );
+        e.request.body = bytes::Bytes::from(vec![b'x'; 1000]);
+        e.response.body = bytes::Bytes::from(vec![b'y'; 3000]);
+        assert_eq!(held_bytes(&e), small + 4000);
+    }
+
+    #[test]
+    fn a_queue_refuses_by_count_and_by_bytes_and_frees_what_is_taken() {
+        let bound = Bound {
+            exchanges: 3,
+            bytes: 1000,
+        };
+        let q = Held::default();
+        // Many small exchanges: the count binds.
+        for _ in 0..3 {
+            assert_eq!(q.fits(bound, 10), Ok(()));
+            q.add(10);
+        }
+        assert_eq!(q.fits(bound, 10), Err(Refused::Count));
+        q.take(10);
+        assert_eq!(q.fits(bound, 10), Ok(()));
+        // Large ones: the bytes bind before the count.
+        let q = Held::default();
+        q.add(600);
+        assert_eq!(q.fits(bound, 400), Ok(()));
+        assert_eq!(q.fits(bound, 401), Err(Refused::Bytes));
+        q.take(600);
+        // Alone, an exchange over the byte bound still fits an empty queue...
+        assert_eq!(q.fits(bound, 5000), Ok(()));
+        q.add(5000);
+        // ...and nothing fits behind it until it is taken.
+        assert_eq!(q.fits(bound, 1), Err(Refused::Bytes));
+        q.take(5000);
+        assert_eq!(q.exchanges.load(Ordering::Relaxed), 0);
+        assert_eq!(q.bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn one_fast_connection_fits_a_lane_for_the_live_delay() {
+        // 10k small requests per second on one keep-alive connection, each waiting the
+        // live delay: what waits at once fits one lane and all lanes.
+        let waiting = 10_000 * crate::replay::LIVE_REPLAY_DELAY.as_millis() as usize / 1000;
+        let e = ex(1, 2, "keep-alive");
+        let q = Held::default();
+        for _ in 0..waiting {
+            assert_eq!(q.fits(LANE_BOUND, held_bytes(&e)), Ok(()));
+            assert_eq!(q.fits(ALL_LANES_BOUND, held_bytes(&e)), Ok(()));
+            q.add(held_bytes(&e));
+        }
     }
 
     #[test]

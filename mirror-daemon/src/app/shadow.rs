@@ -146,12 +146,13 @@ impl Shadow {
                 self.finish(Outcome::Dropped(DropReason::ReplayQueueFull));
             }
         }
+        let refused_for_bytes = lanes.refused_for_bytes();
         lanes.finish().await;
-        self.summary(replayed, started.elapsed());
+        self.summary(replayed, refused_for_bytes, started.elapsed());
     }
 
     /// The replay's throughput and shape, on stderr and in the log.
-    fn summary(&self, replayed: u64, took: Duration) {
+    fn summary(&self, replayed: u64, refused_for_bytes: u64, took: Duration) {
         let f = &self.replayer.figures;
         let (requests, connections, userspace) = (
             f.requests.load(Ordering::Relaxed),
@@ -167,11 +168,12 @@ impl Shadow {
             requests,
             connections,
             dropped_replay_queue_full = dropped,
+            of_which_over_the_byte_bound = refused_for_bytes,
             timed_by_daemon_clock = userspace,
             "replay finished"
         );
         eprintln!(
-            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped}; handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}",
+            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped} (over the lanes' byte bound: {refused_for_bytes}); handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}",
             requests as f64 / secs
         );
     }
