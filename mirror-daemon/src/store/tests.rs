@@ -1243,8 +1243,10 @@ async fn check_migrated_from_3(store: &Store) {
     // Sorted by host: `new-host` first.
     assert_eq!(both.runs[0].candidate_cpu, Some(capped));
     assert_eq!(both.runs[1].candidate_cpu, None);
-    let mut c = crate::verdict::Criteria::default();
-    c.max_p95_regression = Some(0.15);
+    let c = crate::verdict::Criteria {
+        max_p95_regression: Some(0.15),
+        ..Default::default()
+    };
     let card = crate::report::build(&both, &c, &crate::compare::NoiseRule::default());
     assert_eq!(card.latency.candidate_cpu_cap_percent, Some(100));
     assert_eq!(card.latency.candidate_cpu_not_recorded_runs, 1);
