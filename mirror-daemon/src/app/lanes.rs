@@ -10,12 +10,14 @@
 //! [`REPLAY_QUEUE`](crate::pipeline::REPLAY_QUEUE) exchanges and [`REPLAY_QUEUE_BYTES`]
 //! bytes; an exchange that finds no room is dropped and counted as `replay_queue_full`
 //! (those refused by a byte bound also in the replay's summary line), and the capture
-//! never waits.
+//! never waits. An exchange its lane reaches more than [`LANE_MAX_LATE`] after it was
+//! due is dropped the same way (counted apart in the summary line), so a hanging
+//! candidate leaves no minutes of backlog behind one connection.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -30,7 +32,7 @@ use super::{pacing::wait_until, shadow::Shadow};
 use crate::{
     accounting::{CandidateErrorKind, DropReason, Outcome},
     capture::FlowKey,
-    http::{Exchange, Request, Response, Timing, header},
+    http::{CorrelationId, Exchange, Request, Response, Timing, header},
     mask::Taint,
     pipeline::REPLAY_QUEUE,
     replay::{Attempt, CandidateConn, ReplayResult},
@@ -152,6 +154,8 @@ pub struct Lanes {
     queued: Arc<Held>,
     /// Exchanges refused because a byte bound was reached (part of `replay_queue_full`).
     refused_for_bytes: u64,
+    /// Exchanges a lane dropped as too late to send (part of `replay_queue_full`).
+    late: Arc<AtomicU64>,
 }
 
 impl Lanes {
@@ -162,7 +166,14 @@ impl Lanes {
             tasks: JoinSet::new(),
             queued: Arc::new(Held::default()),
             refused_for_bytes: 0,
+            late: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The count of exchanges the lanes drop as more than [`LANE_MAX_LATE`] behind
+    /// (still counting until they finish).
+    pub fn late_counter(&self) -> Arc<AtomicU64> {
+        self.late.clone()
     }
 
     /// Exchanges refused so far because a lane's or all lanes' bytes were at their bound.
@@ -233,8 +244,13 @@ impl Lanes {
             self.queued.take(bytes);
             return Err(Refused::Count);
         }
-        self.tasks
-            .spawn(lane(shadow.clone(), rx, self.queued.clone(), held.clone()));
+        self.tasks.spawn(lane(
+            shadow.clone(),
+            rx,
+            self.queued.clone(),
+            held.clone(),
+            self.late.clone(),
+        ));
         self.lanes.insert(flow, LaneTx { tx, held });
         Ok(())
     }
@@ -331,6 +347,7 @@ impl Masking {
 /// soon as it is queued so it overlaps the candidate's time), or a close.
 enum Ahead {
     Exchange {
+        id: CorrelationId,
         timing: Timing,
         masked: Masking,
         send_at: Option<Instant>,
@@ -347,7 +364,7 @@ fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
     match item {
         LaneItem::Close(at) => Ahead::Close(at),
         LaneItem::Exchange(ex, send_at) => {
-            let timing = ex.timing;
+            let (id, timing) = (ex.id, ex.timing);
             let masked = if in_place(&ex, backlog) {
                 let me = &**shadow;
                 let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask(me, ex)));
@@ -357,12 +374,25 @@ fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
                 Masking::Pool(tokio::task::spawn_blocking(move || mask(&me, ex)))
             };
             Ahead::Exchange {
+                id,
                 send_at,
                 timing,
                 masked,
             }
         }
     }
+}
+
+/// A lane more than this behind an exchange's due time drops it (`replay_queue_full`,
+/// counted in the end-of-run line as too late) instead of sending it: a hanging
+/// candidate then leaves no minutes of backlog behind a connection, whatever the lane's
+/// bounds hold, and a daemon starved of CPU does not catch up in bursts legacy never saw.
+pub const LANE_MAX_LATE: Duration = Duration::from_secs(1);
+
+/// Whether an exchange due at `send_at` (`None`: unpaced, never late) is too late to send
+/// at `now`.
+fn too_late(send_at: Option<Instant>, now: Instant) -> bool {
+    send_at.is_some_and(|at| now.saturating_duration_since(at) > LANE_MAX_LATE)
 }
 
 /// Exchanges masked ahead of the one in flight, per lane, at most.
@@ -378,6 +408,7 @@ async fn lane(
     mut rx: mpsc::Receiver<LaneItem>,
     queued: Arc<Held>,
     held: Arc<Held>,
+    late: Arc<AtomicU64>,
 ) {
     let start = |item: LaneItem, backlog: usize| {
         if let LaneItem::Exchange(ex, _) = &item {
@@ -413,12 +444,13 @@ async fn lane(
         }
         while concluding.try_join_next().is_some() {}
         while concluding.len() >= MAX_CONCLUDING && concluding.join_next().await.is_some() {}
-        let (timing, masked, send_at) = match ahead.pop_front() {
+        let (id, timing, masked, send_at) = match ahead.pop_front() {
             Some(Ahead::Exchange {
+                id,
                 timing,
                 masked,
                 send_at,
-            }) => (timing, masked, send_at),
+            }) => (id, timing, masked, send_at),
             Some(Ahead::Close(at)) => {
                 wait_until(at, &mut fine).await;
                 conn = None;
@@ -427,15 +459,29 @@ async fn lane(
             None => continue,
         };
         let mut batch = vec![masked];
+        let mut ids = vec![id];
         while batch.len() < MAX_PIPELINE {
             match ahead.front() {
                 Some(Ahead::Exchange { timing: next, .. }) if pipelined(&timing, next) => {
-                    if let Some(Ahead::Exchange { masked, .. }) = ahead.pop_front() {
+                    if let Some(Ahead::Exchange { masked, id, .. }) = ahead.pop_front() {
                         batch.push(masked);
+                        ids.push(id);
                     }
                 }
                 _ => break,
             }
+        }
+        if too_late(send_at, Instant::now()) {
+            // Behind a hanging candidate (or a starved daemon): dropped and counted
+            // rather than sent in a burst long after legacy got them.
+            for id in &ids {
+                if let Some(e) = &shadow.effects {
+                    e.forget(id);
+                }
+                shadow.finish(Outcome::Dropped(DropReason::ReplayQueueFull));
+            }
+            late.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            continue;
         }
         let Some(prepared) = prepare(&shadow, batch).await else {
             continue;
@@ -732,6 +778,19 @@ mod tests {
             assert_eq!(q.fits(ALL_LANES_BOUND, held_bytes(&e)), Ok(()));
             q.add(held_bytes(&e));
         }
+    }
+
+    #[test]
+    fn an_exchange_more_than_a_second_behind_is_too_late() {
+        let at = Instant::now();
+        assert!(!too_late(None, at + Duration::from_secs(60)), "unpaced");
+        assert!(!too_late(Some(at), at));
+        assert!(!too_late(Some(at + Duration::from_secs(5)), at), "ahead");
+        assert!(!too_late(Some(at), at + LANE_MAX_LATE));
+        assert!(too_late(
+            Some(at),
+            at + LANE_MAX_LATE + Duration::from_millis(1)
+        ));
     }
 
     #[test]
