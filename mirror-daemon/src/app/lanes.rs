@@ -35,7 +35,7 @@ use crate::{
     http::{CorrelationId, Exchange, Request, Response, Timing, header},
     mask::Taint,
     pipeline::REPLAY_QUEUE,
-    replay::{Attempt, CandidateConn, ReplayResult},
+    replay::{Attempt, CandidateConn, ReplayResult, Replayer},
 };
 
 /// A lane closes its candidate connection after this long without an exchange (the
@@ -294,14 +294,14 @@ fn legacy_closed(req: &Request, resp: &Response) -> bool {
 }
 
 /// One exchange ready to go: the captured one, its masked twin, the bytes for the
-/// candidate and the secondary's replay running alongside.
+/// candidate and for the secondary (`--secondary`).
 struct Prepared {
     ex: Exchange,
     masked: Exchange,
     /// The request values masking removed, masked again wherever a response echoes them.
     taint: Taint,
     wire: Vec<u8>,
-    secondary: Option<JoinHandle<ReplayResult>>,
+    secondary_wire: Option<Vec<u8>>,
 }
 
 /// A captured exchange, its masked twin and what masking removed from its request.
@@ -419,6 +419,7 @@ async fn lane(
         start(&shadow, item, backlog)
     };
     let mut conn: Option<CandidateConn> = None;
+    let mut secondary_conn: Option<CandidateConn> = None;
     let mut fine = None;
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut concluding = JoinSet::new();
@@ -437,6 +438,7 @@ async fn lane(
                     // Idle: close the connection and take no more; what is already
                     // queued is still replayed (on a new connection).
                     conn = None;
+                    secondary_conn = None;
                     rx.close();
                     continue;
                 }
@@ -454,6 +456,7 @@ async fn lane(
             Some(Ahead::Close(at)) => {
                 wait_until(at, &mut fine).await;
                 conn = None;
+                secondary_conn = None;
                 continue;
             }
             None => continue,
@@ -492,30 +495,47 @@ async fn lane(
         let closes = prepared
             .last()
             .is_some_and(|p| legacy_closed(&p.ex.request, &p.ex.response));
-        let replies = replay_batch(&shadow, &mut conn, &prepared).await;
+        // The secondary (`--secondary`) gets the same requests at the same time over its
+        // own connection for this captured one.
+        let (replies, secondary) = {
+            let to_candidate: Vec<(&[u8], &str)> = prepared
+                .iter()
+                .map(|p| (&p.wire[..], p.ex.request.method.as_str()))
+                .collect();
+            let to_secondary: Option<Vec<(&[u8], &str)>> = prepared
+                .iter()
+                .map(|p| Some((p.secondary_wire.as_deref()?, p.ex.request.method.as_str())))
+                .collect();
+            let secondary = async {
+                match (&shadow.secondary, &to_secondary) {
+                    (Some(s), Some(batch)) => {
+                        Some(replay_batch(s, &mut secondary_conn, batch).await)
+                    }
+                    _ => None,
+                }
+            };
+            tokio::join!(
+                replay_batch(&shadow.replayer, &mut conn, &to_candidate),
+                secondary
+            )
+        };
         if closes {
             conn = None;
+            secondary_conn = None;
         }
-        if prepared
-            .iter()
-            .all(|p| p.secondary.is_none() && in_place(&p.ex, rx.len()))
-        {
-            // Small and nothing to wait for: compared and recorded here, no hand-over.
-            conclude_all(
-                &shadow,
-                prepared.into_iter().zip(replies).map(|(p, reply)| {
-                    shadow.replayer.figures.reply(&reply);
-                    (p.ex, p.masked, p.taint, reply, None)
-                }),
-            );
+        let small = prepared.iter().all(|p| in_place(&p.ex, rx.len()));
+        let done = with_replies(&shadow, prepared, replies, secondary);
+        if small {
+            // Small: compared and recorded here, no hand-over.
+            conclude_all(&shadow, done);
         } else {
-            concluding.spawn(conclude(shadow.clone(), prepared, replies));
+            concluding.spawn(conclude(shadow.clone(), done));
         }
     }
     while concluding.join_next().await.is_some() {}
 }
 
-/// Waits for the batch's masking and starts the secondary's replays.
+/// Waits for the batch's masking and builds the requests' bytes.
 async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepared>> {
     let mut prepared = Vec::with_capacity(batch.len());
     for job in batch {
@@ -536,17 +556,17 @@ async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepar
         }
         let mut wire = Vec::with_capacity(512 + to_send.body.len());
         shadow.replayer.wire(to_send, &ex.id, &mut wire);
-        // Only the secondary's task needs its own copy of the request.
-        let secondary = shadow.secondary.clone().map(|s| {
-            let (req, id) = (to_send.clone(), ex.id);
-            tokio::spawn(async move { s.send(&req, &id).await })
+        let secondary_wire = shadow.secondary.as_ref().map(|s| {
+            let mut w = Vec::with_capacity(wire.len());
+            s.wire(to_send, &ex.id, &mut w);
+            w
         });
         prepared.push(Prepared {
             ex,
             masked,
             taint,
             wire,
-            secondary,
+            secondary_wire,
         });
     }
     (!prepared.is_empty()).then_some(prepared)
@@ -555,16 +575,16 @@ async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepar
 /// Writes the batch's requests back to back, then reads their responses in order. A
 /// reused connection that turns out dead before any response byte is replaced once.
 async fn replay_batch(
-    shadow: &Shadow,
+    replayer: &Replayer,
     conn: &mut Option<CandidateConn>,
-    batch: &[Prepared],
+    batch: &[(&[u8], &str)],
 ) -> Vec<ReplayResult> {
-    let cfg = shadow.replayer.config();
+    let cfg = replayer.config();
     let all = |kind: CandidateErrorKind| vec![Err(kind); batch.len()];
     for attempt in 0..2 {
         let fresh = conn.is_none();
         if fresh {
-            match timeout(cfg.timeout, shadow.replayer.connect()).await {
+            match timeout(cfg.timeout, replayer.connect()).await {
                 Ok(Ok(c)) => *conn = Some(c),
                 Ok(Err(kind)) => return all(kind),
                 Err(_) => return all(CandidateErrorKind::Timeout),
@@ -576,8 +596,8 @@ async fn replay_batch(
         let retry = |a: Attempt| a == Attempt::Stale && !fresh && attempt == 0;
         let mut sent = Vec::with_capacity(batch.len());
         let mut failed = None;
-        for p in batch {
-            match timeout(cfg.timeout, c.write_request(&p.wire)).await {
+        for (wire, _) in batch {
+            match timeout(cfg.timeout, c.write_request(wire)).await {
                 Ok(Ok(s)) => sent.push(s),
                 Ok(Err(a)) => {
                     failed = Some(a);
@@ -589,8 +609,7 @@ async fn replay_batch(
                 }
             }
         }
-        shadow
-            .replayer
+        replayer
             .figures
             .requests
             .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -602,12 +621,8 @@ async fn replay_batch(
             return all(a.kind());
         }
         let mut out: Vec<ReplayResult> = Vec::with_capacity(batch.len());
-        for (p, s) in batch.iter().zip(sent) {
-            let read = timeout(
-                cfg.timeout,
-                c.read_response(&p.ex.request.method, cfg.limits, s),
-            )
-            .await;
+        for ((_, method), s) in batch.iter().zip(sent) {
+            let read = timeout(cfg.timeout, c.read_response(method, cfg.limits, s)).await;
             let failure = match read {
                 Ok(Ok((reply, open))) => {
                     out.push(Ok(reply));
@@ -633,18 +648,36 @@ async fn replay_batch(
     all(CandidateErrorKind::Reset)
 }
 
-/// Compares and records each exchange of the batch (on the blocking pool).
-async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<ReplayResult>) {
+/// The batch's exchanges with their candidate's and secondary's replies, the replies
+/// counted in their replayer's figures.
+fn with_replies(
+    shadow: &Shadow,
+    prepared: Vec<Prepared>,
+    replies: Vec<ReplayResult>,
+    secondary: Option<Vec<ReplayResult>>,
+) -> Vec<Concluding> {
     let n = prepared.len();
-    let mut done = Vec::with_capacity(n);
-    for (p, reply) in prepared.into_iter().zip(replies) {
-        shadow.replayer.figures.reply(&reply);
-        let secondary = match p.secondary {
-            Some(h) => h.await.ok(),
-            None => None,
-        };
-        done.push((p.ex, p.masked, p.taint, reply, secondary));
-    }
+    let secondary: Vec<Option<ReplayResult>> = match secondary {
+        Some(v) => v.into_iter().map(Some).collect(),
+        None => std::iter::repeat_with(|| None).take(n).collect(),
+    };
+    prepared
+        .into_iter()
+        .zip(replies)
+        .zip(secondary)
+        .map(|((p, reply), sec)| {
+            shadow.replayer.figures.reply(&reply);
+            if let (Some(s), Some(r)) = (&shadow.secondary, &sec) {
+                s.figures.reply(r);
+            }
+            (p.ex, p.masked, p.taint, reply, sec)
+        })
+        .collect()
+}
+
+/// Compares and records each exchange of the batch (on the blocking pool).
+async fn conclude(shadow: Arc<Shadow>, done: Vec<Concluding>) {
+    let n = done.len();
     let me = shadow.clone();
     let finished = tokio::task::spawn_blocking(move || conclude_all(&me, done)).await;
     if finished.is_err() {
