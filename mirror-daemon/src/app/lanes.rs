@@ -10,8 +10,8 @@
 //! [`REPLAY_QUEUE`](crate::pipeline::REPLAY_QUEUE) exchanges and [`REPLAY_QUEUE_BYTES`]
 //! bytes; an exchange that finds no room is dropped and counted as `replay_queue_full`
 //! (those refused by a byte bound also in the replay's summary line), and the capture
-//! never waits. An exchange its lane reaches more than [`LANE_MAX_LATE`] after it was
-//! due is dropped the same way (counted apart in the summary line), so a hanging
+//! never waits. An exchange its lane reaches more than [`LANE_MAX_LATE`] (10 s) after
+//! it was due is dropped the same way (counted apart in the summary line), so a hanging
 //! candidate leaves no minutes of backlog behind one connection.
 use std::{
     collections::{HashMap, VecDeque},
@@ -386,8 +386,10 @@ fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
 /// A lane more than this behind an exchange's due time drops it (`replay_queue_full`,
 /// counted in the end-of-run line as too late) instead of sending it: a hanging
 /// candidate then leaves no minutes of backlog behind a connection, whatever the lane's
-/// bounds hold, and a daemon starved of CPU does not catch up in bursts legacy never saw.
-pub const LANE_MAX_LATE: Duration = Duration::from_secs(1);
+/// bounds hold. Seconds, not less: a burst legacy served faster than the candidate
+/// connection's round trips allow falls behind by that much and is still replayed
+/// whole (e2e `shadow`: 1 s dropped half of a 2000-request burst under load).
+pub const LANE_MAX_LATE: Duration = Duration::from_secs(10);
 
 /// Whether an exchange due at `send_at` (`None`: unpaced, never late) is too late to send
 /// at `now`.
@@ -814,7 +816,7 @@ mod tests {
     }
 
     #[test]
-    fn an_exchange_more_than_a_second_behind_is_too_late() {
+    fn an_exchange_more_than_the_bound_behind_is_too_late() {
         let at = Instant::now();
         assert!(!too_late(None, at + Duration::from_secs(60)), "unpaced");
         assert!(!too_late(Some(at), at));
