@@ -2,7 +2,7 @@
 //!
 //! [`pipeline`] runs a shadow run (start, tick, shutdown) from a typed plan; [`fence`]
 //! fences the candidate; [`capture_loop`] is the capture thread; [`shadow`] and [`lanes`]
-//! sample, mask, replay, compare and store, [`pacing`] timing each lane's writes; [`egress`] reports the candidate's egress
+//! sample, mask, replay, compare and store; [`egress`] reports the candidate's egress
 //! attempts; [`live`] keeps the evidence the live card is drawn from.
 pub mod capture_loop;
 pub mod egress;
@@ -10,6 +10,5 @@ pub mod fence;
 pub mod isolation;
 pub mod lanes;
 pub mod live;
-pub mod pacing;
 pub mod pipeline;
 pub mod shadow;
