@@ -5,15 +5,19 @@
 //! legacy's was (a `Connection: close` on either side) or after [`LANE_IDLE`] without
 //! traffic.
 //!
-//! Bounded: at most `max` lanes (candidate connections), [`LANE_QUEUE`] exchanges waiting
-//! per lane and [`REPLAY_QUEUE`](crate::pipeline::REPLAY_QUEUE) across all lanes; an exchange
-//! that finds no room is dropped and counted as `replay_queue_full`, and the capture never
-//! waits.
+//! Bounded: at most `max` lanes (candidate connections); waiting per lane at most
+//! [`LANE_QUEUE`] exchanges and [`LANE_BYTES`] bytes, across all lanes
+//! [`REPLAY_QUEUE`](crate::pipeline::REPLAY_QUEUE) exchanges and [`REPLAY_QUEUE_BYTES`]
+//! bytes; an exchange that finds no room is dropped and counted as `replay_queue_full`
+//! (those refused by a byte bound also in the replay's summary line), and the capture
+//! never waits. An exchange its lane reaches more than [`LANE_MAX_LATE`] (10 s) after
+//! it was due is dropped the same way (counted apart in the summary line), so a hanging
+//! candidate leaves no minutes of backlog behind one connection.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -28,10 +32,10 @@ use super::shadow::Shadow;
 use crate::{
     accounting::{CandidateErrorKind, DropReason, Outcome},
     capture::FlowKey,
-    http::{Exchange, Request, Response, Timing, header},
+    http::{CorrelationId, Exchange, Request, Response, Timing, header},
     mask::Taint,
     pipeline::REPLAY_QUEUE,
-    replay::{Attempt, CandidateConn, ReplayResult},
+    replay::{Attempt, CandidateConn, ReplayResult, Replayer},
 };
 
 /// A lane closes its candidate connection after this long without an exchange (the
@@ -41,10 +45,91 @@ pub const LANE_IDLE: Duration = Duration::from_secs(5);
 const MAX_PIPELINE: usize = 16;
 
 /// Exchanges waiting in one lane at most: each waits there up to the live delay (or the
-/// hand-over lead), 50 ms, so this holds that long of ~5k requests per second on one
-/// connection; short enough that a hanging candidate does not leave minutes of backlog
-/// behind one connection.
-pub const LANE_QUEUE: usize = 256;
+/// hand-over lead), 50 ms, so this holds that long of ~40k requests per second on one
+/// connection (256 places capped one keep-alive connection at ~5k/s); memory is bounded
+/// by [`LANE_BYTES`], and the queue's places are allocated as used.
+pub const LANE_QUEUE: usize = 2048;
+/// Bytes (bodies, heads, a fixed overhead: [`held_bytes`]) waiting in one lane at most:
+/// a fast connection of small exchanges fits; one of large bodies holds a few of them,
+/// so a hanging candidate does not leave minutes of backlog behind one connection.
+pub const LANE_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes waiting in all lanes together at most.
+pub const REPLAY_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// What an exchange costs a queue beyond its bodies and head fields: the structs, the
+/// timing, the queue's slot.
+const EXCHANGE_OVERHEAD_BYTES: usize = 512;
+
+/// The bytes `ex` holds while it waits in a lane (bodies, head fields, a fixed overhead).
+pub fn held_bytes(ex: &Exchange) -> usize {
+    let heads: usize = ex
+        .request
+        .headers
+        .iter()
+        .chain(&ex.response.headers)
+        .map(|h| h.name.len() + h.value.len())
+        .sum();
+    EXCHANGE_OVERHEAD_BYTES
+        + ex.request.target.len()
+        + heads
+        + ex.request.body.len()
+        + ex.response.body.len()
+}
+
+/// What waits in a queue: exchanges and their bytes ([`held_bytes`]).
+#[derive(Debug, Default)]
+pub struct Held {
+    exchanges: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// Why a queue refused an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Count,
+    Bytes,
+}
+
+/// A bound on what waits: at most `exchanges` and `bytes`. An exchange alone always fits
+/// an empty queue, so one larger than the byte bound is replayed, not starved.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub exchanges: usize,
+    pub bytes: usize,
+}
+
+impl Held {
+    /// Whether one more exchange of `bytes` fits under `bound` (nothing taken yet).
+    pub fn fits(&self, bound: Bound, bytes: usize) -> Result<(), Refused> {
+        let n = self.exchanges.load(Ordering::Relaxed);
+        if n >= bound.exchanges {
+            return Err(Refused::Count);
+        }
+        let held = self.bytes.load(Ordering::Relaxed);
+        if n > 0 && held.saturating_add(bytes) > bound.bytes {
+            return Err(Refused::Bytes);
+        }
+        Ok(())
+    }
+
+    pub fn add(&self, bytes: usize) {
+        self.exchanges.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn take(&self, bytes: usize) {
+        self.exchanges.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+const LANE_BOUND: Bound = Bound {
+    exchanges: LANE_QUEUE,
+    bytes: LANE_BYTES,
+};
+const ALL_LANES_BOUND: Bound = Bound {
+    exchanges: REPLAY_QUEUE,
+    bytes: REPLAY_QUEUE_BYTES,
+};
 
 /// What a lane is told, in capture order, each with the instant it is due (paced input:
 /// the lane masks it meanwhile and waits; `None`: at once).
@@ -54,13 +139,23 @@ enum LaneItem {
     Close(Option<Instant>),
 }
 
+/// One lane as the dispatcher sees it: its queue and what waits there.
+struct LaneTx {
+    tx: mpsc::Sender<LaneItem>,
+    held: Arc<Held>,
+}
+
 /// The lanes of the run, keyed by captured connection.
 pub struct Lanes {
     max: usize,
-    lanes: HashMap<FlowKey, mpsc::Sender<LaneItem>>,
+    lanes: HashMap<FlowKey, LaneTx>,
     tasks: JoinSet<()>,
     /// Exchanges offered to a lane and not yet taken off its queue, all lanes together.
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Held>,
+    /// Exchanges refused because a byte bound was reached (part of `replay_queue_full`).
+    refused_for_bytes: u64,
+    /// Exchanges a lane dropped as too late to send (part of `replay_queue_full`).
+    late: Arc<AtomicU64>,
 }
 
 impl Lanes {
@@ -69,22 +164,36 @@ impl Lanes {
             max: max.max(1),
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
-            queued: Arc::new(AtomicUsize::new(0)),
+            queued: Arc::new(Held::default()),
+            refused_for_bytes: 0,
+            late: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The count of exchanges the lanes drop as more than [`LANE_MAX_LATE`] behind
+    /// (still counting until they finish).
+    pub fn late_counter(&self) -> Arc<AtomicU64> {
+        self.late.clone()
+    }
+
+    /// Exchanges refused so far because a lane's or all lanes' bytes were at their bound.
+    pub fn refused_for_bytes(&self) -> u64 {
+        self.refused_for_bytes
     }
 
     /// Hands `ex` to its connection's lane (opening one if there is room); false when
     /// there is none, for the caller to count as dropped.
     /// `send_at`: when to write it to the candidate (paced input), else at once.
     pub fn offer(&mut self, shadow: &Arc<Shadow>, ex: Exchange, send_at: Option<Instant>) -> bool {
-        if self.queued.load(Ordering::Relaxed) >= REPLAY_QUEUE {
-            return false;
+        let bytes = held_bytes(&ex);
+        let offered = self
+            .queued
+            .fits(ALL_LANES_BOUND, bytes)
+            .and_then(|()| self.try_offer(shadow, ex, send_at, bytes));
+        if offered == Err(Refused::Bytes) {
+            self.refused_for_bytes += 1;
         }
-        let offered = self.try_offer(shadow, ex, send_at).is_ok();
-        if offered {
-            self.queued.fetch_add(1, Ordering::Relaxed);
-        }
-        offered
+        offered.is_ok()
     }
 
     fn try_offer(
@@ -92,49 +201,65 @@ impl Lanes {
         shadow: &Arc<Shadow>,
         ex: Exchange,
         send_at: Option<Instant>,
-    ) -> Result<(), Box<Exchange>> {
+        bytes: usize,
+    ) -> Result<(), Refused> {
         while self.tasks.try_join_next().is_some() {}
-        let back = |e: TrySendError<LaneItem>| match e {
-            TrySendError::Full(LaneItem::Exchange(ex, _))
-            | TrySendError::Closed(LaneItem::Exchange(ex, _)) => Some(Box::new(ex)),
-            _ => None,
-        };
         let ex = match self.lanes.get(&ex.flow) {
-            Some(tx) => match tx.try_send(LaneItem::Exchange(ex, send_at)) {
-                Ok(()) => return Ok(()),
-                Err(e @ TrySendError::Full(_)) => return back(e).map_or(Ok(()), Err),
-                Err(e) => match back(e) {
-                    Some(ex) => {
-                        self.lanes.remove(&ex.flow);
-                        *ex
+            Some(lane) => {
+                lane.held.fits(LANE_BOUND, bytes)?;
+                // Counted before it is queued: the lane takes it off as soon as it is.
+                lane.held.add(bytes);
+                self.queued.add(bytes);
+                match lane.tx.try_send(LaneItem::Exchange(ex, send_at)) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        lane.held.take(bytes);
+                        self.queued.take(bytes);
+                        match e {
+                            TrySendError::Full(_) => return Err(Refused::Count),
+                            TrySendError::Closed(LaneItem::Exchange(ex, _)) => {
+                                self.lanes.remove(&ex.flow);
+                                ex
+                            }
+                            TrySendError::Closed(LaneItem::Close(_)) => return Ok(()),
+                        }
                     }
-                    None => return Ok(()),
-                },
-            },
+                }
+            }
             None => ex,
         };
         if self.lanes.len() >= self.max {
-            self.lanes.retain(|_, tx| !tx.is_closed());
+            self.lanes.retain(|_, lane| !lane.tx.is_closed());
         }
         if self.lanes.len() >= self.max {
-            return Err(Box::new(ex));
+            return Err(Refused::Count);
         }
         let (tx, rx) = mpsc::channel(LANE_QUEUE);
+        let held = Arc::new(Held::default());
         let flow = ex.flow;
-        if let Err(e) = tx.try_send(LaneItem::Exchange(ex, send_at)) {
-            return back(e).map_or(Ok(()), Err);
+        held.add(bytes);
+        self.queued.add(bytes);
+        if tx.try_send(LaneItem::Exchange(ex, send_at)).is_err() {
+            held.take(bytes);
+            self.queued.take(bytes);
+            return Err(Refused::Count);
         }
-        self.tasks
-            .spawn(lane(shadow.clone(), rx, self.queued.clone()));
-        self.lanes.insert(flow, tx);
+        self.tasks.spawn(lane(
+            shadow.clone(),
+            rx,
+            self.queued.clone(),
+            held.clone(),
+            self.late.clone(),
+        ));
+        self.lanes.insert(flow, LaneTx { tx, held });
         Ok(())
     }
 
     /// The captured connection `flow` closed: its lane finishes what it holds, then closes
     /// the candidate connection. (When its queue is full the lane closes when idle.)
     pub fn close(&mut self, flow: &FlowKey, at: Option<Instant>) {
-        if let Some(tx) = self.lanes.remove(flow) {
-            let _ = tx.try_send(LaneItem::Close(at));
+        if let Some(lane) = self.lanes.remove(flow) {
+            let _ = lane.tx.try_send(LaneItem::Close(at));
         }
     }
 
@@ -169,14 +294,14 @@ fn legacy_closed(req: &Request, resp: &Response) -> bool {
 }
 
 /// One exchange ready to go: the captured one, its masked twin, the bytes for the
-/// candidate and the secondary's replay running alongside.
+/// candidate and for the secondary (`--secondary`).
 struct Prepared {
     ex: Exchange,
     masked: Exchange,
     /// The request values masking removed, masked again wherever a response echoes them.
     taint: Taint,
     wire: Vec<u8>,
-    secondary: Option<JoinHandle<ReplayResult>>,
+    secondary_wire: Option<Vec<u8>>,
 }
 
 /// A captured exchange, its masked twin and what masking removed from its request.
@@ -222,6 +347,7 @@ impl Masking {
 /// soon as it is queued so it overlaps the candidate's time), or a close.
 enum Ahead {
     Exchange {
+        id: CorrelationId,
         timing: Timing,
         masked: Masking,
         send_at: Option<Instant>,
@@ -238,7 +364,7 @@ fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
     match item {
         LaneItem::Close(at) => Ahead::Close(at),
         LaneItem::Exchange(ex, send_at) => {
-            let timing = ex.timing;
+            let (id, timing) = (ex.id, ex.timing);
             let masked = if in_place(&ex, backlog) {
                 let me = &**shadow;
                 let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask(me, ex)));
@@ -248,12 +374,27 @@ fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
                 Masking::Pool(tokio::task::spawn_blocking(move || mask(&me, ex)))
             };
             Ahead::Exchange {
+                id,
                 send_at,
                 timing,
                 masked,
             }
         }
     }
+}
+
+/// A lane more than this behind an exchange's due time drops it (`replay_queue_full`,
+/// counted in the end-of-run line as too late) instead of sending it: a hanging
+/// candidate then leaves no minutes of backlog behind a connection, whatever the lane's
+/// bounds hold. Seconds, not less: a burst legacy served faster than the candidate
+/// connection's round trips allow falls behind by that much and is still replayed
+/// whole (e2e `shadow`: 1 s dropped half of a 2000-request burst under load).
+pub const LANE_MAX_LATE: Duration = Duration::from_secs(10);
+
+/// Whether an exchange due at `send_at` (`None`: unpaced, never late) is too late to send
+/// at `now`.
+fn too_late(send_at: Option<Instant>, now: Instant) -> bool {
+    send_at.is_some_and(|at| now.saturating_duration_since(at) > LANE_MAX_LATE)
 }
 
 /// Exchanges masked ahead of the one in flight, per lane, at most.
@@ -264,14 +405,23 @@ const MAX_CONCLUDING: usize = 32;
 /// One captured connection's exchanges, in order, over one candidate connection. Masking
 /// runs ahead and comparing runs behind, so the candidate connection is never idle for
 /// the daemon's own work.
-async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc<AtomicUsize>) {
+async fn lane(
+    shadow: Arc<Shadow>,
+    mut rx: mpsc::Receiver<LaneItem>,
+    queued: Arc<Held>,
+    held: Arc<Held>,
+    late: Arc<AtomicU64>,
+) {
     let start = |item: LaneItem, backlog: usize| {
-        if matches!(item, LaneItem::Exchange(..)) {
-            queued.fetch_sub(1, Ordering::Relaxed);
+        if let LaneItem::Exchange(ex, _) = &item {
+            let bytes = held_bytes(ex);
+            queued.take(bytes);
+            held.take(bytes);
         }
         start(&shadow, item, backlog)
     };
     let mut conn: Option<CandidateConn> = None;
+    let mut secondary_conn: Option<CandidateConn> = None;
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut concluding = JoinSet::new();
     loop {
@@ -289,6 +439,7 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
                     // Idle: close the connection and take no more; what is already
                     // queued is still replayed (on a new connection).
                     conn = None;
+                    secondary_conn = None;
                     rx.close();
                     continue;
                 }
@@ -296,29 +447,45 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         }
         while concluding.try_join_next().is_some() {}
         while concluding.len() >= MAX_CONCLUDING && concluding.join_next().await.is_some() {}
-        let (timing, masked, send_at) = match ahead.pop_front() {
+        let (id, timing, masked, send_at) = match ahead.pop_front() {
             Some(Ahead::Exchange {
+                id,
                 timing,
                 masked,
                 send_at,
-            }) => (timing, masked, send_at),
+            }) => (id, timing, masked, send_at),
             Some(Ahead::Close(at)) => {
                 wait_until(at).await;
                 conn = None;
+                secondary_conn = None;
                 continue;
             }
             None => continue,
         };
         let mut batch = vec![masked];
+        let mut ids = vec![id];
         while batch.len() < MAX_PIPELINE {
             match ahead.front() {
                 Some(Ahead::Exchange { timing: next, .. }) if pipelined(&timing, next) => {
-                    if let Some(Ahead::Exchange { masked, .. }) = ahead.pop_front() {
+                    if let Some(Ahead::Exchange { masked, id, .. }) = ahead.pop_front() {
                         batch.push(masked);
+                        ids.push(id);
                     }
                 }
                 _ => break,
             }
+        }
+        if too_late(send_at, Instant::now()) {
+            // Behind a hanging candidate (or a starved daemon): dropped and counted
+            // rather than sent in a burst long after legacy got them.
+            for id in &ids {
+                if let Some(e) = &shadow.effects {
+                    e.forget(id);
+                }
+                shadow.finish(Outcome::Dropped(DropReason::ReplayQueueFull));
+            }
+            late.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            continue;
         }
         let Some(prepared) = prepare(&shadow, batch).await else {
             continue;
@@ -329,38 +496,58 @@ async fn lane(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<LaneItem>, queued: Arc
         let closes = prepared
             .last()
             .is_some_and(|p| legacy_closed(&p.ex.request, &p.ex.response));
-        let replies = replay_batch(&shadow, &mut conn, &prepared).await;
+        // The secondary (`--secondary`) gets the same requests at the same time over its
+        // own connection for this captured one.
+        let (replies, secondary) = {
+            let to_candidate: Vec<(&[u8], &str)> = prepared
+                .iter()
+                .map(|p| (&p.wire[..], p.ex.request.method.as_str()))
+                .collect();
+            let to_secondary: Option<Vec<(&[u8], &str)>> = prepared
+                .iter()
+                .map(|p| Some((p.secondary_wire.as_deref()?, p.ex.request.method.as_str())))
+                .collect();
+            let secondary = async {
+                match (&shadow.secondary, &to_secondary) {
+                    (Some(s), Some(batch)) => {
+                        Some(replay_batch(s, &mut secondary_conn, batch).await)
+                    }
+                    _ => None,
+                }
+            };
+            tokio::join!(
+                replay_batch(&shadow.replayer, &mut conn, &to_candidate),
+                secondary
+            )
+        };
         if closes {
             conn = None;
+            secondary_conn = None;
         }
-        if prepared
-            .iter()
-            .all(|p| p.secondary.is_none() && in_place(&p.ex, rx.len()))
-        {
-            // Small and nothing to wait for: compared and recorded here, no hand-over.
-            conclude_all(
-                &shadow,
-                prepared.into_iter().zip(replies).map(|(p, reply)| {
-                    shadow.replayer.figures.reply(&reply);
-                    (p.ex, p.masked, p.taint, reply, None)
-                }),
-            );
+        let small = prepared.iter().all(|p| in_place(&p.ex, rx.len()));
+        let done = with_replies(&shadow, prepared, replies, secondary);
+        if small {
+            // Small: compared and recorded here, no hand-over.
+            conclude_all(&shadow, done);
         } else {
-            concluding.spawn(conclude(shadow.clone(), prepared, replies));
+            concluding.spawn(conclude(shadow.clone(), done));
         }
     }
     while concluding.join_next().await.is_some() {}
 }
 
 /// Sleeps until `at` when it is still ahead (a past deadline would wait for the timer's
-/// next tick).
+/// next tick). tokio's timer wakes on whole milliseconds, so lanes due within the same
+/// millisecond write together; a per-lane `timerfd` that woke each lane at its own due
+/// time was tried and made the identical candidate slower at 1k req/s in both
+/// measured runs (docs/fidelity.md, round 2), so it was not kept.
 async fn wait_until(at: Option<Instant>) {
     if let Some(at) = at.filter(|at| *at > Instant::now()) {
         sleep_until(at).await;
     }
 }
 
-/// Waits for the batch's masking and starts the secondary's replays.
+/// Waits for the batch's masking and builds the requests' bytes.
 async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepared>> {
     let mut prepared = Vec::with_capacity(batch.len());
     for job in batch {
@@ -381,17 +568,17 @@ async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepar
         }
         let mut wire = Vec::with_capacity(512 + to_send.body.len());
         shadow.replayer.wire(to_send, &ex.id, &mut wire);
-        // Only the secondary's task needs its own copy of the request.
-        let secondary = shadow.secondary.clone().map(|s| {
-            let (req, id) = (to_send.clone(), ex.id);
-            tokio::spawn(async move { s.send(&req, &id).await })
+        let secondary_wire = shadow.secondary.as_ref().map(|s| {
+            let mut w = Vec::with_capacity(wire.len());
+            s.wire(to_send, &ex.id, &mut w);
+            w
         });
         prepared.push(Prepared {
             ex,
             masked,
             taint,
             wire,
-            secondary,
+            secondary_wire,
         });
     }
     (!prepared.is_empty()).then_some(prepared)
@@ -400,16 +587,16 @@ async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepar
 /// Writes the batch's requests back to back, then reads their responses in order. A
 /// reused connection that turns out dead before any response byte is replaced once.
 async fn replay_batch(
-    shadow: &Shadow,
+    replayer: &Replayer,
     conn: &mut Option<CandidateConn>,
-    batch: &[Prepared],
+    batch: &[(&[u8], &str)],
 ) -> Vec<ReplayResult> {
-    let cfg = shadow.replayer.config();
+    let cfg = replayer.config();
     let all = |kind: CandidateErrorKind| vec![Err(kind); batch.len()];
     for attempt in 0..2 {
         let fresh = conn.is_none();
         if fresh {
-            match timeout(cfg.timeout, shadow.replayer.connect()).await {
+            match timeout(cfg.timeout, replayer.connect()).await {
                 Ok(Ok(c)) => *conn = Some(c),
                 Ok(Err(kind)) => return all(kind),
                 Err(_) => return all(CandidateErrorKind::Timeout),
@@ -421,8 +608,8 @@ async fn replay_batch(
         let retry = |a: Attempt| a == Attempt::Stale && !fresh && attempt == 0;
         let mut sent = Vec::with_capacity(batch.len());
         let mut failed = None;
-        for p in batch {
-            match timeout(cfg.timeout, c.write_request(&p.wire)).await {
+        for (wire, _) in batch {
+            match timeout(cfg.timeout, c.write_request(wire)).await {
                 Ok(Ok(s)) => sent.push(s),
                 Ok(Err(a)) => {
                     failed = Some(a);
@@ -434,8 +621,7 @@ async fn replay_batch(
                 }
             }
         }
-        shadow
-            .replayer
+        replayer
             .figures
             .requests
             .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -447,12 +633,8 @@ async fn replay_batch(
             return all(a.kind());
         }
         let mut out: Vec<ReplayResult> = Vec::with_capacity(batch.len());
-        for (p, s) in batch.iter().zip(sent) {
-            let read = timeout(
-                cfg.timeout,
-                c.read_response(&p.ex.request.method, cfg.limits, s),
-            )
-            .await;
+        for ((_, method), s) in batch.iter().zip(sent) {
+            let read = timeout(cfg.timeout, c.read_response(method, cfg.limits, s)).await;
             let failure = match read {
                 Ok(Ok((reply, open))) => {
                     out.push(Ok(reply));
@@ -478,18 +660,36 @@ async fn replay_batch(
     all(CandidateErrorKind::Reset)
 }
 
-/// Compares and records each exchange of the batch (on the blocking pool).
-async fn conclude(shadow: Arc<Shadow>, prepared: Vec<Prepared>, replies: Vec<ReplayResult>) {
+/// The batch's exchanges with their candidate's and secondary's replies, the replies
+/// counted in their replayer's figures.
+fn with_replies(
+    shadow: &Shadow,
+    prepared: Vec<Prepared>,
+    replies: Vec<ReplayResult>,
+    secondary: Option<Vec<ReplayResult>>,
+) -> Vec<Concluding> {
     let n = prepared.len();
-    let mut done = Vec::with_capacity(n);
-    for (p, reply) in prepared.into_iter().zip(replies) {
-        shadow.replayer.figures.reply(&reply);
-        let secondary = match p.secondary {
-            Some(h) => h.await.ok(),
-            None => None,
-        };
-        done.push((p.ex, p.masked, p.taint, reply, secondary));
-    }
+    let secondary: Vec<Option<ReplayResult>> = match secondary {
+        Some(v) => v.into_iter().map(Some).collect(),
+        None => std::iter::repeat_with(|| None).take(n).collect(),
+    };
+    prepared
+        .into_iter()
+        .zip(replies)
+        .zip(secondary)
+        .map(|((p, reply), sec)| {
+            shadow.replayer.figures.reply(&reply);
+            if let (Some(s), Some(r)) = (&shadow.secondary, &sec) {
+                s.figures.reply(r);
+            }
+            (p.ex, p.masked, p.taint, reply, sec)
+        })
+        .collect()
+}
+
+/// Compares and records each exchange of the batch (on the blocking pool).
+async fn conclude(shadow: Arc<Shadow>, done: Vec<Concluding>) {
+    let n = done.len();
     let me = shadow.clone();
     let finished = tokio::task::spawn_blocking(move || conclude_all(&me, done)).await;
     if finished.is_err() {
@@ -565,6 +765,77 @@ mod tests {
         let head = ex(100, 500, "").timing;
         assert!(pipelined(&head, &ex(200, 900, "").timing));
         assert!(!pipelined(&head, &ex(600, 900, "").timing));
+    }
+
+    #[test]
+    fn an_exchange_holds_its_bodies_heads_and_an_overhead() {
+        let mut e = ex(1, 2, "keep-alive");
+        let small = held_bytes(&e);
+        assert_eq!(
+            small,
+            EXCHANGE_OVERHEAD_BYTES + "/".len() + "Connection".len() + "keep-alive".len()
+        );
+        e.request.body = bytes::Bytes::from(vec![b'x'; 1000]);
+        e.response.body = bytes::Bytes::from(vec![b'y'; 3000]);
+        assert_eq!(held_bytes(&e), small + 4000);
+    }
+
+    #[test]
+    fn a_queue_refuses_by_count_and_by_bytes_and_frees_what_is_taken() {
+        let bound = Bound {
+            exchanges: 3,
+            bytes: 1000,
+        };
+        let q = Held::default();
+        // Many small exchanges: the count binds.
+        for _ in 0..3 {
+            assert_eq!(q.fits(bound, 10), Ok(()));
+            q.add(10);
+        }
+        assert_eq!(q.fits(bound, 10), Err(Refused::Count));
+        q.take(10);
+        assert_eq!(q.fits(bound, 10), Ok(()));
+        // Large ones: the bytes bind before the count.
+        let q = Held::default();
+        q.add(600);
+        assert_eq!(q.fits(bound, 400), Ok(()));
+        assert_eq!(q.fits(bound, 401), Err(Refused::Bytes));
+        q.take(600);
+        // Alone, an exchange over the byte bound still fits an empty queue...
+        assert_eq!(q.fits(bound, 5000), Ok(()));
+        q.add(5000);
+        // ...and nothing fits behind it until it is taken.
+        assert_eq!(q.fits(bound, 1), Err(Refused::Bytes));
+        q.take(5000);
+        assert_eq!(q.exchanges.load(Ordering::Relaxed), 0);
+        assert_eq!(q.bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn one_fast_connection_fits_a_lane_for_the_live_delay() {
+        // 10k small requests per second on one keep-alive connection, each waiting the
+        // live delay: what waits at once fits one lane and all lanes.
+        let waiting = 10_000 * crate::replay::LIVE_REPLAY_DELAY.as_millis() as usize / 1000;
+        let e = ex(1, 2, "keep-alive");
+        let q = Held::default();
+        for _ in 0..waiting {
+            assert_eq!(q.fits(LANE_BOUND, held_bytes(&e)), Ok(()));
+            assert_eq!(q.fits(ALL_LANES_BOUND, held_bytes(&e)), Ok(()));
+            q.add(held_bytes(&e));
+        }
+    }
+
+    #[test]
+    fn an_exchange_more_than_the_bound_behind_is_too_late() {
+        let at = Instant::now();
+        assert!(!too_late(None, at + Duration::from_secs(60)), "unpaced");
+        assert!(!too_late(Some(at), at));
+        assert!(!too_late(Some(at + Duration::from_secs(5)), at), "ahead");
+        assert!(!too_late(Some(at), at + LANE_MAX_LATE));
+        assert!(too_late(
+            Some(at),
+            at + LANE_MAX_LATE + Duration::from_millis(1)
+        ));
     }
 
     #[test]

@@ -146,12 +146,18 @@ impl Shadow {
                 self.finish(Outcome::Dropped(DropReason::ReplayQueueFull));
             }
         }
+        let refused_for_bytes = lanes.refused_for_bytes();
+        let late = lanes.late_counter();
         lanes.finish().await;
-        self.summary(replayed, started.elapsed());
+        let too_late = late.load(Ordering::Relaxed);
+        self.summary(replayed, (refused_for_bytes, too_late), started.elapsed());
     }
 
     /// The replay's throughput and shape, on stderr and in the log.
-    fn summary(&self, replayed: u64, took: Duration) {
+    /// `lanes`: of the `replay_queue_full` drops, those over a byte bound and those too
+    /// late to send.
+    fn summary(&self, replayed: u64, lanes: (u64, u64), took: Duration) {
+        let (refused_for_bytes, too_late) = lanes;
         let f = &self.replayer.figures;
         let (requests, connections, userspace) = (
             f.requests.load(Ordering::Relaxed),
@@ -167,11 +173,13 @@ impl Shadow {
             requests,
             connections,
             dropped_replay_queue_full = dropped,
+            of_which_over_the_byte_bound = refused_for_bytes,
+            of_which_too_late = too_late,
             timed_by_daemon_clock = userspace,
             "replay finished"
         );
         eprintln!(
-            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped}; handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}",
+            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped} (over the lanes' byte bound: {refused_for_bytes}, over 10 s late: {too_late}); handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}",
             requests as f64 / secs
         );
     }

@@ -530,22 +530,33 @@ pub fn build<'a>(
     build_with(ev, criteria, noise_rule, &ReportOptions::default())
 }
 
-/// The floor the p95 criteria were judged with, and the candidate's CPU cap (from the
-/// runs' `args`) as a caveat when a p95 criterion is set.
+/// The floor the p95 criteria were judged with, and the candidate's CPU cap (as the
+/// runs recorded it) as a caveat when a p95 criterion is set; runs that did not record
+/// it are counted and said.
 fn latency_with_caveats(
     mut l: LatencyCard,
     ev: &CardEvidence<'_>,
     criteria: &Criteria,
 ) -> LatencyCard {
-    let cap = ev
-        .runs
+    let recorded: Vec<_> = ev.runs.iter().map(super::CandidateCpuCap::of_run).collect();
+    let cap = recorded
         .iter()
-        .filter_map(|r| super::CandidateCpuCap::from_run_args(&r.args))
+        .filter_map(|r| r.ok().flatten())
         .min_by_key(|c| c.percent);
+    let not_recorded = recorded.iter().filter(|r| r.is_err()).count();
     l.candidate_cpu_cap_percent = cap.map(|c| c.percent);
+    l.candidate_cpu_not_recorded_runs = not_recorded as u64;
     if criteria.judges_p95() {
         l.min_latency_delta_ns = criteria.min_latency_delta_ns;
         l.caveats.extend(cap.map(|c| c.caveat()));
+        if not_recorded > 0 {
+            l.caveats.push(format!(
+                "the candidate's CPU was not recorded for {not_recorded} of {} runs \
+                 (written by a build before store schema 4): a CPU cap on the candidate \
+                 cannot be ruled out",
+                recorded.len()
+            ));
+        }
     }
     l
 }

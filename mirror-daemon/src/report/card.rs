@@ -239,6 +239,9 @@ pub struct LatencyCard {
     /// The tightest CPU cap a selected run put on the candidate, percent of one CPU,
     /// when it was below the host's CPUs (legacy is not capped by mirror).
     pub candidate_cpu_cap_percent: Option<u32>,
+    /// Selected runs that did not record the candidate's CPU (written before store
+    /// schema 4, without a cap in their `args`): "not recorded", not "uncapped".
+    pub candidate_cpu_not_recorded_runs: u64,
     /// What the reader of a p95 criterion must know (a CPU cap on the candidate only).
     pub caveats: Vec<String>,
 }

@@ -2,8 +2,11 @@
 //! CPU) throttles a candidate mirror starts for the rest of a 100 ms period whenever a
 //! burst uses its quota, so an identical candidate shows a longer p95 tail than an
 //! uncapped legacy (docs/fidelity.md: 1.05–7.22× capped vs 1.00–1.48× uncapped at 1k
-//! req/s). The run records the cap in its `args` summary (`candidate_cpu=100%
-//! host_cpus=2`) so every card drawn from the store can say so next to the latency.
+//! req/s). The run records the candidate's CPU in the store (`runs.candidate_cpu`,
+//! schema 4) so every card drawn from the store can say so next to the latency; runs
+//! written by schema 3 builds carried a binding cap in their `args` summary
+//! (`candidate_cpu=100% host_cpus=2`), which is still read.
+use crate::store::{CandidateCpu, RunInfo};
 
 /// The candidate's CPU cap, when it is below what the host offers legacy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,16 +25,23 @@ impl CandidateCpuCap {
         (u64::from(percent) < u64::from(host_cpus) * 100).then_some(Self { percent, host_cpus })
     }
 
-    /// The tokens the run's `args` summary carries.
-    pub fn run_args(&self) -> String {
-        format!(
-            "candidate_cpu={}% host_cpus={}",
-            self.percent, self.host_cpus
-        )
+    /// The binding cap of what a run recorded.
+    pub fn of(cpu: CandidateCpu) -> Option<Self> {
+        Self::binding(cpu.cap_percent, cpu.host_cpus)
     }
 
-    /// Reads [`Self::run_args`] back from a run's `args` summary.
-    pub fn from_run_args(args: &str) -> Option<Self> {
+    /// What a stored run says of the candidate's CPU: `Err(())` when it was not
+    /// recorded (a run written before schema 4 whose `args` name no cap).
+    pub fn of_run(run: &RunInfo) -> Result<Option<Self>, NotRecorded> {
+        match run.candidate_cpu {
+            Some(cpu) => Ok(Self::of(cpu)),
+            None => Self::from_run_args(&run.args).map(Some).ok_or(NotRecorded),
+        }
+    }
+
+    /// Reads the tokens schema 3 builds put in a run's `args` summary
+    /// (`candidate_cpu=100% host_cpus=2`, written only for a binding cap).
+    fn from_run_args(args: &str) -> Option<Self> {
         let token = |key: &str| {
             args.split_whitespace()
                 .find_map(|t| t.strip_prefix(key))
@@ -56,6 +66,10 @@ impl CandidateCpuCap {
     }
 }
 
+/// A run whose candidate CPU the store does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotRecorded;
+
 /// CPUs online on this host (at least 1).
 pub fn host_cpus() -> u32 {
     // SAFETY: sysconf has no preconditions; it returns -1 on error.
@@ -70,7 +84,6 @@ mod tests {
     #[test]
     fn a_cap_binds_only_below_the_hosts_cpus() {
         let cap = CandidateCpuCap::binding(Some(100), 2).expect("one of two CPUs");
-        assert_eq!(cap.run_args(), "candidate_cpu=100% host_cpus=2");
         assert!(
             cap.caveat().contains("capped at 100% of one CPU"),
             "{}",
@@ -82,14 +95,51 @@ mod tests {
         assert!(CandidateCpuCap::binding(Some(50), 1).is_some());
     }
 
+    fn run(args: &str, candidate_cpu: Option<CandidateCpu>) -> RunInfo {
+        RunInfo {
+            host: "h".into(),
+            run_id: "r".into(),
+            started_unix_ms: 1,
+            args: args.into(),
+            criteria: String::new(),
+            candidate_cpu,
+        }
+    }
+
     #[test]
-    fn the_cap_survives_the_runs_args_summary() {
-        let cap = CandidateCpuCap::binding(Some(150), 4).expect("binds");
-        let args = format!(
-            "candidate=http://10.0.0.2:8080 sample=100% {}",
-            cap.run_args()
+    fn a_run_says_its_cap_from_its_column_else_from_older_args_else_not_recorded() {
+        let capped = CandidateCpu {
+            cap_percent: Some(150),
+            host_cpus: 4,
+        };
+        let cap = CandidateCpuCap::of(capped).expect("binds");
+        assert_eq!(
+            CandidateCpuCap::of_run(&run("x", Some(capped))),
+            Ok(Some(cap))
         );
-        assert_eq!(CandidateCpuCap::from_run_args(&args), Some(cap));
+        let uncapped = CandidateCpu {
+            cap_percent: None,
+            host_cpus: 4,
+        };
+        assert_eq!(CandidateCpuCap::of_run(&run("x", Some(uncapped))), Ok(None));
+        // A schema 3 run: the cap in its args.
+        let old = run(
+            "candidate=http://10.0.0.2:8080 sample=100% candidate_cpu=150% host_cpus=4",
+            None,
+        );
+        assert_eq!(CandidateCpuCap::of_run(&old), Ok(Some(cap)));
+        // An older run without the tokens: unknown, not "uncapped".
+        assert_eq!(
+            CandidateCpuCap::of_run(&run("candidate=http://h:1 sample=10%", None)),
+            Err(NotRecorded)
+        );
+    }
+
+    #[test]
+    fn the_cap_survives_the_schema_3_args_summary() {
+        let cap = CandidateCpuCap::binding(Some(150), 4).expect("binds");
+        let args = "candidate=http://10.0.0.2:8080 sample=100% candidate_cpu=150% host_cpus=4";
+        assert_eq!(CandidateCpuCap::from_run_args(args), Some(cap));
         assert_eq!(
             CandidateCpuCap::from_run_args("candidate=http://h:1 sample=10%"),
             None

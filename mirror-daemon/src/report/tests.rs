@@ -7,8 +7,8 @@ use crate::accounting::{CandidateErrorKind, DropReason, Ledger, LedgerSnapshot, 
 use crate::compare::{Diff, DiffKind, FieldDiffKind, NoiseClass, NoiseRule};
 use crate::guard::{EgressAction, EgressAttempt};
 use crate::store::{
-    EffectsFigures, ExchangeRecord, KernelCounters, PairingCounters, ReportFilter, RouteStats,
-    RunInfo, Store, StoreOptions, StoreUrl, StoredEvidence,
+    CandidateCpu, EffectsFigures, ExchangeRecord, KernelCounters, PairingCounters, ReportFilter,
+    RouteStats, RunInfo, Store, StoreOptions, StoreUrl, StoredEvidence,
 };
 use crate::verdict::{Criteria, Verdict, parse_percent};
 
@@ -150,11 +150,21 @@ impl Sim {
 }
 
 async fn load_sims(sims: &[Sim]) -> StoredEvidence {
-    load_sims_with_args(sims, "--sample 100%").await
+    load_sims_with_args(sims, "--sample 100%", Some(UNCAPPED)).await
 }
 
-/// [`load_sims`] with every run's `args` summary.
-async fn load_sims_with_args(sims: &[Sim], args: &str) -> StoredEvidence {
+/// A candidate with legacy's CPU (`--candidate-cpu max`).
+const UNCAPPED: CandidateCpu = CandidateCpu {
+    cap_percent: None,
+    host_cpus: 2,
+};
+
+/// [`load_sims`] with every run's `args` summary and candidate CPU.
+async fn load_sims_with_args(
+    sims: &[Sim],
+    args: &str,
+    candidate_cpu: Option<CandidateCpu>,
+) -> StoredEvidence {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(
         &StoreUrl::Sqlite(dir.path().join("mirror.db")),
@@ -170,6 +180,7 @@ async fn load_sims_with_args(sims: &[Sim], args: &str) -> StoredEvidence {
                 started_unix_ms: BASE_TS - 60_000,
                 args: args.into(),
                 criteria: "--max-mismatch 0.5%".into(),
+                candidate_cpu,
             })
             .await
             .expect("run");
@@ -909,6 +920,7 @@ async fn json_field_names_are_stable() {
             "weighted",
             "min_latency_delta_ns",
             "candidate_cpu_cap_percent",
+            "candidate_cpu_not_recorded_runs",
             "caveats"
         ])
     );
@@ -1387,10 +1399,11 @@ async fn the_latency_section_states_the_floor_and_a_candidate_cpu_cap() {
     let cap = CandidateCpuCap::binding(Some(100), 2).expect("binds");
     let capped = load_sims_with_args(
         &go_sims(),
-        &format!(
-            "candidate=http://10.0.0.2:8080 sample=100% {}",
-            cap.run_args()
-        ),
+        "candidate=http://10.0.0.2:8080 sample=100%",
+        Some(CandidateCpu {
+            cap_percent: Some(100),
+            host_cpus: 2,
+        }),
     )
     .await;
     let mut c = criteria();
@@ -1435,6 +1448,40 @@ async fn the_latency_section_states_the_floor_and_a_candidate_cpu_cap() {
     let card = card_of(&uncapped, &criteria());
     assert!(card.latency.caveats.is_empty());
     assert_eq!(card.latency.candidate_cpu_cap_percent, None);
+    assert_eq!(card.latency.candidate_cpu_not_recorded_runs, 0);
+}
+
+#[tokio::test]
+async fn runs_that_did_not_record_the_candidates_cpu_are_said_so() {
+    let sims = go_sims();
+    // Written by a build before schema 4 without a cap in its args: unknown.
+    let old = load_sims_with_args(&sims, "candidate=http://10.0.0.2:8080 sample=100%", None).await;
+    let card = card_of(&old, &criteria());
+    assert_eq!(card.latency.candidate_cpu_cap_percent, None);
+    assert_eq!(
+        card.latency.candidate_cpu_not_recorded_runs,
+        sims.len() as u64
+    );
+    let v: serde_json::Value = serde_json::from_str(&render_json(&card)).expect("json");
+    assert_eq!(
+        v["latency"]["candidate_cpu_not_recorded_runs"],
+        sims.len() as u64
+    );
+    let text = render_table(&card);
+    assert!(
+        text.contains("CAVEAT: the candidate's CPU was not recorded for"),
+        "{text}"
+    );
+    // A schema 3 build's cap in the args is still read.
+    let schema3 = load_sims_with_args(
+        &sims,
+        "candidate=http://10.0.0.2:8080 sample=100% candidate_cpu=100% host_cpus=2",
+        None,
+    )
+    .await;
+    let card = card_of(&schema3, &criteria());
+    assert_eq!(card.latency.candidate_cpu_cap_percent, Some(100));
+    assert_eq!(card.latency.candidate_cpu_not_recorded_runs, 0);
 }
 
 /// A side effect whose payload spans lines (a mail message) is shown on one line.

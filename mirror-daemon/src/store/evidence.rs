@@ -88,7 +88,7 @@ pub(crate) fn plan(f: &ReportFilter, opts: &StoreOptions) -> Plan {
         // Runs are metadata: selected by host and run, not by time.
         query(|p| {
             format!(
-                "SELECT host, run_id, started_unix_ms, args, criteria FROM runs WHERE 1=1{}",
+                "SELECT host, run_id, started_unix_ms, args, criteria, candidate_cpu FROM runs WHERE 1=1{}",
                 filter_sql(f, "", false, p)
             )
         }),
@@ -374,6 +374,9 @@ pub(crate) fn assemble(_plan: &Plan, results: Vec<Rows>) -> Result<StoredEvidenc
             started_unix_ms: int(row, 2)?,
             args: text(row, 3)?,
             criteria: text(row, 4)?,
+            candidate_cpu: opt_text(row, 5)?
+                .map(|t| serde_json::from_str(&t))
+                .transpose()?,
         });
     }
     ev.runs

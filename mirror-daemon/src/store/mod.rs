@@ -171,6 +171,28 @@ pub struct RunInfo {
     pub args: String,
     /// The go/no-go criteria as the user wrote them.
     pub criteria: String,
+    /// The candidate's CPU as the run gave it; `None`: not recorded (a run written by a
+    /// build before schema 4).
+    pub candidate_cpu: Option<CandidateCpu>,
+}
+
+/// The candidate's CPU a run gave it (`--candidate-cpu`) and the host's CPUs, so a card
+/// can say when the candidate had less CPU than legacy (stored since schema 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateCpu {
+    /// Percent of one CPU mirror capped the candidate at; `None`: no cap (`max`, or a
+    /// candidate mirror does not start).
+    pub cap_percent: Option<u32>,
+    /// CPUs online on the run's host.
+    pub host_cpus: u32,
+}
+
+impl CandidateCpu {
+    /// The column's text (JSON).
+    pub(crate) fn to_column(self) -> String {
+        // Two plain fields: serializing cannot fail.
+        serde_json::to_string(&self).unwrap_or_default()
+    }
 }
 
 /// What `load` selects. `None` means no restriction.

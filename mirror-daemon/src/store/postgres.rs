@@ -95,6 +95,7 @@ impl PgStore {
     }
 
     pub(crate) async fn write_run(&self, run: &RunInfo) -> Result<(), StoreError> {
+        let candidate_cpu = run.candidate_cpu.map(super::CandidateCpu::to_column);
         let client = self.client.lock().await;
         client
             .execute(
@@ -105,6 +106,7 @@ impl PgStore {
                     &run.started_unix_ms,
                     &run.args,
                     &run.criteria,
+                    &candidate_cpu,
                 ],
             )
             .await?;

@@ -32,11 +32,11 @@ impl Dialect {
 }
 
 /// The schema version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations, in order; migration `i` brings the schema from version `i` to `i + 1`.
 /// Queries must not contain `?` other than placeholders (PostgreSQL rewriting is textual).
-pub(crate) const MIGRATIONS: &[&[&str]] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&[&str]] = &[V1, V2, V3, V4];
 
 /// The first schema.
 const V1: &[&str] = &[
@@ -146,6 +146,11 @@ const V2: &[&str] = &["ALTER TABLE ledgers ADD COLUMN pairing TEXT"];
 /// snapshot. NULL in rows written before, and for runs without dependencies.
 const V3: &[&str] = &["ALTER TABLE ledgers ADD COLUMN side_effects TEXT"];
 
+/// The candidate's CPU as the run gave it (`--candidate-cpu`: JSON of `CandidateCpu`),
+/// beside each run. NULL in rows written before: the report says it was not recorded
+/// (schema 3 builds wrote a binding cap into `args`, which is still read).
+const V4: &[&str] = &["ALTER TABLE runs ADD COLUMN candidate_cpu TEXT"];
+
 /// Creates the version table (idempotent).
 pub(crate) const CREATE_VERSION_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
@@ -185,9 +190,10 @@ pub(crate) const UPSERT_LEDGER: &str = "INSERT INTO ledgers (host, run_id, ts_un
 pub(crate) const INSERT_EGRESS: &str = "INSERT INTO egress (host, run_id, ts_unix_ms, pid, command, protocol, \
     destination, action, first_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-pub(crate) const UPSERT_RUN: &str = "INSERT INTO runs (host, run_id, started_unix_ms, args, criteria) \
-    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (host, run_id) DO UPDATE SET \
-    started_unix_ms = excluded.started_unix_ms, args = excluded.args, criteria = excluded.criteria";
+pub(crate) const UPSERT_RUN: &str = "INSERT INTO runs (host, run_id, started_unix_ms, args, criteria, \
+    candidate_cpu) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (host, run_id) DO UPDATE SET \
+    started_unix_ms = excluded.started_unix_ms, args = excluded.args, criteria = excluded.criteria, \
+    candidate_cpu = excluded.candidate_cpu";
 
 /// Retention: the oldest exchanges (older than ?1), at most ?2 of them. The same ordered
 /// subquery is used by the three deletes of one transaction, so they select the same rows.

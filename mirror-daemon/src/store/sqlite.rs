@@ -200,7 +200,8 @@ impl SqliteStore {
                     run.run_id,
                     run.started_unix_ms,
                     run.args,
-                    run.criteria
+                    run.criteria,
+                    run.candidate_cpu.map(super::CandidateCpu::to_column)
                 ],
             )?;
             Ok(())

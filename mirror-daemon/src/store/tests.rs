@@ -216,6 +216,10 @@ async fn write_host(store: &Store, host: &str, base_ts: i64) -> WriteReport {
             started_unix_ms: base_ts,
             args: "--port 8080 --sample 10%".into(),
             criteria: "parity >= 99.9%".into(),
+            candidate_cpu: Some(CandidateCpu {
+                cap_percent: Some(100),
+                host_cpus: 2,
+            }),
         })
         .await
         .expect("write run");
@@ -1194,4 +1198,74 @@ async fn postgres_store_of_schema_2_migrates_and_reports_without_side_effect_cou
     let url = server.create_database("v2").await;
     old_postgres_store(&url, 2, V2_LEDGER, &v2_ledger_json()).await;
     check_migrated_from_2(&migrated_postgres_store(&url).await).await;
+}
+
+// Migration from schema version 3 (before the candidate's CPU had its own column).
+
+/// A version-3 run row as an older build wrote it: the cap, if any, in `args`.
+const V3_RUN: &str = "INSERT INTO runs (host, run_id, started_unix_ms, args, criteria) \
+    VALUES ('old-host', 'old-run', 1, ?1, ?2)";
+
+fn v3_run() -> [String; 2] {
+    [
+        "candidate=http://10.0.0.2:8080 sample=100%".into(),
+        "--max-p95-regression 15%".into(),
+    ]
+}
+
+/// What a store migrated from version 3 must give: the old run without a recorded
+/// candidate CPU (not "uncapped"), a new one with it.
+async fn check_migrated_from_3(store: &Store) {
+    let old = store
+        .load(&ReportFilter::default())
+        .await
+        .expect("load old");
+    assert_eq!(old.runs.len(), 1);
+    assert_eq!(old.runs[0].args, v3_run()[0], "args kept");
+    assert_eq!(old.runs[0].candidate_cpu, None);
+    let capped = CandidateCpu {
+        cap_percent: Some(100),
+        host_cpus: 2,
+    };
+    store
+        .write_run(&RunInfo {
+            host: "new-host".into(),
+            run_id: "new-run".into(),
+            started_unix_ms: 2,
+            args: "candidate=http://10.0.0.2:8080 sample=100%".into(),
+            criteria: String::new(),
+            candidate_cpu: Some(capped),
+        })
+        .await
+        .expect("new run");
+    let both = store.load(&ReportFilter::default()).await.expect("load");
+    assert_eq!(both.runs.len(), 2);
+    // Sorted by host: `new-host` first.
+    assert_eq!(both.runs[0].candidate_cpu, Some(capped));
+    assert_eq!(both.runs[1].candidate_cpu, None);
+    let c = crate::verdict::Criteria {
+        max_p95_regression: Some(0.15),
+        ..Default::default()
+    };
+    let card = crate::report::build(&both, &c, &crate::compare::NoiseRule::default());
+    assert_eq!(card.latency.candidate_cpu_cap_percent, Some(100));
+    assert_eq!(card.latency.candidate_cpu_not_recorded_runs, 1);
+}
+
+#[tokio::test]
+async fn sqlite_store_of_schema_3_migrates_and_says_the_candidate_cpu_was_not_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    old_sqlite_store(&dir.path().join("mirror.db"), 3, V3_RUN, &v3_run());
+    let (store, _) = sqlite_store(dir.path()).await;
+    check_migrated_from_3(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_of_schema_3_migrates_and_says_the_candidate_cpu_was_not_recorded() {
+    let Some(server) = PgTestServer::start() else {
+        return;
+    };
+    let url = server.create_database("v3").await;
+    old_postgres_store(&url, 3, V3_RUN, &v3_run()).await;
+    check_migrated_from_3(&migrated_postgres_store(&url).await).await;
 }

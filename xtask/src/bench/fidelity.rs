@@ -102,7 +102,10 @@ pub enum Source {
     Capture,
     /// No daemon: a second oha drives the candidate directly at the same rate while
     /// legacy gets its own, each timed by a tap on its interface. What two identical
-    /// services measure side by side on this box: the floor for the other legs.
+    /// services measure side by side on this box: the floor for the other legs. The one
+    /// difference by construction, legacy's connections being source-NATed in the client
+    /// namespace (`clients::spread`) and the twin's not, moved no ratio in 14 stand-alone
+    /// runs; the control's spread is the shared box's (docs/fidelity.md, round 2).
     Control,
 }
 

@@ -34,7 +34,7 @@ use crate::{
     report::{CandidateCpuCap, host_cpus},
     sample::Sampler,
     serve::{self, LiveSnapshot, Metrics, RunView, ServeConfig, ServeState},
-    store::{RunInfo, Store, StoreOptions, StoreUrl},
+    store::{CandidateCpu, RunInfo, Store, StoreOptions, StoreUrl},
 };
 
 /// Builds and starts every stage of `plan`. Must run inside a tokio runtime.
@@ -64,13 +64,15 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         effects,
     } = plan;
     let store = open_store(&store_url, &store_text).await?;
-    let cpu_cap = CandidateCpuCap::binding(fencing.candidate_cpu_cap(), host_cpus());
-    let mut args = format!("candidate={} sample={sample_percent}%", replay.target.url);
-    if let Some(cap) = cpu_cap {
-        args = format!("{args} {}", cap.run_args());
-        if criteria.judges_p95() {
-            tracing::warn!("p95 criterion: {}", cap.caveat());
-        }
+    let candidate_cpu = CandidateCpu {
+        cap_percent: fencing.candidate_cpu_cap(),
+        host_cpus: host_cpus(),
+    };
+    let args = format!("candidate={} sample={sample_percent}%", replay.target.url);
+    if let Some(cap) = CandidateCpuCap::of(candidate_cpu)
+        && criteria.judges_p95()
+    {
+        tracing::warn!("p95 criterion: {}", cap.caveat());
     }
     store
         .write_run(&RunInfo {
@@ -79,6 +81,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
             started_unix_ms: crate::clock::unix_ms(),
             args,
             criteria: criteria_text,
+            candidate_cpu: Some(candidate_cpu),
         })
         .await?;
     // The fence first: a candidate we start must never run unfenced.
