@@ -6,7 +6,6 @@ use std::hash::{Hash, Hasher};
 use std::ops::ControlFlow;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use super::config::{CompareConfig, Tolerance};
@@ -74,29 +73,45 @@ pub(crate) fn diff_json(
     w.exhausted
 }
 
+/// What [`diff_json_text`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextDiff {
+    /// The diffs were added to the sink; `exhausted` as [`diff_json`] returns it.
+    Compared { exhausted: bool },
+    /// Legacy's text is not JSON as `serde_json::Value` reads it; nothing added.
+    LegacyNotJson,
+    /// The candidate's text is not JSON as `serde_json::Value` reads it; nothing added.
+    CandidateNotJson,
+}
+
 /// [`diff_json`] of two documents given as text, without building trees for the parts
 /// that are byte-identical on both sides: an object's members are split as raw text,
 /// members with equal text are skipped (no rule finds a difference between a value and
 /// itself when there are no unordered rules, whose matcher has a work budget), and only
 /// the members that differ are descended into; arrays, scalars and objects with escaped
-/// keys that differ are compared as trees, exactly as `diff_json` does.
+/// or repeated keys that differ are compared as trees, exactly as `diff_json` does.
 ///
-/// The caller guarantees there are no unordered rules and that `legacy` is valid JSON
-/// as `serde_json::Value` reads it. The candidate's text is checked as it is walked:
-/// its parts equal to legacy's are valid as those are (at the same depth), every other
-/// part is read as a `Value` at its depth (serde_json's nesting limit counts the
-/// enclosing levels) or split as an object. `None`: the candidate's text is not JSON
-/// (nothing is added to `sink`; the caller compares as before).
-pub(crate) fn diff_json_text<'t>(
+/// Each body is read about once. Legacy's text is validated in full (as a `Value` reads
+/// it: the same parser, keeping nothing) and, when it is an object, split into members in
+/// that same pass. The candidate's text is split alongside legacy's members: a member
+/// whose text starts with legacy's member of the same key, followed by the end of the
+/// value, is that same valid value (at the same depth) and is not read; every other part
+/// is read as a `Value` at its depth (serde_json's nesting limit counts the enclosing
+/// levels) or split as an object in turn. The caller guarantees there are no unordered
+/// rules. When either text is not JSON nothing is added to `sink` (the caller compares as
+/// before).
+pub(crate) fn diff_json_text(
     cfg: &CompareConfig,
-    legacy: &'t str,
-    candidate: &'t str,
+    legacy: &str,
+    candidate: &str,
     sink: &mut Sink,
-) -> Option<bool> {
+) -> TextDiff {
     debug_assert!(cfg.unordered.is_empty());
     // A valid document is its value between JSON whitespace (a `RawValue`'s text).
-    let trim = |t: &'t str| t.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
-    let (a, b) = (trim(legacy), trim(candidate));
+    let (a, b) = (trim_ws(legacy), trim_ws(candidate));
+    let Some(checked) = check_legacy(a) else {
+        return TextDiff::LegacyNotJson;
+    };
     let mut w = Walker {
         cfg,
         has_rules: !(cfg.ignore_json.is_empty() && cfg.tolerance.is_empty()),
@@ -107,13 +122,328 @@ pub(crate) fn diff_json_text<'t>(
     };
     // Diffs are added only once the candidate proved valid; as many as `sink` takes.
     let mut local = Sink::new(sink.max.saturating_sub(sink.diffs.len()));
-    let _ = w.diff_text(a, b, &mut Out::Collect(&mut local));
+    let _ = w.diff_root(a, b, checked, &mut Out::Collect(&mut local));
     if w.candidate_invalid {
-        return None;
+        return TextDiff::CandidateNotJson;
     }
     sink.diffs.append(&mut local.diffs);
     sink.omitted += local.omitted;
-    Some(w.exhausted)
+    TextDiff::Compared {
+        exhausted: w.exhausted,
+    }
+}
+
+fn trim_ws(t: &str) -> &str {
+    t.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'))
+}
+
+/// Legacy's document after [`check_legacy`].
+enum Checked<'t> {
+    /// An object with plain, distinct keys: its members as raw text.
+    Members(Vec<(&'t str, &'t str)>),
+    /// Any other document, read as a tree.
+    Tree(Value),
+}
+
+/// Legacy's (trimmed) text validated as a `Value` reads it, in one pass; an object with
+/// plain, distinct keys is split into its members in the same pass. `None`: not JSON.
+fn check_legacy(text: &str) -> Option<Checked<'_>> {
+    if text.starts_with('{') {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let keys = serde::de::DeserializeSeed::deserialize(CheckedObject, &mut de).ok()?;
+        de.end().ok()?;
+        if let Some(m) = keys.and_then(|k| members_at_keys(text, &k)) {
+            return Some(Checked::Members(m));
+        }
+    }
+    serde_json::from_str(text).ok().map(Checked::Tree)
+}
+
+/// A JSON document checked without building it: `deserialize_any` parses every token
+/// exactly as for a `serde_json::Value` (numbers range-checked, strings unescaped), and
+/// the visitor keeps nothing.
+pub(crate) struct ValidJson;
+
+impl<'de> Deserialize<'de> for ValidJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValidJson)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValidJson {
+    type Value = ValidJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_none<E>(self) -> Result<Self, E> {
+        Ok(ValidJson)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self, D::Error> {
+        ValidJson::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<ValidJson>()?.is_some() {}
+        Ok(ValidJson)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<ValidJson, ValidJson>()?.is_some() {}
+        Ok(ValidJson)
+    }
+}
+
+/// Validates an object exactly as `Value` does (keys and values through the same
+/// `deserialize_any` paths, nothing kept) and returns its keys as slices of the text:
+/// `None` when a key has escapes (it is not a slice of the text) or is repeated.
+struct CheckedObject;
+
+/// An object key: a slice of the text, or `Escaped` (unescaped into a new string).
+enum KeyText<'de> {
+    Plain(&'de str),
+    Escaped,
+}
+
+impl<'de> Deserialize<'de> for KeyText<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyText::Plain(s))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(KeyText::Escaped)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for CheckedObject {
+    type Value = Option<Vec<&'de str>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CheckedObject {
+    type Value = Option<Vec<&'de str>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
+        let mut keys = Some(Vec::new());
+        while let Some(k) = m.next_key::<KeyText<'de>>()? {
+            m.next_value::<ValidJson>()?;
+            match (k, &mut keys) {
+                (KeyText::Plain(k), Some(ks)) => ks.push(k),
+                _ => keys = None,
+            }
+        }
+        Ok(keys.filter(|ks| !repeats(ks.iter().copied())))
+    }
+}
+
+/// The members of a valid object `text` whose keys are the slices `keys` of it, in
+/// order: each value runs from after its key's colon to before the next comma (or the
+/// closing brace). `None` when a key is not a slice of `text` (never, from serde_json).
+fn members_at_keys<'t>(text: &'t str, keys: &[&'t str]) -> Option<Vec<(&'t str, &'t str)>> {
+    let s = text.as_bytes();
+    let base = text.as_ptr() as usize;
+    let start_of = |k: &str| {
+        let at = (k.as_ptr() as usize).checked_sub(base)?;
+        (at >= 1 && at + k.len() < s.len()).then_some(at)
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let at = start_of(k)?;
+        let colon = skip_ws(s, at + k.len() + 1);
+        let from = skip_ws(s, colon + 1);
+        // The value ends before the comma that precedes the next key's quote, or before
+        // the closing brace.
+        let mut to = match keys.get(i + 1) {
+            Some(next) => start_of(next)? - 1,
+            None => s.len() - 1,
+        };
+        to = back_ws(s, to);
+        if i + 1 < keys.len() {
+            to = back_ws(s, to.checked_sub(1)?);
+        }
+        out.push((*k, text.get(from..to)?));
+    }
+    Some(out)
+}
+
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The first position at or after `i` that is not JSON whitespace.
+fn skip_ws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_ws(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the text before `i` once JSON whitespace is dropped.
+fn back_ws(s: &[u8], mut i: usize) -> usize {
+    while i > 0 && is_ws(s[i - 1]) {
+        i -= 1;
+    }
+    i
+}
+
+/// Whether a key occurs twice.
+fn repeats<'a>(keys: impl ExactSizeIterator<Item = &'a str> + Clone) -> bool {
+    if keys.len() <= LINEAR_LOOKUP {
+        let all: Vec<&str> = keys.collect();
+        return all.iter().enumerate().any(|(i, k)| all[..i].contains(k));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    keys.into_iter().any(|k| !seen.insert(k))
+}
+
+/// An object's members as raw text, in order, read without building values. `None` when
+/// a key has escapes (it cannot be borrowed from the text) or is repeated, or the text
+/// is not an object of that shape (the caller then reads it as a tree, which decides
+/// whether it is JSON at all).
+///
+/// With `like` (legacy's members), a member whose text starts with legacy's value of the
+/// same key, followed by the end of a value, is taken to be that value without reading
+/// it; any other value is skipped by its brackets and quotes only. Each part is either
+/// legacy's valid text or read later by the walker, so the split is JSON exactly when
+/// every part is.
+fn split_object<'t>(
+    text: &'t str,
+    like: Option<&[(&'t str, &'t str)]>,
+) -> Option<Vec<(&'t str, &'t str)>> {
+    let s = text.as_bytes();
+    if s.first() != Some(&b'{') {
+        return None;
+    }
+    let mut out: Vec<(&str, &str)> = Vec::with_capacity(like.map_or(8, <[_]>::len));
+    let mut i = skip_ws(s, 1);
+    // Whether every key so far is legacy's key at the same place (legacy's are distinct).
+    let mut aligned = like.is_some();
+    if s.get(i) == Some(&b'}') {
+        return (i + 1 == s.len()).then_some(out);
+    }
+    loop {
+        if s.get(i) != Some(&b'"') {
+            return None;
+        }
+        let from = i + 1;
+        let to = from
+            + s.get(from..)?
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        if s[to] != b'"' {
+            return None;
+        }
+        let key = text.get(from..to)?;
+        i = skip_ws(s, to + 1);
+        if s.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(s, i + 1);
+        let n = out.len();
+        let same_place = like.and_then(|l| l.get(n)).filter(|(k, _)| *k == key);
+        aligned &= same_place.is_some();
+        let known = same_place.or_else(|| {
+            like.filter(|l| l.len() <= LINEAR_LOOKUP)
+                .and_then(|l| l.iter().find(|(k, _)| *k == key))
+        });
+        let end = match known {
+            Some((_, v)) if s[i..].starts_with(v.as_bytes()) && value_ends(s, i + v.len()) => {
+                i + v.len()
+            }
+            _ => skip_value(s, i)?,
+        };
+        out.push((key, text.get(i..end)?));
+        i = skip_ws(s, end);
+        match s.get(i) {
+            Some(b',') => i = skip_ws(s, i + 1),
+            Some(b'}') if i + 1 == s.len() => break,
+            _ => return None,
+        }
+    }
+    let distinct = (aligned && like.is_some_and(|l| l.len() >= out.len()))
+        || !repeats(out.iter().map(|(k, _)| *k));
+    distinct.then_some(out)
+}
+
+/// Whether a value can end before `i` (a number is not cut short).
+fn value_ends(s: &[u8], i: usize) -> bool {
+    s.get(i).is_none_or(|&c| is_ws(c) || c == b',' || c == b'}')
+}
+
+/// The end of the value starting at `i`, found by its brackets and quotes only (the
+/// parts are validated by the walker). `None` when the text ends first.
+fn skip_value(s: &[u8], i: usize) -> Option<usize> {
+    match *s.get(i)? {
+        b'"' => skip_string(s, i + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *s.get(j)? {
+                    b'"' => {
+                        j = skip_string(s, j + 1)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let n = s[i..]
+                .iter()
+                .position(|&c| is_ws(c) || matches!(c, b',' | b'}' | b']'))
+                .unwrap_or(s.len() - i);
+            (n > 0).then_some(i + n)
+        }
+    }
+}
+
+/// The position after the closing quote of the string whose text starts at `j`.
+fn skip_string(s: &[u8], mut j: usize) -> Option<usize> {
+    loop {
+        let p = s.get(j..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+        if s[j + p] == b'"' {
+            return Some(j + p + 1);
+        }
+        j += p + 2;
+    }
 }
 
 /// `raw` (a part of a document enclosed by `depth` arrays or objects) read as a `Value`
@@ -135,57 +465,6 @@ fn tree_at(raw: &str, depth: usize) -> Option<Value> {
         };
     }
     Some(v)
-}
-
-/// An object's members as raw text, in order. `None` when a key has escapes (it cannot
-/// be borrowed from the text) or is repeated, or the text is not an object.
-fn members(text: &str) -> Option<Vec<(&str, &str)>> {
-    struct Members<'a>(Vec<(&'a str, &'a RawValue)>);
-    struct Key<'a>(&'a str);
-    impl<'de> Deserialize<'de> for Key<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            <&'de str>::deserialize(d).map(Key)
-        }
-    }
-    impl<'de> Deserialize<'de> for Members<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_map(Members(Vec::new()))
-        }
-    }
-    impl<'de> serde::de::Visitor<'de> for Members<'de> {
-        type Value = Members<'de>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<M: serde::de::MapAccess<'de>>(
-            mut self,
-            mut m: M,
-        ) -> Result<Self::Value, M::Error> {
-            // Keys seen, once the object is large (a linear search below).
-            let mut seen: HashMap<&'de str, ()> = HashMap::new();
-            while let Some(Key(k)) = m.next_key()? {
-                let v: &'de RawValue = m.next_value()?;
-                let repeated = if self.0.len() > LINEAR_LOOKUP {
-                    if seen.is_empty() {
-                        seen = self.0.iter().map(|(x, _)| (*x, ())).collect();
-                    }
-                    seen.insert(k, ()).is_some()
-                } else {
-                    self.0.iter().any(|(x, _)| *x == k)
-                };
-                if repeated {
-                    // `Value` keeps the last value in the first place, and the dropped
-                    // value must still be read: left to the trees.
-                    return Err(serde::de::Error::custom("repeated key"));
-                }
-                self.0.push((k, v));
-            }
-            Ok(self)
-        }
-    }
-    serde_json::from_str::<Members<'_>>(text)
-        .ok()
-        .map(|m| m.0.into_iter().map(|(k, v)| (k, v.get())).collect())
 }
 
 /// The member `k` of `members`, through `index` when there are many.
@@ -219,6 +498,30 @@ fn tree(raw: &str) -> Value {
 }
 
 impl<'t> Walker<'_, 't> {
+    /// The root of [`diff_json_text`]: legacy's text `a` is valid (`checked`).
+    fn diff_root(
+        &mut self,
+        a: &'t str,
+        b: &'t str,
+        checked: Checked<'t>,
+        out: &mut Out<'_>,
+    ) -> Flow {
+        if a == b {
+            return ControlFlow::Continue(());
+        }
+        if self.ignored() {
+            self.candidate_part(b)?;
+            return ControlFlow::Continue(());
+        }
+        match checked {
+            Checked::Members(ma) => match split_object(b, Some(&ma)) {
+                Some(mb) => self.objects_text(&ma, &mb, out),
+                None => self.trees(&tree(a), b, out),
+            },
+            Checked::Tree(va) => self.trees(&va, b, out),
+        }
+    }
+
     /// [`Walker::diff`] of two values given as raw text (see [`diff_json_text`]).
     fn diff_text(&mut self, x: &'t str, y: &'t str, out: &mut Out<'_>) -> Flow {
         if x == y {
@@ -231,11 +534,16 @@ impl<'t> Walker<'_, 't> {
         }
         if x.starts_with('{')
             && y.starts_with('{')
-            && let (Some(ma), Some(mb)) = (members(x), members(y))
+            && let Some(ma) = split_object(x, None)
+            && let Some(mb) = split_object(y, Some(&ma))
         {
             return self.objects_text(&ma, &mb, out);
         }
-        let va = tree(x);
+        self.trees(&tree(x), y, out)
+    }
+
+    /// Legacy's tree `va` against the candidate's text `y` read as a tree at this path.
+    fn trees(&mut self, va: &Value, y: &str, out: &mut Out<'_>) -> Flow {
         let vb = self.candidate_part(y)?;
         let mut sub = Walker {
             cfg: self.cfg,
@@ -245,7 +553,7 @@ impl<'t> Walker<'_, 't> {
             exhausted: false,
             candidate_invalid: false,
         };
-        let r = sub.diff(&va, &vb, out);
+        let r = sub.diff(va, &vb, out);
         self.budget = sub.budget;
         self.exhausted |= sub.exhausted;
         r
@@ -645,6 +953,24 @@ fn numbers_equal(x: &Number, y: &Number, tol: Option<Tolerance>) -> bool {
     }
 }
 
+/// A document for the comparator's tests: nested objects, an array of objects, numbers,
+/// unicode and a date that ignore rules name.
+#[cfg(test)]
+pub(crate) fn tests_doc() -> String {
+    let items: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                r#"{{"id":{i},"name":"item {i}","qty":{},"price":1.5,"tags":["a","é"],"updated_at":"t1"}}"#,
+                i % 3 + 1
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"user":{{"id":7,"name":"Ada","email":"a@example.com"}},"items":[{}],"total":120,"currency":"EUR","note":"\u00e9t\u00e9"}}"#,
+        items.join(",")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -898,6 +1224,33 @@ mod tests {
             }
         }
 
+        /// `v` with one value (chosen by `seed`, depth first) replaced by `leaf`.
+        fn change_one(v: &Value, leaf: &Value, seed: u64) -> Value {
+            fn count(v: &Value) -> u64 {
+                1 + match v {
+                    Value::Array(xs) => xs.iter().map(count).sum(),
+                    Value::Object(m) => m.values().map(count).sum(),
+                    _ => 0,
+                }
+            }
+            fn go(v: &Value, leaf: &Value, n: &mut u64) -> Value {
+                if *n == 0 {
+                    *n = u64::MAX;
+                    return leaf.clone();
+                }
+                *n = n.saturating_sub(1);
+                match v {
+                    Value::Array(xs) => Value::Array(xs.iter().map(|x| go(x, leaf, n)).collect()),
+                    Value::Object(m) => {
+                        Value::Object(m.iter().map(|(k, x)| (k.clone(), go(x, leaf, n))).collect())
+                    }
+                    other => other.clone(),
+                }
+            }
+            let mut n = seed % count(v);
+            go(v, leaf, &mut n)
+        }
+
         fn counts(c: &CompareConfig, a: &Value, b: &Value) -> (usize, usize, usize) {
             let mut sink = Sink::new(usize::MAX);
             diff_json(c, a, b, &mut sink);
@@ -934,6 +1287,44 @@ mod tests {
                 prop_assert_eq!((m1, e1, n1), (e2, m2, n2));
             }
 
+            /// The text diff against the trees over random documents: unrelated pairs,
+            /// a document against itself with one value changed somewhere (most members
+            /// then equal as text), pretty against compact printing and reversed keys.
+            #[test]
+            fn text_diffs_are_tree_diffs(a in arb_json(), b in arb_json(), leaf in arb_json(), seed in any::<u64>()) {
+                let changed = change_one(&a, &leaf, seed);
+                let (ta, tb, tc) = (a.to_string(), b.to_string(), changed.to_string());
+                let pretty = serde_json::to_string_pretty(&shuffle_keys(&changed)).expect("prints");
+                for c in &super::text_configs() {
+                    for (l, r) in [(&ta, &tb), (&ta, &tc), (&tc, &ta), (&ta, &pretty), (&pretty, &ta)] {
+                        super::text_matches_trees(c, l, r);
+                    }
+                }
+            }
+
+            /// Random edits of a document's bytes (mostly no longer JSON): the text diff
+            /// agrees with `Value` on which side is not JSON, and otherwise with the trees.
+            #[test]
+            fn edited_text_is_judged_as_value_judges_it(a in arb_json(), seed in any::<u64>(), edits in prop::collection::vec((any::<usize>(), 0usize..12), 1..4)) {
+                let ta = a.to_string();
+                let mut tb = ta.clone().into_bytes();
+                for (i, (at, what)) in edits.into_iter().enumerate() {
+                    let at = (at ^ seed.rotate_left(i as u32) as usize) % (tb.len() + 1);
+                    let piece: &[u8] = [&b","[..], b"}", b"]", b"\\", b"\"", b"1e999", b" ", b"\\ud800", b"{\"k\":", b"\x01", b"0", b""][what];
+                    if what == 11 && at < tb.len() {
+                        tb.remove(at);
+                    } else {
+                        tb.splice(at..at, piece.iter().copied());
+                    }
+                }
+                if let Ok(tb) = String::from_utf8(tb) {
+                    for c in &super::text_configs() {
+                        super::text_matches_trees(c, &ta, &tb);
+                        super::text_matches_trees(c, &tb, &ta);
+                    }
+                }
+            }
+
             #[test]
             fn unordered_arrays_ignore_permutations(xs in prop::collection::vec(arb_json(), 0..8), seed in any::<u64>()) {
                 let c = cfg(&[], &[], &["json:$[*]", "json:$"]);
@@ -948,10 +1339,57 @@ mod tests {
         }
     }
 
+    /// What the text diff says of a pair against what the trees say: the same diffs
+    /// when both sides are JSON as `Value` reads them, otherwise the side that is not
+    /// (legacy first, as the comparator asks), with nothing added to the sink.
+    fn text_matches_trees(c: &CompareConfig, l: &str, r: &str) {
+        let mut text = Sink::new(1000);
+        let got = diff_json_text(c, l, r, &mut text);
+        let (tl, tr) = (
+            serde_json::from_str::<Value>(l),
+            serde_json::from_str::<Value>(r),
+        );
+        match (tl, tr) {
+            (Ok(tl), Ok(tr)) => {
+                let mut trees = Sink::new(1000);
+                let exhausted = diff_json(c, &tl, &tr, &mut trees);
+                assert_eq!(got, TextDiff::Compared { exhausted }, "{l} vs {r}");
+                assert_eq!(text.diffs, trees.diffs, "{l} vs {r}");
+                assert_eq!(text.omitted, trees.omitted, "{l} vs {r}");
+            }
+            (Err(_), _) => assert_eq!(got, TextDiff::LegacyNotJson, "{l} vs {r}"),
+            (Ok(_), Err(_)) => {
+                assert_eq!(got, TextDiff::CandidateNotJson, "{l} vs {r}");
+                assert!(text.diffs.is_empty() && text.omitted == 0);
+            }
+        }
+    }
+
+    /// Rule sets the text diff accepts (no unordered rules).
+    fn text_configs() -> Vec<CompareConfig> {
+        vec![
+            CompareConfig::default(),
+            CompareConfig {
+                null_equals_missing: true,
+                ..cfg(
+                    &["json:$..updated_at", "json:$.b.c", "json:$.items[*].etag"],
+                    &["json:$..price=0.01", "json:$.g=0.01", "json:$.total=1%"],
+                    &[],
+                )
+            },
+            cfg(&["json:$"], &[], &[]),
+            CompareConfig {
+                max_diffs: 2,
+                ..cfg(&["json:$.a"], &["json:$..f=0.5"], &[])
+            },
+        ]
+    }
+
     /// `diff_json_text` finds exactly the diffs `diff_json` finds on the trees (same
     /// kinds, paths, renderings, order), whatever differs and under every rule kind it
     /// accepts: escaped keys, repeated keys, escapes versus plain characters, number
-    /// forms, null versus missing, ignore paths, tolerances, nested changes.
+    /// forms, null versus missing, ignore paths, tolerances, nested changes, arrays of
+    /// objects, reordered keys, invalid JSON on either side.
     #[test]
     fn diffs_from_text_are_the_diffs_of_the_trees() {
         let pairs: &[(&str, &str)] = &[
@@ -975,63 +1413,129 @@ mod tests {
             (r#"{"t":1}"#, r#"{"t":{"u":1}}"#),
             (r#"{"t":[1,2]}"#, r#"{"t":[2,1]}"#),
             (r#"{"big":9007199254740993}"#, r#"{"big":9007199254740992}"#),
+            (
+                r#"{"big":9007199254740993}"#,
+                r#"{"big":9007199254740992.0}"#,
+            ),
             (r#"{"f":1.0,"g":2.5}"#, r#"{"f":1,"g":2.504}"#),
+            (r#"{"f":1,"g":-0}"#, r#"{"f":1e0,"g":0.0}"#),
+            (r#"{"f":10,"g":1}"#, r#"{"f":1e1,"g":12}"#),
             (r#"{ "a" : 1 , "b" : [ 1 ] }"#, r#"{"a":1,"b":[1]}"#),
+            (
+                "{\n  \"a\": 1,\n  \"b\": {\"c\": 2}\n}\n",
+                "{\"a\":1,\"b\":{\"c\":3}}",
+            ),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1 ,"b":2 }"#),
+            (r#"{"a":12,"b":2}"#, r#"{"a":123,"b":2}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1.5,"b":2}"#),
+            (r#"{"a":"x","b":2}"#, r#"{"a":"x\"","b":2}"#),
             (r#"[1,{"a":1}]"#, r#"[1,{"a":2}]"#),
             (r#""s""#, r#""t""#),
+            (r#"1"#, r#"1.0"#),
+            (r#"{}"#, r#"{"a":1}"#),
+            (r#"{}"#, r#"[]"#),
+            (r#"{"a":{}}"#, r#"{"a":{ }}"#),
             (
                 r#"{"updated_at":"1","items":[{"price":1.0,"id":1}]}"#,
                 r#"{"updated_at":"2","items":[{"price":1.001,"id":1}],"extra":true}"#,
             ),
+            // Arrays of objects: one changed, one reordered, one added, keys reordered.
+            (
+                r#"{"items":[{"id":1,"etag":"a","price":1.0},{"id":2,"etag":"b","price":2.0}],"total":100}"#,
+                r#"{"items":[{"id":1,"etag":"z","price":1.0},{"id":2,"etag":"b","price":2.5}],"total":100.5}"#,
+            ),
+            (
+                r#"{"items":[{"id":1,"n":"a"},{"id":2,"n":"b"}]}"#,
+                r#"{"items":[{"n":"b","id":2},{"id":1,"n":"a"}]}"#,
+            ),
+            (
+                r#"{"items":[{"id":1},{"id":2}]}"#,
+                r#"{"items":[{"id":1},{"id":2},{"id":3}]}"#,
+            ),
+            (
+                r#"{"user":{"id":7,"name":"Ada","tags":["x","y"]},"v":1}"#,
+                r#"{"v":1,"user":{"tags":["x","y"],"name":"Ada","id":7}}"#,
+            ),
+            // Unicode: escapes against the characters, astral planes, non-ASCII keys.
+            (r#"{"é":"\u00e9","b":1}"#, r#"{"é":"é","b":2}"#),
+            (r#"{"s":"\ud83d\ude00"}"#, r#"{"s":"😀"}"#),
+            (r#"{"s":"\ud83d\ude00","t":1}"#, r#"{"s":"😃","t":1}"#),
+            (r#"{"ключ":1,"b":"日本"}"#, r#"{"ключ":2,"b":"日本"}"#),
+            (r#"{"a":"x/y"}"#, r#"{"a":"x\/y"}"#),
+            // Invalid on one side: numbers out of range, lone surrogates, control
+            // characters, trailing commas, bad literals, garbage after the end.
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":1e400}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":"\ud800"}"#),
+            (r#"{"a":1,"b":"\udc00x"}"#, r#"{"a":1,"b":2}"#),
+            (r#"{"a":1,"b":2}"#, "{\"a\":1,\"b\":\"x\u{1}\"}"),
+            (r#"{"a":1,"b":2}"#, "{\"a\":1,\"b\u{1}\":2}"),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":2,}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,,"b":2}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":tru}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":2}}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":2"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1 "b":2}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":01,"b":2}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":[2}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":"2}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a" 1,"b":2}"#),
+            (r#"{"a":[1,2],"b":2}"#, r#"{"a":[1,2]],"b":2}"#),
+            (r#"{"a":{"c":1},"b":2}"#, r#"{"a":{"c":1}},"b":2}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":2} {}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":2,"a":1e999}"#),
+            (r#"{"a":1,"b":"\u12"}"#, r#"{"a":1,"b":2}"#),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"b":"\x"}"#),
         ];
         let mut wide: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
         let a_wide = format!("{{{}}}", wide.join(","));
         wide[17] = r#""k17":"changed""#.into();
         wide.push(r#""k7":"repeated""#.into());
         let b_wide = format!("{{{}}}", wide.join(","));
+        wide.pop();
+        wide.reverse();
+        let c_wide = format!("{{{}}}", wide.join(","));
         let mut all: Vec<(&str, &str)> = pairs.to_vec();
         all.push((&a_wide, &b_wide));
-        let configs = [
-            CompareConfig::default(),
-            CompareConfig {
-                null_equals_missing: true,
-                ..cfg(
-                    &["json:$..updated_at", "json:$.b.c"],
-                    &["json:$..price=0.01", "json:$.g=0.01"],
-                    &[],
-                )
-            },
-        ];
-        for c in &configs {
+        all.push((&a_wide, &c_wide));
+        for c in &text_configs() {
             for (x, y) in &all {
-                for (l, r) in [(x, y), (y, x)] {
-                    let (tl, tr): (Value, Value) = (
-                        serde_json::from_str(l).expect("valid"),
-                        serde_json::from_str(r).expect("valid"),
-                    );
-                    let mut trees = Sink::new(1000);
-                    diff_json(c, &tl, &tr, &mut trees);
-                    let mut text = Sink::new(1000);
-                    diff_json_text(c, l, r, &mut text).expect("splits");
-                    assert_eq!(text.diffs, trees.diffs, "{l} vs {r}");
-                    assert_eq!(text.omitted, trees.omitted);
-                }
+                text_matches_trees(c, x, y);
+                text_matches_trees(c, y, x);
             }
         }
     }
 
     #[test]
     fn objects_with_repeated_or_escaped_keys_are_not_split() {
-        let m = members(r#"{"a":1,"b":[2]}"#).expect("object");
+        let m = split_object(r#"{"a":1,"b":[2]}"#, None).expect("object");
         assert_eq!(m, [("a", "1"), ("b", "[2]")]);
-        assert!(members(r#"{"a":1,"b":2,"a":3}"#).is_none());
-        assert!(members(r#"{"\\u0061":1}"#).is_none());
+        let m = split_object(r#"{ "a" : 1 , "b" : { "c" : "}" } }"#, None).expect("object");
+        assert_eq!(m, [("a", "1"), ("b", r#"{ "c" : "}" }"#)]);
+        assert!(split_object(r#"{"a":1,"b":2,"a":3}"#, None).is_none());
+        assert!(split_object(r#"{"\u0061":1}"#, None).is_none());
+        // Legacy's split comes out of its validation, with the same members.
+        let text = r#"{ "a" : 1 , "b" : { "c" : "}" } , "d":[ ] }"#;
+        match check_legacy(text) {
+            Some(Checked::Members(m)) => {
+                assert_eq!(m, split_object(text, None).expect("object"));
+            }
+            _ => panic!("not split"),
+        }
+        for unsplit in [r#"{"a":1,"b":2,"a":3}"#, r#"{"\u0061":1}"#, "[1]"] {
+            assert!(matches!(check_legacy(unsplit), Some(Checked::Tree(_))));
+        }
+        for invalid in [r#"{"a":1e400}"#, r#"{"a":"\ud800"}"#, r#"{"a":1"#, "{} x"] {
+            assert!(check_legacy(invalid).is_none(), "{invalid}");
+        }
+        // A candidate's member that starts like legacy's but goes on is read as itself.
+        let like = split_object(r#"{"a":12,"b":"x"}"#, None).expect("object");
+        let m = split_object(r#"{"a":123,"b":"x"}"#, Some(&like)).expect("object");
+        assert_eq!(m, [("a", "123"), ("b", r#""x""#)]);
     }
-
     /// The candidate's text is checked as it is walked: wherever it is not JSON as a
     /// `Value` reads it (in a changed member, an ignored one, an extra one, a repeated
     /// key's dropped value, past the nesting limit, after the end) the text diff gives
-    /// up (`None`) and adds nothing, so the comparator reports it as before.
+    /// up (`CandidateNotJson`) and adds nothing, so the comparator reports it as before.
     #[test]
     fn a_candidate_that_is_not_json_is_left_to_the_trees() {
         let c = cfg(&["json:$.ign"], &[], &[]);
@@ -1050,8 +1554,9 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Value>(&cand).is_err(), "{cand}");
             let mut sink = Sink::new(10);
-            assert!(
-                diff_json_text(&c, &legacy, &cand, &mut sink).is_none(),
+            assert_eq!(
+                diff_json_text(&c, &legacy, &cand, &mut sink),
+                TextDiff::CandidateNotJson,
                 "{cand}"
             );
             assert!(sink.diffs.is_empty());
@@ -1060,7 +1565,10 @@ mod tests {
         let ok = format!(r#"{{"a":1,"ign":2,"d":{}}}"#, deep(126));
         assert!(serde_json::from_str::<Value>(&ok).is_ok());
         let mut sink = Sink::new(10);
-        assert!(diff_json_text(&c, &legacy, &ok, &mut sink).is_some());
+        assert_eq!(
+            diff_json_text(&c, &legacy, &ok, &mut sink),
+            TextDiff::Compared { exhausted: false }
+        );
         assert_eq!(sink.diffs.len(), 1, "{:?}", sink.diffs);
     }
 }
