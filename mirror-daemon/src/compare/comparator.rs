@@ -8,9 +8,10 @@ use super::CompareError;
 use super::config::CompareConfig;
 use super::decode::{Decoded, decode};
 use super::headers::HeaderRules;
-use super::json::{Sink, TextDiff, ValidJson, diff_json, diff_json_text};
+use super::json::{Sink, TextDiff, diff_json, diff_json_text};
 use super::model::{BodyMode, Comparison, Diff, DiffKind, FieldDiffKind};
 use super::render::{describe_bytes, render_json, sha256, truncate, window};
+use super::scan;
 use crate::http::{Response, header};
 
 /// Compares responses under one configuration; shareable across threads.
@@ -192,8 +193,8 @@ impl Comparator {
         // JSON the two trees are not built; different bytes are compared member by
         // member as text, only the members that differ parsed into trees
         // (`diff_json_text`, the diffs of the trees, each body read about once).
-        // `ValidJson` parses exactly as `Value` does; a valid JSON document is UTF-8
-        // throughout, so the text is checked once instead of string by string. When
+        // `scan::check` accepts exactly what `Value` accepts, building nothing; a valid
+        // JSON document is UTF-8 throughout, so the text is checked once. When
         // either side is not JSON, the comparison below decides as before.
         if json_expected && self.cfg.unordered.is_empty() {
             if a == b {
@@ -334,9 +335,9 @@ impl Comparator {
     }
 }
 
-/// Whether `t` is a valid JSON document (see [`ValidJson`]).
+/// Whether `t` is a JSON document as `serde_json::Value` reads it (see [`scan`]).
 fn valid_json(t: &[u8]) -> bool {
-    std::str::from_utf8(t).is_ok_and(|s| serde_json::from_str::<ValidJson>(s).is_ok())
+    std::str::from_utf8(t).is_ok_and(|s| scan::check(s, false).is_some())
 }
 
 fn media_type(r: &Response) -> Option<String> {

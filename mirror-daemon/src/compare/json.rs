@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::ops::ControlFlow;
 
-use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
 use super::config::{CompareConfig, Tolerance};
 use super::model::{Diff, DiffKind, FieldDiffKind};
 use super::path::{Elem, render};
 use super::render::render_json;
+use super::scan::{self, is_ws, skip_ws};
 
 /// Element comparisons allowed per body when matching arrays as multisets; bounds the
 /// quadratic worst case (many elements that hash alike under tolerances).
@@ -148,171 +148,13 @@ enum Checked<'t> {
 /// Legacy's (trimmed) text validated as a `Value` reads it, in one pass; an object with
 /// plain, distinct keys is split into its members in the same pass. `None`: not JSON.
 fn check_legacy(text: &str) -> Option<Checked<'_>> {
-    if text.starts_with('{') {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let keys = serde::de::DeserializeSeed::deserialize(CheckedObject, &mut de).ok()?;
-        de.end().ok()?;
-        if let Some(m) = keys.and_then(|k| members_at_keys(text, &k)) {
-            return Some(Checked::Members(m));
+    match scan::check(text, true)? {
+        scan::Checked::Members(m) if !repeats(m.iter().map(|(k, _)| *k)) => {
+            Some(Checked::Members(m))
         }
+        // Valid: read as a tree (escaped or repeated keys, or not an object).
+        _ => serde_json::from_str(text).ok().map(Checked::Tree),
     }
-    serde_json::from_str(text).ok().map(Checked::Tree)
-}
-
-/// A JSON document checked without building it: `deserialize_any` parses every token
-/// exactly as for a `serde_json::Value` (numbers range-checked, strings unescaped), and
-/// the visitor keeps nothing.
-pub(crate) struct ValidJson;
-
-impl<'de> Deserialize<'de> for ValidJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValidJson)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for ValidJson {
-    type Value = ValidJson;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_none<E>(self) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self, D::Error> {
-        ValidJson::deserialize(d)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<ValidJson>()?.is_some() {}
-        Ok(ValidJson)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<ValidJson, ValidJson>()?.is_some() {}
-        Ok(ValidJson)
-    }
-}
-
-/// Validates an object exactly as `Value` does (keys and values through the same
-/// `deserialize_any` paths, nothing kept) and returns its keys as slices of the text:
-/// `None` when a key has escapes (it is not a slice of the text) or is repeated.
-struct CheckedObject;
-
-/// An object key: a slice of the text, or `Escaped` (unescaped into a new string).
-enum KeyText<'de> {
-    Plain(&'de str),
-    Escaped,
-}
-
-impl<'de> Deserialize<'de> for KeyText<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = KeyText<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(KeyText::Plain(s))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(KeyText::Escaped)
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for CheckedObject {
-    type Value = Option<Vec<&'de str>>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for CheckedObject {
-    type Value = Option<Vec<&'de str>>;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
-        let mut keys = Some(Vec::new());
-        while let Some(k) = m.next_key::<KeyText<'de>>()? {
-            m.next_value::<ValidJson>()?;
-            match (k, &mut keys) {
-                (KeyText::Plain(k), Some(ks)) => ks.push(k),
-                _ => keys = None,
-            }
-        }
-        Ok(keys.filter(|ks| !repeats(ks.iter().copied())))
-    }
-}
-
-/// The members of a valid object `text` whose keys are the slices `keys` of it, in
-/// order: each value runs from after its key's colon to before the next comma (or the
-/// closing brace). `None` when a key is not a slice of `text` (never, from serde_json).
-fn members_at_keys<'t>(text: &'t str, keys: &[&'t str]) -> Option<Vec<(&'t str, &'t str)>> {
-    let s = text.as_bytes();
-    let base = text.as_ptr() as usize;
-    let start_of = |k: &str| {
-        let at = (k.as_ptr() as usize).checked_sub(base)?;
-        (at >= 1 && at + k.len() < s.len()).then_some(at)
-    };
-    let mut out = Vec::with_capacity(keys.len());
-    for (i, k) in keys.iter().enumerate() {
-        let at = start_of(k)?;
-        let colon = skip_ws(s, at + k.len() + 1);
-        let from = skip_ws(s, colon + 1);
-        // The value ends before the comma that precedes the next key's quote, or before
-        // the closing brace.
-        let mut to = match keys.get(i + 1) {
-            Some(next) => start_of(next)? - 1,
-            None => s.len() - 1,
-        };
-        to = back_ws(s, to);
-        if i + 1 < keys.len() {
-            to = back_ws(s, to.checked_sub(1)?);
-        }
-        out.push((*k, text.get(from..to)?));
-    }
-    Some(out)
-}
-
-fn is_ws(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-/// The first position at or after `i` that is not JSON whitespace.
-fn skip_ws(s: &[u8], mut i: usize) -> usize {
-    while i < s.len() && is_ws(s[i]) {
-        i += 1;
-    }
-    i
-}
-
-/// The end of the text before `i` once JSON whitespace is dropped.
-fn back_ws(s: &[u8], mut i: usize) -> usize {
-    while i > 0 && is_ws(s[i - 1]) {
-        i -= 1;
-    }
-    i
 }
 
 /// Whether a key occurs twice.
