@@ -68,6 +68,7 @@ pub(crate) fn diff_json(
         budget: PROBE_BUDGET,
         exhausted: false,
         candidate_invalid: false,
+        multisets_of_differing: false,
     };
     let _ = w.diff(legacy, candidate, &mut Out::Collect(sink));
     w.exhausted
@@ -109,20 +110,28 @@ pub(crate) fn diff_json_text(
     debug_assert!(cfg.unordered.is_empty());
     // A valid document is its value between JSON whitespace (a `RawValue`'s text).
     let (a, b) = (trim_ws(legacy), trim_ws(candidate));
-    let Some(checked) = check_legacy(a) else {
+    let Some((members, long_integers)) = check_legacy(a) else {
         return TextDiff::LegacyNotJson;
     };
+    let has_rules = !(cfg.ignore_json.is_empty() && cfg.tolerance.is_empty());
     let mut w = Walker {
         cfg,
-        has_rules: !(cfg.ignore_json.is_empty() && cfg.tolerance.is_empty()),
+        has_rules,
         path: Vec::new(),
         budget: PROBE_BUDGET,
         exhausted: false,
         candidate_invalid: false,
+        // See `arrays_text`: without rules or long integers the trees' equality is an
+        // equivalence, and the trees' multiset matching cannot reach its budget (at most
+        // one probe per element without hash collisions, fewer elements than half the
+        // text's bytes).
+        multisets_of_differing: !has_rules
+            && !long_integers
+            && (legacy.len() as u64) < 2 * PROBE_BUDGET,
     };
     // Diffs are added only once the candidate proved valid; as many as `sink` takes.
     let mut local = Sink::new(sink.max.saturating_sub(sink.diffs.len()));
-    let _ = w.diff_root(a, b, checked, &mut Out::Collect(&mut local));
+    let _ = w.diff_root(a, b, members, &mut Out::Collect(&mut local));
     if w.candidate_invalid {
         return TextDiff::CandidateNotJson;
     }
@@ -137,24 +146,14 @@ fn trim_ws(t: &str) -> &str {
     t.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'))
 }
 
-/// Legacy's document after [`check_legacy`].
-enum Checked<'t> {
-    /// An object with plain, distinct keys: its members as raw text.
-    Members(Vec<(&'t str, &'t str)>),
-    /// Any other document, read as a tree.
-    Tree(Value),
-}
-
-/// Legacy's (trimmed) text validated as a `Value` reads it, in one pass; an object with
-/// plain, distinct keys is split into its members in the same pass. `None`: not JSON.
-fn check_legacy(text: &str) -> Option<Checked<'_>> {
-    match scan::check(text, true)? {
-        scan::Checked::Members(m) if !repeats(m.iter().map(|(k, _)| *k)) => {
-            Some(Checked::Members(m))
-        }
-        // Valid: read as a tree (escaped or repeated keys, or not an object).
-        _ => serde_json::from_str(text).ok().map(Checked::Tree),
-    }
+/// Legacy's (trimmed) text validated as a `Value` reads it, in one pass: its root
+/// object's members when it is an object with plain, distinct keys, and whether it has
+/// long integers (see [`scan::Checked`]). `None`: not JSON.
+#[allow(clippy::type_complexity)]
+fn check_legacy(text: &str) -> Option<(Option<Vec<(&str, &str)>>, bool)> {
+    let c = scan::check(text, true)?;
+    let members = c.members.filter(|m| !repeats(m.iter().map(|(k, _)| *k)));
+    Some((members, c.long_integers))
 }
 
 /// Whether a key occurs twice.
@@ -236,9 +235,56 @@ fn split_object<'t>(
     distinct.then_some(out)
 }
 
+/// An array's elements as raw text, in order (see [`split_object`]). With `like`
+/// (legacy's elements), an element whose text starts with legacy's at the same index,
+/// followed by the end of a value, is taken to be that value without reading it.
+fn split_array<'t>(text: &'t str, like: Option<&[&'t str]>) -> Option<Vec<&'t str>> {
+    let s = text.as_bytes();
+    if s.first() != Some(&b'[') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(like.map_or(8, <[_]>::len));
+    let mut i = skip_ws(s, 1);
+    if s.get(i) == Some(&b']') {
+        return (i + 1 == s.len()).then_some(out);
+    }
+    loop {
+        let end = match like.and_then(|l| l.get(out.len())) {
+            Some(v) if s[i..].starts_with(v.as_bytes()) && value_ends(s, i + v.len()) => {
+                i + v.len()
+            }
+            _ => skip_value(s, i)?,
+        };
+        out.push(text.get(i..end)?);
+        i = skip_ws(s, end);
+        match s.get(i) {
+            Some(b',') => i = skip_ws(s, i + 1),
+            Some(b']') if i + 1 == s.len() => break,
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Whether `v` holds an integer above 2^53 in magnitude, whose f64 (to which a float is
+/// compared) stands for other integers too.
+fn long_integer(v: &Value) -> bool {
+    const EXACT: u64 = 1 << 53;
+    match v {
+        Value::Number(n) => {
+            n.as_u64().is_some_and(|u| u >= EXACT)
+                || n.as_i64().is_some_and(|i| i.unsigned_abs() >= EXACT)
+        }
+        Value::Array(xs) => xs.iter().any(long_integer),
+        Value::Object(m) => m.values().any(long_integer),
+        _ => false,
+    }
+}
+
 /// Whether a value can end before `i` (a number is not cut short).
 fn value_ends(s: &[u8], i: usize) -> bool {
-    s.get(i).is_none_or(|&c| is_ws(c) || c == b',' || c == b'}')
+    s.get(i)
+        .is_none_or(|&c| is_ws(c) || matches!(c, b',' | b'}' | b']'))
 }
 
 /// The end of the value starting at `i`, found by its brackets and quotes only (the
@@ -339,28 +385,22 @@ fn tree(raw: &str) -> Value {
     serde_json::from_str(raw).unwrap_or(Value::Null)
 }
 
-impl<'t> Walker<'_, 't> {
-    /// The root of [`diff_json_text`]: legacy's text `a` is valid (`checked`).
+impl<'c, 't> Walker<'c, 't> {
+    /// The root of [`diff_json_text`]: legacy's text `a` is valid, `members` its
+    /// members when it is an object with plain, distinct keys.
     fn diff_root(
         &mut self,
         a: &'t str,
         b: &'t str,
-        checked: Checked<'t>,
+        members: Option<Vec<(&'t str, &'t str)>>,
         out: &mut Out<'_>,
     ) -> Flow {
-        if a == b {
-            return ControlFlow::Continue(());
-        }
-        if self.ignored() {
-            self.candidate_part(b)?;
-            return ControlFlow::Continue(());
-        }
-        match checked {
-            Checked::Members(ma) => match split_object(b, Some(&ma)) {
+        match members {
+            Some(ma) if a != b && !self.ignored() => match split_object(b, Some(&ma)) {
                 Some(mb) => self.objects_text(&ma, &mb, out),
                 None => self.trees(&tree(a), b, out),
             },
-            Checked::Tree(va) => self.trees(&va, b, out),
+            _ => self.diff_text(a, b, out),
         }
     }
 
@@ -381,20 +421,20 @@ impl<'t> Walker<'_, 't> {
         {
             return self.objects_text(&ma, &mb, out);
         }
+        if x.starts_with('[')
+            && y.starts_with('[')
+            && let Some(ea) = split_array(x, None)
+            && let Some(eb) = split_array(y, Some(&ea))
+        {
+            return self.arrays_text(x, y, &ea, &eb, out);
+        }
         self.trees(&tree(x), y, out)
     }
 
     /// Legacy's tree `va` against the candidate's text `y` read as a tree at this path.
     fn trees(&mut self, va: &Value, y: &str, out: &mut Out<'_>) -> Flow {
         let vb = self.candidate_part(y)?;
-        let mut sub = Walker {
-            cfg: self.cfg,
-            has_rules: self.has_rules,
-            path: self.path.clone(),
-            budget: self.budget,
-            exhausted: false,
-            candidate_invalid: false,
-        };
+        let mut sub = self.sub();
         let r = sub.diff(va, &vb, out);
         self.budget = sub.budget;
         self.exhausted |= sub.exhausted;
@@ -435,6 +475,96 @@ impl<'t> Walker<'_, 't> {
         ControlFlow::Continue(())
     }
 
+    /// A walker over trees made here, at this path, with this walker's budget (the
+    /// caller takes back `budget` and `exhausted`).
+    fn sub<'u>(&self) -> Walker<'c, 'u>
+    where
+        't: 'u,
+    {
+        Walker {
+            cfg: self.cfg,
+            has_rules: self.has_rules,
+            path: self.path.clone(),
+            budget: self.budget,
+            exhausted: false,
+            candidate_invalid: false,
+            multisets_of_differing: self.multisets_of_differing,
+        }
+    }
+
+    /// [`Walker::arrays`] over raw elements. Elements with the same text at the same
+    /// index are equal under any rule and are not read; the others are read as trees
+    /// (the candidate's at its depth, so all of its text is validated) and compared as
+    /// the trees are: probed in order, the first unequal one and those after it diffed,
+    /// the tails reported missing or extra. Arrays of the same length with an unequal
+    /// element are matched as multisets by the trees (an `order` diff when every element
+    /// finds an equal one). Here that matching runs over the differing elements only, and
+    /// only when `multisets_of_differing` holds and the candidate's differing elements
+    /// have no long integers: equality is then an equivalence, so the elements with the
+    /// same text on both sides cancel out and every element finds an equal one exactly
+    /// when every differing one does. When they all do (an `order` diff), or when the
+    /// shortcut does not hold, the whole arrays are compared as trees.
+    fn arrays_text(
+        &mut self,
+        x: &'t str,
+        y: &'t str,
+        ea: &[&'t str],
+        eb: &[&'t str],
+        out: &mut Out<'_>,
+    ) -> Flow {
+        let common = ea.len().min(eb.len());
+        let (mut at, mut va, mut vb) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..common {
+            if ea[i] != eb[i] {
+                self.path.push(Elem::Index(i));
+                let v = self.candidate_part(eb[i])?;
+                self.path.pop();
+                at.push(i);
+                va.push(tree(ea[i]));
+                vb.push(v);
+            }
+        }
+        let mut extra = Vec::with_capacity(eb.len() - common);
+        for (i, e) in eb.iter().enumerate().skip(common) {
+            self.path.push(Elem::Index(i));
+            extra.push(self.candidate_part(e)?);
+            self.path.pop();
+        }
+        let mut sub = self.sub();
+        let first = (0..at.len()).find(|&k| !sub.probe_eq(Elem::Index(at[k]), &va[k], &vb[k]));
+        if ea.len() == eb.len() {
+            if first.is_none() {
+                return ControlFlow::Continue(());
+            }
+            let shortcut = self.multisets_of_differing && !vb.iter().any(long_integer);
+            if !shortcut || sub.match_multiset(&va, &vb).0.iter().all(Option::is_some) {
+                return self.trees(&tree(x), y, out);
+            }
+        }
+        for k in first.unwrap_or(at.len())..at.len() {
+            sub.path.push(Elem::Index(at[k]));
+            sub.diff(&va[k], &vb[k], out)?;
+            sub.path.pop();
+        }
+        for (i, e) in ea.iter().enumerate().skip(common) {
+            sub.path.push(Elem::Index(i));
+            if !sub.ignored() {
+                sub.emit(out, FieldDiffKind::Missing, Some(&tree(e)), None)?;
+            }
+            sub.path.pop();
+        }
+        for (k, v) in extra.iter().enumerate() {
+            sub.path.push(Elem::Index(common + k));
+            if !sub.ignored() {
+                sub.emit(out, FieldDiffKind::Extra, None, Some(v))?;
+            }
+            sub.path.pop();
+        }
+        self.budget = sub.budget;
+        self.exhausted |= sub.exhausted;
+        ControlFlow::Continue(())
+    }
+
     /// The candidate's part `y` at the current path as a `Value`; when it is not JSON
     /// there, the walk stops and the whole text counts as not JSON.
     fn candidate_part(&mut self, y: &str) -> ControlFlow<(), Value> {
@@ -456,6 +586,9 @@ struct Walker<'c, 'v> {
     exhausted: bool,
     /// `diff_json_text`: a part of the candidate's text is not JSON as `Value` reads it.
     candidate_invalid: bool,
+    /// `diff_json_text`: arrays of the same length may be matched as multisets over
+    /// their differing elements only (see `arrays_text`).
+    multisets_of_differing: bool,
 }
 
 impl<'v> Walker<'_, 'v> {
@@ -1215,7 +1348,7 @@ mod tests {
                 null_equals_missing: true,
                 ..cfg(
                     &["json:$..updated_at", "json:$.b.c", "json:$.items[*].etag"],
-                    &["json:$..price=0.01", "json:$.g=0.01", "json:$.total=1%"],
+                    &["json:$..price=0.006", "json:$.g=0.01", "json:$.total=1%"],
                     &[],
                 )
             },
@@ -1298,6 +1431,41 @@ mod tests {
                 r#"{"user":{"id":7,"name":"Ada","tags":["x","y"]},"v":1}"#,
                 r#"{"v":1,"user":{"tags":["x","y"],"name":"Ada","id":7}}"#,
             ),
+            // Arrays of the same length: order diffs, equal forms, duplicates, nesting,
+            // integers whose f64 stands for several (equality is no equivalence there),
+            // tolerances that chain, null members under null-equals-missing.
+            (r#"{"a":[1,2,3]}"#, r#"{"a":[1,3,2]}"#),
+            (r#"{"a":[1,1.0,2]}"#, r#"{"a":[1.0,1,2]}"#),
+            (r#"{"a":[1,1,2]}"#, r#"{"a":[1,2,2]}"#),
+            (r#"{"a":[[1,2],[3]]}"#, r#"{"a":[[3],[1,2]]}"#),
+            (r#"{"a":[[1,2],[3]]}"#, r#"{"a":[[1,2],[4]]}"#),
+            (
+                r#"{"a":[9007199254740993,9007199254740992.0,7]}"#,
+                r#"{"a":[9007199254740992.0,9007199254740992,7]}"#,
+            ),
+            (
+                r#"[9007199254740993,9007199254740992.0]"#,
+                r#"[9007199254740992,9007199254740992.0]"#,
+            ),
+            (
+                r#"{"items":[{"price":1.0},{"price":0.995}]}"#,
+                r#"{"items":[{"price":1.0},{"price":1.005}]}"#,
+            ),
+            (
+                r#"{"items":[{"price":0.995},{"price":1.0}]}"#,
+                r#"{"items":[{"price":1.005},{"price":1.0}]}"#,
+            ),
+            (r#"{"a":[{"x":null},{"y":1}]}"#, r#"{"a":[{"y":1},{}]}"#),
+            (r#"{"a":[{"x":null},{"y":1},3]}"#, r#"{"a":[{},{"y":2},3]}"#),
+            (r#"[{"k":1},{"k":2},{"k":3}]"#, r#"[{"k":1},{"k":5}]"#),
+            (
+                r#"[{"k":1},{"k":2}]"#,
+                r#"[{"k":1},{"k":2},{"k":3},{"k":4}]"#,
+            ),
+            (r#"[ 1 , 2 ]"#, r#"[1,2]"#),
+            (r#"[1,2]"#, r#"[1,2,1e400]"#),
+            (r#"[1,2]"#, r#"[1,2 3]"#),
+            (r#"[1,2]"#, r#"[1,[2]"#),
             // Unicode: escapes against the characters, astral planes, non-ASCII keys.
             (r#"{"é":"\u00e9","b":1}"#, r#"{"é":"é","b":2}"#),
             (r#"{"s":"\ud83d\ude00"}"#, r#"{"s":"😀"}"#),
@@ -1357,15 +1525,17 @@ mod tests {
         assert!(split_object(r#"{"\u0061":1}"#, None).is_none());
         // Legacy's split comes out of its validation, with the same members.
         let text = r#"{ "a" : 1 , "b" : { "c" : "}" } , "d":[ ] }"#;
-        match check_legacy(text) {
-            Some(Checked::Members(m)) => {
-                assert_eq!(m, split_object(text, None).expect("object"));
-            }
-            _ => panic!("not split"),
-        }
+        let (m, _) = check_legacy(text).expect("valid");
+        assert_eq!(m, split_object(text, None));
         for unsplit in [r#"{"a":1,"b":2,"a":3}"#, r#"{"\u0061":1}"#, "[1]"] {
-            assert!(matches!(check_legacy(unsplit), Some(Checked::Tree(_))));
+            assert!(matches!(check_legacy(unsplit), Some((None, false))));
         }
+        // Arrays split alike, the candidate's alongside legacy's.
+        let like = split_array(r#"[ 1 , {"a":[2]} , "]" ]"#, None).expect("array");
+        assert_eq!(like, ["1", r#"{"a":[2]}"#, r#""]""#]);
+        let m = split_array(r#"[12,{"a":[2]},"]",[]]"#, Some(&like)).expect("array");
+        assert_eq!(m, ["12", r#"{"a":[2]}"#, r#""]""#, "[]"]);
+        assert!(split_array("[1,]", None).is_none() && split_array("[1] ", None).is_none());
         for invalid in [r#"{"a":1e400}"#, r#"{"a":"\ud800"}"#, r#"{"a":1"#, "{} x"] {
             assert!(check_legacy(invalid).is_none(), "{invalid}");
         }
@@ -1374,6 +1544,7 @@ mod tests {
         let m = split_object(r#"{"a":123,"b":"x"}"#, Some(&like)).expect("object");
         assert_eq!(m, [("a", "123"), ("b", r#""x""#)]);
     }
+
     /// The candidate's text is checked as it is walked: wherever it is not JSON as a
     /// `Value` reads it (in a changed member, an ignored one, an extra one, a repeated
     /// key's dropped value, past the nesting limit, after the end) the text diff gives

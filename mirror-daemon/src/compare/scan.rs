@@ -21,12 +21,12 @@ const SAFE_INTEGER_DIGITS: usize = 300;
 
 /// What [`check`] found in a valid document.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Checked<'t> {
-    /// An object whose keys have no escapes: its members (key, value text) in order.
-    /// Keys may repeat (the caller decides what that means).
-    Members(Vec<(&'t str, &'t str)>),
-    /// Any other valid document (or members were not asked for).
-    Valid,
+pub(crate) struct Checked<'t> {
+    /// With `split`, an object whose keys have no escapes: its members (key, value text)
+    /// in order. Keys may repeat (the caller decides what that means).
+    pub members: Option<Vec<(&'t str, &'t str)>>,
+    /// Some integer has 16 digits or more (its f64 may stand for other integers too).
+    pub long_integers: bool,
 }
 
 /// `text` checked as serde_json reads a `Value` (see the module's rules); with `split`,
@@ -42,6 +42,7 @@ pub(crate) fn check(text: &str, split: bool) -> Option<Checked<'_>> {
     let mut plain_keys = split;
     let mut key: &str = "";
     let mut value_at = 0usize;
+    let mut long_integers = false;
     'value: loop {
         // A value starts at `i`.
         match *s.get(i)? {
@@ -74,7 +75,11 @@ pub(crate) fn check(text: &str, split: bool) -> Option<Checked<'_>> {
                 }
             }
             b'"' => i = string(s, i + 1)?.0,
-            b'-' | b'0'..=b'9' => i = number(text, i)?,
+            b'-' | b'0'..=b'9' => {
+                let (end, long) = number(text, i)?;
+                long_integers |= long;
+                i = end;
+            }
             b't' => i = literal(s, i, b"true")?,
             b'f' => i = literal(s, i, b"false")?,
             b'n' => i = literal(s, i, b"null")?,
@@ -83,12 +88,9 @@ pub(crate) fn check(text: &str, split: bool) -> Option<Checked<'_>> {
         // A value ended at `i`: what may follow it.
         loop {
             if depth == 0 {
-                return (skip_ws(s, i) == s.len()).then(|| {
-                    if split && plain_keys {
-                        Checked::Members(members)
-                    } else {
-                        Checked::Valid
-                    }
+                return (skip_ws(s, i) == s.len()).then(|| Checked {
+                    members: (split && plain_keys).then_some(members),
+                    long_integers,
                 });
             }
             let object = objects & (1 << (depth - 1)) != 0;
@@ -227,8 +229,11 @@ fn hex4(s: &[u8], i: usize) -> Option<u16> {
     Some(n)
 }
 
-/// The number starting at `i`: the position after it.
-fn number(text: &str, start: usize) -> Option<usize> {
+/// An integer of this many digits may be above 2^53.
+const LONG_INTEGER_DIGITS: usize = 16;
+
+/// The number starting at `i`: the position after it, and whether it is a long integer.
+fn number(text: &str, start: usize) -> Option<(usize, bool)> {
     let s = text.as_bytes();
     let mut i = start + usize::from(s[start] == b'-');
     let int_from = i;
@@ -238,7 +243,9 @@ fn number(text: &str, start: usize) -> Option<usize> {
         _ => return None,
     }
     let int_digits = i - int_from;
+    let mut integer = true;
     if s.get(i) == Some(&b'.') {
+        integer = false;
         let from = i + 1;
         i = digits(s, from);
         if i == from {
@@ -248,6 +255,7 @@ fn number(text: &str, start: usize) -> Option<usize> {
     let mut exponent = false;
     if matches!(s.get(i), Some(b'e' | b'E')) {
         exponent = true;
+        integer = false;
         i += 1;
         if matches!(s.get(i), Some(b'+' | b'-')) {
             i += 1;
@@ -265,7 +273,7 @@ fn number(text: &str, start: usize) -> Option<usize> {
     {
         return None;
     }
-    Some(i)
+    Some((i, integer && int_digits >= LONG_INTEGER_DIGITS))
 }
 
 fn digits(s: &[u8], mut i: usize) -> usize {
@@ -384,23 +392,28 @@ mod tests {
 
     #[test]
     fn members_of_an_object_with_plain_keys() {
-        let m = check(
-            r#" { "a" : 1 , "b" : { "c" : "}" } , "d":[ ] , "a":null} "#,
-            true,
-        );
+        let members = |t: &'static str, split: bool| check(t, split).expect("valid").members;
         assert_eq!(
-            m,
-            Some(Checked::Members(vec![
+            members(
+                r#" { "a" : 1 , "b" : { "c" : "}" } , "d":[ ] , "a":null} "#,
+                true
+            ),
+            Some(vec![
                 ("a", "1"),
                 ("b", r#"{ "c" : "}" }"#),
                 ("d", "[ ]"),
                 ("a", "null")
-            ]))
+            ])
         );
-        assert_eq!(check("{}", true), Some(Checked::Members(vec![])));
-        assert_eq!(check(r#"{"\u0061":1}"#, true), Some(Checked::Valid));
-        assert_eq!(check(r#"{"a":1}"#, false), Some(Checked::Valid));
-        assert_eq!(check("[1]", true), Some(Checked::Valid));
+        assert_eq!(members("{}", true), Some(vec![]));
+        assert_eq!(members(r#"{"\u0061":1}"#, true), None);
+        assert_eq!(members(r#"{"a":1}"#, false), None);
+        assert_eq!(members("[1]", true), None);
+        let long = |t: &str| check(t, false).expect("valid").long_integers;
+        assert!(long("[9007199254740993]") && long("[-1000000000000000]"));
+        assert!(!long(
+            r#"[999999999999999, 1.0e20, 12345678901234567.5, "12345678901234567"]"#
+        ));
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
@@ -443,7 +456,7 @@ mod tests {
             let parsed = serde_json::from_str::<Value>(&t);
             let got = check(&t, true);
             prop_assert_eq!(got.is_some(), parsed.is_ok(), "{:?}", t);
-            if let (Some(Checked::Members(m)), Ok(Value::Object(o))) = (got, parsed) {
+            if let (Some(Checked { members: Some(m), .. }), Ok(Value::Object(o))) = (got, parsed) {
                 if m.iter().map(|(k, _)| *k).collect::<std::collections::HashSet<_>>().len() == m.len() {
                     prop_assert_eq!(m.len(), o.len());
                     for (k, raw) in m {
