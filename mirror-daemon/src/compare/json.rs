@@ -86,21 +86,23 @@ pub(crate) enum TextDiff {
 }
 
 /// [`diff_json`] of two documents given as text, without building trees for the parts
-/// that are byte-identical on both sides: an object's members are split as raw text,
-/// members with equal text are skipped (no rule finds a difference between a value and
-/// itself when there are no unordered rules, whose matcher has a work budget), and only
-/// the members that differ are descended into; arrays, scalars and objects with escaped
-/// or repeated keys that differ are compared as trees, exactly as `diff_json` does.
+/// that are byte-identical on both sides: objects' members and arrays' elements are
+/// split as raw text, parts with equal text are skipped (no rule finds a difference
+/// between a value and itself when there are no unordered rules, whose matcher has a
+/// work budget), and only the parts that differ are descended into; scalars, objects
+/// with escaped or repeated keys and the arrays `arrays_text` cannot settle are compared
+/// as trees, exactly as `diff_json` does. The diffs are those of the trees: same kinds,
+/// paths, renderings and order.
 ///
-/// Each body is read about once. Legacy's text is validated in full (as a `Value` reads
-/// it: the same parser, keeping nothing) and, when it is an object, split into members in
-/// that same pass. The candidate's text is split alongside legacy's members: a member
-/// whose text starts with legacy's member of the same key, followed by the end of the
-/// value, is that same valid value (at the same depth) and is not read; every other part
-/// is read as a `Value` at its depth (serde_json's nesting limit counts the enclosing
-/// levels) or split as an object in turn. The caller guarantees there are no unordered
-/// rules. When either text is not JSON nothing is added to `sink` (the caller compares as
-/// before).
+/// Each body is read about once. Legacy's text is validated in full ([`scan::check`]:
+/// serde_json's acceptance, building nothing) and, when it is an object, split into
+/// members in that same pass. The candidate's text is split alongside legacy's parts: a
+/// part whose text starts with legacy's part of the same key or index, followed by the
+/// end of a value, is that same valid value (at the same depth) and is not read; every
+/// other part is read as a `Value` at its depth (serde_json's nesting limit counts the
+/// enclosing levels) or split in turn. The caller guarantees there are no unordered
+/// rules. When either text is not JSON nothing is added to `sink` (the caller compares
+/// as before).
 pub(crate) fn diff_json_text(
     cfg: &CompareConfig,
     legacy: &str,
@@ -159,8 +161,10 @@ fn check_legacy(text: &str) -> Option<(Option<Vec<(&str, &str)>>, bool)> {
 /// Whether a key occurs twice.
 fn repeats<'a>(keys: impl ExactSizeIterator<Item = &'a str> + Clone) -> bool {
     if keys.len() <= LINEAR_LOOKUP {
-        let all: Vec<&str> = keys.collect();
-        return all.iter().enumerate().any(|(i, k)| all[..i].contains(k));
+        return keys
+            .clone()
+            .enumerate()
+            .any(|(i, k)| keys.clone().take(i).any(|x| x == k));
     }
     let mut seen = std::collections::HashSet::with_capacity(keys.len());
     keys.into_iter().any(|k| !seen.insert(k))
@@ -323,15 +327,11 @@ fn skip_value(s: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// The position after the closing quote of the string whose text starts at `j`.
-fn skip_string(s: &[u8], mut j: usize) -> Option<usize> {
-    loop {
-        let p = s.get(j..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
-        if s[j + p] == b'"' {
-            return Some(j + p + 1);
-        }
-        j += p + 2;
-    }
+/// The position after the closing quote of the string whose text starts at `j`
+/// (`None` as well when it is not a valid JSON string: the caller then reads the part as
+/// a tree, which decides).
+fn skip_string(s: &[u8], j: usize) -> Option<usize> {
+    scan::string(s, j).map(|(end, _)| end)
 }
 
 /// `raw` (a part of a document enclosed by `depth` arrays or objects) read as a `Value`

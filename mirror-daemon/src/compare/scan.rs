@@ -169,7 +169,7 @@ fn special(w: u64) -> bool {
 
 /// The string whose text starts at `i` (after its opening quote): the position after its
 /// closing quote and whether it has escapes.
-fn string(s: &[u8], mut i: usize) -> Option<(usize, bool)> {
+pub(super) fn string(s: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
         while let Some(chunk) = s.get(i..i + 8) {
