@@ -157,14 +157,15 @@ fn literal(s: &[u8], i: usize, word: &[u8]) -> Option<usize> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `w` is `"`, `\` or a control character (may say yes for a byte
-/// after one that is: the caller then looks byte by byte).
-fn special(w: u64) -> bool {
+/// The bytes of `w` that are `"`, `\` or a control character, as their high bits. Bytes
+/// above a flagged one may be flagged wrongly (a borrow), never one below: the lowest
+/// flag is exact.
+fn special(w: u64) -> u64 {
     let zero = |x: u64| x.wrapping_sub(ONES) & !x;
     let quote = zero(w ^ (ONES * u64::from(b'"')));
     let backslash = zero(w ^ (ONES * u64::from(b'\\')));
     let control = w.wrapping_sub(ONES * 0x20) & !w;
-    (quote | backslash | control) & HIGH != 0
+    (quote | backslash | control) & HIGH
 }
 
 /// The string whose text starts at `i` (after its opening quote): the position after its
@@ -172,10 +173,13 @@ fn special(w: u64) -> bool {
 pub(super) fn string(s: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
+        // Eight bytes at a time up to the first quote, backslash or control character.
         while let Some(chunk) = s.get(i..i + 8) {
             let mut w = [0u8; 8];
             w.copy_from_slice(chunk);
-            if special(u64::from_le_bytes(w)) {
+            let flags = special(u64::from_le_bytes(w));
+            if flags != 0 {
+                i += (flags.trailing_zeros() / 8) as usize;
                 break;
             }
             i += 8;
@@ -388,6 +392,23 @@ mod tests {
         assert_eq!(check(&big, false).is_some(), serde_says(&big));
         let huge = format!("[{}]", "9".repeat(400));
         assert_eq!(check(&huge, false).is_some(), serde_says(&huge));
+    }
+
+    /// Quotes, escapes and control characters at every place of the eight-byte words
+    /// the string scan reads, after ASCII or multi-byte characters.
+    #[test]
+    fn strings_end_where_they_end() {
+        for fill in ["a", "é", "\u{7f}", "\u{ff}"] {
+            for k in 0..20 {
+                let head = fill.repeat(k);
+                for tail in ["\"", "\\n\"", "\\u00e9x\"", "\u{1}\"", "\\q\"", ""] {
+                    for after in ["", "  ", "abcdefghij"] {
+                        let t = format!("[\"{head}{tail}{after}]");
+                        assert_eq!(check(&t, false).is_some(), serde_says(&t), "{t:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
