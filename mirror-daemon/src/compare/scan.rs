@@ -477,13 +477,13 @@ mod tests {
             let parsed = serde_json::from_str::<Value>(&t);
             let got = check(&t, true);
             prop_assert_eq!(got.is_some(), parsed.is_ok(), "{:?}", t);
-            if let (Some(Checked { members: Some(m), .. }), Ok(Value::Object(o))) = (got, parsed) {
-                if m.iter().map(|(k, _)| *k).collect::<std::collections::HashSet<_>>().len() == m.len() {
-                    prop_assert_eq!(m.len(), o.len());
-                    for (k, raw) in m {
-                        let v: Value = serde_json::from_str(raw).expect("a member");
-                        prop_assert_eq!(Some(&v), o.get(k));
-                    }
+            if let (Some(Checked { members: Some(m), .. }), Ok(Value::Object(o))) = (got, parsed)
+                && m.iter().map(|(k, _)| *k).collect::<std::collections::HashSet<_>>().len() == m.len()
+            {
+                prop_assert_eq!(m.len(), o.len());
+                for (k, raw) in m {
+                    let v: Value = serde_json::from_str(raw).expect("a member");
+                    prop_assert_eq!(Some(&v), o.get(k));
                 }
             }
         }
