@@ -1,6 +1,7 @@
 //! Semantic JSON comparison: key order ignored, numbers compared as numbers, ignore paths,
 //! tolerances, unordered arrays, null-vs-missing, and `order` diffs for arrays that hold
 //! the same elements in another order.
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::ops::ControlFlow;
@@ -69,6 +70,8 @@ pub(crate) fn diff_json(
         exhausted: false,
         candidate_invalid: false,
         multisets_of_differing: false,
+        may_guess: false,
+        guessed: Cell::new(false),
     };
     let _ = w.diff(legacy, candidate, &mut Out::Collect(sink));
     w.exhausted
@@ -103,10 +106,10 @@ pub(crate) enum TextDiff {
 /// enclosing levels) or split in turn. The caller guarantees there are no unordered
 /// rules. When either text is not JSON nothing is added to `sink` (the caller compares
 /// as before).
-pub(crate) fn diff_json_text(
+pub(crate) fn diff_json_text<'t>(
     cfg: &CompareConfig,
-    legacy: &str,
-    candidate: &str,
+    legacy: &'t str,
+    candidate: &'t str,
     sink: &mut Sink,
 ) -> TextDiff {
     debug_assert!(cfg.unordered.is_empty());
@@ -116,32 +119,40 @@ pub(crate) fn diff_json_text(
         return TextDiff::LegacyNotJson;
     };
     let has_rules = !(cfg.ignore_json.is_empty() && cfg.tolerance.is_empty());
-    let mut w = Walker {
-        cfg,
-        has_rules,
-        path: Vec::new(),
-        budget: PROBE_BUDGET,
-        exhausted: false,
-        candidate_invalid: false,
-        // See `arrays_text`: without rules or long integers the trees' equality is an
-        // equivalence, and the trees' multiset matching cannot reach its budget (at most
-        // one probe per element without hash collisions, fewer elements than half the
-        // text's bytes).
-        multisets_of_differing: !has_rules
-            && !long_integers
-            && (legacy.len() as u64) < 2 * PROBE_BUDGET,
+    // Without rules or long integers the trees' equality is an equivalence, and their
+    // multiset matching cannot reach its budget (at most one probe per element without
+    // hash collisions, fewer elements than half the text's bytes): see `arrays_text`.
+    let multisets_of_differing =
+        !has_rules && !long_integers && (legacy.len() as u64) < 2 * PROBE_BUDGET;
+    let room = sink.max.saturating_sub(sink.diffs.len());
+    let walk = |may_guess: bool, members: Option<Vec<(&'t str, &'t str)>>| {
+        let mut w = Walker {
+            cfg,
+            has_rules,
+            path: Vec::new(),
+            budget: PROBE_BUDGET,
+            exhausted: false,
+            candidate_invalid: false,
+            multisets_of_differing,
+            may_guess,
+            guessed: Cell::new(false),
+        };
+        // Diffs are added only once the candidate proved valid; as many as `sink` takes.
+        let mut local = Sink::new(room);
+        let _ = w.diff_root(a, b, members, &mut Out::Collect(&mut local));
+        (w.candidate_invalid, w.guessed.get(), w.exhausted, local)
     };
-    // Diffs are added only once the candidate proved valid; as many as `sink` takes.
-    let mut local = Sink::new(sink.max.saturating_sub(sink.diffs.len()));
-    let _ = w.diff_root(a, b, members, &mut Out::Collect(&mut local));
-    if w.candidate_invalid {
+    let (mut invalid, guessed, mut exhausted, mut local) = walk(true, members.clone());
+    if invalid && guessed {
+        // A part's end was guessed: it may be the guess that was not JSON.
+        (invalid, _, exhausted, local) = walk(false, members);
+    }
+    if invalid {
         return TextDiff::CandidateNotJson;
     }
     sink.diffs.append(&mut local.diffs);
     sink.omitted += local.omitted;
-    TextDiff::Compared {
-        exhausted: w.exhausted,
-    }
+    TextDiff::Compared { exhausted }
 }
 
 fn trim_ws(t: &str) -> &str {
@@ -180,10 +191,13 @@ fn repeats<'a>(keys: impl ExactSizeIterator<Item = &'a str> + Clone) -> bool {
 /// it; any other value is skipped by its brackets and quotes only. Each part is either
 /// legacy's valid text or read later by the walker, so the split is JSON exactly when
 /// every part is.
+#[allow(clippy::type_complexity)]
 fn split_object<'t>(
     text: &'t str,
-    like: Option<&[(&'t str, &'t str)]>,
+    like: Option<(&'t str, &[(&'t str, &'t str)])>,
+    guess: Option<&Cell<bool>>,
 ) -> Option<Vec<(&'t str, &'t str)>> {
+    let (like_text, like) = (like.map_or("", |l| l.0), like.map(|l| l.1));
     let s = text.as_bytes();
     if s.first() != Some(&b'{') {
         return None;
@@ -224,6 +238,10 @@ fn split_object<'t>(
             Some((_, v)) if s[i..].starts_with(v.as_bytes()) && value_ends(s, i + v.len()) => {
                 i + v.len()
             }
+            Some((_, v)) if same_place.is_some() => match guessed_end(s, i, like_text, v, guess) {
+                Some(end) => end,
+                None => skip_value(s, i)?,
+            },
             _ => skip_value(s, i)?,
         };
         out.push((key, text.get(i..end)?));
@@ -242,7 +260,12 @@ fn split_object<'t>(
 /// An array's elements as raw text, in order (see [`split_object`]). With `like`
 /// (legacy's elements), an element whose text starts with legacy's at the same index,
 /// followed by the end of a value, is taken to be that value without reading it.
-fn split_array<'t>(text: &'t str, like: Option<&[&'t str]>) -> Option<Vec<&'t str>> {
+fn split_array<'t>(
+    text: &'t str,
+    like: Option<(&'t str, &[&'t str])>,
+    guess: Option<&Cell<bool>>,
+) -> Option<Vec<&'t str>> {
+    let (like_text, like) = (like.map_or("", |l| l.0), like.map(|l| l.1));
     let s = text.as_bytes();
     if s.first() != Some(&b'[') {
         return None;
@@ -257,7 +280,11 @@ fn split_array<'t>(text: &'t str, like: Option<&[&'t str]>) -> Option<Vec<&'t st
             Some(v) if s[i..].starts_with(v.as_bytes()) && value_ends(s, i + v.len()) => {
                 i + v.len()
             }
-            _ => skip_value(s, i)?,
+            Some(v) => match guessed_end(s, i, like_text, v, guess) {
+                Some(end) => end,
+                None => skip_value(s, i)?,
+            },
+            None => skip_value(s, i)?,
         };
         out.push(text.get(i..end)?);
         i = skip_ws(s, end);
@@ -283,6 +310,42 @@ fn long_integer(v: &Value) -> bool {
         Value::Object(m) => m.values().any(long_integer),
         _ => false,
     }
+}
+
+/// Where the candidate's part starting at `i` of its container `s` ends, guessed from the
+/// end: when the candidate's text ends with legacy's container text after legacy's part
+/// `part` at the same place (the parts after this one are unchanged, as they mostly
+/// are), this part ends where that text begins, and the differing part is not read to
+/// find its end. A wrong guess (a part inserted after a changed one) cannot pass for a
+/// value: the true value would end elsewhere, and a value followed by more than
+/// whitespace is not one. The walker reads the part as one value, finds it is not, and,
+/// as `guess` records that a guess was made, walks again without guessing.
+fn guessed_end(
+    s: &[u8],
+    i: usize,
+    legacy: &str,
+    part: &str,
+    guess: Option<&Cell<bool>>,
+) -> Option<usize> {
+    let guess = guess?;
+    let after = (part.as_ptr() as usize)
+        .checked_sub(legacy.as_ptr() as usize)?
+        .checked_add(part.len())?;
+    let rest = legacy.as_bytes().get(after..)?;
+    let end = back_ws(s, s.len().checked_sub(rest.len())?);
+    if end > i && s.ends_with(rest) {
+        guess.set(true);
+        return Some(end);
+    }
+    None
+}
+
+/// The end of the text before `i` once JSON whitespace is dropped.
+fn back_ws(s: &[u8], mut i: usize) -> usize {
+    while i > 0 && is_ws(s[i - 1]) {
+        i -= 1;
+    }
+    i
 }
 
 /// Whether a value can end before `i` (a number is not cut short).
@@ -396,10 +459,12 @@ impl<'c, 't> Walker<'c, 't> {
         out: &mut Out<'_>,
     ) -> Flow {
         match members {
-            Some(ma) if a != b && !self.ignored() => match split_object(b, Some(&ma)) {
-                Some(mb) => self.objects_text(&ma, &mb, out),
-                None => self.trees(&tree(a), b, out),
-            },
+            Some(ma) if a != b && !self.ignored() => {
+                match split_object(b, Some((a, &ma)), self.guess()) {
+                    Some(mb) => self.objects_text(&ma, &mb, out),
+                    None => self.trees(&tree(a), b, out),
+                }
+            }
             _ => self.diff_text(a, b, out),
         }
     }
@@ -416,15 +481,15 @@ impl<'c, 't> Walker<'c, 't> {
         }
         if x.starts_with('{')
             && y.starts_with('{')
-            && let Some(ma) = split_object(x, None)
-            && let Some(mb) = split_object(y, Some(&ma))
+            && let Some(ma) = split_object(x, None, None)
+            && let Some(mb) = split_object(y, Some((x, &ma)), self.guess())
         {
             return self.objects_text(&ma, &mb, out);
         }
         if x.starts_with('[')
             && y.starts_with('[')
-            && let Some(ea) = split_array(x, None)
-            && let Some(eb) = split_array(y, Some(&ea))
+            && let Some(ea) = split_array(x, None, None)
+            && let Some(eb) = split_array(y, Some((x, &ea)), self.guess())
         {
             return self.arrays_text(x, y, &ea, &eb, out);
         }
@@ -489,7 +554,13 @@ impl<'c, 't> Walker<'c, 't> {
             exhausted: false,
             candidate_invalid: false,
             multisets_of_differing: self.multisets_of_differing,
+            may_guess: false,
+            guessed: Cell::new(false),
         }
+    }
+
+    fn guess(&self) -> Option<&Cell<bool>> {
+        self.may_guess.then_some(&self.guessed)
     }
 
     /// [`Walker::arrays`] over raw elements. Elements with the same text at the same
@@ -589,6 +660,10 @@ struct Walker<'c, 'v> {
     /// `diff_json_text`: arrays of the same length may be matched as multisets over
     /// their differing elements only (see `arrays_text`).
     multisets_of_differing: bool,
+    /// `diff_json_text`: the candidate's differing parts may have their ends guessed
+    /// (see `guessed_end`); `guessed` says one was.
+    may_guess: bool,
+    guessed: Cell<bool>,
 }
 
 impl<'v> Walker<'_, 'v> {
@@ -1462,6 +1537,14 @@ mod tests {
                 r#"[{"k":1},{"k":2}]"#,
                 r#"[{"k":1},{"k":2},{"k":3},{"k":4}]"#,
             ),
+            // A part inserted after a changed one: the end guessed from the unchanged
+            // text after it is wrong, and the walk is made again without guessing.
+            (
+                r#"[{"k":1},{"k":2},{"k":3}]"#,
+                r#"[{"k":9},{"k":0},{"k":2},{"k":3}]"#,
+            ),
+            (r#"{"a":1,"b":2}"#, r#"{"a":5,"z":0,"b":2}"#),
+            (r#"{"a":[1],"b":2}"#, r#"{"a":[5],"z":0 ,"b":2}"#),
             (r#"[ 1 , 2 ]"#, r#"[1,2]"#),
             (r#"[1,2]"#, r#"[1,2,1e400]"#),
             (r#"[1,2]"#, r#"[1,2 3]"#),
@@ -1517,31 +1600,51 @@ mod tests {
 
     #[test]
     fn objects_with_repeated_or_escaped_keys_are_not_split() {
-        let m = split_object(r#"{"a":1,"b":[2]}"#, None).expect("object");
+        let m = split_object(r#"{"a":1,"b":[2]}"#, None, None).expect("object");
         assert_eq!(m, [("a", "1"), ("b", "[2]")]);
-        let m = split_object(r#"{ "a" : 1 , "b" : { "c" : "}" } }"#, None).expect("object");
+        let m = split_object(r#"{ "a" : 1 , "b" : { "c" : "}" } }"#, None, None).expect("object");
         assert_eq!(m, [("a", "1"), ("b", r#"{ "c" : "}" }"#)]);
-        assert!(split_object(r#"{"a":1,"b":2,"a":3}"#, None).is_none());
-        assert!(split_object(r#"{"\u0061":1}"#, None).is_none());
+        assert!(split_object(r#"{"a":1,"b":2,"a":3}"#, None, None).is_none());
+        assert!(split_object(r#"{"\u0061":1}"#, None, None).is_none());
         // Legacy's split comes out of its validation, with the same members.
         let text = r#"{ "a" : 1 , "b" : { "c" : "}" } , "d":[ ] }"#;
         let (m, _) = check_legacy(text).expect("valid");
-        assert_eq!(m, split_object(text, None));
+        assert_eq!(m, split_object(text, None, None));
         for unsplit in [r#"{"a":1,"b":2,"a":3}"#, r#"{"\u0061":1}"#, "[1]"] {
             assert!(matches!(check_legacy(unsplit), Some((None, false))));
         }
         // Arrays split alike, the candidate's alongside legacy's.
-        let like = split_array(r#"[ 1 , {"a":[2]} , "]" ]"#, None).expect("array");
+        let legacy = r#"[ 1 , {"a":[2]} , "]" ]"#;
+        let like = split_array(legacy, None, None).expect("array");
         assert_eq!(like, ["1", r#"{"a":[2]}"#, r#""]""#]);
-        let m = split_array(r#"[12,{"a":[2]},"]",[]]"#, Some(&like)).expect("array");
+        let m =
+            split_array(r#"[12,{"a":[2]},"]",[]]"#, Some((legacy, &like)), None).expect("array");
         assert_eq!(m, ["12", r#"{"a":[2]}"#, r#""]""#, "[]"]);
-        assert!(split_array("[1,]", None).is_none() && split_array("[1] ", None).is_none());
+        // A differing part's end found from the unchanged text after it.
+        let guessed = Cell::new(false);
+        let m = split_array(
+            r#"[ 1 , {"a":[3, "]"]} , "]" ]"#,
+            Some((legacy, &like)),
+            Some(&guessed),
+        );
+        assert_eq!(m.expect("array"), ["1", r#"{"a":[3, "]"]}"#, r#""]""#]);
+        assert!(guessed.get());
+        // A wrong guess (an element inserted after a changed one) is one part too long.
+        let m = split_array(
+            r#"[ 2 , 9 , {"a":[2]} , "]" ]"#,
+            Some((legacy, &like)),
+            Some(&guessed),
+        );
+        assert_eq!(m.expect("array")[0], "2 , 9");
+        assert!(split_array("[1,]", None, None).is_none());
+        assert!(split_array("[1] ", None, None).is_none());
         for invalid in [r#"{"a":1e400}"#, r#"{"a":"\ud800"}"#, r#"{"a":1"#, "{} x"] {
             assert!(check_legacy(invalid).is_none(), "{invalid}");
         }
         // A candidate's member that starts like legacy's but goes on is read as itself.
-        let like = split_object(r#"{"a":12,"b":"x"}"#, None).expect("object");
-        let m = split_object(r#"{"a":123,"b":"x"}"#, Some(&like)).expect("object");
+        let legacy = r#"{"a":12,"b":"x"}"#;
+        let like = split_object(legacy, None, None).expect("object");
+        let m = split_object(r#"{"a":123,"b":"x"}"#, Some((legacy, &like)), None).expect("object");
         assert_eq!(m, [("a", "123"), ("b", r#""x""#)]);
     }
 
