@@ -86,6 +86,9 @@ pub(crate) enum TextDiff {
     LegacyNotJson,
     /// The candidate's text is not JSON as `serde_json::Value` reads it; nothing added.
     CandidateNotJson,
+    /// One text is pretty-printed and the other is not: no part of one would equal a
+    /// part of the other, so the caller compares trees; nothing read, nothing added.
+    Reformatted,
 }
 
 /// [`diff_json`] of two documents given as text, without building trees for the parts
@@ -115,6 +118,16 @@ pub(crate) fn diff_json_text<'t>(
     debug_assert!(cfg.unordered.is_empty());
     // A valid document is its value between JSON whitespace (a `RawValue`'s text).
     let (a, b) = (trim_ws(legacy), trim_ws(candidate));
+    // `{"` against `{\n  "` (one side pretty-printed, as another serializer may do).
+    let spaced = |t: &str| t.as_bytes().get(1).is_some_and(|&c| is_ws(c));
+    if matches!(a.as_bytes().first(), Some(b'{' | b'[')) && spaced(a) != spaced(b) {
+        return TextDiff::Reformatted;
+    }
+    walk_texts(cfg, a, b, sink)
+}
+
+/// [`diff_json_text`] of the trimmed texts, whatever their formatting.
+fn walk_texts<'t>(cfg: &CompareConfig, a: &'t str, b: &'t str, sink: &mut Sink) -> TextDiff {
     let Some((members, long_integers)) = check_legacy(a) else {
         return TextDiff::LegacyNotJson;
     };
@@ -123,7 +136,7 @@ pub(crate) fn diff_json_text<'t>(
     // multiset matching cannot reach its budget (at most one probe per element without
     // hash collisions, fewer elements than half the text's bytes): see `arrays_text`.
     let multisets_of_differing =
-        !has_rules && !long_integers && (legacy.len() as u64) < 2 * PROBE_BUDGET;
+        !has_rules && !long_integers && (a.len() as u64) < 2 * PROBE_BUDGET;
     let room = sink.max.saturating_sub(sink.diffs.len());
     let walk = |may_guess: bool, members: Option<Vec<(&'t str, &'t str)>>| {
         let mut w = Walker {
@@ -1394,7 +1407,8 @@ mod tests {
     /// (legacy first, as the comparator asks), with nothing added to the sink.
     fn text_matches_trees(c: &CompareConfig, l: &str, r: &str) {
         let mut text = Sink::new(1000);
-        let got = diff_json_text(c, l, r, &mut text);
+        // Past the formatting check, so differently printed texts are walked too.
+        let got = walk_texts(c, trim_ws(l), trim_ws(r), &mut text);
         let (tl, tr) = (
             serde_json::from_str::<Value>(l),
             serde_json::from_str::<Value>(r),
@@ -1596,6 +1610,25 @@ mod tests {
                 text_matches_trees(c, y, x);
             }
         }
+    }
+
+    /// One side pretty-printed: the text diff leaves it to the trees, reading nothing.
+    #[test]
+    fn reformatted_texts_are_left_to_the_trees() {
+        let c = CompareConfig::default();
+        let mut sink = Sink::new(10);
+        for (l, r) in [
+            (r#"{"a":1}"#, "{\n  \"a\": 2\n}"),
+            ("[\n  1\n]", "[2]"),
+            (r#"{"a":1e999}"#, "{ \"a\": 1 }"),
+        ] {
+            assert_eq!(diff_json_text(&c, l, r, &mut sink), TextDiff::Reformatted);
+        }
+        assert!(sink.diffs.is_empty());
+        assert_eq!(
+            diff_json_text(&c, r#"{"a":1}"#, r#"{"a":2}"#, &mut sink),
+            TextDiff::Compared { exhausted: false }
+        );
     }
 
     #[test]
