@@ -10,7 +10,7 @@ use serde_json::{Map, Number, Value};
 
 use super::config::{CompareConfig, Tolerance};
 use super::model::{Diff, DiffKind, FieldDiffKind};
-use super::path::{Elem, render};
+use super::path::{Elem, JsonPath, render};
 use super::render::render_json;
 use super::scan::{self, is_ws, skip_ws};
 
@@ -132,11 +132,15 @@ fn walk_texts<'t>(cfg: &CompareConfig, a: &'t str, b: &'t str, sink: &mut Sink) 
         return TextDiff::LegacyNotJson;
     };
     let has_rules = !(cfg.ignore_json.is_empty() && cfg.tolerance.is_empty());
-    // Without rules or long integers the trees' equality is an equivalence, and their
-    // multiset matching cannot reach its budget (at most one probe per element without
-    // hash collisions, fewer elements than half the text's bytes): see `arrays_text`.
-    let multisets_of_differing =
-        !has_rules && !long_integers && (a.len() as u64) < 2 * PROBE_BUDGET;
+    // Without tolerances (they do not chain), ignore rules that name an index, or long
+    // integers, the trees' equality is an equivalence, the same at every index; and
+    // their multiset matching cannot reach its budget (at most one probe per element
+    // without hash collisions, fewer elements than half the text's bytes): see
+    // `arrays_text`.
+    let multisets_of_differing = cfg.tolerance.is_empty()
+        && !cfg.ignore_json.iter().any(JsonPath::names_an_index)
+        && !long_integers
+        && (a.len() as u64) < 2 * PROBE_BUDGET;
     let room = sink.max.saturating_sub(sink.diffs.len());
     let walk = |may_guess: bool, members: Option<Vec<(&'t str, &'t str)>>| {
         let mut w = Walker {
@@ -583,11 +587,13 @@ impl<'c, 't> Walker<'c, 't> {
     /// the tails reported missing or extra. Arrays of the same length with an unequal
     /// element are matched as multisets by the trees (an `order` diff when every element
     /// finds an equal one). Here that matching runs over the differing elements only, and
-    /// only when `multisets_of_differing` holds and the candidate's differing elements
-    /// have no long integers: equality is then an equivalence, so the elements with the
-    /// same text on both sides cancel out and every element finds an equal one exactly
-    /// when every differing one does. When they all do (an `order` diff), or when the
-    /// shortcut does not hold, the whole arrays are compared as trees.
+    /// only when `multisets_of_differing` holds (no tolerances, no ignore rule naming an
+    /// index, no long integers in legacy) and the candidate's differing elements have no
+    /// long integers: equality is then an equivalence (equal once the ignored parts are
+    /// left out), the same at every index, so the elements with the same text on both
+    /// sides cancel out and every element finds an equal one exactly when every
+    /// differing one does. When they all do (an `order` diff), or when the shortcut does
+    /// not hold, the whole arrays are compared as trees.
     fn arrays_text(
         &mut self,
         x: &'t str,
@@ -1442,6 +1448,16 @@ mod tests {
                 )
             },
             cfg(&["json:$"], &[], &[]),
+            cfg(
+                &[
+                    "json:$..updated_at",
+                    "json:$.items[*].etag",
+                    "json:$.a[*].x",
+                ],
+                &[],
+                &[],
+            ),
+            cfg(&["json:$.items[1].etag", "json:$.a[0]"], &[], &[]),
             CompareConfig {
                 max_diffs: 2,
                 ..cfg(&["json:$.a"], &["json:$..f=0.5"], &[])
@@ -1544,6 +1560,25 @@ mod tests {
                 r#"{"items":[{"price":0.995},{"price":1.0}]}"#,
                 r#"{"items":[{"price":1.005},{"price":1.0}]}"#,
             ),
+            // Ignored parts inside arrays, by wildcard and by index.
+            (
+                r#"{"items":[{"etag":"a","v":1},{"etag":"b","v":2},{"etag":"c","v":3}]}"#,
+                r#"{"items":[{"etag":"z","v":2},{"etag":"b","v":1},{"etag":"c","v":3}]}"#,
+            ),
+            (
+                r#"{"items":[{"etag":"a","v":1},{"etag":"b","v":2}]}"#,
+                r#"{"items":[{"etag":"b","v":2},{"etag":"y","v":1}]}"#,
+            ),
+            (
+                r#"{"a":[{"x":1,"k":1},{"x":2,"k":2}]}"#,
+                r#"{"a":[{"x":5,"k":2},{"x":6,"k":1}]}"#,
+            ),
+            (
+                r#"{"a":[{"x":1,"k":1},{"x":2,"k":2}]}"#,
+                r#"{"a":[{"x":5,"k":1},{"x":6,"k":3}]}"#,
+            ),
+            (r#"{"a":[1,2,3]}"#, r#"{"a":[9,1,2]}"#),
+            (r#"{"a":[7,1,2]}"#, r#"{"a":[1,2,3]}"#),
             (r#"{"a":[{"x":null},{"y":1}]}"#, r#"{"a":[{"y":1},{}]}"#),
             (r#"{"a":[{"x":null},{"y":1},3]}"#, r#"{"a":[{},{"y":2},3]}"#),
             (r#"[{"k":1},{"k":2},{"k":3}]"#, r#"[{"k":1},{"k":5}]"#),
