@@ -1647,6 +1647,23 @@ mod tests {
         }
     }
 
+    /// The hostile nesting of the tree walker's test, as text: one-element arrays (and
+    /// objects) 100 deep that differ at the bottom cost no more than their depth.
+    #[test]
+    fn deep_nesting_that_differs_at_the_bottom_as_text() {
+        let arrays = |leaf: &str| format!("{}{leaf}{}", "[".repeat(100), "]".repeat(100));
+        let mixed = |leaf: &str| format!("{}{leaf}{}", r#"[{"a":"#.repeat(50), "}]".repeat(50));
+        for (l, r) in [
+            (arrays("1"), arrays("2")),
+            (mixed("1"), mixed("2")),
+            (mixed("1"), mixed("[1]")),
+        ] {
+            for c in &text_configs() {
+                text_matches_trees(c, &l, &r);
+            }
+        }
+    }
+
     /// One side pretty-printed: the text diff leaves it to the trees, reading nothing.
     #[test]
     fn reformatted_texts_are_left_to_the_trees() {
