@@ -56,7 +56,11 @@ const TOKEN_SET_HEADERS: &[&str] = &["cache-control", "vary", "allow"];
 
 #[derive(Debug)]
 pub(crate) struct HeaderRules {
-    ignore: Vec<String>,
+    /// Exact ignored names (lower case), by length: a name is compared only with those
+    /// of its own length.
+    exact: Vec<Vec<String>>,
+    /// Ignored prefixes (lower case, from `prefix*`).
+    prefixes: Vec<String>,
 }
 
 /// Whether `name` (any case) matches a lower-case `pattern`, as the lower-cased name
@@ -73,13 +77,31 @@ fn name_matches(pattern: &str, name: &str) -> bool {
 
 impl HeaderRules {
     pub(crate) fn new(extra_ignore: &[String]) -> Self {
-        let mut ignore: Vec<String> = VOLATILE_HEADERS.iter().map(|s| s.to_string()).collect();
-        ignore.extend(extra_ignore.iter().map(|s| s.to_ascii_lowercase()));
-        HeaderRules { ignore }
+        let mut rules = HeaderRules {
+            exact: Vec::new(),
+            prefixes: Vec::new(),
+        };
+        let all = VOLATILE_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra_ignore.iter().map(|s| s.to_ascii_lowercase()));
+        for p in all {
+            if p.ends_with('*') {
+                rules.prefixes.push(p);
+            } else {
+                if rules.exact.len() <= p.len() {
+                    rules.exact.resize(p.len() + 1, Vec::new());
+                }
+                rules.exact[p.len()].push(p);
+            }
+        }
+        rules
     }
 
     fn ignored(&self, name: &str) -> bool {
-        self.ignore.iter().any(|p| name_matches(p, name))
+        let same_length = self.exact.get(name.len()).map_or(&[][..], Vec::as_slice);
+        same_length.iter().any(|p| name_matches(p, name))
+            || self.prefixes.iter().any(|p| name_matches(p, name))
     }
 
     /// Diffs between two header lists, in name order.
