@@ -8,9 +8,10 @@ use super::CompareError;
 use super::config::CompareConfig;
 use super::decode::{Decoded, decode};
 use super::headers::HeaderRules;
-use super::json::{Sink, diff_json, diff_json_text};
+use super::json::{Sink, TextDiff, diff_json, diff_json_text};
 use super::model::{BodyMode, Comparison, Diff, DiffKind, FieldDiffKind};
 use super::render::{describe_bytes, render_json, sha256, truncate, window};
+use super::scan;
 use crate::http::{Response, header};
 
 /// Compares responses under one configuration; shareable across threads.
@@ -191,18 +192,17 @@ impl Comparator {
         // and itself, save the unordered-array matcher's budget), so when they are valid
         // JSON the two trees are not built; different bytes are compared member by
         // member as text, only the members that differ parsed into trees
-        // (`diff_json_text`, the diffs of the trees). `ValidJson` parses exactly as
-        // `Value` does; a valid JSON document is UTF-8 throughout, so the text is checked
-        // once instead of string by string.
-        if json_expected
-            && self.cfg.unordered.is_empty()
-            && let Some(ta) = valid_json(&a)
-        {
+        // (`diff_json_text`, the diffs of the trees, each body read about once).
+        // `scan::check` accepts exactly what `Value` accepts, building nothing; a valid
+        // JSON document is UTF-8 throughout, so the text is checked once. When
+        // either side is not JSON, the comparison below decides as before.
+        if json_expected && self.cfg.unordered.is_empty() {
             if a == b {
-                return BodyMode::Json;
-            }
-            if let Ok(tb) = std::str::from_utf8(&b)
-                && let Some(exhausted) = diff_json_text(&self.cfg, ta, tb, sink)
+                if valid_json(&a) {
+                    return BodyMode::Json;
+                }
+            } else if let (Ok(ta), Ok(tb)) = (std::str::from_utf8(&a), std::str::from_utf8(&b))
+                && let TextDiff::Compared { exhausted } = diff_json_text(&self.cfg, ta, tb, sink)
             {
                 if exhausted {
                     self.counters
@@ -335,62 +335,9 @@ impl Comparator {
     }
 }
 
-/// `t` as text when it is a valid JSON document (see [`ValidJson`]).
-fn valid_json(t: &[u8]) -> Option<&str> {
-    std::str::from_utf8(t)
-        .ok()
-        .filter(|s| serde_json::from_str::<ValidJson>(s).is_ok())
-}
-
-/// A JSON document checked without building it: `deserialize_any` parses every token
-/// exactly as for a `serde_json::Value` (numbers range-checked, strings unescaped), and
-/// the visitor keeps nothing.
-struct ValidJson;
-
-impl<'de> Deserialize<'de> for ValidJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValidJson)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for ValidJson {
-    type Value = ValidJson;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_none<E>(self) -> Result<Self, E> {
-        Ok(ValidJson)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self, D::Error> {
-        ValidJson::deserialize(d)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<ValidJson>()?.is_some() {}
-        Ok(ValidJson)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<ValidJson, ValidJson>()?.is_some() {}
-        Ok(ValidJson)
-    }
+/// Whether `t` is a JSON document as `serde_json::Value` reads it (see [`scan`]).
+fn valid_json(t: &[u8]) -> bool {
+    std::str::from_utf8(t).is_ok_and(|s| scan::check(s, false).is_some())
 }
 
 fn media_type(r: &Response) -> Option<String> {
@@ -626,6 +573,55 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    /// The comparator's text path against its tree path, whole responses at a time. An
+    /// unordered rule on a path no document has changes no diff but turns the text path
+    /// off, so the second comparator compares every pair as trees, as before the text
+    /// path existed: the diffs, the body mode and the counters must be the same.
+    #[test]
+    fn text_path_and_tree_path_judge_responses_alike() {
+        let with = |extra_unordered: bool| {
+            let mut c = CompareConfig::default();
+            c.ignore(crate::compare::parse_ignore("json:$..updated_at").expect("rule"));
+            c.tolerance
+                .push(crate::compare::parse_tolerance("json:$..price=0.01").expect("rule"));
+            if extra_unordered {
+                c.unordered
+                    .push(crate::compare::parse_unordered("json:$.zz_absent").expect("rule"));
+            }
+            Comparator::new(c).expect("config")
+        };
+        let (text, trees) = (with(false), with(true));
+        let json = [("Content-Type", "application/json")];
+        let doc = crate::compare::json::tests_doc();
+        let bodies: Vec<String> = vec![
+            doc.clone(),
+            doc.replace("\"EUR\"", "\"USD\""),
+            doc.replace("\"qty\":2", "\"qty\":2.0"),
+            doc.replace("\"qty\":2", "\"qty\":3"),
+            doc.replace("item 3\"", "item 3\\u0021\""),
+            doc.replace("\"updated_at\":\"t1\"", "\"updated_at\":\"t2\""),
+            doc.replace("\"price\":1.5", "\"price\":1.505"),
+            doc.replace("\"total\":", "\"total\":1e400,\"t\":"),
+            doc.replace("{\"id\":1,", "{\"id\":1,\"id\":1,"),
+            doc.replacen(",", ",,", 1),
+            doc.replace("\"currency\"", "\"curr\\u0065ncy\""),
+            format!("[{doc}]"),
+            "not json".into(),
+            String::new(),
+        ];
+        for a in &bodies {
+            for b in &bodies {
+                let (l, r) = (resp(200, &json, a.clone()), resp(200, &json, b.clone()));
+                let (x, y) = (text.compare(&l, &r), trees.compare(&l, &r));
+                assert_eq!(x, y, "{a} vs {b}");
+            }
+        }
+        let (mut x, mut y) = (text.counts(), trees.counts());
+        assert!(x.legacy_json_unparsable > 0);
+        (x.multiset_budget_exhausted, y.multiset_budget_exhausted) = (0, 0);
+        assert_eq!(x, y);
     }
 
     /// Run with `cargo test --release -p mirror-daemon --lib compare_throughput -- --ignored --nocapture`.

@@ -56,25 +56,52 @@ const TOKEN_SET_HEADERS: &[&str] = &["cache-control", "vary", "allow"];
 
 #[derive(Debug)]
 pub(crate) struct HeaderRules {
-    ignore: Vec<String>,
+    /// Exact ignored names (lower case), by length: a name is compared only with those
+    /// of its own length.
+    exact: Vec<Vec<String>>,
+    /// Ignored prefixes (lower case, from `prefix*`).
+    prefixes: Vec<String>,
 }
 
+/// Whether `name` (any case) matches a lower-case `pattern`, as the lower-cased name
+/// would (ASCII case folding keeps every byte in place).
 fn name_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
+        Some(prefix) => name
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes())),
+        None => pattern.eq_ignore_ascii_case(name),
     }
 }
 
 impl HeaderRules {
     pub(crate) fn new(extra_ignore: &[String]) -> Self {
-        let mut ignore: Vec<String> = VOLATILE_HEADERS.iter().map(|s| s.to_string()).collect();
-        ignore.extend(extra_ignore.iter().map(|s| s.to_ascii_lowercase()));
-        HeaderRules { ignore }
+        let mut rules = HeaderRules {
+            exact: Vec::new(),
+            prefixes: Vec::new(),
+        };
+        let all = VOLATILE_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra_ignore.iter().map(|s| s.to_ascii_lowercase()));
+        for p in all {
+            if p.ends_with('*') {
+                rules.prefixes.push(p);
+            } else {
+                if rules.exact.len() <= p.len() {
+                    rules.exact.resize(p.len() + 1, Vec::new());
+                }
+                rules.exact[p.len()].push(p);
+            }
+        }
+        rules
     }
 
     fn ignored(&self, name: &str) -> bool {
-        self.ignore.iter().any(|p| name_matches(p, name))
+        let same_length = self.exact.get(name.len()).map_or(&[][..], Vec::as_slice);
+        same_length.iter().any(|p| name_matches(p, name))
+            || self.prefixes.iter().any(|p| name_matches(p, name))
     }
 
     /// Diffs between two header lists, in name order.
@@ -91,6 +118,10 @@ impl HeaderRules {
         let mut out = Vec::new();
         for name in names {
             let (va, vb) = (a.get(name), b.get(name));
+            // The same raw values normalize alike (most headers of a shadow pair).
+            if va == vb {
+                continue;
+            }
             let (ra, rb) = if PRESENCE_ONLY_HEADERS.contains(&name.as_str()) {
                 if va.is_some() == vb.is_some() {
                     continue;
@@ -122,9 +153,13 @@ impl HeaderRules {
     fn collect<'h>(&self, headers: &'h [crate::http::Header]) -> BTreeMap<String, Vec<&'h [u8]>> {
         let mut m: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
         for h in headers {
-            let name = h.name.trim().to_ascii_lowercase();
-            if !self.ignored(&name) {
-                m.entry(name).or_default().push(&h.value);
+            // Ignored names (most, in a typical response) are not lower-cased into a
+            // new string.
+            let name = h.name.trim();
+            if !self.ignored(name) {
+                m.entry(name.to_ascii_lowercase())
+                    .or_default()
+                    .push(&h.value);
             }
         }
         m
@@ -254,5 +289,32 @@ mod tests {
             keys(&HeaderRules::new(&[]).diff(&c, &d)),
             ["header(set-cookie)"]
         );
+    }
+
+    /// Names are matched whatever their case (a prefix pattern longer than the name does
+    /// not match), and equal raw values are equal without being normalized.
+    #[test]
+    fn names_in_any_case_and_equal_values() {
+        let rules = HeaderRules::new(&["X-Internal-*".into(), "X-Build".into()]);
+        let a = h(&[
+            ("X-INTERNAL-Node", "a"),
+            ("x-build", "1"),
+            ("X-Intern", "1"),
+            ("Cache-Control", "no-store,  private"),
+            ("X-B3-Sampled", "1"),
+        ]);
+        let b = h(&[
+            ("x-internal-node", "b"),
+            ("X-BUILD", "2"),
+            ("x-intern", "2"),
+            ("cache-control", "private, no-store"),
+        ]);
+        let d = rules.diff(&a, &b);
+        assert_eq!(keys(&d), ["header(x-intern)"]);
+        assert_eq!(
+            (d[0].legacy.as_deref(), d[0].candidate.as_deref()),
+            (Some("1"), Some("2"))
+        );
+        assert!(rules.diff(&a, &a).is_empty());
     }
 }

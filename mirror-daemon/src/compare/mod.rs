@@ -17,6 +17,7 @@ mod noise;
 mod path;
 mod render;
 mod route;
+mod scan;
 
 pub use comparator::{BodyDigestFn, Comparator, CompareCounts};
 pub use config::{

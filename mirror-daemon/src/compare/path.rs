@@ -136,6 +136,14 @@ impl JsonPath {
     }
 
     /// Whether this pattern matches the concrete path `elems` (root excluded).
+    /// Whether the pattern names an array index (`[3]`): without one, whether a path
+    /// matches never depends on the indexes in it.
+    pub(crate) fn names_an_index(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s.sel, Selector::Index(_)))
+    }
+
     pub(crate) fn matches(&self, elems: &[Elem<'_>]) -> bool {
         match_steps(&self.steps, elems)
     }

@@ -155,12 +155,26 @@ const V4: &[&str] = &["ALTER TABLE runs ADD COLUMN candidate_cpu TEXT"];
 pub(crate) const CREATE_VERSION_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
 
-/// Write path. `RETURNING seq` yields no row when (host, id) is already stored.
-pub(crate) const INSERT_EXCHANGE: &str = "INSERT INTO exchanges (host, id, run_id, ts_unix_ms, route, method, target, \
+/// The exchange insert, without its `RETURNING` clause (see [`INSERT_EXCHANGE_SQLITE`]).
+macro_rules! insert_exchange {
+    () => {
+        "INSERT INTO exchanges (host, id, run_id, ts_unix_ms, route, method, target, \
     outcome, error_kind, legacy_status, candidate_status, status_mismatch, legacy_ttfb_ns, legacy_ttlb_ns, \
     candidate_ttfb_ns, candidate_ttlb_ns, sample_key, diffs) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
-    ON CONFLICT (host, id) DO NOTHING RETURNING seq";
+    ON CONFLICT (host, id) DO NOTHING"
+    };
+}
+
+/// Write path. `RETURNING seq` yields no row when (host, id) is already stored.
+pub(crate) const INSERT_EXCHANGE: &str = concat!(insert_exchange!(), " RETURNING seq");
+
+/// SQLite's write path: the same insert without `RETURNING`. SQLite runs a `RETURNING`
+/// clause as a trigger, and a statement with a trigger keeps a statement journal (a copy
+/// of every page it touches: the table and its five indexes, about a quarter of the
+/// insert's instructions); the writer reads whether the row was inserted from the change
+/// count and its `seq` from the last rowid instead.
+pub(crate) const INSERT_EXCHANGE_SQLITE: &str = insert_exchange!();
 
 pub(crate) const INSERT_KIND: &str = "INSERT INTO diff_kinds (xid, host, exchange_id, run_id, ts_unix_ms, route, \
     kind_key, secondary, occurrences, legacy, candidate, example) \
@@ -169,11 +183,21 @@ pub(crate) const INSERT_KIND: &str = "INSERT INTO diff_kinds (xid, host, exchang
 pub(crate) const INSERT_EXAMPLE: &str = "INSERT INTO examples (xid, host, run_id, ts_unix_ms, request, legacy_body, \
     candidate_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
+/// The slot taking, without its `RETURNING` clause (see [`TAKE_SLOT_SQLITE`]).
+macro_rules! take_slot {
+    () => {
+        "INSERT INTO example_slots (route, kind_key, kept) VALUES (?1, ?2, 1) \
+    ON CONFLICT (route, kind_key) DO UPDATE SET kept = example_slots.kept + 1 WHERE example_slots.kept < ?3"
+    };
+}
+
 /// Takes one example slot of (route, key) if fewer than ?3 are taken; returns a row only
 /// when it did. A single statement, so concurrent writers serialize on the slot's row.
-pub(crate) const TAKE_SLOT: &str = "INSERT INTO example_slots (route, kind_key, kept) VALUES (?1, ?2, 1) \
-    ON CONFLICT (route, kind_key) DO UPDATE SET kept = example_slots.kept + 1 WHERE example_slots.kept < ?3 \
-    RETURNING kept";
+pub(crate) const TAKE_SLOT: &str = concat!(take_slot!(), " RETURNING kept");
+
+/// SQLite: [`TAKE_SLOT`] without `RETURNING` (no statement journal, see
+/// [`INSERT_EXCHANGE_SQLITE`]); one row changed when the slot was taken.
+pub(crate) const TAKE_SLOT_SQLITE: &str = take_slot!();
 
 /// PostgreSQL only: make sure a slot row exists, then lock it for the transaction.
 pub(crate) const CREATE_SLOT: &str = "INSERT INTO example_slots (route, kind_key, kept) VALUES (?1, ?2, 0) ON CONFLICT (route, kind_key) DO NOTHING";

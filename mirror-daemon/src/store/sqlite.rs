@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use super::evidence::{Query, Rows, Value};
 use super::rows::{EgressRow, LedgerRow, PreparedExchange};
@@ -242,40 +242,37 @@ fn write_rows(
     cap: i64,
 ) -> Result<WriteReport, StoreError> {
     let mut report = WriteReport::default();
-    let mut insert = tx.prepare_cached(&sql(schema::INSERT_EXCHANGE))?;
+    let mut insert = tx.prepare_cached(&sql(schema::INSERT_EXCHANGE_SQLITE))?;
     let mut insert_kind = tx.prepare_cached(&sql(schema::INSERT_KIND))?;
     let mut insert_example = tx.prepare_cached(&sql(schema::INSERT_EXAMPLE))?;
-    let mut take_slot = tx.prepare_cached(&sql(schema::TAKE_SLOT))?;
+    let mut take_slot = tx.prepare_cached(&sql(schema::TAKE_SLOT_SQLITE))?;
     for r in rows {
-        let seq: Option<i64> = insert
-            .query_row(
-                params![
-                    r.host,
-                    r.id,
-                    r.run_id,
-                    r.ts_unix_ms,
-                    r.route,
-                    r.method,
-                    r.target,
-                    r.outcome,
-                    r.error_kind,
-                    r.legacy_status,
-                    r.candidate_status,
-                    r.status_mismatch,
-                    r.legacy_ttfb_ns,
-                    r.legacy_ttlb_ns,
-                    r.candidate_ttfb_ns,
-                    r.candidate_ttlb_ns,
-                    r.sample_key,
-                    r.diffs_json
-                ],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let Some(seq) = seq else {
+        // No row changed: (host, id) is already stored.
+        let inserted = insert.execute(params![
+            r.host,
+            r.id,
+            r.run_id,
+            r.ts_unix_ms,
+            r.route,
+            r.method,
+            r.target,
+            r.outcome,
+            r.error_kind,
+            r.legacy_status,
+            r.candidate_status,
+            r.status_mismatch,
+            r.legacy_ttfb_ns,
+            r.legacy_ttlb_ns,
+            r.candidate_ttfb_ns,
+            r.candidate_ttlb_ns,
+            r.sample_key,
+            r.diffs_json
+        ])?;
+        if inserted == 0 {
             report.duplicates += 1;
             continue;
-        };
+        }
+        let seq = tx.last_insert_rowid();
         report.inserted += 1;
         // Which keys this exchange's example is kept for (0 none offered, 1 kept, 2 dropped).
         let mut states = vec![0i64; r.kinds.len()];
@@ -286,11 +283,7 @@ fn write_rows(
                 .zip(states.iter_mut())
                 .filter(|(k, _)| !k.secondary)
             {
-                let took = cap > 0
-                    && take_slot
-                        .query_row(params![r.route, k.key, cap], |_| Ok(()))
-                        .optional()?
-                        .is_some();
+                let took = cap > 0 && take_slot.execute(params![r.route, k.key, cap])? == 1;
                 *state = if took { 1 } else { 2 };
             }
             if states.contains(&1) {

@@ -257,6 +257,11 @@ pub fn run(quick: bool) -> Result<Vec<Table>> {
             "compare (one field differs)",
             TARGET_COMPARE_MB_S,
         ),
+        (
+            "compare_differs_in_array_mb_s",
+            "compare (one field of one order line differs)",
+            TARGET_COMPARE_MB_S,
+        ),
     ] {
         let v = med(&|r| r["throughput"][key].as_f64());
         tp.row(vec![
