@@ -120,7 +120,11 @@ pub(crate) struct Found {
 }
 
 /// Cheap one-pass character profile; decides which detectors can possibly match.
-struct Profile {
+///
+/// The JSON scanner builds it while it looks for a string's end
+/// ([`Profile::scan_json_string`]), so a string is read once for both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Profile {
     digits: usize,
     at: bool,
     pct: bool,
@@ -157,13 +161,82 @@ const CLASS: [u8; 256] = {
     t
 };
 
+/// Class of the bytes that end a run of plain string bytes in JSON text (`"`, `\\`,
+/// control characters), beside [`CLASS`]'s counted ones.
+const STOP: u8 = 10;
+
+/// [`CLASS`] plus [`STOP`] for the bytes a JSON string scan must look at.
+const JSON_CLASS: [u8; 256] = {
+    let mut t = CLASS;
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = STOP;
+        c += 1;
+    }
+    t[b'"' as usize] = STOP;
+    t[b'\\' as usize] = STOP;
+    t
+};
+
+/// Where a JSON string ends, from [`Profile::scan_json_string`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct JsonStringEnd {
+    /// Index just past the closing quote.
+    pub end: usize,
+    /// The string holds escapes: its text must be decoded (and the profile taken over
+    /// the decoded text).
+    pub escaped: bool,
+}
+
 impl Profile {
-    fn of(s: &[u8]) -> Self {
+    pub(crate) fn of(s: &[u8]) -> Self {
         // Table lookup + counter increment, no branches: this runs on every string.
-        let mut n = [0usize; 10];
+        let mut n = [0usize; 11];
         for &b in s {
             n[usize::from(CLASS[usize::from(b)])] += 1;
         }
+        Self::from_counts(&n)
+    }
+
+    /// The JSON string whose opening quote is at `b[open]`: where it ends, and the
+    /// profile of its text when it has no escapes (one read of the bytes for both).
+    /// `None`: not a JSON string (no closing quote, or a raw control character).
+    /// Escapes are skipped, not checked: an escaped string is decoded (and checked)
+    /// by the caller, which takes the profile of the decoded text.
+    pub(crate) fn scan_json_string(b: &[u8], open: usize) -> Option<(JsonStringEnd, Self)> {
+        let mut n = [0usize; 11];
+        let mut i = open + 1;
+        let mut escaped = false;
+        loop {
+            let c = *b.get(i)?;
+            let class = JSON_CLASS[usize::from(c)];
+            if class != STOP {
+                n[usize::from(class)] += 1;
+                i += 1;
+                continue;
+            }
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                _ => return None,
+            }
+        }
+        let end = JsonStringEnd {
+            end: i + 1,
+            escaped,
+        };
+        Some((end, Self::from_counts(&n)))
+    }
+
+    /// The text holds a `%` (percent-encoded runs are decoded and checked too).
+    pub(crate) fn has_percent(&self) -> bool {
+        self.pct
+    }
+
+    fn from_counts(n: &[usize; 11]) -> Self {
         Profile {
             digits: n[1],
             upper: n[2],
@@ -224,11 +297,20 @@ impl Detector {
     /// Find PII in `s`; appends non-overlapping spans sorted by start to `out` (cleared).
     pub fn find(&self, s: &str, out: &mut Vec<Found>) {
         out.clear();
+        if s.len() < 7 {
+            return;
+        }
+        self.find_profiled(s, &Profile::of(s.as_bytes()), out);
+    }
+
+    /// [`Detector::find`] with the profile of `s` already taken (it must be
+    /// `Profile::of(s)`: the profile only decides which detectors run).
+    pub fn find_profiled(&self, s: &str, p: &Profile, out: &mut Vec<Found>) {
+        out.clear();
         let b = s.as_bytes();
         if b.len() < 7 {
             return;
         }
-        let p = Profile::of(b);
         let on = self.on;
         if on.email && (p.at || p.pct) && p.dots > 0 {
             self.find_email(s, out);

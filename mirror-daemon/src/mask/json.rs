@@ -2,12 +2,22 @@
 //!
 //! Re-serializing a parsed tree would change whitespace, escapes and number spelling, so a
 //! masked legacy response would differ from a candidate response that merely echoes the
-//! masked request. Instead the document is validated once with serde_json, then scanned
-//! and only the spans of masked strings/numbers are rewritten. Key order is untouched.
+//! masked request. Instead the document is scanned once and only the spans of masked
+//! strings/numbers are rewritten. Key order is untouched.
+//!
+//! One pass does both jobs a validation pass and a scan did before: the scanner accepts
+//! exactly what serde_json accepts (the RFC 8259 grammar, no trailing characters) and
+//! whose every string decodes to a Rust `String` (no lone surrogate escapes); anything
+//! else is [`Invalid`] and the caller falls back to text masking (the values masked
+//! before the scan found the error are then neither counted nor tainted: as before,
+//! when a validation pass came first). While it looks for a
+//! string's closing quote it takes the string's character profile, which decides which
+//! detectors can match, so a string is read once. Containers are tracked on an explicit
+//! stack (no recursion), at most [`MAX_DEPTH`] deep: a deeper document is [`Invalid`].
 use std::borrow::Cow;
 
 use super::Pass;
-use super::detect::PiiKind;
+use super::detect::{PiiKind, Profile};
 use super::rules::{Child, JsonPath};
 use super::secret::{is_secret_name, mask_named};
 use super::stats::MaskKind;
@@ -17,15 +27,18 @@ use super::token::is_masked_value;
 #[derive(Debug)]
 pub(crate) struct Invalid;
 
+/// Containers open at once at most. Bounds the scanner's stack (and its path states)
+/// on hostile input; real documents nest a few dozen levels. (serde_json's own tree
+/// parser stops at 128; its validation pass, used before, had no limit, and the
+/// recursive scan that followed it could overflow the thread's stack.)
+pub(crate) const MAX_DEPTH: usize = 4096;
+
 /// Mask `src`; `Ok(None)` when nothing changed.
 pub(crate) fn mask_json(
     m: &Pass<'_>,
     paths: &[JsonPath],
     src: &str,
 ) -> Result<Option<String>, Invalid> {
-    // Validation bounds the nesting depth (serde_json's recursion limit) for the
-    // recursive scan below, and lets the scanner assume well-formed input.
-    serde_json::from_str::<serde::de::IgnoredAny>(src).map_err(|_| Invalid)?;
     let mut states = Vec::new();
     let mut root_masked = false;
     for (r, p) in paths.iter().enumerate() {
@@ -45,13 +58,52 @@ pub(crate) fn mask_json(
         out: String::new(),
         copied: 0,
         states,
+        frames: Vec::new(),
+        key_buf: String::new(),
+        value_buf: String::new(),
     };
-    s.value(0, n, root_masked)?;
+    let root = Ctx {
+        lo: 0,
+        hi: n,
+        masked: root_masked,
+    };
+    m.all_or_nothing(|| s.document(root))?;
     if s.copied == 0 {
         return Ok(None);
     }
     s.out.push_str(&src[s.copied..]);
     Ok(Some(s.out))
+}
+
+/// Where a value sits: its active path states `states[lo..hi]`, and whether a rule
+/// (or a secret name) masks it whole.
+#[derive(Clone, Copy, Debug)]
+struct Ctx {
+    lo: usize,
+    hi: usize,
+    masked: bool,
+}
+
+/// An open object or array.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    object: bool,
+    /// The container's own context (its children's states descend from it).
+    ctx: Ctx,
+    /// The index of the array element being read.
+    index: usize,
+    /// `states.len()` when it opened: a child's states are dropped back to it.
+    base: usize,
+}
+
+/// A string's span (quotes included), whether it has escapes, and the profile of its
+/// text when it has none.
+#[derive(Clone, Copy)]
+struct Str {
+    start: usize,
+    end: usize,
+    escaped: bool,
+    profile: Profile,
 }
 
 struct Scan<'a, 'm> {
@@ -65,26 +117,22 @@ struct Scan<'a, 'm> {
     copied: usize,
     /// Active path-matching states (path index, next step), a stack of frames.
     states: Vec<(usize, usize)>,
+    frames: Vec<Frame>,
+    /// Decoded text of the current escaped key / string value (reused, no allocation
+    /// per string).
+    key_buf: String,
+    value_buf: String,
 }
 
 impl<'a> Scan<'a, '_> {
     fn ws(&mut self) {
-        while self.pos < self.b.len() && matches!(self.b[self.pos], b' ' | b'\t' | b'\n' | b'\r') {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.pos) {
             self.pos += 1;
         }
     }
 
     fn peek(&self) -> Result<u8, Invalid> {
         self.b.get(self.pos).copied().ok_or(Invalid)
-    }
-
-    fn expect(&mut self, c: u8) -> Result<(), Invalid> {
-        self.ws();
-        if self.peek()? != c {
-            return Err(Invalid);
-        }
-        self.pos += 1;
-        Ok(())
     }
 
     /// Replace `src[start..end]` with `with`.
@@ -97,12 +145,101 @@ impl<'a> Scan<'a, '_> {
         self.copied = end;
     }
 
-    /// States for the child reached by `child` from the frame `lo..hi`; pushes a new
-    /// frame and returns it, plus whether a path ends on the child.
-    fn descend(&mut self, lo: usize, hi: usize, child: Child<'_>) -> (usize, usize, bool) {
-        let base = self.states.len();
+    /// The whole text: one value, then only whitespace.
+    fn document(&mut self, root: Ctx) -> Result<(), Invalid> {
+        let mut ctx = root;
+        'value: loop {
+            // A value in `ctx`; a container pushes a frame and goes on with its first
+            // child, a scalar is masked in place.
+            self.ws();
+            match self.peek()? {
+                open @ (b'{' | b'[') => {
+                    self.pos += 1;
+                    self.ws();
+                    let object = open == b'{';
+                    let close = if object { b'}' } else { b']' };
+                    if self.peek()? == close {
+                        self.pos += 1;
+                    } else {
+                        if self.frames.len() == MAX_DEPTH {
+                            return Err(Invalid);
+                        }
+                        self.frames.push(Frame {
+                            object,
+                            ctx,
+                            index: 0,
+                            base: self.states.len(),
+                        });
+                        let first = if object {
+                            self.member(ctx)?
+                        } else {
+                            Some(self.child(ctx, Child::Index(0)))
+                        };
+                        if let Some(c) = first {
+                            ctx = c;
+                            continue 'value;
+                        }
+                    }
+                }
+                b'"' => self.string_value(ctx.masked)?,
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                _ => self.number(ctx.masked)?,
+            }
+            // A value is complete: close the containers that end here, and go on with
+            // the next member or element of the innermost one that does not.
+            loop {
+                let Some(&f) = self.frames.last() else {
+                    self.ws();
+                    return if self.pos == self.b.len() {
+                        Ok(())
+                    } else {
+                        Err(Invalid)
+                    };
+                };
+                self.states.truncate(f.base);
+                self.ws();
+                match (self.peek()?, f.object) {
+                    (b',', true) => {
+                        self.pos += 1;
+                        if let Some(c) = self.member(f.ctx)? {
+                            ctx = c;
+                            continue 'value;
+                        }
+                    }
+                    (b',', false) => {
+                        self.pos += 1;
+                        let index = f.index + 1;
+                        if let Some(top) = self.frames.last_mut() {
+                            top.index = index;
+                        }
+                        ctx = self.child(f.ctx, Child::Index(index));
+                        continue 'value;
+                    }
+                    (b'}', true) | (b']', false) => {
+                        self.pos += 1;
+                        self.frames.pop();
+                    }
+                    _ => return Err(Invalid),
+                }
+            }
+        }
+    }
+
+    /// The context of a child of a container in `ctx`: pushes the child's path states
+    /// and says whether a path ends on it.
+    fn child(&mut self, ctx: Ctx, child: Child<'_>) -> Ctx {
+        let at = self.states.len();
+        if ctx.masked || ctx.lo == ctx.hi {
+            return Ctx {
+                lo: at,
+                hi: at,
+                masked: ctx.masked,
+            };
+        }
         let mut hit = false;
-        for i in lo..hi {
+        for i in ctx.lo..ctx.hi {
             let (r, p) = self.states[i];
             let steps = &self.paths[r].steps;
             let step = &steps[p];
@@ -117,180 +254,171 @@ impl<'a> Scan<'a, '_> {
                 }
             }
         }
-        (base, self.states.len(), hit)
-    }
-
-    fn value(&mut self, lo: usize, hi: usize, masked: bool) -> Result<(), Invalid> {
-        self.ws();
-        match self.peek()? {
-            b'{' => self.object(lo, hi, masked),
-            b'[' => self.array(lo, hi, masked),
-            b'"' => {
-                let (start, end, escaped) = self.string()?;
-                self.string_value(start, end, escaped, masked)
-            }
-            _ => self.scalar(masked),
+        Ctx {
+            lo: at,
+            hi: self.states.len(),
+            masked: hit,
         }
     }
 
-    fn object(&mut self, lo: usize, hi: usize, masked: bool) -> Result<(), Invalid> {
+    /// One member of an object in `ctx`, from its key (masked: keys can be PII, maps
+    /// keyed by email; detectors only, no rules) to its value: the value's context, or
+    /// `None` when the value was read already (a string under a secret name).
+    fn member(&mut self, ctx: Ctx) -> Result<Option<Ctx>, Invalid> {
+        self.ws();
+        let k = self.string()?;
+        let mut key_buf = std::mem::take(&mut self.key_buf);
+        let key: &str = if k.escaped {
+            decode_into(self.text(&k), &mut key_buf)?;
+            &key_buf
+        } else {
+            self.text(&k)
+        };
+        let masked_key = if k.escaped {
+            self.m.mask_str(key)
+        } else {
+            self.m.mask_str_profiled(key, &k.profile)
+        };
+        if let Cow::Owned(masked_key) = masked_key {
+            self.emit(k.start, k.end, &json_string(&masked_key));
+        }
+        self.ws();
+        if self.peek()? != b':' {
+            return Err(Invalid);
+        }
         self.pos += 1;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.pos += 1;
-            return Ok(());
-        }
-        loop {
-            self.ws();
-            let (start, end, escaped) = self.string()?;
-            let key = self.decode(start, end, escaped)?;
-            // Keys can be PII too (maps keyed by email); detectors only, no rules.
-            if let Cow::Owned(k) = self.m.mask_str(&key) {
-                self.emit(start, end, &json_string(&k));
-            }
-            self.expect(b':')?;
-            // Secret by name (`"password"`, `"Authorization"`, `"access_token"`…).
-            if !masked && is_secret_name(&key) {
-                self.secret_value(&key)?;
-            } else {
-                let (clo, chi, hit) = if masked || lo == hi {
-                    (self.states.len(), self.states.len(), false)
-                } else {
-                    self.descend(lo, hi, Child::Key(&key))
-                };
-                self.value(clo, chi, masked || hit)?;
-                self.states.truncate(clo);
-            }
-            self.ws();
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(Invalid),
-            }
-        }
+        // Secret by name (`"password"`, `"Authorization"`, `"access_token"`…).
+        let r = if !ctx.masked && is_secret_name(key) {
+            self.secret_value(key)
+        } else {
+            Ok(Some(self.child(ctx, Child::Key(key))))
+        };
+        self.key_buf = key_buf;
+        r
     }
 
     /// The value of a secret-named key: a string is masked as the header of that name
-    /// would be (scheme and cookie names kept), anything else wholly below.
-    fn secret_value(&mut self, key: &str) -> Result<(), Invalid> {
+    /// would be (scheme and cookie names kept), anything else wholly.
+    fn secret_value(&mut self, key: &str) -> Result<Option<Ctx>, Invalid> {
         self.ws();
         if self.peek()? != b'"' {
             let at = self.states.len();
-            return self.value(at, at, true);
+            return Ok(Some(Ctx {
+                lo: at,
+                hi: at,
+                masked: true,
+            }));
         }
-        let (start, end, escaped) = self.string()?;
-        let text = self.decode(start, end, escaped)?;
-        if let Some(v) = mask_named(self.m, key, &text) {
-            self.emit(start, end, &json_string(&v));
+        let v = self.string()?;
+        let mut value_buf = std::mem::take(&mut self.value_buf);
+        let r = self
+            .value_text(&v, &mut value_buf)
+            .map(|text| mask_named(self.m, key, text).map(|masked| json_string(&masked)));
+        self.value_buf = value_buf;
+        if let Some(with) = r? {
+            self.emit(v.start, v.end, &with);
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn array(&mut self, lo: usize, hi: usize, masked: bool) -> Result<(), Invalid> {
-        self.pos += 1;
-        self.ws();
-        if self.peek()? == b']' {
-            self.pos += 1;
-            return Ok(());
-        }
-        let mut index = 0;
-        loop {
-            let (clo, chi, hit) = if masked || lo == hi {
-                (self.states.len(), self.states.len(), false)
-            } else {
-                self.descend(lo, hi, Child::Index(index))
-            };
-            self.value(clo, chi, masked || hit)?;
-            self.states.truncate(clo);
-            index += 1;
-            self.ws();
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b']' => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(Invalid),
-            }
-        }
-    }
-
-    /// Span of the string at `pos` (quotes included) and whether it has escapes.
-    fn string(&mut self) -> Result<(usize, usize, bool), Invalid> {
-        let start = self.pos;
+    /// The string at `pos`; `pos` moves past it.
+    fn string(&mut self) -> Result<Str, Invalid> {
         if self.peek()? != b'"' {
             return Err(Invalid);
         }
-        let mut i = start + 1;
-        let mut escaped = false;
-        loop {
-            match self.b.get(i) {
-                Some(b'"') => break,
-                Some(b'\\') => {
-                    escaped = true;
-                    i += 2;
-                }
-                Some(_) => i += 1,
-                None => return Err(Invalid),
-            }
-        }
-        self.pos = i + 1;
-        Ok((start, i + 1, escaped))
+        let start = self.pos;
+        let (end, profile) = Profile::scan_json_string(self.b, start).ok_or(Invalid)?;
+        self.pos = end.end;
+        Ok(Str {
+            start,
+            end: end.end,
+            escaped: end.escaped,
+            profile,
+        })
     }
 
-    fn decode(&self, start: usize, end: usize, escaped: bool) -> Result<Cow<'a, str>, Invalid> {
+    /// The raw text between the quotes.
+    fn text(&self, s: &Str) -> &'a str {
         let src: &'a str = self.src;
-        let raw = src.get(start..end).ok_or(Invalid)?;
-        if escaped {
-            serde_json::from_str::<String>(raw)
-                .map(Cow::Owned)
-                .map_err(|_| Invalid)
+        // Quotes are ASCII, so both ends are character boundaries.
+        &src[s.start + 1..s.end - 1]
+    }
+
+    /// The decoded text of `s` (in `buf` when it has escapes).
+    fn value_text<'b>(&self, s: &Str, buf: &'b mut String) -> Result<&'b str, Invalid>
+    where
+        'a: 'b,
+    {
+        if s.escaped {
+            decode_into(self.text(s), buf)?;
+            Ok(buf)
         } else {
-            raw.get(1..raw.len() - 1).map(Cow::Borrowed).ok_or(Invalid)
+            Ok(self.text(s))
         }
     }
 
-    fn string_value(
-        &mut self,
-        start: usize,
-        end: usize,
-        escaped: bool,
-        masked: bool,
-    ) -> Result<(), Invalid> {
-        let text = self.decode(start, end, escaped)?;
-        if masked {
-            if !is_masked_value(text.as_bytes()) {
-                let tok = self.m.rule_value(text.as_bytes(), MaskKind::Json);
-                self.emit(start, end, &json_string(&tok));
+    fn string_value(&mut self, masked: bool) -> Result<(), Invalid> {
+        let v = self.string()?;
+        let mut buf = std::mem::take(&mut self.value_buf);
+        let r = self.value_text(&v, &mut buf).map(|text| {
+            if masked {
+                (!is_masked_value(text.as_bytes()))
+                    .then(|| json_string(&self.m.rule_value(text.as_bytes(), MaskKind::Json)))
+            } else {
+                let masked = if v.escaped {
+                    self.m.mask_str(text)
+                } else {
+                    self.m.mask_str_profiled(text, &v.profile)
+                };
+                match masked {
+                    Cow::Owned(t) => Some(json_string(&t)),
+                    Cow::Borrowed(_) => None,
+                }
             }
-        } else if let Cow::Owned(t) = self.m.mask_str(&text) {
-            self.emit(start, end, &json_string(&t));
+        });
+        self.value_buf = buf;
+        if let Some(with) = r? {
+            self.emit(v.start, v.end, &with);
         }
         Ok(())
     }
 
-    /// Numbers, `true`, `false`, `null`. A number at a masked path becomes a generic
-    /// token *string* (a masked number would be re-masked differently when a candidate
-    /// echoes it; a token string is stable). A bare card number stays a number.
-    fn scalar(&mut self, masked: bool) -> Result<(), Invalid> {
+    /// `true`, `false` or `null` (never masked).
+    fn literal(&mut self, word: &[u8]) -> Result<(), Invalid> {
+        if !self.b[self.pos..].starts_with(word) {
+            return Err(Invalid);
+        }
+        self.pos += word.len();
+        Ok(())
+    }
+
+    /// A number (JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`).
+    /// At a masked path it becomes a generic token *string* (a masked number would be
+    /// re-masked differently when a candidate echoes it; a token string is stable). A
+    /// bare card number stays a number.
+    fn number(&mut self, masked: bool) -> Result<(), Invalid> {
         let start = self.pos;
-        while self.pos < self.b.len()
-            && !matches!(
-                self.b[self.pos],
-                b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'
-            )
-        {
+        if self.b.get(self.pos) == Some(&b'-') {
             self.pos += 1;
         }
-        let end = self.pos;
-        let text = self.src.get(start..end).ok_or(Invalid)?;
-        let is_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
-        if !is_number {
-            return Ok(());
+        match self.b.get(self.pos) {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(Invalid),
         }
+        if self.b.get(self.pos) == Some(&b'.') {
+            self.pos += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.pos) {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.pos) {
+                self.pos += 1;
+            }
+            self.some_digits()?;
+        }
+        let end = self.pos;
+        let text = &self.src[start..end];
         if masked {
             let tok = self.m.rule_value(text.as_bytes(), MaskKind::Json);
             self.emit(start, end, &json_string(&tok));
@@ -306,6 +434,87 @@ impl<'a> Scan<'a, '_> {
         }
         Ok(())
     }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.b.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// At least one digit.
+    fn some_digits(&mut self) -> Result<(), Invalid> {
+        if !matches!(self.b.get(self.pos), Some(b'0'..=b'9')) {
+            return Err(Invalid);
+        }
+        self.digits();
+        Ok(())
+    }
+}
+
+/// Decodes the text of a JSON string with escapes (between its quotes) into `out`, as
+/// serde_json decodes it into a `String`: the escapes of RFC 8259, `\u` surrogates only
+/// in pairs. (`raw` has no raw control character: the scanner checked.)
+fn decode_into(raw: &str, out: &mut String) -> Result<(), Invalid> {
+    out.clear();
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'\\', &b[i..]) {
+        // Up to the backslash (ASCII, so a character boundary).
+        out.push_str(&raw[i..i + off]);
+        i += off + 1;
+        let c = match b.get(i).ok_or(Invalid)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let n = hex4(b, i + 1)?;
+                i += 4;
+                match n {
+                    0xDC00..=0xDFFF => return Err(Invalid),
+                    0xD800..=0xDBFF => {
+                        // A leading surrogate: a trailing one must follow, escaped.
+                        if b.get(i + 1..i + 3) != Some(b"\\u") {
+                            return Err(Invalid);
+                        }
+                        let n2 = hex4(b, i + 3)?;
+                        if !(0xDC00..=0xDFFF).contains(&n2) {
+                            return Err(Invalid);
+                        }
+                        i += 6;
+                        let c = 0x1_0000 + ((n - 0xD800) << 10) + (n2 - 0xDC00);
+                        char::from_u32(c).ok_or(Invalid)?
+                    }
+                    _ => char::from_u32(n).ok_or(Invalid)?,
+                }
+            }
+            _ => return Err(Invalid),
+        };
+        out.push(c);
+        i += 1;
+    }
+    out.push_str(&raw[i..]);
+    Ok(())
+}
+
+/// The four hex digits at `b[at..at + 4]`.
+fn hex4(b: &[u8], at: usize) -> Result<u32, Invalid> {
+    let digits = b.get(at..at + 4).ok_or(Invalid)?;
+    let mut n = 0;
+    for &d in digits {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return Err(Invalid),
+        };
+        n = n * 16 + u32::from(v);
+    }
+    Ok(n)
 }
 
 /// `s` as a JSON string literal.

@@ -25,6 +25,10 @@ mod body;
 mod detect;
 mod headers;
 mod json;
+#[cfg(test)]
+mod json_reference;
+#[cfg(test)]
+mod json_tests;
 mod key;
 mod reuse;
 mod rules;
@@ -54,7 +58,7 @@ pub use token::{EMAIL_TOKEN_DOMAIN, REDACTED, TOKEN_PREFIX};
 use crate::capture::FlowKey;
 use crate::http::{Exchange, Header, Request, Response};
 use body::{BodyKind, Coding, DecodeError};
-use detect::{Detector, Found};
+use detect::{Detector, Found, Profile};
 use taint::{TaintCache, TaintSet};
 use token::{TokenCache, TokenKind, Tokenizer};
 
@@ -401,6 +405,17 @@ pub(crate) struct Pass<'m> {
     m: &'m Masker,
     collect: Option<RefCell<TaintSet>>,
     apply: Option<&'m Taint>,
+    /// While a JSON scan runs: its counts and taint, kept until the scan succeeds (a
+    /// document found invalid half-way is masked again as text, and must not count or
+    /// taint twice).
+    deferred: RefCell<Option<Deferred>>,
+}
+
+/// Side effects of a pass held back (see `Pass::deferred`).
+#[derive(Debug, Default)]
+struct Deferred {
+    counts: Vec<MaskKind>,
+    taint: Vec<(Vec<u8>, String)>,
 }
 
 impl std::ops::Deref for Pass<'_> {
@@ -416,6 +431,7 @@ impl<'m> Pass<'m> {
             m,
             collect: None,
             apply: None,
+            deferred: RefCell::new(None),
         }
     }
 
@@ -424,6 +440,7 @@ impl<'m> Pass<'m> {
             m,
             collect: Some(RefCell::new(TaintSet::default())),
             apply: None,
+            deferred: RefCell::new(None),
         }
     }
 
@@ -432,6 +449,7 @@ impl<'m> Pass<'m> {
             m,
             collect: None,
             apply: (!taint.is_empty()).then_some(taint),
+            deferred: RefCell::new(None),
         }
     }
 
@@ -479,9 +497,43 @@ impl<'m> Pass<'m> {
 
     /// Remember, for the rest of the exchange, that `value` became `replacement`.
     fn taint(&self, value: &[u8], replacement: &str) {
-        if let Some(c) = &self.collect {
-            c.borrow_mut().add(value, replacement);
+        let Some(c) = &self.collect else { return };
+        match self.deferred.borrow_mut().as_mut() {
+            Some(d) => d.taint.push((value.to_vec(), replacement.to_string())),
+            None => c.borrow_mut().add(value, replacement),
         }
+    }
+
+    /// Count one masked value (held back while a JSON scan runs).
+    fn count(&self, kind: MaskKind) {
+        match self.deferred.borrow_mut().as_mut() {
+            Some(d) => d.counts.push(kind),
+            None => self.stats.count(kind),
+        }
+    }
+
+    /// Runs `scan` with its counts and taint held back: applied when it succeeds,
+    /// dropped when it fails.
+    fn all_or_nothing<T, E>(&self, scan: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        if self.deferred.borrow().is_some() {
+            // Inside another such scan: that one decides.
+            return scan();
+        }
+        *self.deferred.borrow_mut() = Some(Deferred::default());
+        let r = scan();
+        let d = self.deferred.borrow_mut().take().unwrap_or_default();
+        if r.is_ok() {
+            for kind in d.counts {
+                self.stats.count(kind);
+            }
+            if let Some(c) = &self.collect {
+                let mut c = c.borrow_mut();
+                for (value, replacement) in d.taint {
+                    c.add(&value, &replacement);
+                }
+            }
+        }
+        r
     }
 
     /// `data` with every echo of a tainted request value replaced.
@@ -572,7 +624,7 @@ impl<'m> Pass<'m> {
 
     /// The value for a field selected by a rule or a secret name.
     fn rule_value(&self, value: &[u8], kind: MaskKind) -> String {
-        self.stats.count(kind);
+        self.count(kind);
         let out = self.token_for(value);
         self.taint(value, &out);
         out
@@ -580,7 +632,7 @@ impl<'m> Pass<'m> {
 
     /// The value for a detected span.
     fn detected_value(&self, kind: PiiKind, text: &str) -> String {
-        self.stats.count(match kind {
+        self.count(match kind {
             PiiKind::Email => MaskKind::Email,
             PiiKind::Card => MaskKind::Card,
             PiiKind::Ssn => MaskKind::Ssn,
@@ -610,7 +662,17 @@ impl<'m> Pass<'m> {
     /// Percent-encoded runs (`phone=%2B1-202-555-0147` in a URL inside a body) are then
     /// decoded and checked too (see `urlenc::mask_encoded_runs`).
     fn mask_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        let plain = self.detect_str(s);
+        self.mask_str_profiled(s, &Profile::of(s.as_bytes()))
+    }
+
+    /// [`Pass::mask_str`] with `Profile::of(s)` already taken (the JSON scanner takes
+    /// it while finding the string's end).
+    fn mask_str_profiled<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
+        let plain = self.detect_str_profiled(s, p);
+        // Nothing found: `plain` is `s`, whose profile says whether it holds a `%`.
+        if matches!(plain, Cow::Borrowed(_)) && !p.has_percent() {
+            return plain;
+        }
         if !plain.contains('%') {
             return plain;
         }
@@ -624,6 +686,17 @@ impl<'m> Pass<'m> {
     fn detect_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let mut found: Vec<Found> = Vec::new();
         self.detector.find(s, &mut found);
+        self.replace_all_found(s, found)
+    }
+
+    fn detect_str_profiled<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
+        let mut found: Vec<Found> = Vec::new();
+        self.detector.find_profiled(s, p, &mut found);
+        self.replace_all_found(s, found)
+    }
+
+    /// `s` with the first pass's `found` replaced, then re-checked (see `mask_str`).
+    fn replace_all_found<'a>(&self, s: &'a str, mut found: Vec<Found>) -> Cow<'a, str> {
         if found.is_empty() {
             return Cow::Borrowed(s);
         }
@@ -705,6 +778,13 @@ impl<'m> Pass<'m> {
                     (None, Cow::Owned(u)) => u,
                     (None, Cow::Borrowed(_)) => return None,
                 };
+                if coding.is_identity() {
+                    // Nothing to re-encode: the masked text is the body (no copy).
+                    return Some(BodyChange {
+                        body: masked,
+                        drop_content_encoding: false,
+                    });
+                }
                 match body::encode(&masked, &coding) {
                     Ok(body) => Some(BodyChange {
                         body,
