@@ -191,9 +191,9 @@ pub(crate) struct JsonStringEnd {
 impl Profile {
     pub(crate) fn of(s: &[u8]) -> Self {
         // Table lookup + counter increment, no branches: this runs on every string.
-        let mut n = [0usize; 11];
+        let mut n = [0u64; 16];
         for &b in s {
-            n[usize::from(CLASS[usize::from(b)])] += 1;
+            n[usize::from(CLASS[usize::from(b)] & 15)] += 1;
         }
         Self::from_counts(&n)
     }
@@ -203,19 +203,25 @@ impl Profile {
     /// `None`: not a JSON string (no closing quote, or a raw control character).
     /// Escapes are skipped, not checked: an escaped string is decoded (and checked)
     /// by the caller, which takes the profile of the decoded text.
+    #[inline(always)]
     pub(crate) fn scan_json_string(b: &[u8], open: usize) -> Option<(JsonStringEnd, Self)> {
-        let mut n = [0usize; 11];
+        // Counters by class (`& 15` keeps the index in bounds without a check).
+        let mut n = [0u32; 16];
         let mut i = open + 1;
         let mut escaped = false;
         loop {
-            let c = *b.get(i)?;
-            let class = JSON_CLASS[usize::from(c)];
-            if class != STOP {
-                n[usize::from(class)] += 1;
-                i += 1;
-                continue;
+            let rest = b.get(i..)?;
+            let mut run = 0;
+            for &c in rest {
+                let class = JSON_CLASS[usize::from(c)];
+                if class == STOP {
+                    break;
+                }
+                n[usize::from(class & 15)] += 1;
+                run += 1;
             }
-            match c {
+            i += run;
+            match b.get(i)? {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -232,22 +238,55 @@ impl Profile {
     }
 
     /// The text holds a `%` (percent-encoded runs are decoded and checked too).
+    #[inline]
     pub(crate) fn has_percent(&self) -> bool {
         self.pct
     }
 
-    fn from_counts(n: &[usize; 11]) -> Self {
+    #[inline(always)]
+    fn from_counts<T: Copy + Into<u64>>(n: &[T]) -> Self {
+        let n = |class: usize| -> usize {
+            let v: u64 = n[class].into();
+            v as usize
+        };
         Profile {
-            digits: n[1],
-            upper: n[2],
-            at: n[3] > 0,
-            pct: n[4] > 0,
-            plus: n[5] > 0,
-            dash: n[6],
-            seps: n[9],
-            dots: n[7],
-            colons: n[8],
+            digits: n(1),
+            upper: n(2),
+            at: n(3) > 0,
+            pct: n(4) > 0,
+            plus: n(5) > 0,
+            dash: n(6),
+            seps: n(9),
+            dots: n(7),
+            colons: n(8),
         }
+    }
+}
+
+/// Which detectors run on one text (see `Detector::gates`).
+#[derive(Clone, Copy, Default)]
+struct Gates {
+    email: bool,
+    card: bool,
+    ssn: bool,
+    e164: bool,
+    nanp: bool,
+    iban: bool,
+    ipv4: bool,
+    ipv6: bool,
+}
+
+impl Gates {
+    #[inline]
+    fn any(&self) -> bool {
+        self.email
+            || self.card
+            || self.ssn
+            || self.e164
+            || self.nanp
+            || self.iban
+            || self.ipv4
+            || self.ipv6
     }
 }
 
@@ -307,41 +346,65 @@ impl Detector {
     /// `Profile::of(s)`: the profile only decides which detectors run).
     pub fn find_profiled(&self, s: &str, p: &Profile, out: &mut Vec<Found>) {
         out.clear();
-        let b = s.as_bytes();
-        if b.len() < 7 {
+        let g = self.gates(s.len(), p);
+        if !g.any() {
             return;
         }
-        let on = self.on;
-        if on.email && (p.at || p.pct) && p.dots > 0 {
+        let b = s.as_bytes();
+        if g.email {
             self.find_email(s, out);
         }
-        if on.card && p.digits >= 13 {
+        if g.card {
             find_cards(b, out);
         }
-        if on.ssn && p.digits >= 9 && p.dash >= 2 {
+        if g.ssn {
             self.find_ssn(s, out);
         }
-        // NANP needs 10 digits and two separators; E.164 a plus and 8 digits.
-        let nanp = p.digits >= 10 && p.dash + p.dots + p.seps >= 2;
-        let e164 = p.plus && p.digits >= 8;
-        if on.phone && (nanp || e164) {
-            self.find_phone(s, out, e164, nanp);
+        if g.e164 || g.nanp {
+            self.find_phone(s, out, g.e164, g.nanp);
         }
-        if on.iban && p.upper >= 2 && p.digits >= 2 && b.len() >= 15 {
+        if g.iban {
             self.find_iban(s, out);
         }
-        if on.ip {
-            if p.dots >= 3 && p.digits >= 4 {
-                self.find_ipv4(s, out);
-            }
-            if p.colons >= 2 {
-                self.find_ipv6(s, out);
-            }
+        if g.ipv4 {
+            self.find_ipv4(s, out);
+        }
+        if g.ipv6 {
+            self.find_ipv6(s, out);
         }
         resolve_overlaps(out);
     }
 
+    /// Whether any detector can find something in text of `len` bytes with profile
+    /// `p` ([`Detector::find_profiled`] finds nothing otherwise).
+    #[inline]
+    pub fn may_find(&self, len: usize, p: &Profile) -> bool {
+        self.gates(len, p).any()
+    }
+
+    /// The detectors that run on text of `len` bytes with profile `p`: each needs its
+    /// characters (an `@` or `%40` and a dot for an email, 13 digits for a card…).
+    #[inline]
+    fn gates(&self, len: usize, p: &Profile) -> Gates {
+        let on = self.on;
+        if len < 7 {
+            return Gates::default();
+        }
+        Gates {
+            email: on.email && (p.at || p.pct) && p.dots > 0,
+            card: on.card && p.digits >= 13,
+            ssn: on.ssn && p.digits >= 9 && p.dash >= 2,
+            // E.164 needs a plus and 8 digits; NANP 10 digits and two separators.
+            e164: on.phone && p.plus && p.digits >= 8,
+            nanp: on.phone && p.digits >= 10 && p.dash + p.dots + p.seps >= 2,
+            iban: on.iban && p.upper >= 2 && p.digits >= 2 && len >= 15,
+            ipv4: on.ip && p.dots >= 3 && p.digits >= 4,
+            ipv6: on.ip && p.colons >= 2,
+        }
+    }
+
     /// Card detection on a bare JSON number token (digits only, maybe a sign).
+    #[inline]
     pub fn number_is_card(&self, num: &str) -> bool {
         self.on.card
             && num.len() >= 13

@@ -61,6 +61,9 @@ pub(crate) fn mask_json(
         frames: Vec::new(),
         key_buf: String::new(),
         value_buf: String::new(),
+        keys: KeyMemo {
+            slots: [(0, 0, false); KEY_SLOTS],
+        },
     };
     let root = Ctx {
         lo: 0,
@@ -122,15 +125,74 @@ struct Scan<'a, 'm> {
     /// per string).
     key_buf: String,
     value_buf: String,
+    keys: KeyMemo,
+}
+
+/// Keys met earlier in the document (arrays of objects repeat theirs) that the
+/// detectors left unchanged, and whether each names a secret: a key met again skips
+/// both checks. Only keys without escapes; a slot holds the span of the key's first
+/// occurrence in the text, so nothing is copied. Open addressing, two probes.
+struct KeyMemo {
+    /// (start, length + 1 (0: empty slot), names a secret).
+    slots: [(u32, u32, bool); KEY_SLOTS],
+}
+
+const KEY_SLOTS: usize = 128;
+
+impl KeyMemo {
+    #[inline]
+    fn slot(key: &[u8]) -> usize {
+        let n = key.len();
+        let x = if n < 2 {
+            key.first().map_or(0, |&a| u64::from(a))
+        } else {
+            u64::from(key[0])
+                | u64::from(key[1]) << 8
+                | u64::from(key[n - 2]) << 16
+                | u64::from(key[n - 1]) << 24
+                | u64::from(key[n / 2]) << 32
+        };
+        let x = x ^ (n as u64) << 48;
+        (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize % KEY_SLOTS
+    }
+
+    /// Whether `key` names a secret, when it was met before.
+    #[inline]
+    fn get(&self, src: &[u8], key: &[u8]) -> Option<bool> {
+        let i = Self::slot(key);
+        for probe in [i, (i + 1) % KEY_SLOTS] {
+            let (start, len1, secret) = self.slots[probe];
+            let start = start as usize;
+            if len1 as usize == key.len() + 1 && src.get(start..start + key.len()) == Some(key) {
+                return Some(secret);
+            }
+        }
+        None
+    }
+
+    fn put(&mut self, start: usize, key: &[u8], secret: bool) {
+        let (Ok(start), Ok(len1)) = (u32::try_from(start), u32::try_from(key.len() + 1)) else {
+            return;
+        };
+        let i = Self::slot(key);
+        let probe = if self.slots[i].1 == 0 {
+            i
+        } else {
+            (i + 1) % KEY_SLOTS
+        };
+        self.slots[probe] = (start, len1, secret);
+    }
 }
 
 impl<'a> Scan<'a, '_> {
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.pos) {
             self.pos += 1;
         }
     }
 
+    #[inline(always)]
     fn peek(&self) -> Result<u8, Invalid> {
         self.b.get(self.pos).copied().ok_or(Invalid)
     }
@@ -229,15 +291,22 @@ impl<'a> Scan<'a, '_> {
 
     /// The context of a child of a container in `ctx`: pushes the child's path states
     /// and says whether a path ends on it.
+    #[inline(always)]
     fn child(&mut self, ctx: Ctx, child: Child<'_>) -> Ctx {
-        let at = self.states.len();
         if ctx.masked || ctx.lo == ctx.hi {
+            let at = self.states.len();
             return Ctx {
                 lo: at,
                 hi: at,
                 masked: ctx.masked,
             };
         }
+        self.descend(ctx, child)
+    }
+
+    /// [`Scan::child`] under active path states.
+    fn descend(&mut self, ctx: Ctx, child: Child<'_>) -> Ctx {
+        let at = self.states.len();
         let mut hit = false;
         for i in ctx.lo..ctx.hi {
             let (r, p) = self.states[i];
@@ -264,6 +333,7 @@ impl<'a> Scan<'a, '_> {
     /// One member of an object in `ctx`, from its key (masked: keys can be PII, maps
     /// keyed by email; detectors only, no rules) to its value: the value's context, or
     /// `None` when the value was read already (a string under a secret name).
+    #[inline(always)]
     fn member(&mut self, ctx: Ctx) -> Result<Option<Ctx>, Invalid> {
         self.ws();
         let k = self.string()?;
@@ -274,21 +344,37 @@ impl<'a> Scan<'a, '_> {
         } else {
             self.text(&k)
         };
-        let masked_key = if k.escaped {
-            self.m.mask_str(key)
+        let memo = if k.escaped {
+            None
         } else {
-            self.m.mask_str_profiled(key, &k.profile)
+            self.keys.get(self.b, key.as_bytes())
         };
-        if let Cow::Owned(masked_key) = masked_key {
-            self.emit(k.start, k.end, &json_string(&masked_key));
-        }
+        let secret = match memo {
+            Some(secret) => secret,
+            None => {
+                let masked_key = if k.escaped {
+                    self.m.mask_str(key)
+                } else {
+                    self.m.mask_str_profiled(key, &k.profile)
+                };
+                let secret = is_secret_name(key);
+                match masked_key {
+                    Cow::Owned(masked_key) => self.emit(k.start, k.end, &json_string(&masked_key)),
+                    Cow::Borrowed(_) if !k.escaped => {
+                        self.keys.put(k.start + 1, key.as_bytes(), secret);
+                    }
+                    Cow::Borrowed(_) => {}
+                }
+                secret
+            }
+        };
         self.ws();
         if self.peek()? != b':' {
             return Err(Invalid);
         }
         self.pos += 1;
         // Secret by name (`"password"`, `"Authorization"`, `"access_token"`…).
-        let r = if !ctx.masked && is_secret_name(key) {
+        let r = if !ctx.masked && secret {
             self.secret_value(key)
         } else {
             Ok(Some(self.child(ctx, Child::Key(key))))
@@ -322,6 +408,7 @@ impl<'a> Scan<'a, '_> {
     }
 
     /// The string at `pos`; `pos` moves past it.
+    #[inline(always)]
     fn string(&mut self) -> Result<Str, Invalid> {
         if self.peek()? != b'"' {
             return Err(Invalid);
@@ -338,6 +425,7 @@ impl<'a> Scan<'a, '_> {
     }
 
     /// The raw text between the quotes.
+    #[inline(always)]
     fn text(&self, s: &Str) -> &'a str {
         let src: &'a str = self.src;
         // Quotes are ASCII, so both ends are character boundaries.
@@ -345,6 +433,7 @@ impl<'a> Scan<'a, '_> {
     }
 
     /// The decoded text of `s` (in `buf` when it has escapes).
+    #[inline(always)]
     fn value_text<'b>(&self, s: &Str, buf: &'b mut String) -> Result<&'b str, Invalid>
     where
         'a: 'b,
@@ -357,6 +446,7 @@ impl<'a> Scan<'a, '_> {
         }
     }
 
+    #[inline(always)]
     fn string_value(&mut self, masked: bool) -> Result<(), Invalid> {
         let v = self.string()?;
         let mut buf = std::mem::take(&mut self.value_buf);
@@ -384,6 +474,7 @@ impl<'a> Scan<'a, '_> {
     }
 
     /// `true`, `false` or `null` (never masked).
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Result<(), Invalid> {
         if !self.b[self.pos..].starts_with(word) {
             return Err(Invalid);
@@ -396,6 +487,7 @@ impl<'a> Scan<'a, '_> {
     /// At a masked path it becomes a generic token *string* (a masked number would be
     /// re-masked differently when a candidate echoes it; a token string is stable). A
     /// bare card number stays a number.
+    #[inline(always)]
     fn number(&mut self, masked: bool) -> Result<(), Invalid> {
         let start = self.pos;
         if self.b.get(self.pos) == Some(&b'-') {

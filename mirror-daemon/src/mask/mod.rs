@@ -667,7 +667,16 @@ impl<'m> Pass<'m> {
 
     /// [`Pass::mask_str`] with `Profile::of(s)` already taken (the JSON scanner takes
     /// it while finding the string's end).
+    #[inline]
     fn mask_str_profiled<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
+        // Most strings: no detector can match and there is nothing to decode.
+        if !p.has_percent() && !self.detector.may_find(s.len(), p) {
+            return Cow::Borrowed(s);
+        }
+        self.mask_str_slow(s, p)
+    }
+
+    fn mask_str_slow<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
         let plain = self.detect_str_profiled(s, p);
         // Nothing found: `plain` is `s`, whose profile says whether it holds a `%`.
         if matches!(plain, Cow::Borrowed(_)) && !p.has_percent() {
