@@ -161,6 +161,9 @@ pub struct Masker {
     tokens: Tokenizer,
     header_names: Vec<String>,
     header_fragments: Vec<String>,
+    /// `header_fragments` in one automaton: a header name is read once, not once per
+    /// fragment (`None` if it could not be built: the list is searched instead).
+    header_fragment_matcher: Option<aho_corasick::AhoCorasick>,
     json_paths: Vec<JsonPath>,
     query_names: Vec<String>,
     form_names: Vec<String>,
@@ -215,6 +218,7 @@ impl Masker {
             tokens: Tokenizer::new(&cfg.key)?,
             header_names: Vec::new(),
             header_fragments: Vec::new(),
+            header_fragment_matcher: None,
             json_paths: Vec::new(),
             query_names: Vec::new(),
             form_names: Vec::new(),
@@ -236,6 +240,7 @@ impl Masker {
                 Rule::Form(n) => m.form_names.push(n),
             }
         }
+        m.header_fragment_matcher = aho_corasick::AhoCorasick::new(&m.header_fragments).ok();
         Ok(m)
     }
 
@@ -360,10 +365,13 @@ impl Masker {
 
     fn header_is_sensitive(&self, lname: &str) -> bool {
         self.header_names.iter().any(|n| n == lname)
-            || self
-                .header_fragments
-                .iter()
-                .any(|f| lname.contains(f.as_str()))
+            || match &self.header_fragment_matcher {
+                Some(ac) => ac.is_match(lname),
+                None => self
+                    .header_fragments
+                    .iter()
+                    .any(|f| lname.contains(f.as_str())),
+            }
     }
 
     fn decode<'a>(
