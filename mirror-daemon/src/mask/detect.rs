@@ -237,6 +237,32 @@ impl Profile {
         Some((end, Self::from_counts(&n)))
     }
 
+    /// Where the JSON string whose opening quote is at `b[open]` ends, without taking
+    /// its profile (see [`Profile::scan_json_string`]).
+    #[inline(always)]
+    pub(crate) fn json_string_end(b: &[u8], open: usize) -> Option<JsonStringEnd> {
+        let mut i = open + 1;
+        let mut escaped = false;
+        loop {
+            let rest = b.get(i..)?;
+            i += rest
+                .iter()
+                .position(|&c| JSON_CLASS[usize::from(c)] == STOP)?;
+            match b[i] {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                _ => return None,
+            }
+        }
+        Some(JsonStringEnd {
+            end: i + 1,
+            escaped,
+        })
+    }
+
     /// The text holds a `%` (percent-encoded runs are decoded and checked too).
     #[inline]
     pub(crate) fn has_percent(&self) -> bool {

@@ -336,7 +336,20 @@ impl<'a> Scan<'a, '_> {
     #[inline(always)]
     fn member(&mut self, ctx: Ctx) -> Result<Option<Ctx>, Invalid> {
         self.ws();
-        let k = self.string()?;
+        // A key's profile is only needed when it is not in the memo: its end is found
+        // without one.
+        if self.peek()? != b'"' {
+            return Err(Invalid);
+        }
+        let start = self.pos;
+        let end = Profile::json_string_end(self.b, start).ok_or(Invalid)?;
+        self.pos = end.end;
+        let k = Str {
+            start,
+            end: end.end,
+            escaped: end.escaped,
+            profile: Profile::default(),
+        };
         let mut key_buf = std::mem::take(&mut self.key_buf);
         let key: &str = if k.escaped {
             decode_into(self.text(&k), &mut key_buf)?;
@@ -352,11 +365,7 @@ impl<'a> Scan<'a, '_> {
         let secret = match memo {
             Some(secret) => secret,
             None => {
-                let masked_key = if k.escaped {
-                    self.m.mask_str(key)
-                } else {
-                    self.m.mask_str_profiled(key, &k.profile)
-                };
+                let masked_key = self.m.mask_str(key);
                 let secret = is_secret_name(key);
                 match masked_key {
                     Cow::Owned(masked_key) => self.emit(k.start, k.end, &json_string(&masked_key)),

@@ -717,10 +717,20 @@ impl<'m> Pass<'m> {
         if found.is_empty() {
             return Cow::Borrowed(s);
         }
+        // A text that is one finding whole (a JSON string holding an email) becomes its
+        // token alone; whether the detectors find anything in that token is settled the
+        // first time it is checked (exactly: the same detectors over the same text).
+        let whole = matches!(found[..], [f] if f.start == 0 && f.end == s.len());
         let mut out = self.replace_found(s, &found);
-        for _ in 0..MAX_EXTRA_PASSES {
+        if whole && self.token_cache.is_clean(&out) {
+            return Cow::Owned(out);
+        }
+        for pass in 0..MAX_EXTRA_PASSES {
             self.detector.find(&out, &mut found);
             if found.is_empty() {
+                if whole && pass == 0 {
+                    self.token_cache.mark_clean(&out);
+                }
                 break;
             }
             out = self.replace_found(&out, &found);
