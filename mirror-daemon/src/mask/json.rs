@@ -62,7 +62,7 @@ pub(crate) fn mask_json(
         key_buf: String::new(),
         value_buf: String::new(),
         keys: KeyMemo {
-            slots: [(0, 0, false); KEY_SLOTS],
+            slots: [KeySlot::default(); KEY_SLOTS],
         },
     };
     let root = Ctx {
@@ -130,57 +130,89 @@ struct Scan<'a, 'm> {
 
 /// Keys met earlier in the document (arrays of objects repeat theirs) that the
 /// detectors left unchanged, and whether each names a secret: a key met again skips
-/// both checks. Only keys without escapes; a slot holds the span of the key's first
-/// occurrence in the text, so nothing is copied. Open addressing, two probes.
+/// both checks. Only keys without escapes; a slot holds the key's first eight bytes and
+/// the span of its first occurrence in the text (for longer keys), so nothing is
+/// copied. Open addressing, two probes.
 struct KeyMemo {
-    /// (start, length + 1 (0: empty slot), names a secret).
-    slots: [(u32, u32, bool); KEY_SLOTS],
+    slots: [KeySlot; KEY_SLOTS],
+}
+
+#[derive(Clone, Copy, Default)]
+struct KeySlot {
+    /// The key's first (up to) eight bytes, little-endian, zero-padded.
+    word: u64,
+    start: u32,
+    /// Length + 1 (0: an empty slot).
+    len1: u32,
+    secret: bool,
 }
 
 const KEY_SLOTS: usize = 128;
 
 impl KeyMemo {
+    /// The first (up to) eight bytes of `src[start..start + len]` as a number.
     #[inline]
-    fn slot(key: &[u8]) -> usize {
-        let n = key.len();
-        let x = if n < 2 {
-            key.first().map_or(0, |&a| u64::from(a))
-        } else {
-            u64::from(key[0])
-                | u64::from(key[1]) << 8
-                | u64::from(key[n - 2]) << 16
-                | u64::from(key[n - 1]) << 24
-                | u64::from(key[n / 2]) << 32
+    fn word(src: &[u8], start: usize, len: usize) -> u64 {
+        let n = len.min(8);
+        let x = match src.get(start..start + 8) {
+            Some(w) => <[u8; 8]>::try_from(w).map_or(0, u64::from_le_bytes),
+            None => {
+                let mut b = [0u8; 8];
+                b[..n].copy_from_slice(&src[start..start + n]);
+                u64::from_le_bytes(b)
+            }
         };
-        let x = x ^ (n as u64) << 48;
+        if n == 8 {
+            x
+        } else {
+            x & ((1u64 << (8 * n)) - 1)
+        }
+    }
+
+    #[inline]
+    fn slot(word: u64, len: usize) -> usize {
+        let x = word ^ (len as u64).rotate_right(8);
         (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize % KEY_SLOTS
     }
 
-    /// Whether `key` names a secret, when it was met before.
+    /// Whether the key `src[start..start + len]` names a secret, when it was met
+    /// before.
     #[inline]
-    fn get(&self, src: &[u8], key: &[u8]) -> Option<bool> {
-        let i = Self::slot(key);
+    fn get(&self, src: &[u8], start: usize, len: usize) -> Option<bool> {
+        let word = Self::word(src, start, len);
+        let i = Self::slot(word, len);
         for probe in [i, (i + 1) % KEY_SLOTS] {
-            let (start, len1, secret) = self.slots[probe];
-            let start = start as usize;
-            if len1 as usize == key.len() + 1 && src.get(start..start + key.len()) == Some(key) {
-                return Some(secret);
+            let e = self.slots[probe];
+            if e.word == word
+                && e.len1 as usize == len + 1
+                && (len <= 8 || {
+                    let at = e.start as usize;
+                    src.get(at + 8..at + len) == src.get(start + 8..start + len)
+                })
+            {
+                return Some(e.secret);
             }
         }
         None
     }
 
-    fn put(&mut self, start: usize, key: &[u8], secret: bool) {
-        let (Ok(start), Ok(len1)) = (u32::try_from(start), u32::try_from(key.len() + 1)) else {
+    fn put(&mut self, src: &[u8], start: usize, len: usize, secret: bool) {
+        let (Ok(start32), Ok(len1)) = (u32::try_from(start), u32::try_from(len + 1)) else {
             return;
         };
-        let i = Self::slot(key);
-        let probe = if self.slots[i].1 == 0 {
+        let word = Self::word(src, start, len);
+        let i = Self::slot(word, len);
+        let probe = if self.slots[i].len1 == 0 {
             i
         } else {
             (i + 1) % KEY_SLOTS
         };
-        self.slots[probe] = (start, len1, secret);
+        self.slots[probe] = KeySlot {
+            word,
+            start: start32,
+            len1,
+            secret,
+        };
     }
 }
 
@@ -360,7 +392,7 @@ impl<'a> Scan<'a, '_> {
         let memo = if k.escaped {
             None
         } else {
-            self.keys.get(self.b, key.as_bytes())
+            self.keys.get(self.b, k.start + 1, key.len())
         };
         let secret = match memo {
             Some(secret) => secret,
@@ -370,7 +402,7 @@ impl<'a> Scan<'a, '_> {
                 match masked_key {
                     Cow::Owned(masked_key) => self.emit(k.start, k.end, &json_string(&masked_key)),
                     Cow::Borrowed(_) if !k.escaped => {
-                        self.keys.put(k.start + 1, key.as_bytes(), secret);
+                        self.keys.put(self.b, k.start + 1, key.len(), secret);
                     }
                     Cow::Borrowed(_) => {}
                 }
