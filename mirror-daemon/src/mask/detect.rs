@@ -403,14 +403,14 @@ impl Detector {
 
     /// Whether any detector can find something in text of `len` bytes with profile
     /// `p` ([`Detector::find_profiled`] finds nothing otherwise).
-    #[inline]
+    #[inline(always)]
     pub fn may_find(&self, len: usize, p: &Profile) -> bool {
         self.gates(len, p).any()
     }
 
     /// The detectors that run on text of `len` bytes with profile `p`: each needs its
     /// characters (an `@` or `%40` and a dot for an email, 13 digits for a card…).
-    #[inline]
+    #[inline(always)]
     fn gates(&self, len: usize, p: &Profile) -> Gates {
         let on = self.on;
         if len < 7 {

@@ -675,7 +675,7 @@ impl<'m> Pass<'m> {
 
     /// [`Pass::mask_str`] with `Profile::of(s)` already taken (the JSON scanner takes
     /// it while finding the string's end).
-    #[inline]
+    #[inline(always)]
     fn mask_str_profiled<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
         // Most strings: no detector can match and there is nothing to decode.
         if !p.has_percent() && !self.detector.may_find(s.len(), p) {
@@ -684,6 +684,7 @@ impl<'m> Pass<'m> {
         self.mask_str_slow(s, p)
     }
 
+    #[inline(never)]
     fn mask_str_slow<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
         let plain = self.detect_str_profiled(s, p);
         // Nothing found: `plain` is `s`, whose profile says whether it holds a `%`.
