@@ -484,3 +484,26 @@ proptest! {
         prop_assert_eq!(p, Profile::of(text.as_bytes()));
     }
 }
+
+/// A document found invalid half-way leaves the pass as it was: no count, and the
+/// request taint collected before the scan (a header's value) kept, nothing added.
+#[test]
+fn a_refused_document_leaves_no_trace() {
+    let m = Masker::new(MaskConfig::with_defaults(key())).expect("a masker");
+    let pass = Pass::collecting(&m);
+    pass.taint(b"header-secret-value", "tok_0123456789abcdef");
+    let before = format!("{:?}", pass.collect.as_ref().map(|c| c.borrow().clone()));
+    let counted = m.stats().snapshot().masked;
+    let src = r#"{"alice@example.com": "bob@example.org", "n": 4111111111111111, "x": [1,]}"#;
+    assert!(json::mask_json(&pass, &m.json_paths, src).is_err());
+    let after = format!("{:?}", pass.collect.as_ref().map(|c| c.borrow().clone()));
+    assert_eq!(after, before);
+    assert_eq!(pass.collect.as_ref().map(|c| c.borrow().len()), Some(1));
+    assert_eq!(m.stats().snapshot().masked, counted);
+    // The same values in a valid document are counted and tainted.
+    let valid = r#"{"alice@example.com": "bob@example.org", "n": 4111111111111111}"#;
+    assert!(json::mask_json(&pass, &m.json_paths, valid).is_ok());
+    assert_ne!(m.stats().snapshot().masked, counted);
+    let tainted = format!("{:?}", pass.collect.as_ref().map(|c| c.borrow().clone()));
+    assert_ne!(tainted, before);
+}

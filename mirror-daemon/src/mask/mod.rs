@@ -419,11 +419,13 @@ pub(crate) struct Pass<'m> {
     deferred: RefCell<Option<Deferred>>,
 }
 
-/// Side effects of a pass held back (see `Pass::deferred`).
+/// Side effects of a pass held back (see `Pass::deferred`), bounded whatever the
+/// document: a count per kind, and the taint set as it was before the scan (the scan
+/// adds to the live set, which keeps its own bounds; a failed scan puts this back).
 #[derive(Debug, Default)]
 struct Deferred {
-    counts: Vec<MaskKind>,
-    taint: Vec<(Vec<u8>, String)>,
+    counts: [u64; MaskKind::ALL.len()],
+    taint_before: Option<TaintSet>,
 }
 
 impl std::ops::Deref for Pass<'_> {
@@ -505,17 +507,15 @@ impl<'m> Pass<'m> {
 
     /// Remember, for the rest of the exchange, that `value` became `replacement`.
     fn taint(&self, value: &[u8], replacement: &str) {
-        let Some(c) = &self.collect else { return };
-        match self.deferred.borrow_mut().as_mut() {
-            Some(d) => d.taint.push((value.to_vec(), replacement.to_string())),
-            None => c.borrow_mut().add(value, replacement),
+        if let Some(c) = &self.collect {
+            c.borrow_mut().add(value, replacement);
         }
     }
 
     /// Count one masked value (held back while a JSON scan runs).
     fn count(&self, kind: MaskKind) {
         match self.deferred.borrow_mut().as_mut() {
-            Some(d) => d.counts.push(kind),
+            Some(d) => d.counts[kind as usize] += 1,
             None => self.stats.count(kind),
         }
     }
@@ -527,19 +527,18 @@ impl<'m> Pass<'m> {
             // Inside another such scan: that one decides.
             return scan();
         }
-        *self.deferred.borrow_mut() = Some(Deferred::default());
+        *self.deferred.borrow_mut() = Some(Deferred {
+            counts: [0; MaskKind::ALL.len()],
+            taint_before: self.collect.as_ref().map(|c| c.borrow().clone()),
+        });
         let r = scan();
         let d = self.deferred.borrow_mut().take().unwrap_or_default();
         if r.is_ok() {
-            for kind in d.counts {
-                self.stats.count(kind);
+            for kind in MaskKind::ALL {
+                self.stats.count_n(kind, d.counts[kind as usize]);
             }
-            if let Some(c) = &self.collect {
-                let mut c = c.borrow_mut();
-                for (value, replacement) in d.taint {
-                    c.add(&value, &replacement);
-                }
-            }
+        } else if let (Some(c), Some(before)) = (&self.collect, d.taint_before) {
+            *c.borrow_mut() = before;
         }
         r
     }

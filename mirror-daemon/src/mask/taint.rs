@@ -34,7 +34,7 @@ pub const MAX_TAINTED_VALUES: usize = 64;
 
 /// Values masked out of one request, with their replacements; collected while masking
 /// the request, then [`Taint::seal`]ed into the matcher used on the responses.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct TaintSet {
     values: Vec<(Vec<u8>, String)>,
     /// Values not tracked (too short, too long, over the count).
