@@ -55,6 +55,11 @@ struct Args {
     /// Also measure mask and compare MB/s on one realistic JSON body of this many bytes.
     #[arg(long)]
     throughput: Option<usize>,
+    /// Only mask the `--throughput` document's response this many times (after one
+    /// pass that fills the token cache) and exit: callgrind's instructions per byte of
+    /// masking are the difference of two such runs.
+    #[arg(long)]
+    mask_passes: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -509,14 +514,49 @@ fn mb_per_s(bytes: usize, mut f: impl FnMut()) -> f64 {
     bytes as f64 * n as f64 / t0.elapsed().as_secs_f64() / 1e6
 }
 
+/// The bench's JSON document of about `size` bytes as a parsed response.
+fn doc_response(p: &Pipeline, body: &str) -> Result<Response> {
+    let wire = response_wire(body, "Mon, 07 Dec 2026 10:00:00 GMT");
+    let mut reader = ResponseReader::new("GET", p.limits);
+    match reader.push(&wire) {
+        Ok(ReadProgress::Complete(r)) => Ok(r),
+        other => bail!("the document did not parse: {other:?}"),
+    }
+}
+
+/// CPU seconds of this thread so far (the other processes on the machine do not count).
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// `--mask-passes`: the response masked `passes` times after one warm-up pass, and the
+/// MB masked per second of this thread's CPU (MB/s on one core, whatever else runs).
+fn mask_passes(p: &Pipeline, size: usize, passes: usize) -> Result<serde_json::Value> {
+    let body = json_doc(size);
+    let resp = doc_response(p, &body)?;
+    std::hint::black_box(p.masker.mask_response(&resp));
+    let cpu0 = thread_cpu_s();
+    for _ in 0..passes {
+        std::hint::black_box(p.masker.mask_response(&resp));
+    }
+    let cpu = thread_cpu_s() - cpu0;
+    let cpu_mb_s = (passes > 0 && cpu > 0.0).then(|| (body.len() * passes) as f64 / cpu / 1e6);
+    Ok(serde_json::json!({
+        "body_bytes": body.len(),
+        "mask_passes": passes,
+        "cpu_mb_s": cpu_mb_s,
+    }))
+}
+
 fn throughput(p: &Pipeline, size: usize) -> Result<serde_json::Value> {
     let body = json_doc(size);
-    let wire = response_wire(&body, "Mon, 07 Dec 2026 10:00:00 GMT");
-    let mut reader = ResponseReader::new("GET", p.limits);
-    let resp = match reader.push(&wire) {
-        Ok(ReadProgress::Complete(r)) => r,
-        other => bail!("the document did not parse: {other:?}"),
-    };
+    let resp = doc_response(p, &body)?;
     let mask = mb_per_s(body.len(), || {
         std::hint::black_box(p.masker.mask_response(&resp));
     });
@@ -574,6 +614,11 @@ fn main() -> Result<()> {
     }
     let dir = tempfile::tempdir().context("a temporary directory for the store")?;
     let p = pipeline(args.sample, dir.path())?;
+    if let Some(passes) = args.mask_passes {
+        let size = args.throughput.unwrap_or(65536);
+        println!("{}", mask_passes(&p, size, passes)?);
+        return Ok(());
+    }
     let (t, wall, cpu) = run_exchanges(&args, &p)?;
     let n = t.exchanges as f64;
     let stages: serde_json::Map<String, serde_json::Value> = STAGES

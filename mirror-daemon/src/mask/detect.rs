@@ -120,7 +120,11 @@ pub(crate) struct Found {
 }
 
 /// Cheap one-pass character profile; decides which detectors can possibly match.
-struct Profile {
+///
+/// The JSON scanner builds it while it looks for a string's end
+/// ([`Profile::scan_json_string`]), so a string is read once for both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Profile {
     digits: usize,
     at: bool,
     pct: bool,
@@ -157,24 +161,158 @@ const CLASS: [u8; 256] = {
     t
 };
 
+/// Class of the bytes that end a run of plain string bytes in JSON text (`"`, `\\`,
+/// control characters), beside [`CLASS`]'s counted ones.
+const STOP: u8 = 10;
+
+/// [`CLASS`] plus [`STOP`] for the bytes a JSON string scan must look at.
+const JSON_CLASS: [u8; 256] = {
+    let mut t = CLASS;
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = STOP;
+        c += 1;
+    }
+    t[b'"' as usize] = STOP;
+    t[b'\\' as usize] = STOP;
+    t
+};
+
+/// Where a JSON string ends, from [`Profile::scan_json_string`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct JsonStringEnd {
+    /// Index just past the closing quote.
+    pub end: usize,
+    /// The string holds escapes: its text must be decoded (and the profile taken over
+    /// the decoded text).
+    pub escaped: bool,
+}
+
 impl Profile {
-    fn of(s: &[u8]) -> Self {
+    pub(crate) fn of(s: &[u8]) -> Self {
         // Table lookup + counter increment, no branches: this runs on every string.
-        let mut n = [0usize; 10];
+        let mut n = [0u64; 16];
         for &b in s {
-            n[usize::from(CLASS[usize::from(b)])] += 1;
+            n[usize::from(CLASS[usize::from(b)] & 15)] += 1;
         }
+        Self::from_counts(&n)
+    }
+
+    /// The JSON string whose opening quote is at `b[open]`: where it ends, and the
+    /// profile of its text when it has no escapes (one read of the bytes for both).
+    /// `None`: not a JSON string (no closing quote, or a raw control character).
+    /// Escapes are skipped, not checked: an escaped string is decoded (and checked)
+    /// by the caller, which takes the profile of the decoded text.
+    #[inline(always)]
+    pub(crate) fn scan_json_string(b: &[u8], open: usize) -> Option<(JsonStringEnd, Self)> {
+        // Counters by class (`& 15` keeps the index in bounds without a check).
+        let mut n = [0u32; 16];
+        let mut i = open + 1;
+        let mut escaped = false;
+        loop {
+            let rest = b.get(i..)?;
+            let mut run = 0;
+            for &c in rest {
+                let class = JSON_CLASS[usize::from(c)];
+                if class == STOP {
+                    break;
+                }
+                n[usize::from(class & 15)] += 1;
+                run += 1;
+            }
+            i += run;
+            match b.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                _ => return None,
+            }
+        }
+        let end = JsonStringEnd {
+            end: i + 1,
+            escaped,
+        };
+        Some((end, Self::from_counts(&n)))
+    }
+
+    /// Where the JSON string whose opening quote is at `b[open]` ends, without taking
+    /// its profile (see [`Profile::scan_json_string`]).
+    #[inline(always)]
+    pub(crate) fn json_string_end(b: &[u8], open: usize) -> Option<JsonStringEnd> {
+        let mut i = open + 1;
+        let mut escaped = false;
+        loop {
+            let rest = b.get(i..)?;
+            i += rest
+                .iter()
+                .position(|&c| JSON_CLASS[usize::from(c)] == STOP)?;
+            match b[i] {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                _ => return None,
+            }
+        }
+        Some(JsonStringEnd {
+            end: i + 1,
+            escaped,
+        })
+    }
+
+    /// The text holds a `%` (percent-encoded runs are decoded and checked too).
+    #[inline]
+    pub(crate) fn has_percent(&self) -> bool {
+        self.pct
+    }
+
+    #[inline(always)]
+    fn from_counts<T: Copy + Into<u64>>(n: &[T]) -> Self {
+        let n = |class: usize| -> usize {
+            let v: u64 = n[class].into();
+            v as usize
+        };
         Profile {
-            digits: n[1],
-            upper: n[2],
-            at: n[3] > 0,
-            pct: n[4] > 0,
-            plus: n[5] > 0,
-            dash: n[6],
-            seps: n[9],
-            dots: n[7],
-            colons: n[8],
+            digits: n(1),
+            upper: n(2),
+            at: n(3) > 0,
+            pct: n(4) > 0,
+            plus: n(5) > 0,
+            dash: n(6),
+            seps: n(9),
+            dots: n(7),
+            colons: n(8),
         }
+    }
+}
+
+/// Which detectors run on one text (see `Detector::gates`).
+#[derive(Clone, Copy, Default)]
+struct Gates {
+    email: bool,
+    card: bool,
+    ssn: bool,
+    e164: bool,
+    nanp: bool,
+    iban: bool,
+    ipv4: bool,
+    ipv6: bool,
+}
+
+impl Gates {
+    #[inline]
+    fn any(&self) -> bool {
+        self.email
+            || self.card
+            || self.ssn
+            || self.e164
+            || self.nanp
+            || self.iban
+            || self.ipv4
+            || self.ipv6
     }
 }
 
@@ -224,42 +362,75 @@ impl Detector {
     /// Find PII in `s`; appends non-overlapping spans sorted by start to `out` (cleared).
     pub fn find(&self, s: &str, out: &mut Vec<Found>) {
         out.clear();
-        let b = s.as_bytes();
-        if b.len() < 7 {
+        if s.len() < 7 {
             return;
         }
-        let p = Profile::of(b);
-        let on = self.on;
-        if on.email && (p.at || p.pct) && p.dots > 0 {
+        self.find_profiled(s, &Profile::of(s.as_bytes()), out);
+    }
+
+    /// [`Detector::find`] with the profile of `s` already taken (it must be
+    /// `Profile::of(s)`: the profile only decides which detectors run).
+    pub fn find_profiled(&self, s: &str, p: &Profile, out: &mut Vec<Found>) {
+        out.clear();
+        let g = self.gates(s.len(), p);
+        if !g.any() {
+            return;
+        }
+        let b = s.as_bytes();
+        if g.email {
             self.find_email(s, out);
         }
-        if on.card && p.digits >= 13 {
+        if g.card {
             find_cards(b, out);
         }
-        if on.ssn && p.digits >= 9 && p.dash >= 2 {
+        if g.ssn {
             self.find_ssn(s, out);
         }
-        // NANP needs 10 digits and two separators; E.164 a plus and 8 digits.
-        let nanp = p.digits >= 10 && p.dash + p.dots + p.seps >= 2;
-        let e164 = p.plus && p.digits >= 8;
-        if on.phone && (nanp || e164) {
-            self.find_phone(s, out, e164, nanp);
+        if g.e164 || g.nanp {
+            self.find_phone(s, out, g.e164, g.nanp);
         }
-        if on.iban && p.upper >= 2 && p.digits >= 2 && b.len() >= 15 {
+        if g.iban {
             self.find_iban(s, out);
         }
-        if on.ip {
-            if p.dots >= 3 && p.digits >= 4 {
-                self.find_ipv4(s, out);
-            }
-            if p.colons >= 2 {
-                self.find_ipv6(s, out);
-            }
+        if g.ipv4 {
+            self.find_ipv4(s, out);
+        }
+        if g.ipv6 {
+            self.find_ipv6(s, out);
         }
         resolve_overlaps(out);
     }
 
+    /// Whether any detector can find something in text of `len` bytes with profile
+    /// `p` ([`Detector::find_profiled`] finds nothing otherwise).
+    #[inline(always)]
+    pub fn may_find(&self, len: usize, p: &Profile) -> bool {
+        self.gates(len, p).any()
+    }
+
+    /// The detectors that run on text of `len` bytes with profile `p`: each needs its
+    /// characters (an `@` or `%40` and a dot for an email, 13 digits for a card…).
+    #[inline(always)]
+    fn gates(&self, len: usize, p: &Profile) -> Gates {
+        let on = self.on;
+        if len < 7 {
+            return Gates::default();
+        }
+        Gates {
+            email: on.email && (p.at || p.pct) && p.dots > 0,
+            card: on.card && p.digits >= 13,
+            ssn: on.ssn && p.digits >= 9 && p.dash >= 2,
+            // E.164 needs a plus and 8 digits; NANP 10 digits and two separators.
+            e164: on.phone && p.plus && p.digits >= 8,
+            nanp: on.phone && p.digits >= 10 && p.dash + p.dots + p.seps >= 2,
+            iban: on.iban && p.upper >= 2 && p.digits >= 2 && len >= 15,
+            ipv4: on.ip && p.dots >= 3 && p.digits >= 4,
+            ipv6: on.ip && p.colons >= 2,
+        }
+    }
+
     /// Card detection on a bare JSON number token (digits only, maybe a sign).
+    #[inline]
     pub fn number_is_card(&self, num: &str) -> bool {
         self.on.card
             && num.len() >= 13

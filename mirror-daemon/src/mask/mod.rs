@@ -25,6 +25,10 @@ mod body;
 mod detect;
 mod headers;
 mod json;
+#[cfg(test)]
+mod json_reference;
+#[cfg(test)]
+mod json_tests;
 mod key;
 mod reuse;
 mod rules;
@@ -54,7 +58,7 @@ pub use token::{EMAIL_TOKEN_DOMAIN, REDACTED, TOKEN_PREFIX};
 use crate::capture::FlowKey;
 use crate::http::{Exchange, Header, Request, Response};
 use body::{BodyKind, Coding, DecodeError};
-use detect::{Detector, Found};
+use detect::{Detector, Found, Profile};
 use taint::{TaintCache, TaintSet};
 use token::{TokenCache, TokenKind, Tokenizer};
 
@@ -157,6 +161,9 @@ pub struct Masker {
     tokens: Tokenizer,
     header_names: Vec<String>,
     header_fragments: Vec<String>,
+    /// `header_fragments` in one automaton: a header name is read once, not once per
+    /// fragment (`None` if it could not be built: the list is searched instead).
+    header_fragment_matcher: Option<aho_corasick::AhoCorasick>,
     json_paths: Vec<JsonPath>,
     query_names: Vec<String>,
     form_names: Vec<String>,
@@ -211,6 +218,7 @@ impl Masker {
             tokens: Tokenizer::new(&cfg.key)?,
             header_names: Vec::new(),
             header_fragments: Vec::new(),
+            header_fragment_matcher: None,
             json_paths: Vec::new(),
             query_names: Vec::new(),
             form_names: Vec::new(),
@@ -232,6 +240,7 @@ impl Masker {
                 Rule::Form(n) => m.form_names.push(n),
             }
         }
+        m.header_fragment_matcher = aho_corasick::AhoCorasick::new(&m.header_fragments).ok();
         Ok(m)
     }
 
@@ -356,10 +365,13 @@ impl Masker {
 
     fn header_is_sensitive(&self, lname: &str) -> bool {
         self.header_names.iter().any(|n| n == lname)
-            || self
-                .header_fragments
-                .iter()
-                .any(|f| lname.contains(f.as_str()))
+            || match &self.header_fragment_matcher {
+                Some(ac) => ac.is_match(lname),
+                None => self
+                    .header_fragments
+                    .iter()
+                    .any(|f| lname.contains(f.as_str())),
+            }
     }
 
     fn decode<'a>(
@@ -401,6 +413,19 @@ pub(crate) struct Pass<'m> {
     m: &'m Masker,
     collect: Option<RefCell<TaintSet>>,
     apply: Option<&'m Taint>,
+    /// While a JSON scan runs: its counts and taint, kept until the scan succeeds (a
+    /// document found invalid half-way is masked again as text, and must not count or
+    /// taint twice).
+    deferred: RefCell<Option<Deferred>>,
+}
+
+/// Side effects of a pass held back (see `Pass::deferred`), bounded whatever the
+/// document: a count per kind, and the taint set as it was before the scan (the scan
+/// adds to the live set, which keeps its own bounds; a failed scan puts this back).
+#[derive(Debug, Default)]
+struct Deferred {
+    counts: [u64; MaskKind::ALL.len()],
+    taint_before: Option<TaintSet>,
 }
 
 impl std::ops::Deref for Pass<'_> {
@@ -416,6 +441,7 @@ impl<'m> Pass<'m> {
             m,
             collect: None,
             apply: None,
+            deferred: RefCell::new(None),
         }
     }
 
@@ -424,6 +450,7 @@ impl<'m> Pass<'m> {
             m,
             collect: Some(RefCell::new(TaintSet::default())),
             apply: None,
+            deferred: RefCell::new(None),
         }
     }
 
@@ -432,6 +459,7 @@ impl<'m> Pass<'m> {
             m,
             collect: None,
             apply: (!taint.is_empty()).then_some(taint),
+            deferred: RefCell::new(None),
         }
     }
 
@@ -482,6 +510,37 @@ impl<'m> Pass<'m> {
         if let Some(c) = &self.collect {
             c.borrow_mut().add(value, replacement);
         }
+    }
+
+    /// Count one masked value (held back while a JSON scan runs).
+    fn count(&self, kind: MaskKind) {
+        match self.deferred.borrow_mut().as_mut() {
+            Some(d) => d.counts[kind as usize] += 1,
+            None => self.stats.count(kind),
+        }
+    }
+
+    /// Runs `scan` with its counts and taint held back: applied when it succeeds,
+    /// dropped when it fails.
+    fn all_or_nothing<T, E>(&self, scan: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        if self.deferred.borrow().is_some() {
+            // Inside another such scan: that one decides.
+            return scan();
+        }
+        *self.deferred.borrow_mut() = Some(Deferred {
+            counts: [0; MaskKind::ALL.len()],
+            taint_before: self.collect.as_ref().map(|c| c.borrow().clone()),
+        });
+        let r = scan();
+        let d = self.deferred.borrow_mut().take().unwrap_or_default();
+        if r.is_ok() {
+            for kind in MaskKind::ALL {
+                self.stats.count_n(kind, d.counts[kind as usize]);
+            }
+        } else if let (Some(c), Some(before)) = (&self.collect, d.taint_before) {
+            *c.borrow_mut() = before;
+        }
+        r
     }
 
     /// `data` with every echo of a tainted request value replaced.
@@ -572,7 +631,7 @@ impl<'m> Pass<'m> {
 
     /// The value for a field selected by a rule or a secret name.
     fn rule_value(&self, value: &[u8], kind: MaskKind) -> String {
-        self.stats.count(kind);
+        self.count(kind);
         let out = self.token_for(value);
         self.taint(value, &out);
         out
@@ -580,7 +639,7 @@ impl<'m> Pass<'m> {
 
     /// The value for a detected span.
     fn detected_value(&self, kind: PiiKind, text: &str) -> String {
-        self.stats.count(match kind {
+        self.count(match kind {
             PiiKind::Email => MaskKind::Email,
             PiiKind::Card => MaskKind::Card,
             PiiKind::Ssn => MaskKind::Ssn,
@@ -610,7 +669,27 @@ impl<'m> Pass<'m> {
     /// Percent-encoded runs (`phone=%2B1-202-555-0147` in a URL inside a body) are then
     /// decoded and checked too (see `urlenc::mask_encoded_runs`).
     fn mask_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        let plain = self.detect_str(s);
+        self.mask_str_profiled(s, &Profile::of(s.as_bytes()))
+    }
+
+    /// [`Pass::mask_str`] with `Profile::of(s)` already taken (the JSON scanner takes
+    /// it while finding the string's end).
+    #[inline(always)]
+    fn mask_str_profiled<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
+        // Most strings: no detector can match and there is nothing to decode.
+        if !p.has_percent() && !self.detector.may_find(s.len(), p) {
+            return Cow::Borrowed(s);
+        }
+        self.mask_str_slow(s, p)
+    }
+
+    #[inline(never)]
+    fn mask_str_slow<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
+        let plain = self.detect_str_profiled(s, p);
+        // Nothing found: `plain` is `s`, whose profile says whether it holds a `%`.
+        if matches!(plain, Cow::Borrowed(_)) && !p.has_percent() {
+            return plain;
+        }
         if !plain.contains('%') {
             return plain;
         }
@@ -624,13 +703,34 @@ impl<'m> Pass<'m> {
     fn detect_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let mut found: Vec<Found> = Vec::new();
         self.detector.find(s, &mut found);
+        self.replace_all_found(s, found)
+    }
+
+    fn detect_str_profiled<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
+        let mut found: Vec<Found> = Vec::new();
+        self.detector.find_profiled(s, p, &mut found);
+        self.replace_all_found(s, found)
+    }
+
+    /// `s` with the first pass's `found` replaced, then re-checked (see `mask_str`).
+    fn replace_all_found<'a>(&self, s: &'a str, mut found: Vec<Found>) -> Cow<'a, str> {
         if found.is_empty() {
             return Cow::Borrowed(s);
         }
+        // A text that is one finding whole (a JSON string holding an email) becomes its
+        // token alone; whether the detectors find anything in that token is settled the
+        // first time it is checked (exactly: the same detectors over the same text).
+        let whole = matches!(found[..], [f] if f.start == 0 && f.end == s.len());
         let mut out = self.replace_found(s, &found);
-        for _ in 0..MAX_EXTRA_PASSES {
+        if whole && self.token_cache.is_clean(&out) {
+            return Cow::Owned(out);
+        }
+        for pass in 0..MAX_EXTRA_PASSES {
             self.detector.find(&out, &mut found);
             if found.is_empty() {
+                if whole && pass == 0 {
+                    self.token_cache.mark_clean(&out);
+                }
                 break;
             }
             out = self.replace_found(&out, &found);
@@ -705,6 +805,13 @@ impl<'m> Pass<'m> {
                     (None, Cow::Owned(u)) => u,
                     (None, Cow::Borrowed(_)) => return None,
                 };
+                if coding.is_identity() {
+                    // Nothing to re-encode: the masked text is the body (no copy).
+                    return Some(BodyChange {
+                        body: masked,
+                        drop_content_encoding: false,
+                    });
+                }
                 match body::encode(&masked, &coding) {
                     Ok(body) => Some(BodyChange {
                         body,

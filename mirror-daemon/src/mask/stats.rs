@@ -106,6 +106,12 @@ impl MaskStats {
         self.masked[kind as usize].fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn count_n(&self, kind: MaskKind, n: u64) {
+        if n > 0 {
+            self.masked[kind as usize].fetch_add(n, Relaxed);
+        }
+    }
+
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }

@@ -15,7 +15,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::{
+    AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, Anchored, Input, MatchKind, StartKind,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
@@ -32,7 +34,7 @@ pub const MAX_TAINTED_VALUES: usize = 64;
 
 /// Values masked out of one request, with their replacements; collected while masking
 /// the request, then [`Taint::seal`]ed into the matcher used on the responses.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct TaintSet {
     values: Vec<(Vec<u8>, String)>,
     /// Values not tracked (too short, too long, over the count).
@@ -195,15 +197,82 @@ fn build(values: Values) -> Option<Matcher> {
         .kind(Some(AhoCorasickKind::ContiguousNFA))
         .match_kind(MatchKind::LeftmostLongest)
         .ascii_case_insensitive(true)
+        .start_kind(StartKind::Both)
         .build(&patterns)
         .ok();
     let shortest = patterns.iter().map(Vec::len).min().unwrap_or(0);
+    let starts = Starts::of(&patterns);
     ac.map(|ac| Matcher {
         ac,
         replacements,
         shortest,
+        starts,
     })
 }
+
+/// The first two bytes of every pattern, ASCII case folded: a position whose two bytes
+/// are not among them starts no match.
+///
+/// The automaton has no prefilter of its own here: with ASCII case folding, the
+/// patterns' many first bytes (base64, percent and JSON forms of several values) leave
+/// it none, and it walks every byte of every response through its states. This table
+/// lets the scan skip to the positions where a match can start (a few percent of a
+/// JSON body) and ask the automaton, anchored there, for the longest match.
+#[derive(Debug)]
+struct Starts {
+    /// Bit `a << 8 | b` is set when some pattern starts with the bytes `a`, `b`
+    /// (lower-cased).
+    pairs: Box<[u64; 1024]>,
+    /// Byte `a` (lower-cased) starts some pattern.
+    first: [bool; 256],
+}
+
+impl Starts {
+    fn of(patterns: &[Vec<u8>]) -> Self {
+        let mut s = Starts {
+            pairs: Box::new([0; 1024]),
+            first: [false; 256],
+        };
+        for p in patterns {
+            // Every pattern has at least `MIN_TAINT_LEN` (4) bytes.
+            if let [a, b, ..] = p[..] {
+                let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+                s.first[usize::from(a)] = true;
+                let pair = usize::from(a) << 8 | usize::from(b);
+                s.pairs[pair >> 6] |= 1 << (pair & 63);
+            }
+        }
+        s
+    }
+
+    /// The first position at or after `from` where a pattern may start.
+    #[inline]
+    fn next(&self, hay: &[u8], from: usize) -> Option<usize> {
+        let mut i = from;
+        while i + 1 < hay.len() {
+            let a = FOLD[usize::from(hay[i])];
+            if self.first[usize::from(a)] {
+                let pair = usize::from(a) << 8 | usize::from(FOLD[usize::from(hay[i + 1])]);
+                if self.pairs[pair >> 6] & 1 << (pair & 63) != 0 {
+                    return Some(i);
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// ASCII lower case of every byte.
+const FOLD: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = (c as u8).to_ascii_lowercase();
+        c += 1;
+    }
+    t
+};
 
 /// The sealed taint of one exchange: apply it to each response with [`Taint::replace`].
 #[derive(Debug, Default)]
@@ -222,6 +291,36 @@ struct Matcher {
     replacements: Vec<(Vec<u8>, bool)>,
     /// The shortest pattern's length: shorter text (most header values) holds no echo.
     shortest: usize,
+    starts: Starts,
+}
+
+impl Matcher {
+    /// The leftmost-longest matches in `hay`, left to right, not overlapping: what
+    /// `ac.find_iter(hay)` yields, with the automaton run only where [`Starts`] says a
+    /// match may begin (anchored there, the longest match starting at that position).
+    fn matches<'h>(&'h self, hay: &'h [u8]) -> impl Iterator<Item = aho_corasick::Match> + 'h {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            while let Some(i) = self.starts.next(hay, at) {
+                let input = Input::new(hay).range(i..).anchored(Anchored::Yes);
+                match self.ac.try_find(input) {
+                    Ok(Some(m)) => {
+                        at = m.end();
+                        return Some(m);
+                    }
+                    Ok(None) => at = i + 1,
+                    // Anchored searches are enabled (`StartKind::Both`); should one
+                    // fail, the plain scan takes over from here.
+                    Err(_) => {
+                        let m = self.ac.find(Input::new(hay).range(i..))?;
+                        at = m.end();
+                        return Some(m);
+                    }
+                }
+            }
+            None
+        })
+    }
 }
 
 impl Taint {
@@ -253,7 +352,7 @@ impl Taint {
         let mut found = 0u64;
         let mut out: Vec<u8> = Vec::new();
         let mut last = 0;
-        for hit in m.ac.find_iter(hay) {
+        for hit in m.matches(hay) {
             let (with, whole_word) = &m.replacements[hit.pattern().as_usize()];
             if *whole_word && !stands_alone(hay, hit.start(), hit.end()) {
                 continue;
@@ -531,6 +630,73 @@ mod tests {
             replaced(&t, "xabcdefghijx abcdef."),
             "xtok_longx tok_short."
         );
+    }
+}
+
+#[cfg(test)]
+mod prefilter {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn matcher(values: &[&str]) -> Matcher {
+        let values = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.as_bytes().to_vec(), format!("tok_{i:016x}")))
+            .collect();
+        build(values).expect("a matcher")
+    }
+
+    fn hits(it: impl Iterator<Item = aho_corasick::Match>) -> Vec<(usize, usize, usize)> {
+        it.map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+            .collect()
+    }
+
+    /// Echo forms of the values, case flipped, glued to each other and to noise.
+    fn hay() -> impl Strategy<Value = Vec<u8>> {
+        let part = prop_oneof![
+            Just(b"eyJhbGciOiJIUzI1NiJ9.e30.c2ln".to_vec()),
+            Just(b"ZXlKaGJHY2lPaUpJVXpJMU5pSjkuZTMwLmMybG4=".to_vec()),
+            Just(b"7f3a9c2e51b84d0fa1c6".to_vec()),
+            Just(b"7F3A9C2E51B84D0FA1C6".to_vec()),
+            Just(b"session%3D7f3a9c2e51b84d0fa1c6%3B%20theme%3Ddark".to_vec()),
+            Just(b"session=7f3a9c2e51b84d0fa1c6; theme=dark".to_vec()),
+            Just(b"dark".to_vec()),
+            Just(b"ana%40example.com".to_vec()),
+            Just(b"ana\\u0040example.com".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+            "[ -~]{0,16}".prop_map(String::into_bytes),
+        ];
+        proptest::collection::vec(part, 0..10).prop_map(|p| p.concat())
+    }
+
+    #[test]
+    fn finds_what_the_plain_scan_finds() {
+        let m = matcher(&["s3cr3t-Value", "dark", "ana@example.com"]);
+        let hay = b"x S3CR3T-VALUE dark darker s3cr3t-value%20 ana%40example.com";
+        assert_eq!(hits(m.matches(hay)), hits(m.ac.find_iter(&hay[..])));
+        assert_eq!(hits(m.matches(hay)).len(), 5);
+        assert!(hits(m.matches(b"")).is_empty());
+        assert!(hits(m.matches(b"d")).is_empty());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// The prefiltered scan yields exactly the automaton's own leftmost-longest,
+        /// non-overlapping matches.
+        #[test]
+        fn prefiltered_scan_is_the_plain_scan(hay in hay()) {
+            let m = matcher(&[
+                "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln",
+                "eyJhbGciOiJIUzI1NiJ9.e30.c2ln",
+                "7f3a9c2e51b84d0fa1c6",
+                "session=7f3a9c2e51b84d0fa1c6; theme=dark",
+                "dark",
+                "ana@example.com",
+            ]);
+            prop_assert_eq!(hits(m.matches(&hay)), hits(m.ac.find_iter(&hay[..])));
+        }
     }
 }
 

@@ -334,7 +334,13 @@ const CACHE_GENERATION_BYTES: usize = 512 << 10;
 #[derive(Debug, Default)]
 pub(crate) struct TokenCache {
     inner: std::sync::Mutex<Generations>,
+    /// Tokens the detectors were run on and found nothing in (see
+    /// `Pass::replace_all_found`); at most [`CLEAN_MAX`], emptied whole when full.
+    clean: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
 }
+
+/// Tokens kept as clean at most.
+const CLEAN_MAX: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Generations {
@@ -401,6 +407,24 @@ impl TokenCache {
     pub fn clear(&self) {
         if let Ok(mut g) = self.inner.lock() {
             *g = Generations::default();
+        }
+        if let Ok(mut c) = self.clean.lock() {
+            c.clear();
+        }
+    }
+
+    /// The detectors found nothing in `token` when it was checked.
+    pub fn is_clean(&self, token: &str) -> bool {
+        self.clean.lock().is_ok_and(|c| c.contains(token))
+    }
+
+    /// Remember that the detectors find nothing in `token`.
+    pub fn mark_clean(&self, token: &str) {
+        if let Ok(mut c) = self.clean.lock() {
+            if c.len() >= CLEAN_MAX {
+                c.clear();
+            }
+            c.insert(token.into());
         }
     }
 }
