@@ -401,15 +401,16 @@ fn figure(stderr: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name:?} in {line}"))
 }
 
-#[test]
-fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
-    let r = run("fx", "parity", |_| true);
+/// What every parity run must show: most orders created and compared, the real
+/// dependency got legacy's charges and nothing from the candidate, and no order differs
+/// (a wrong match hands the candidate another order's charge id: it would differ).
+/// Returns the orders compared.
+fn parity_orders_compared(r: &Run) -> u64 {
     assert!(
         r.created >= CLIENTS * PER_CLIENT * 9 / 10,
         "{} created",
         r.created
     );
-    // The real dependency got legacy's charges and nothing from the candidate.
     assert_eq!(
         r.charges, r.created,
         "payments received only legacy's calls"
@@ -417,8 +418,14 @@ fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
     let orders = route(&r.card, "POST /orders");
     let compared = orders["compared"].as_u64().expect("compared");
     assert!(compared >= r.created * 9 / 10, "{orders}");
-    // A wrong match hands the candidate another order's charge id: it would differ.
     assert_eq!(orders["mismatched"], 0, "{orders}\n{}", r.stderr);
+    compared
+}
+
+#[test]
+fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
+    let r = run("fx", "parity", |_| true);
+    let compared = parity_orders_compared(&r);
     assert_eq!(
         r.card["side_effect_mismatched"], 0,
         "{}",
@@ -447,19 +454,7 @@ fn identical_candidate_gets_legacy_recorded_payments_and_compares_equal() {
 #[test]
 fn an_ipv6_dependency_is_recorded_and_virtualized_too() {
     let r = run_on("f6", "parity", |_| true, true, false);
-    assert!(
-        r.created >= CLIENTS * PER_CLIENT * 9 / 10,
-        "{} created",
-        r.created
-    );
-    assert_eq!(
-        r.charges, r.created,
-        "payments received only legacy's calls"
-    );
-    let orders = route(&r.card, "POST /orders");
-    let compared = orders["compared"].as_u64().expect("compared");
-    assert!(compared >= r.created * 9 / 10, "{orders}");
-    assert_eq!(orders["mismatched"], 0, "{orders}\n{}", r.stderr);
+    let compared = parity_orders_compared(&r);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(
         figure(&r.stderr, "answered by id ") >= compared,

@@ -513,6 +513,21 @@ mod tests {
         );
     }
 
+    /// An outlet that samples before its queue and drops (never waits) when it is full.
+    fn sampling_outlet(
+        tx: mpsc::Sender<Captured>,
+        sampler: crate::sample::Sampler,
+        ledger: &Arc<Ledger>,
+    ) -> Outlet {
+        Outlet {
+            exchanges: tx,
+            outbound: None,
+            sampler: Some(Arc::new(sampler)),
+            ledger: ledger.clone(),
+            wait_when_full: false,
+        }
+    }
+
     fn exchange(path: &str, port: u16) -> Exchange {
         use crate::http::{CorrelationId, Request, Response};
         use std::net::{Ipv4Addr, SocketAddr};
@@ -553,13 +568,7 @@ mod tests {
             ..SampleConfig::default()
         })
         .expect("sampler");
-        let outlet = Outlet {
-            exchanges: tx,
-            outbound: None,
-            sampler: Some(Arc::new(sampler)),
-            ledger: ledger.clone(),
-            wait_when_full: false,
-        };
+        let outlet = sampling_outlet(tx, sampler, &ledger);
         // Two replayable exchanges fill the queue; the rest arrive with it full.
         for (i, path) in ["/a", "/b", "/health", "/c", "/health/db", "/health"]
             .into_iter()
@@ -597,13 +606,7 @@ mod tests {
             ..SampleConfig::default()
         })
         .expect("sampler");
-        let outlet = Outlet {
-            exchanges: tx,
-            outbound: None,
-            sampler: Some(Arc::new(sampler)),
-            ledger: ledger.clone(),
-            wait_when_full: false,
-        };
+        let outlet = sampling_outlet(tx, sampler, &ledger);
         for i in 0..5 {
             outlet.deliver(HttpOutput::Exchange(exchange("/a", 40_000 + i)));
         }
