@@ -171,6 +171,10 @@ pub struct FidelityRun {
     /// through the load and the settling, and that per exchange replayed.
     pub daemon_cpu_s: Option<f64>,
     pub cpu_us_per_replayed: Option<f64>,
+    /// How the requests arrived at the candidate's interface (its tap), and at legacy's
+    /// (capture and control legs: its own tap).
+    pub candidate_shape: Option<Shape>,
+    pub legacy_shape: Option<Shape>,
     /// The product's verdict with a 15 % p95 limit run-wide and on every route, no
     /// candidate error allowed and no latency floor; then the same with a 1 ms floor.
     pub verdict: String,
@@ -409,6 +413,7 @@ fn leg(
     let loadavg_at_start = loadavg();
     let cand_pcap = lab.path(&format!("{tag}-cand.pcapng"));
     let mut cand_tap = candidate_tap(ctx, service, &cand_pcap, plan.seconds * 3 + 120)?;
+    let mut legacy_shape = None;
     let (load, replay_line, tap, daemon_cpu_s) = match source {
         Source::Control => {
             let legacy_pcap = lab.path(&format!("{tag}-legacy.pcapng"));
@@ -485,13 +490,15 @@ fn leg(
             if !matches!(st.code(), Some(0 | 1 | 3)) {
                 bail!("mirror-daemon replay failed ({st}): {}", replay.tail());
             }
+            legacy_shape = tap_exchanges(&ctx.daemon, &pcap, service.legacy_port())?.1;
             let _ = std::fs::remove_file(&pcap);
             (load, replay_line(&replay.stderr()), None, None)
         }
     };
     sleep(Duration::from_millis(500))?;
     stop_record(&mut cand_tap)?;
-    let at_candidate = tap_ttlb(&ctx.daemon, &cand_pcap, service.twin_port())?;
+    let (at_candidate, candidate_shape) =
+        tap_exchanges(&ctx.daemon, &cand_pcap, service.twin_port())?;
     let _ = std::fs::remove_file(&cand_pcap);
     let card = report_json(&ctx.daemon, &store)?;
     let mut routes: Vec<RouteFigures> = card["routes"]
@@ -531,6 +538,8 @@ fn leg(
         tap,
         daemon_cpu_s,
         cpu_us_per_replayed,
+        candidate_shape,
+        legacy_shape,
         verdict,
         verdict_with_floor,
         routes,
@@ -707,6 +716,8 @@ fn control_run(
         tap: None,
         daemon_cpu_s: None,
         cpu_us_per_replayed: None,
+        candidate_shape: None,
+        legacy_shape: None,
         verdict: "-".into(),
         verdict_with_floor: "-".into(),
         routes,
@@ -740,9 +751,57 @@ fn candidate_tap(ctx: &Ctx, service: Service, pcap: &Path, bound: u64) -> Result
     Ok(p)
 }
 
+/// The shape of a side's arrivals: how bunched its requests came, whatever the rate.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Shape {
+    pub requests: u64,
+    /// Share of requests whose first byte came less than [`CLOSE_GAP_NS`] after the
+    /// previous request's (any connection): written in one burst.
+    pub close_share: f64,
+    /// Share of requests in a millisecond holding at least twice the leg's mean per
+    /// millisecond (and at least 4): crowded milliseconds.
+    pub crowded_share: f64,
+}
+
+/// Requests closer than this at a tap came in one burst (a paced rate of 10k req/s is
+/// one per 100 µs; back-to-back writes of one thread land a few µs apart).
+const CLOSE_GAP_NS: u64 = 20_000;
+
+fn shape_of(mut arrivals: Vec<u64>) -> Option<Shape> {
+    arrivals.sort_unstable();
+    let (first, last) = (*arrivals.first()?, *arrivals.last()?);
+    let n = arrivals.len();
+    let close = arrivals
+        .windows(2)
+        .filter(|w| w[1] - w[0] < CLOSE_GAP_NS)
+        .count();
+    let ms = |t: u64| (t - first) / 1_000_000;
+    let span_ms = (ms(last) + 1) as f64;
+    let crowd = ((2.0 * n as f64 / span_ms).ceil() as usize).max(4);
+    let mut per_ms: BTreeMap<u64, usize> = BTreeMap::new();
+    for &t in &arrivals {
+        *per_ms.entry(ms(t)).or_default() += 1;
+    }
+    let crowded: usize = per_ms.values().filter(|&&c| c >= crowd).sum();
+    Some(Shape {
+        requests: n as u64,
+        close_share: close as f64 / n as f64,
+        crowded_share: crowded as f64 / n as f64,
+    })
+}
+
 /// Time to last byte (ns) per route of every exchange in the candidate-side capture
 /// (`exchanges --pcap`), routes named as the daemon names them (ids templated).
 fn tap_ttlb(daemon: &Path, pcap: &Path, port: u16) -> Result<BTreeMap<String, Vec<u64>>> {
+    Ok(tap_exchanges(daemon, pcap, port)?.0)
+}
+
+/// [`tap_ttlb`] and the shape of the requests' arrivals.
+fn tap_exchanges(
+    daemon: &Path,
+    pcap: &Path,
+    port: u16,
+) -> Result<(BTreeMap<String, Vec<u64>>, Option<Shape>)> {
     let mut child = Command::new(daemon)
         .args(["exchanges", "--pcap"])
         .arg(pcap)
@@ -753,6 +812,7 @@ fn tap_ttlb(daemon: &Path, pcap: &Path, port: u16) -> Result<BTreeMap<String, Ve
         .spawn()
         .context("mirror-daemon exchanges")?;
     let mut by_route: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut arrivals = Vec::new();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let Ok(v) = serde_json::from_str::<Value>(&line?) else {
@@ -769,13 +829,16 @@ fn tap_ttlb(daemon: &Path, pcap: &Path, port: u16) -> Result<BTreeMap<String, Ve
                 .entry(format!("{method} {}", route_of(target)))
                 .or_default()
                 .push(ttlb);
+            if let Some(t) = v["timing"]["request_first_ns"].as_u64() {
+                arrivals.push(t);
+            }
         }
     }
     let st = child.wait()?;
     if !st.success() {
         bail!("mirror-daemon exchanges --pcap failed ({st})");
     }
-    Ok(by_route)
+    Ok((by_route, shape_of(arrivals)))
 }
 
 /// `/users/42/orders?x=1` → `/users/{id}/orders`, as the daemon templates the routes
@@ -910,6 +973,20 @@ fn print_leg(r: &FidelityRun) {
         ),
         _ => String::new(),
     };
+    let shape = |s: &Option<Shape>| {
+        s.map_or("-".into(), |s| {
+            format!(
+                "{:.1} % close, {:.1} % in crowded ms",
+                s.close_share * 100.0,
+                s.crowded_share * 100.0
+            )
+        })
+    };
+    let cpu = format!(
+        "{cpu}; arrivals at the candidate: {}, at legacy: {}",
+        shape(&r.candidate_shape),
+        shape(&r.legacy_shape)
+    );
     eprintln!(
         "xtask bench: fidelity {} {}/s {:?} by {} (candidate {}): {} (with {FLOOR} floor: \
          {}); load {}; {}{cpu}",
@@ -1056,6 +1133,29 @@ mod tests {
                 .map(|l| l.parse().expect("a valid leg name"))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_shape_counts_bursts_and_crowded_milliseconds() {
+        // Evenly paced, 100 µs apart: no burst, no crowded millisecond.
+        let even: Vec<u64> = (0..1000).map(|i| i * 100_000).collect();
+        let s = shape_of(even).expect("a shape");
+        assert_eq!((s.requests, s.close_share, s.crowded_share), (1000, 0.0, 0.0));
+        // The same 1000 requests 5 µs apart in bursts of 10 at each millisecond.
+        let bursts: Vec<u64> = (0..100u64)
+            .flat_map(|ms| (0..10u64).map(move |k| ms * 1_000_000 + k * 5_000))
+            .collect();
+        let s = shape_of(bursts).expect("a shape");
+        assert!((s.close_share - 0.9).abs() < 1e-9, "{s:?}");
+        // 10 per millisecond is the mean: not crowded by the leg's own measure.
+        assert_eq!(s.crowded_share, 0.0);
+        // Half the milliseconds empty, the other half doubled: all crowded.
+        let doubled: Vec<u64> = (0..50u64)
+            .flat_map(|ms| (0..20u64).map(move |k| 2 * ms * 1_000_000 + k * 5_000))
+            .collect();
+        let s = shape_of(doubled).expect("a shape");
+        assert!(s.crowded_share > 0.99, "{s:?}");
+        assert!(shape_of(Vec::new()).is_none());
     }
 
     #[test]
