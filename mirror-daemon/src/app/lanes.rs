@@ -510,8 +510,7 @@ async fn lane(
             (Some(p), Some(at)) if conn.is_some() => {
                 let secondary_open = shadow.secondary.is_none() || secondary_conn.is_some();
                 let open = [conn.as_ref(), secondary_conn.as_ref()];
-                secondary_open
-                    && hand_over(p, &handoff, &mut sides, at, &mut prepared, open).await
+                secondary_open && hand_over(p, &handoff, &mut sides, at, &mut prepared, open).await
             }
             _ => false,
         };
@@ -689,9 +688,9 @@ async fn replay_batch(
             let written = match paced.map(|p| (p.written.get(i), p.error)) {
                 Some((Some(&(n, at)), _)) if n == wire.len() => Ok(Ok(c.sent_at(n, at))),
                 Some((Some(&(n, _)), _)) => timeout(cfg.timeout, c.write_rest(wire, n)).await,
-                Some((None, Some(errno))) => Ok(Err(write_error(
-                    &std::io::Error::from_raw_os_error(errno),
-                ))),
+                Some((None, Some(errno))) => {
+                    Ok(Err(write_error(&std::io::Error::from_raw_os_error(errno))))
+                }
                 _ => timeout(cfg.timeout, c.write_request(wire)).await,
             };
             match written {

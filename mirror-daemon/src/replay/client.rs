@@ -212,7 +212,11 @@ impl CandidateConn {
 
     /// Writes what is left of a request the pacer thread began (`from` bytes written).
     pub async fn write_rest(&mut self, wire: &[u8], from: usize) -> Result<Sent, Attempt> {
-        if let Err(e) = self.stream.write_all(wire.get(from..).unwrap_or_default()).await {
+        if let Err(e) = self
+            .stream
+            .write_all(wire.get(from..).unwrap_or_default())
+            .await
+        {
             return Err(write_error(&e));
         }
         Ok(self.sent_at(wire.len(), Instant::now()))

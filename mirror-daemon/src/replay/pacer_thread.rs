@@ -134,7 +134,11 @@ impl<T> Schedule<T> {
 
 /// How long to sleep before the earliest entry is due, `None` when it is due now (within
 /// the coalescing window) or nothing waits (`Some(None)`: until told).
-pub fn sleep_for(next: Option<Instant>, now: Instant, window: Duration) -> Option<Option<Duration>> {
+pub fn sleep_for(
+    next: Option<Instant>,
+    now: Instant,
+    window: Duration,
+) -> Option<Option<Duration>> {
     match next {
         None => Some(None),
         Some(due) if due > now + window => Some(Some(due - now)),
@@ -349,7 +353,9 @@ fn run(shared: &Shared) {
                 drop(schedule);
                 shared.figures.wakeups.fetch_add(1, Ordering::Relaxed);
                 for (h, generation) in due_now.drain(..) {
-                    answer(&h, generation, |sides| write_all_sides(sides, &shared.figures));
+                    answer(&h, generation, |sides| {
+                        write_all_sides(sides, &shared.figures)
+                    });
                 }
                 schedule = lock(&shared.schedule);
             }
@@ -545,8 +551,8 @@ mod tests {
     fn the_pacer_writes_a_handed_over_batch_and_the_lane_gets_its_bytes_back() {
         use std::{io::Read as _, os::fd::AsRawFd as _};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
-            .expect("connect");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (mut server, _) = listener.accept().expect("accept");
         let mut pacer = PacerThread::start(|| {}).expect("pacer thread");
         let pacing = pacer.pacing();

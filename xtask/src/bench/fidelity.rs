@@ -1140,7 +1140,10 @@ mod tests {
         // Evenly paced, 100 µs apart: no burst, no crowded millisecond.
         let even: Vec<u64> = (0..1000).map(|i| i * 100_000).collect();
         let s = shape_of(even).expect("a shape");
-        assert_eq!((s.requests, s.close_share, s.crowded_share), (1000, 0.0, 0.0));
+        assert_eq!(
+            (s.requests, s.close_share, s.crowded_share),
+            (1000, 0.0, 0.0)
+        );
         // The same 1000 requests 5 µs apart in bursts of 10 at each millisecond.
         let bursts: Vec<u64> = (0..100u64)
             .flat_map(|ms| (0..10u64).map(move |k| ms * 1_000_000 + k * 5_000))
