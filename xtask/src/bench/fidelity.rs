@@ -796,12 +796,11 @@ fn tap_ttlb(daemon: &Path, pcap: &Path, port: u16) -> Result<BTreeMap<String, Ve
     Ok(tap_exchanges(daemon, pcap, port)?.0)
 }
 
+/// Times to last byte (ns) per route.
+type ByRoute = BTreeMap<String, Vec<u64>>;
+
 /// [`tap_ttlb`] and the shape of the requests' arrivals.
-fn tap_exchanges(
-    daemon: &Path,
-    pcap: &Path,
-    port: u16,
-) -> Result<(BTreeMap<String, Vec<u64>>, Option<Shape>)> {
+fn tap_exchanges(daemon: &Path, pcap: &Path, port: u16) -> Result<(ByRoute, Option<Shape>)> {
     let mut child = Command::new(daemon)
         .args(["exchanges", "--pcap"])
         .arg(pcap)
@@ -1152,11 +1151,11 @@ mod tests {
         assert!((s.close_share - 0.9).abs() < 1e-9, "{s:?}");
         // 10 per millisecond is the mean: not crowded by the leg's own measure.
         assert_eq!(s.crowded_share, 0.0);
-        // Half the milliseconds empty, the other half doubled: all crowded.
-        let doubled: Vec<u64> = (0..50u64)
-            .flat_map(|ms| (0..20u64).map(move |k| 2 * ms * 1_000_000 + k * 5_000))
+        // Three milliseconds in four empty, the fourth holding them all: all crowded.
+        let bunched: Vec<u64> = (0..50u64)
+            .flat_map(|ms| (0..40u64).map(move |k| 4 * ms * 1_000_000 + k * 5_000))
             .collect();
-        let s = shape_of(doubled).expect("a shape");
+        let s = shape_of(bunched).expect("a shape");
         assert!(s.crowded_share > 0.99, "{s:?}");
         assert!(shape_of(Vec::new()).is_none());
     }
