@@ -56,20 +56,6 @@ pub fn reader_thread(priority: PipelinePriority) {
     }
 }
 
-/// Called first on the pacer thread (`replay::PacerThread`: it writes paced requests
-/// at their instants). Under [`PipelinePriority::Idle`] it leaves the `SCHED_IDLE` it
-/// inherits from the pipeline for `SCHED_OTHER` at nice [`READER_NICE`], as the ring
-/// reader: a `SCHED_IDLE` thread woken at a precise instant runs only when nothing else
-/// wants the CPU, which on a busy host is not that instant (the timerfd per lane of
-/// docs/fidelity.md's round 2). It only sleeps and writes: a few microseconds per paced
-/// batch (its CPU is in the replay's end-of-run line).
-pub fn pacer_thread(priority: PipelinePriority) {
-    if priority == PipelinePriority::Idle {
-        report(set_other(), "SCHED_OTHER for the pacer thread");
-        report(set_nice(READER_NICE), "nice for the pacer thread");
-    }
-}
-
 /// A hook for `tokio::runtime::Builder::on_thread_start`.
 pub fn runtime_hook(priority: PipelinePriority) -> impl Fn() + Send + Sync + 'static {
     move || pipeline_thread(priority)
@@ -91,18 +77,6 @@ fn set_idle() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: plain system call on the calling thread with a valid parameter block.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// The calling thread to `SCHED_OTHER` (from the `SCHED_IDLE` it may have inherited).
-fn set_other() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain system call on the calling thread with a valid parameter block.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
     if rc == 0 {
         Ok(())
     } else {
@@ -153,20 +127,6 @@ mod tests {
         assert_eq!(policy, libc::SCHED_IDLE);
         let (policy, nice) = on_new_thread(|| reader_thread(PipelinePriority::Idle));
         assert_eq!((policy, nice), (libc::SCHED_OTHER, READER_NICE));
-    }
-
-    #[test]
-    fn the_pacer_leaves_the_idle_policy_it_inherits_for_the_readers_nice() {
-        let (policy, nice) = on_new_thread(|| {
-            pipeline_thread(PipelinePriority::Idle);
-            pacer_thread(PipelinePriority::Idle)
-        });
-        assert_eq!((policy, nice), (libc::SCHED_OTHER, READER_NICE));
-        let started = on_new_thread(|| {});
-        assert_eq!(
-            on_new_thread(|| pacer_thread(PipelinePriority::Normal)),
-            started
-        );
     }
 
     #[test]

@@ -35,10 +35,7 @@ use crate::{
     http::{CorrelationId, Exchange, Request, Response, Timing, header},
     mask::Taint,
     pipeline::REPLAY_QUEUE,
-    replay::{
-        Attempt, COALESCE, CandidateConn, Handoff, PacedSide, Pacing, ReplayResult, Replayer,
-        write_error,
-    },
+    replay::{Attempt, CandidateConn, ReplayResult, Replayer},
 };
 
 /// A lane closes its candidate connection after this long without an exchange (the
@@ -159,15 +156,11 @@ pub struct Lanes {
     refused_for_bytes: u64,
     /// Exchanges a lane dropped as too late to send (part of `replay_queue_full`).
     late: Arc<AtomicU64>,
-    /// The pacer thread that writes paced batches at their due instants (none unpaced).
-    pacing: Option<Pacing>,
 }
 
 impl Lanes {
-    /// At most `max` lanes; paced batches written by `pacing`'s thread when given.
-    pub fn new(max: usize, pacing: Option<Pacing>) -> Self {
+    pub fn new(max: usize) -> Self {
         Self {
-            pacing,
             max: max.max(1),
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
@@ -257,7 +250,6 @@ impl Lanes {
             self.queued.clone(),
             held.clone(),
             self.late.clone(),
-            self.pacing.clone(),
         ));
         self.lanes.insert(flow, LaneTx { tx, held });
         Ok(())
@@ -419,7 +411,6 @@ async fn lane(
     queued: Arc<Held>,
     held: Arc<Held>,
     late: Arc<AtomicU64>,
-    pacing: Option<Pacing>,
 ) {
     let start = |item: LaneItem, backlog: usize| {
         if let LaneItem::Exchange(ex, _) = &item {
@@ -433,9 +424,6 @@ async fn lane(
     let mut secondary_conn: Option<CandidateConn> = None;
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut concluding = JoinSet::new();
-    // The lane's hand-over place and sides, reused batch after batch.
-    let handoff = Arc::new(Handoff::default());
-    let mut sides: Vec<PacedSide> = Vec::with_capacity(2);
     loop {
         while ahead.len() < MAX_AHEAD {
             match rx.try_recv() {
@@ -499,25 +487,12 @@ async fn lane(
             late.fetch_add(ids.len() as u64, Ordering::Relaxed);
             continue;
         }
-        let Some(mut prepared) = prepare(&shadow, batch).await else {
+        let Some(prepared) = prepare(&shadow, batch).await else {
             continue;
         };
         // Paced: masked while waiting, written when due, so each connection keeps the
         // spacing legacy saw instead of the bursts of the ring's polling or of masking.
-        // On an open connection the pacer thread writes it at its instant (to well
-        // under tokio's millisecond); otherwise the lane waits on tokio's timer.
-        let paced = match (&pacing, send_at) {
-            (Some(p), Some(at)) if conn.is_some() => {
-                let secondary_open = shadow.secondary.is_none() || secondary_conn.is_some();
-                let open = [conn.as_ref(), secondary_conn.as_ref()];
-                secondary_open && hand_over(p, &handoff, &mut sides, at, &mut prepared, open).await
-            }
-            _ => false,
-        };
-        if !paced {
-            wait_until(send_at).await;
-        }
-        let by_pacer = |i: usize| sides.get(i).filter(|_| paced);
+        wait_until(send_at).await;
         let closes = prepared
             .last()
             .is_some_and(|p| legacy_closed(&p.ex.request, &p.ex.response));
@@ -535,13 +510,13 @@ async fn lane(
             let secondary = async {
                 match (&shadow.secondary, &to_secondary) {
                     (Some(s), Some(batch)) => {
-                        Some(replay_batch(s, &mut secondary_conn, batch, by_pacer(1)).await)
+                        Some(replay_batch(s, &mut secondary_conn, batch).await)
                     }
                     _ => None,
                 }
             };
             tokio::join!(
-                replay_batch(&shadow.replayer, &mut conn, &to_candidate, by_pacer(0)),
+                replay_batch(&shadow.replayer, &mut conn, &to_candidate),
                 secondary
             )
         };
@@ -565,56 +540,13 @@ async fn lane(
 /// next tick). tokio's timer wakes on whole milliseconds, so lanes due within the same
 /// millisecond write together; a per-lane `timerfd` that woke each lane at its own due
 /// time was tried and made the identical candidate slower at 1k req/s in both
-/// measured runs (docs/fidelity.md, round 2), so it was not kept.
+/// measured runs (docs/fidelity.md, round 2), so it was not kept; neither was one pacer
+/// thread writing every lane's batch at its instant (round 3: not shown to help on the
+/// loaded box, and never reached at 10k req/s, where a starved daemon's lanes are late).
 async fn wait_until(at: Option<Instant>) {
     if let Some(at) = at.filter(|at| *at > Instant::now()) {
         sleep_until(at).await;
     }
-}
-
-/// Has the pacer thread write the batch at `at` on the open connections (`open`: the
-/// candidate's, the secondary's). The requests' bytes are moved to the pacer and back,
-/// never copied. False when it is not worth it (due within the coalescing window, or
-/// already late: the lane writes at once) or the pacer refused; the lane then writes
-/// itself.
-async fn hand_over(
-    pacing: &Pacing,
-    handoff: &Arc<Handoff>,
-    sides: &mut Vec<PacedSide>,
-    at: Instant,
-    prepared: &mut [Prepared],
-    open: [Option<&CandidateConn>; 2],
-) -> bool {
-    let due = at.into_std();
-    if due <= std::time::Instant::now() + COALESCE {
-        return false;
-    }
-    let fds = open.map(|c| c.map(CandidateConn::raw_fd));
-    sides.resize_with(fds.iter().flatten().count(), PacedSide::default);
-    for (side, fd) in sides.iter_mut().zip(fds.into_iter().flatten()) {
-        side.reset(fd);
-    }
-    for p in prepared.iter_mut() {
-        if let Some(side) = sides.get_mut(0) {
-            side.wires.push(std::mem::take(&mut p.wire));
-        }
-        if let (Some(side), Some(w)) = (sides.get_mut(1), p.secondary_wire.as_mut()) {
-            side.wires.push(std::mem::take(w));
-        }
-    }
-    let wrote = pacing.write_at(handoff, due, sides).await;
-    for (i, p) in prepared.iter_mut().enumerate() {
-        if let Some(w) = sides.get_mut(0).and_then(|s| s.wires.get_mut(i)) {
-            p.wire = std::mem::take(w);
-        }
-        if let (Some(w), Some(mine)) = (
-            sides.get_mut(1).and_then(|s| s.wires.get_mut(i)),
-            p.secondary_wire.as_mut(),
-        ) {
-            *mine = std::mem::take(w);
-        }
-    }
-    wrote
 }
 
 /// Waits for the batch's masking and builds the requests' bytes.
@@ -656,13 +588,10 @@ async fn prepare(shadow: &Arc<Shadow>, batch: Vec<Masking>) -> Option<Vec<Prepar
 
 /// Writes the batch's requests back to back, then reads their responses in order. A
 /// reused connection that turns out dead before any response byte is replaced once.
-/// `paced`: what the pacer thread already wrote of them on `conn` (the lane writes the
-/// rest).
 async fn replay_batch(
     replayer: &Replayer,
     conn: &mut Option<CandidateConn>,
     batch: &[(&[u8], &str)],
-    paced: Option<&PacedSide>,
 ) -> Vec<ReplayResult> {
     let cfg = replayer.config();
     let all = |kind: CandidateErrorKind| vec![Err(kind); batch.len()];
@@ -681,19 +610,8 @@ async fn replay_batch(
         let retry = |a: Attempt| a == Attempt::Stale && !fresh && attempt == 0;
         let mut sent = Vec::with_capacity(batch.len());
         let mut failed = None;
-        // What the pacer wrote counts on the first attempt only (a retry is a new
-        // connection).
-        let paced = paced.filter(|_| attempt == 0);
-        for (i, (wire, _)) in batch.iter().enumerate() {
-            let written = match paced.map(|p| (p.written.get(i), p.error)) {
-                Some((Some(&(n, at)), _)) if n == wire.len() => Ok(Ok(c.sent_at(n, at))),
-                Some((Some(&(n, _)), _)) => timeout(cfg.timeout, c.write_rest(wire, n)).await,
-                Some((None, Some(errno))) => {
-                    Ok(Err(write_error(&std::io::Error::from_raw_os_error(errno))))
-                }
-                _ => timeout(cfg.timeout, c.write_request(wire)).await,
-            };
-            match written {
+        for (wire, _) in batch {
+            match timeout(cfg.timeout, c.write_request(wire)).await {
                 Ok(Ok(s)) => sent.push(s),
                 Ok(Err(a)) => {
                     failed = Some(a);

@@ -19,7 +19,7 @@ use crate::{
     compare::{Comparator, Comparison, RouteTemplater},
     http::Exchange,
     mask::{Masker, PersistBody, Taint},
-    replay::{Pace, Pacer, PacerFigures, PacerThread, Replayer, Speed, live_wait},
+    replay::{Pace, Pacer, Replayer, live_wait},
     serve::Metrics,
     store::{Example, ExchangeRecord, LatencySample, Store},
 };
@@ -47,8 +47,6 @@ pub struct Shadow {
     pub pace: Option<Pace>,
     pub host: String,
     pub run_id: String,
-    /// The pipeline's scheduling (`--pipeline-priority`), for the pacer thread.
-    pub priority: super::isolation::PipelinePriority,
     /// Side effects (`--dependency`): each replayed exchange is followed, and with
     /// `--virtualize-egress` its calls are diffed.
     pub effects: Option<Arc<crate::effects::Effects>>,
@@ -105,8 +103,7 @@ impl Shadow {
     /// Exchanges go to one lane per captured connection (see `lanes`), at the capture's
     /// pace when `pace` is set (offline input).
     pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Captured>) {
-        let mut writer = self.pacer_thread();
-        let mut lanes = Lanes::new(self.workers, writer.as_ref().map(PacerThread::pacing));
+        let mut lanes = Lanes::new(self.workers);
         let mut pacer = match self.pace {
             Some(Pace::Capture(speed)) => Some(Pacer::new(speed)),
             _ => None,
@@ -153,47 +150,13 @@ impl Shadow {
         let late = lanes.late_counter();
         lanes.finish().await;
         let too_late = late.load(Ordering::Relaxed);
-        let took = started.elapsed();
-        // Stopped after the lanes: nothing waits for it any more, and its CPU is final.
-        if let Some(w) = writer.as_mut() {
-            w.stop_and_join();
-        }
-        self.summary(
-            replayed,
-            (refused_for_bytes, too_late),
-            writer.as_ref().map(PacerThread::figures),
-            took,
-        );
-    }
-
-    /// The pacer thread when requests are paced (not `--speed max`); none when the
-    /// thread cannot start (logged: the lanes then wait on tokio's timer).
-    fn pacer_thread(&self) -> Option<PacerThread> {
-        let paced = matches!(
-            self.pace,
-            Some(Pace::Live(_) | Pace::Capture(Speed::Factor(_)))
-        );
-        if !paced {
-            return None;
-        }
-        let priority = self.priority;
-        PacerThread::start(move || super::isolation::pacer_thread(priority))
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "no pacer thread: paced requests leave on tokio's millisecond timer")
-            })
-            .ok()
+        self.summary(replayed, (refused_for_bytes, too_late), started.elapsed());
     }
 
     /// The replay's throughput and shape, on stderr and in the log.
     /// `lanes`: of the `replay_queue_full` drops, those over a byte bound and those too
     /// late to send.
-    fn summary(
-        &self,
-        replayed: u64,
-        lanes: (u64, u64),
-        pacer: Option<&PacerFigures>,
-        took: Duration,
-    ) {
+    fn summary(&self, replayed: u64, lanes: (u64, u64), took: Duration) {
         let (refused_for_bytes, too_late) = lanes;
         let f = &self.replayer.figures;
         let (requests, connections, userspace) = (
@@ -215,27 +178,8 @@ impl Shadow {
             timed_by_daemon_clock = userspace,
             "replay finished"
         );
-        let paced = pacer.map_or_else(String::new, |p| {
-            let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-            tracing::info!(
-                batches = n(&p.batches),
-                requests = n(&p.requests),
-                wakeups = n(&p.wakeups),
-                refused = n(&p.refused),
-                cpu_ms = n(&p.cpu_ns) / 1_000_000,
-                "pacer thread finished"
-            );
-            format!(
-                "; written by the pacer thread: {} requests in {} batches, {} wake-ups, {} refused, its CPU {:.1} ms",
-                n(&p.requests),
-                n(&p.batches),
-                n(&p.wakeups),
-                n(&p.refused),
-                n(&p.cpu_ns) as f64 / 1e6
-            )
-        });
         eprintln!(
-            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped} (over the lanes' byte bound: {refused_for_bytes}, over 10 s late: {too_late}); handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}{paced}",
+            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped} (over the lanes' byte bound: {refused_for_bytes}, over 10 s late: {too_late}); handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}",
             requests as f64 / secs
         );
     }

@@ -207,33 +207,16 @@ impl CandidateConn {
 
     /// Writes one request; the returned instant is when its last byte left.
     pub async fn write_request(&mut self, wire: &[u8]) -> Result<Sent, Attempt> {
-        self.write_rest(wire, 0).await
-    }
-
-    /// Writes what is left of a request the pacer thread began (`from` bytes written).
-    pub async fn write_rest(&mut self, wire: &[u8], from: usize) -> Result<Sent, Attempt> {
-        if let Err(e) = self
-            .stream
-            .write_all(wire.get(from..).unwrap_or_default())
-            .await
-        {
-            return Err(write_error(&e));
+        if let Err(e) = self.stream.write_all(wire).await {
+            return Err(if is_reset(&e) {
+                Attempt::Stale
+            } else {
+                Attempt::Failed(io_error(&e))
+            });
         }
-        Ok(self.sent_at(wire.len(), Instant::now()))
-    }
-
-    /// The socket, for the pacer thread's non-blocking writes while this connection's
-    /// lane waits for them.
-    pub fn raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.stream)
-    }
-
-    /// A request of `len` bytes written whole (by the pacer thread, or by
-    /// [`write_rest`](Self::write_rest)), its last write returning at `at`: counted on
-    /// the connection and its transmit stamp read back.
-    pub fn sent_at(&mut self, len: usize, at: Instant) -> Sent {
+        let at = Instant::now();
         // Stamp ids are 32-bit byte offsets: truncation is their wrapping.
-        self.written = self.written.wrapping_add(len as u32);
+        self.written = self.written.wrapping_add(wire.len() as u32);
         // Loopback and veth stamp the segment inside the write: it is queued already.
         let kernel_ns = if self.stamped {
             let id = self.last_byte();
@@ -241,7 +224,7 @@ impl CandidateConn {
         } else {
             None
         };
-        Sent(Stamp { at, kernel_ns })
+        Ok(Sent(Stamp { at, kernel_ns }))
     }
 
     /// One read; at most one byte while waiting for the first byte of a response, so
@@ -555,15 +538,6 @@ fn is_reset(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::BrokenPipe
             | std::io::ErrorKind::ConnectionAborted
     )
-}
-
-/// A failed write: a reset connection may be retried on a fresh one.
-pub fn write_error(e: &std::io::Error) -> Attempt {
-    if is_reset(e) {
-        Attempt::Stale
-    } else {
-        Attempt::Failed(io_error(e))
-    }
 }
 
 fn connect_error(e: &std::io::Error) -> CandidateErrorKind {

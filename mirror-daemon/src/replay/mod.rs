@@ -14,16 +14,12 @@
 //! where tc ingress runs). See `stamps`.
 mod client;
 mod pace;
-mod pacer_thread;
 mod request;
 mod stamps;
 
 pub use client::{
     Attempt, CandidateConn, CandidateReply, CandidateTarget, ReplayConfig, ReplayError,
-    ReplayFigures, ReplayResult, Replayer, Sent, parse_candidate_url, write_error,
+    ReplayFigures, ReplayResult, Replayer, Sent, parse_candidate_url,
 };
 pub use pace::{LIVE_REPLAY_DELAY, Pace, Pacer, Speed, SpeedError, live_wait};
-pub use pacer_thread::{
-    COALESCE, Handoff, PacedSide, PacerFigures, PacerThread, Pacing, SCHEDULE_CAPACITY, Schedule,
-};
 pub use request::{RewriteRules, build_request};

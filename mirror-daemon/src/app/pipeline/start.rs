@@ -121,7 +121,6 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         host: host.clone(),
         run_id: run_id.clone(),
         effects: effects.as_ref().map(|e| e.effects.clone()),
-        priority,
     });
 
     let desired_ppm = Arc::new(AtomicU32::new(sampler.kernel_ppm().unwrap_or(PPM_ALL)));
