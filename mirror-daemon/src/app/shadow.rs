@@ -212,11 +212,9 @@ impl Shadow {
                 // so an echo of a secret reads alike on both sides.
                 let cand = self.masker.mask_response_tainted(&reply.response, taint);
                 // Legacy's body, as the masker's scan found it, is not scanned again.
-                let mut cmp = self.comparator.compare_known(
-                    &masked.response,
-                    &cand,
-                    taint.value_json_body(),
-                );
+                let mut cmp =
+                    self.comparator
+                        .compare_known(&masked.response, &cand, taint.value_json_body());
                 // What the candidate would have sent its dependencies counts like the
                 // response: an exchange with a side-effect diff differed.
                 if !side_effects.is_empty()

@@ -1287,7 +1287,11 @@ async fn check_migrated_from_4(store: &Store, indexes: Vec<String>) {
         !indexes.iter().any(|i| i == "exchanges_route_outcome"),
         "{indexes:?}"
     );
-    for kept in ["exchanges_ts", "exchanges_route_sample", "exchanges_host_run"] {
+    for kept in [
+        "exchanges_ts",
+        "exchanges_route_sample",
+        "exchanges_host_run",
+    ] {
         assert!(indexes.iter().any(|i| i == kept), "{kept} in {indexes:?}");
     }
     let new = [
@@ -1302,10 +1306,7 @@ async fn check_migrated_from_4(store: &Store, indexes: Vec<String>) {
         .iter()
         .map(|r| (r.route.as_str(), r.compared, r.matched, r.differed))
         .collect();
-    assert_eq!(
-        counts,
-        [("GET /items", 3, 2, 1), ("POST /orders", 1, 1, 0)]
-    );
+    assert_eq!(counts, [("GET /items", 3, 2, 1), ("POST /orders", 1, 1, 0)]);
     assert_eq!(ev.routes[0].status_mismatches, 1, "the old row's mismatch");
 }
 
