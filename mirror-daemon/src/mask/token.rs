@@ -387,11 +387,12 @@ impl TokenCache {
         buf[1..=value.len()].copy_from_slice(value);
         let key = &buf[..=value.len()];
         if let Ok(mut g) = self.inner.lock() {
+            // `String::from`, not `to_string`: a `Box<str>` would go through `Display`.
             if let Some(t) = g.young.get(key) {
-                return t.to_string();
+                return String::from(&**t);
             }
             if let Some((k, t)) = g.old.remove_entry(key) {
-                let out = t.to_string();
+                let out = String::from(&*t);
                 g.insert(k, t);
                 return out;
             }
