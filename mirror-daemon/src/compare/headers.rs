@@ -110,6 +110,20 @@ impl HeaderRules {
         legacy: &[crate::http::Header],
         candidate: &[crate::http::Header],
     ) -> Vec<Diff> {
+        if self.same_kept(legacy, candidate) {
+            // The same kept headers in the same order group into the same values per
+            // name: no diff, and nothing allocated (most shadow pairs).
+            return Vec::new();
+        }
+        self.diff_collected(legacy, candidate)
+    }
+
+    /// [`HeaderRules::diff`] without its shortcut: every kept header grouped by name.
+    fn diff_collected(
+        &self,
+        legacy: &[crate::http::Header],
+        candidate: &[crate::http::Header],
+    ) -> Vec<Diff> {
         let a = self.collect(legacy);
         let b = self.collect(candidate);
         let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -147,6 +161,21 @@ impl HeaderRules {
             });
         }
         out
+    }
+
+    /// Whether both lists, without their ignored names, are the same headers in the same
+    /// order (names compared as [`HeaderRules::collect`] keys them, values byte for byte).
+    fn same_kept(&self, a: &[crate::http::Header], b: &[crate::http::Header]) -> bool {
+        let kept = |h: &&crate::http::Header| !self.ignored(h.name.trim());
+        let (mut a, mut b) = (a.iter().filter(kept), b.iter().filter(kept));
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (Some(x), Some(y))
+                    if x.name.trim().eq_ignore_ascii_case(y.name.trim()) && x.value == y.value => {}
+                _ => return false,
+            }
+        }
     }
 
     /// Lower-case name → raw values in order, skipping ignored names.
@@ -316,5 +345,46 @@ mod tests {
             (Some("1"), Some("2"))
         );
         assert!(rules.diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn the_shortcut_for_equal_kept_headers_finds_what_grouping_finds() {
+        let rules = HeaderRules::new(&["x-noise".to_string()]);
+        let pool = [
+            ("Content-Type", "application/json"),
+            ("content-type", "application/json; charset=utf-8"),
+            ("Cache-Control", "no-cache, private"),
+            ("cache-control", "private,no-cache"),
+            ("Date", "Mon"),
+            ("X-Noise", "1"),
+            ("x-noise", "2"),
+            (" Vary", "Accept"),
+            ("vary", "Accept"),
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+        ];
+        // Every list of up to 3 headers from the pool, against every other one.
+        let mut lists: Vec<Vec<Header>> = vec![vec![]];
+        for len in 1..=3u32 {
+            for n in 0..pool.len().pow(len) {
+                let mut list = Vec::new();
+                let mut k = n;
+                for _ in 0..len {
+                    let (name, value) = pool[k % pool.len()];
+                    list.push(Header::new(name, value.as_bytes()));
+                    k /= pool.len();
+                }
+                lists.push(list);
+            }
+        }
+        let mut shortcuts = 0;
+        for (i, a) in lists.iter().enumerate().step_by(7) {
+            for b in lists.iter().skip(i % 5).step_by(11) {
+                let fast = rules.diff(a, b);
+                assert_eq!(fast, rules.diff_collected(a, b), "{a:?} / {b:?}");
+                shortcuts += usize::from(rules.same_kept(a, b));
+            }
+        }
+        assert!(shortcuts > 10, "the shortcut was taken {shortcuts} times");
     }
 }

@@ -258,10 +258,8 @@ fn head_error(e: httparse::Error, limits: &Limits) -> FramingError {
 }
 
 fn reject_bare_lf(head: &[u8]) -> Result<(), FramingError> {
-    let bare = head
-        .iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'));
+    // Only the line feeds are looked at (memchr), not every byte of the head.
+    let bare = memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r');
     if bare {
         Err(FramingError::BareLineFeed)
     } else {
@@ -351,6 +349,28 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_line_feed_is_found_wherever_it_is() {
+        // Every string of up to 6 bytes from `\r`, `\n` and `a`, against the definition:
+        // a LF that is first or not after a CR.
+        let alphabet = [b'\r', b'\n', b'a'];
+        for len in 0..=6u32 {
+            for n in 0..3usize.pow(len) {
+                let mut k = n;
+                let head: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let c = alphabet[k % 3];
+                        k /= 3;
+                        c
+                    })
+                    .collect();
+                let bare =
+                    (0..head.len()).any(|i| head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r'));
+                assert_eq!(reject_bare_lf(&head).is_err(), bare, "{head:?}");
+            }
+        }
+    }
 
     fn framing_of(head: &str) -> Result<Framing, FramingError> {
         match parse_request_head(head.as_bytes(), &Limits::default())? {

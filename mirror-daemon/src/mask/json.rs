@@ -39,6 +39,28 @@ pub(crate) fn mask_json(
     paths: &[JsonPath],
     src: &str,
 ) -> Result<Option<String>, Invalid> {
+    mask_json_value(m, paths, src).map(|(masked, _)| masked)
+}
+
+/// Containers serde_json's `Value` parser opens at most (its recursion limit of 128).
+const VALUE_MAX_DEPTH: usize = 127;
+
+/// Integer digits a number may have before the `Value` parser's f64 range matters.
+const VALUE_SAFE_INTEGER_DIGITS: usize = 300;
+
+/// [`mask_json`], and whether the output (`src` when unchanged) is a document that
+/// serde_json reads as a `Value`, as `compare::scan::check` would find. `true` only when
+/// that follows from what the scan saw, rule by rule: the input is JSON as serde_json
+/// reads it (the scan's own acceptance); at most [`VALUE_MAX_DEPTH`] containers nested
+/// (empty ones included); no number whose f64 range serde_json would have to check (an
+/// exponent, or over [`VALUE_SAFE_INTEGER_DIGITS`] integer digits); and every
+/// replacement a JSON string literal ([`json_string`]), so no number was rewritten as
+/// digits (a card token). Otherwise `false`, and the comparator checks the text itself.
+pub(crate) fn mask_json_value(
+    m: &Pass<'_>,
+    paths: &[JsonPath],
+    src: &str,
+) -> Result<(Option<String>, bool), Invalid> {
     let mut states = Vec::new();
     let mut root_masked = false;
     for (r, p) in paths.iter().enumerate() {
@@ -64,6 +86,8 @@ pub(crate) fn mask_json(
         keys: KeyMemo {
             slots: [KeySlot::default(); KEY_SLOTS],
         },
+        deepest: 0,
+        value_unsure: false,
     };
     let root = Ctx {
         lo: 0,
@@ -71,11 +95,12 @@ pub(crate) fn mask_json(
         masked: root_masked,
     };
     m.all_or_nothing(|| s.document(root))?;
+    let value = !s.value_unsure && s.deepest <= VALUE_MAX_DEPTH;
     if s.copied == 0 {
-        return Ok(None);
+        return Ok((None, value));
     }
     s.out.push_str(&src[s.copied..]);
-    Ok(Some(s.out))
+    Ok((Some(s.out), value))
 }
 
 /// Where a value sits: its active path states `states[lo..hi]`, and whether a rule
@@ -126,6 +151,12 @@ struct Scan<'a, 'm> {
     key_buf: String,
     value_buf: String,
     keys: KeyMemo,
+    /// The most containers open at once, the one being opened included (for
+    /// [`mask_json_value`]).
+    deepest: usize,
+    /// Something the `Value` parser checks beyond the scan's grammar was seen, or a
+    /// replacement that is not a string literal was written (see [`mask_json_value`]).
+    value_unsure: bool,
 }
 
 /// Keys met earlier in the document (arrays of objects repeat theirs) that the
@@ -249,6 +280,7 @@ impl<'a> Scan<'a, '_> {
             match self.peek()? {
                 open @ (b'{' | b'[') => {
                     self.pos += 1;
+                    self.deepest = self.deepest.max(self.frames.len() + 1);
                     self.ws();
                     let object = open == b'{';
                     let close = if object { b'}' } else { b']' };
@@ -534,16 +566,21 @@ impl<'a> Scan<'a, '_> {
         if self.b.get(self.pos) == Some(&b'-') {
             self.pos += 1;
         }
+        let int_start = self.pos;
         match self.b.get(self.pos) {
             Some(b'0') => self.pos += 1,
             Some(b'1'..=b'9') => self.digits(),
             _ => return Err(Invalid),
+        }
+        if self.pos - int_start > VALUE_SAFE_INTEGER_DIGITS {
+            self.value_unsure = true;
         }
         if self.b.get(self.pos) == Some(&b'.') {
             self.pos += 1;
             self.some_digits()?;
         }
         if let Some(b'e' | b'E') = self.b.get(self.pos) {
+            self.value_unsure = true;
             self.pos += 1;
             if let Some(b'+' | b'-') = self.b.get(self.pos) {
                 self.pos += 1;
@@ -559,6 +596,7 @@ impl<'a> Scan<'a, '_> {
             let tok = self.m.detected_value(PiiKind::Card, text);
             // Redaction yields a placeholder string; a card token stays a valid number.
             let with = if tok.bytes().all(|c| c.is_ascii_digit()) {
+                self.value_unsure = true;
                 tok
             } else {
                 json_string(&tok)

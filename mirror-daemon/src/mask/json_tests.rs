@@ -198,6 +198,82 @@ const INVALID: &[&str] = &[
     r#"'single'"#,
 ];
 
+/// The hand-over to the comparator (`json::mask_json_value`): under every
+/// configuration, the same masked output as `mask_json`, and when the scan says its
+/// output is a `Value` document, serde_json reads that output (`src` when unchanged) as
+/// a `Value`, which is what the comparator's own check accepts. Returns whether the
+/// default configuration's scan said so.
+fn value_handover(src: &str) -> bool {
+    MASKERS.with(|maskers| {
+        let mut first = None;
+        for (name, new, _) in maskers {
+            let plain = Pass::plain(new);
+            let masked = json::mask_json(&plain, &new.json_paths, src).ok();
+            let with = json::mask_json_value(&plain, &new.json_paths, src).ok();
+            assert_eq!(
+                masked,
+                with.as_ref().map(|(m, _)| m.clone()),
+                "{name}: {src:?}"
+            );
+            let said = match with {
+                Some((out, true)) => {
+                    let out = out.as_deref().unwrap_or(src);
+                    assert!(
+                        serde_json::from_str::<serde_json::Value>(out).is_ok(),
+                        "{name}: said to be a Value but is not: {out:?} (from {src:?})"
+                    );
+                    true
+                }
+                _ => false,
+            };
+            first.get_or_insert(said);
+        }
+        first.expect("at least one configuration")
+    })
+}
+
+/// Nested `depth` arrays, the innermost empty or holding `1`.
+fn nested(depth: usize, empty: bool) -> String {
+    let inner = if empty { "" } else { "1" };
+    format!("{}{inner}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[test]
+fn the_handover_says_value_only_of_value_documents() {
+    let mut said = 0;
+    for src in VALID.iter().chain(INVALID) {
+        said += usize::from(value_handover(src));
+    }
+    assert!(said > VALID.len() / 2, "said of {said} documents");
+    for src in INVALID {
+        assert!(!value_handover(src), "{src}");
+    }
+    // What the scan accepts but the `Value` parser checks further: nesting past its
+    // recursion limit (an empty innermost container counts), and numbers out of an
+    // f64's range; a card number masked as digits is left to the comparator too.
+    for depth in [1, 126, 127] {
+        for empty in [false, true] {
+            assert!(value_handover(&nested(depth, empty)), "{depth} {empty}");
+        }
+    }
+    for depth in [128, 129, 4000] {
+        for empty in [false, true] {
+            let src = nested(depth, empty);
+            assert!(serde_json::from_str::<serde_json::Value>(&src).is_err());
+            assert!(!value_handover(&src), "{depth} {empty}");
+        }
+    }
+    let huge = format!("[{}]", "9".repeat(400));
+    for src in ["[1E+400]", "[-1e400]", "[1e5]", huge.as_str()] {
+        assert!(!value_handover(src), "{src}");
+    }
+    assert!(value_handover(&format!("[{}]", "9".repeat(300))));
+    assert!(!value_handover(r#"{"n": 4111111111111111}"#));
+    assert!(value_handover(
+        r#"{"user": {"email": "ana@example.com", "note": "a \"quoted\" \u00e9 \ud83d\ude00"}}"#
+    ));
+}
+
 #[test]
 fn corpus_masks_as_the_reference() {
     for src in VALID {
@@ -472,6 +548,22 @@ proptest! {
         d.write(&mut src, &mut w);
         prop_assert!(check(&src).is_ok(), "generated JSON must be valid: {}", src);
         let _ = check(&mutate(&src, at, edit));
+    }
+
+    /// The same documents and corruptions: the hand-over to the comparator says
+    /// "a `Value`" only of what serde_json reads as one.
+    #[test]
+    fn generated_documents_hand_over_only_value_documents(
+        d in doc(),
+        ws in any::<u32>(),
+        at in 0.0f64..1.0,
+        edit in any::<u8>(),
+    ) {
+        let mut src = String::new();
+        let mut w = ws;
+        d.write(&mut src, &mut w);
+        value_handover(&src);
+        value_handover(&mutate(&src, at, edit));
     }
 
     /// The profile the scanner takes is the text's own, for any unescaped string.

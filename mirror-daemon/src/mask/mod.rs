@@ -282,15 +282,12 @@ impl Masker {
             MaskStats::bump(&self.stats.bodies_reused);
             return pass.response_with(r, memo.masked.clone());
         }
-        let change = pass
-            .mask_body(&r.headers, &r.body)
-            .map(|c| (Bytes::from(c.body), c.drop_content_encoding));
-        taint.remember(reuse::BodyMemo::new(
-            self.id,
-            &r.headers,
-            &r.body,
-            change.clone(),
-        ));
+        let (change, value_json) = pass.mask_body_checked(&r.headers, &r.body);
+        let change = change.map(|c| (Bytes::from(c.body), c.drop_content_encoding));
+        taint.remember(
+            reuse::BodyMemo::new(self.id, &r.headers, &r.body, change.clone())
+                .with_value_json(value_json),
+        );
         pass.response_with(r, change)
     }
 
@@ -793,38 +790,52 @@ impl<'m> Pass<'m> {
     }
 
     fn mask_body(&self, headers: &[Header], body: &[u8]) -> Option<BodyChange> {
+        self.mask_body_checked(headers, body).0
+    }
+
+    /// [`Pass::mask_body`], and whether the body it leaves (the masked one, or `body`
+    /// when unchanged) is, byte for byte, the JSON scan's output and a document that
+    /// serde_json reads as a `Value` (`json::mask_json_value`); `false`: not known.
+    fn mask_body_checked(&self, headers: &[Header], body: &[u8]) -> (Option<BodyChange>, bool) {
         if body.is_empty() {
-            return None;
+            return (None, false);
         }
         match self.decode(headers, body) {
             Ok((decoded, coding)) => {
                 let untainted = self.untaint(&decoded);
                 let kind = body::classify(headers, &untainted);
-                let masked = match (self.mask_decoded(kind, &untainted), untainted) {
+                let (masked, value_json) = self.mask_decoded(kind, &untainted);
+                // Re-encoded bytes are not the text the scan wrote.
+                let value_json = value_json && coding.is_identity();
+                let masked = match (masked, untainted) {
                     (Some(m), _) => m,
                     (None, Cow::Owned(u)) => u,
-                    (None, Cow::Borrowed(_)) => return None,
+                    (None, Cow::Borrowed(_)) => return (None, value_json),
                 };
                 if coding.is_identity() {
                     // Nothing to re-encode: the masked text is the body (no copy).
-                    return Some(BodyChange {
-                        body: masked,
-                        drop_content_encoding: false,
-                    });
-                }
-                match body::encode(&masked, &coding) {
-                    Ok(body) => Some(BodyChange {
-                        body,
-                        drop_content_encoding: false,
-                    }),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-encoding a masked body failed; sending it decoded");
+                    return (
                         Some(BodyChange {
                             body: masked,
-                            drop_content_encoding: !coding.is_identity(),
-                        })
-                    }
+                            drop_content_encoding: false,
+                        }),
+                        value_json,
+                    );
                 }
+                let change = match body::encode(&masked, &coding) {
+                    Ok(body) => BodyChange {
+                        body,
+                        drop_content_encoding: false,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-encoding a masked body failed; sending it decoded");
+                        BodyChange {
+                            body: masked,
+                            drop_content_encoding: !coding.is_identity(),
+                        }
+                    }
+                };
+                (Some(change), false)
             }
             // Unreadable: only the visible text runs can be checked.
             Err(_) => {
@@ -833,24 +844,26 @@ impl<'m> Pass<'m> {
                     Cow::Owned(b) => b,
                     Cow::Borrowed(_) => match untainted {
                         Cow::Owned(u) => u,
-                        Cow::Borrowed(_) => return None,
+                        Cow::Borrowed(_) => return (None, false),
                     },
                 };
                 MaskStats::bump(&self.stats.raw_bodies_masked);
-                Some(BodyChange {
+                let change = BodyChange {
                     body: masked,
                     drop_content_encoding: false,
-                })
+                };
+                (Some(change), false)
             }
         }
     }
 
-    /// Masked decoded body, `None` when unchanged.
-    fn mask_decoded(&self, kind: BodyKind, data: &[u8]) -> Option<Vec<u8>> {
+    /// Masked decoded body, `None` when unchanged; and whether it (`data` when unchanged)
+    /// is a JSON document as serde_json reads a `Value` (`json::mask_json_value`).
+    fn mask_decoded(&self, kind: BodyKind, data: &[u8]) -> (Option<Vec<u8>>, bool) {
         let text = std::str::from_utf8(data).ok();
-        match (kind, text) {
-            (BodyKind::Json, Some(s)) => match json::mask_json(self, &self.json_paths, s) {
-                Ok(r) => r.map(String::into_bytes),
+        let masked = match (kind, text) {
+            (BodyKind::Json, Some(s)) => match json::mask_json_value(self, &self.json_paths, s) {
+                Ok((r, value_json)) => return (r.map(String::into_bytes), value_json),
                 Err(_) => {
                     MaskStats::bump(&self.stats.json_fallbacks);
                     self.mask_bytes(data).into_owned_if_changed()
@@ -868,7 +881,8 @@ impl<'m> Pass<'m> {
                 r
             }
             _ => self.mask_bytes(data).into_owned_if_changed(),
-        }
+        };
+        (masked, false)
     }
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct BodyMemo {
     reading: Vec<(String, Vec<u8>)>,
     /// The masked body and whether `Content-Encoding` had to go; `None`: unchanged.
     pub masked: Option<(Bytes, bool)>,
+    /// The body left (masked, or `raw` when unchanged) is the JSON scan's output and a
+    /// document serde_json reads as a `Value` (`json::mask_json_value`).
+    value_json: bool,
 }
 
 impl BodyMemo {
@@ -51,7 +54,27 @@ impl BodyMemo {
                 .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
                 .collect(),
             masked,
+            value_json: false,
         }
+    }
+
+    /// The memo, knowing whether its body is a `Value` document (see
+    /// [`BodyMemo::value_json_body`]).
+    pub fn with_value_json(self, value_json: bool) -> Self {
+        BodyMemo { value_json, ..self }
+    }
+
+    /// The body the masker left (masked, or the raw one when unchanged) when its JSON
+    /// scan found it, byte for byte, a document serde_json reads as a `Value`: the
+    /// comparator need not check those bytes again.
+    pub fn value_json_body(&self) -> Option<&[u8]> {
+        if !self.value_json {
+            return None;
+        }
+        Some(match &self.masked {
+            Some((body, _)) => body,
+            None => &self.raw,
+        })
     }
 
     /// Whether a body masked by `masker` under `headers` would come out as this memo:

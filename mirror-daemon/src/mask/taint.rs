@@ -339,6 +339,13 @@ impl Taint {
         self.memo.get().map(|b| &**b)
     }
 
+    /// Legacy's body as the masker left it, when the masking scan found it a JSON
+    /// document as serde_json reads a `Value`, byte for byte (see
+    /// `reuse::BodyMemo::value_json_body`): what `Comparator::compare_known` takes.
+    pub fn value_json_body(&self) -> Option<&[u8]> {
+        self.memo()?.value_json_body()
+    }
+
     /// Keeps `memo` unless one is kept already (the first response wins).
     pub(crate) fn remember(&self, memo: super::reuse::BodyMemo) {
         let _ = self.memo.set(Box::new(memo));

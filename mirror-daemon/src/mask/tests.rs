@@ -1181,4 +1181,64 @@ mod reused_bodies {
         assert_ne!(by_a.body, by_b.body, "other key, other tokens");
         assert!(!leaks(&by_b));
     }
+
+    /// The hand-over to the comparator: legacy's masked body, said to be a `Value`
+    /// document by the masking scan, is exactly the body the comparator gets, and
+    /// comparing with it tells what comparing without it tells, for documents the scan
+    /// vouches for and for those it leaves to the comparator (invalid, too deep, a
+    /// number out of range, a card number masked as digits, gzip).
+    #[test]
+    fn the_comparator_told_the_body_is_json_compares_as_without() {
+        let m = masker(&[]);
+        let cmp = crate::compare::Comparator::new(crate::compare::CompareConfig::default())
+            .expect("comparator");
+        let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let docs = [
+            r#"{"email":"ana@example.com","n":1,"tags":["a","b"]}"#,
+            r#"{"session":"sess-9f8e7d6c5b4a","ok":true}"#,
+            r#"{"plain":"nothing to mask"}"#,
+            r#"{"card": 4111111111111111}"#,
+            r#"[1e400]"#,
+            r#"{"a": 1,}"#,
+            r#"not json at all ana@example.com"#,
+            deep.as_str(),
+        ];
+        let mut vouched = 0;
+        for doc in docs {
+            for gzip in [false, true] {
+                let mut raw = json_echo("ana@example.com");
+                raw.body = Bytes::copy_from_slice(doc.as_bytes());
+                if gzip {
+                    raw.body = Bytes::from(
+                        encode(doc.as_bytes(), &Coding(vec![Step::Gzip])).expect("gzip"),
+                    );
+                    raw.headers.push(Header::new("Content-Encoding", "gzip"));
+                }
+                let (_, taint) = m.mask_request_tainted(&request());
+                let legacy = m.mask_response_tainted(&raw, &taint);
+                let mut cand_raw = raw.clone();
+                cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT".to_vec();
+                let cand = m.mask_response_tainted(&cand_raw, &taint);
+                let known = taint.value_json_body();
+                if let Some(k) = known {
+                    vouched += 1;
+                    assert!(!gzip, "{doc}");
+                    assert_eq!(k, &legacy.body[..], "{doc}");
+                    assert!(serde_json::from_slice::<serde_json::Value>(k).is_ok());
+                }
+                assert_eq!(
+                    cmp.compare_known(&legacy, &cand, known),
+                    cmp.compare(&legacy, &cand),
+                    "{doc} gzip {gzip}"
+                );
+                // Told of other bytes, the comparator checks the body itself.
+                assert_eq!(
+                    cmp.compare_known(&legacy, &cand, Some(b"{}")),
+                    cmp.compare(&legacy, &cand),
+                    "{doc} gzip {gzip}"
+                );
+            }
+        }
+        assert_eq!(vouched, 3, "the first three documents");
+    }
 }

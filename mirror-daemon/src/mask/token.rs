@@ -381,22 +381,25 @@ impl TokenCache {
         let Some(tag) = kind.tag().filter(|_| value.len() <= CACHE_MAX_VALUE) else {
             return make();
         };
-        let mut key = Vec::with_capacity(value.len() + 1);
-        key.push(tag);
-        key.extend_from_slice(value);
+        // The key is built on the stack; it is allocated only when a token is kept.
+        let mut buf = [0u8; CACHE_MAX_VALUE + 1];
+        buf[0] = tag;
+        buf[1..=value.len()].copy_from_slice(value);
+        let key = &buf[..=value.len()];
         if let Ok(mut g) = self.inner.lock() {
-            if let Some(t) = g.young.get(&key[..]) {
-                return t.to_string();
+            // `String::from`, not `to_string`: a `Box<str>` would go through `Display`.
+            if let Some(t) = g.young.get(key) {
+                return String::from(&**t);
             }
-            if let Some((k, t)) = g.old.remove_entry(&key[..]) {
-                let out = t.to_string();
+            if let Some((k, t)) = g.old.remove_entry(key) {
+                let out = String::from(&*t);
                 g.insert(k, t);
                 return out;
             }
         }
         let token = make();
         if let Ok(mut g) = self.inner.lock() {
-            g.insert(key.into_boxed_slice(), token.as_str().into());
+            g.insert(key.into(), token.as_str().into());
         }
         token
     }

@@ -1,4 +1,6 @@
 //! Building the request sent to the candidate from the captured one (pure).
+use std::io::Write;
+
 use crate::http::{CorrelationId, Request};
 
 /// What to change when replaying.
@@ -48,31 +50,27 @@ pub fn build_request(req: &Request, id: &CorrelationId, rules: &RewriteRules, ou
     out.extend_from_slice(req.target.as_bytes());
     // Always HTTP/1.1 to the candidate so the pooled connection can be kept alive.
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let named_in_connection: Vec<String> = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| {
-            String::from_utf8_lossy(&h.value)
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    // Compared without allocating: case-insensitively, per header (a few per request).
+    let named_in_connection = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&c| c == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
     let mut saw_host = false;
     for h in &req.headers {
-        let lower = h.name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) || named_in_connection.contains(&lower) {
-            continue;
-        }
-        if lower == rules.id_header.to_ascii_lowercase()
-            || lower == rules.shadow_header.to_ascii_lowercase()
+        let name = h.name.as_str();
+        if HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || name.eq_ignore_ascii_case(&rules.id_header)
+            || name.eq_ignore_ascii_case(&rules.shadow_header)
+            || named_in_connection(name)
         {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
-        if lower == "host" {
+        if name.eq_ignore_ascii_case("host") {
             saw_host = true;
             if let Some(host) = &rules.host {
                 out.extend_from_slice(host.as_bytes());
@@ -88,13 +86,12 @@ pub fn build_request(req: &Request, id: &CorrelationId, rules: &RewriteRules, ou
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // `write!` into the buffer: no formatted string per request.
     if !req.body.is_empty() || matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
-        out.extend_from_slice(format!("Content-Length: {}\r\n", req.body.len()).as_bytes());
+        let _ = write!(out, "Content-Length: {}\r\n", req.body.len());
     }
     out.extend_from_slice(rules.id_header.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(id.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    let _ = write!(out, ": {id}\r\n");
     out.extend_from_slice(rules.shadow_header.as_bytes());
     out.extend_from_slice(b": 1\r\n\r\n");
     out.extend_from_slice(&req.body);

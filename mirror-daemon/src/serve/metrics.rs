@@ -61,7 +61,8 @@ const LATENCY_BUCKETS: [f64; 17] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
     route: String,
-    side: String,
+    /// `legacy` or `candidate`: a literal, not a string made per exchange.
+    side: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,10 +146,10 @@ impl Metrics {
     }
 
     /// Records one response's latency for `route` on `side` (`legacy` or `candidate`).
-    pub fn latency(&self, route: &str, side: &str, ttfb_ns: u64, ttlb_ns: u64) {
+    pub fn latency(&self, route: &str, side: &'static str, ttfb_ns: u64, ttlb_ns: u64) {
         let labels = LatencyLabels {
             route: self.route_label(route),
-            side: side.to_string(),
+            side,
         };
         self.ttfb.get_or_create(&labels).observe(ns_to_s(ttfb_ns));
         self.ttlb.get_or_create(&labels).observe(ns_to_s(ttlb_ns));

@@ -1269,3 +1269,86 @@ async fn postgres_store_of_schema_3_migrates_and_says_the_candidate_cpu_was_not_
     old_postgres_store(&url, 3, V3_RUN, &v3_run()).await;
     check_migrated_from_3(&migrated_postgres_store(&url).await).await;
 }
+
+// Migration from schema version 4 (exchanges had a (route, outcome) index).
+
+/// A version-4 exchange row as an older build wrote it (every index of schema 4 kept it).
+const V4_EXCHANGE: &str = "INSERT INTO exchanges (host, id, run_id, ts_unix_ms, route, method, \
+    target, outcome, error_kind, legacy_status, candidate_status, status_mismatch, \
+    legacy_ttfb_ns, legacy_ttlb_ns, candidate_ttfb_ns, candidate_ttlb_ns, sample_key, diffs) \
+    VALUES ('old-host', 'old-1', 'old-run', 1, 'GET /items', 'GET', '/items', 'differed', NULL, \
+    200, 500, 1, 1000, 2000, 1500, 2500, 7, '[]')";
+
+/// What a store migrated from version 4 must give: no `exchanges_route_outcome` index
+/// (`indexes` lists the exchanges table's indexes), the old exchange still counted per
+/// route and outcome, and new ones counted beside it.
+async fn check_migrated_from_4(store: &Store, indexes: Vec<String>) {
+    assert!(
+        !indexes.iter().any(|i| i == "exchanges_route_outcome"),
+        "{indexes:?}"
+    );
+    for kept in [
+        "exchanges_ts",
+        "exchanges_route_sample",
+        "exchanges_host_run",
+    ] {
+        assert!(indexes.iter().any(|i| i == kept), "{kept} in {indexes:?}");
+    }
+    let new = [
+        record("new-host", "n1", 2, "GET /items", Outcome::Matched),
+        record("new-host", "n2", 3, "GET /items", Outcome::Matched),
+        record("new-host", "n3", 4, "POST /orders", Outcome::Matched),
+    ];
+    store.write_batch(&new).await.expect("new exchanges");
+    let ev = store.load(&ReportFilter::default()).await.expect("load");
+    let counts: Vec<_> = ev
+        .routes
+        .iter()
+        .map(|r| (r.route.as_str(), r.compared, r.matched, r.differed))
+        .collect();
+    assert_eq!(counts, [("GET /items", 3, 2, 1), ("POST /orders", 1, 1, 0)]);
+    assert_eq!(ev.routes[0].status_mismatches, 1, "the old row's mismatch");
+}
+
+#[tokio::test]
+async fn sqlite_store_of_schema_4_migrates_without_the_route_outcome_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mirror.db");
+    old_sqlite_store(&path, 4, V4_EXCHANGE, &[]);
+    let (store, _) = sqlite_store(dir.path()).await;
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let mut list = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges'")
+        .expect("prepare");
+    let indexes = list
+        .query_map([], |row| row.get::<_, String>(0))
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("index names");
+    check_migrated_from_4(&store, indexes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_of_schema_4_migrates_without_the_route_outcome_index() {
+    let Some(server) = PgTestServer::start() else {
+        return;
+    };
+    let url = server.create_database("v4").await;
+    old_postgres_store(&url, 4, V4_EXCHANGE, &[]).await;
+    let store = migrated_postgres_store(&url).await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let indexes = client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'exchanges'",
+            &[],
+        )
+        .await
+        .expect("index names")
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect();
+    check_migrated_from_4(&store, indexes).await;
+}
