@@ -158,6 +158,7 @@ impl HttpStats {
             // Reasons of other stages; the tracker never gives them.
             DropReason::RingFull
             | DropReason::RateLimited
+            | DropReason::ReplayLate
             | DropReason::FlowTableFull
             | DropReason::StoreQueueFull
             | DropReason::StoreFailed
