@@ -275,6 +275,7 @@ fn pipeline(sample: f64, dir: &std::path::Path) -> Result<Pipeline> {
         concurrency: 64,
         timeout: Duration::from_secs(5),
         rate_per_s: None,
+        max_lateness: mirror_daemon::app::lanes::LANE_MAX_LATE,
         limits,
     });
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -23,6 +23,11 @@ pub enum DropReason {
     /// The replay queue was full: the candidate (or the replay concurrency) could not keep
     /// up. A replay decision like rate limiting, not a capture loss.
     ReplayQueueFull,
+    /// Its replay lane reached the exchange more than `--replay-max-lateness` (10 s by
+    /// default) after it was due (behind a hanging candidate or a starved daemon): dropped
+    /// rather than sent in a burst long after legacy got it. A replay decision, like
+    /// `replay_queue_full`.
+    ReplayLate,
     /// Bytes of the exchange were never captured.
     Gap,
     /// The request or response was not valid HTTP/1.x.
@@ -56,10 +61,11 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::RingFull,
         DropReason::QueueFull,
         DropReason::ReplayQueueFull,
+        DropReason::ReplayLate,
         DropReason::Gap,
         DropReason::ParseError,
         DropReason::Oversize,
@@ -80,6 +86,7 @@ impl DropReason {
             DropReason::RingFull => "ring_full",
             DropReason::QueueFull => "queue_full",
             DropReason::ReplayQueueFull => "replay_queue_full",
+            DropReason::ReplayLate => "replay_late",
             DropReason::Gap => "gap",
             DropReason::ParseError => "parse_error",
             DropReason::Oversize => "oversize",

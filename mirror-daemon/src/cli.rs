@@ -311,6 +311,11 @@ pub struct PipelineArgs {
     /// counted (`replay_queue_full`).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// An exchange its replay lane reaches more than this after it was due (behind a
+    /// hanging candidate, or a starved daemon) is dropped and counted (`replay_late`)
+    /// rather than sent in a burst long after legacy got it, e.g. `10s`, `2s`.
+    #[arg(long, default_value = "10s", value_parser = crate::commands::flags::duration)]
+    pub replay_max_lateness: Duration,
     /// Per-request timeout to the candidate, e.g. `5s`, `500ms`.
     #[arg(long, default_value = "5s", value_parser = crate::commands::flags::duration)]
     pub timeout: Duration,

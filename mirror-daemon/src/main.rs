@@ -22,6 +22,8 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (glibc reads the arena limit as threads start).
+    let allocator = mirror_daemon::app::allocator::tune();
     let args = match commands::config::expand(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);
     }
+    tracing::debug!(?allocator, "allocator tuned");
     match commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) if e.downcast_ref::<commands::UsageError>().is_some() => {

@@ -4,7 +4,7 @@
 //! comparison, store, dashboard) runs at `SCHED_IDLE`: it gets only CPU time nothing
 //! else on the host asks for. Under pressure those stages fall behind, their bounded
 //! queues fill, and the excess is dropped and counted (`queue_full`,
-//! `replay_queue_full`, …) instead of slowing the legacy service.
+//! `replay_queue_full`, `replay_late`, …) instead of slowing the legacy service.
 //!
 //! The capture thread is the ring-buffer reader: it frees ring space as it reassembles
 //! and frames in place (the records are borrowed from the ring, never copied), so it is

@@ -10,14 +10,15 @@
 //! [`REPLAY_QUEUE`](crate::pipeline::REPLAY_QUEUE) exchanges and [`REPLAY_QUEUE_BYTES`]
 //! bytes; an exchange that finds no room is dropped and counted as `replay_queue_full`
 //! (those refused by a byte bound also in the replay's summary line), and the capture
-//! never waits. An exchange its lane reaches more than [`LANE_MAX_LATE`] (10 s) after
-//! it was due is dropped the same way (counted apart in the summary line), so a hanging
-//! candidate leaves no minutes of backlog behind one connection.
+//! never waits. An exchange its lane reaches more than `--replay-max-lateness`
+//! ([`LANE_MAX_LATE`], 10 s, by default) after it was due is dropped and counted as
+//! `replay_late`, so a hanging candidate leaves no minutes of backlog behind one
+//! connection.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -154,8 +155,6 @@ pub struct Lanes {
     queued: Arc<Held>,
     /// Exchanges refused because a byte bound was reached (part of `replay_queue_full`).
     refused_for_bytes: u64,
-    /// Exchanges a lane dropped as too late to send (part of `replay_queue_full`).
-    late: Arc<AtomicU64>,
 }
 
 impl Lanes {
@@ -166,14 +165,7 @@ impl Lanes {
             tasks: JoinSet::new(),
             queued: Arc::new(Held::default()),
             refused_for_bytes: 0,
-            late: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    /// The count of exchanges the lanes drop as more than [`LANE_MAX_LATE`] behind
-    /// (still counting until they finish).
-    pub fn late_counter(&self) -> Arc<AtomicU64> {
-        self.late.clone()
     }
 
     /// Exchanges refused so far because a lane's or all lanes' bytes were at their bound.
@@ -244,13 +236,8 @@ impl Lanes {
             self.queued.take(bytes);
             return Err(Refused::Count);
         }
-        self.tasks.spawn(lane(
-            shadow.clone(),
-            rx,
-            self.queued.clone(),
-            held.clone(),
-            self.late.clone(),
-        ));
+        self.tasks
+            .spawn(lane(shadow.clone(), rx, self.queued.clone(), held.clone()));
         self.lanes.insert(flow, LaneTx { tx, held });
         Ok(())
     }
@@ -383,18 +370,20 @@ fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
     }
 }
 
-/// A lane more than this behind an exchange's due time drops it (`replay_queue_full`,
-/// counted in the end-of-run line as too late) instead of sending it: a hanging
+/// A lane more than this behind an exchange's due time drops it (`replay_late`) instead
+/// of sending it (the default of `--replay-max-lateness`): a hanging
 /// candidate then leaves no minutes of backlog behind a connection, whatever the lane's
 /// bounds hold. Seconds, not less: a burst legacy served faster than the candidate
 /// connection's round trips allow falls behind by that much and is still replayed
 /// whole (e2e `shadow`: 1 s dropped half of a 2000-request burst under load).
 pub const LANE_MAX_LATE: Duration = Duration::from_secs(10);
 
-/// Whether an exchange due at `send_at` (`None`: unpaced, never late) is too late to send
-/// at `now`.
-fn too_late(send_at: Option<Instant>, now: Instant) -> bool {
-    send_at.is_some_and(|at| now.saturating_duration_since(at) > LANE_MAX_LATE)
+/// The drop of an exchange due at `send_at` (`None`: unpaced, never late) that its lane
+/// reaches at `now`: `replay_late` when it is more than `bound` late, else none (sent).
+fn lateness_drop(send_at: Option<Instant>, now: Instant, bound: Duration) -> Option<DropReason> {
+    send_at
+        .is_some_and(|at| now.saturating_duration_since(at) > bound)
+        .then_some(DropReason::ReplayLate)
 }
 
 /// Exchanges masked ahead of the one in flight, per lane, at most.
@@ -410,8 +399,8 @@ async fn lane(
     mut rx: mpsc::Receiver<LaneItem>,
     queued: Arc<Held>,
     held: Arc<Held>,
-    late: Arc<AtomicU64>,
 ) {
+    let max_lateness = shadow.replayer.config().max_lateness;
     let start = |item: LaneItem, backlog: usize| {
         if let LaneItem::Exchange(ex, _) = &item {
             let bytes = held_bytes(ex);
@@ -475,16 +464,15 @@ async fn lane(
                 _ => break,
             }
         }
-        if too_late(send_at, Instant::now()) {
+        if let Some(reason) = lateness_drop(send_at, Instant::now(), max_lateness) {
             // Behind a hanging candidate (or a starved daemon): dropped and counted
             // rather than sent in a burst long after legacy got them.
             for id in &ids {
                 if let Some(e) = &shadow.effects {
                     e.forget(id);
                 }
-                shadow.finish(Outcome::Dropped(DropReason::ReplayQueueFull));
+                shadow.finish(Outcome::Dropped(reason));
             }
-            late.fetch_add(ids.len() as u64, Ordering::Relaxed);
             continue;
         }
         let Some(prepared) = prepare(&shadow, batch).await else {
@@ -828,16 +816,35 @@ mod tests {
     }
 
     #[test]
-    fn an_exchange_more_than_the_bound_behind_is_too_late() {
+    fn an_exchange_more_than_the_bound_behind_is_dropped_as_replay_late() {
         let at = Instant::now();
-        assert!(!too_late(None, at + Duration::from_secs(60)), "unpaced");
-        assert!(!too_late(Some(at), at));
-        assert!(!too_late(Some(at + Duration::from_secs(5)), at), "ahead");
-        assert!(!too_late(Some(at), at + LANE_MAX_LATE));
-        assert!(too_late(
-            Some(at),
-            at + LANE_MAX_LATE + Duration::from_millis(1)
-        ));
+        let late = |send_at, now| lateness_drop(send_at, now, LANE_MAX_LATE);
+        assert_eq!(late(None, at + Duration::from_secs(60)), None, "unpaced");
+        assert_eq!(late(Some(at), at), None);
+        assert_eq!(late(Some(at + Duration::from_secs(5)), at), None, "ahead");
+        assert_eq!(late(Some(at), at + LANE_MAX_LATE), None, "at the bound");
+        assert_eq!(
+            late(Some(at), at + LANE_MAX_LATE + Duration::from_millis(1)),
+            Some(DropReason::ReplayLate),
+            "its own reason, not replay_queue_full"
+        );
+    }
+
+    #[test]
+    fn the_lateness_bound_is_the_one_configured() {
+        let at = Instant::now();
+        let bound = Duration::from_millis(300);
+        let due = Some(at);
+        assert_eq!(lateness_drop(due, at + bound, bound), None);
+        assert_eq!(
+            lateness_drop(due, at + Duration::from_millis(301), bound),
+            Some(DropReason::ReplayLate)
+        );
+        assert_eq!(
+            lateness_drop(due, at + Duration::from_secs(9), LANE_MAX_LATE),
+            None,
+            "the default bound is wider"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! [`pipeline`] runs a shadow run (start, tick, shutdown) from a typed plan; [`fence`]
 //! fences the candidate; [`capture_loop`] is the capture thread; [`shadow`] and [`lanes`]
 //! sample, mask, replay, compare and store; [`egress`] reports the candidate's egress
-//! attempts; [`live`] keeps the evidence the live card is drawn from.
+//! attempts; [`live`] keeps the evidence the live card is drawn from; [`allocator`]
+//! tunes glibc's allocator at start-up.
+pub mod allocator;
 pub mod capture_loop;
 pub mod egress;
 pub mod fence;

@@ -147,17 +147,13 @@ impl Shadow {
             }
         }
         let refused_for_bytes = lanes.refused_for_bytes();
-        let late = lanes.late_counter();
         lanes.finish().await;
-        let too_late = late.load(Ordering::Relaxed);
-        self.summary(replayed, (refused_for_bytes, too_late), started.elapsed());
+        self.summary(replayed, refused_for_bytes, started.elapsed());
     }
 
     /// The replay's throughput and shape, on stderr and in the log.
-    /// `lanes`: of the `replay_queue_full` drops, those over a byte bound and those too
-    /// late to send.
-    fn summary(&self, replayed: u64, lanes: (u64, u64), took: Duration) {
-        let (refused_for_bytes, too_late) = lanes;
+    /// `refused_for_bytes`: of the `replay_queue_full` drops, those over a byte bound.
+    fn summary(&self, replayed: u64, refused_for_bytes: u64, took: Duration) {
         let f = &self.replayer.figures;
         let (requests, connections, userspace) = (
             f.requests.load(Ordering::Relaxed),
@@ -165,21 +161,21 @@ impl Shadow {
             f.userspace_timed.load(Ordering::Relaxed),
         );
         let secs = took.as_secs_f64().max(1e-9);
-        let dropped = self
-            .ledger
-            .snapshot()
-            .count(Outcome::Dropped(DropReason::ReplayQueueFull));
+        let ledger = self.ledger.snapshot();
+        let dropped = ledger.count(Outcome::Dropped(DropReason::ReplayQueueFull));
+        let late = ledger.count(Outcome::Dropped(DropReason::ReplayLate));
+        let bound = humantime::format_duration(self.replayer.config().max_lateness);
         tracing::info!(
             requests,
             connections,
             dropped_replay_queue_full = dropped,
             of_which_over_the_byte_bound = refused_for_bytes,
-            of_which_too_late = too_late,
+            dropped_replay_late = late,
             timed_by_daemon_clock = userspace,
             "replay finished"
         );
         eprintln!(
-            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped} (over the lanes' byte bound: {refused_for_bytes}, over 10 s late: {too_late}); handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}",
+            "replay: {requests} requests sent to the candidate over {connections} connections in {secs:.1}s ({:.0} req/s reached); dropped replay_queue_full: {dropped} (over the lanes' byte bound: {refused_for_bytes}); dropped replay_late: {late} (over {bound} late); handed to lanes: {replayed}; timed by the daemon's clock (no kernel timestamps): {userspace}",
             requests as f64 / secs
         );
     }

@@ -278,8 +278,19 @@ fn replay_config(p: &PipelineArgs, url: &str) -> anyhow::Result<ReplayConfig> {
         concurrency: p.concurrency.max(1),
         timeout: p.timeout,
         rate_per_s: p.rate,
+        max_lateness: replay_max_lateness(p.replay_max_lateness)?,
         limits: limits(p),
     })
+}
+
+/// `--replay-max-lateness`: 0 would drop every exchange sent a moment after it was due.
+fn replay_max_lateness(d: std::time::Duration) -> anyhow::Result<std::time::Duration> {
+    if d.is_zero() {
+        return Err(usage(
+            "--replay-max-lateness must be more than 0 (e.g. 10s, 500ms)",
+        ));
+    }
+    Ok(d)
 }
 
 fn limits(p: &PipelineArgs) -> Limits {

@@ -113,6 +113,9 @@ pub struct ReplayConfig {
     pub timeout: Duration,
     /// Requests per second at most (`--rate`); excess is dropped and counted.
     pub rate_per_s: Option<f64>,
+    /// A paced exchange its replay lane reaches more than this after it was due is
+    /// dropped and counted as `replay_late` (`--replay-max-lateness`).
+    pub max_lateness: Duration,
     pub limits: Limits,
 }
 
@@ -610,6 +613,7 @@ mod tests {
             concurrency: 1,
             timeout: Duration::from_secs(1),
             rate_per_s: Some(5.0),
+            max_lateness: Duration::from_secs(10),
             limits: Limits::default(),
         };
         let r = Replayer::new(cfg);

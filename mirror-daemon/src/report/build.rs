@@ -19,9 +19,10 @@ use super::mismatch::{
 };
 
 /// Drops that lose captured traffic. `unsupported` is uncovered traffic (reported, not a
-/// loss), `rate_limited` and `replay_queue_full` are replay decisions, `ring_full` is
-/// measured by the kernel in records (the kernel factor), and the losses after capture
-/// (`store_*`, `stage_panic`, `shutdown_deadline`) lose evidence, not traffic.
+/// loss), `rate_limited`, `replay_queue_full` and `replay_late` are replay decisions,
+/// `ring_full` is measured by the kernel in records (the kernel factor), and the losses
+/// after capture (`store_*`, `stage_panic`, `shutdown_deadline`) lose evidence, not
+/// traffic.
 pub const CAPTURE_LOSSES: [DropReason; 7] = [
     DropReason::Gap,
     DropReason::ParseError,

@@ -1352,3 +1352,85 @@ async fn postgres_store_of_schema_4_migrates_without_the_route_outcome_index() {
         .collect();
     check_migrated_from_4(&store, indexes).await;
 }
+
+// `replay_late` (a drop reason added without a schema change: ledgers are stored as JSON
+// of reason names, and no exchange row is kept for a drop).
+
+/// A ledger row as a build before `replay_late` wrote it: its JSON has no such reason.
+fn ledger_json_before_replay_late() -> [String; 2] {
+    let mut v = serde_json::to_value(ledger_snapshot(20)).expect("ledger json");
+    let dropped = v["dropped"].as_array_mut().expect("dropped pairs");
+    dropped.retain(|pair| pair[0] != "replay_late");
+    assert_eq!(dropped.len(), DropReason::ALL.len() - 1, "one reason fewer");
+    [
+        v.to_string(),
+        serde_json::to_string(&kernel(100)).expect("kernel"),
+    ]
+}
+
+/// The old row still reads (as no `replay_late` drops), a new ledger's `replay_late`
+/// drops come back by name, and the sum keeps the identity.
+async fn check_replay_late_stored(store: &Store) {
+    let late = Ledger::default();
+    late.saw(30);
+    late.record_n(Outcome::Matched, 10);
+    late.record_n(Outcome::Dropped(DropReason::ReplayQueueFull), 5);
+    late.record_n(Outcome::Dropped(DropReason::ReplayLate), 15);
+    store
+        .write_ledger(
+            "new-host",
+            "new-run",
+            2,
+            &late.snapshot(),
+            &kernel(1),
+            &pairing(7),
+            None,
+        )
+        .await
+        .expect("new ledger");
+    let ev = store.load(&ReportFilter::default()).await.expect("load");
+    assert_eq!(ev.ledgers.len(), 2);
+    let late_of = |l: &LedgerSnapshot| l.count(Outcome::Dropped(DropReason::ReplayLate));
+    assert_eq!(late_of(&ev.ledgers[0].ledger), 15, "new-host sorts first");
+    assert_eq!(late_of(&ev.ledgers[1].ledger), 0, "the old row reads");
+    assert_eq!(ev.ledgers[1].ledger.seen, 20);
+    let total = &ev.ledger_total;
+    assert_eq!(late_of(total), 15);
+    assert_eq!(
+        total.count(Outcome::Dropped(DropReason::ReplayQueueFull)),
+        5
+    );
+    assert_eq!((total.seen, total.in_flight()), (50, 4), "{total:?}");
+}
+
+const LEDGER_ROW: &str = "INSERT INTO ledgers (host, run_id, ts_unix_ms, ledger, kernel) \
+    VALUES ('old-host', 'old-run', 1, ?1, ?2)";
+
+#[tokio::test]
+async fn sqlite_ledgers_before_and_with_replay_late_read_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    old_sqlite_store(
+        &dir.path().join("mirror.db"),
+        schema::SCHEMA_VERSION as usize,
+        LEDGER_ROW,
+        &ledger_json_before_replay_late(),
+    );
+    let (store, _) = sqlite_store(dir.path()).await;
+    check_replay_late_stored(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ledgers_before_and_with_replay_late_read_together() {
+    let Some(server) = PgTestServer::start() else {
+        return;
+    };
+    let url = server.create_database("late").await;
+    old_postgres_store(
+        &url,
+        schema::SCHEMA_VERSION as usize,
+        LEDGER_ROW,
+        &ledger_json_before_replay_late(),
+    )
+    .await;
+    check_replay_late_stored(&migrated_postgres_store(&url).await).await;
+}

@@ -82,6 +82,7 @@ fn plan(dir: &std::path::Path, candidate: SocketAddr, timeout: Duration) -> Plan
         concurrency: 64,
         timeout,
         rate_per_s: None,
+        max_lateness: crate::app::lanes::LANE_MAX_LATE,
         limits: Limits::default(),
     };
     Plan {
