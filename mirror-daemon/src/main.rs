@@ -22,7 +22,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    // Before any thread exists (glibc reads the arena limit as threads start).
+    // Before any thread exists, so every arena gets the fixed mmap threshold.
     let allocator = mirror_daemon::app::allocator::tune();
     let args = match commands::config::expand(std::env::args_os().collect()) {
         Ok(a) => a,
