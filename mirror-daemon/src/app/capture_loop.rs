@@ -20,7 +20,7 @@ use crate::{
         pcap,
         reorder::{CausalReorder, DEFAULT_REORDER_WINDOW, ReorderStats},
     },
-    http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits, PairingCounters},
+    http::{BodySkip, Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits, PairingCounters},
     pipeline,
     reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats, StreamEvent},
 };
@@ -158,6 +158,17 @@ impl Outlet {
                     self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
                 }
             }
+            HttpOutput::BodiesSkipped(ex) => {
+                // Framed under the "nothing is replayed" rule (`body_skip`): counted with
+                // the sampler's outcome; never queued, even if the rate rose meanwhile
+                // (the bodies are not there to replay).
+                let o = self
+                    .sampler
+                    .as_ref()
+                    .and_then(|s| s.decide(&ex).outcome())
+                    .unwrap_or(Outcome::SampledOut);
+                self.ledger.record(o);
+            }
             HttpOutput::Dropped { flow, count, .. } if !self.is_inbound(&flow) => {
                 // A dependency call (or other traffic on its port) lost in framing: not
                 // an inbound exchange.
@@ -293,6 +304,18 @@ fn feed(
     }
 }
 
+/// The rule under which exchanges are framed without their bodies: a sampler that
+/// replays nothing (`--sample 0`, also set at run time) and legacy's inbound traffic
+/// (dependency calls keep theirs for the side-effect recorder). Every exchange is still
+/// rebuilt and counted; only the copy of its bodies is saved.
+fn body_skip(settings: &CaptureSettings) -> Option<BodySkip> {
+    let sampler = Arc::clone(settings.sampler.as_ref()?);
+    let outbound = settings.outbound.clone();
+    Some(BodySkip::new(move |flow: &FlowKey| {
+        sampler.ppm() == 0 && outbound.as_ref().is_none_or(|t| t.is_inbound(&flow.server))
+    }))
+}
+
 /// Runs until the source ends (file) or `stop` is set (live), then flushes every flow.
 /// `figures` is refreshed about once a second.
 pub fn run(
@@ -303,9 +326,13 @@ pub fn run(
     stop: Arc<AtomicBool>,
     figures: Arc<Mutex<CaptureFigures>>,
 ) -> Result<CaptureFigures, pcap::PcapError> {
+    let mut tracker = ExchangeTracker::new(settings.limits, settings.max_connections.max(1));
+    if let Some(skip) = body_skip(&settings) {
+        tracker = tracker.with_body_skip(skip);
+    }
     let mut st = Stages::new(
         Reassembler::new(settings.reassembly.clone()),
-        ExchangeTracker::new(settings.limits, settings.max_connections.max(1)),
+        tracker,
         Outlet {
             exchanges,
             outbound: settings.outbound.clone(),

@@ -17,6 +17,11 @@ pub(crate) struct ResponseCtx {
     pub head: bool,
     /// CONNECT: a 2xx response turns the connection into a tunnel.
     pub connect: bool,
+    /// The exchange's bodies are framed (their ends found, their sizes bounded) but not
+    /// kept: nothing downstream will read them ([`super::ExchangeTracker::with_body_skip`]).
+    /// Given to the request decoder with the head it is about to parse, carried with the
+    /// request to its response.
+    pub skip_body: bool,
 }
 
 impl ResponseCtx {
@@ -24,6 +29,7 @@ impl ResponseCtx {
         Self {
             head: method.eq_ignore_ascii_case("HEAD"),
             connect: method.eq_ignore_ascii_case("CONNECT"),
+            skip_body: false,
         }
     }
 }

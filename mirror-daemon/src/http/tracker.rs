@@ -48,7 +48,9 @@
 //! A loss or a mid-stream join therefore costs the exchanges it touched, never a
 //! mispaired one; exchanges paired this way are counted in `exchanges_proven`. Input
 //! without ACK numbers (synthetic streams) is paired in order as before, unproven.
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::capture::{FlowMap, FlowSet};
 
 use crate::accounting::DropReason;
 use crate::capture::{Direction, FlowKey};
@@ -68,6 +70,10 @@ pub const DEFAULT_BUDGET_BYTES: usize = 64 << 20;
 #[derive(Debug)]
 pub enum HttpOutput {
     Exchange(Exchange),
+    /// An exchange framed with its bodies left out (empty), because the tracker's
+    /// [`BodySkip`] rule held when its request head was parsed: counted like any other,
+    /// never to be replayed or compared.
+    BodiesSkipped(Exchange),
     /// `count` exchanges were lost (always 1 here: one record per request).
     Dropped {
         flow: FlowKey,
@@ -422,6 +428,8 @@ struct Sink<'a, F: FnMut(HttpOutput)> {
     flow: FlowKey,
     stats: &'a mut HttpStats,
     out: &'a mut F,
+    /// Request heads parsed now keep no bodies (`BodySkip`).
+    skip_bodies: bool,
 }
 
 impl<F: FnMut(HttpOutput)> Sink<'_, F> {
@@ -446,9 +454,27 @@ impl<F: FnMut(HttpOutput)> Sink<'_, F> {
     }
 }
 
+/// Which connections' exchanges need no bodies (asked once per segment of each
+/// connection): the capture thread's "nothing will be replayed" rule (`--sample 0`, inbound
+/// traffic). A body then costs its framing only, no copy.
+pub struct BodySkip(Box<dyn Fn(&FlowKey) -> bool + Send>);
+
+impl BodySkip {
+    pub fn new(rule: impl Fn(&FlowKey) -> bool + Send + 'static) -> Self {
+        Self(Box::new(rule))
+    }
+}
+
+impl std::fmt::Debug for BodySkip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodySkip")
+    }
+}
+
 /// Rebuilds exchanges from [`StreamEvent`]s of many connections.
 #[derive(Debug)]
 pub struct ExchangeTracker {
+    body_skip: Option<BodySkip>,
     limits: Limits,
     max_connections: usize,
     /// Bytes all connections may hold together (buffers, bodies, queued messages).
@@ -456,9 +482,9 @@ pub struct ExchangeTracker {
     /// Bytes held now: the sum of every connection's `Conn::memory_bytes`, kept up to
     /// date per event (each event changes one connection).
     held: usize,
-    conns: HashMap<FlowKey, Conn>,
+    conns: FlowMap<Conn>,
     /// Flows whose state was evicted: if they come back, they are joined mid-stream.
-    evicted: HashSet<FlowKey>,
+    evicted: FlowSet,
     tick: u64,
     stats: HttpStats,
     spare_queues: SpareQueues,
@@ -469,12 +495,13 @@ impl ExchangeTracker {
     /// evicted (its pending requests dropped as `Evicted`).
     pub fn new(limits: Limits, max_connections: usize) -> Self {
         Self {
+            body_skip: None,
             limits,
             max_connections: max_connections.max(1),
             budget: DEFAULT_BUDGET_BYTES,
             held: 0,
-            conns: HashMap::new(),
-            evicted: HashSet::new(),
+            conns: FlowMap::default(),
+            evicted: FlowSet::default(),
             tick: 0,
             stats: HttpStats::default(),
             spare_queues: SparePool::new(SPARE_QUEUES),
@@ -487,6 +514,14 @@ impl ExchangeTracker {
     /// open connections would bound nothing a host can hold.
     pub fn with_budget(mut self, bytes: usize) -> Self {
         self.budget = bytes.max(1);
+        self
+    }
+
+    /// Exchanges of connections for which `skip` holds when their request head is parsed
+    /// are framed without keeping their bodies and come out as
+    /// [`HttpOutput::BodiesSkipped`].
+    pub fn with_body_skip(mut self, skip: BodySkip) -> Self {
+        self.body_skip = Some(skip);
         self
     }
 
@@ -525,12 +560,19 @@ impl ExchangeTracker {
                     Direction::ToServer => self.stats.bytes_to_server += bytes.len() as u64,
                     Direction::ToClient => self.stats.bytes_to_client += bytes.len() as u64,
                 }
+                let skip_bodies = direction == Direction::ToServer
+                    && self.body_skip.as_ref().is_some_and(|s| (s.0)(&flow));
                 let Some((conn, stats, spare)) = self.conn(flow, false, out) else {
                     return;
                 };
                 let held_before = conn.memory_bytes();
                 let before = (stats.dropped(), conn.joining);
-                let mut sink = Sink { flow, stats, out };
+                let mut sink = Sink {
+                    flow,
+                    stats,
+                    out,
+                    skip_bodies,
+                };
                 let at = Position { seq, ack };
                 match direction {
                     Direction::ToServer => {
@@ -556,7 +598,12 @@ impl ExchangeTracker {
                 };
                 let held_before = conn.memory_bytes();
                 let before = (stats.dropped(), conn.joining);
-                let mut sink = Sink { flow, stats, out };
+                let mut sink = Sink {
+                    flow,
+                    stats,
+                    out,
+                    skip_bodies: false,
+                };
                 on_gap(conn, direction, lost_bytes, &mut sink);
                 conn.return_queue(spare);
                 count_join_cost(conn, before, sink.stats);
@@ -575,6 +622,7 @@ impl ExchangeTracker {
                         flow,
                         stats: &mut self.stats,
                         out,
+                        skip_bodies: false,
                     };
                     close(&mut conn, ts_ns, reason, &mut sink);
                     if reason == CloseReason::EndOfCapture {
@@ -597,6 +645,7 @@ impl ExchangeTracker {
                     flow,
                     stats: &mut self.stats,
                     out,
+                    skip_bodies: false,
                 };
                 drop_all(
                     &mut conn,
@@ -649,6 +698,7 @@ impl ExchangeTracker {
             flow,
             stats: &mut self.stats,
             out,
+            skip_bodies: false,
         };
         drop_all(&mut conn, DropReason::Evicted, why, &mut sink);
         self.remember_evicted(flow);
@@ -746,7 +796,11 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
 ) {
     let mut rest = bytes;
     while conn.mode != Mode::Ignored {
-        let step = match conn.requests.decode(rest, ts, ResponseCtx::default()) {
+        let ctx = ResponseCtx {
+            skip_body: sink.skip_bodies,
+            ..ResponseCtx::default()
+        };
+        let step = match conn.requests.decode(rest, ts, ctx) {
             Ok(step) => step,
             Err(e) => {
                 on_error(conn, Direction::ToServer, &e, sink);
@@ -1088,7 +1142,7 @@ fn pop_complete<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
                     sink.stats.exchanges_proven += 1;
                     conn.joining = false;
                 }
-                (sink.out)(HttpOutput::Exchange(Exchange {
+                let ex = Exchange {
                     id: CorrelationId::new(),
                     flow: sink.flow,
                     request,
@@ -1099,7 +1153,12 @@ fn pop_complete<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
                         response_first_ns: entry.response_first_ns,
                         response_last_ns: entry.response_last_ns,
                     },
-                }));
+                };
+                (sink.out)(if entry.ctx.skip_body {
+                    HttpOutput::BodiesSkipped(ex)
+                } else {
+                    HttpOutput::Exchange(ex)
+                });
             }
             // Both sides done without content and not reported: cannot happen (content
             // is only lost through `drop_entry`), but never lose the count.

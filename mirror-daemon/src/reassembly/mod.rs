@@ -45,7 +45,6 @@
 //!
 //! Time is the capture clock (`Segment::ts_ns`), never the wall clock, so pcap replays
 //! behave like live capture.
-use std::collections::HashMap;
 
 use thiserror::Error;
 
@@ -198,7 +197,7 @@ pub struct Reassembler {
     cfg: ReassemblyConfig,
     // SipHash (the std default) on purpose: clients choose their ports and addresses, so
     // a weak hash would let them degrade the table.
-    flows: HashMap<FlowKey, Flow>,
+    flows: crate::capture::FlowMap<Flow>,
     stats: ReassemblyStats,
     /// Reorder-buffer memory held by all flows (see `buffered_bytes`).
     total_buffered: usize,
@@ -209,7 +208,7 @@ impl Reassembler {
     pub fn new(cfg: ReassemblyConfig) -> Self {
         Self {
             cfg,
-            flows: HashMap::new(),
+            flows: crate::capture::FlowMap::default(),
             stats: ReassemblyStats::default(),
             total_buffered: 0,
             last_table_sweep_ns: None,

@@ -30,11 +30,12 @@ mod program {
             generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
         },
         macros::{classifier, map},
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        maps::{Array, LruHashMap, PerCpuArray, RingBuf},
         programs::TcContext,
     };
     use mirror_common::{
-        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PPM_ALL, SegmentRecord,
+        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PORT_SLOTS, PPM_ALL,
+        SegmentRecord,
         client_hash, counter, direction, sample_keep, setting, tcp_flag,
     };
 
@@ -42,9 +43,17 @@ mod program {
     #[map(name = "SEGMENTS")]
     static SEGMENTS: RingBuf = RingBuf::with_byte_size(64 * 1024 * 1024, 0);
 
-    /// Tapped server ports (host byte order) → 1.
+    /// Tapped server ports: index = port (host byte order), 1 = tapped. An array, not a
+    /// hash map: the JIT inlines an array lookup into a bounds check and a load, where a
+    /// hash lookup is a helper call hashing the key (two per server-to-client packet).
     #[map(name = "PORTS")]
-    static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+    static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
+
+    /// Entry 0 is set to 1 by the daemon before its first replay connection (`capture::own`).
+    /// Until then no segment can be the daemon's own, and the socket-cookie and flow
+    /// lookups of [`own_replay`] are skipped (`run --sample 0` never replays).
+    #[map(name = "OWN_GATE")]
+    static OWN_GATE: Array<u32> = Array::with_max_entries(1, 0);
 
     /// Socket cookies of the daemon's own replay connections (filled by the daemon before
     /// it connects). Cookies are never reused, so old entries are harmless: LRU evicts them.
@@ -166,6 +175,9 @@ mod program {
     /// is remembered); incoming: the flow was remembered.
     #[inline(always)]
     fn own_replay(ctx: &TcContext, pkt: &Packet, dir: u8, sport: u16, dport: u16) -> bool {
+        if OWN_GATE.get(0).copied().unwrap_or(0) == 0 {
+            return false;
+        }
         if dir == direction::TO_SERVER {
             // SAFETY: the helper takes the skb; it returns 0 when there is no socket.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
@@ -190,14 +202,19 @@ mod program {
     }
 
     #[inline(always)]
+    fn tapped(port: u16) -> bool {
+        PORTS.get(u32::from(port)).copied().unwrap_or(0) != 0
+    }
+
+    #[inline(always)]
     fn try_tap(ctx: &TcContext) -> Result<(), i64> {
         let pkt = parse_ip(ctx)?;
         let l4 = pkt.l4;
         let sport = u16::from_be(ctx.load::<u16>(l4)?);
         let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
-        let dir = if PORTS.get_ptr(dport).is_some() {
+        let dir = if tapped(dport) {
             direction::TO_SERVER
-        } else if PORTS.get_ptr(sport).is_some() {
+        } else if tapped(sport) {
             direction::TO_CLIENT
         } else {
             return Ok(());
