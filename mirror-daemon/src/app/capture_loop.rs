@@ -138,37 +138,9 @@ impl Outlet {
 
     fn deliver(&self, o: HttpOutput) {
         match o {
-            HttpOutput::Exchange(ex) => {
-                let ex = match &self.outbound {
-                    Some(tap) => match tap.take(ex) {
-                        Some(ex) => ex,
-                        None => return,
-                    },
-                    None => ex,
-                };
-                self.ledger.saw(1);
-                if let Some(o) = self.sampler.as_ref().and_then(|s| s.decide(&ex).outcome()) {
-                    self.ledger.record(o);
-                    return;
-                }
-                let item = Captured::Exchange(ex);
-                if !self.wait_when_full {
-                    pipeline::offer(&self.exchanges, item, &self.ledger);
-                } else if self.exchanges.blocking_send(item).is_err() {
-                    self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
-                }
-            }
-            HttpOutput::BodiesSkipped(ex) => {
-                // Framed under the "nothing is replayed" rule (`body_skip`): counted with
-                // the sampler's outcome; never queued, even if the rate rose meanwhile
-                // (the bodies are not there to replay).
-                let o = self
-                    .sampler
-                    .as_ref()
-                    .and_then(|s| s.decide(&ex).outcome())
-                    .unwrap_or(Outcome::SampledOut);
-                self.ledger.record(o);
-            }
+            HttpOutput::Exchange(ex) => self.exchange(ex, true),
+            // Framed under the "nothing is replayed" rule (`body_skip`).
+            HttpOutput::BodiesSkipped(ex) => self.exchange(ex, false),
             HttpOutput::Dropped { flow, count, .. } if !self.is_inbound(&flow) => {
                 // A dependency call (or other traffic on its port) lost in framing: not
                 // an inbound exchange.
@@ -177,6 +149,31 @@ impl Outlet {
                 }
             }
             HttpOutput::Dropped { reason, count, .. } => self.ledger.saw_dropped(reason, count),
+        }
+    }
+
+    /// An inbound exchange is counted once and decided before the queue; one without its
+    /// bodies is never queued (it ends `sampled_out` even if the rate rose since its
+    /// bodies were skipped: there is nothing to replay).
+    fn exchange(&self, ex: Exchange, with_bodies: bool) {
+        let ex = match &self.outbound {
+            Some(tap) => match tap.take(ex) {
+                Some(ex) => ex,
+                None => return,
+            },
+            None => ex,
+        };
+        self.ledger.saw(1);
+        let decided = self.sampler.as_ref().and_then(|s| s.decide(&ex).outcome());
+        if let Some(o) = decided.or((!with_bodies).then_some(Outcome::SampledOut)) {
+            self.ledger.record(o);
+            return;
+        }
+        let item = Captured::Exchange(ex);
+        if !self.wait_when_full {
+            pipeline::offer(&self.exchanges, item, &self.ledger);
+        } else if self.exchanges.blocking_send(item).is_err() {
+            self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
         }
     }
 
@@ -642,6 +639,55 @@ mod tests {
         assert_eq!(s.count(Outcome::Dropped(DropReason::QueueFull)), 0, "{s:?}");
         assert_eq!((s.seen, s.terminal(), s.in_flight()), (5, 5, 0), "{s:?}");
         assert!(rx.try_recv().is_err(), "nothing queued");
+    }
+
+    /// Exchanges framed without bodies are counted with the sampler's outcome and never
+    /// queued, even when the rate rose after their bodies were skipped.
+    #[test]
+    fn exchanges_without_bodies_are_counted_never_queued() {
+        use crate::sample::{SampleConfig, Sampler, parse_rule};
+        let ledger = Arc::new(Ledger::default());
+        let (tx, mut rx) = mpsc::channel(8);
+        let sampler = Sampler::new(SampleConfig {
+            exclude: vec![parse_rule("path:^/health").expect("rule")],
+            ..SampleConfig::default()
+        })
+        .expect("sampler");
+        let outlet = sampling_outlet(tx, sampler, &ledger);
+        for (i, path) in ["/a", "/health", "/b"].into_iter().enumerate() {
+            outlet.deliver(HttpOutput::BodiesSkipped(exchange(path, 40_000 + i as u16)));
+        }
+        let s = ledger.snapshot();
+        assert_eq!(s.count(Outcome::Excluded), 1, "{s:?}");
+        assert_eq!(s.count(Outcome::SampledOut), 2, "at 100 %, still: {s:?}");
+        assert_eq!((s.seen, s.terminal(), s.in_flight()), (3, 3, 0), "{s:?}");
+        assert!(rx.try_recv().is_err(), "nothing queued");
+    }
+
+    /// Bodies are skipped while the sampler replays nothing, on inbound connections only,
+    /// and kept again as soon as the rate rises (checked per segment, not per run).
+    #[test]
+    fn bodies_are_skipped_only_while_nothing_is_replayed() {
+        use crate::sample::{SampleConfig, Sampler};
+        let flow = exchange("/", 40_000).flow;
+        assert!(body_skip(&CaptureSettings::default()).is_none(), "no sampler");
+        let sampler = Arc::new(
+            Sampler::new(SampleConfig {
+                percent: 0.0,
+                ..SampleConfig::default()
+            })
+            .expect("sampler"),
+        );
+        let settings = CaptureSettings {
+            sampler: Some(Arc::clone(&sampler)),
+            ..CaptureSettings::default()
+        };
+        let skip = body_skip(&settings).expect("a rule");
+        assert!(skip.applies(&flow));
+        sampler.set_percent(5.0).expect("rate");
+        assert!(!skip.applies(&flow));
+        sampler.set_percent(0.0).expect("rate");
+        assert!(skip.applies(&flow));
     }
 
     #[test]

@@ -50,10 +50,8 @@
 //! without ACK numbers (synthetic streams) is paired in order as before, unproven.
 use std::collections::VecDeque;
 
-use crate::capture::{FlowMap, FlowSet};
-
 use crate::accounting::DropReason;
-use crate::capture::{Direction, FlowKey};
+use crate::capture::{Direction, FlowKey, FlowMap, FlowSet};
 use crate::reassembly::{CloseReason, StreamEvent};
 
 use super::decoder::{Decoder, Event, GapEffect, Kind, Message};
@@ -463,6 +461,11 @@ impl BodySkip {
     pub fn new(rule: impl Fn(&FlowKey) -> bool + Send + 'static) -> Self {
         Self(Box::new(rule))
     }
+
+    /// Whether `flow`'s exchanges need no bodies now.
+    pub fn applies(&self, flow: &FlowKey) -> bool {
+        (self.0)(flow)
+    }
 }
 
 impl std::fmt::Debug for BodySkip {
@@ -561,7 +564,7 @@ impl ExchangeTracker {
                     Direction::ToClient => self.stats.bytes_to_client += bytes.len() as u64,
                 }
                 let skip_bodies = direction == Direction::ToServer
-                    && self.body_skip.as_ref().is_some_and(|s| (s.0)(&flow));
+                    && self.body_skip.as_ref().is_some_and(|s| s.applies(&flow));
                 let Some((conn, stats, spare)) = self.conn(flow, false, out) else {
                     return;
                 };
