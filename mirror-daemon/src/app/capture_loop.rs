@@ -20,7 +20,7 @@ use crate::{
         pcap,
         reorder::{CausalReorder, DEFAULT_REORDER_WINDOW, ReorderStats},
     },
-    http::{BodySkip, Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits, PairingCounters},
+    http::{Exchange, ExchangeTracker, FrameOnly, HttpOutput, HttpStats, Limits, PairingCounters},
     pipeline,
     reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats, StreamEvent},
 };
@@ -139,8 +139,8 @@ impl Outlet {
     fn deliver(&self, o: HttpOutput) {
         match o {
             HttpOutput::Exchange(ex) => self.exchange(ex, true),
-            // Framed under the "nothing is replayed" rule (`body_skip`).
-            HttpOutput::BodiesSkipped(ex) => self.exchange(ex, false),
+            // Framed only, under the "nothing is replayed" rule (`frame_only_rule`).
+            HttpOutput::FramedOnly(ex) => self.exchange(ex, false),
             HttpOutput::Dropped { flow, count, .. } if !self.is_inbound(&flow) => {
                 // A dependency call (or other traffic on its port) lost in framing: not
                 // an inbound exchange.
@@ -152,10 +152,10 @@ impl Outlet {
         }
     }
 
-    /// An inbound exchange is counted once and decided before the queue; one without its
-    /// bodies is never queued (it ends `sampled_out` even if the rate rose since its
-    /// bodies were skipped: there is nothing to replay).
-    fn exchange(&self, ex: Exchange, with_bodies: bool) {
+    /// An inbound exchange is counted once and decided before the queue; one framed
+    /// without its content is never queued (it ends `sampled_out` even if the rate rose
+    /// since its head was parsed: there is nothing to replay).
+    fn exchange(&self, ex: Exchange, with_content: bool) {
         let ex = match &self.outbound {
             Some(tap) => match tap.take(ex) {
                 Some(ex) => ex,
@@ -165,7 +165,7 @@ impl Outlet {
         };
         self.ledger.saw(1);
         let decided = self.sampler.as_ref().and_then(|s| s.decide(&ex).outcome());
-        if let Some(o) = decided.or((!with_bodies).then_some(Outcome::SampledOut)) {
+        if let Some(o) = decided.or((!with_content).then_some(Outcome::SampledOut)) {
             self.ledger.record(o);
             return;
         }
@@ -301,14 +301,15 @@ fn feed(
     }
 }
 
-/// The rule under which exchanges are framed without their bodies: a sampler that
-/// replays nothing (`--sample 0`, also set at run time) and legacy's inbound traffic
-/// (dependency calls keep theirs for the side-effect recorder). Every exchange is still
-/// rebuilt and counted; only the copy of its bodies is saved.
-fn body_skip(settings: &CaptureSettings) -> Option<BodySkip> {
+/// The rule under which exchanges are framed without their content (bodies, response
+/// header fields): a sampler that replays nothing (`--sample 0`, also when set at run
+/// time) and legacy's inbound traffic (dependency calls keep theirs for the side-effect
+/// recorder). Every exchange is still rebuilt, paired and counted; only the copies are
+/// saved.
+fn frame_only_rule(settings: &CaptureSettings) -> Option<FrameOnly> {
     let sampler = Arc::clone(settings.sampler.as_ref()?);
     let outbound = settings.outbound.clone();
-    Some(BodySkip::new(move |flow: &FlowKey| {
+    Some(FrameOnly::new(move |flow: &FlowKey| {
         sampler.ppm() == 0 && outbound.as_ref().is_none_or(|t| t.is_inbound(&flow.server))
     }))
 }
@@ -324,8 +325,8 @@ pub fn run(
     figures: Arc<Mutex<CaptureFigures>>,
 ) -> Result<CaptureFigures, pcap::PcapError> {
     let mut tracker = ExchangeTracker::new(settings.limits, settings.max_connections.max(1));
-    if let Some(skip) = body_skip(&settings) {
-        tracker = tracker.with_body_skip(skip);
+    if let Some(rule) = frame_only_rule(&settings) {
+        tracker = tracker.with_frame_only(rule);
     }
     let mut st = Stages::new(
         Reassembler::new(settings.reassembly.clone()),
@@ -641,10 +642,10 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing queued");
     }
 
-    /// Exchanges framed without bodies are counted with the sampler's outcome and never
-    /// queued, even when the rate rose after their bodies were skipped.
+    /// Exchanges framed without content are counted with the sampler's outcome and never
+    /// queued, even when the rate rose after their heads were parsed.
     #[test]
-    fn exchanges_without_bodies_are_counted_never_queued() {
+    fn framed_only_exchanges_are_counted_never_queued() {
         use crate::sample::{SampleConfig, Sampler, parse_rule};
         let ledger = Arc::new(Ledger::default());
         let (tx, mut rx) = mpsc::channel(8);
@@ -655,7 +656,7 @@ mod tests {
         .expect("sampler");
         let outlet = sampling_outlet(tx, sampler, &ledger);
         for (i, path) in ["/a", "/health", "/b"].into_iter().enumerate() {
-            outlet.deliver(HttpOutput::BodiesSkipped(exchange(path, 40_000 + i as u16)));
+            outlet.deliver(HttpOutput::FramedOnly(exchange(path, 40_000 + i as u16)));
         }
         let s = ledger.snapshot();
         assert_eq!(s.count(Outcome::Excluded), 1, "{s:?}");
@@ -664,13 +665,16 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing queued");
     }
 
-    /// Bodies are skipped while the sampler replays nothing, on inbound connections only,
-    /// and kept again as soon as the rate rises (checked per segment, not per run).
+    /// Framing only while the sampler replays nothing, and content kept again as soon as
+    /// the rate rises (checked per segment, not per run).
     #[test]
-    fn bodies_are_skipped_only_while_nothing_is_replayed() {
+    fn framing_only_holds_only_while_nothing_is_replayed() {
         use crate::sample::{SampleConfig, Sampler};
         let flow = exchange("/", 40_000).flow;
-        assert!(body_skip(&CaptureSettings::default()).is_none(), "no sampler");
+        assert!(
+            frame_only_rule(&CaptureSettings::default()).is_none(),
+            "no sampler"
+        );
         let sampler = Arc::new(
             Sampler::new(SampleConfig {
                 percent: 0.0,
@@ -682,12 +686,12 @@ mod tests {
             sampler: Some(Arc::clone(&sampler)),
             ..CaptureSettings::default()
         };
-        let skip = body_skip(&settings).expect("a rule");
-        assert!(skip.applies(&flow));
+        let rule = frame_only_rule(&settings).expect("a rule");
+        assert!(rule.applies(&flow));
         sampler.set_percent(5.0).expect("rate");
-        assert!(!skip.applies(&flow));
+        assert!(!rule.applies(&flow));
         sampler.set_percent(0.0).expect("rate");
-        assert!(skip.applies(&flow));
+        assert!(rule.applies(&flow));
     }
 
     #[test]

@@ -80,9 +80,9 @@ pub fn register(sock: &impl AsRawFd) {
             maps.gate_open = true;
         })
     };
-    let result = gate.and_then(|()| cookie(sock)).and_then(|c| {
-        maps.sockets.insert(c, 1, 0).map_err(to_io)
-    });
+    let result = gate
+        .and_then(|()| cookie(sock))
+        .and_then(|c| maps.sockets.insert(c, 1, 0).map_err(to_io));
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not exclude a replay connection from the tap");
     }

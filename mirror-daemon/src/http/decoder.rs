@@ -83,7 +83,7 @@ struct BodyState {
     framing: BodyFraming,
     /// `None` once the content is lost (over the limit or a gap).
     data: Option<BytesMut>,
-    /// Framed and bounded, not kept (`ResponseCtx::skip_body`): `data` stays empty and
+    /// Framed and bounded, not kept (`ResponseCtx::frame_only`): `data` stays empty and
     /// `seen` counts the bytes against the limit, so the outcome is what keeping would give.
     discard: bool,
     seen: usize,
@@ -373,12 +373,12 @@ impl Decoder {
         };
         let event_ctx = match &head {
             Head::Request(r) => ResponseCtx {
-                skip_body: ctx.skip_body,
+                frame_only: ctx.frame_only,
                 ..ResponseCtx::for_method(&r.method)
             },
             Head::Response(_) => ctx,
         };
-        let discard = ctx.skip_body;
+        let discard = ctx.frame_only;
         let max_body = limits.max_body_bytes as u64;
         let (framing, data, lost) = match framing {
             Framing::Length(n) if n > max_body => (
@@ -390,7 +390,11 @@ impl Decoder {
             ),
             Framing::Length(n) => (
                 BodyFraming::Length(n),
-                Some(BytesMut::with_capacity(if discard { 0 } else { capacity(n) })),
+                Some(BytesMut::with_capacity(if discard {
+                    0
+                } else {
+                    capacity(n)
+                })),
                 None,
             ),
             Framing::Chunked => (

@@ -68,10 +68,10 @@ pub const DEFAULT_BUDGET_BYTES: usize = 64 << 20;
 #[derive(Debug)]
 pub enum HttpOutput {
     Exchange(Exchange),
-    /// An exchange framed with its bodies left out (empty), because the tracker's
-    /// [`BodySkip`] rule held when its request head was parsed: counted like any other,
-    /// never to be replayed or compared.
-    BodiesSkipped(Exchange),
+    /// An exchange framed without its content (empty bodies, no response header fields;
+    /// see `ResponseCtx::frame_only`), because the tracker's [`FrameOnly`] rule held when
+    /// its request head was parsed: counted like any other, never to be replayed.
+    FramedOnly(Exchange),
     /// `count` exchanges were lost (always 1 here: one record per request).
     Dropped {
         flow: FlowKey,
@@ -426,8 +426,8 @@ struct Sink<'a, F: FnMut(HttpOutput)> {
     flow: FlowKey,
     stats: &'a mut HttpStats,
     out: &'a mut F,
-    /// Request heads parsed now keep no bodies (`BodySkip`).
-    skip_bodies: bool,
+    /// Request heads parsed now start framing-only exchanges (`FrameOnly`).
+    frame_only: bool,
 }
 
 impl<F: FnMut(HttpOutput)> Sink<'_, F> {
@@ -452,32 +452,33 @@ impl<F: FnMut(HttpOutput)> Sink<'_, F> {
     }
 }
 
-/// Which connections' exchanges need no bodies (asked once per segment of each
-/// connection): the capture thread's "nothing will be replayed" rule (`--sample 0`, inbound
-/// traffic). A body then costs its framing only, no copy.
-pub struct BodySkip(Box<dyn Fn(&FlowKey) -> bool + Send>);
+/// Which connections' exchanges need framing only, no content (asked once per
+/// request-direction segment): the capture thread's "nothing will be replayed" rule
+/// (`--sample 0`, inbound traffic). A body then costs its framing, not a copy, and a
+/// response head no allocation per header field.
+pub struct FrameOnly(Box<dyn Fn(&FlowKey) -> bool + Send>);
 
-impl BodySkip {
+impl FrameOnly {
     pub fn new(rule: impl Fn(&FlowKey) -> bool + Send + 'static) -> Self {
         Self(Box::new(rule))
     }
 
-    /// Whether `flow`'s exchanges need no bodies now.
+    /// Whether `flow`'s exchanges starting now need framing only.
     pub fn applies(&self, flow: &FlowKey) -> bool {
         (self.0)(flow)
     }
 }
 
-impl std::fmt::Debug for BodySkip {
+impl std::fmt::Debug for FrameOnly {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BodySkip")
+        f.write_str("FrameOnly")
     }
 }
 
 /// Rebuilds exchanges from [`StreamEvent`]s of many connections.
 #[derive(Debug)]
 pub struct ExchangeTracker {
-    body_skip: Option<BodySkip>,
+    frame_only_rule: Option<FrameOnly>,
     limits: Limits,
     max_connections: usize,
     /// Bytes all connections may hold together (buffers, bodies, queued messages).
@@ -498,7 +499,7 @@ impl ExchangeTracker {
     /// evicted (its pending requests dropped as `Evicted`).
     pub fn new(limits: Limits, max_connections: usize) -> Self {
         Self {
-            body_skip: None,
+            frame_only_rule: None,
             limits,
             max_connections: max_connections.max(1),
             budget: DEFAULT_BUDGET_BYTES,
@@ -520,11 +521,11 @@ impl ExchangeTracker {
         self
     }
 
-    /// Exchanges of connections for which `skip` holds when their request head is parsed
-    /// are framed without keeping their bodies and come out as
-    /// [`HttpOutput::BodiesSkipped`].
-    pub fn with_body_skip(mut self, skip: BodySkip) -> Self {
-        self.body_skip = Some(skip);
+    /// Exchanges of connections for which `rule` holds when their request head is parsed
+    /// are framed without keeping their content and come out as
+    /// [`HttpOutput::FramedOnly`].
+    pub fn with_frame_only(mut self, rule: FrameOnly) -> Self {
+        self.frame_only_rule = Some(rule);
         self
     }
 
@@ -563,8 +564,11 @@ impl ExchangeTracker {
                     Direction::ToServer => self.stats.bytes_to_server += bytes.len() as u64,
                     Direction::ToClient => self.stats.bytes_to_client += bytes.len() as u64,
                 }
-                let skip_bodies = direction == Direction::ToServer
-                    && self.body_skip.as_ref().is_some_and(|s| s.applies(&flow));
+                let frame_only = direction == Direction::ToServer
+                    && self
+                        .frame_only_rule
+                        .as_ref()
+                        .is_some_and(|s| s.applies(&flow));
                 let Some((conn, stats, spare)) = self.conn(flow, false, out) else {
                     return;
                 };
@@ -574,7 +578,7 @@ impl ExchangeTracker {
                     flow,
                     stats,
                     out,
-                    skip_bodies,
+                    frame_only,
                 };
                 let at = Position { seq, ack };
                 match direction {
@@ -605,7 +609,7 @@ impl ExchangeTracker {
                     flow,
                     stats,
                     out,
-                    skip_bodies: false,
+                    frame_only: false,
                 };
                 on_gap(conn, direction, lost_bytes, &mut sink);
                 conn.return_queue(spare);
@@ -625,7 +629,7 @@ impl ExchangeTracker {
                         flow,
                         stats: &mut self.stats,
                         out,
-                        skip_bodies: false,
+                        frame_only: false,
                     };
                     close(&mut conn, ts_ns, reason, &mut sink);
                     if reason == CloseReason::EndOfCapture {
@@ -648,7 +652,7 @@ impl ExchangeTracker {
                     flow,
                     stats: &mut self.stats,
                     out,
-                    skip_bodies: false,
+                    frame_only: false,
                 };
                 drop_all(
                     &mut conn,
@@ -701,7 +705,7 @@ impl ExchangeTracker {
             flow,
             stats: &mut self.stats,
             out,
-            skip_bodies: false,
+            frame_only: false,
         };
         drop_all(&mut conn, DropReason::Evicted, why, &mut sink);
         self.remember_evicted(flow);
@@ -800,7 +804,7 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
     let mut rest = bytes;
     while conn.mode != Mode::Ignored {
         let ctx = ResponseCtx {
-            skip_body: sink.skip_bodies,
+            frame_only: sink.frame_only,
             ..ResponseCtx::default()
         };
         let step = match conn.requests.decode(rest, ts, ctx) {
@@ -1157,8 +1161,8 @@ fn pop_complete<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
                         response_last_ns: entry.response_last_ns,
                     },
                 };
-                (sink.out)(if entry.ctx.skip_body {
-                    HttpOutput::BodiesSkipped(ex)
+                (sink.out)(if entry.ctx.frame_only {
+                    HttpOutput::FramedOnly(ex)
                 } else {
                     HttpOutput::Exchange(ex)
                 });

@@ -34,19 +34,19 @@ impl Harness {
         }
     }
 
-    /// A tracker that keeps no bodies on `flow(1)` (the capture thread's `--sample 0`).
-    fn skipping_bodies() -> Self {
+    /// A tracker that frames `flow(1)` without content (the capture thread's `--sample 0`).
+    fn framing_only() -> Self {
         let mut h = Self::new();
         h.tracker = ExchangeTracker::new(Limits::default(), 1024)
-            .with_body_skip(BodySkip::new(|f: &FlowKey| *f == flow(1)));
+            .with_frame_only(FrameOnly::new(|f: &FlowKey| *f == flow(1)));
         h
     }
 
-    /// How many outputs came out as `BodiesSkipped`.
-    fn skipped(&self) -> usize {
+    /// How many outputs came out as `FramedOnly`.
+    fn framed_only(&self) -> usize {
         self.out
             .iter()
-            .filter(|o| matches!(o, HttpOutput::BodiesSkipped(_)))
+            .filter(|o| matches!(o, HttpOutput::FramedOnly(_)))
             .count()
     }
 
@@ -130,7 +130,7 @@ impl Harness {
         self.out
             .iter()
             .filter_map(|o| match o {
-                HttpOutput::Exchange(e) | HttpOutput::BodiesSkipped(e) => Some(summary(e)),
+                HttpOutput::Exchange(e) | HttpOutput::FramedOnly(e) => Some(summary(e)),
                 HttpOutput::Dropped { .. } => None,
             })
             .collect()
@@ -140,7 +140,7 @@ impl Harness {
         self.out
             .iter()
             .filter_map(|o| match o {
-                HttpOutput::Exchange(e) | HttpOutput::BodiesSkipped(e) => Some(e),
+                HttpOutput::Exchange(e) | HttpOutput::FramedOnly(e) => Some(e),
                 HttpOutput::Dropped { .. } => None,
             })
             .collect()
@@ -159,7 +159,7 @@ impl Harness {
                     assert_eq!(*count, 1);
                     Some((*reason, *detail))
                 }
-                HttpOutput::Exchange(_) | HttpOutput::BodiesSkipped(_) => None,
+                HttpOutput::Exchange(_) | HttpOutput::FramedOnly(_) => None,
             })
             .collect()
     }
@@ -320,8 +320,8 @@ fn chunked_with_extensions_and_trailers_both_ways() {
 }
 
 #[test]
-fn skipped_bodies_are_framed_not_kept() {
-    let mut h = Harness::skipping_bodies();
+fn framing_only_keeps_no_content_and_stays_in_sync() {
+    let mut h = Harness::framing_only();
     h.req(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;a=b\r\nwi");
     h.req(b"ki\r\n5\r\npedia\r\n0\r\n\r\nPOST /d HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
     h.resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n");
@@ -340,13 +340,13 @@ fn skipped_bodies_are_framed_not_kept() {
             "GET /kept \"\" -> 200 \"body\""
         ]
     );
-    assert_eq!(h.skipped(), 3);
+    assert_eq!(h.framed_only(), 3);
     assert_eq!(h.tracker.memory_bytes(), 0, "nothing held between messages");
     h.check_accounting();
 }
 
 #[test]
-fn skipped_bodies_still_obey_the_body_limit() {
+fn framing_only_still_obeys_the_body_limit() {
     let limits = Limits {
         max_header_bytes: 4096,
         max_headers: 32,
@@ -354,7 +354,7 @@ fn skipped_bodies_still_obey_the_body_limit() {
     };
     let mut h = Harness::with(limits, 16);
     h.tracker =
-        ExchangeTracker::new(limits, 16).with_body_skip(BodySkip::new(|_: &FlowKey| true));
+        ExchangeTracker::new(limits, 16).with_frame_only(FrameOnly::new(|_: &FlowKey| true));
     h.req(b"POST /big HTTP/1.1\r\nContent-Length: 20\r\n\r\n01234567890123456789");
     h.resp(&ok("a"));
     h.req(&get("/next"));
@@ -1081,7 +1081,7 @@ fn comparable(h: &Harness) -> Vec<(FlowKey, Request, Response)> {
         .collect()
 }
 
-fn without_bodies(
+fn without_content(
     exchanges: Vec<(FlowKey, Request, Response)>,
 ) -> Vec<(FlowKey, Request, Response)> {
     exchanges
@@ -1093,6 +1093,8 @@ fn without_bodies(
             };
             let r = Response {
                 body: Bytes::new(),
+                reason: String::new(),
+                headers: Vec::new(),
                 ..r
             };
             (f, q, r)
@@ -1147,8 +1149,8 @@ proptest! {
         let req_pieces = cut(&requests, req_cuts.iter().map(|i| i.index(requests.len() + 1)).collect());
         let resp_pieces = cut(&responses, resp_cuts.iter().map(|i| i.index(responses.len() + 1)).collect());
         let mut pieced = Harness::new();
-        // The same pieces to a tracker that keeps no bodies: the same exchanges, emptied.
-        let mut skipping = Harness::skipping_bodies();
+        // The same pieces to a framing-only tracker: the same exchanges, without content.
+        let mut skipping = Harness::framing_only();
         let (mut qi, mut ri, mut sent) = (0, 0, 0);
         let mut bits = order.iter().copied().cycle();
         while qi < req_pieces.len() || ri < resp_pieces.len() {
@@ -1177,8 +1179,8 @@ proptest! {
         prop_assert!(pieced.drops().is_empty());
         skipping.close();
         skipping.check_accounting();
-        prop_assert_eq!(skipping.skipped(), specs.len());
-        prop_assert_eq!(comparable(&skipping), without_bodies(comparable(&whole)));
+        prop_assert_eq!(skipping.framed_only(), specs.len());
+        prop_assert_eq!(comparable(&skipping), without_content(comparable(&whole)));
     }
 }
 

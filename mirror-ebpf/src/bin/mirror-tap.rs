@@ -35,8 +35,7 @@ mod program {
     };
     use mirror_common::{
         CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PORT_SLOTS, PPM_ALL,
-        SegmentRecord,
-        client_hash, counter, direction, sample_keep, setting, tcp_flag,
+        SegmentRecord, client_hash, counter, direction, sample_keep, setting, tcp_flag,
     };
 
     /// Default 64 MiB; the daemon resizes it at load time (`--ring-mib`).
