@@ -120,20 +120,21 @@ mod program {
         let mut saddr = [0u8; 16];
         let mut daddr = [0u8; 16];
         if proto == ETH_P_IP {
-            let vihl: u8 = ctx.load(off)?;
+            // The fixed 20-byte header in one helper call (each `ctx.load` is a
+            // `bpf_skb_load_bytes`); the fields are then plain stack reads.
+            let ip: [u8; 20] = ctx.load(off)?;
+            let vihl = ip[0];
             let ihl = ((vihl & 0x0f) as usize) * 4;
             if vihl >> 4 != 4 || ihl < 20 {
                 return Err(0);
             }
-            let total = u16::from_be(ctx.load::<u16>(off + 2)?) as usize;
-            let frag = u16::from_be(ctx.load::<u16>(off + 6)?);
-            if frag & 0x1fff != 0 || ctx.load::<u8>(off + 9)? != IPPROTO_TCP {
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            if frag & 0x1fff != 0 || ip[9] != IPPROTO_TCP {
                 return Err(0);
             }
-            let s: [u8; 4] = ctx.load(off + 12)?;
-            let d: [u8; 4] = ctx.load(off + 16)?;
-            saddr[..4].copy_from_slice(&s);
-            daddr[..4].copy_from_slice(&d);
+            saddr[..4].copy_from_slice(&ip[12..16]);
+            daddr[..4].copy_from_slice(&ip[16..20]);
             // total == 0 is BIG TCP / TSO: the skb length is the only truth.
             let ip_end = if total == 0 { skb_len } else { off + total };
             Ok(Packet {
@@ -144,13 +145,14 @@ mod program {
                 ip_end,
             })
         } else if proto == ETH_P_IPV6 {
+            let ip: [u8; 40] = ctx.load(off)?;
             // Extension headers before TCP are rare for HTTP; such packets are not tapped.
-            if ctx.load::<u8>(off + 6)? != IPPROTO_TCP {
+            if ip[6] != IPPROTO_TCP {
                 return Err(0);
             }
-            let payload = u16::from_be(ctx.load::<u16>(off + 4)?) as usize;
-            saddr = ctx.load(off + 8)?;
-            daddr = ctx.load(off + 24)?;
+            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            saddr.copy_from_slice(&ip[8..24]);
+            daddr.copy_from_slice(&ip[24..40]);
             let ip_end = if payload == 0 {
                 skb_len
             } else {
@@ -209,8 +211,10 @@ mod program {
     fn try_tap(ctx: &TcContext) -> Result<(), i64> {
         let pkt = parse_ip(ctx)?;
         let l4 = pkt.l4;
-        let sport = u16::from_be(ctx.load::<u16>(l4)?);
-        let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
+        // Ports, sequence and ACK numbers, data offset and flags: one helper call.
+        let tcp: [u8; 14] = ctx.load(l4)?;
+        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
         let dir = if tapped(dport) {
             direction::TO_SERVER
         } else if tapped(sport) {
@@ -222,10 +226,10 @@ mod program {
             bump(counter::OWN_REPLAY, 1);
             return Ok(());
         }
-        let seq = u32::from_be(ctx.load::<u32>(l4 + 4)?);
-        let ack = u32::from_be(ctx.load::<u32>(l4 + 8)?);
-        let doff = ((ctx.load::<u8>(l4 + 12)? >> 4) as usize) * 4;
-        let flags: u8 = ctx.load(l4 + 13)?;
+        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+        let doff = ((tcp[12] >> 4) as usize) * 4;
+        let flags = tcp[13];
         let payload_off = l4 + doff;
         let skb_len = ctx.len() as usize;
         // Ethernet padding of short frames is beyond ip_end and never counted as payload.
