@@ -14,6 +14,9 @@ pub const CHUNK_BYTES: usize = 4096;
 /// sees a sequence gap, never silently cut data).
 pub const MAX_CHUNKS_PER_PACKET: u32 = 32;
 
+/// Entries of the tap's `PORTS` array: one per TCP port.
+pub const PORT_SLOTS: u32 = 65536;
+
 /// Direction of a captured segment relative to the tapped service.
 pub mod direction {
     /// Client to server: the destination port is a tapped port.
@@ -125,6 +128,7 @@ pub mod map_name {
     pub const SCRATCH: &str = "SCRATCH";
     pub const OWN_SOCKETS: &str = "OWN_SOCKETS";
     pub const OWN_FLOWS: &str = "OWN_FLOWS";
+    pub const OWN_GATE: &str = "OWN_GATE";
     pub const GUARD_ALLOW4: &str = "GUARD_ALLOW4";
     pub const GUARD_ALLOW6: &str = "GUARD_ALLOW6";
     pub const GUARD_EVENTS: &str = "GUARD_EVENTS";

@@ -21,7 +21,10 @@ use mirror_daemon::{
     accounting::{Ledger, Outcome},
     capture::{Direction, FlowKey, Segment, TcpFlags},
     compare::{Comparator, CompareConfig, RouteTemplater},
-    http::{ExchangeTracker, Header, HttpOutput, Limits, ReadProgress, Response, ResponseReader},
+    http::{
+        ExchangeTracker, FrameOnly, Header, HttpOutput, Limits, ReadProgress, Response,
+        ResponseReader,
+    },
     mask::{MaskConfig, MaskKey, Masker, PersistBody},
     reassembly::{Reassembler, ReassemblyConfig},
     replay::{ReplayConfig, Replayer, RewriteRules, parse_candidate_url},
@@ -52,6 +55,10 @@ struct Args {
     /// Percent of exchanges replayed (the rest stop after the sample stage).
     #[arg(long, default_value_t = 100.0)]
     sample: f64,
+    /// With `--sample 0`, keep each exchange's content as if it could be replayed (the
+    /// daemon frames such exchanges only: no body copies, no response header fields).
+    #[arg(long)]
+    keep_content: bool,
     /// Also measure mask and compare MB/s on one realistic JSON body of this many bytes.
     #[arg(long)]
     throughput: Option<usize>,
@@ -448,6 +455,10 @@ fn run_exchanges(args: &Args, p: &Pipeline) -> Result<(Totals, f64, f64)> {
     let flows: Vec<FlowKey> = (0..args.conns.max(1) as u32).map(flow).collect();
     let mut reassembler = Reassembler::new(ReassemblyConfig::default());
     let mut tracker = ExchangeTracker::new(p.limits, args.conns.max(1) + 16);
+    // The capture thread's rule (`app::capture_loop`): nothing replayed, framing only.
+    if args.sample == 0.0 && !args.keep_content {
+        tracker = tracker.with_frame_only(FrameOnly::new(|_: &FlowKey| true));
+    }
     let mut t = Totals::default();
     let mut rows = Vec::with_capacity(STORE_BATCH);
     let mut wire = Vec::with_capacity(4096);
@@ -472,7 +483,7 @@ fn run_exchanges(args: &Args, p: &Pipeline) -> Result<(Totals, f64, f64)> {
         };
         reassembler.process(&seg, &mut |ev| {
             tracker.on_event(&ev, &mut |o| {
-                if let HttpOutput::Exchange(ex) = o {
+                if let HttpOutput::Exchange(ex) | HttpOutput::FramedOnly(ex) = o {
                     ready.push(ex)
                 }
             })

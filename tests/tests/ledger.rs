@@ -186,3 +186,39 @@ fn a_stop_while_replays_hang_counts_them_as_cut_by_the_deadline_and_leaves_none_
         exit.stderr
     );
 }
+
+/// `--sample 0` (capture only): the capture thread frames exchanges without copying their
+/// content, yet every exchange is seen once and ends `sampled_out` or `excluded`, and the
+/// identity holds in /metrics and the report alike.
+#[test]
+fn capture_only_counts_every_exchange_it_frames_without_content() {
+    require_root();
+    let topo = Topology::new("g0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+    let mut args = topo.run_args(dir.path(), &topo.example_candidate_cmd("deviations"));
+    args.extend(["--sample", "0", "--exclude", "path:^/slow"].map(String::from));
+    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
+    let load = run_load(topo.client(), &topo.legacy_addr(), 1500, 4).unwrap();
+    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
+    daemon
+        .wait_settled(topo.legacy(), load.answered(), Duration::from_secs(60))
+        .unwrap();
+    let metrics = scrape(&daemon.get(topo.legacy(), "/metrics").unwrap());
+    let exit = daemon.stop(Duration::from_secs(60)).unwrap();
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+
+    let (_, card) = report_json(&dir.path().join("m.db"), &[]).unwrap();
+    let acc = &card["accounting"];
+    eprintln!("load {load:?}\naccounting {acc}");
+    assert_eq!(acc["identity_holds"], true, "{acc}");
+    assert_eq!(acc["in_flight"].as_u64(), Some(0), "{acc}");
+    assert_eq!(acc["seen"].as_u64(), Some(load.answered()), "{acc}");
+    assert_eq!(metrics.seen, load.answered());
+    let reported = report_outcomes(acc);
+    assert_eq!(metrics.outcomes, reported);
+    let n = |o: &str| reported[&(o.to_string(), String::new())];
+    assert!(n("excluded") > 0, "{acc}");
+    assert_eq!(n("sampled_out") + n("excluded"), load.answered(), "{acc}");
+    assert_eq!(n("matched") + n("differed"), 0, "nothing replayed: {acc}");
+}

@@ -20,7 +20,7 @@ use crate::{
         pcap,
         reorder::{CausalReorder, DEFAULT_REORDER_WINDOW, ReorderStats},
     },
-    http::{Exchange, ExchangeTracker, HttpOutput, HttpStats, Limits, PairingCounters},
+    http::{Exchange, ExchangeTracker, FrameOnly, HttpOutput, HttpStats, Limits, PairingCounters},
     pipeline,
     reassembly::{Reassembler, ReassemblyConfig, ReassemblyStats, StreamEvent},
 };
@@ -138,26 +138,9 @@ impl Outlet {
 
     fn deliver(&self, o: HttpOutput) {
         match o {
-            HttpOutput::Exchange(ex) => {
-                let ex = match &self.outbound {
-                    Some(tap) => match tap.take(ex) {
-                        Some(ex) => ex,
-                        None => return,
-                    },
-                    None => ex,
-                };
-                self.ledger.saw(1);
-                if let Some(o) = self.sampler.as_ref().and_then(|s| s.decide(&ex).outcome()) {
-                    self.ledger.record(o);
-                    return;
-                }
-                let item = Captured::Exchange(ex);
-                if !self.wait_when_full {
-                    pipeline::offer(&self.exchanges, item, &self.ledger);
-                } else if self.exchanges.blocking_send(item).is_err() {
-                    self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
-                }
-            }
+            HttpOutput::Exchange(ex) => self.exchange(ex, true),
+            // Framed only, under the "nothing is replayed" rule (`frame_only_rule`).
+            HttpOutput::FramedOnly(ex) => self.exchange(ex, false),
             HttpOutput::Dropped { flow, count, .. } if !self.is_inbound(&flow) => {
                 // A dependency call (or other traffic on its port) lost in framing: not
                 // an inbound exchange.
@@ -166,6 +149,31 @@ impl Outlet {
                 }
             }
             HttpOutput::Dropped { reason, count, .. } => self.ledger.saw_dropped(reason, count),
+        }
+    }
+
+    /// An inbound exchange is counted once and decided before the queue; one framed
+    /// without its content is never queued (it ends `sampled_out` even if the rate rose
+    /// since its head was parsed: there is nothing to replay).
+    fn exchange(&self, ex: Exchange, with_content: bool) {
+        let ex = match &self.outbound {
+            Some(tap) => match tap.take(ex) {
+                Some(ex) => ex,
+                None => return,
+            },
+            None => ex,
+        };
+        self.ledger.saw(1);
+        let decided = self.sampler.as_ref().and_then(|s| s.decide(&ex).outcome());
+        if let Some(o) = decided.or((!with_content).then_some(Outcome::SampledOut)) {
+            self.ledger.record(o);
+            return;
+        }
+        let item = Captured::Exchange(ex);
+        if !self.wait_when_full {
+            pipeline::offer(&self.exchanges, item, &self.ledger);
+        } else if self.exchanges.blocking_send(item).is_err() {
+            self.ledger.record(Outcome::Dropped(DropReason::QueueFull));
         }
     }
 
@@ -293,6 +301,19 @@ fn feed(
     }
 }
 
+/// The rule under which exchanges are framed without their content (bodies, response
+/// header fields): a sampler that replays nothing (`--sample 0`, also when set at run
+/// time) and legacy's inbound traffic (dependency calls keep theirs for the side-effect
+/// recorder). Every exchange is still rebuilt, paired and counted; only the copies are
+/// saved.
+fn frame_only_rule(settings: &CaptureSettings) -> Option<FrameOnly> {
+    let sampler = Arc::clone(settings.sampler.as_ref()?);
+    let outbound = settings.outbound.clone();
+    Some(FrameOnly::new(move |flow: &FlowKey| {
+        sampler.ppm() == 0 && outbound.as_ref().is_none_or(|t| t.is_inbound(&flow.server))
+    }))
+}
+
 /// Runs until the source ends (file) or `stop` is set (live), then flushes every flow.
 /// `figures` is refreshed about once a second.
 pub fn run(
@@ -303,9 +324,13 @@ pub fn run(
     stop: Arc<AtomicBool>,
     figures: Arc<Mutex<CaptureFigures>>,
 ) -> Result<CaptureFigures, pcap::PcapError> {
+    let mut tracker = ExchangeTracker::new(settings.limits, settings.max_connections.max(1));
+    if let Some(rule) = frame_only_rule(&settings) {
+        tracker = tracker.with_frame_only(rule);
+    }
     let mut st = Stages::new(
         Reassembler::new(settings.reassembly.clone()),
-        ExchangeTracker::new(settings.limits, settings.max_connections.max(1)),
+        tracker,
         Outlet {
             exchanges,
             outbound: settings.outbound.clone(),
@@ -615,6 +640,58 @@ mod tests {
         assert_eq!(s.count(Outcome::Dropped(DropReason::QueueFull)), 0, "{s:?}");
         assert_eq!((s.seen, s.terminal(), s.in_flight()), (5, 5, 0), "{s:?}");
         assert!(rx.try_recv().is_err(), "nothing queued");
+    }
+
+    /// Exchanges framed without content are counted with the sampler's outcome and never
+    /// queued, even when the rate rose after their heads were parsed.
+    #[test]
+    fn framed_only_exchanges_are_counted_never_queued() {
+        use crate::sample::{SampleConfig, Sampler, parse_rule};
+        let ledger = Arc::new(Ledger::default());
+        let (tx, mut rx) = mpsc::channel(8);
+        let sampler = Sampler::new(SampleConfig {
+            exclude: vec![parse_rule("path:^/health").expect("rule")],
+            ..SampleConfig::default()
+        })
+        .expect("sampler");
+        let outlet = sampling_outlet(tx, sampler, &ledger);
+        for (i, path) in ["/a", "/health", "/b"].into_iter().enumerate() {
+            outlet.deliver(HttpOutput::FramedOnly(exchange(path, 40_000 + i as u16)));
+        }
+        let s = ledger.snapshot();
+        assert_eq!(s.count(Outcome::Excluded), 1, "{s:?}");
+        assert_eq!(s.count(Outcome::SampledOut), 2, "at 100 %, still: {s:?}");
+        assert_eq!((s.seen, s.terminal(), s.in_flight()), (3, 3, 0), "{s:?}");
+        assert!(rx.try_recv().is_err(), "nothing queued");
+    }
+
+    /// Framing only while the sampler replays nothing, and content kept again as soon as
+    /// the rate rises (checked per segment, not per run).
+    #[test]
+    fn framing_only_holds_only_while_nothing_is_replayed() {
+        use crate::sample::{SampleConfig, Sampler};
+        let flow = exchange("/", 40_000).flow;
+        assert!(
+            frame_only_rule(&CaptureSettings::default()).is_none(),
+            "no sampler"
+        );
+        let sampler = Arc::new(
+            Sampler::new(SampleConfig {
+                percent: 0.0,
+                ..SampleConfig::default()
+            })
+            .expect("sampler"),
+        );
+        let settings = CaptureSettings {
+            sampler: Some(Arc::clone(&sampler)),
+            ..CaptureSettings::default()
+        };
+        let rule = frame_only_rule(&settings).expect("a rule");
+        assert!(rule.applies(&flow));
+        sampler.set_percent(5.0).expect("rate");
+        assert!(!rule.applies(&flow));
+        sampler.set_percent(0.0).expect("rate");
+        assert!(rule.applies(&flow));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TcAttachType, tc},
 };
 use mirror_common::{
@@ -170,16 +170,11 @@ impl Tap {
             .map_max_entries(map_name::SEGMENTS, cfg.ring_mib * 1024 * 1024)
             .load(OBJECT)
             .map_err(|e| TapError::Load(Box::new(e)))?;
-        let mut ports: HashMap<_, u16, u8> =
-            HashMap::try_from(ebpf.map_mut(map_name::PORTS).ok_or(TapError::Map(
-                map_name::PORTS,
-                Box::new(aya::maps::MapError::InvalidName {
-                    name: map_name::PORTS.into(),
-                }),
-            ))?)
-            .map_err(map_err(map_name::PORTS))?;
+        let mut ports: Array<MapData, u8> = take_map(&mut ebpf, map_name::PORTS)?;
         for p in &cfg.ports {
-            ports.insert(p, 1, 0).map_err(map_err(map_name::PORTS))?;
+            ports
+                .set(u32::from(*p), 1, 0)
+                .map_err(map_err(map_name::PORTS))?;
         }
         let mut settings: Array<MapData, u32> = take_map(&mut ebpf, map_name::SETTINGS)?;
         settings
@@ -199,7 +194,10 @@ impl Tap {
         let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, map_name::COUNTERS)?;
         let ring: RingBuf<MapData> = take_map(&mut ebpf, map_name::SEGMENTS)?;
         // The daemon's own replay sockets are registered here and never tapped.
-        super::own::install(take_map(&mut ebpf, map_name::OWN_SOCKETS)?);
+        super::own::install(
+            take_map(&mut ebpf, map_name::OWN_SOCKETS)?,
+            take_map(&mut ebpf, map_name::OWN_GATE)?,
+        );
         let prog: &mut SchedClassifier = ebpf
             .program_mut(program_name::TAP)
             .ok_or(TapError::NoObject)?

@@ -5,20 +5,32 @@
 //! The replay client registers each socket's cookie before it connects; the kernel tap
 //! skips segments sent by a registered socket and remembers their flow, so the answers
 //! (which arrive without a socket) are skipped as well. Without a loaded tap (offline
-//! replay) registering does nothing.
+//! replay) registering does nothing. Until the first registration the tap skips these
+//! lookups altogether (its `OWN_GATE`): a run that never replays pays nothing for them.
 use std::{os::fd::AsRawFd, sync::Mutex};
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 
-static OWN_SOCKETS: Mutex<Option<HashMap<MapData, u64, u8>>> = Mutex::new(None);
+/// The tap's cookie map and its gate (entry 0: 1 once any socket is registered).
+struct OwnMaps {
+    sockets: HashMap<MapData, u64, u8>,
+    gate: Array<MapData, u32>,
+    gate_open: bool,
+}
+
+static OWN_SOCKETS: Mutex<Option<OwnMaps>> = Mutex::new(None);
 
 /// `SO_COOKIE` (not in the libc crate): the socket's unique 64-bit cookie.
 const SO_COOKIE: libc::c_int = 57;
 
-/// Installs the tap's cookie map (at tap load).
-pub fn install(map: HashMap<MapData, u64, u8>) {
+/// Installs the tap's cookie map and gate (at tap load).
+pub fn install(sockets: HashMap<MapData, u64, u8>, gate: Array<MapData, u32>) {
     if let Ok(mut m) = OWN_SOCKETS.lock() {
-        *m = Some(map);
+        *m = Some(OwnMaps {
+            sockets,
+            gate,
+            gate_open: false,
+        });
     }
 }
 
@@ -55,13 +67,22 @@ pub fn register(sock: &impl AsRawFd) {
     let Ok(mut guard) = OWN_SOCKETS.lock() else {
         return;
     };
-    let Some(map) = guard.as_mut() else {
+    let Some(maps) = guard.as_mut() else {
         return;
     };
-    let result = cookie(sock).and_then(|c| {
-        map.insert(c, 1, 0)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    });
+    let to_io = |e: aya::maps::MapError| std::io::Error::other(e.to_string());
+    // The gate opens before the first cookie is in the map, so no segment of this
+    // socket can pass the tap with the gate still closed.
+    let gate = if maps.gate_open {
+        Ok(())
+    } else {
+        maps.gate.set(0, 1, 0).map_err(to_io).map(|()| {
+            maps.gate_open = true;
+        })
+    };
+    let result = gate
+        .and_then(|()| cookie(sock))
+        .and_then(|c| maps.sockets.insert(c, 1, 0).map_err(to_io));
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not exclude a replay connection from the tap");
     }

@@ -83,6 +83,10 @@ struct BodyState {
     framing: BodyFraming,
     /// `None` once the content is lost (over the limit or a gap).
     data: Option<BytesMut>,
+    /// Framed and bounded, not kept (`ResponseCtx::frame_only`): `data` stays empty and
+    /// `seen` counts the bytes against the limit, so the outcome is what keeping would give.
+    discard: bool,
+    seen: usize,
     /// A loss to report before anything else.
     lost: Option<FramingError>,
 }
@@ -368,9 +372,13 @@ impl Decoder {
             ParsedHead::Message { head, framing } => (head, framing),
         };
         let event_ctx = match &head {
-            Head::Request(r) => ResponseCtx::for_method(&r.method),
+            Head::Request(r) => ResponseCtx {
+                frame_only: ctx.frame_only,
+                ..ResponseCtx::for_method(&r.method)
+            },
             Head::Response(_) => ctx,
         };
+        let discard = ctx.frame_only;
         let max_body = limits.max_body_bytes as u64;
         let (framing, data, lost) = match framing {
             Framing::Length(n) if n > max_body => (
@@ -382,7 +390,11 @@ impl Decoder {
             ),
             Framing::Length(n) => (
                 BodyFraming::Length(n),
-                Some(BytesMut::with_capacity(capacity(n))),
+                Some(BytesMut::with_capacity(if discard {
+                    0
+                } else {
+                    capacity(n)
+                })),
                 None,
             ),
             Framing::Chunked => (
@@ -397,6 +409,8 @@ impl Decoder {
             framing,
             data,
             lost,
+            discard,
+            seen: 0,
         }));
         Ok((
             consumed,
@@ -510,6 +524,14 @@ impl Decoder {
 
 impl BodyState {
     fn append(&mut self, bytes: &[u8], max: usize) {
+        if self.discard {
+            self.seen = self.seen.saturating_add(bytes.len());
+            if self.data.is_some() && self.seen > max {
+                self.data = None;
+                self.lost = Some(FramingError::BodyTooLarge { limit: max });
+            }
+            return;
+        }
         if let Some(data) = &mut self.data {
             if data.len() + bytes.len() > max {
                 // Dropped, not truncated: a partial body would compare as a false diff.

@@ -17,6 +17,12 @@ pub(crate) struct ResponseCtx {
     pub head: bool,
     /// CONNECT: a 2xx response turns the connection into a tunnel.
     pub connect: bool,
+    /// The exchange is framed (its messages' ends found, their sizes bounded) but its
+    /// content is not kept: no bodies, and no response header fields or reason phrase
+    /// (the request head stays: sampling rules read it). Nothing downstream will read them
+    /// ([`super::ExchangeTracker::with_frame_only`]). Given to the request decoder with the
+    /// head it is about to parse, carried with the request to its response.
+    pub frame_only: bool,
 }
 
 impl ResponseCtx {
@@ -24,6 +30,7 @@ impl ResponseCtx {
         Self {
             head: method.eq_ignore_ascii_case("HEAD"),
             connect: method.eq_ignore_ascii_case("CONNECT"),
+            frame_only: false,
         }
     }
 }
@@ -144,11 +151,21 @@ pub(crate) fn parse_response_head(
     } else {
         body_framing(resp.headers)?.unwrap_or(Framing::UntilClose)
     };
+    // Framing only: the fields were read for the framing above; owning them would be an
+    // allocation per field for nobody.
+    let (reason, headers) = if ctx.frame_only {
+        (String::new(), Vec::new())
+    } else {
+        (
+            resp.reason.unwrap_or_default().to_owned(),
+            owned_headers(resp.headers),
+        )
+    };
     let response = Response {
         version: resp.version.unwrap_or(1),
         status,
-        reason: resp.reason.unwrap_or_default().to_owned(),
-        headers: owned_headers(resp.headers),
+        reason,
+        headers,
         body: Bytes::new(),
     };
     Ok(Some((

@@ -26,4 +26,4 @@ pub use fuzz::fuzz_framing;
 pub use json::{EXCHANGE_TABLE_HEADER, exchange_json, exchange_json_with, exchange_table_row};
 pub use pairing::PairingCounters;
 pub use reader::{ReadProgress, ResponseReader};
-pub use tracker::{ExchangeTracker, HttpOutput, HttpStats, MAX_PENDING};
+pub use tracker::{ExchangeTracker, FrameOnly, HttpOutput, HttpStats, MAX_PENDING};

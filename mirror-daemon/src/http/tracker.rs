@@ -48,10 +48,10 @@
 //! A loss or a mid-stream join therefore costs the exchanges it touched, never a
 //! mispaired one; exchanges paired this way are counted in `exchanges_proven`. Input
 //! without ACK numbers (synthetic streams) is paired in order as before, unproven.
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use crate::accounting::DropReason;
-use crate::capture::{Direction, FlowKey};
+use crate::capture::{Direction, FlowKey, FlowMap, FlowSet};
 use crate::reassembly::{CloseReason, StreamEvent};
 
 use super::decoder::{Decoder, Event, GapEffect, Kind, Message};
@@ -68,6 +68,10 @@ pub const DEFAULT_BUDGET_BYTES: usize = 64 << 20;
 #[derive(Debug)]
 pub enum HttpOutput {
     Exchange(Exchange),
+    /// An exchange framed without its content (empty bodies, no response header fields;
+    /// see `ResponseCtx::frame_only`), because the tracker's [`FrameOnly`] rule held when
+    /// its request head was parsed: counted like any other, never to be replayed.
+    FramedOnly(Exchange),
     /// `count` exchanges were lost (always 1 here: one record per request).
     Dropped {
         flow: FlowKey,
@@ -423,6 +427,8 @@ struct Sink<'a, F: FnMut(HttpOutput)> {
     flow: FlowKey,
     stats: &'a mut HttpStats,
     out: &'a mut F,
+    /// Request heads parsed now start framing-only exchanges (`FrameOnly`).
+    frame_only: bool,
 }
 
 impl<F: FnMut(HttpOutput)> Sink<'_, F> {
@@ -447,9 +453,33 @@ impl<F: FnMut(HttpOutput)> Sink<'_, F> {
     }
 }
 
+/// Which connections' exchanges need framing only, no content (asked once per
+/// request-direction segment): the capture thread's "nothing will be replayed" rule
+/// (`--sample 0`, inbound traffic). A body then costs its framing, not a copy, and a
+/// response head no allocation per header field.
+pub struct FrameOnly(Box<dyn Fn(&FlowKey) -> bool + Send>);
+
+impl FrameOnly {
+    pub fn new(rule: impl Fn(&FlowKey) -> bool + Send + 'static) -> Self {
+        Self(Box::new(rule))
+    }
+
+    /// Whether `flow`'s exchanges starting now need framing only.
+    pub fn applies(&self, flow: &FlowKey) -> bool {
+        (self.0)(flow)
+    }
+}
+
+impl std::fmt::Debug for FrameOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameOnly")
+    }
+}
+
 /// Rebuilds exchanges from [`StreamEvent`]s of many connections.
 #[derive(Debug)]
 pub struct ExchangeTracker {
+    frame_only_rule: Option<FrameOnly>,
     limits: Limits,
     max_connections: usize,
     /// Bytes all connections may hold together (buffers, bodies, queued messages).
@@ -460,9 +490,9 @@ pub struct ExchangeTracker {
     /// Boxed, like the reassembler's flows: a slot is a key and a pointer, so the table's
     /// spare capacity and its growth (old and new table held at once) cost 72 bytes a
     /// slot rather than a whole state's 336 (−21 MiB at the peak with 100k connections).
-    conns: HashMap<FlowKey, Box<Conn>>,
+    conns: FlowMap<Box<Conn>>,
     /// Flows whose state was evicted: if they come back, they are joined mid-stream.
-    evicted: HashSet<FlowKey>,
+    evicted: FlowSet,
     tick: u64,
     stats: HttpStats,
     spare_queues: SpareQueues,
@@ -473,12 +503,13 @@ impl ExchangeTracker {
     /// evicted (its pending requests dropped as `Evicted`).
     pub fn new(limits: Limits, max_connections: usize) -> Self {
         Self {
+            frame_only_rule: None,
             limits,
             max_connections: max_connections.max(1),
             budget: DEFAULT_BUDGET_BYTES,
             held: 0,
-            conns: HashMap::new(),
-            evicted: HashSet::new(),
+            conns: FlowMap::default(),
+            evicted: FlowSet::default(),
             tick: 0,
             stats: HttpStats::default(),
             spare_queues: SparePool::new(SPARE_QUEUES),
@@ -491,6 +522,14 @@ impl ExchangeTracker {
     /// open connections would bound nothing a host can hold.
     pub fn with_budget(mut self, bytes: usize) -> Self {
         self.budget = bytes.max(1);
+        self
+    }
+
+    /// Exchanges of connections for which `rule` holds when their request head is parsed
+    /// are framed without keeping their content and come out as
+    /// [`HttpOutput::FramedOnly`].
+    pub fn with_frame_only(mut self, rule: FrameOnly) -> Self {
+        self.frame_only_rule = Some(rule);
         self
     }
 
@@ -529,12 +568,22 @@ impl ExchangeTracker {
                     Direction::ToServer => self.stats.bytes_to_server += bytes.len() as u64,
                     Direction::ToClient => self.stats.bytes_to_client += bytes.len() as u64,
                 }
+                let frame_only = direction == Direction::ToServer
+                    && self
+                        .frame_only_rule
+                        .as_ref()
+                        .is_some_and(|s| s.applies(&flow));
                 let Some((conn, stats, spare)) = self.conn(flow, false, out) else {
                     return;
                 };
                 let held_before = conn.memory_bytes();
                 let before = (stats.dropped(), conn.joining);
-                let mut sink = Sink { flow, stats, out };
+                let mut sink = Sink {
+                    flow,
+                    stats,
+                    out,
+                    frame_only,
+                };
                 let at = Position { seq, ack };
                 match direction {
                     Direction::ToServer => {
@@ -560,7 +609,12 @@ impl ExchangeTracker {
                 };
                 let held_before = conn.memory_bytes();
                 let before = (stats.dropped(), conn.joining);
-                let mut sink = Sink { flow, stats, out };
+                let mut sink = Sink {
+                    flow,
+                    stats,
+                    out,
+                    frame_only: false,
+                };
                 on_gap(conn, direction, lost_bytes, &mut sink);
                 conn.return_queue(spare);
                 count_join_cost(conn, before, sink.stats);
@@ -579,6 +633,7 @@ impl ExchangeTracker {
                         flow,
                         stats: &mut self.stats,
                         out,
+                        frame_only: false,
                     };
                     close(&mut conn, ts_ns, reason, &mut sink);
                     if reason == CloseReason::EndOfCapture {
@@ -601,6 +656,7 @@ impl ExchangeTracker {
                     flow,
                     stats: &mut self.stats,
                     out,
+                    frame_only: false,
                 };
                 drop_all(
                     &mut conn,
@@ -653,6 +709,7 @@ impl ExchangeTracker {
             flow,
             stats: &mut self.stats,
             out,
+            frame_only: false,
         };
         drop_all(&mut conn, DropReason::Evicted, why, &mut sink);
         self.remember_evicted(flow);
@@ -750,7 +807,11 @@ fn on_request_bytes<F: FnMut(HttpOutput)>(
 ) {
     let mut rest = bytes;
     while conn.mode != Mode::Ignored {
-        let step = match conn.requests.decode(rest, ts, ResponseCtx::default()) {
+        let ctx = ResponseCtx {
+            frame_only: sink.frame_only,
+            ..ResponseCtx::default()
+        };
+        let step = match conn.requests.decode(rest, ts, ctx) {
             Ok(step) => step,
             Err(e) => {
                 on_error(conn, Direction::ToServer, &e, sink);
@@ -1092,7 +1153,7 @@ fn pop_complete<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
                     sink.stats.exchanges_proven += 1;
                     conn.joining = false;
                 }
-                (sink.out)(HttpOutput::Exchange(Exchange {
+                let ex = Exchange {
                     id: CorrelationId::new(),
                     flow: sink.flow,
                     request,
@@ -1103,7 +1164,12 @@ fn pop_complete<F: FnMut(HttpOutput)>(conn: &mut Conn, sink: &mut Sink<'_, F>) {
                         response_first_ns: entry.response_first_ns,
                         response_last_ns: entry.response_last_ns,
                     },
-                }));
+                };
+                (sink.out)(if entry.ctx.frame_only {
+                    HttpOutput::FramedOnly(ex)
+                } else {
+                    HttpOutput::Exchange(ex)
+                });
             }
             // Both sides done without content and not reported: cannot happen (content
             // is only lost through `drop_entry`), but never lose the count.

@@ -1,4 +1,5 @@
 use super::*;
+use bytes::Bytes;
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -31,6 +32,22 @@ impl Harness {
             ts: 0,
             next: HashMap::new(),
         }
+    }
+
+    /// A tracker that frames `flow(1)` without content (the capture thread's `--sample 0`).
+    fn framing_only() -> Self {
+        let mut h = Self::new();
+        h.tracker = ExchangeTracker::new(Limits::default(), 1024)
+            .with_frame_only(FrameOnly::new(|f: &FlowKey| *f == flow(1)));
+        h
+    }
+
+    /// How many outputs came out as `FramedOnly`.
+    fn framed_only(&self) -> usize {
+        self.out
+            .iter()
+            .filter(|o| matches!(o, HttpOutput::FramedOnly(_)))
+            .count()
     }
 
     fn next_seq(&mut self, f: FlowKey, direction: Direction) -> &mut u32 {
@@ -113,7 +130,7 @@ impl Harness {
         self.out
             .iter()
             .filter_map(|o| match o {
-                HttpOutput::Exchange(e) => Some(summary(e)),
+                HttpOutput::Exchange(e) | HttpOutput::FramedOnly(e) => Some(summary(e)),
                 HttpOutput::Dropped { .. } => None,
             })
             .collect()
@@ -123,7 +140,7 @@ impl Harness {
         self.out
             .iter()
             .filter_map(|o| match o {
-                HttpOutput::Exchange(e) => Some(e),
+                HttpOutput::Exchange(e) | HttpOutput::FramedOnly(e) => Some(e),
                 HttpOutput::Dropped { .. } => None,
             })
             .collect()
@@ -142,7 +159,7 @@ impl Harness {
                     assert_eq!(*count, 1);
                     Some((*reason, *detail))
                 }
-                HttpOutput::Exchange(_) => None,
+                HttpOutput::Exchange(_) | HttpOutput::FramedOnly(_) => None,
             })
             .collect()
     }
@@ -300,6 +317,57 @@ fn chunked_with_extensions_and_trailers_both_ways() {
     h.req(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;a=b\r\nwiki\r\n5\r\npedia\r\n0\r\nExpires: never\r\n\r\n");
     h.resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n");
     assert_eq!(h.exchanges(), ["POST /c \"wikipedia\" -> 200 \"ok\""]);
+}
+
+#[test]
+fn framing_only_keeps_no_content_and_stays_in_sync() {
+    let mut h = Harness::framing_only();
+    h.req(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;a=b\r\nwi");
+    h.req(b"ki\r\n5\r\npedia\r\n0\r\n\r\nPOST /d HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+    h.resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+    h.resp(&ok("second"));
+    h.req(&get("/e"));
+    h.resp(&ok("third"));
+    // Another connection keeps its bodies (the rule is per connection).
+    h.data(flow(2), Direction::ToServer, &get("/kept"));
+    h.data(flow(2), Direction::ToClient, &ok("body"));
+    assert_eq!(
+        h.exchanges(),
+        [
+            "POST /c \"\" -> 200 \"\"",
+            "POST /d \"\" -> 200 \"\"",
+            "GET /e \"\" -> 200 \"\"",
+            "GET /kept \"\" -> 200 \"body\""
+        ]
+    );
+    assert_eq!(h.framed_only(), 3);
+    assert_eq!(h.tracker.memory_bytes(), 0, "nothing held between messages");
+    h.check_accounting();
+}
+
+#[test]
+fn framing_only_still_obeys_the_body_limit() {
+    let limits = Limits {
+        max_header_bytes: 4096,
+        max_headers: 32,
+        max_body_bytes: 8,
+    };
+    let mut h = Harness::with(limits, 16);
+    h.tracker =
+        ExchangeTracker::new(limits, 16).with_frame_only(FrameOnly::new(|_: &FlowKey| true));
+    h.req(b"POST /big HTTP/1.1\r\nContent-Length: 20\r\n\r\n01234567890123456789");
+    h.resp(&ok("a"));
+    h.req(&get("/next"));
+    h.resp(&ok("0123456789"));
+    h.req(&get("/last"));
+    h.resp(&ok("b"));
+    // As when bodies are kept: the same outcome whatever the copy.
+    assert_eq!(h.exchanges(), ["GET /last \"\" -> 200 \"\""]);
+    assert_eq!(
+        h.drop_reasons(),
+        [DropReason::Oversize, DropReason::Oversize]
+    );
+    h.check_accounting();
 }
 
 #[test]
@@ -1013,6 +1081,27 @@ fn comparable(h: &Harness) -> Vec<(FlowKey, Request, Response)> {
         .collect()
 }
 
+fn without_content(
+    exchanges: Vec<(FlowKey, Request, Response)>,
+) -> Vec<(FlowKey, Request, Response)> {
+    exchanges
+        .into_iter()
+        .map(|(f, q, r)| {
+            let q = Request {
+                body: Bytes::new(),
+                ..q
+            };
+            let r = Response {
+                body: Bytes::new(),
+                reason: String::new(),
+                headers: Vec::new(),
+                ..r
+            };
+            (f, q, r)
+        })
+        .collect()
+}
+
 fn cut(stream: &[u8], mut cuts: Vec<usize>) -> Vec<(usize, usize)> {
     cuts.retain(|c| *c > 0 && *c < stream.len());
     cuts.sort_unstable();
@@ -1060,6 +1149,8 @@ proptest! {
         let req_pieces = cut(&requests, req_cuts.iter().map(|i| i.index(requests.len() + 1)).collect());
         let resp_pieces = cut(&responses, resp_cuts.iter().map(|i| i.index(responses.len() + 1)).collect());
         let mut pieced = Harness::new();
+        // The same pieces to a framing-only tracker: the same exchanges, without content.
+        let mut skipping = Harness::framing_only();
         let (mut qi, mut ri, mut sent) = (0, 0, 0);
         let mut bits = order.iter().copied().cycle();
         while qi < req_pieces.len() || ri < resp_pieces.len() {
@@ -1072,10 +1163,12 @@ proptest! {
             if allowed && (prefer_response || qi == req_pieces.len()) {
                 let (a, b) = resp_pieces[ri];
                 pieced.resp(&responses[a..b]);
+                skipping.resp(&responses[a..b]);
                 ri += 1;
             } else {
                 let (a, b) = req_pieces[qi];
                 pieced.req(&requests[a..b]);
+                skipping.req(&requests[a..b]);
                 sent = b;
                 qi += 1;
             }
@@ -1084,6 +1177,10 @@ proptest! {
         pieced.check_accounting();
         prop_assert_eq!(comparable(&pieced), comparable(&whole));
         prop_assert!(pieced.drops().is_empty());
+        skipping.close();
+        skipping.check_accounting();
+        prop_assert_eq!(skipping.framed_only(), specs.len());
+        prop_assert_eq!(comparable(&skipping), without_content(comparable(&whole)));
     }
 }
 

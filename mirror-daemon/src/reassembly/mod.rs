@@ -45,7 +45,6 @@
 //!
 //! Time is the capture clock (`Segment::ts_ns`), never the wall clock, so pcap replays
 //! behave like live capture.
-use std::collections::HashMap;
 
 use thiserror::Error;
 
@@ -196,11 +195,12 @@ impl ReassemblyConfig {
 /// flow (e.g. by `FlowKey` hash) to use more cores.
 pub struct Reassembler {
     cfg: ReassemblyConfig,
-    // SipHash (the std default) on purpose: clients choose their ports and addresses, so
-    // a weak hash would let them degrade the table. Boxed: a slot is a key and a
-    // pointer, so the table's spare capacity and its growth (old and new table held at
-    // once) cost 72 bytes a slot rather than 216 (the memory of 100k idle connections).
-    flows: HashMap<FlowKey, Box<Flow>>,
+    // Clients choose their ports and addresses, so the table is hashed with a randomly
+    // seeded hasher (`FlowMap`): a fixed hash would let them degrade it. Boxed: a slot is
+    // a key and a pointer, so the table's spare capacity and its growth (old and new
+    // table held at once) cost 72 bytes a slot rather than 216 (the memory of 100k idle
+    // connections).
+    flows: crate::capture::FlowMap<Box<Flow>>,
     stats: ReassemblyStats,
     /// Reorder-buffer memory held by all flows (see `buffered_bytes`).
     total_buffered: usize,
@@ -211,7 +211,7 @@ impl Reassembler {
     pub fn new(cfg: ReassemblyConfig) -> Self {
         Self {
             cfg,
-            flows: HashMap::new(),
+            flows: crate::capture::FlowMap::default(),
             stats: ReassemblyStats::default(),
             total_buffered: 0,
             last_table_sweep_ns: None,

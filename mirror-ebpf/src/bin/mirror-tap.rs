@@ -30,21 +30,29 @@ mod program {
             generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
         },
         macros::{classifier, map},
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        maps::{Array, LruHashMap, PerCpuArray, RingBuf},
         programs::TcContext,
     };
     use mirror_common::{
-        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PPM_ALL, SegmentRecord,
-        client_hash, counter, direction, sample_keep, setting, tcp_flag,
+        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PORT_SLOTS, PPM_ALL,
+        SegmentRecord, client_hash, counter, direction, sample_keep, setting, tcp_flag,
     };
 
     /// Default 64 MiB; the daemon resizes it at load time (`--ring-mib`).
     #[map(name = "SEGMENTS")]
     static SEGMENTS: RingBuf = RingBuf::with_byte_size(64 * 1024 * 1024, 0);
 
-    /// Tapped server ports (host byte order) → 1.
+    /// Tapped server ports: index = port (host byte order), 1 = tapped. An array, not a
+    /// hash map: the JIT inlines an array lookup into a bounds check and a load, where a
+    /// hash lookup is a helper call hashing the key (two per server-to-client packet).
     #[map(name = "PORTS")]
-    static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+    static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
+
+    /// Entry 0 is set to 1 by the daemon before its first replay connection (`capture::own`).
+    /// Until then no segment can be the daemon's own, and the socket-cookie and flow
+    /// lookups of [`own_replay`] are skipped (`run --sample 0` never replays).
+    #[map(name = "OWN_GATE")]
+    static OWN_GATE: Array<u32> = Array::with_max_entries(1, 0);
 
     /// Socket cookies of the daemon's own replay connections (filled by the daemon before
     /// it connects). Cookies are never reused, so old entries are harmless: LRU evicts them.
@@ -112,20 +120,21 @@ mod program {
         let mut saddr = [0u8; 16];
         let mut daddr = [0u8; 16];
         if proto == ETH_P_IP {
-            let vihl: u8 = ctx.load(off)?;
+            // The fixed 20-byte header in one helper call (each `ctx.load` is a
+            // `bpf_skb_load_bytes`); the fields are then plain stack reads.
+            let ip: [u8; 20] = ctx.load(off)?;
+            let vihl = ip[0];
             let ihl = ((vihl & 0x0f) as usize) * 4;
             if vihl >> 4 != 4 || ihl < 20 {
                 return Err(0);
             }
-            let total = u16::from_be(ctx.load::<u16>(off + 2)?) as usize;
-            let frag = u16::from_be(ctx.load::<u16>(off + 6)?);
-            if frag & 0x1fff != 0 || ctx.load::<u8>(off + 9)? != IPPROTO_TCP {
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            if frag & 0x1fff != 0 || ip[9] != IPPROTO_TCP {
                 return Err(0);
             }
-            let s: [u8; 4] = ctx.load(off + 12)?;
-            let d: [u8; 4] = ctx.load(off + 16)?;
-            saddr[..4].copy_from_slice(&s);
-            daddr[..4].copy_from_slice(&d);
+            saddr[..4].copy_from_slice(&ip[12..16]);
+            daddr[..4].copy_from_slice(&ip[16..20]);
             // total == 0 is BIG TCP / TSO: the skb length is the only truth.
             let ip_end = if total == 0 { skb_len } else { off + total };
             Ok(Packet {
@@ -136,13 +145,14 @@ mod program {
                 ip_end,
             })
         } else if proto == ETH_P_IPV6 {
+            let ip: [u8; 40] = ctx.load(off)?;
             // Extension headers before TCP are rare for HTTP; such packets are not tapped.
-            if ctx.load::<u8>(off + 6)? != IPPROTO_TCP {
+            if ip[6] != IPPROTO_TCP {
                 return Err(0);
             }
-            let payload = u16::from_be(ctx.load::<u16>(off + 4)?) as usize;
-            saddr = ctx.load(off + 8)?;
-            daddr = ctx.load(off + 24)?;
+            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            saddr.copy_from_slice(&ip[8..24]);
+            daddr.copy_from_slice(&ip[24..40]);
             let ip_end = if payload == 0 {
                 skb_len
             } else {
@@ -166,6 +176,9 @@ mod program {
     /// is remembered); incoming: the flow was remembered.
     #[inline(always)]
     fn own_replay(ctx: &TcContext, pkt: &Packet, dir: u8, sport: u16, dport: u16) -> bool {
+        if OWN_GATE.get(0).copied().unwrap_or(0) == 0 {
+            return false;
+        }
         if dir == direction::TO_SERVER {
             // SAFETY: the helper takes the skb; it returns 0 when there is no socket.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
@@ -190,14 +203,21 @@ mod program {
     }
 
     #[inline(always)]
+    fn tapped(port: u16) -> bool {
+        PORTS.get(u32::from(port)).copied().unwrap_or(0) != 0
+    }
+
+    #[inline(always)]
     fn try_tap(ctx: &TcContext) -> Result<(), i64> {
         let pkt = parse_ip(ctx)?;
         let l4 = pkt.l4;
-        let sport = u16::from_be(ctx.load::<u16>(l4)?);
-        let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
-        let dir = if PORTS.get_ptr(dport).is_some() {
+        // Ports, sequence and ACK numbers, data offset and flags: one helper call.
+        let tcp: [u8; 14] = ctx.load(l4)?;
+        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+        let dir = if tapped(dport) {
             direction::TO_SERVER
-        } else if PORTS.get_ptr(sport).is_some() {
+        } else if tapped(sport) {
             direction::TO_CLIENT
         } else {
             return Ok(());
@@ -206,10 +226,10 @@ mod program {
             bump(counter::OWN_REPLAY, 1);
             return Ok(());
         }
-        let seq = u32::from_be(ctx.load::<u32>(l4 + 4)?);
-        let ack = u32::from_be(ctx.load::<u32>(l4 + 8)?);
-        let doff = ((ctx.load::<u8>(l4 + 12)? >> 4) as usize) * 4;
-        let flags: u8 = ctx.load(l4 + 13)?;
+        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+        let doff = ((tcp[12] >> 4) as usize) * 4;
+        let flags = tcp[13];
         let payload_off = l4 + doff;
         let skb_len = ctx.len() as usize;
         // Ethernet padding of short frames is beyond ip_end and never counted as payload.
