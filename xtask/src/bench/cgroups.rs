@@ -13,7 +13,68 @@ pub const DAEMON_CPU_WEIGHT: u64 = 20;
 pub const DAEMON_CPU_PERCENT: u64 = 50;
 /// The candidate's limit, as `--candidate-cpu 50%` would set it.
 pub const CANDIDATE_CPU_PERCENT: u64 = 50;
-const PERIOD_US: u64 = 100_000;
+/// deploy/mirror.service's quota period (systemd's default, `CPUQuotaPeriodSec=`):
+/// the quota is enforced per period, so a daemon that used its share early in one is
+/// stopped for the rest of it.
+pub const DAEMON_CPU_PERIOD_US: u64 = 100_000;
+/// `cargo xtask bench --daemon-cpu-percent / --daemon-cpu-period-ms`: another quota for
+/// the daemon's cgroup than the unit's (what the quota does to the figures).
+static DAEMON_QUOTA: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+pub fn set_daemon_cpu_quota(percent: u64, period_ms: u64) {
+    let _ = DAEMON_QUOTA.set((percent, period_ms * 1_000));
+}
+
+/// The daemon cgroup's quota: (percent of a CPU, period in µs).
+pub fn daemon_cpu_quota() -> (u64, u64) {
+    DAEMON_QUOTA
+        .get()
+        .copied()
+        .unwrap_or((DAEMON_CPU_PERCENT, DAEMON_CPU_PERIOD_US))
+}
+
+/// The candidate's quota period, as `mirror-daemon run --candidate-cpu` sets it.
+pub const CANDIDATE_CPU_PERIOD_US: u64 = 100_000;
+
+/// How often a cgroup's quota stopped it (`cpu.stat`), for the figures of one leg.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Throttling {
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_ms: u64,
+}
+
+impl Throttling {
+    /// What happened between `self` (earlier) and `later`.
+    pub fn until(self, later: Throttling) -> Throttling {
+        Throttling {
+            periods: later.periods.saturating_sub(self.periods),
+            throttled_periods: later
+                .throttled_periods
+                .saturating_sub(self.throttled_periods),
+            throttled_ms: later.throttled_ms.saturating_sub(self.throttled_ms),
+        }
+    }
+
+    /// `cpu.stat` of cgroup v2 (`throttled_usec`) or v1 (`throttled_time`, ns).
+    fn parse(stat: &str) -> Throttling {
+        let mut t = Throttling::default();
+        for line in stat.lines() {
+            let mut kv = line.split_whitespace();
+            let (Some(k), Some(Ok(v))) = (kv.next(), kv.next().map(str::parse::<u64>)) else {
+                continue;
+            };
+            match k {
+                "nr_periods" => t.periods = v,
+                "nr_throttled" => t.throttled_periods = v,
+                "throttled_usec" => t.throttled_ms = v / 1_000,
+                "throttled_time" => t.throttled_ms = v / 1_000_000,
+                _ => {}
+            }
+        }
+        t
+    }
+}
 
 /// One cgroup created for the run, removed (once empty) when dropped.
 pub struct Cgroup {
@@ -21,8 +82,14 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// `name` under the cpu controller's root, with a weight (if any) and a quota.
-    pub fn create(name: &str, weight: Option<u64>, cpu_percent: u64) -> Result<Cgroup> {
+    /// `name` under the cpu controller's root, with a weight (if any) and a quota of
+    /// `cpu_percent` per `period_us`.
+    pub fn create(
+        name: &str,
+        weight: Option<u64>,
+        cpu_percent: u64,
+        period_us: u64,
+    ) -> Result<Cgroup> {
         let v2 = PathBuf::from("/sys/fs/cgroup/cgroup.controllers").exists();
         let root = if v2 {
             PathBuf::from("/sys/fs/cgroup")
@@ -36,14 +103,14 @@ impl Cgroup {
         let dir = root.join(name);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let cg = Cgroup { dir };
-        let quota = cpu_percent * PERIOD_US / 100;
+        let quota = cpu_percent * period_us / 100;
         if v2 {
-            cg.write("cpu.max", &format!("{quota} {PERIOD_US}"))?;
+            cg.write("cpu.max", &format!("{quota} {period_us}"))?;
             if let Some(w) = weight {
                 cg.write("cpu.weight", &w.to_string())?;
             }
         } else {
-            cg.write("cpu.cfs_period_us", &PERIOD_US.to_string())?;
+            cg.write("cpu.cfs_period_us", &period_us.to_string())?;
             cg.write("cpu.cfs_quota_us", &quota.to_string())?;
             if let Some(w) = weight {
                 cg.write("cpu.shares", &(w * 1024 / 100).to_string())?;
@@ -55,6 +122,13 @@ impl Cgroup {
     /// Moves a process (all its threads) into the cgroup.
     pub fn add(&self, pid: u32) -> Result<()> {
         self.write("cgroup.procs", &pid.to_string())
+    }
+
+    /// The quota's effect so far (zero when `cpu.stat` cannot be read).
+    pub fn throttling(&self) -> Throttling {
+        fs::read_to_string(self.dir.join("cpu.stat"))
+            .map(|s| Throttling::parse(&s))
+            .unwrap_or_default()
     }
 
     fn write(&self, file: &str, value: &str) -> Result<()> {
@@ -73,5 +147,36 @@ impl Drop for Cgroup {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         eprintln!("xtask bench: clean-up: {} not removed", self.dir.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_stat_of_either_hierarchy_gives_the_throttling() {
+        let v2 = "usage_usec 5\nnr_periods 40\nnr_throttled 7\nthrottled_usec 12500\n";
+        let v1 = "nr_periods 40\nnr_throttled 7\nthrottled_time 12500000\n";
+        let want = Throttling {
+            periods: 40,
+            throttled_periods: 7,
+            throttled_ms: 12,
+        };
+        assert_eq!(Throttling::parse(v2), want);
+        assert_eq!(Throttling::parse(v1), want);
+        let later = Throttling {
+            periods: 50,
+            throttled_periods: 9,
+            throttled_ms: 20,
+        };
+        assert_eq!(
+            want.until(later),
+            Throttling {
+                periods: 10,
+                throttled_periods: 2,
+                throttled_ms: 8
+            }
+        );
     }
 }

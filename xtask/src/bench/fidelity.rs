@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::cgroups::Cgroup;
+use super::cgroups::{Cgroup, Throttling};
 use super::lab::{CANDIDATE_IP, Lab, in_netns, sleep, wait_port};
 use super::load::{LoadResult, oha_finish, oha_rate_urls, oha_start, urls_target};
 use super::procs::{Proc, cpu_seconds};
@@ -171,6 +171,9 @@ pub struct FidelityRun {
     /// through the load and the settling, and that per exchange replayed.
     pub daemon_cpu_s: Option<f64>,
     pub cpu_us_per_replayed: Option<f64>,
+    /// How often the daemon's cgroup quota stopped it during the leg (its taps run in
+    /// the same cgroup).
+    pub daemon_throttling: Option<Throttling>,
     /// How the requests arrived at the candidate's interface (its tap), and at legacy's
     /// (capture and control legs: its own tap).
     pub candidate_shape: Option<Shape>,
@@ -284,7 +287,12 @@ struct Replayer<'a> {
 pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
     let lab = &ctx.lab;
     write_files(lab)?;
-    let capped = Cgroup::create(&format!("mbench-{}-twin", lab.id), None, 100)?;
+    let capped = Cgroup::create(
+        &format!("mbench-{}-twin", lab.id),
+        None,
+        100,
+        super::cgroups::CANDIDATE_CPU_PERIOD_US,
+    )?;
     let mut runs = Vec::new();
     let mut replayers = Vec::new();
     if let Some(b) = &plan.baseline {
@@ -411,6 +419,7 @@ fn leg(
     let store = lab.path(&format!("{tag}.db"));
     let urls = urls_file(lab, service, false)?;
     let loadavg_at_start = loadavg();
+    let throttling_at_start = lab.daemon_cgroup.as_ref().map(Cgroup::throttling);
     let cand_pcap = lab.path(&format!("{tag}-cand.pcapng"));
     let mut cand_tap = candidate_tap(ctx, service, &cand_pcap, plan.seconds * 3 + 120)?;
     let mut legacy_shape = None;
@@ -520,6 +529,9 @@ fn leg(
     let replayed = tap
         .as_ref()
         .map(|t| t.exchanges.saturating_sub(t.sampled_out));
+    let daemon_throttling = throttling_at_start
+        .zip(lab.daemon_cgroup.as_ref())
+        .map(|(t, cg)| t.until(cg.throttling()));
     let cpu_us_per_replayed = daemon_cpu_s
         .zip(replayed)
         .filter(|(_, n)| *n > 0)
@@ -538,6 +550,7 @@ fn leg(
         tap,
         daemon_cpu_s,
         cpu_us_per_replayed,
+        daemon_throttling,
         candidate_shape,
         legacy_shape,
         verdict,
@@ -716,6 +729,7 @@ fn control_run(
         tap: None,
         daemon_cpu_s: None,
         cpu_us_per_replayed: None,
+        daemon_throttling: None,
         candidate_shape: None,
         legacy_shape: None,
         verdict: "-".into(),
@@ -744,7 +758,9 @@ fn candidate_tap(ctx: &Ctx, service: Service, pcap: &Path, bound: u64) -> Result
     .map(String::from)
     .to_vec();
     let mut p = Proc::spawn(lab, &lab.cand_ns, "fid-cand-tap", &argv)?;
-    if let Some(cg) = &lab.daemon_cgroup {
+    // An instrument, not the product: in the daemon's cgroup it took the daemon's quota
+    // (the quota stopped the daemon for 3.5–5.6 s of a 13 s leg at 10k req/s).
+    if let Some(cg) = &lab.instruments_cgroup {
         cg.add(p.pid())?;
     }
     p.wait_for("tap attached", Duration::from_secs(30))?;
@@ -981,8 +997,14 @@ fn print_leg(r: &FidelityRun) {
             )
         })
     };
+    let throttled = r.daemon_throttling.map_or(String::new(), |t| {
+        format!(
+            "; daemon's quota stopped it in {} of {} periods ({} ms)",
+            t.throttled_periods, t.periods, t.throttled_ms
+        )
+    });
     let cpu = format!(
-        "{cpu}; arrivals at the candidate: {}, at legacy: {}",
+        "{cpu}{throttled}; arrivals at the candidate: {}, at legacy: {}",
         shape(&r.candidate_shape),
         shape(&r.legacy_shape)
     );
@@ -1098,7 +1120,11 @@ pub fn table(runs: &[FidelityRun]) -> Table {
     t.note(format!(
         "verdict = `report --max-p95-regression {P95_LIMIT}` run-wide and per route, \
          --max-candidate-errors 0%, no floor / with --min-latency-delta {FLOOR}; \
-         daemon in deploy/mirror.service's cgroup, --pipeline-priority {}",
+         daemon in a cgroup with weight {} and quota {} % per {} ms (deploy/mirror.service: \
+         50 % per 100 ms), --pipeline-priority {}; the candidate's tap in a cgroup of its own",
+        super::cgroups::DAEMON_CPU_WEIGHT,
+        super::cgroups::daemon_cpu_quota().0,
+        super::cgroups::daemon_cpu_quota().1 / 1_000,
         pipeline_priority()
     ));
     t.note(

@@ -90,6 +90,9 @@ pub struct Lab {
     /// The daemon's cgroup (deploy/mirror.service's CPU settings) and the candidate's
     /// (a stated CPU limit): see `cgroups`.
     pub daemon_cgroup: Option<Cgroup>,
+    /// Measuring instruments (the fidelity section's tap on the candidate's interface):
+    /// the daemon's weight, but not its quota, which is the product's own.
+    pub instruments_cgroup: Option<Cgroup>,
     pub candidate_cgroup: Option<Cgroup>,
 }
 
@@ -107,6 +110,7 @@ impl Lab {
             created: Vec::new(),
             bpf_stats_old: None,
             daemon_cgroup: None,
+            instruments_cgroup: None,
             candidate_cgroup: None,
         };
         fs::create_dir_all(&lab.dir).with_context(|| format!("creating {}", lab.dir.display()))?;
@@ -178,12 +182,20 @@ impl Lab {
         lab.daemon_cgroup = Some(Cgroup::create(
             &format!("mbench-{id}-daemon"),
             Some(cgroups::DAEMON_CPU_WEIGHT),
-            cgroups::DAEMON_CPU_PERCENT,
+            cgroups::daemon_cpu_quota().0,
+            cgroups::daemon_cpu_quota().1,
+        )?);
+        lab.instruments_cgroup = Some(Cgroup::create(
+            &format!("mbench-{id}-instruments"),
+            Some(cgroups::DAEMON_CPU_WEIGHT),
+            100,
+            cgroups::daemon_cpu_quota().1,
         )?);
         lab.candidate_cgroup = Some(Cgroup::create(
             &format!("mbench-{id}-candidate"),
             None,
             cgroups::CANDIDATE_CPU_PERCENT,
+            cgroups::CANDIDATE_CPU_PERIOD_US,
         )?);
         Ok(lab)
     }
@@ -249,6 +261,7 @@ impl Drop for Lab {
         }
         let _ = fs::remove_dir_all(&self.dir);
         self.daemon_cgroup = None;
+        self.instruments_cgroup = None;
         self.candidate_cgroup = None;
         eprintln!("xtask bench: lab {} removed", self.id);
     }

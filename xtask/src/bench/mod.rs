@@ -55,6 +55,14 @@ pub struct BenchArgs {
     /// built before a change), interleaved leg by leg with this build's.
     #[arg(long)]
     baseline_daemon: Option<PathBuf>,
+    /// The daemon cgroup's CPU quota in percent of a CPU (default 50:
+    /// deploy/mirror.service's `CPUQuota=`).
+    #[arg(long, default_value_t = cgroups::DAEMON_CPU_PERCENT, value_parser = clap::value_parser!(u64).range(1..=800))]
+    daemon_cpu_percent: u64,
+    /// The period that quota is enforced over, in ms (default 100: systemd's default,
+    /// which deploy/mirror.service keeps).
+    #[arg(long, default_value_t = cgroups::DAEMON_CPU_PERIOD_US / 1_000, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    daemon_cpu_period_ms: u64,
     /// Fidelity section: only these legs, comma-separated, each SERVICE-RATE-SOURCE
     /// (`example-10k-live`, `nginx-1k-capture`, `example-1k-control`; `capped` = the live
     /// leg with the candidate capped at 100 %).
@@ -98,6 +106,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let started = Instant::now();
     tap::set_pipeline_priority(&args.pipeline_priority);
+    cgroups::set_daemon_cpu_quota(args.daemon_cpu_percent, args.daemon_cpu_period_ms);
     let env = setup::run(true)?;
     util::build_release(&env)?;
     let want = |s: Section| args.only.is_none_or(|o| o == s);

@@ -312,7 +312,7 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
     }
     t.note(format!(
         "(b)–(d) = mirror-daemon {} --pipeline-priority {} in a cgroup with cpu weight {} and \
-         quota {}% (deploy/mirror.service); the candidate in its own cgroup limited to {}% of a \
+         quota {}% per {} ms (deploy/mirror.service); the candidate in its own cgroup limited to {}% of a \
          CPU; load from {} client addresses (one in the 5% sample); fixed rates by oha (-q, \
          --latency-correction), saturation by wrk (-t2 -c64); (e) for mirror-examples is nginx \
          proxy+mirror in front of it, so it includes a proxy hop; replayed = share of rebuilt \
@@ -320,7 +320,8 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
         TAP_MODE.label(),
         tap::pipeline_priority(),
         super::cgroups::DAEMON_CPU_WEIGHT,
-        super::cgroups::DAEMON_CPU_PERCENT,
+        super::cgroups::daemon_cpu_quota().0,
+        super::cgroups::daemon_cpu_quota().1 / 1_000,
         super::cgroups::CANDIDATE_CPU_PERCENT,
         super::clients::CLIENTS,
     ));
