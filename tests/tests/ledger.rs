@@ -68,31 +68,65 @@ fn report_outcomes(acc: &Value) -> BTreeMap<(String, String), u64> {
     out
 }
 
+/// What a finished `run` left: the load, the live ledger when it settled, /metrics just
+/// before the stop, and the stored report's card.
+struct Finished {
+    load: LoadSummary,
+    live: Value,
+    metrics: Scrape,
+    card: Value,
+}
+
+/// The example legacy tapped by `run --sample SAMPLE --exclude path:^/slow` with a
+/// deviating candidate; `before` runs first (returning the extra exchanges it makes the
+/// daemon see), then 1500 requests over 4 connections; the daemon settles and stops.
+fn run_and_report(ns: &str, sample: &str, before: impl FnOnce(&Topology) -> u64) -> Finished {
+    let topo = Topology::new(ns).expect("topology");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).expect("legacy");
+    let mut args = topo.run_args(dir.path(), &topo.example_candidate_cmd("deviations"));
+    args.extend(["--sample", sample, "--exclude", "path:^/slow"].map(String::from));
+    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).expect("daemon");
+    let extra = before(&topo);
+    let load = run_load(topo.client(), &topo.legacy_addr(), 1500, 4).expect("load");
+    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
+    let live = daemon
+        .wait_settled(
+            topo.legacy(),
+            load.answered() + extra,
+            Duration::from_secs(60),
+        )
+        .expect("settled");
+    let metrics = scrape(&daemon.get(topo.legacy(), "/metrics").expect("/metrics"));
+    let exit = daemon.stop(Duration::from_secs(60)).expect("stop");
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    let (_, card) = report_json(&dir.path().join("m.db"), &[]).expect("report");
+    Finished {
+        load,
+        live,
+        metrics,
+        card,
+    }
+}
+
 #[test]
 fn metrics_the_dashboard_and_the_report_count_the_same_outcomes_after_a_run() {
     require_root();
-    let topo = Topology::new("g").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
-    let mut args = topo.run_args(dir.path(), &topo.example_candidate_cmd("deviations"));
-    args.extend(["--sample", "60%", "--exclude", "path:^/slow"].map(String::from));
-    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
-    // A client that does not speak HTTP: a capture-side drop, which /metrics used to miss.
-    let garbage = format!(
-        "exec 3<>/dev/tcp/{}/8080; printf 'NOT HTTP AT ALL\\r\\n\\r\\n' >&3; timeout 2 cat <&3 >/dev/null; true",
-        topo.link.a_ip
-    );
-    topo.client().exec_ok(&["bash", "-c", &garbage]).unwrap();
-    let load = run_load(topo.client(), &topo.legacy_addr(), 1500, 4).unwrap();
-    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
-    let live = daemon
-        .wait_settled(topo.legacy(), load.answered() + 1, Duration::from_secs(60))
-        .unwrap();
-    let metrics = scrape(&daemon.get(topo.legacy(), "/metrics").unwrap());
-    let exit = daemon.stop(Duration::from_secs(60)).unwrap();
-    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
-
-    let (_, card) = report_json(&dir.path().join("m.db"), &[]).unwrap();
+    let Finished {
+        load,
+        live,
+        metrics,
+        card,
+    } = run_and_report("g", "60%", |topo| {
+        // A client that does not speak HTTP: a capture-side drop, which /metrics used to
+        // miss.
+        let garbage = format!(
+            "exec 3<>/dev/tcp/{}/8080; printf 'NOT HTTP AT ALL\\r\\n\\r\\n' >&3; timeout 2 cat <&3 >/dev/null; true",
+            topo.link.a_ip
+        );
+        topo.client().exec_ok(&["bash", "-c", &garbage]).unwrap();
+        1
+    });
     let acc = &card["accounting"];
     eprintln!(
         "load {load:?}\naccounting {acc}\nmetrics {:?}",
@@ -193,22 +227,12 @@ fn a_stop_while_replays_hang_counts_them_as_cut_by_the_deadline_and_leaves_none_
 #[test]
 fn capture_only_counts_every_exchange_it_frames_without_content() {
     require_root();
-    let topo = Topology::new("g0").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
-    let mut args = topo.run_args(dir.path(), &topo.example_candidate_cmd("deviations"));
-    args.extend(["--sample", "0", "--exclude", "path:^/slow"].map(String::from));
-    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
-    let load = run_load(topo.client(), &topo.legacy_addr(), 1500, 4).unwrap();
-    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
-    daemon
-        .wait_settled(topo.legacy(), load.answered(), Duration::from_secs(60))
-        .unwrap();
-    let metrics = scrape(&daemon.get(topo.legacy(), "/metrics").unwrap());
-    let exit = daemon.stop(Duration::from_secs(60)).unwrap();
-    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
-
-    let (_, card) = report_json(&dir.path().join("m.db"), &[]).unwrap();
+    let Finished {
+        load,
+        metrics,
+        card,
+        ..
+    } = run_and_report("g0", "0", |_| 0);
     let acc = &card["accounting"];
     eprintln!("load {load:?}\naccounting {acc}");
     assert_eq!(acc["identity_holds"], true, "{acc}");

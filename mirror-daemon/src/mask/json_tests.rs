@@ -399,6 +399,14 @@ enum Doc {
 }
 
 impl Doc {
+    /// The document as text, its whitespace drawn from `ws`.
+    fn text(&self, ws: u32) -> String {
+        let mut out = String::new();
+        let mut w = ws;
+        self.write(&mut out, &mut w);
+        out
+    }
+
     fn write(&self, out: &mut String, ws: &mut u32) {
         let space = |out: &mut String, ws: &mut u32| {
             *ws = ws.rotate_left(3) ^ 0x9e37_79b9;
@@ -543,9 +551,7 @@ proptest! {
         at in 0.0f64..1.0,
         edit in any::<u8>(),
     ) {
-        let mut src = String::new();
-        let mut w = ws;
-        d.write(&mut src, &mut w);
+        let src = d.text(ws);
         prop_assert!(check(&src).is_ok(), "generated JSON must be valid: {}", src);
         let _ = check(&mutate(&src, at, edit));
     }
@@ -559,9 +565,7 @@ proptest! {
         at in 0.0f64..1.0,
         edit in any::<u8>(),
     ) {
-        let mut src = String::new();
-        let mut w = ws;
-        d.write(&mut src, &mut w);
+        let src = d.text(ws);
         value_handover(&src);
         value_handover(&mutate(&src, at, edit));
     }
