@@ -54,6 +54,7 @@ pub mod guard;
 pub mod http;
 pub mod mask;
 pub mod pipeline;
+pub mod quota;
 pub mod reassembly;
 pub mod replay;
 pub mod report;

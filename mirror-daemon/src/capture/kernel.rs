@@ -65,6 +65,10 @@ pub struct KernelCounters {
     pub oversize: u64,
     pub sampled_out: u64,
     pub load_errors: u64,
+    /// How often the daemon's own CPU quota stopped it since the run started (its
+    /// cgroup's `cpu.stat`; absent from rows written before it was recorded).
+    #[serde(default)]
+    pub daemon_quota: crate::quota::QuotaThrottling,
 }
 
 impl KernelCounters {
@@ -77,6 +81,7 @@ impl KernelCounters {
         self.oversize += o.oversize;
         self.sampled_out += o.sampled_out;
         self.load_errors += o.load_errors;
+        self.daemon_quota.add(&o.daemon_quota);
     }
 }
 
@@ -314,6 +319,7 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> KernelCounters {
         oversize: sum(counter::OVERSIZE),
         sampled_out: sum(counter::SAMPLED_OUT),
         load_errors: sum(counter::LOAD_ERRORS),
+        daemon_quota: Default::default(),
     }
 }
 

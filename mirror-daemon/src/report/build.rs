@@ -532,8 +532,8 @@ pub fn build<'a>(
 }
 
 /// The floor the p95 criteria were judged with, and the candidate's CPU cap (as the
-/// runs recorded it) as a caveat when a p95 criterion is set; runs that did not record
-/// it are counted and said.
+/// runs recorded it) and the daemon's own quota stops as caveats when a p95 criterion is
+/// set; runs that did not record the cap are counted and said.
 fn latency_with_caveats(
     mut l: LatencyCard,
     ev: &CardEvidence<'_>,
@@ -550,6 +550,7 @@ fn latency_with_caveats(
     if criteria.judges_p95() {
         l.min_latency_delta_ns = criteria.min_latency_delta_ns;
         l.caveats.extend(cap.map(|c| c.caveat()));
+        l.caveats.extend(ev.kernel_total.daemon_quota.caveat());
         if not_recorded > 0 {
             l.caveats.push(format!(
                 "the candidate's CPU was not recorded for {not_recorded} of {} runs \

@@ -1506,3 +1506,44 @@ async fn a_multi_line_side_effect_example_is_shown_on_one_line() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_daemons_own_quota_stops_are_a_latency_caveat_read_back_from_the_store() {
+    let mut sims = go_sims();
+    sims[0].kernel.daemon_quota = crate::quota::QuotaThrottling {
+        periods: 130,
+        throttled_periods: 60,
+        throttled_us: 4_200_000,
+    };
+    let stored = load_sims(&sims).await;
+    let card = card_of(&stored, &criteria());
+    let said = "CAVEAT: the daemon's CPU quota stopped it in 60 of 130 periods (4.2 s";
+    for text in [render_table(&card), render_markdown(&card)] {
+        assert!(text.contains(said), "{text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&render_json(&card)).expect("json");
+    assert!(
+        v["latency"]["caveats"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c.as_str().is_some_and(|c| c.contains("60 of 130")))),
+        "{}",
+        v["latency"]
+    );
+    // Rare stops (under 5 % of the periods) and no p95 criterion: nothing to say.
+    sims[0].kernel.daemon_quota.throttled_periods = 6;
+    let card = card_of(&load_sims(&sims).await, &criteria());
+    assert!(!render_table(&card).contains("CPU quota"));
+    let mut c = criteria();
+    c.max_p95_regression = None;
+    sims[0].kernel.daemon_quota.throttled_periods = 60;
+    let card = card_of(&load_sims(&sims).await, &c);
+    assert!(!render_table(&card).contains("CPU quota"));
+}
+
+#[test]
+fn kernel_rows_written_before_the_quota_was_recorded_still_read() {
+    let old = r#"{"segments":5,"payload_bytes":50,"records":5,"ring_full":0,"oversize":0,"sampled_out":0,"load_errors":0}"#;
+    let k: KernelCounters = serde_json::from_str(old).expect("an old row");
+    assert_eq!(k.segments, 5);
+    assert_eq!(k.daemon_quota, crate::quota::QuotaThrottling::default());
+}

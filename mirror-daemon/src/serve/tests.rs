@@ -151,6 +151,7 @@ fn realistic(go: bool) -> LiveSnapshot {
             oversize: 0,
             sampled_out: 0,
             load_errors: 0,
+            daemon_quota: Default::default(),
         },
         pairing: crate::http::PairingCounters {
             exchanges: 19_851,

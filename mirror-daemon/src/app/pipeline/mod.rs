@@ -84,6 +84,8 @@ pub struct Running {
     applied_ppm: u32,
     tap: Option<Tap>,
     kernel: KernelCounters,
+    /// The daemon's own CPU quota since the run started (kept in `kernel`).
+    quota: crate::quota::QuotaWatch,
     capture: std::thread::JoinHandle<Result<CaptureFigures, PcapError>>,
     /// The capture thread's figures as they stand (pairing, for /metrics and the card).
     figures: Arc<Mutex<CaptureFigures>>,
@@ -198,6 +200,7 @@ impl Running {
         if let Some(t) = self.tap.take() {
             self.kernel = t.counters();
         }
+        self.kernel.daemon_quota = self.quota.since_start();
         self.stop_capture.store(true, Ordering::SeqCst);
         let capture = self.capture;
         let figures = match tokio::task::spawn_blocking(move || capture.join()).await? {
@@ -282,6 +285,12 @@ impl Running {
     async fn write_ledger(&self) {
         let snapshot = self.ledger.snapshot();
         let at = crate::clock::unix_ms();
+        // The quota's figures go with the stored rows only: the live card is redrawn
+        // when its inputs move, and the periods move on every tick.
+        let kernel = KernelCounters {
+            daemon_quota: self.quota.since_start(),
+            ..self.kernel
+        };
         if let Err(e) = self
             .store
             .write_ledger(
@@ -289,7 +298,7 @@ impl Running {
                 &self.run_id,
                 at,
                 &snapshot,
-                &self.kernel,
+                &kernel,
                 &self.pairing,
                 self.effects.as_ref().map(|e| e.figures()).as_ref(),
             )

@@ -198,6 +198,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
         applied_ppm,
         tap,
         kernel: KernelCounters::default(),
+        quota: crate::quota::QuotaWatch::start(),
         pairing: Default::default(),
         capture,
         figures,
