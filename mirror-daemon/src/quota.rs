@@ -97,41 +97,49 @@ pub fn cpu_stat_path(proc_self_cgroup: &str, root: &Path) -> Option<PathBuf> {
     v2
 }
 
-/// The quota's effect from the start of a run, read on demand.
-#[derive(Debug)]
+/// The quota's effect from the start of a run, read on demand. The cgroup is looked up
+/// at every read: a daemon moved into another cgroup (by hand, or a unit reloaded)
+/// counts from its first read there.
+#[derive(Debug, Default)]
 pub struct QuotaWatch {
-    stat: Option<PathBuf>,
-    start: QuotaThrottling,
+    /// The `cpu.stat` read last and its figures then, as the count's origin.
+    origin: std::sync::Mutex<Option<(PathBuf, QuotaThrottling)>>,
 }
 
 impl QuotaWatch {
     /// Starts watching this process's cgroup (nothing to watch when it has no readable
     /// `cpu.stat`: every figure stays zero).
     pub fn start() -> QuotaWatch {
-        let stat = std::fs::read_to_string("/proc/self/cgroup")
-            .ok()
-            .and_then(|s| cpu_stat_path(&s, Path::new("/sys/fs/cgroup")))
-            .filter(|p| p.exists());
-        let mut w = QuotaWatch {
-            stat,
-            start: QuotaThrottling::default(),
-        };
-        w.start = w.read();
+        let w = QuotaWatch::default();
+        w.since_start();
         w
     }
 
-    /// What the quota did since [`QuotaWatch::start`].
+    /// What the quota did since [`QuotaWatch::start`] (or since the daemon was moved).
     pub fn since_start(&self) -> QuotaThrottling {
-        self.start.until(self.read())
+        let Some((path, now)) = current() else {
+            return QuotaThrottling::default();
+        };
+        let mut origin = self
+            .origin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match origin.as_ref() {
+            Some((p, start)) if *p == path => start.until(now),
+            _ => {
+                *origin = Some((path, now));
+                QuotaThrottling::default()
+            }
+        }
     }
+}
 
-    fn read(&self) -> QuotaThrottling {
-        self.stat
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|s| QuotaThrottling::parse(&s))
-            .unwrap_or_default()
-    }
+/// This process's cgroup `cpu.stat` and what it says now.
+fn current() -> Option<(PathBuf, QuotaThrottling)> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cpu_stat_path(&cgroups, Path::new("/sys/fs/cgroup"))?;
+    let stat = std::fs::read_to_string(&path).ok()?;
+    Some((path, QuotaThrottling::parse(&stat)))
 }
 
 #[cfg(test)]

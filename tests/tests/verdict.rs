@@ -329,3 +329,81 @@ fn deviations_are_named_with_their_rates_and_the_verdict_follows_the_criteria() 
     assert_eq!(code, 3);
     assert!(md.contains("INSUFFICIENT EVIDENCE"), "{md}");
 }
+
+/// A cgroup of the cpu controller allowing `percent` of one CPU, removed when dropped.
+struct CpuQuota(std::path::PathBuf);
+
+impl CpuQuota {
+    fn create(name: &str, percent: u64) -> CpuQuota {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
+        let quota = percent * 1_000;
+        let dir = if v1.join("cpu.cfs_period_us").exists() {
+            let dir = v1.join(name);
+            std::fs::create_dir_all(&dir).expect("a v1 cpu cgroup");
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000").expect("period");
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("quota");
+            dir
+        } else {
+            let root = cgroup2_mount();
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).expect("a cgroup2 cgroup");
+            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000")).expect("cpu.max");
+            dir
+        };
+        CpuQuota(dir)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("moved");
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// The daemon's own CPU quota, when it binds, is a caveat on the latency verdict: moved
+/// into a cgroup allowing it 10 % of a CPU, the daemon replays a load it cannot keep up
+/// with at that share, and the card (at the stop and from the store) says how often the
+/// quota stopped it.
+#[test]
+fn a_binding_daemon_quota_is_a_caveat_on_the_latency_verdict() {
+    require_root();
+    let topo = Topology::new("vq").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _legacy = start_legacy(topo.legacy(), &topo.link.a_ip, 8080).unwrap();
+    let mut args = topo.run_args(dir.path(), &topo.example_candidate_cmd("deviations"));
+    args.extend(["--max-p95-regression", "25%"].map(String::from));
+    let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
+    let quota = CpuQuota::create("mirror-e2e-vq-daemon", 10);
+    quota.add(daemon.pid());
+    let load = run_load(topo.client(), &topo.legacy_addr(), 1500, 4).unwrap();
+    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
+    daemon
+        .wait_settled(
+            topo.legacy(),
+            load.answered(),
+            std::time::Duration::from_secs(120),
+        )
+        .unwrap();
+    let exit = daemon.stop(std::time::Duration::from_secs(120)).unwrap();
+    let said = "CAVEAT: the daemon's CPU quota stopped it in";
+    assert!(exit.stdout.contains(said), "{}", exit.stdout);
+    // From the store, judged again with the same p95 criterion.
+    let (_, card) =
+        report_json(&dir.path().join("m.db"), &["--max-p95-regression", "25%"]).unwrap();
+    let caveats = card["latency"]["caveats"].to_string();
+    assert!(
+        caveats.contains("the daemon's CPU quota stopped it in"),
+        "{caveats}"
+    );
+    drop(quota);
+}
