@@ -539,6 +539,17 @@ mod tests {
     }
 
     /// An outlet that samples before its queue and drops (never waits) when it is full.
+    /// An outlet whose sampler replays everything but `/health…` (excluded).
+    fn health_excluding_outlet(tx: mpsc::Sender<Captured>, ledger: &Arc<Ledger>) -> Outlet {
+        use crate::sample::{SampleConfig, Sampler, parse_rule};
+        let sampler = Sampler::new(SampleConfig {
+            exclude: vec![parse_rule("path:^/health").expect("rule")],
+            ..SampleConfig::default()
+        })
+        .expect("sampler");
+        sampling_outlet(tx, sampler, ledger)
+    }
+
     fn sampling_outlet(
         tx: mpsc::Sender<Captured>,
         sampler: crate::sample::Sampler,
@@ -585,15 +596,9 @@ mod tests {
     /// `queue_full`) and takes no queue space.
     #[test]
     fn with_the_queue_full_excluded_exchanges_are_still_counted_excluded() {
-        use crate::sample::{SampleConfig, Sampler, parse_rule};
         let ledger = Arc::new(Ledger::default());
         let (tx, mut rx) = mpsc::channel(2);
-        let sampler = Sampler::new(SampleConfig {
-            exclude: vec![parse_rule("path:^/health").expect("rule")],
-            ..SampleConfig::default()
-        })
-        .expect("sampler");
-        let outlet = sampling_outlet(tx, sampler, &ledger);
+        let outlet = health_excluding_outlet(tx, &ledger);
         // Two replayable exchanges fill the queue; the rest arrive with it full.
         for (i, path) in ["/a", "/b", "/health", "/c", "/health/db", "/health"]
             .into_iter()
@@ -646,15 +651,9 @@ mod tests {
     /// queued, even when the rate rose after their heads were parsed.
     #[test]
     fn framed_only_exchanges_are_counted_never_queued() {
-        use crate::sample::{SampleConfig, Sampler, parse_rule};
         let ledger = Arc::new(Ledger::default());
         let (tx, mut rx) = mpsc::channel(8);
-        let sampler = Sampler::new(SampleConfig {
-            exclude: vec![parse_rule("path:^/health").expect("rule")],
-            ..SampleConfig::default()
-        })
-        .expect("sampler");
-        let outlet = sampling_outlet(tx, sampler, &ledger);
+        let outlet = health_excluding_outlet(tx, &ledger);
         for (i, path) in ["/a", "/health", "/b"].into_iter().enumerate() {
             outlet.deliver(HttpOutput::FramedOnly(exchange(path, 40_000 + i as u16)));
         }
