@@ -10,6 +10,7 @@ mod cost;
 mod fidelity;
 mod growth;
 mod hold;
+mod idle;
 mod lab;
 mod load;
 mod offline;
@@ -68,6 +69,11 @@ pub struct BenchArgs {
     /// leg with the candidate capped at 100 %).
     #[arg(long, value_delimiter = ',')]
     legs: Vec<fidelity::LegName>,
+    /// Fidelity section: hold the CPUs out of idle states while it runs (`hold`, through
+    /// /dev/cpu_dma_latency) or leave them (`allow`). A halted vCPU's wake-up lands on
+    /// whichever side's request found it halted (see xtask/src/bench/idle.rs).
+    #[arg(long, value_enum, default_value_t = idle::CpuIdle::Hold)]
+    cpu_idle: idle::CpuIdle,
     /// Internal: hold this many idle connections (the growth section's helper process).
     #[arg(long, hide = true)]
     hold_conns: Option<usize>,
@@ -237,6 +243,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tables.push(t);
     }
     let mut fidelity_runs = Vec::new();
+    let mut fidelity_cpu_idle = None;
     if want(Section::Fidelity) {
         let plan = fidelity::Plan {
             rates: vec![1_000, 10_000],
@@ -246,7 +253,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             baseline: args.baseline_daemon.clone(),
             legs: args.legs.clone(),
         };
-        let (t, r) = fidelity::run(&ctx, &plan)?;
+        let hold = idle::IdleHold::take(args.cpu_idle);
+        let (mut t, r) = fidelity::run(&ctx, &plan)?;
+        t.note(format!(
+            "CPU idle states during the section: {}",
+            hold.state
+        ));
+        fidelity_cpu_idle = Some(hold.state.clone());
+        drop(hold);
         t.print();
         tables.push(t);
         fidelity_runs = r;
@@ -278,6 +292,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "seconds_per_run": seconds,
             "rounds": rounds,
             "elapsed_s": started.elapsed().as_secs_f64(),
+            "fidelity_cpu_idle": fidelity_cpu_idle,
         },
         "tables": tables.iter().map(Table::to_json).collect::<Vec<_>>(),
         "runs": runs,
