@@ -82,16 +82,16 @@ impl QuotaThrottling {
     /// The caveat for the latency verdict when the quota binds ([`Self::binds`]).
     pub fn caveat(&self) -> Option<String> {
         self.binds().then(|| {
-                format!(
-                    "the daemon's CPU quota stopped it in {} of {} periods ({:.1} s of waiting): \
+            format!(
+                "the daemon's CPU quota stopped it in {} of {} periods ({:.1} s of waiting): \
                      requests then reached the candidate in bursts, so its latency reads \
                      higher than it is; give the daemon more CPU (the unit's CPUQuota=) or \
                      replay a smaller sample before trusting a p95 regression",
-                    self.throttled_periods,
-                    self.periods,
-                    self.throttled_us as f64 / 1e6
-                )
-            })
+                self.throttled_periods,
+                self.periods,
+                self.throttled_us as f64 / 1e6
+            )
+        })
     }
 }
 
@@ -217,11 +217,28 @@ impl QuotaWatch {
     }
 }
 
-/// The quota on this process's cgroup now (`None` without one, or without a readable
-/// cgroup), for the start-up log line.
-pub fn current_limit() -> Option<CpuQuota> {
+/// This process's cgroup (the directory of its `cpu.stat`) and the quota set on it now
+/// (`None` without one), for the start-up log line; `None` without a readable cgroup.
+pub fn current_limit() -> Option<(PathBuf, Option<CpuQuota>)> {
     let (path, _) = current()?;
-    CpuQuota::of_cgroup(path.parent()?)
+    let dir = path.parent()?.to_path_buf();
+    let limit = CpuQuota::of_cgroup(&dir);
+    Some((dir, limit))
+}
+
+/// Says the quota at a run's start, so a user sees what the daemon runs under before
+/// any caveat.
+pub fn log_limit() {
+    match current_limit() {
+        Some((cgroup, Some(q))) => tracing::info!(
+            cgroup = %cgroup.display(),
+            "daemon CPU quota {q}; the run says so when it stops the daemon in {CAVEAT_SHARE_PERCENT} % of periods or more"
+        ),
+        Some((cgroup, None)) => {
+            tracing::info!(cgroup = %cgroup.display(), "daemon CPU quota: none")
+        }
+        None => tracing::info!("daemon CPU quota: unknown (no readable cgroup cpu.stat)"),
+    }
 }
 
 /// This process's cgroup `cpu.stat` and what it says now.
