@@ -388,17 +388,11 @@ fn daemon_cpu_metrics(metrics: &str) -> BTreeMap<String, f64> {
 
 /// The live snapshot once `ready` holds for it (bounded: the snapshot is redrawn every
 /// tick, and the quota read at each one).
-fn snapshot_when(
-    daemon: &Daemon,
-    ns: &Netns,
-    what: &str,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
+fn snapshot_when(daemon: &Daemon, ns: &Netns, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let snap: Value =
-            serde_json::from_str(&daemon.get(ns, "/api/snapshot").expect("snapshot"))
-                .expect("snapshot json");
+        let snap: Value = serde_json::from_str(&daemon.get(ns, "/api/snapshot").expect("snapshot"))
+            .expect("snapshot json");
         if ready(&snap) {
             return snap;
         }
@@ -464,7 +458,10 @@ fn a_binding_daemon_quota_is_a_caveat_on_the_latency_verdict() {
         "{live:?}, the cgroup: {:?}",
         quota.stat()
     );
-    assert!(live["mirror_daemon_cpu_throttled_seconds_total"] > 0.0, "{live:?}");
+    assert!(
+        live["mirror_daemon_cpu_throttled_seconds_total"] > 0.0,
+        "{live:?}"
+    );
     // The progress line says it too (printed every 5 s when stderr is not a terminal).
     let log = daemon
         .wait_for_stderr(
@@ -526,7 +523,8 @@ fn start_up_under_the_quota_is_no_caveat_on_a_quiet_run() {
     assert!(live["mirror_daemon_cpu_periods_total"] > 0.0, "{live:?}");
     let exit = daemon.stop(std::time::Duration::from_secs(60)).unwrap();
     assert!(
-        exit.stderr.contains("daemon CPU quota 30 % of one CPU per 100 ms"),
+        exit.stderr
+            .contains("daemon CPU quota 30 % of one CPU per 100 ms"),
         "{}",
         exit.stderr
     );
