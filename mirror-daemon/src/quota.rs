@@ -247,6 +247,20 @@ pub fn log_limit() {
     }
 }
 
+/// Another process's quota, as `status` shows it: its cgroup, the quota set on it, and
+/// what the quota did since the cgroup was created (not since a run started: the run's
+/// own span is on its `/metrics`).
+pub fn of_process(pid: u32) -> Option<(PathBuf, Option<CpuQuota>, QuotaThrottling)> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    // Through the process's own root: `ip netns exec` remounts /sys without cgroups.
+    let root = PathBuf::from(format!("/proc/{pid}/root/sys/fs/cgroup"));
+    let path = cpu_stat_path(&cgroups, &root)?;
+    let stat = std::fs::read_to_string(&path).ok()?;
+    let dir = path.parent()?.to_path_buf();
+    let limit = CpuQuota::of_cgroup(&dir);
+    Some((dir, limit, QuotaThrottling::parse(&stat)))
+}
+
 /// This process's cgroup `cpu.stat` and what it says now.
 fn current() -> Option<(PathBuf, QuotaThrottling)> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;

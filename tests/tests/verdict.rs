@@ -521,6 +521,13 @@ fn start_up_under_the_quota_is_no_caveat_on_a_quiet_run() {
     assert!(!caveats.contains(QUOTA_CAVEAT), "{caveats}");
     let live = daemon_cpu_metrics(&daemon.get(topo.legacy(), "/metrics").unwrap());
     assert!(live["mirror_daemon_cpu_periods_total"] > 0.0, "{live:?}");
+    // `status` finds the process holding the tap and shows its quota.
+    let status = attached_programs(topo.legacy(), &topo.link.a_if).unwrap();
+    let held = format!(
+        "held by pid {} (mirror-daemon): CPU quota 30 % of one CPU per 100 ms",
+        daemon.pid()
+    );
+    assert!(status.contains(&held), "{status}");
     let exit = daemon.stop(std::time::Duration::from_secs(60)).unwrap();
     assert!(
         exit.stderr
