@@ -462,6 +462,7 @@ fn a_binding_daemon_quota_is_a_caveat_on_the_latency_verdict() {
         live["mirror_daemon_cpu_throttled_seconds_total"] > 0.0,
         "{live:?}"
     );
+    eprintln!("live, at 10 %: {live:?}; the cgroup: {:?}", quota.stat());
     // The progress line says it too (printed every 5 s when stderr is not a terminal).
     let log = daemon
         .wait_for_stderr(
