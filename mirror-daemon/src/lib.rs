@@ -26,6 +26,10 @@
 //! - [`report`] turns what the store holds into the parity card (one section model drawn
 //!   as a table or Markdown, or the card as JSON); [`verdict`] judges it against the
 //!   criteria; [`serve`] is the local dashboard, API and `/metrics`.
+//! - [`quota`] watches the daemon's own CPU quota (its cgroup's `cpu.stat`, from the tap
+//!   attached to the last replay): when it stops the daemon in 5 % of its periods or more
+//!   the replays leave in bursts, and the card, the dashboard, the progress line, the log
+//!   and `/metrics` (`mirror_daemon_cpu_*_total`) say so.
 //!
 //! Wiring: [`app`] runs the stages. A run is a typed plan and three steps
 //! (`app::pipeline`: `start(plan)` builds the stages and attaches the tap, `Running::tick`

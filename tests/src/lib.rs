@@ -525,14 +525,39 @@ impl Daemon {
         args: &[String],
         env: &[(&str, &str)],
     ) -> Result<Self> {
-        let stdout = dir.join(format!("{name}.stdout"));
-        let stderr = dir.join(format!("{name}.stderr"));
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{}", ns.name))
             .arg(daemon_bin())
             .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .envs(env.iter().copied());
+        Self::spawn(dir, name, cmd)
+    }
+
+    /// Like [`Daemon::start`], with the daemon in the cgroup whose `cgroup.procs` is
+    /// `procs` from its first instruction (start-up included): a shell joins the
+    /// cgroup, then execs nsenter, which execs the daemon (one pid throughout).
+    pub fn start_in_cgroup(
+        ns: &Netns,
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        procs: &Path,
+    ) -> Result<Self> {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$1" && shift && exec nsenter "$@""#)
+            .arg("sh")
+            .arg(procs)
+            .arg(format!("--net=/var/run/netns/{}", ns.name))
+            .arg(daemon_bin())
+            .args(args);
+        Self::spawn(dir, name, cmd)
+    }
+
+    fn spawn(dir: &Path, name: &str, mut cmd: Command) -> Result<Self> {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
             .stderr(std::fs::File::create(&stderr)?);
         let proc = Proc::spawn(name, &mut cmd)?;

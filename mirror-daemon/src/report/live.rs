@@ -47,6 +47,7 @@ fn verdict_view(card: &ParityCard) -> VerdictView {
             Verdict::NoGo { failing } => failing.iter().map(ToString::to_string).collect(),
             Verdict::InsufficientEvidence { reasons } => reasons.clone(),
         },
+        caveats: card.latency.caveats.clone(),
     }
 }
 

@@ -16,7 +16,11 @@
 //!   unattributed,recorder_queue_full,other_on_dependency_ports,candidate_calls,
 //!   virtual_matched,virtual_unmatched,mismatched}_total`: legacy's calls to its dependencies and how the virtual dependency
 //!   answered the candidate's (`--dependency`; read at scrape time, see
-//!   [`Metrics::watch_side_effects`]; zeros without dependencies).
+//!   [`Metrics::watch_side_effects`]; zeros without dependencies);
+//! - `mirror_daemon_cpu_periods_total`, `mirror_daemon_cpu_throttled_periods_total` and
+//!   `mirror_daemon_cpu_throttled_seconds_total`: the daemon's own CPU quota, counted
+//!   from the moment the pipeline was up (see [`crate::quota`]); absent while its cgroup
+//!   has no quota (or no readable `cpu.stat`), cgroup v1 and v2 alike.
 //!
 //! The exchange series are read from the run's [`Ledger`] at scrape time, never counted
 //! here, so `/metrics`, the dashboard and the report cannot disagree.
@@ -27,7 +31,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -45,6 +49,7 @@ use crate::accounting::{Ledger, Outcome};
 use crate::capture::kernel::KernelCounters;
 use crate::effects::EffectsFigures;
 use crate::http::PairingCounters;
+use crate::quota::QuotaReading;
 
 /// Routes kept as their own label value before the rest become `other`.
 pub const DEFAULT_ROUTES_CAP: usize = 100;
@@ -87,6 +92,7 @@ pub struct Metrics {
     kernel: Arc<Published<7>>,
     pairing: Arc<Published<5>>,
     side_effects: Arc<SideEffectsSource>,
+    daemon_cpu: Arc<DaemonCpu>,
     routes_cap: AtomicUsize,
     /// Routes that own a label value; read-locked on the hot path, written once per route.
     routes: RwLock<HashSet<String>>,
@@ -132,6 +138,8 @@ impl Metrics {
         registry.register_collector(Box::new(PublishedCollector(Arc::clone(&pairing))));
         let side_effects = Arc::new(SideEffectsSource::default());
         registry.register_collector(Box::new(SideEffectsCollector(Arc::clone(&side_effects))));
+        let daemon_cpu = Arc::new(DaemonCpu::default());
+        registry.register_collector(Box::new(DaemonCpuCollector(Arc::clone(&daemon_cpu))));
         Self {
             registry,
             ttfb,
@@ -140,6 +148,7 @@ impl Metrics {
             kernel,
             pairing,
             side_effects,
+            daemon_cpu,
             routes_cap: AtomicUsize::new(DEFAULT_ROUTES_CAP),
             routes: RwLock::new(HashSet::new()),
         }
@@ -177,6 +186,18 @@ impl Metrics {
     /// thread's figures), the same way as [`Metrics::set_kernel`].
     pub fn set_pairing(&self, p: &PairingCounters) {
         self.pairing.store(pairing_values(p));
+    }
+
+    /// Publishes what the daemon's own CPU quota did since the pipeline was up; the
+    /// series are exposed only while a quota is set on its cgroup.
+    pub fn set_daemon_quota(&self, r: &QuotaReading) {
+        let d = &self.daemon_cpu;
+        d.periods.store(r.throttling.periods, Ordering::Relaxed);
+        d.throttled_periods
+            .store(r.throttling.throttled_periods, Ordering::Relaxed);
+        d.throttled_us
+            .store(r.throttling.throttled_us, Ordering::Relaxed);
+        d.quota_set.store(r.limit.is_some(), Ordering::Relaxed);
     }
 
     /// Reads the side-effect figures from `figures` at every scrape (the side-effect
@@ -420,6 +441,54 @@ impl Collector for SideEffectsCollector {
             counter.encode(metric)?;
         }
         Ok(())
+    }
+}
+
+/// The daemon's quota figures as last published ([`Metrics::set_daemon_quota`]).
+#[derive(Debug, Default)]
+struct DaemonCpu {
+    quota_set: AtomicBool,
+    periods: AtomicU64,
+    throttled_periods: AtomicU64,
+    throttled_us: AtomicU64,
+}
+
+#[derive(Debug)]
+struct DaemonCpuCollector(Arc<DaemonCpu>);
+
+impl Collector for DaemonCpuCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let d = &self.0;
+        if !d.quota_set.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        for (name, help, v) in [
+            (
+                "daemon_cpu_periods",
+                "Periods of the daemon's CPU quota in which it ran, since the pipeline was up",
+                &d.periods,
+            ),
+            (
+                "daemon_cpu_throttled_periods",
+                "Of those, periods in which the quota stopped the daemon (its replays then leave in bursts)",
+                &d.throttled_periods,
+            ),
+        ] {
+            let counter = ConstCounter::new(v.load(Ordering::Relaxed));
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let waited = ConstCounter::new(d.throttled_us.load(Ordering::Relaxed) as f64 / 1e6);
+        waited.encode(encoder.encode_descriptor(
+            "daemon_cpu_throttled_seconds",
+            "Time the daemon's threads waited for the next quota period, since the pipeline was up",
+            None,
+            waited.metric_type(),
+        )?)
     }
 }
 

@@ -42,8 +42,8 @@ use sha2::{Digest, Sha256};
 
 pub use metrics::{DEFAULT_ROUTES_CAP, Metrics, OTHER_ROUTE};
 pub use views::{
-    CriterionView, DiffView, EgressView, ExampleView, LatencyView, LiveSnapshot, RouteView,
-    RunView, VerdictView, egress_views,
+    CriterionView, DaemonCpuView, DiffView, EgressView, ExampleView, LatencyView, LiveSnapshot,
+    RouteView, RunView, VerdictView, egress_views,
 };
 
 /// The embedded dashboard: no external assets, the host may be offline.

@@ -174,6 +174,13 @@ fn realistic(go: bool) -> LiveSnapshot {
             f
         }),
         side_effect_mismatched: 37,
+        daemon_cpu: Some(DaemonCpuView {
+            quota: "50 % of one CPU per 100 ms".into(),
+            periods: 1_840,
+            throttled_periods: if go { 12 } else { 395 },
+            throttled_seconds: if go { 0.1 } else { 6.2 },
+            binds: !go,
+        }),
         verdict: VerdictView {
             status: if go { "GO" } else { "NO-GO" }.into(),
             criteria,
@@ -183,6 +190,17 @@ fn realistic(go: bool) -> LiveSnapshot {
                 vec![
                     "mismatch 2.17% > 0.5% (GET /users/{id})".into(),
                     "p95 regression +41.8% > 10% (POST /orders)".into(),
+                ]
+            },
+            caveats: if go {
+                vec![]
+            } else {
+                vec![
+                    "the daemon's CPU quota stopped it in 395 of 1840 periods (6.2 s of \
+                     waiting): requests then reached the candidate in bursts, so its latency \
+                     reads higher than it is; give the daemon more CPU (the unit's \
+                     CPUQuota=) or replay a smaller sample before trusting a p95 regression"
+                        .into(),
                 ]
             },
         },
@@ -363,6 +381,40 @@ fn kernel_counters_are_exposed_as_set() {
         text.contains("mirror_kernel_load_errors_total 0\n"),
         "{text}"
     );
+}
+
+#[test]
+fn the_daemons_quota_is_exposed_only_while_one_is_set() {
+    use crate::quota::{CpuQuota, QuotaReading, QuotaThrottling};
+    let m = Metrics::new();
+    let throttling = QuotaThrottling {
+        periods: 80,
+        throttled_periods: 12,
+        throttled_us: 1_250_000,
+    };
+    m.set_daemon_quota(&QuotaReading {
+        limit: None,
+        throttling,
+    });
+    let text = m.encode();
+    assert!(!text.contains("mirror_daemon_cpu"), "no quota: {text}");
+    m.set_daemon_quota(&QuotaReading {
+        limit: Some(CpuQuota {
+            quota_us: 50_000,
+            period_us: 100_000,
+        }),
+        throttling,
+    });
+    let text = m.encode();
+    for line in [
+        "# TYPE mirror_daemon_cpu_periods counter",
+        "mirror_daemon_cpu_periods_total 80\n",
+        "mirror_daemon_cpu_throttled_periods_total 12\n",
+        "# TYPE mirror_daemon_cpu_throttled_seconds counter",
+        "mirror_daemon_cpu_throttled_seconds_total 1.25\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
 }
 
 #[test]
@@ -719,6 +771,7 @@ fn snapshot_json_round_trips() {
     assert_eq!(back.kernel, s.kernel);
     assert_eq!(back.pairing, s.pairing);
     assert_eq!(back.verdict, s.verdict);
+    assert_eq!(back.daemon_cpu, s.daemon_cpu);
     assert_eq!(back.diffs, s.diffs);
     assert_eq!(back.egress, s.egress);
     assert_eq!(back.routes.len(), s.routes.len());
@@ -928,6 +981,8 @@ async fn dashboard_renders_in_a_real_browser() {
             "4,402",
             "4,399",
             "compared exchanges with a side-effect diff",
+            "daemon CPU quota",
+            "50 % of one CPU per 100 ms",
         ] {
             assert!(
                 dom.contains(needle),
@@ -942,6 +997,13 @@ async fn dashboard_renders_in_a_real_browser() {
                 dom.contains("p95 regression +41.8% &gt; 10% (POST /orders)"),
                 "{dom}"
             );
+            assert!(
+                dom.contains("CAVEAT: the daemon's CPU quota stopped it in 395 of 1840 periods"),
+                "{dom}"
+            );
+            assert!(dom.contains("395 of 1,840 periods"), "{dom}");
+        } else {
+            assert!(!dom.contains(r#"id="caveats""#), "{dom}");
         }
         // Hostile example values show as text and never become markup.
         assert!(

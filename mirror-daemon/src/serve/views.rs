@@ -33,6 +33,10 @@ pub struct LiveSnapshot {
     /// bound over diff kinds).
     #[serde(default)]
     pub side_effect_mismatched: u64,
+    /// The daemon's own CPU quota and how often it stopped the daemon since the
+    /// pipeline was up (`None` while its cgroup has no quota).
+    #[serde(default)]
+    pub daemon_cpu: Option<DaemonCpuView>,
     pub verdict: VerdictView,
     pub routes: Vec<RouteView>,
     pub diffs: Vec<DiffView>,
@@ -59,6 +63,40 @@ pub struct VerdictView {
     pub status: String,
     pub criteria: Vec<CriterionView>,
     pub reasons: Vec<String>,
+    /// What the verdict must be read with, the card's `CAVEAT:` lines (without the
+    /// prefix): the candidate's CPU cap, the daemon's own quota binding, ….
+    #[serde(default)]
+    pub caveats: Vec<String>,
+}
+
+/// The daemon's own CPU quota (see [`crate::quota`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DaemonCpuView {
+    /// As set on its cgroup, e.g. `50 % of one CPU per 100 ms`.
+    pub quota: String,
+    /// Quota periods in which the daemon ran, since the pipeline was up.
+    pub periods: u64,
+    /// Of those, periods in which the quota stopped it.
+    pub throttled_periods: u64,
+    /// Time its threads waited for the next period.
+    pub throttled_seconds: f64,
+    /// Stopped in at least 5 % of its periods: the candidate's latency reads high.
+    pub binds: bool,
+}
+
+impl DaemonCpuView {
+    /// The view of a reading, `None` without a quota.
+    pub fn of(r: &crate::quota::QuotaReading) -> Option<DaemonCpuView> {
+        let limit = r.limit?;
+        let t = r.throttling;
+        Some(DaemonCpuView {
+            quota: limit.to_string(),
+            periods: t.periods,
+            throttled_periods: t.throttled_periods,
+            throttled_seconds: t.throttled_us as f64 / 1e6,
+            binds: t.binds(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

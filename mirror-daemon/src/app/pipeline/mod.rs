@@ -49,9 +49,10 @@ use crate::{
     compare::NoiseRule,
     effects::{Effects, EffectsFigures},
     http::PairingCounters,
+    quota::{QuotaAlarm, QuotaReading},
     report::{self, ParityCard},
     sample::{SampleConfig, SampleError, Sampler},
-    serve::{LiveSnapshot, Metrics, RunView},
+    serve::{DaemonCpuView, LiveSnapshot, Metrics, RunView},
     store::{ReportFilter, Store},
     verdict::Criteria,
 };
@@ -84,8 +85,12 @@ pub struct Running {
     applied_ppm: u32,
     tap: Option<Tap>,
     kernel: KernelCounters,
-    /// The daemon's own CPU quota since the run started (kept in `kernel`).
+    /// The daemon's own CPU quota since the pipeline was up (stored in `kernel` with
+    /// the ledger; published each tick).
     quota: crate::quota::QuotaWatch,
+    /// The quota as the last tick read it.
+    quota_now: QuotaReading,
+    quota_alarm: QuotaAlarm,
     capture: std::thread::JoinHandle<Result<CaptureFigures, PcapError>>,
     /// The capture thread's figures as they stand (pairing, for /metrics and the card).
     figures: Arc<Mutex<CaptureFigures>>,
@@ -137,6 +142,7 @@ impl Running {
     /// card on the dashboard, the ledger and retention in the store, the watchdog.
     pub async fn tick(&mut self, now: Instant) -> Tick {
         self.follow_kernel();
+        self.follow_quota(now);
         let attempts = self.egress.ready(now, false);
         self.report_egress(attempts).await;
         let side_effects = self.effects.as_ref().map(|e| e.figures());
@@ -153,8 +159,11 @@ impl Running {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
         let s = self.ledger.snapshot();
+        let caveat = self
+            .quota_caveat()
+            .map_or_else(String::new, |c| format!("; CAVEAT: {c}"));
         let status = format!(
-            "{}s: seen {} matched {} differed {} candidate errors {} sampled out {} dropped {} in flight {} — {}",
+            "{}s: seen {} matched {} differed {} candidate errors {} sampled out {} dropped {} in flight {} — {}{caveat}",
             self.schedule.elapsed(now).as_secs(),
             s.seen,
             s.matched,
@@ -200,7 +209,6 @@ impl Running {
         if let Some(t) = self.tap.take() {
             self.kernel = t.counters();
         }
-        self.kernel.daemon_quota = self.quota.since_start();
         self.stop_capture.store(true, Ordering::SeqCst);
         let capture = self.capture;
         let figures = match tokio::task::spawn_blocking(move || capture.join()).await? {
@@ -209,6 +217,8 @@ impl Running {
             Err(_) => anyhow::bail!("capture thread panicked"),
         };
         let drained = drain(self.replays, self.writer, &self.ledger, deadlines).await;
+        // Up to the last replay: the ones finishing during the drain were paced too.
+        self.kernel.daemon_quota = self.quota.since_start();
         // Every replay has concluded: the side-effect figures are final.
         let side_effects = self.effects.as_ref().map(|e| e.figures());
         // Attempts still waiting for their sink capture are reported without bytes.
@@ -270,6 +280,30 @@ impl Running {
         self.metrics.set_pairing(&self.pairing);
     }
 
+    /// The daemon's quota: on `/metrics`, and a warning once when it starts binding.
+    fn follow_quota(&mut self, now: Instant) {
+        self.quota_now = self.quota.read();
+        self.metrics.set_daemon_quota(&self.quota_now);
+        let t = &self.quota_now.throttling;
+        if self.quota_alarm.observe(t, now)
+            && let Some(said) = t.caveat()
+        {
+            tracing::warn!(
+                quota = %self.quota_now.limit.map_or_else(|| "?".into(), |l| l.to_string()),
+                "{said}"
+            );
+        }
+    }
+
+    /// The quota's caveat on the latency verdict, by the card's rule: a p95 criterion is
+    /// set and the quota stopped the daemon in at least 5 % of its periods.
+    fn quota_caveat(&self) -> Option<String> {
+        self.criteria
+            .judges_p95()
+            .then(|| self.quota_now.throttling.caveat())
+            .flatten()
+    }
+
     async fn report_egress(&self, attempts: Vec<crate::guard::EgressAttempt>) {
         egress::report(
             attempts,
@@ -285,10 +319,10 @@ impl Running {
     async fn write_ledger(&self) {
         let snapshot = self.ledger.snapshot();
         let at = crate::clock::unix_ms();
-        // The quota's figures go with the stored rows only: the live card is redrawn
-        // when its inputs move, and the periods move on every tick.
+        // The quota's figures as this tick read them (the live card leaves them out: it
+        // is redrawn when its inputs move, and the periods move on every tick).
         let kernel = KernelCounters {
-            daemon_quota: self.quota.since_start(),
+            daemon_quota: self.quota_now.throttling,
             ..self.kernel
         };
         if let Err(e) = self
@@ -360,14 +394,21 @@ impl Running {
 
     /// What the dashboard shows.
     fn publish(&self, card: &ParityCard, side_effects: Option<EffectsFigures>) {
-        let (verdict, routes, diffs, egress) = report::live_views(card);
+        let (mut verdict, routes, diffs, egress) = report::live_views(card);
+        // The live card is drawn without the quota's figures (they move every tick and
+        // would redraw it each time): its caveat is added here, as the card words it.
+        verdict.caveats.extend(self.quota_caveat());
         let mut run = self.run_view.clone();
         run.sample_percent = f64::from(self.sampler.ppm()) / 10_000.0;
         let snap = LiveSnapshot {
             run,
             ledger: self.ledger.snapshot(),
             completeness: card.completeness,
-            kernel: self.kernel,
+            kernel: KernelCounters {
+                daemon_quota: self.quota_now.throttling,
+                ..self.kernel
+            },
+            daemon_cpu: DaemonCpuView::of(&self.quota_now),
             pairing: self.pairing,
             side_effects,
             side_effect_mismatched: card.side_effect_mismatched,
