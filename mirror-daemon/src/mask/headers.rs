@@ -28,12 +28,21 @@ pub(crate) fn is_protected(name: &str) -> bool {
 
 /// The masked value of one header, `None` when unchanged.
 pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<u8>> {
-    let lname = name.to_ascii_lowercase();
-    if PROTECTED.contains(&lname.as_str()) || value.is_empty() {
+    // Lower-cased on the stack (header names are short); a longer one is allocated.
+    let mut buf = [0u8; 64];
+    let long;
+    let lname = match lower_in(name, &mut buf) {
+        Some(l) => l,
+        None => {
+            long = name.to_ascii_lowercase();
+            long.as_str()
+        }
+    };
+    if PROTECTED.contains(&lname) || value.is_empty() {
         return None;
     }
-    if m.header_is_sensitive(&lname) || is_secret_name(&lname) {
-        let out = mask_secret_value(m, &lname, value);
+    if m.header_is_sensitive(lname) || is_secret_name(lname) {
+        let out = mask_secret_value(m, lname, value);
         // An echo may copy the whole value (`Bearer …`, all the cookies), in a form
         // (base64) where the parts cannot be found.
         if let Some(o) = &out {
@@ -41,7 +50,7 @@ pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<
         }
         return out;
     }
-    if URL_HEADERS.contains(&lname.as_str())
+    if URL_HEADERS.contains(&lname)
         && let Ok(s) = std::str::from_utf8(value)
     {
         return match mask_target(m, s) {
@@ -53,6 +62,14 @@ pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<
         Cow::Owned(v) => Some(v),
         Cow::Borrowed(_) => None,
     }
+}
+
+/// `name` lower-cased in `buf`, when it fits.
+fn lower_in<'b>(name: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+    let out = buf.get_mut(..name.len())?;
+    out.copy_from_slice(name.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
 }
 
 /// The value of a field whose (lower-cased) name marks it secret, in a header, a JSON

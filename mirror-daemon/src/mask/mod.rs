@@ -593,6 +593,8 @@ impl<'m> Pass<'m> {
         PersistBody::Text(masked.into_owned())
     }
 
+    /// The masked list: names and unchanged values share the captured buffers (reference
+    /// counts, no bytes copied); only a changed value gets its own bytes.
     fn mask_headers(&self, headers: &[Header]) -> Vec<Header> {
         headers
             .iter()
@@ -602,15 +604,16 @@ impl<'m> Pass<'m> {
                 } else {
                     self.untaint(&h.value)
                 };
-                match headers::mask_header(self, &h.name, &value) {
-                    Some(value) => Header {
-                        name: h.name.clone(),
-                        value,
+                let value = match headers::mask_header(self, &h.name, &value) {
+                    Some(masked) => Bytes::from(masked),
+                    None => match value {
+                        Cow::Borrowed(_) => h.value.clone(),
+                        Cow::Owned(untainted) => Bytes::from(untainted),
                     },
-                    None => Header {
-                        name: h.name.clone(),
-                        value: value.into_owned(),
-                    },
+                };
+                Header {
+                    name: h.name.clone(),
+                    value,
                 }
             })
             .collect()
@@ -895,7 +898,7 @@ fn fix_body_headers(headers: &mut Vec<Header>, len: usize, drop_content_encoding
         .iter_mut()
         .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
     {
-        h.value = len.to_string().into_bytes();
+        h.value = Bytes::from(len.to_string());
     }
 }
 

@@ -16,7 +16,7 @@
 //! [`Masker`]: super::Masker
 use bytes::Bytes;
 
-use crate::http::Header;
+use crate::http::{Header, HeaderName};
 
 /// Headers the body masking reads (`body::decode`, `body::classify`).
 fn reads_body(name: &str) -> bool {
@@ -30,7 +30,7 @@ pub(crate) struct BodyMemo {
     masker: u64,
     raw: Bytes,
     /// Every `Content-Type` / `Content-Encoding` header, in order, name lowercased.
-    reading: Vec<(String, Vec<u8>)>,
+    reading: Vec<(HeaderName, Bytes)>,
     /// The masked body and whether `Content-Encoding` had to go; `None`: unchanged.
     pub masked: Option<(Bytes, bool)>,
     /// The body left (masked, or `raw` when unchanged) is the JSON scan's output and a
@@ -51,7 +51,7 @@ impl BodyMemo {
             reading: headers
                 .iter()
                 .filter(|h| reads_body(&h.name))
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+                .map(|h| (h.name.clone(), h.value.clone()))
                 .collect(),
             masked,
             value_json: false,
@@ -112,7 +112,7 @@ mod tests {
         let memo = BodyMemo::new(1, &json(), &raw, None);
         // Other headers (Date) may differ; the name's case may too.
         let mut other = json();
-        other[0].value = b"Tue, 08 Dec 2026 10:00:00 GMT".to_vec();
+        other[0].value = b"Tue, 08 Dec 2026 10:00:00 GMT"[..].into();
         other[1].name = "content-type".into();
         assert!(memo.fits(1, &other, &raw));
         // Another masker, one byte more or less, another byte.
@@ -122,7 +122,7 @@ mod tests {
         assert!(!memo.fits(1, &json(), br#"{"email":"ana@example.con"}"#));
         // A reading header changed, added or missing.
         let mut text = json();
-        text[1].value = b"text/plain".to_vec();
+        text[1].value = b"text/plain"[..].into();
         assert!(!memo.fits(1, &text, &raw));
         let mut gz = json();
         gz.push(Header::new("Content-Encoding", "gzip"));

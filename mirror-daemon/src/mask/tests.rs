@@ -770,7 +770,7 @@ fn httpbin_echo(r: &Request) -> String {
         .filter(|h| !h.name.eq_ignore_ascii_case("content-length"))
         .map(|h| {
             (
-                h.name.clone(),
+                h.name.to_string(),
                 String::from_utf8_lossy(&h.value).into_owned().into(),
             )
         })
@@ -1122,7 +1122,7 @@ mod reused_bodies {
         let (_, taint) = m.mask_request_tainted(&request());
         let legacy = m.mask_response_tainted(&json_echo("ana@example.com"), &taint);
         let mut cand_raw = json_echo("ana@example.com");
-        cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT".to_vec();
+        cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT"[..].into();
         let cand = m.mask_response_tainted(&cand_raw, &taint);
         assert_eq!(m.stats().snapshot().bodies_reused, 1);
         // The same as masking it from scratch with the same request's taint.
@@ -1163,7 +1163,7 @@ mod reused_bodies {
         let (_, taint) = m.mask_request_tainted(&request());
         let legacy = m.mask_response_tainted(&json_echo("ana@example.com"), &taint);
         let mut cand_raw = json_echo("ana@example.com");
-        cand_raw.headers[1].value = b"text/plain".to_vec();
+        cand_raw.headers[1].value = b"text/plain"[..].into();
         let cand = m.mask_response_tainted(&cand_raw, &taint);
         assert_eq!(m.stats().snapshot().bodies_reused, 0);
         assert!(!leaks(&cand), "{}", body_str(&cand.body));
@@ -1217,7 +1217,7 @@ mod reused_bodies {
                 let (_, taint) = m.mask_request_tainted(&request());
                 let legacy = m.mask_response_tainted(&raw, &taint);
                 let mut cand_raw = raw.clone();
-                cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT".to_vec();
+                cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT"[..].into();
                 let cand = m.mask_response_tainted(&cand_raw, &taint);
                 let known = taint.value_json_body();
                 if let Some(k) = known {
