@@ -274,21 +274,33 @@ impl Masker {
     /// The first response masked with `taint` (legacy's) leaves its masked body in it; a
     /// later one whose body bytes and reading headers are the same (a candidate that
     /// answers as legacy did) gets that body without a second scan (`reuse.rs`).
+    ///
+    /// Its header values are reused the same way: a header of the later response with
+    /// the name and value of the first one's header at the same position gets that
+    /// header's masked value (masking a value is a pure function of the masker, the
+    /// name, the value and the taint).
     pub fn mask_response_tainted(&self, r: &Response, taint: &Taint) -> Response {
         let pass = Pass::applying(self, taint);
-        if let Some(memo) = taint.memo()
-            && memo.fits(self.id, &r.headers, &r.body)
-        {
-            MaskStats::bump(&self.stats.bodies_reused);
-            return pass.response_with(r, memo.masked.clone());
+        if let Some(memo) = taint.memo() {
+            let headers =
+                pass.mask_headers_with(&r.headers, |at, h| memo.masked_header(self.id, at, h));
+            if memo.fits(self.id, &r.headers, &r.body) {
+                MaskStats::bump(&self.stats.bodies_reused);
+                return pass.response_with(r, headers, memo.masked.clone());
+            }
+            let change = pass.mask_body(&r.headers, &r.body);
+            let change = change.map(|c| (Bytes::from(c.body), c.drop_content_encoding));
+            return pass.response_with(r, headers, change);
         }
+        let headers = pass.mask_headers(&r.headers);
         let (change, value_json) = pass.mask_body_checked(&r.headers, &r.body);
         let change = change.map(|c| (Bytes::from(c.body), c.drop_content_encoding));
         taint.remember(
             reuse::BodyMemo::new(self.id, &r.headers, &r.body, change.clone())
-                .with_value_json(value_json),
+                .with_value_json(value_json)
+                .with_headers(&r.headers, &headers),
         );
-        pass.response_with(r, change)
+        pass.response_with(r, headers, change)
     }
 
     /// Request, response, and the client address when the `ip` detector is on (the
@@ -473,16 +485,21 @@ impl<'m> Pass<'m> {
     }
 
     fn response(&self, r: &Response) -> Response {
+        let headers = self.mask_headers(&r.headers);
         let change = self
             .mask_body(&r.headers, &r.body)
             .map(|c| (Bytes::from(c.body), c.drop_content_encoding));
-        self.response_with(r, change)
+        self.response_with(r, headers, change)
     }
 
-    /// `r` masked, its body replaced by `change` (the masked body and whether
-    /// `Content-Encoding` goes; `None`: the body unchanged).
-    fn response_with(&self, r: &Response, change: Option<(Bytes, bool)>) -> Response {
-        let mut headers = self.mask_headers(&r.headers);
+    /// `r` masked, with `headers` (its masked headers), its body replaced by `change`
+    /// (the masked body and whether `Content-Encoding` goes; `None`: the body unchanged).
+    fn response_with(
+        &self,
+        r: &Response,
+        mut headers: Vec<Header>,
+        change: Option<(Bytes, bool)>,
+    ) -> Response {
         let body = match change {
             Some((body, drop_content_encoding)) => {
                 fix_body_headers(&mut headers, body.len(), drop_content_encoding);
@@ -596,9 +613,26 @@ impl<'m> Pass<'m> {
     /// The masked list: names and unchanged values share the captured buffers (reference
     /// counts, no bytes copied); only a changed value gets its own bytes.
     fn mask_headers(&self, headers: &[Header]) -> Vec<Header> {
+        self.mask_headers_with(headers, |_, _| None)
+    }
+
+    /// [`Pass::mask_headers`], taking the masked value of the header at a position from
+    /// `known` when it has it.
+    fn mask_headers_with(
+        &self,
+        headers: &[Header],
+        known: impl Fn(usize, &Header) -> Option<Bytes>,
+    ) -> Vec<Header> {
         headers
             .iter()
-            .map(|h| {
+            .enumerate()
+            .map(|(at, h)| {
+                if let Some(value) = known(at, h) {
+                    return Header {
+                        name: h.name.clone(),
+                        value,
+                    };
+                }
                 let value = if headers::is_protected(&h.name) {
                     Cow::Borrowed(&h.value[..])
                 } else {

@@ -29,8 +29,11 @@ pub(crate) struct BodyMemo {
     /// `Masker::id` of the masker that masked it.
     masker: u64,
     raw: Bytes,
-    /// Every `Content-Type` / `Content-Encoding` header, in order, name lowercased.
+    /// Every `Content-Type` / `Content-Encoding` header, in order, name as captured.
     reading: Vec<(HeaderName, Bytes)>,
+    /// Each header of the response as captured, and its masked value (before the body's
+    /// `Content-Length` fix-up), in order.
+    headers: Vec<(Header, Bytes)>,
     /// The masked body and whether `Content-Encoding` had to go; `None`: unchanged.
     pub masked: Option<(Bytes, bool)>,
     /// The body left (masked, or `raw` when unchanged) is the JSON scan's output and a
@@ -55,7 +58,33 @@ impl BodyMemo {
                 .collect(),
             masked,
             value_json: false,
+            headers: Vec::new(),
         }
+    }
+
+    /// The memo, with the response's headers (`raw`) and their masked values (`masked`,
+    /// as `Pass::mask_headers` left them: one per raw header, same order).
+    pub fn with_headers(self, raw: &[Header], masked: &[Header]) -> Self {
+        let headers = if raw.len() == masked.len() {
+            raw.iter()
+                .zip(masked)
+                .map(|(r, m)| (r.clone(), m.value.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        BodyMemo { headers, ..self }
+    }
+
+    /// The masked value of `h`, the header at position `at` of a response masked by
+    /// `masker` with this memo's taint, when the memo's response had the same header
+    /// (byte for byte) at that position.
+    pub fn masked_header(&self, masker: u64, at: usize, h: &Header) -> Option<Bytes> {
+        if masker != self.masker {
+            return None;
+        }
+        let (raw, masked) = self.headers.get(at)?;
+        (raw.name == h.name && raw.value == h.value).then(|| masked.clone())
     }
 
     /// The memo, knowing whether its body is a `Value` document (see

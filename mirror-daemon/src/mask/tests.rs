@@ -1116,6 +1116,53 @@ mod reused_bodies {
         b.contains(SECRET) || b.contains("@example.com")
     }
 
+    /// Headers echoing the request's secret, an email, a phone, a cookie: what the
+    /// header reuse must mask exactly as a full mask does.
+    fn echoing_headers(date: &str, shift: bool) -> Response {
+        let mut r = json_echo("ana@example.com");
+        r.headers[0].value = date.as_bytes().to_vec().into();
+        let extra = [
+            ("X-Echo", format!("session={SECRET}")),
+            ("X-Contact", "ana@example.com, +1 415 555 0142".to_string()),
+            ("Set-Cookie", format!("s={SECRET}; Path=/")),
+            ("Location", "/u?email=ana%40example.com".to_string()),
+            ("ETag", "\"5f2a-19c\"".to_string()),
+        ];
+        for (n, v) in extra {
+            r.headers.push(Header::new(n, v));
+        }
+        if shift {
+            // Every header one position later: nothing lines up with the first response.
+            r.headers.insert(0, Header::new("X-First", "1"));
+        }
+        r
+    }
+
+    #[test]
+    fn reused_header_values_equal_a_full_mask() {
+        for shift in [false, true] {
+            let m = masker(&[]);
+            let (_, taint) = m.mask_request_tainted(&request());
+            let legacy_raw = echoing_headers("Mon, 07 Dec 2026 10:00:00 GMT", false);
+            let legacy = m.mask_response_tainted(&legacy_raw, &taint);
+            let cand_raw = echoing_headers("Mon, 07 Dec 2026 10:00:01 GMT", shift);
+            let cand = m.mask_response_tainted(&cand_raw, &taint);
+            // The same as masking it from scratch with the same request's taint.
+            let (_, fresh) = m.mask_request_tainted(&request());
+            let full = m.mask_response_tainted(&cand_raw, &fresh);
+            assert_eq!(cand.headers, full.headers, "shift {shift}");
+            for r in [&legacy, &cand] {
+                let all: Vec<u8> = r.headers.iter().flat_map(|h| h.value.to_vec()).collect();
+                let all = String::from_utf8_lossy(&all);
+                assert!(!all.contains(SECRET), "{all}");
+                assert!(!all.contains("@example.com"), "{all}");
+                assert!(!all.contains("555 0142"), "{all}");
+                assert!(!all.contains("ana%40"), "{all}");
+            }
+            assert!(cand.headers.iter().any(|h| &h.value[..] == b"\"5f2a-19c\""));
+        }
+    }
+
     #[test]
     fn identical_bytes_reuse_the_masked_body_and_equal_a_full_mask() {
         let m = masker(&[]);
