@@ -41,6 +41,79 @@ pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<
     if PROTECTED.contains(&lname) || value.is_empty() {
         return None;
     }
+    // Most values repeat (Host, User-Agent, Accept, Server, a second's Date) and mask to
+    // themselves: known so, the name checks and the detectors are skipped.
+    let mut kbuf = [0u8; UNCHANGED_MAX_KEY];
+    let key = unchanged_key(lname, value, &mut kbuf);
+    if key.is_some_and(|k| m.unchanged_headers.contains(k)) {
+        return None;
+    }
+    let out = mask_named(m, lname, value);
+    if out.is_none()
+        && let Some(k) = key
+    {
+        m.unchanged_headers.insert(k);
+    }
+    out
+}
+
+/// Longest `name:value` kept as unchanged.
+const UNCHANGED_MAX_KEY: usize = 256;
+/// Entries kept at most; emptied whole when full.
+const UNCHANGED_MAX: usize = 4096;
+
+/// Headers (lower-cased name and value) that the masker left unchanged: none of its
+/// rules, secret names or detectors applied, so nothing was replaced, counted or tainted
+/// (what [`mask_header`] does for a value it returns `None` for). That depends only on
+/// the masker's configuration and these bytes, so the same header masks to itself
+/// again. Keys are values clients choose: a randomly seeded foldhash, bounded.
+#[derive(Debug, Default)]
+pub(crate) struct UnchangedHeaders {
+    set: std::sync::Mutex<std::collections::HashSet<Box<[u8]>, super::token::SeededHash>>,
+}
+
+impl UnchangedHeaders {
+    fn contains(&self, key: &[u8]) -> bool {
+        self.set.lock().is_ok_and(|s| s.contains(key))
+    }
+
+    fn insert(&self, key: &[u8]) {
+        if let Ok(mut s) = self.set.lock() {
+            if s.len() >= UNCHANGED_MAX {
+                s.clear();
+            }
+            s.insert(key.into());
+        }
+    }
+
+    /// Forgets every header.
+    pub(crate) fn clear(&self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.clear();
+        }
+    }
+}
+
+/// `name:value` in `buf`, when it fits and the name has no `:` (none on the wire has:
+/// the key is then unambiguous).
+fn unchanged_key<'b>(
+    lname: &str,
+    value: &[u8],
+    buf: &'b mut [u8; UNCHANGED_MAX_KEY],
+) -> Option<&'b [u8]> {
+    if lname.contains(':') {
+        return None;
+    }
+    let n = lname.len();
+    let key = buf.get_mut(..n + 1 + value.len())?;
+    key[..n].copy_from_slice(lname.as_bytes());
+    key[n] = b':';
+    key[n + 1..].copy_from_slice(value);
+    Some(key)
+}
+
+/// [`mask_header`] for a header that is not a framing one, `lname` lower-cased.
+fn mask_named(m: &Pass<'_>, lname: &str, value: &[u8]) -> Option<Vec<u8>> {
     if m.header_is_sensitive(lname) || is_secret_name(lname) {
         let out = mask_secret_value(m, lname, value);
         // An echo may copy the whole value (`Bearer …`, all the cookies), in a form

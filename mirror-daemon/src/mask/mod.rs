@@ -173,6 +173,8 @@ pub struct Masker {
     taints: TaintCache,
     /// Recently made tokens (see `token::TokenCache`).
     token_cache: TokenCache,
+    /// Recent headers that mask to themselves (see `headers::UnchangedHeaders`).
+    unchanged_headers: headers::UnchangedHeaders,
     /// Unique per masker in the process: a body memo (`reuse.rs`) is only reused by
     /// the masker that made it.
     id: u64,
@@ -226,6 +228,7 @@ impl Masker {
             stats: MaskStats::default(),
             taints: TaintCache::default(),
             token_cache: TokenCache::default(),
+            unchanged_headers: headers::UnchangedHeaders::default(),
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -248,10 +251,11 @@ impl Masker {
         &self.stats
     }
 
-    /// Forgets the tokens kept for repeated values, so the next values are masked as
-    /// if never seen (the cost bench's cold figure).
+    /// Forgets the tokens (and the unchanged headers) kept for repeated values, so the
+    /// next values are masked as if never seen (the cost bench's cold figure).
     pub fn forget_tokens(&self) {
         self.token_cache.clear();
+        self.unchanged_headers.clear();
     }
 
     /// A keyed digest (HMAC-SHA256 under the mask key, hex) of any bytes: what may be

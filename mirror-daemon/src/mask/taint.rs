@@ -15,6 +15,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::token::SeededHash;
+
 use aho_corasick::{
     AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, Anchored, Input, MatchKind, StartKind,
 };
@@ -118,8 +120,8 @@ type Values = Vec<(Vec<u8>, String)>;
 
 /// Recently built matchers by the values they were built from, bounded in bytes: two
 /// generations, the older dropped whole when the newer fills (a cheap approximation of
-/// least-recently-used). Keys are request values an attacker chooses, so the map keeps
-/// std's randomly keyed hasher.
+/// least-recently-used). Keys are request values an attacker chooses, so the maps hash
+/// with a randomly seeded foldhash, not a fixed hash.
 #[derive(Debug, Default)]
 pub(crate) struct TaintCache {
     inner: Mutex<Generations>,
@@ -127,9 +129,9 @@ pub(crate) struct TaintCache {
 
 #[derive(Debug, Default)]
 struct Generations {
-    young: HashMap<Values, (Arc<Matcher>, usize)>,
+    young: HashMap<Values, (Arc<Matcher>, usize), SeededHash>,
     young_bytes: usize,
-    old: HashMap<Values, (Arc<Matcher>, usize)>,
+    old: HashMap<Values, (Arc<Matcher>, usize), SeededHash>,
 }
 
 impl TaintCache {

@@ -1083,6 +1083,62 @@ fn opaque_digests_are_keyed() {
     );
 }
 
+/// Headers that mask to themselves are remembered (`headers::UnchangedHeaders`); every
+/// header masks the same the second time as on a masker that never saw it, and one
+/// with PII or a secret is masked every time.
+#[test]
+fn remembered_unchanged_headers_mask_as_a_fresh_masker() {
+    let headers = [
+        ("Host", "shop.internal:8080"),
+        ("User-Agent", "shop-web/2.14 (+checkout)"),
+        ("Date", "Mon, 07 Dec 2026 10:00:00 GMT"),
+        ("X-Request-Id", "0b4f2c9e-6d1a-4c3b-9e7f-1a2b3c4d5e6f"),
+        ("X-Contact", "ana@example.com"),
+        ("X-Phone", "+1 415 555 0142"),
+        ("Cookie", "session=7f3a9c2e51b84d0fa1c6"),
+        ("Authorization", "Bearer abc.def.ghi"),
+        ("X-Api-Key", "k-123456789"),
+        ("Referer", "https://shop.example/u?email=ana%40example.com"),
+        ("Referer", "https://shop.example/u?page=2"),
+        // A name with `:` (never from the wire) is not remembered under another key.
+        ("a:b", "c"),
+        ("a", "b:c"),
+    ];
+    let r = req(
+        "/",
+        &headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_bytes()))
+            .collect::<Vec<_>>(),
+        b"",
+    );
+    let m = masker(&[]);
+    let first = m.mask_request(&r);
+    let second = m.mask_request(&r);
+    let fresh = masker(&[]).mask_request(&r);
+    assert_eq!(second.headers, first.headers);
+    assert_eq!(second.headers, fresh.headers);
+    let shown: String = second
+        .headers
+        .iter()
+        .map(|h| format!("{}: {}\n", h.name, String::from_utf8_lossy(&h.value)))
+        .collect();
+    for pii in [
+        "ana@example.com",
+        "555 0142",
+        "7f3a9c2e",
+        "abc.def",
+        "k-123456789",
+        "ana%40",
+    ] {
+        assert!(!shown.contains(pii), "{pii} in {shown}");
+    }
+    assert!(
+        shown.contains("User-Agent: shop-web/2.14 (+checkout)\n"),
+        "{shown}"
+    );
+}
+
 /// A candidate answering with legacy's very bytes gets legacy's masked body without a
 /// second scan; anything that could change the masked output (one byte of the body, a
 /// reading header, another masker) masks the body in full, so no PII passes.

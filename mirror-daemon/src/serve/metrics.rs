@@ -89,7 +89,8 @@ pub struct Metrics {
     side_effects: Arc<SideEffectsSource>,
     routes_cap: AtomicUsize,
     /// Routes that own a label value; read-locked on the hot path, written once per route.
-    routes: RwLock<HashSet<String>>,
+    /// Routes come from request targets: a randomly seeded foldhash, not a fixed hash.
+    routes: RwLock<HashSet<String, foldhash::fast::RandomState>>,
 }
 
 impl Default for Metrics {
@@ -141,7 +142,7 @@ impl Metrics {
             pairing,
             side_effects,
             routes_cap: AtomicUsize::new(DEFAULT_ROUTES_CAP),
-            routes: RwLock::new(HashSet::new()),
+            routes: RwLock::new(HashSet::default()),
         }
     }
 
