@@ -991,8 +991,8 @@ pub fn fuzz_mask(data: &[u8]) {
     let split = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
     let (line, body) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
     let mut headers = vec![
-        Header::new("Cookie", line.to_vec()),
-        Header::new("X-Note", line.to_vec()),
+        Header::new("Cookie", line),
+        Header::new("X-Note", line),
         Header::new("Content-Length", body.len().to_string()),
     ];
     if !ct.is_empty() {

@@ -225,7 +225,8 @@ struct Starts {
     /// Bit `a << 8 | b` is set when some pattern starts with the bytes `a`, `b`
     /// (lower-cased).
     pairs: Box<[u64; 1024]>,
-    /// Byte `a` (lower-cased) starts some pattern.
+    /// Byte `a` starts some pattern, in either case (indexed by the byte as it is, so
+    /// the scan folds only where it looks at a pair).
     first: [bool; 256],
 }
 
@@ -240,6 +241,7 @@ impl Starts {
             if let [a, b, ..] = p[..] {
                 let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
                 s.first[usize::from(a)] = true;
+                s.first[usize::from(a.to_ascii_uppercase())] = true;
                 let pair = usize::from(a) << 8 | usize::from(b);
                 s.pairs[pair >> 6] |= 1 << (pair & 63);
             }
@@ -250,16 +252,18 @@ impl Starts {
     /// The first position at or after `from` where a pattern may start.
     #[inline]
     fn next(&self, hay: &[u8], from: usize) -> Option<usize> {
-        let mut i = from;
-        while i + 1 < hay.len() {
-            let a = FOLD[usize::from(hay[i])];
-            if self.first[usize::from(a)] {
+        let end = hay.len().checked_sub(1)?;
+        let start = from.min(end);
+        // Over `hay[..end]`: every position with a byte after it.
+        for (i, &c) in hay[start..end].iter().enumerate() {
+            if self.first[usize::from(c)] {
+                let i = start + i;
+                let a = FOLD[usize::from(c)];
                 let pair = usize::from(a) << 8 | usize::from(FOLD[usize::from(hay[i + 1])]);
                 if self.pairs[pair >> 6] & 1 << (pair & 63) != 0 {
                     return Some(i);
                 }
             }
-            i += 1;
         }
         None
     }

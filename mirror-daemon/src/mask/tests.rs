@@ -31,10 +31,7 @@ fn req(target: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Request {
         method: "POST".into(),
         target: target.into(),
         version: 1,
-        headers: headers
-            .iter()
-            .map(|(n, v)| Header::new(*n, v.to_vec()))
-            .collect(),
+        headers: headers.iter().map(|(n, v)| Header::new(*n, v)).collect(),
         body: Bytes::copy_from_slice(body),
     }
 }
@@ -44,10 +41,7 @@ fn resp(headers: &[(&str, &[u8])], body: &[u8]) -> Response {
         version: 1,
         status: 200,
         reason: "OK".into(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| Header::new(*n, v.to_vec()))
-            .collect(),
+        headers: headers.iter().map(|(n, v)| Header::new(*n, v)).collect(),
         body: Bytes::copy_from_slice(body),
     }
 }
