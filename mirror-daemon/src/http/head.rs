@@ -293,7 +293,7 @@ fn owned_headers(head: &[u8], fields: &[httparse::Header<'_>]) -> Vec<Header> {
         return Vec::new();
     };
     let start = at(first.name.as_bytes());
-    let end = at(last.value) + last.value.len();
+    let end = at(last.value).wrapping_add(last.value.len());
     let Some(span) = head.get(start..end) else {
         return fields
             .iter()
@@ -301,9 +301,14 @@ fn owned_headers(head: &[u8], fields: &[httparse::Header<'_>]) -> Vec<Header> {
             .collect();
     };
     let shared = Bytes::copy_from_slice(span);
+    // A part outside the span (none from httparse) is copied on its own, never sliced
+    // out of bounds.
     let range = |part: &[u8]| {
         let from = at(part).wrapping_sub(start);
-        shared.slice(from..from + part.len())
+        match from.checked_add(part.len()) {
+            Some(to) if to <= shared.len() => shared.slice(from..to),
+            _ => Bytes::copy_from_slice(part),
+        }
     };
     fields
         .iter()
@@ -390,6 +395,51 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_fields_are_the_wire_fields() {
+        // Empty values (also last), odd spacing, a value that is not UTF-8, many fields.
+        let mut wire = b"GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Spaces:   v  w  \r\n\
+X-Bin: \xff\xfe\r\n"
+            .to_vec();
+        for i in 0..40 {
+            wire.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"X-Last:\r\n\r\n");
+        let limits = Limits::default();
+        let Ok(Some((
+            _,
+            ParsedHead::Message {
+                head: Head::Request(r),
+                ..
+            },
+        ))) = parse_request_head(&wire, &limits)
+        else {
+            panic!("the head parses");
+        };
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut slots);
+        assert!(req.parse(&wire).is_ok_and(|s| s.is_complete()));
+        let expected: Vec<(String, Vec<u8>)> = req
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), h.value.to_vec()))
+            .collect();
+        let got: Vec<(String, Vec<u8>)> = r
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), h.value.to_vec()))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(got.len(), 45);
+        // One buffer under every field: the names and values are ranges of it.
+        let base = r.headers[0].name.as_ptr() as usize;
+        assert!(
+            r.headers
+                .iter()
+                .all(|h| (h.value.as_ptr() as usize) >= base)
+        );
+    }
 
     #[test]
     fn a_bare_line_feed_is_found_wherever_it_is() {
