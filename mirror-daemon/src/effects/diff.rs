@@ -3,6 +3,8 @@
 //! the calls' payloads. A legacy call the candidate never made is `missing`, a candidate
 //! call no recording matched is `extra`, a matched pair with different payloads gets one
 //! diff per difference (`field($.amount,value)`).
+use bytes::Bytes;
+
 use crate::compare::{Comparator, Diff, DiffKind};
 use crate::http::{Header, Request, Response, header};
 
@@ -14,7 +16,7 @@ fn payload(r: &Request) -> Response {
     let keep = |name: &str| {
         header(&r.headers, name).map(|v| Header {
             name: name.into(),
-            value: v.to_vec(),
+            value: Bytes::copy_from_slice(v),
         })
     };
     Response {

@@ -26,10 +26,85 @@ impl std::fmt::Display for CorrelationId {
 
 /// One header as it was on the wire: original name case, original order; the value is
 /// raw bytes (not necessarily UTF-8).
+///
+/// Name and value share one buffer per message head (`Bytes` ranges of the head copied
+/// once at capture), so passing a header list on (masking, replay, compare) clones
+/// reference counts, not bytes; only a value that masking changes gets bytes of its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
+    pub name: HeaderName,
+    pub value: Bytes,
+}
+
+/// A header's name, original case, in a shared buffer; always UTF-8 (httparse accepts
+/// only token characters, and every other constructor starts from a `str`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeaderName(Bytes);
+
+impl HeaderName {
+    /// A name from a `str` that lives as long as the program (no copy).
+    pub const fn from_static(name: &'static str) -> Self {
+        Self(Bytes::from_static(name.as_bytes()))
+    }
+
+    /// `bytes` as a name when they are UTF-8 (sharing them).
+    pub fn from_utf8(bytes: Bytes) -> Option<Self> {
+        std::str::from_utf8(&bytes).is_ok().then_some(Self(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks or starts from UTF-8, and the bytes never change.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+impl std::ops::Deref for HeaderName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for HeaderName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for HeaderName {
+    fn from(s: &str) -> Self {
+        Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for HeaderName {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s))
+    }
+}
+
+impl PartialEq<str> for HeaderName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HeaderName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,10 +159,12 @@ pub struct Exchange {
 }
 
 impl Header {
-    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+    /// A header with copies of `name` and `value` (captured heads share their buffer
+    /// instead, see `http::head`).
+    pub fn new(name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Self {
         Self {
-            name: name.into(),
-            value: value.into(),
+            name: HeaderName::from(name.as_ref()),
+            value: Bytes::copy_from_slice(value.as_ref()),
         }
     }
 }
@@ -111,5 +188,5 @@ pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_slice())
+        .map(|h| &h.value[..])
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::error::{FramingError, Limits, Protocol};
-use super::exchange::{Header, Request, Response};
+use super::exchange::{Header, HeaderName, Request, Response};
 
 /// Headers kept on the stack when the limit allows; above it, a heap array.
 const STACK_HEADERS: usize = 128;
@@ -105,7 +105,7 @@ pub(crate) fn parse_request_head(
         method: method.to_owned(),
         target: req.path.unwrap_or_default().to_owned(),
         version: req.version.unwrap_or(1),
-        headers: owned_headers(req.headers),
+        headers: owned_headers(bytes, req.headers),
         body: Bytes::new(),
     };
     Ok(Some((
@@ -158,7 +158,7 @@ pub(crate) fn parse_response_head(
     } else {
         (
             resp.reason.unwrap_or_default().to_owned(),
-            owned_headers(resp.headers),
+            owned_headers(bytes, resp.headers),
         )
     };
     let response = Response {
@@ -189,7 +189,7 @@ pub(crate) fn parse_trailers(
         Ok(httparse::Status::Partial) => Ok(None),
         Ok(httparse::Status::Complete((len, fields))) => {
             reject_bare_lf(&bytes[..len])?;
-            Ok(Some((len, owned_headers(fields))))
+            Ok(Some((len, owned_headers(bytes, fields))))
         }
         Err(httparse::Error::TooManyHeaders) => Err(FramingError::TooManyHeaders {
             limit: limits.max_headers,
@@ -284,10 +284,39 @@ fn reject_bare_lf(head: &[u8]) -> Result<(), FramingError> {
     }
 }
 
-fn owned_headers(fields: &[httparse::Header<'_>]) -> Vec<Header> {
+/// The fields as headers sharing one copy of the part of `head` they span (one
+/// allocation per head instead of two per field).
+fn owned_headers(head: &[u8], fields: &[httparse::Header<'_>]) -> Vec<Header> {
+    // httparse's names and values are slices of `head`: their offsets locate them in the copy.
+    let at = |part: &[u8]| (part.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+    let (Some(first), Some(last)) = (fields.first(), fields.last()) else {
+        return Vec::new();
+    };
+    let start = at(first.name.as_bytes());
+    let end = at(last.value).wrapping_add(last.value.len());
+    let Some(span) = head.get(start..end) else {
+        return fields
+            .iter()
+            .map(|h| Header::new(h.name, h.value))
+            .collect();
+    };
+    let shared = Bytes::copy_from_slice(span);
+    // A part outside the span (none from httparse) is copied on its own, never sliced
+    // out of bounds.
+    let range = |part: &[u8]| {
+        let from = at(part).wrapping_sub(start);
+        match from.checked_add(part.len()) {
+            Some(to) if to <= shared.len() => shared.slice(from..to),
+            _ => Bytes::copy_from_slice(part),
+        }
+    };
     fields
         .iter()
-        .map(|h| Header::new(h.name, h.value))
+        .map(|h| Header {
+            name: HeaderName::from_utf8(range(h.name.as_bytes()))
+                .unwrap_or_else(|| HeaderName::from(h.name)),
+            value: range(h.value),
+        })
         .collect()
 }
 
@@ -366,6 +395,51 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_fields_are_the_wire_fields() {
+        // Empty values (also last), odd spacing, a value that is not UTF-8, many fields.
+        let mut wire = b"GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Spaces:   v  w  \r\n\
+X-Bin: \xff\xfe\r\n"
+            .to_vec();
+        for i in 0..40 {
+            wire.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"X-Last:\r\n\r\n");
+        let limits = Limits::default();
+        let Ok(Some((
+            _,
+            ParsedHead::Message {
+                head: Head::Request(r),
+                ..
+            },
+        ))) = parse_request_head(&wire, &limits)
+        else {
+            panic!("the head parses");
+        };
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut slots);
+        assert!(req.parse(&wire).is_ok_and(|s| s.is_complete()));
+        let expected: Vec<(String, Vec<u8>)> = req
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), h.value.to_vec()))
+            .collect();
+        let got: Vec<(String, Vec<u8>)> = r
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), h.value.to_vec()))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(got.len(), 45);
+        // One buffer under every field: the names and values are ranges of it.
+        let base = r.headers[0].name.as_ptr() as usize;
+        assert!(
+            r.headers
+                .iter()
+                .all(|h| (h.value.as_ptr() as usize) >= base)
+        );
+    }
 
     #[test]
     fn a_bare_line_feed_is_found_wherever_it_is() {

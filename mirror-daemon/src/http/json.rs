@@ -77,7 +77,7 @@ fn headers_json(headers: &[Header]) -> Value {
     Value::Array(
         headers
             .iter()
-            .map(|h| json!([h.name, String::from_utf8_lossy(&h.value)]))
+            .map(|h| json!([h.name.as_str(), String::from_utf8_lossy(&h.value)]))
             .collect(),
     )
 }

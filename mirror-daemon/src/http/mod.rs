@@ -20,7 +20,7 @@ mod tracker;
 
 pub use error::{FramingError, Limits, OversizeKind, Protocol};
 pub use exchange::{
-    CorrelationId, Exchange, Header, Request, Response, Timing, content_codings, header,
+    CorrelationId, Exchange, Header, HeaderName, Request, Response, Timing, content_codings, header,
 };
 pub use fuzz::fuzz_framing;
 pub use json::{EXCHANGE_TABLE_HEADER, exchange_json, exchange_json_with, exchange_table_row};

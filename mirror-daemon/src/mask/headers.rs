@@ -28,12 +28,94 @@ pub(crate) fn is_protected(name: &str) -> bool {
 
 /// The masked value of one header, `None` when unchanged.
 pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<u8>> {
-    let lname = name.to_ascii_lowercase();
-    if PROTECTED.contains(&lname.as_str()) || value.is_empty() {
+    // Lower-cased on the stack (header names are short); a longer one is allocated.
+    let mut buf = [0u8; 64];
+    let long;
+    let lname = match lower_in(name, &mut buf) {
+        Some(l) => l,
+        None => {
+            long = name.to_ascii_lowercase();
+            long.as_str()
+        }
+    };
+    if PROTECTED.contains(&lname) || value.is_empty() {
         return None;
     }
-    if m.header_is_sensitive(&lname) || is_secret_name(&lname) {
-        let out = mask_secret_value(m, &lname, value);
+    // Most values repeat (Host, User-Agent, Accept, Server, a second's Date) and mask to
+    // themselves: known so, the name checks and the detectors are skipped.
+    let mut kbuf = [0u8; UNCHANGED_MAX_KEY];
+    let key = unchanged_key(lname, value, &mut kbuf);
+    if key.is_some_and(|k| m.unchanged_headers.contains(k)) {
+        return None;
+    }
+    let out = mask_named(m, lname, value);
+    if out.is_none()
+        && let Some(k) = key
+    {
+        m.unchanged_headers.insert(k);
+    }
+    out
+}
+
+/// Longest `name:value` kept as unchanged.
+const UNCHANGED_MAX_KEY: usize = 256;
+/// Entries kept at most; emptied whole when full.
+const UNCHANGED_MAX: usize = 4096;
+
+/// Headers (lower-cased name and value) that the masker left unchanged: none of its
+/// rules, secret names or detectors applied, so nothing was replaced, counted or tainted
+/// (what [`mask_header`] does for a value it returns `None` for). That depends only on
+/// the masker's configuration and these bytes, so the same header masks to itself
+/// again. Keys are values clients choose: a randomly seeded foldhash, bounded.
+#[derive(Debug, Default)]
+pub(crate) struct UnchangedHeaders {
+    set: std::sync::Mutex<std::collections::HashSet<Box<[u8]>, super::token::SeededHash>>,
+}
+
+impl UnchangedHeaders {
+    fn contains(&self, key: &[u8]) -> bool {
+        self.set.lock().is_ok_and(|s| s.contains(key))
+    }
+
+    fn insert(&self, key: &[u8]) {
+        if let Ok(mut s) = self.set.lock() {
+            if s.len() >= UNCHANGED_MAX {
+                s.clear();
+            }
+            s.insert(key.into());
+        }
+    }
+
+    /// Forgets every header.
+    pub(crate) fn clear(&self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.clear();
+        }
+    }
+}
+
+/// `name:value` in `buf`, when it fits and the name has no `:` (none on the wire has:
+/// the key is then unambiguous).
+fn unchanged_key<'b>(
+    lname: &str,
+    value: &[u8],
+    buf: &'b mut [u8; UNCHANGED_MAX_KEY],
+) -> Option<&'b [u8]> {
+    if lname.contains(':') {
+        return None;
+    }
+    let n = lname.len();
+    let key = buf.get_mut(..n + 1 + value.len())?;
+    key[..n].copy_from_slice(lname.as_bytes());
+    key[n] = b':';
+    key[n + 1..].copy_from_slice(value);
+    Some(key)
+}
+
+/// [`mask_header`] for a header that is not a framing one, `lname` lower-cased.
+fn mask_named(m: &Pass<'_>, lname: &str, value: &[u8]) -> Option<Vec<u8>> {
+    if m.header_is_sensitive(lname) || is_secret_name(lname) {
+        let out = mask_secret_value(m, lname, value);
         // An echo may copy the whole value (`Bearer …`, all the cookies), in a form
         // (base64) where the parts cannot be found.
         if let Some(o) = &out {
@@ -41,7 +123,7 @@ pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<
         }
         return out;
     }
-    if URL_HEADERS.contains(&lname.as_str())
+    if URL_HEADERS.contains(&lname)
         && let Ok(s) = std::str::from_utf8(value)
     {
         return match mask_target(m, s) {
@@ -53,6 +135,14 @@ pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<
         Cow::Owned(v) => Some(v),
         Cow::Borrowed(_) => None,
     }
+}
+
+/// `name` lower-cased in `buf`, when it fits.
+fn lower_in<'b>(name: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+    let out = buf.get_mut(..name.len())?;
+    out.copy_from_slice(name.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
 }
 
 /// The value of a field whose (lower-cased) name marks it secret, in a header, a JSON

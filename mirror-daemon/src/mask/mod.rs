@@ -173,6 +173,8 @@ pub struct Masker {
     taints: TaintCache,
     /// Recently made tokens (see `token::TokenCache`).
     token_cache: TokenCache,
+    /// Recent headers that mask to themselves (see `headers::UnchangedHeaders`).
+    unchanged_headers: headers::UnchangedHeaders,
     /// Unique per masker in the process: a body memo (`reuse.rs`) is only reused by
     /// the masker that made it.
     id: u64,
@@ -226,6 +228,7 @@ impl Masker {
             stats: MaskStats::default(),
             taints: TaintCache::default(),
             token_cache: TokenCache::default(),
+            unchanged_headers: headers::UnchangedHeaders::default(),
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -248,10 +251,11 @@ impl Masker {
         &self.stats
     }
 
-    /// Forgets the tokens kept for repeated values, so the next values are masked as
-    /// if never seen (the cost bench's cold figure).
+    /// Forgets the tokens (and the unchanged headers) kept for repeated values, so the
+    /// next values are masked as if never seen (the cost bench's cold figure).
     pub fn forget_tokens(&self) {
         self.token_cache.clear();
+        self.unchanged_headers.clear();
     }
 
     /// A keyed digest (HMAC-SHA256 under the mask key, hex) of any bytes: what may be
@@ -274,21 +278,33 @@ impl Masker {
     /// The first response masked with `taint` (legacy's) leaves its masked body in it; a
     /// later one whose body bytes and reading headers are the same (a candidate that
     /// answers as legacy did) gets that body without a second scan (`reuse.rs`).
+    ///
+    /// Its header values are reused the same way: a header of the later response with
+    /// the name and value of the first one's header at the same position gets that
+    /// header's masked value (masking a value is a pure function of the masker, the
+    /// name, the value and the taint).
     pub fn mask_response_tainted(&self, r: &Response, taint: &Taint) -> Response {
         let pass = Pass::applying(self, taint);
-        if let Some(memo) = taint.memo()
-            && memo.fits(self.id, &r.headers, &r.body)
-        {
-            MaskStats::bump(&self.stats.bodies_reused);
-            return pass.response_with(r, memo.masked.clone());
+        if let Some(memo) = taint.memo() {
+            let headers =
+                pass.mask_headers_with(&r.headers, |at, h| memo.masked_header(self.id, at, h));
+            if memo.fits(self.id, &r.headers, &r.body) {
+                MaskStats::bump(&self.stats.bodies_reused);
+                return pass.response_with(r, headers, memo.masked.clone());
+            }
+            let change = pass.mask_body(&r.headers, &r.body);
+            let change = change.map(|c| (Bytes::from(c.body), c.drop_content_encoding));
+            return pass.response_with(r, headers, change);
         }
+        let headers = pass.mask_headers(&r.headers);
         let (change, value_json) = pass.mask_body_checked(&r.headers, &r.body);
         let change = change.map(|c| (Bytes::from(c.body), c.drop_content_encoding));
         taint.remember(
             reuse::BodyMemo::new(self.id, &r.headers, &r.body, change.clone())
-                .with_value_json(value_json),
+                .with_value_json(value_json)
+                .with_headers(&r.headers, &headers),
         );
-        pass.response_with(r, change)
+        pass.response_with(r, headers, change)
     }
 
     /// Request, response, and the client address when the `ip` detector is on (the
@@ -473,16 +489,21 @@ impl<'m> Pass<'m> {
     }
 
     fn response(&self, r: &Response) -> Response {
+        let headers = self.mask_headers(&r.headers);
         let change = self
             .mask_body(&r.headers, &r.body)
             .map(|c| (Bytes::from(c.body), c.drop_content_encoding));
-        self.response_with(r, change)
+        self.response_with(r, headers, change)
     }
 
-    /// `r` masked, its body replaced by `change` (the masked body and whether
-    /// `Content-Encoding` goes; `None`: the body unchanged).
-    fn response_with(&self, r: &Response, change: Option<(Bytes, bool)>) -> Response {
-        let mut headers = self.mask_headers(&r.headers);
+    /// `r` masked, with `headers` (its masked headers), its body replaced by `change`
+    /// (the masked body and whether `Content-Encoding` goes; `None`: the body unchanged).
+    fn response_with(
+        &self,
+        r: &Response,
+        mut headers: Vec<Header>,
+        change: Option<(Bytes, bool)>,
+    ) -> Response {
         let body = match change {
             Some((body, drop_content_encoding)) => {
                 fix_body_headers(&mut headers, body.len(), drop_content_encoding);
@@ -593,24 +614,44 @@ impl<'m> Pass<'m> {
         PersistBody::Text(masked.into_owned())
     }
 
+    /// The masked list: names and unchanged values share the captured buffers (reference
+    /// counts, no bytes copied); only a changed value gets its own bytes.
     fn mask_headers(&self, headers: &[Header]) -> Vec<Header> {
+        self.mask_headers_with(headers, |_, _| None)
+    }
+
+    /// [`Pass::mask_headers`], taking the masked value of the header at a position from
+    /// `known` when it has it.
+    fn mask_headers_with(
+        &self,
+        headers: &[Header],
+        known: impl Fn(usize, &Header) -> Option<Bytes>,
+    ) -> Vec<Header> {
         headers
             .iter()
-            .map(|h| {
+            .enumerate()
+            .map(|(at, h)| {
+                if let Some(value) = known(at, h) {
+                    return Header {
+                        name: h.name.clone(),
+                        value,
+                    };
+                }
                 let value = if headers::is_protected(&h.name) {
                     Cow::Borrowed(&h.value[..])
                 } else {
                     self.untaint(&h.value)
                 };
-                match headers::mask_header(self, &h.name, &value) {
-                    Some(value) => Header {
-                        name: h.name.clone(),
-                        value,
+                let value = match headers::mask_header(self, &h.name, &value) {
+                    Some(masked) => Bytes::from(masked),
+                    None => match value {
+                        Cow::Borrowed(_) => h.value.clone(),
+                        Cow::Owned(untainted) => Bytes::from(untainted),
                     },
-                    None => Header {
-                        name: h.name.clone(),
-                        value: value.into_owned(),
-                    },
+                };
+                Header {
+                    name: h.name.clone(),
+                    value,
                 }
             })
             .collect()
@@ -895,7 +936,7 @@ fn fix_body_headers(headers: &mut Vec<Header>, len: usize, drop_content_encoding
         .iter_mut()
         .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
     {
-        h.value = len.to_string().into_bytes();
+        h.value = Bytes::from(len.to_string());
     }
 }
 
@@ -950,8 +991,8 @@ pub fn fuzz_mask(data: &[u8]) {
     let split = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
     let (line, body) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
     let mut headers = vec![
-        Header::new("Cookie", line.to_vec()),
-        Header::new("X-Note", line.to_vec()),
+        Header::new("Cookie", line),
+        Header::new("X-Note", line),
         Header::new("Content-Length", body.len().to_string()),
     ];
     if !ct.is_empty() {

@@ -16,7 +16,7 @@
 //! [`Masker`]: super::Masker
 use bytes::Bytes;
 
-use crate::http::Header;
+use crate::http::{Header, HeaderName};
 
 /// Headers the body masking reads (`body::decode`, `body::classify`).
 fn reads_body(name: &str) -> bool {
@@ -29,8 +29,11 @@ pub(crate) struct BodyMemo {
     /// `Masker::id` of the masker that masked it.
     masker: u64,
     raw: Bytes,
-    /// Every `Content-Type` / `Content-Encoding` header, in order, name lowercased.
-    reading: Vec<(String, Vec<u8>)>,
+    /// Every `Content-Type` / `Content-Encoding` header, in order, name as captured.
+    reading: Vec<(HeaderName, Bytes)>,
+    /// Each header of the response as captured, and its masked value (before the body's
+    /// `Content-Length` fix-up), in order.
+    headers: Vec<(Header, Bytes)>,
     /// The masked body and whether `Content-Encoding` had to go; `None`: unchanged.
     pub masked: Option<(Bytes, bool)>,
     /// The body left (masked, or `raw` when unchanged) is the JSON scan's output and a
@@ -51,11 +54,37 @@ impl BodyMemo {
             reading: headers
                 .iter()
                 .filter(|h| reads_body(&h.name))
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+                .map(|h| (h.name.clone(), h.value.clone()))
                 .collect(),
             masked,
             value_json: false,
+            headers: Vec::new(),
         }
+    }
+
+    /// The memo, with the response's headers (`raw`) and their masked values (`masked`,
+    /// as `Pass::mask_headers` left them: one per raw header, same order).
+    pub fn with_headers(self, raw: &[Header], masked: &[Header]) -> Self {
+        let headers = if raw.len() == masked.len() {
+            raw.iter()
+                .zip(masked)
+                .map(|(r, m)| (r.clone(), m.value.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        BodyMemo { headers, ..self }
+    }
+
+    /// The masked value of `h`, the header at position `at` of a response masked by
+    /// `masker` with this memo's taint, when the memo's response had the same header
+    /// (byte for byte) at that position.
+    pub fn masked_header(&self, masker: u64, at: usize, h: &Header) -> Option<Bytes> {
+        if masker != self.masker {
+            return None;
+        }
+        let (raw, masked) = self.headers.get(at)?;
+        (raw.name == h.name && raw.value == h.value).then(|| masked.clone())
     }
 
     /// The memo, knowing whether its body is a `Value` document (see
@@ -112,7 +141,7 @@ mod tests {
         let memo = BodyMemo::new(1, &json(), &raw, None);
         // Other headers (Date) may differ; the name's case may too.
         let mut other = json();
-        other[0].value = b"Tue, 08 Dec 2026 10:00:00 GMT".to_vec();
+        other[0].value = b"Tue, 08 Dec 2026 10:00:00 GMT"[..].into();
         other[1].name = "content-type".into();
         assert!(memo.fits(1, &other, &raw));
         // Another masker, one byte more or less, another byte.
@@ -122,7 +151,7 @@ mod tests {
         assert!(!memo.fits(1, &json(), br#"{"email":"ana@example.con"}"#));
         // A reading header changed, added or missing.
         let mut text = json();
-        text[1].value = b"text/plain".to_vec();
+        text[1].value = b"text/plain"[..].into();
         assert!(!memo.fits(1, &text, &raw));
         let mut gz = json();
         gz.push(Header::new("Content-Encoding", "gzip"));

@@ -137,7 +137,7 @@ pub(crate) fn mask_wire_request(masker: &Masker, bytes: &[u8]) -> String {
         headers: parsed
             .headers
             .iter()
-            .map(|h| Header::new(h.name, h.value.to_vec()))
+            .map(|h| Header::new(h.name, h.value))
             .collect(),
         body: bytes::Bytes::copy_from_slice(&bytes[head_len..]),
     };

@@ -15,6 +15,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::token::SeededHash;
+
 use aho_corasick::{
     AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, Anchored, Input, MatchKind, StartKind,
 };
@@ -118,8 +120,8 @@ type Values = Vec<(Vec<u8>, String)>;
 
 /// Recently built matchers by the values they were built from, bounded in bytes: two
 /// generations, the older dropped whole when the newer fills (a cheap approximation of
-/// least-recently-used). Keys are request values an attacker chooses, so the map keeps
-/// std's randomly keyed hasher.
+/// least-recently-used). Keys are request values an attacker chooses, so the maps hash
+/// with a randomly seeded foldhash, not a fixed hash.
 #[derive(Debug, Default)]
 pub(crate) struct TaintCache {
     inner: Mutex<Generations>,
@@ -127,9 +129,9 @@ pub(crate) struct TaintCache {
 
 #[derive(Debug, Default)]
 struct Generations {
-    young: HashMap<Values, (Arc<Matcher>, usize)>,
+    young: HashMap<Values, (Arc<Matcher>, usize), SeededHash>,
     young_bytes: usize,
-    old: HashMap<Values, (Arc<Matcher>, usize)>,
+    old: HashMap<Values, (Arc<Matcher>, usize), SeededHash>,
 }
 
 impl TaintCache {
@@ -223,7 +225,8 @@ struct Starts {
     /// Bit `a << 8 | b` is set when some pattern starts with the bytes `a`, `b`
     /// (lower-cased).
     pairs: Box<[u64; 1024]>,
-    /// Byte `a` (lower-cased) starts some pattern.
+    /// Byte `a` starts some pattern, in either case (indexed by the byte as it is, so
+    /// the scan folds only where it looks at a pair).
     first: [bool; 256],
 }
 
@@ -238,6 +241,7 @@ impl Starts {
             if let [a, b, ..] = p[..] {
                 let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
                 s.first[usize::from(a)] = true;
+                s.first[usize::from(a.to_ascii_uppercase())] = true;
                 let pair = usize::from(a) << 8 | usize::from(b);
                 s.pairs[pair >> 6] |= 1 << (pair & 63);
             }
@@ -248,16 +252,18 @@ impl Starts {
     /// The first position at or after `from` where a pattern may start.
     #[inline]
     fn next(&self, hay: &[u8], from: usize) -> Option<usize> {
-        let mut i = from;
-        while i + 1 < hay.len() {
-            let a = FOLD[usize::from(hay[i])];
-            if self.first[usize::from(a)] {
+        let end = hay.len().checked_sub(1)?;
+        let start = from.min(end);
+        // Over `hay[..end]`: every position with a byte after it.
+        for (i, &c) in hay[start..end].iter().enumerate() {
+            if self.first[usize::from(c)] {
+                let i = start + i;
+                let a = FOLD[usize::from(c)];
                 let pair = usize::from(a) << 8 | usize::from(FOLD[usize::from(hay[i + 1])]);
                 if self.pairs[pair >> 6] & 1 << (pair & 63) != 0 {
                     return Some(i);
                 }
             }
-            i += 1;
         }
         None
     }

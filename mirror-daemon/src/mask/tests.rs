@@ -31,10 +31,7 @@ fn req(target: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Request {
         method: "POST".into(),
         target: target.into(),
         version: 1,
-        headers: headers
-            .iter()
-            .map(|(n, v)| Header::new(*n, v.to_vec()))
-            .collect(),
+        headers: headers.iter().map(|(n, v)| Header::new(*n, v)).collect(),
         body: Bytes::copy_from_slice(body),
     }
 }
@@ -44,10 +41,7 @@ fn resp(headers: &[(&str, &[u8])], body: &[u8]) -> Response {
         version: 1,
         status: 200,
         reason: "OK".into(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| Header::new(*n, v.to_vec()))
-            .collect(),
+        headers: headers.iter().map(|(n, v)| Header::new(*n, v)).collect(),
         body: Bytes::copy_from_slice(body),
     }
 }
@@ -770,7 +764,7 @@ fn httpbin_echo(r: &Request) -> String {
         .filter(|h| !h.name.eq_ignore_ascii_case("content-length"))
         .map(|h| {
             (
-                h.name.clone(),
+                h.name.to_string(),
                 String::from_utf8_lossy(&h.value).into_owned().into(),
             )
         })
@@ -1083,6 +1077,62 @@ fn opaque_digests_are_keyed() {
     );
 }
 
+/// Headers that mask to themselves are remembered (`headers::UnchangedHeaders`); every
+/// header masks the same the second time as on a masker that never saw it, and one
+/// with PII or a secret is masked every time.
+#[test]
+fn remembered_unchanged_headers_mask_as_a_fresh_masker() {
+    let headers = [
+        ("Host", "shop.internal:8080"),
+        ("User-Agent", "shop-web/2.14 (+checkout)"),
+        ("Date", "Mon, 07 Dec 2026 10:00:00 GMT"),
+        ("X-Request-Id", "0b4f2c9e-6d1a-4c3b-9e7f-1a2b3c4d5e6f"),
+        ("X-Contact", "ana@example.com"),
+        ("X-Phone", "+1 415 555 0142"),
+        ("Cookie", "session=7f3a9c2e51b84d0fa1c6"),
+        ("Authorization", "Bearer abc.def.ghi"),
+        ("X-Api-Key", "k-123456789"),
+        ("Referer", "https://shop.example/u?email=ana%40example.com"),
+        ("Referer", "https://shop.example/u?page=2"),
+        // A name with `:` (never from the wire) is not remembered under another key.
+        ("a:b", "c"),
+        ("a", "b:c"),
+    ];
+    let r = req(
+        "/",
+        &headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_bytes()))
+            .collect::<Vec<_>>(),
+        b"",
+    );
+    let m = masker(&[]);
+    let first = m.mask_request(&r);
+    let second = m.mask_request(&r);
+    let fresh = masker(&[]).mask_request(&r);
+    assert_eq!(second.headers, first.headers);
+    assert_eq!(second.headers, fresh.headers);
+    let shown: String = second
+        .headers
+        .iter()
+        .map(|h| format!("{}: {}\n", h.name, String::from_utf8_lossy(&h.value)))
+        .collect();
+    for pii in [
+        "ana@example.com",
+        "555 0142",
+        "7f3a9c2e",
+        "abc.def",
+        "k-123456789",
+        "ana%40",
+    ] {
+        assert!(!shown.contains(pii), "{pii} in {shown}");
+    }
+    assert!(
+        shown.contains("User-Agent: shop-web/2.14 (+checkout)\n"),
+        "{shown}"
+    );
+}
+
 /// A candidate answering with legacy's very bytes gets legacy's masked body without a
 /// second scan; anything that could change the masked output (one byte of the body, a
 /// reading header, another masker) masks the body in full, so no PII passes.
@@ -1116,13 +1166,60 @@ mod reused_bodies {
         b.contains(SECRET) || b.contains("@example.com")
     }
 
+    /// Headers echoing the request's secret, an email, a phone, a cookie: what the
+    /// header reuse must mask exactly as a full mask does.
+    fn echoing_headers(date: &str, shift: bool) -> Response {
+        let mut r = json_echo("ana@example.com");
+        r.headers[0].value = date.as_bytes().to_vec().into();
+        let extra = [
+            ("X-Echo", format!("session={SECRET}")),
+            ("X-Contact", "ana@example.com, +1 415 555 0142".to_string()),
+            ("Set-Cookie", format!("s={SECRET}; Path=/")),
+            ("Location", "/u?email=ana%40example.com".to_string()),
+            ("ETag", "\"5f2a-19c\"".to_string()),
+        ];
+        for (n, v) in extra {
+            r.headers.push(Header::new(n, v));
+        }
+        if shift {
+            // Every header one position later: nothing lines up with the first response.
+            r.headers.insert(0, Header::new("X-First", "1"));
+        }
+        r
+    }
+
+    #[test]
+    fn reused_header_values_equal_a_full_mask() {
+        for shift in [false, true] {
+            let m = masker(&[]);
+            let (_, taint) = m.mask_request_tainted(&request());
+            let legacy_raw = echoing_headers("Mon, 07 Dec 2026 10:00:00 GMT", false);
+            let legacy = m.mask_response_tainted(&legacy_raw, &taint);
+            let cand_raw = echoing_headers("Mon, 07 Dec 2026 10:00:01 GMT", shift);
+            let cand = m.mask_response_tainted(&cand_raw, &taint);
+            // The same as masking it from scratch with the same request's taint.
+            let (_, fresh) = m.mask_request_tainted(&request());
+            let full = m.mask_response_tainted(&cand_raw, &fresh);
+            assert_eq!(cand.headers, full.headers, "shift {shift}");
+            for r in [&legacy, &cand] {
+                let all: Vec<u8> = r.headers.iter().flat_map(|h| h.value.to_vec()).collect();
+                let all = String::from_utf8_lossy(&all);
+                assert!(!all.contains(SECRET), "{all}");
+                assert!(!all.contains("@example.com"), "{all}");
+                assert!(!all.contains("555 0142"), "{all}");
+                assert!(!all.contains("ana%40"), "{all}");
+            }
+            assert!(cand.headers.iter().any(|h| &h.value[..] == b"\"5f2a-19c\""));
+        }
+    }
+
     #[test]
     fn identical_bytes_reuse_the_masked_body_and_equal_a_full_mask() {
         let m = masker(&[]);
         let (_, taint) = m.mask_request_tainted(&request());
         let legacy = m.mask_response_tainted(&json_echo("ana@example.com"), &taint);
         let mut cand_raw = json_echo("ana@example.com");
-        cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT".to_vec();
+        cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT"[..].into();
         let cand = m.mask_response_tainted(&cand_raw, &taint);
         assert_eq!(m.stats().snapshot().bodies_reused, 1);
         // The same as masking it from scratch with the same request's taint.
@@ -1163,7 +1260,7 @@ mod reused_bodies {
         let (_, taint) = m.mask_request_tainted(&request());
         let legacy = m.mask_response_tainted(&json_echo("ana@example.com"), &taint);
         let mut cand_raw = json_echo("ana@example.com");
-        cand_raw.headers[1].value = b"text/plain".to_vec();
+        cand_raw.headers[1].value = b"text/plain"[..].into();
         let cand = m.mask_response_tainted(&cand_raw, &taint);
         assert_eq!(m.stats().snapshot().bodies_reused, 0);
         assert!(!leaks(&cand), "{}", body_str(&cand.body));
@@ -1217,7 +1314,7 @@ mod reused_bodies {
                 let (_, taint) = m.mask_request_tainted(&request());
                 let legacy = m.mask_response_tainted(&raw, &taint);
                 let mut cand_raw = raw.clone();
-                cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT".to_vec();
+                cand_raw.headers[0].value = b"Mon, 07 Dec 2026 10:00:01 GMT"[..].into();
                 let cand = m.mask_response_tainted(&cand_raw, &taint);
                 let known = taint.value_json_body();
                 if let Some(k) = known {

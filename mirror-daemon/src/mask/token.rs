@@ -329,24 +329,28 @@ const CACHE_GENERATION_BYTES: usize = 512 << 10;
 /// token appear in the request and in legacy's, the candidate's and the next exchanges'
 /// responses, and each token costs one or two HMACs. Bounded in bytes by two
 /// generations (the older dropped whole when the newer fills). The keys are values a
-/// client chooses, so the maps keep std's randomly keyed hasher; the values are held in
-/// memory only, like the exchange they came from.
+/// client chooses, so the maps hash with a randomly seeded foldhash (as the flow tables
+/// do), not a fixed hash; the values are held in memory only, like the exchange they
+/// came from.
 #[derive(Debug, Default)]
 pub(crate) struct TokenCache {
     inner: std::sync::Mutex<Generations>,
     /// Tokens the detectors were run on and found nothing in (see
     /// `Pass::replace_all_found`); at most [`CLEAN_MAX`], emptied whole when full.
-    clean: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
+    clean: std::sync::Mutex<std::collections::HashSet<Box<str>, SeededHash>>,
 }
 
 /// Tokens kept as clean at most.
 const CLEAN_MAX: usize = 4096;
 
+/// The hasher of maps keyed by values clients choose: foldhash, randomly seeded per map.
+pub(crate) type SeededHash = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 struct Generations {
-    young: std::collections::HashMap<Box<[u8]>, Box<str>>,
+    young: std::collections::HashMap<Box<[u8]>, Box<str>, SeededHash>,
     young_bytes: usize,
-    old: std::collections::HashMap<Box<[u8]>, Box<str>>,
+    old: std::collections::HashMap<Box<[u8]>, Box<str>, SeededHash>,
 }
 
 /// Which token of a value: one tag byte per format (and NANP area position).

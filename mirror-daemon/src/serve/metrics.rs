@@ -95,7 +95,8 @@ pub struct Metrics {
     daemon_cpu: Arc<DaemonCpu>,
     routes_cap: AtomicUsize,
     /// Routes that own a label value; read-locked on the hot path, written once per route.
-    routes: RwLock<HashSet<String>>,
+    /// Routes come from request targets: a randomly seeded foldhash, not a fixed hash.
+    routes: RwLock<HashSet<String, foldhash::fast::RandomState>>,
 }
 
 impl Default for Metrics {
@@ -150,7 +151,7 @@ impl Metrics {
             side_effects,
             daemon_cpu,
             routes_cap: AtomicUsize::new(DEFAULT_ROUTES_CAP),
-            routes: RwLock::new(HashSet::new()),
+            routes: RwLock::new(HashSet::default()),
         }
     }
 
