@@ -85,16 +85,13 @@ fn shadow_run(
     // Stop requests during start-up are honoured once the loop starts, with everything
     // created so far torn down in order.
     let mut signals = signals::install(Hangup::Reload)?;
-    // One worker thread: the shipped quota (deploy/mirror.service) gives the daemon half
-    // a CPU, so a second worker added no throughput, only hand-overs between the two
-    // (a futex wake-up and a context switch when a task woken on one ran on the other,
-    // and the I/O driver passed back and forth): a third of the live run's context
-    // switches per replayed exchange (docs/fidelity.md, round 5). A few blocking
-    // threads (SQLite, and masking and comparing of large bodies run there; small
-    // exchanges are masked and compared on the lanes' own thread) keep the thread count,
-    // and the allocator arenas that come with threads, bounded.
+    // A few blocking threads (SQLite, and masking and comparing of large bodies run there;
+    // small exchanges are masked and compared on the lanes' own threads) are enough for
+    // 2 cores and keep the thread count, and the allocator arenas that come with threads,
+    // bounded. Two workers, not one: on a loaded host one thread's share of the CPU, and
+    // its wake-up latency, capped the replay at a fraction of the load (round 5).
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .max_blocking_threads(4)
         .on_thread_start(isolation::runtime_hook(p.pipeline_priority))
         .enable_all()
