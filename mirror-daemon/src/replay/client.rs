@@ -246,8 +246,7 @@ impl CandidateConn {
             stream.readable().await?;
             let r = match (*stamped, first) {
                 (true, true) => stream.try_io(Interest::READABLE, || {
-                    stamps::recv_first_stamped(&*stream, buf)
-                        .map(|r| (r.bytes, r.first, r.last))
+                    stamps::recv_first_stamped(&*stream, buf).map(|r| (r.bytes, r.first, r.last))
                 }),
                 (true, false) => stream.try_io(Interest::READABLE, || {
                     stamps::recv_stamped(&*stream, buf, cmsg).map(|(n, s)| (n, s, s))

@@ -131,14 +131,6 @@ impl Cgroup {
             .unwrap_or_default()
     }
 
-    /// CPU time its processes used so far, µs (cgroup v2's `usage_usec`; `None` on v1).
-    pub fn cpu_usec(&self) -> Option<u64> {
-        let stat = fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
-        stat.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
     fn write(&self, file: &str, value: &str) -> Result<()> {
         let path = self.dir.join(file);
         fs::write(&path, value).with_context(|| format!("writing {value} to {}", path.display()))

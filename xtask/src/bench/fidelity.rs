@@ -494,14 +494,16 @@ fn leg(
             ];
             args.extend(pipeline_args(lab, service, &store));
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            // The replay's own CPU, start-up and reading the file included: the daemon's
-            // cgroup holds only it meanwhile.
-            let cpu_usec_at_start = lab.daemon_cgroup.as_ref().and_then(Cgroup::cpu_usec);
             let mut replay = daemon_proc(ctx, by.bin, "fid-replay", &refs)?;
+            // The replay's own CPU, start-up and reading the file included, read while it
+            // runs (all but its last 50 ms).
+            let mut cpu = None;
+            let bound = std::time::Instant::now() + Duration::from_secs(plan.seconds * 3 + 120);
+            while replay.running() && std::time::Instant::now() < bound {
+                cpu = cpu_seconds(replay.pid(), ctx.ticks).ok().or(cpu);
+                sleep(Duration::from_millis(50))?;
+            }
             let st = replay.wait(Duration::from_secs(plan.seconds * 3 + 120))?;
-            let cpu = cpu_usec_at_start
-                .zip(lab.daemon_cgroup.as_ref().and_then(Cgroup::cpu_usec))
-                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
             if !matches!(st.code(), Some(0 | 1 | 3)) {
                 bail!("mirror-daemon replay failed ({st}): {}", replay.tail());
             }
@@ -1002,9 +1004,9 @@ fn print_leg(r: &FidelityRun) {
                 .map_or("-".into(), |x| format!("{:.1} %", x * 100.0)),
             per.map_or("-".into(), |x| format!("{x:.1}"))
         ),
-        (None, Some(s), Some(per)) => format!(
-            "; daemon CPU {s:.2} s (the whole replay) = {per:.1} µs per request sent"
-        ),
+        (None, Some(s), Some(per)) => {
+            format!("; daemon CPU {s:.2} s (the whole replay) = {per:.1} µs per request sent")
+        }
         _ => String::new(),
     };
     let shape = |s: &Option<Shape>| {
