@@ -295,19 +295,22 @@ struct Prepared {
 type Masked = (Exchange, Exchange, Taint);
 
 /// Exchanges whose bodies (request and legacy response) are at most this long together
-/// are masked and compared on the lane's own thread while the lane keeps up: tens of
+/// are masked and compared on the lane's own thread (see [`in_place`]): tens of
 /// microseconds, less than the hand-over to the blocking pool costs (a thread woken per
 /// exchange, twice: most of the live run's CPU beyond the stages). Longer ones still go
 /// to the blocking pool, so a large body never holds the runtime's timers and sockets for
 /// milliseconds.
 const IN_PLACE_BODY_BYTES: usize = 16 * 1024;
 
-/// Whether `ex` is masked or compared on the lane's thread. Not when the lane has fallen
-/// behind (`backlog`: exchanges still in its queue, beyond those masked ahead): a busy
-/// connection's exchanges then use the pool's threads side by side, as one lane's
-/// thread could not.
-fn in_place(ex: &Exchange, backlog: usize) -> bool {
-    backlog < MAX_AHEAD && ex.request.body.len() + ex.response.body.len() <= IN_PLACE_BODY_BYTES
+/// Whether `ex` is masked or compared on the lane's thread: by its size only. A lane that
+/// has fallen behind keeps doing so too: it fell behind because the daemon was short
+/// of CPU (its quota, or a busy host at `SCHED_IDLE`), and the pool's threads add no CPU
+/// then, only a hand-over per exchange (two thread wake-ups and context switches), so
+/// handing its exchanges to the pool made each cost more just when CPU was short
+/// (round 5 of docs/fidelity.md: the blocking pool's wake-ups were the largest source of
+/// context switches of a live run that fell behind).
+fn in_place(ex: &Exchange) -> bool {
+    ex.request.body.len() + ex.response.body.len() <= IN_PLACE_BODY_BYTES
 }
 
 /// An exchange's masking: done in place, or running on the blocking pool.
@@ -347,12 +350,12 @@ fn mask(shadow: &Shadow, ex: Exchange) -> Masked {
     (ex, masked, taint)
 }
 
-fn start(shadow: &Arc<Shadow>, item: LaneItem, backlog: usize) -> Ahead {
+fn start(shadow: &Arc<Shadow>, item: LaneItem) -> Ahead {
     match item {
         LaneItem::Close(at) => Ahead::Close(at),
         LaneItem::Exchange(ex, send_at) => {
             let (id, timing) = (ex.id, ex.timing);
-            let masked = if in_place(&ex, backlog) {
+            let masked = if in_place(&ex) {
                 let me = &**shadow;
                 let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mask(me, ex)));
                 Masking::Done(Box::new(done))
@@ -401,13 +404,13 @@ async fn lane(
     held: Arc<Held>,
 ) {
     let max_lateness = shadow.replayer.config().max_lateness;
-    let start = |item: LaneItem, backlog: usize| {
+    let start = |item: LaneItem| {
         if let LaneItem::Exchange(ex, _) = &item {
             let bytes = held_bytes(ex);
             queued.take(bytes);
             held.take(bytes);
         }
-        start(&shadow, item, backlog)
+        start(&shadow, item)
     };
     let mut conn: Option<CandidateConn> = None;
     let mut secondary_conn: Option<CandidateConn> = None;
@@ -416,13 +419,13 @@ async fn lane(
     loop {
         while ahead.len() < MAX_AHEAD {
             match rx.try_recv() {
-                Ok(item) => ahead.push_back(start(item, rx.len())),
+                Ok(item) => ahead.push_back(start(item)),
                 Err(_) => break,
             }
         }
         if ahead.is_empty() {
             match timeout(LANE_IDLE, rx.recv()).await {
-                Ok(Some(item)) => ahead.push_back(start(item, rx.len())),
+                Ok(Some(item)) => ahead.push_back(start(item)),
                 Ok(None) => break,
                 Err(_) => {
                     // Idle: close the connection and take no more; what is already
@@ -512,7 +515,7 @@ async fn lane(
             conn = None;
             secondary_conn = None;
         }
-        let small = prepared.iter().all(|p| in_place(&p.ex, rx.len()));
+        let small = prepared.iter().all(|p| in_place(&p.ex));
         let done = with_replies(&shadow, prepared, replies, secondary);
         if small {
             // Small: compared and recorded here, no hand-over.

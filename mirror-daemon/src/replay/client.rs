@@ -230,9 +230,11 @@ impl CandidateConn {
         Ok(Sent(Stamp { at, kernel_ns }))
     }
 
-    /// One read; at most one byte while waiting for the first byte of a response, so
-    /// its receive stamp is that of the segment carrying the first byte.
-    async fn recv(&mut self, first: bool) -> std::io::Result<(usize, Stamp)> {
+    /// One read: the bytes, the stamp of the segment its first byte came from and of
+    /// the last one. While waiting for the first byte of a response the first byte is
+    /// read apart in the same system call (`stamps::recv_first_stamped`), so its receive
+    /// stamp is that of the segment carrying the response's first byte.
+    async fn recv(&mut self, first: bool) -> std::io::Result<(usize, Stamp, Stamp)> {
         let Self {
             stream,
             stamped,
@@ -240,20 +242,22 @@ impl CandidateConn {
             buf,
             ..
         } = self;
-        let want = if first && *stamped { 1 } else { buf.len() };
         loop {
             stream.readable().await?;
-            let r = if *stamped {
-                stream.try_io(Interest::READABLE, || {
-                    stamps::recv_stamped(&*stream, &mut buf[..want], cmsg)
-                })
-            } else {
-                stream.try_read(&mut buf[..want]).map(|n| (n, None))
+            let r = match (*stamped, first) {
+                (true, true) => stream.try_io(Interest::READABLE, || {
+                    stamps::recv_first_stamped(&*stream, buf).map(|r| (r.bytes, r.first, r.last))
+                }),
+                (true, false) => stream.try_io(Interest::READABLE, || {
+                    stamps::recv_stamped(&*stream, buf, cmsg).map(|(n, s)| (n, s, s))
+                }),
+                (false, _) => stream.try_read(buf).map(|n| (n, None, None)),
             };
             match r {
-                Ok((n, kernel_ns)) => {
+                Ok((n, first_ns, last_ns)) => {
                     let at = Instant::now();
-                    return Ok((n, Stamp { at, kernel_ns }));
+                    let stamp = |kernel_ns| Stamp { at, kernel_ns };
+                    return Ok((n, stamp(first_ns), stamp(last_ns)));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -281,7 +285,7 @@ impl CandidateConn {
             }
         }
         loop {
-            let (n, stamp) = match self.recv(first.is_none()).await {
+            let (n, first_of_read, stamp) = match self.recv(first.is_none()).await {
                 Ok(r) => r,
                 Err(e) if first.is_none() && is_reset(&e) => return Err(Attempt::Stale),
                 Err(e) => return Err(Attempt::Failed(io_error(&e))),
@@ -296,7 +300,7 @@ impl CandidateConn {
                     Err(_) => Err(Attempt::Failed(CandidateErrorKind::Reset)),
                 };
             }
-            let first = *first.get_or_insert(stamp);
+            let first = *first.get_or_insert(first_of_read);
             // Fed from the read buffer itself (taken out for the call: no copy per read).
             let buf = std::mem::take(&mut self.buf);
             let fed = self.feed(&mut reader, &buf[..n], sent, first, stamp);

@@ -93,6 +93,93 @@ pub fn recv_stamped<F: AsFd>(
     Ok((msg.bytes, stamp))
 }
 
+/// What [`recv_first_stamped`] read: the bytes, and the receive stamps (ns) of the
+/// segment carrying the first byte and of the last segment read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirstRead {
+    pub bytes: usize,
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+}
+
+/// Control space for one receive stamp (`struct scm_timestamping`), aligned for `cmsghdr`.
+type StampSpace = [u64; 16];
+
+/// One non-blocking `recvmmsg` of two messages on a stream socket: the first byte alone
+/// (so its stamp is that of the segment carrying it, the start of a response), then
+/// what else is queued into the rest of `buf` (stamped with the last segment it came
+/// from). One system call where reading the first byte and then the rest took two.
+/// `WouldBlock` when nothing is queued; `bytes == 0` at the end of the stream.
+pub fn recv_first_stamped<F: AsFd>(sock: &F, buf: &mut [u8]) -> io::Result<FirstRead> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock.as_fd());
+    let Some((head, tail)) = buf.split_first_mut() else {
+        return Ok(FirstRead::default());
+    };
+    let mut iov = [
+        libc::iovec {
+            iov_base: std::ptr::from_mut(head).cast(),
+            iov_len: 1,
+        },
+        libc::iovec {
+            iov_base: tail.as_mut_ptr().cast(),
+            iov_len: tail.len(),
+        },
+    ];
+    let mut space: [StampSpace; 2] = [[0; 16]; 2];
+    // SAFETY: all-zero is a valid `mmsghdr` (null pointers, zero lengths).
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+    for ((m, v), c) in msgs.iter_mut().zip(iov.iter_mut()).zip(space.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+        m.msg_hdr.msg_control = c.as_mut_ptr().cast();
+        m.msg_hdr.msg_controllen = std::mem::size_of::<StampSpace>() as _;
+    }
+    let vlen = if tail.is_empty() { 1 } else { 2 };
+    // SAFETY: `msgs` points at `iov` and `space`, which outlive the call; each iovec
+    // covers memory of `buf` borrowed mutably here; `vlen` ≤ the array's length.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            vlen,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = &msgs[..n as usize];
+    let first = got.first().and_then(|m| rx_stamp(&m.msg_hdr));
+    Ok(FirstRead {
+        bytes: got.iter().map(|m| m.msg_len as usize).sum(),
+        first,
+        last: got.get(1).and_then(|m| rx_stamp(&m.msg_hdr)).or(first),
+    })
+}
+
+/// The software receive stamp in a message's control data (`SCM_TIMESTAMPING`), if any.
+fn rx_stamp(hdr: &libc::msghdr) -> Option<u64> {
+    if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        return None;
+    }
+    // SAFETY: `hdr` was filled by the kernel in `recvmmsg`; its control pointer and length
+    // describe the buffer given to it, and the CMSG_* walk stays within that length.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPING {
+                let ts: [libc::timespec; 3] =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<[libc::timespec; 3]>());
+                let t = nix::sys::time::TimeSpec::from(ts[0]);
+                return to_ns(&t);
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
+}
+
 /// The transmit stamp (ns) of the last request byte sent: the device-layer stamp whose
 /// id is `last_byte` (the offset of the request's last byte on this connection, counted
 /// from 0 since stamping was enabled, wrapping). Reads the error queue up to that stamp
@@ -182,6 +269,70 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         panic!("no receive stamp in 200 exchanges");
+    }
+
+    /// One call reads a response that came in two segments, the first byte stamped with
+    /// the arrival of the segment holding it, the rest with the last's (what reading the
+    /// first byte alone and then the rest, in two calls, gave; the kernel may have
+    /// merged the two segments in its queue, with the later stamp: then both are that),
+    /// and a later read has later stamps.
+    #[test]
+    fn the_first_byte_and_the_rest_are_read_in_one_call_with_their_own_stamps() {
+        let _keeper = Keeper::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_nodelay(true).unwrap();
+        assert!(enable(&client), "SO_TIMESTAMPING refused");
+        let mut buf = [0u8; 64];
+        // Receive stamping is switched on in deferred work: bounded retries.
+        for _ in 0..200 {
+            server.write_all(b"p").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            server.write_all(b"ong").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let read = recv_first_stamped(&client, &mut buf).expect("queued bytes");
+            assert_eq!(&buf[..read.bytes], b"pong", "both segments in one call");
+            if let (Some(first), Some(last)) = (read.first, read.last) {
+                assert!(last >= first, "last segment {last} before first {first}");
+                assert!(matches!(
+                    recv_first_stamped(&client, &mut buf),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock
+                ));
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                server.write_all(b"!").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let next = recv_first_stamped(&client, &mut buf).expect("the next segment");
+                assert_eq!(&buf[..next.bytes], b"!", "one byte, nothing after it");
+                let stamp = next.first.expect("stamping is on by now");
+                assert_eq!(next.last, Some(stamp), "one segment: one stamp");
+                assert!(stamp > last, "a later segment {stamp} not after {last}");
+                return;
+            }
+        }
+        panic!("no receive stamps in 200 reads");
+    }
+
+    /// The end of the stream reads as no bytes.
+    #[test]
+    fn the_end_of_the_stream_reads_as_no_bytes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(server);
+        let mut buf = [0u8; 16];
+        for _ in 0..200 {
+            match recv_first_stamped(&client, &mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                other => {
+                    assert_eq!(other.expect("a read").bytes, 0);
+                    return;
+                }
+            }
+        }
+        panic!("the close never arrived");
     }
 
     /// The read stops at the stamp asked for by its id (one `recvmsg`), leaving later
