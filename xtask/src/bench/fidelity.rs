@@ -171,8 +171,9 @@ pub struct FidelityRun {
     /// through the load and the settling, and that per exchange replayed.
     pub daemon_cpu_s: Option<f64>,
     pub cpu_us_per_replayed: Option<f64>,
-    /// How often the daemon's cgroup quota stopped it during the leg (its taps run in
-    /// the same cgroup).
+    /// How often the daemon's cgroup quota stopped it: live, from its tap attached to the
+    /// stop; from a capture, over the replay (start-up of `run` and `record` left out,
+    /// as the daemon's own count leaves it out).
     pub daemon_throttling: Option<Throttling>,
     /// How the requests arrived at the candidate's interface (its tap), and at legacy's
     /// (capture and control legs: its own tap).
@@ -419,7 +420,11 @@ fn leg(
     let store = lab.path(&format!("{tag}.db"));
     let urls = urls_file(lab, service, false)?;
     let loadavg_at_start = loadavg();
-    let throttling_at_start = lab.daemon_cgroup.as_ref().map(Cgroup::throttling);
+    // Counted from the daemon's work, as the daemon counts its own (quota.rs): a live
+    // leg from its tap attached, a capture leg from the replay's start; start-up
+    // (loading and verifying the tap) took 2-6 of the quota's periods at every rate.
+    let throttling_now = || lab.daemon_cgroup.as_ref().map(Cgroup::throttling);
+    let throttling_at_start;
     let cand_pcap = lab.path(&format!("{tag}-cand.pcapng"));
     let mut cand_tap = candidate_tap(ctx, service, &cand_pcap, plan.seconds * 3 + 120)?;
     let mut legacy_shape = None;
@@ -467,6 +472,7 @@ fn leg(
         }
         Source::Live => {
             let mut daemon = start_run(ctx, by.bin, service, &store, plan.seconds + 120)?;
+            throttling_at_start = throttling_now();
             let cpu_at_start = cpu_seconds(daemon.pid(), ctx.ticks)?;
             let load = oha_rate_urls(lab, &ctx.oha, &urls, rate, plan.seconds, &tag)?;
             let tap = settle(lab)?;
@@ -494,6 +500,7 @@ fn leg(
             ];
             args.extend(pipeline_args(lab, service, &store));
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            throttling_at_start = throttling_now();
             let mut replay = daemon_proc(ctx, by.bin, "fid-replay", &refs)?;
             // The replay's own CPU, start-up and reading the file included, read while it
             // runs (all but its last 50 ms).
