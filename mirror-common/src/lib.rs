@@ -71,12 +71,26 @@ pub struct SegmentHeader {
 /// Size of [`SegmentHeader`] in bytes (the payload starts here).
 pub const HEADER_BYTES: usize = core::mem::size_of::<SegmentHeader>();
 
-/// One record as the kernel builds it in per-CPU scratch memory before output.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SegmentRecord {
-    pub header: SegmentHeader,
-    pub payload: [u8; CHUNK_BYTES],
+/// Payload areas of the ring-buffer records, smallest first. The kernel reserves each
+/// record at a constant size (the verifier wants one) and copies the payload from the
+/// packet straight into it: a chunk of `n` bytes takes the smallest class `>= n`, so a
+/// record is [`HEADER_BYTES`] + that class long and its bytes after `chunk_len` are
+/// unspecified padding (the reader takes `chunk_len` bytes). Powers of two, so the copy
+/// length can be bounded for the verifier with a mask; at most half of a record's
+/// payload area is padding, and every full chunk of a large packet fills its class.
+pub const PAYLOAD_CLASSES: [usize; 7] = [0, 128, 256, 512, 1024, 2048, CHUNK_BYTES];
+
+/// The payload class of a chunk of `len` bytes (`len <= CHUNK_BYTES`): the smallest of
+/// [`PAYLOAD_CLASSES`] that holds it.
+pub const fn payload_class(len: usize) -> usize {
+    let mut i = 0;
+    while i < PAYLOAD_CLASSES.len() {
+        if len <= PAYLOAD_CLASSES[i] {
+            return PAYLOAD_CLASSES[i];
+        }
+        i += 1;
+    }
+    CHUNK_BYTES
 }
 
 /// Indices of the tap's per-CPU counters map.
@@ -125,7 +139,6 @@ pub mod map_name {
     pub const PORTS: &str = "PORTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
-    pub const SCRATCH: &str = "SCRATCH";
     pub const OWN_SOCKETS: &str = "OWN_SOCKETS";
     pub const OWN_FLOWS: &str = "OWN_FLOWS";
     pub const OWN_GATE: &str = "OWN_GATE";
