@@ -262,7 +262,8 @@ impl TapDaemon {
     }
 }
 
-/// `recorded … kernel saw N segments, ring drops R, oversize bytes O; tap detached`
+/// `recorded … kernel saw N segments, K records, ring drops R, load errors L bytes, oversize
+/// bytes O; tap detached`
 fn parse_record_summary(text: &str, r: &mut TapReport) {
     let num_after = |key: &str| -> Option<u64> {
         let rest = &text[text.find(key)? + key.len()..];
