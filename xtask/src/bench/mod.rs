@@ -4,6 +4,7 @@
 //! offline reading, and fidelity (an identical candidate judged by the product, issue 12). The daemon runs with deploy/mirror.service's CPU settings and the
 //! candidate under a stated CPU limit (`cgroups`). Everything runs in network namespaces created and removed here;
 //! every load is bounded in count and time.
+mod capture_path;
 mod cgroups;
 mod clients;
 mod cost;
@@ -51,8 +52,8 @@ pub struct BenchArgs {
     /// or `normal`: what isolation buys, measured the same way).
     #[arg(long, default_value = "idle", value_parser = ["idle", "normal"])]
     pipeline_priority: String,
-    /// Fidelity section: also replay with this other `mirror-daemon` build (e.g. one
-    /// built before a change), interleaved leg by leg with this build's.
+    /// Fidelity and capture-path sections: also run this other `mirror-daemon` build
+    /// (e.g. one built before a change), interleaved leg by leg with this build's.
     #[arg(long)]
     baseline_daemon: Option<PathBuf>,
     /// The daemon cgroup's CPU quota in percent of a CPU (default 50:
@@ -85,6 +86,9 @@ pub enum Section {
     Growth,
     Offline,
     Fidelity,
+    /// The tap's BPF run time per packet and the capture thread's CPU per exchange under
+    /// `b capture` at saturation (with --baseline-daemon: both builds, leg by leg).
+    CapturePath,
 }
 
 pub struct Ctx {
@@ -119,6 +123,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         || want(Section::Completeness)
         || want(Section::Growth)
         || want(Section::Fidelity)
+        || want(Section::CapturePath)
     {
         tools::ensure("oha", "1.16.0", "oha", &[])?.join("oha")
     } else {
@@ -251,6 +256,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tables.push(t);
         fidelity_runs = r;
     }
+    let mut capture_path_legs = Vec::new();
+    if want(Section::CapturePath) {
+        capture_path_legs = capture_path::run(&mut ctx, args.baseline_daemon.as_deref())?;
+        let t = capture_path::table(&capture_path_legs, ctx.seconds);
+        t.print();
+        tables.push(t);
+    }
     let mut verdicts = targets_table(&runs, &conn_rss);
     if let Some(l) = busy {
         verdicts.note(format!(
@@ -260,7 +272,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     // The targets are issue 16's (overhead, completeness, RSS): the fidelity section
     // judges its own in its table.
-    if args.only != Some(Section::Fidelity) {
+    if !matches!(args.only, Some(Section::Fidelity | Section::CapturePath)) {
         verdicts.print();
         tables.push(verdicts);
     }
@@ -282,6 +294,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "tables": tables.iter().map(Table::to_json).collect::<Vec<_>>(),
         "runs": runs,
         "fidelity": fidelity_runs,
+        "capture_path": capture_path_legs,
     });
     let dir = util::workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
@@ -475,7 +488,7 @@ fn timestamp() -> String {
     cmd_text(Command::new("date").args(["-u", "+%Y%m%dT%H%M%SZ"]))
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -52,7 +52,7 @@ impl TapMode {
 }
 
 /// `/metrics` of `run`, reachable only inside the server namespace.
-const METRICS_ADDR: &str = "127.0.0.1:9464";
+pub const METRICS_ADDR: &str = "127.0.0.1:9464";
 
 pub struct TapDaemon {
     pub mode: TapMode,
