@@ -30,7 +30,7 @@ use serde_json::json;
 use crate::{setup, tools, util};
 use lab::Lab;
 use load::Load;
-use overhead::{Config, Run, Target};
+use overhead::{Build, Config, Run, Target};
 use table::{Table, median};
 use tap::TAP_MODE;
 
@@ -52,8 +52,9 @@ pub struct BenchArgs {
     /// or `normal`: what isolation buys, measured the same way).
     #[arg(long, default_value = "idle", value_parser = ["idle", "normal"])]
     pipeline_priority: String,
-    /// Fidelity and capture-path sections: also run this other `mirror-daemon` build
-    /// (e.g. one built before a change), interleaved leg by leg with this build's.
+    /// Also run this other `mirror-daemon` build (e.g. one built before a change),
+    /// interleaved with this build's: the overhead section's (b)–(d) in every round right
+    /// after this build's, the fidelity and capture-path sections leg by leg.
     #[arg(long)]
     baseline_daemon: Option<PathBuf>,
     /// The daemon cgroup's CPU quota in percent of a CPU (default 50:
@@ -94,6 +95,8 @@ pub enum Section {
 pub struct Ctx {
     pub lab: Lab,
     pub daemon: PathBuf,
+    /// `--baseline-daemon`: the overhead section also runs (b)–(d) with it.
+    pub baseline: Option<PathBuf>,
     pub examples: PathBuf,
     pub oha: PathBuf,
     pub seconds: u64,
@@ -166,6 +169,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut ctx = Ctx {
         lab: Lab::create()?,
         daemon: release.join("mirror-daemon"),
+        baseline: args.baseline_daemon.clone(),
         examples: release.join("mirror-examples"),
         oha,
         seconds,
@@ -214,6 +218,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         target,
                         l,
                         Config::Capture,
+                        Build::This,
                         0,
                         false,
                     )?);
@@ -322,6 +327,7 @@ fn targets_table(runs: &[Run], conn_rss: &[(usize, f64)]) -> Table {
                     r.target == target
                         && r.config == config
                         && r.load_spec == load
+                        && r.build == Build::This
                         && r.round < usize::MAX
                 })
                 .map(pick)
@@ -386,7 +392,10 @@ fn targets_table(runs: &[Run], conn_rss: &[(usize, f64)]) -> Table {
     let at10k: Vec<&Run> = runs
         .iter()
         .filter(|r| {
-            r.load_spec == Load::Rate(10_000) && r.config == Config::Capture && r.tap.is_some()
+            r.load_spec == Load::Rate(10_000)
+                && r.config == Config::Capture
+                && r.build == Build::This
+                && r.tap.is_some()
         })
         .collect();
     let completed: u64 = at10k.iter().map(|r| r.result.completed).sum();
