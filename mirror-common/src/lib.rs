@@ -361,3 +361,34 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::VirtualKey6 {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tap bounds each copy with `(len - 1) & (class - 1)`: only right for powers of
+    /// two, and the largest class must hold a whole chunk.
+    #[test]
+    fn payload_classes_are_ascending_powers_of_two_up_to_a_chunk() {
+        assert_eq!(PAYLOAD_CLASSES[0], 0);
+        assert_eq!(PAYLOAD_CLASSES[PAYLOAD_CLASSES.len() - 1], CHUNK_BYTES);
+        for w in PAYLOAD_CLASSES[1..].windows(2) {
+            assert!(w[0].is_power_of_two() && w[0] < w[1], "{w:?}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_takes_the_smallest_class_that_holds_it() {
+        assert_eq!(payload_class(0), 0);
+        for len in 1..=CHUNK_BYTES {
+            let class = payload_class(len);
+            assert!(class >= len, "{len} in {class}");
+            // The next smaller class is too small.
+            let smaller = PAYLOAD_CLASSES.iter().rev().find(|&&c| c < class);
+            assert!(smaller.is_none_or(|&c| c < len), "{len} in {class}");
+        }
+        assert_eq!(payload_class(128), 128);
+        assert_eq!(payload_class(129), 256);
+        assert_eq!(payload_class(4096), 4096);
+    }
+}

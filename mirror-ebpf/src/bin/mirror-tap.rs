@@ -35,7 +35,7 @@ mod program {
     };
     use mirror_common::{
         CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PORT_SLOTS, PPM_ALL,
-        SegmentHeader, client_hash, counter, direction, sample_keep, setting, tcp_flag,
+        PAYLOAD_CLASSES, SegmentHeader, client_hash, counter, direction, sample_keep, setting, tcp_flag,
     };
 
     /// Default 64 MiB; the daemon resizes it at load time (`--ring-mib`).
@@ -68,6 +68,12 @@ mod program {
 
     #[map(name = "SETTINGS")]
     static SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
+
+    // The class chain in `try_tap` names each of the seven classes; the largest holds a
+    // whole chunk.
+    const _: () = assert!(
+        PAYLOAD_CLASSES.len() == 7 && PAYLOAD_CLASSES[6] == CHUNK_BYTES && PAYLOAD_CLASSES[0] == 0
+    );
 
     const ETH_P_IP: u16 = 0x0800;
     const ETH_P_IPV6: u16 = 0x86DD;
@@ -355,21 +361,21 @@ mod program {
             h.chunk_len = len as u16;
             h.tcp_flags = f;
             let from = (payload_off + offset) as u32;
-            // One constant-size reservation per class (mirror_common::PAYLOAD_CLASSES).
+            // One constant-size reservation per class, smallest first.
             let out = if len == 0 {
-                emit::<0>(ctx, &h, from, len, flags_out)
-            } else if len <= 128 {
-                emit::<128>(ctx, &h, from, len, flags_out)
-            } else if len <= 256 {
-                emit::<256>(ctx, &h, from, len, flags_out)
-            } else if len <= 512 {
-                emit::<512>(ctx, &h, from, len, flags_out)
-            } else if len <= 1024 {
-                emit::<1024>(ctx, &h, from, len, flags_out)
-            } else if len <= 2048 {
-                emit::<2048>(ctx, &h, from, len, flags_out)
+                emit::<{ PAYLOAD_CLASSES[0] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[1] {
+                emit::<{ PAYLOAD_CLASSES[1] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[2] {
+                emit::<{ PAYLOAD_CLASSES[2] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[3] {
+                emit::<{ PAYLOAD_CLASSES[3] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[4] {
+                emit::<{ PAYLOAD_CLASSES[4] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[5] {
+                emit::<{ PAYLOAD_CLASSES[5] }>(ctx, &h, from, len, flags_out)
             } else {
-                emit::<CHUNK_BYTES>(ctx, &h, from, len, flags_out)
+                emit::<{ PAYLOAD_CLASSES[6] }>(ctx, &h, from, len, flags_out)
             };
             match out {
                 Emitted::Record => bump(counter::RECORDS, 1),
