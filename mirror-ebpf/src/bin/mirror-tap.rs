@@ -34,8 +34,8 @@ mod program {
         programs::TcContext,
     };
     use mirror_common::{
-        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PORT_SLOTS, PPM_ALL,
-        PAYLOAD_CLASSES, SegmentHeader, client_hash, counter, direction, sample_keep, setting, tcp_flag,
+        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PAYLOAD_CLASSES, PORT_SLOTS,
+        PPM_ALL, SegmentHeader, client_hash, counter, direction, sample_keep, setting, tcp_flag,
     };
 
     /// Default 64 MiB; the daemon resizes it at load time (`--ring-mib`).
@@ -105,7 +105,15 @@ mod program {
 
     #[inline(always)]
     fn parse_ip(ctx: &TcContext) -> Result<Packet, i64> {
-        let mut proto = u16::from_be(ctx.load::<u16>(12)?);
+        // The EtherType straight from the linear data (always there: the stack pulls the
+        // Ethernet header in before TC runs), saving a helper call on every packet.
+        let (start, end) = (ctx.data(), ctx.data_end());
+        if start + 14 > end {
+            return Err(0);
+        }
+        // SAFETY: bytes 12..14 lie within the linear data (checked above).
+        let mut proto =
+            u16::from_be(unsafe { core::ptr::read_unaligned((start + 12) as *const u16) });
         let mut off = 14usize;
         // 802.1Q / 802.1ad: skip up to two tags (QinQ). Tags the driver offloaded into
         // skb->vlan_tci are already gone from the data and need nothing.
