@@ -34,7 +34,9 @@ pub mod tcp_flag {
     pub const ACK: u8 = 0x10;
 }
 
-/// Header of one ring-buffer record; `chunk_len` payload bytes follow it directly.
+/// Header of one ring-buffer record; `chunk_len` payload bytes follow it directly. The
+/// record is [`HEADER_BYTES`] + [`payload_class`]`(chunk_len)` long: anything after the
+/// payload is padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
