@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: a side-by-side benchmark of the legacy path with (a) nothing,
 //! (b) mirror capturing only, (c) shadowing 5 % of clients, (d) shadowing everything,
 //! (e) nginx's mirror tee and (f) tcpdump attached, plus completeness, cost, growth and
-//! offline reading, and fidelity (an identical candidate judged by the product, issue 12). The daemon runs with deploy/mirror.service's CPU settings and the
+//! offline reading, fidelity (an identical candidate judged by the product, issue 12) and
+//! the capture path's cost per packet and per exchange (`capture_path`). The daemon runs with deploy/mirror.service's CPU settings and the
 //! candidate under a stated CPU limit (`cgroups`). Everything runs in network namespaces created and removed here;
 //! every load is bounded in count and time.
 mod capture_path;
