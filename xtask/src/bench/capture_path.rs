@@ -59,7 +59,8 @@ impl Leg {
     }
 }
 
-/// Every round runs this build's leg, then the baseline's (if any).
+/// Every round runs one leg of each build (with a baseline), this build first in even
+/// rounds and second in odd ones, so a drift in the shared box's load favours neither.
 pub fn run(ctx: &mut Ctx, baseline: Option<&Path>) -> Result<Vec<Leg>> {
     let mut builds: Vec<(&str, PathBuf)> = vec![("this", ctx.daemon.clone())];
     if let Some(b) = baseline {
@@ -70,7 +71,11 @@ pub fn run(ctx: &mut Ctx, baseline: Option<&Path>) -> Result<Vec<Leg>> {
     }
     let mut legs = Vec::new();
     for round in 0..ctx.rounds {
-        for (build, daemon) in &builds {
+        let mut order = builds.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (build, daemon) in &order {
             legs.push(leg(ctx, build, daemon, round)?);
         }
     }
@@ -272,7 +277,8 @@ pub fn table(legs: &[Leg], seconds: u64) -> Table {
          and egress, every packet on the interface) over the load; capture thread = Δ of its \
          /proc schedstat run time over the load plus a 3 s drain, divided by the exchanges \
          (every outcome) the daemon counted in that window; the daemon runs in the bench's \
-         daemon cgroup (deploy/mirror.service's CPU settings). Builds alternate leg by leg.",
+         daemon cgroup (deploy/mirror.service's CPU settings). Builds alternate leg by leg, \
+         this build first in odd-numbered rounds, the baseline first in even-numbered ones.",
     );
     t
 }

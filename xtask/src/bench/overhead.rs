@@ -78,7 +78,7 @@ impl Config {
 }
 
 /// Which `mirror-daemon` build ran (b)–(d): this tree's, or `--baseline-daemon`'s,
-/// measured in the same round right after this build's.
+/// measured in the same round next to this build's (before it in odd rounds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Build {
@@ -272,18 +272,17 @@ pub fn overhead(ctx: &Ctx, loads: &[Load]) -> Result<Vec<Run>> {
         for target in TARGETS {
             for &l in loads {
                 for config in CONFIGS {
-                    runs.push(measure(ctx, target, l, config, Build::This, round, false)?);
-                    // The baseline build right after this one, under the same conditions.
+                    // With a baseline, both builds back to back under the same conditions,
+                    // this build first in even rounds and second in odd ones.
+                    let mut builds = vec![Build::This];
                     if ctx.baseline.is_some() && config.sampling().is_some() {
-                        runs.push(measure(
-                            ctx,
-                            target,
-                            l,
-                            config,
-                            Build::Baseline,
-                            round,
-                            false,
-                        )?);
+                        builds.push(Build::Baseline);
+                        if round % 2 == 1 {
+                            builds.reverse();
+                        }
+                    }
+                    for build in builds {
+                        runs.push(measure(ctx, target, l, config, build, round, false)?);
                     }
                 }
             }
