@@ -34,7 +34,9 @@ pub mod tcp_flag {
     pub const ACK: u8 = 0x10;
 }
 
-/// Header of one ring-buffer record; `chunk_len` payload bytes follow it directly.
+/// Header of one ring-buffer record; `chunk_len` payload bytes follow it directly. The
+/// record is [`HEADER_BYTES`] + [`payload_class`]`(chunk_len)` long: anything after the
+/// payload is padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -71,12 +73,26 @@ pub struct SegmentHeader {
 /// Size of [`SegmentHeader`] in bytes (the payload starts here).
 pub const HEADER_BYTES: usize = core::mem::size_of::<SegmentHeader>();
 
-/// One record as the kernel builds it in per-CPU scratch memory before output.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SegmentRecord {
-    pub header: SegmentHeader,
-    pub payload: [u8; CHUNK_BYTES],
+/// Payload areas of the ring-buffer records, smallest first. The kernel reserves each
+/// record at a constant size (the verifier wants one) and copies the payload from the
+/// packet straight into it: a chunk of `n` bytes takes the smallest class `>= n`, so a
+/// record is [`HEADER_BYTES`] + that class long and its bytes after `chunk_len` are
+/// unspecified padding (the reader takes `chunk_len` bytes). Powers of two, so the copy
+/// length can be bounded for the verifier with a mask; at most half of a record's
+/// payload area is padding, and every full chunk of a large packet fills its class.
+pub const PAYLOAD_CLASSES: [usize; 7] = [0, 128, 256, 512, 1024, 2048, CHUNK_BYTES];
+
+/// The payload class of a chunk of `len` bytes (`len <= CHUNK_BYTES`): the smallest of
+/// [`PAYLOAD_CLASSES`] that holds it.
+pub const fn payload_class(len: usize) -> usize {
+    let mut i = 0;
+    while i < PAYLOAD_CLASSES.len() {
+        if len <= PAYLOAD_CLASSES[i] {
+            return PAYLOAD_CLASSES[i];
+        }
+        i += 1;
+    }
+    CHUNK_BYTES
 }
 
 /// Indices of the tap's per-CPU counters map.
@@ -125,7 +141,6 @@ pub mod map_name {
     pub const PORTS: &str = "PORTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
-    pub const SCRATCH: &str = "SCRATCH";
     pub const OWN_SOCKETS: &str = "OWN_SOCKETS";
     pub const OWN_FLOWS: &str = "OWN_FLOWS";
     pub const OWN_GATE: &str = "OWN_GATE";
@@ -347,4 +362,35 @@ mod pod {
     unsafe impl aya::Pod for super::VirtualKey4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::VirtualKey6 {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tap bounds each copy with `(len - 1) & (class - 1)`: only right for powers of
+    /// two, and the largest class must hold a whole chunk.
+    #[test]
+    fn payload_classes_are_ascending_powers_of_two_up_to_a_chunk() {
+        assert_eq!(PAYLOAD_CLASSES[0], 0);
+        assert_eq!(PAYLOAD_CLASSES[PAYLOAD_CLASSES.len() - 1], CHUNK_BYTES);
+        for w in PAYLOAD_CLASSES[1..].windows(2) {
+            assert!(w[0].is_power_of_two() && w[0] < w[1], "{w:?}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_takes_the_smallest_class_that_holds_it() {
+        assert_eq!(payload_class(0), 0);
+        for len in 1..=CHUNK_BYTES {
+            let class = payload_class(len);
+            assert!(class >= len, "{len} in {class}");
+            // The next smaller class is too small.
+            let smaller = PAYLOAD_CLASSES.iter().rev().find(|&&c| c < class);
+            assert!(smaller.is_none_or(|&c| c < len), "{len} in {class}");
+        }
+        assert_eq!(payload_class(128), 128);
+        assert_eq!(payload_class(129), 256);
+        assert_eq!(payload_class(4096), 4096);
+    }
 }

@@ -92,13 +92,15 @@ pub fn run(args: RecordArgs) -> anyhow::Result<u8> {
         return Err(e.context(format!("writing {}", args.out.display())));
     }
     println!(
-        "recorded {} segments ({} payload bytes) in {:.1}s to {} (mode 0600); kernel saw {} segments, ring drops {}, oversize bytes {}; tap detached",
+        "recorded {} segments ({} payload bytes) in {:.1}s to {} (mode 0600); kernel saw {} segments, {} records, ring drops {}, load errors {} bytes, oversize bytes {}; tap detached",
         sink.packets,
         sink.bytes,
         started.elapsed().as_secs_f64(),
         args.out.display(),
         kernel.segments,
+        kernel.records,
         kernel.ring_full,
+        kernel.load_errors,
         kernel.oversize,
     );
     Ok(exit::OK)

@@ -34,8 +34,8 @@ mod program {
         programs::TcContext,
     };
     use mirror_common::{
-        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PORT_SLOTS, PPM_ALL,
-        SegmentRecord, client_hash, counter, direction, sample_keep, setting, tcp_flag,
+        CHUNK_BYTES, HEADER_BYTES, MAX_CHUNKS_PER_PACKET, OwnFlowKey, PAYLOAD_CLASSES, PORT_SLOTS,
+        PPM_ALL, SegmentHeader, client_hash, counter, direction, sample_keep, setting, tcp_flag,
     };
 
     /// Default 64 MiB; the daemon resizes it at load time (`--ring-mib`).
@@ -69,10 +69,11 @@ mod program {
     #[map(name = "SETTINGS")]
     static SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
 
-    /// Per-CPU scratch record: events are built here, then copied to the ring at their exact
-    /// size, so a 60-byte request costs 60 + header bytes of ring space, not a full chunk.
-    #[map(name = "SCRATCH")]
-    static SCRATCH: PerCpuArray<SegmentRecord> = PerCpuArray::with_max_entries(1, 0);
+    // The class chain in `try_tap` names each of the seven classes; the largest holds a
+    // whole chunk.
+    const _: () = assert!(
+        PAYLOAD_CLASSES.len() == 7 && PAYLOAD_CLASSES[6] == CHUNK_BYTES && PAYLOAD_CLASSES[0] == 0
+    );
 
     const ETH_P_IP: u16 = 0x0800;
     const ETH_P_IPV6: u16 = 0x86DD;
@@ -104,7 +105,15 @@ mod program {
 
     #[inline(always)]
     fn parse_ip(ctx: &TcContext) -> Result<Packet, i64> {
-        let mut proto = u16::from_be(ctx.load::<u16>(12)?);
+        // The EtherType straight from the linear data (always there: the stack pulls the
+        // Ethernet header in before TC runs), saving a helper call on every packet.
+        let (start, end) = (ctx.data(), ctx.data_end());
+        if start + 14 > end {
+            return Err(0);
+        }
+        // SAFETY: bytes 12..14 lie within the linear data (checked above).
+        let mut proto =
+            u16::from_be(unsafe { core::ptr::read_unaligned((start + 12) as *const u16) });
         let mut off = 14usize;
         // 802.1Q / 802.1ad: skip up to two tags (QinQ). Tags the driver offloaded into
         // skb->vlan_tci are already gone from the data and need nothing.
@@ -207,6 +216,58 @@ mod program {
         PORTS.get(u32::from(port)).copied().unwrap_or(0) != 0
     }
 
+    /// What became of one record.
+    enum Emitted {
+        Record,
+        /// No room in the ring: the record is lost (counted).
+        RingFull,
+        /// The payload could not be read from the packet: the record was discarded.
+        LoadError,
+    }
+
+    /// Writes one record of payload class `N` (a power of two, or 0): the ring entry is
+    /// reserved at `HEADER_BYTES + N` and the chunk's `len` (`<= N`) payload bytes are
+    /// copied from the packet straight into it — one copy, no scratch buffer. Every
+    /// reserved entry is submitted or discarded.
+    #[inline(always)]
+    fn emit<const N: usize>(
+        ctx: &TcContext,
+        h: &SegmentHeader,
+        from: u32,
+        len: usize,
+        flags_out: u64,
+    ) -> Emitted {
+        let Some(mut entry) = SEGMENTS.reserve_bytes(HEADER_BYTES + N, 0) else {
+            return Emitted::RingFull;
+        };
+        let base = entry.as_mut_ptr();
+        // SAFETY: the entry is HEADER_BYTES + N bytes of ring memory, 8-byte aligned (the
+        // ring aligns every record), and SegmentHeader is plain data of HEADER_BYTES.
+        unsafe { core::ptr::write(base.cast::<SegmentHeader>(), *h) };
+        if N > 0 {
+            // Re-derive the length in a form the verifier can bound to 1..=N on its own: it
+            // does not correlate the caller's checks with this register ("invalid
+            // zero-sized read"), and black_box keeps LLVM from folding it away. For
+            // 1 <= len <= N it is len itself.
+            let n = ((core::hint::black_box(len) - 1) & N.wrapping_sub(1)) + 1;
+            // SAFETY: the destination has N bytes after the header and n <= N.
+            let r = unsafe {
+                bpf_skb_load_bytes(
+                    ctx.skb.skb as *const _,
+                    from,
+                    base.add(HEADER_BYTES) as *mut _,
+                    n as u32,
+                )
+            };
+            if r != 0 {
+                entry.discard(flags_out);
+                return Emitted::LoadError;
+            }
+        }
+        entry.submit(flags_out);
+        Emitted::Record
+    }
+
     #[inline(always)]
     fn try_tap(ctx: &TcContext) -> Result<(), i64> {
         let pkt = parse_ip(ctx)?;
@@ -265,20 +326,22 @@ mod program {
 
         // Read as a plain map value so the verifier does not split states on it.
         let flags_out = u64::from(SETTINGS.get(setting::SUBMIT_FLAGS).copied().unwrap_or(0));
-        let rec = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
-        // SAFETY: per-CPU scratch, exclusively ours for the duration of this program run.
-        let rec = unsafe { &mut *rec };
-        let h = &mut rec.header;
-        h.ts_ns = unsafe { bpf_ktime_get_ns() };
-        h.saddr = pkt.saddr;
-        h.daddr = pkt.daddr;
-        h.sport = sport;
-        h.dport = dport;
-        h.ack = ack;
-        h.segment_len = payload_len as u32;
-        h.ip_version = pkt.ip_version;
-        h.direction = dir;
-        h._pad = [0; 7];
+        let mut h = SegmentHeader {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            saddr: pkt.saddr,
+            daddr: pkt.daddr,
+            sport,
+            dport,
+            seq,
+            ack,
+            segment_len: payload_len as u32,
+            chunk_offset: 0,
+            chunk_len: 0,
+            ip_version: pkt.ip_version,
+            direction: dir,
+            tcp_flags: flags,
+            _pad: [0; 7],
+        };
 
         let mut i: u32 = 0;
         while i < MAX_CHUNKS_PER_PACKET {
@@ -287,7 +350,7 @@ mod program {
                 break;
             }
             let remaining = payload_len - offset;
-            let mut len = if remaining > CHUNK_BYTES {
+            let len = if remaining > CHUNK_BYTES {
                 CHUNK_BYTES
             } else {
                 remaining
@@ -301,39 +364,34 @@ mod program {
             if !last {
                 f &= !(tcp_flag::FIN | tcp_flag::RST);
             }
-            rec.header.seq = seq.wrapping_add(offset as u32);
-            rec.header.chunk_offset = offset as u32;
-            rec.header.tcp_flags = f;
-            if len > 0 {
-                // Re-derive the length in a form the verifier can bound to 1..=CHUNK_BYTES
-                // on its own: it does not correlate the earlier checks with this register
-                // ("invalid zero-sized read"), and black_box keeps LLVM from folding it away.
-                len = ((core::hint::black_box(len) - 1) & (CHUNK_BYTES - 1)) + 1;
-                let r = unsafe {
-                    bpf_skb_load_bytes(
-                        ctx.skb.skb as *const _,
-                        (payload_off + offset) as u32,
-                        rec.payload.as_mut_ptr() as *mut _,
-                        len as u32,
-                    )
-                };
-                if r != 0 {
+            h.seq = seq.wrapping_add(offset as u32);
+            h.chunk_offset = offset as u32;
+            h.chunk_len = len as u16;
+            h.tcp_flags = f;
+            let from = (payload_off + offset) as u32;
+            // One constant-size reservation per class, smallest first.
+            let out = if len == 0 {
+                emit::<{ PAYLOAD_CLASSES[0] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[1] {
+                emit::<{ PAYLOAD_CLASSES[1] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[2] {
+                emit::<{ PAYLOAD_CLASSES[2] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[3] {
+                emit::<{ PAYLOAD_CLASSES[3] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[4] {
+                emit::<{ PAYLOAD_CLASSES[4] }>(ctx, &h, from, len, flags_out)
+            } else if len <= PAYLOAD_CLASSES[5] {
+                emit::<{ PAYLOAD_CLASSES[5] }>(ctx, &h, from, len, flags_out)
+            } else {
+                emit::<{ PAYLOAD_CLASSES[6] }>(ctx, &h, from, len, flags_out)
+            };
+            match out {
+                Emitted::Record => bump(counter::RECORDS, 1),
+                Emitted::RingFull => bump(counter::RING_FULL, 1),
+                Emitted::LoadError => {
                     bump(counter::LOAD_ERRORS, len as u64);
                     break;
                 }
-            }
-            rec.header.chunk_len = len as u16;
-            // SAFETY: HEADER_BYTES + len <= size_of::<SegmentRecord>() by the clamp above.
-            let bytes = unsafe {
-                core::slice::from_raw_parts(
-                    rec as *const SegmentRecord as *const u8,
-                    HEADER_BYTES + len,
-                )
-            };
-            if SEGMENTS.output::<[u8]>(bytes, flags_out).is_ok() {
-                bump(counter::RECORDS, 1);
-            } else {
-                bump(counter::RING_FULL, 1);
             }
             if last {
                 break;

@@ -1,9 +1,11 @@
 //! `cargo xtask bench`: a side-by-side benchmark of the legacy path with (a) nothing,
 //! (b) mirror capturing only, (c) shadowing 5 % of clients, (d) shadowing everything,
 //! (e) nginx's mirror tee and (f) tcpdump attached, plus completeness, cost, growth and
-//! offline reading, and fidelity (an identical candidate judged by the product, issue 12). The daemon runs with deploy/mirror.service's CPU settings and the
+//! offline reading, fidelity (an identical candidate judged by the product, issue 12) and
+//! the capture path's cost per packet and per exchange (`capture_path`). The daemon runs with deploy/mirror.service's CPU settings and the
 //! candidate under a stated CPU limit (`cgroups`). Everything runs in network namespaces created and removed here;
 //! every load is bounded in count and time.
+mod capture_path;
 mod cgroups;
 mod clients;
 mod cost;
@@ -30,7 +32,7 @@ use serde_json::json;
 use crate::{setup, tools, util};
 use lab::Lab;
 use load::Load;
-use overhead::{Config, Run, Target};
+use overhead::{Build, Config, Run, Target};
 use table::{Table, median};
 use tap::TAP_MODE;
 
@@ -52,8 +54,9 @@ pub struct BenchArgs {
     /// or `normal`: what isolation buys, measured the same way).
     #[arg(long, default_value = "idle", value_parser = ["idle", "normal"])]
     pipeline_priority: String,
-    /// Fidelity section: also replay with this other `mirror-daemon` build (e.g. one
-    /// built before a change), interleaved leg by leg with this build's.
+    /// Also run this other `mirror-daemon` build (e.g. one built before a change),
+    /// interleaved with this build's: the overhead section's (b)–(d) in every round right
+    /// after this build's, the fidelity and capture-path sections leg by leg.
     #[arg(long)]
     baseline_daemon: Option<PathBuf>,
     /// The daemon cgroup's CPU quota in percent of a CPU (default 50:
@@ -91,11 +94,16 @@ pub enum Section {
     Growth,
     Offline,
     Fidelity,
+    /// The tap's BPF run time per packet and the capture thread's CPU per exchange under
+    /// `b capture` at saturation (with --baseline-daemon: both builds, leg by leg).
+    CapturePath,
 }
 
 pub struct Ctx {
     pub lab: Lab,
     pub daemon: PathBuf,
+    /// `--baseline-daemon`: the overhead section also runs (b)–(d) with it.
+    pub baseline: Option<PathBuf>,
     pub examples: PathBuf,
     pub oha: PathBuf,
     pub seconds: u64,
@@ -125,6 +133,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         || want(Section::Completeness)
         || want(Section::Growth)
         || want(Section::Fidelity)
+        || want(Section::CapturePath)
     {
         tools::ensure("oha", "1.16.0", "oha", &[])?.join("oha")
     } else {
@@ -167,6 +176,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut ctx = Ctx {
         lab: Lab::create()?,
         daemon: release.join("mirror-daemon"),
+        baseline: args.baseline_daemon.clone(),
         examples: release.join("mirror-examples"),
         oha,
         seconds,
@@ -215,6 +225,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         target,
                         l,
                         Config::Capture,
+                        Build::This,
                         0,
                         false,
                     )?);
@@ -265,6 +276,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tables.push(t);
         fidelity_runs = r;
     }
+    let mut capture_path_legs = Vec::new();
+    if want(Section::CapturePath) {
+        capture_path_legs = capture_path::run(&mut ctx, args.baseline_daemon.as_deref())?;
+        let t = capture_path::table(&capture_path_legs, ctx.seconds);
+        t.print();
+        tables.push(t);
+    }
     let mut verdicts = targets_table(&runs, &conn_rss);
     if let Some(l) = busy {
         verdicts.note(format!(
@@ -274,7 +292,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     // The targets are issue 16's (overhead, completeness, RSS): the fidelity section
     // judges its own in its table.
-    if args.only != Some(Section::Fidelity) {
+    if !matches!(args.only, Some(Section::Fidelity | Section::CapturePath)) {
         verdicts.print();
         tables.push(verdicts);
     }
@@ -297,6 +315,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "tables": tables.iter().map(Table::to_json).collect::<Vec<_>>(),
         "runs": runs,
         "fidelity": fidelity_runs,
+        "capture_path": capture_path_legs,
     });
     let dir = util::workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
@@ -324,6 +343,7 @@ fn targets_table(runs: &[Run], conn_rss: &[(usize, f64)]) -> Table {
                     r.target == target
                         && r.config == config
                         && r.load_spec == load
+                        && r.build == Build::This
                         && r.round < usize::MAX
                 })
                 .map(pick)
@@ -388,7 +408,10 @@ fn targets_table(runs: &[Run], conn_rss: &[(usize, f64)]) -> Table {
     let at10k: Vec<&Run> = runs
         .iter()
         .filter(|r| {
-            r.load_spec == Load::Rate(10_000) && r.config == Config::Capture && r.tap.is_some()
+            r.load_spec == Load::Rate(10_000)
+                && r.config == Config::Capture
+                && r.build == Build::This
+                && r.tap.is_some()
         })
         .collect();
     let completed: u64 = at10k.iter().map(|r| r.result.completed).sum();
@@ -490,7 +513,7 @@ fn timestamp() -> String {
     cmd_text(Command::new("date").args(["-u", "+%Y%m%dT%H%M%SZ"]))
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

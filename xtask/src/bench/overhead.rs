@@ -44,6 +44,16 @@ pub const CONFIGS: [Config; 6] = [
     Config::Tcpdump,
 ];
 
+impl Build {
+    /// The configuration's label, marked when the baseline build ran it.
+    pub fn label(self, config: Config) -> String {
+        match self {
+            Build::This => config.label().into(),
+            Build::Baseline => format!("{} (baseline)", config.label()),
+        }
+    }
+}
+
 impl Config {
     pub fn label(self) -> &'static str {
         match self {
@@ -65,6 +75,15 @@ impl Config {
             Config::Nothing | Config::NginxMirror | Config::Tcpdump => None,
         }
     }
+}
+
+/// Which `mirror-daemon` build ran (b)–(d): this tree's, or `--baseline-daemon`'s,
+/// measured in the same round next to this build's (before it in odd rounds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Build {
+    This,
+    Baseline,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -113,6 +132,7 @@ pub struct Run {
     #[serde(skip)]
     pub load_spec: Load,
     pub config: Config,
+    pub build: Build,
     pub round: usize,
     pub result: LoadResult,
     pub tap: Option<TapReport>,
@@ -137,10 +157,18 @@ pub fn measure(
     target: Target,
     load_spec: Load,
     config: Config,
+    build: Build,
     round: usize,
     with_bpf_stats: bool,
 ) -> Result<Run> {
     check_interrupted()?;
+    let daemon_path = match build {
+        Build::This => &ctx.daemon,
+        Build::Baseline => ctx
+            .baseline
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no --baseline-daemon given"))?,
+    };
     let port = if config == Config::NginxMirror {
         target.tee_port()
     } else {
@@ -154,7 +182,7 @@ pub fn measure(
     if let Some(sampling) = config.sampling() {
         daemon = Some(TapDaemon::start_sampled(
             &ctx.lab,
-            &ctx.daemon,
+            daemon_path,
             TAP_MODE,
             target.port(),
             bound,
@@ -186,13 +214,14 @@ pub fn measure(
         (Some(d), true) => Some(tap::bpf_stats(d.pid())?),
         _ => None,
     };
-    let tap = daemon.map(|d| d.stop(&ctx.lab, &ctx.daemon)).transpose()?;
+    let tap = daemon.map(|d| d.stop(&ctx.lab, daemon_path)).transpose()?;
     let tcpdump = dump.map(Tcpdump::stop).transpose()?;
     let run = Run {
         target,
         load: load_spec.label(),
         load_spec,
         config,
+        build,
         round,
         result,
         tap,
@@ -203,10 +232,10 @@ pub fn measure(
         load_wall_s,
     };
     eprintln!(
-        "xtask bench: {:<22} {:<10} {:<15} round {}: {:>8.0} req/s p50 {:>7.3} ms p99 {:>7.3} ms{}",
+        "xtask bench: {:<22} {:<10} {:<26} round {}: {:>8.0} req/s p50 {:>7.3} ms p99 {:>7.3} ms{}",
         target.label(),
         run.load,
-        config.label(),
+        build.label(config),
         round + 1,
         run.result.rps,
         run.result.p50_ms,
@@ -243,7 +272,18 @@ pub fn overhead(ctx: &Ctx, loads: &[Load]) -> Result<Vec<Run>> {
         for target in TARGETS {
             for &l in loads {
                 for config in CONFIGS {
-                    runs.push(measure(ctx, target, l, config, round, false)?);
+                    // With a baseline, both builds back to back under the same conditions,
+                    // this build first in even rounds and second in odd ones.
+                    let mut builds = vec![Build::This];
+                    if ctx.baseline.is_some() && config.sampling().is_some() {
+                        builds.push(Build::Baseline);
+                        if round % 2 == 1 {
+                            builds.reverse();
+                        }
+                    }
+                    for build in builds {
+                        runs.push(measure(ctx, target, l, config, build, round, false)?);
+                    }
                 }
             }
         }
@@ -264,38 +304,42 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
     );
     for target in TARGETS {
         for l in distinct_loads(runs) {
-            let med = |config: Config, pick: fn(&LoadResult) -> f64| {
+            let of = |config: Config, build: Build| {
+                runs.iter().filter(move |r| {
+                    r.target == target && r.load_spec == l && r.config == config && r.build == build
+                })
+            };
+            let base = |pick: fn(&LoadResult) -> f64| {
                 median(
-                    runs.iter()
-                        .filter(|r| r.target == target && r.load_spec == l && r.config == config)
+                    of(Config::Nothing, Build::This)
                         .map(|r| pick(&r.result))
                         .collect(),
                 )
+                .unwrap_or(f64::NAN)
             };
-            let base =
-                |pick: fn(&LoadResult) -> f64| med(Config::Nothing, pick).unwrap_or(f64::NAN);
-            for config in CONFIGS {
-                let Some(rps) = med(config, |r| r.rps) else {
+            for (config, build) in CONFIGS
+                .into_iter()
+                .flat_map(|c| [(c, Build::This), (c, Build::Baseline)])
+            {
+                let med = |pick: fn(&LoadResult) -> f64| {
+                    median(of(config, build).map(|r| pick(&r.result)).collect())
+                };
+                let Some(rps) = med(|r| r.rps) else {
                     continue;
                 };
-                let p50 = med(config, |r| r.p50_ms).unwrap_or(f64::NAN);
-                let p99 = med(config, |r| r.p99_ms).unwrap_or(f64::NAN);
-                let max = med(config, |r| r.max_ms).unwrap_or(f64::NAN);
-                let errors: u64 = runs
-                    .iter()
-                    .filter(|r| r.target == target && r.load_spec == l && r.config == config)
-                    .map(|r| r.result.errors)
-                    .sum();
+                let p50 = med(|r| r.p50_ms).unwrap_or(f64::NAN);
+                let p99 = med(|r| r.p99_ms).unwrap_or(f64::NAN);
+                let max = med(|r| r.max_ms).unwrap_or(f64::NAN);
+                let errors: u64 = of(config, build).map(|r| r.result.errors).sum();
                 let replayed = median(
-                    runs.iter()
-                        .filter(|r| r.target == target && r.load_spec == l && r.config == config)
+                    of(config, build)
                         .filter_map(|r| r.tap.as_ref()?.replayed_share())
                         .collect(),
                 );
                 t.row(vec![
                     target.label().into(),
                     l.label(),
-                    config.label().into(),
+                    build.label(config),
                     format!("{rps:.0}"),
                     format!("{p50:.3}"),
                     format!("{p99:.3}"),
@@ -363,7 +407,11 @@ pub fn completeness_table(runs: &[Run]) -> Table {
             let taps: Vec<&Run> = runs
                 .iter()
                 .filter(|r| {
-                    r.target == target && r.load_spec == l && r.config == config && r.tap.is_some()
+                    r.target == target
+                        && r.load_spec == l
+                        && r.config == config
+                        && r.build == Build::This
+                        && r.tap.is_some()
                 })
                 .collect();
             if taps.is_empty() {
@@ -459,6 +507,7 @@ pub fn cost(ctx: &mut Ctx, rates: &[u32]) -> Result<Vec<Run>> {
                 Target::Nginx,
                 Load::Rate(rate),
                 Config::Shadow100,
+                Build::This,
                 0,
                 true,
             )?);

@@ -52,7 +52,7 @@ impl TapMode {
 }
 
 /// `/metrics` of `run`, reachable only inside the server namespace.
-const METRICS_ADDR: &str = "127.0.0.1:9464";
+pub const METRICS_ADDR: &str = "127.0.0.1:9464";
 
 pub struct TapDaemon {
     pub mode: TapMode,
@@ -262,7 +262,8 @@ impl TapDaemon {
     }
 }
 
-/// `recorded … kernel saw N segments, ring drops R, oversize bytes O; tap detached`
+/// `recorded … kernel saw N segments, K records, ring drops R, load errors L bytes, oversize
+/// bytes O; tap detached`
 fn parse_record_summary(text: &str, r: &mut TapReport) {
     let num_after = |key: &str| -> Option<u64> {
         let rest = &text[text.find(key)? + key.len()..];
