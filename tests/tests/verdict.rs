@@ -16,6 +16,28 @@ const UPDATED_AT: &str = "field($.updated_at,value)";
 const PRICE: &str = "field($.items[*].price,value)";
 
 /// The number in a target: `/users/12/orders` → 12, `/products?page=7` → 7.
+/// `requests` over `connections` to legacy, every one answered, and every exchange ended
+/// in an outcome within `settle_s` seconds; what the load tool saw.
+fn load_and_settle(
+    topo: &Topology,
+    daemon: &Daemon,
+    requests: u64,
+    connections: u64,
+    settle_s: u64,
+) -> LoadSummary {
+    let load = run_load(topo.client(), &topo.legacy_addr(), requests, connections)
+        .expect("the load tool runs");
+    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
+    daemon
+        .wait_settled(
+            topo.legacy(),
+            load.answered(),
+            std::time::Duration::from_secs(settle_s),
+        )
+        .expect("every exchange ends in an outcome");
+    load
+}
+
 fn number(target: &str) -> u64 {
     let digits: String = target
         .chars()
@@ -53,15 +75,7 @@ fn deviations_are_named_with_their_rates_and_the_verdict_follows_the_criteria() 
         .map(String::from),
     );
     let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
-    let load = run_load(topo.client(), &topo.legacy_addr(), 3000, 4).unwrap();
-    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
-    daemon
-        .wait_settled(
-            topo.legacy(),
-            load.answered(),
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap();
+    let load = load_and_settle(&topo, &daemon, 3000, 4, 60);
     let exit = daemon.stop(std::time::Duration::from_secs(60)).unwrap();
     assert_eq!(
         exit.code,
@@ -434,15 +448,7 @@ fn a_binding_daemon_quota_is_a_caveat_on_the_latency_verdict() {
     let mut daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).unwrap();
     let quota = CpuQuota::create("mirror-e2e-vq-daemon", 10);
     quota.add(daemon.pid());
-    let load = run_load(topo.client(), &topo.legacy_addr(), 1500, 4).unwrap();
-    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
-    daemon
-        .wait_settled(
-            topo.legacy(),
-            load.answered(),
-            std::time::Duration::from_secs(120),
-        )
-        .unwrap();
+    load_and_settle(&topo, &daemon, 1500, 4, 120);
     // Live: the dashboard's snapshot and /metrics, the same figures.
     let snap = snapshot_when(&daemon, topo.legacy(), "the quota binding", |s| {
         s["daemon_cpu"]["binds"] == true
@@ -504,15 +510,7 @@ fn start_up_under_the_quota_is_no_caveat_on_a_quiet_run() {
     let quota = CpuQuota::create("mirror-e2e-vs-daemon", 30);
     let daemon =
         Daemon::start_in_cgroup(topo.legacy(), dir.path(), "run", &args, &quota.procs()).unwrap();
-    let load = run_load(topo.client(), &topo.legacy_addr(), 5, 1).unwrap();
-    assert_eq!((load.failed, load.not_sent), (0, 0), "{load:?}");
-    daemon
-        .wait_settled(
-            topo.legacy(),
-            load.answered(),
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap();
+    load_and_settle(&topo, &daemon, 5, 1, 60);
     let snap = snapshot_when(&daemon, topo.legacy(), "40 periods counted", |s| {
         s["daemon_cpu"]["periods"].as_u64().unwrap_or(0) >= 40
     });
