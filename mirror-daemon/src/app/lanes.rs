@@ -307,7 +307,7 @@ const IN_PLACE_BODY_BYTES: usize = 16 * 1024;
 /// of CPU (its quota, or a busy host at `SCHED_IDLE`), and the pool's threads add no CPU
 /// then, only a hand-over per exchange (two thread wake-ups and context switches), so
 /// handing its exchanges to the pool made each cost more just when CPU was short
-/// (round 5 of docs/fidelity.md: the blocking pool's wake-ups were the largest source of
+/// (round 5b of docs/fidelity.md: the blocking pool's wake-ups were the largest source of
 /// context switches of a live run that fell behind).
 fn in_place(ex: &Exchange) -> bool {
     ex.request.body.len() + ex.response.body.len() <= IN_PLACE_BODY_BYTES

@@ -89,7 +89,7 @@ fn shadow_run(
     // small exchanges are masked and compared on the lanes' own threads) are enough for
     // 2 cores and keep the thread count, and the allocator arenas that come with threads,
     // bounded. Two workers, not one: on a loaded host one thread's share of the CPU, and
-    // its wake-up latency, capped the replay at a fraction of the load (round 5).
+    // its wake-up latency, capped the replay at a fraction of the load (docs/fidelity.md, round 5b).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)

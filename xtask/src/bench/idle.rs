@@ -1,11 +1,11 @@
 //! Keeping the CPUs out of idle states while latencies of two services are compared.
 //!
 //! On this kind of machine (a VM with the `haltpoll` cpuidle driver) an idle vCPU halts,
-//! and a request that lands on a halted vCPU waits for it to wake: 10–20 µs added to a
+//! and a request that lands on a halted vCPU waits for it to wake: 6–19 µs added to a
 //! p50 of 30–40 µs. Which side of a comparison finds its CPU halted depends on who sent
 //! the request (legacy's load tool or the daemon's replay), not on the service, so the
-//! fidelity legs of two identical nginx read 0.74–0.82 with idle states allowed and
-//! 0.84–0.97 with them held off in the same quiet hour (docs/fidelity.md, round 5).
+//! live leg of two identical nginx at 1k req/s read 0.82–0.85 with idle states allowed
+//! and 0.84–0.96 with them held off in the same quiet hour (docs/fidelity.md, round 5a).
 //! Holding `/dev/cpu_dma_latency` at 0 is the kernel's PM QoS interface for exactly
 //! this; the request lasts while the file is open and ends when it is closed.
 
