@@ -39,23 +39,14 @@ pub const CAVEAT_SHARE_PERCENT: u64 = 5;
 pub const MIN_PERIODS_JUDGED: u64 = 20;
 
 impl QuotaThrottling {
-    /// `cpu.stat` of cgroup v2 (`throttled_usec`) or v1 (`throttled_time`, in ns).
+    /// `cpu.stat` of cgroup v2 or v1 ([`mirror_common::cpu_stat::CpuStat`]).
     pub fn parse(stat: &str) -> QuotaThrottling {
-        let mut t = QuotaThrottling::default();
-        for line in stat.lines() {
-            let mut kv = line.split_whitespace();
-            let (Some(k), Some(Ok(v))) = (kv.next(), kv.next().map(str::parse::<u64>)) else {
-                continue;
-            };
-            match k {
-                "nr_periods" => t.periods = v,
-                "nr_throttled" => t.throttled_periods = v,
-                "throttled_usec" => t.throttled_us = v,
-                "throttled_time" => t.throttled_us = v / 1_000,
-                _ => {}
-            }
+        let t = mirror_common::cpu_stat::CpuStat::parse(stat);
+        QuotaThrottling {
+            periods: t.periods,
+            throttled_periods: t.throttled_periods,
+            throttled_us: t.throttled_us,
         }
-        t
     }
 
     /// What happened between `self` (earlier) and `later`.

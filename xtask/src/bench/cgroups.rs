@@ -56,23 +56,15 @@ impl Throttling {
         }
     }
 
-    /// `cpu.stat` of cgroup v2 (`throttled_usec`) or v1 (`throttled_time`, ns).
+    /// `cpu.stat` of cgroup v2 or v1, as the daemon reads its own
+    /// ([`mirror_common::cpu_stat::CpuStat`]).
     fn parse(stat: &str) -> Throttling {
-        let mut t = Throttling::default();
-        for line in stat.lines() {
-            let mut kv = line.split_whitespace();
-            let (Some(k), Some(Ok(v))) = (kv.next(), kv.next().map(str::parse::<u64>)) else {
-                continue;
-            };
-            match k {
-                "nr_periods" => t.periods = v,
-                "nr_throttled" => t.throttled_periods = v,
-                "throttled_usec" => t.throttled_ms = v / 1_000,
-                "throttled_time" => t.throttled_ms = v / 1_000_000,
-                _ => {}
-            }
+        let t = mirror_common::cpu_stat::CpuStat::parse(stat);
+        Throttling {
+            periods: t.periods,
+            throttled_periods: t.throttled_periods,
+            throttled_ms: t.throttled_us / 1_000,
         }
-        t
     }
 }
 
