@@ -51,8 +51,24 @@ pub fn pipeline_thread(priority: PipelinePriority) {
 
 /// Called first on the capture thread (the ring-buffer reader).
 pub fn reader_thread(priority: PipelinePriority) {
+    above_pipeline(priority, "the ring-buffer reader");
+}
+
+/// Called first on the dashboard/metrics thread: scrapes are answered on a busy host,
+/// at the reader's priority (they cost little and come seldom).
+pub fn monitor_thread(priority: PipelinePriority) {
+    above_pipeline(priority, "the dashboard/metrics listener");
+}
+
+/// `SCHED_OTHER` at nice [`READER_NICE`], whatever the spawning thread's policy was (a
+/// thread inherits it, and a pipeline thread is `SCHED_IDLE`).
+fn above_pipeline(priority: PipelinePriority, what: &str) {
     if priority == PipelinePriority::Idle {
-        report(set_nice(READER_NICE), "nice for the ring-buffer reader");
+        // SAFETY: plain system call on the calling thread.
+        if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+            report(set_other(), &format!("SCHED_OTHER for {what}"));
+        }
+        report(set_nice(READER_NICE), &format!("nice for {what}"));
     }
 }
 
@@ -77,6 +93,18 @@ fn set_idle() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: plain system call on the calling thread with a valid parameter block.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The calling thread back to `SCHED_OTHER` (a no-op when it is already).
+fn set_other() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system call on the calling thread with a valid parameter block.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
     if rc == 0 {
         Ok(())
     } else {
@@ -127,6 +155,28 @@ mod tests {
         assert_eq!(policy, libc::SCHED_IDLE);
         let (policy, nice) = on_new_thread(|| reader_thread(PipelinePriority::Idle));
         assert_eq!((policy, nice), (libc::SCHED_OTHER, READER_NICE));
+    }
+
+    #[test]
+    fn the_dashboard_thread_leaves_sched_idle_even_when_an_idle_thread_starts_it() {
+        // Leaving SCHED_IDLE needs CAP_SYS_NICE (or an RLIMIT_NICE allowance).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (policy, _) = on_new_thread(|| {
+            pipeline_thread(PipelinePriority::Idle);
+            let inherited = on_new_thread(|| {});
+            assert_eq!(
+                inherited.0,
+                libc::SCHED_IDLE,
+                "a new thread inherits the policy"
+            );
+            let monitor = on_new_thread(|| monitor_thread(PipelinePriority::Idle));
+            assert_eq!(monitor, (libc::SCHED_OTHER, READER_NICE));
+        });
+        assert_eq!(policy, libc::SCHED_IDLE);
     }
 
     #[test]

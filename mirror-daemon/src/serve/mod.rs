@@ -24,10 +24,12 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
 };
+
+use arc_swap::ArcSwap;
 
 use axum::{
     Router,
@@ -87,7 +89,9 @@ pub type SampleControl = Arc<dyn Fn(f64) -> Result<(), String> + Send + Sync>;
 /// What the listener shows and controls; the app keeps the other ends.
 #[derive(Clone)]
 pub struct ServeState {
-    pub snapshot: Arc<RwLock<LiveSnapshot>>,
+    /// Swapped whole by the pipeline, read without a lock: a pipeline thread preempted
+    /// while publishing (it runs at `SCHED_IDLE`) can never hold a scrape up.
+    pub snapshot: Arc<ArcSwap<LiveSnapshot>>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
     pub control: Option<SampleControl>,
@@ -104,34 +108,56 @@ pub fn check_listen(cfg: &ServeConfig) -> Result<(), ServeError> {
 }
 
 /// Binds the listener, spawns the server task and returns the bound address at once.
-/// The server stops (finishing requests in flight) when `shutdown` completes.
 pub async fn serve(
     cfg: ServeConfig,
     state: ServeState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, ServeError> {
-    check_listen(&cfg)?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
+    let listener = Listener::bind(cfg, state).await?;
+    let bound = listener.addr;
+    tokio::spawn(listener.run(shutdown));
+    Ok(bound)
+}
+
+/// A bound listener, not yet serving: the caller chooses the runtime (and so the
+/// thread) that serves it.
+pub struct Listener {
+    pub addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    app: Router,
+}
+
+impl Listener {
+    /// Checks the address against the token rule and binds it.
+    pub async fn bind(cfg: ServeConfig, state: ServeState) -> Result<Listener, ServeError> {
+        check_listen(&cfg)?;
+        let bind_error = |source| ServeError::Bind {
             addr: cfg.listen,
             source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
-    let app = router(state, cfg.token.map(|t| TokenDigest::of(&t)));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let app = router(state, cfg.token.map(|t| TokenDigest::of(&t)));
+        tracing::info!("metrics and dashboard on http://{addr}/");
+        Ok(Listener {
+            addr,
+            listener,
+            app,
+        })
+    }
+
+    /// Serves until `shutdown` completes and open requests are answered.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let addr = self.addr;
+        if let Err(e) = axum::serve(self.listener, self.app)
             .with_graceful_shutdown(shutdown)
             .await
         {
-            tracing::error!("dashboard/metrics listener on {bound} stopped: {e}");
+            tracing::error!("dashboard/metrics listener on {addr} stopped: {e}");
         }
-    });
-    tracing::info!("metrics and dashboard on http://{bound}/");
-    Ok(bound)
+    }
 }
 
 #[derive(Clone)]
@@ -290,12 +316,7 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
 }
 
 async fn snapshot(State(app): State<AppState>) -> Response {
-    // Serialize under the read lock: a clone of a large snapshot would cost more.
-    let body = match app.serve.snapshot.read() {
-        Ok(s) => serde_json::to_string(&*s),
-        Err(poisoned) => serde_json::to_string(&*poisoned.into_inner()),
-    };
-    match body {
+    match serde_json::to_string(&**app.serve.snapshot.load()) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => {
             tracing::warn!("serializing the live snapshot: {e}");

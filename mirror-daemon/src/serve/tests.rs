@@ -1,7 +1,7 @@
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock, atomic::AtomicBool},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -18,7 +18,7 @@ use crate::{
 
 fn state(snapshot: LiveSnapshot, control: Option<SampleControl>) -> ServeState {
     ServeState {
-        snapshot: Arc::new(RwLock::new(snapshot)),
+        snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
         metrics: Arc::new(Metrics::new()),
         ready: Arc::new(AtomicBool::new(false)),
         control,
@@ -804,7 +804,7 @@ async fn snapshot_endpoint_serves_the_current_snapshot() {
     );
     let got: LiveSnapshot = serde_json::from_str(&r.body).unwrap();
     assert_eq!(got.verdict.status, "GO");
-    *snap.write().unwrap() = realistic(false);
+    snap.store(Arc::new(realistic(false)));
     let got: LiveSnapshot =
         serde_json::from_str(&http(addr, "GET", "/api/snapshot", &[], "").await.body).unwrap();
     assert_eq!(got.verdict.status, "NO-GO");

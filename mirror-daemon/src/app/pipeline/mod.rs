@@ -25,7 +25,7 @@ pub use start::start;
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::Instant,
@@ -77,7 +77,7 @@ pub struct Running {
     store: Arc<Store>,
     sampler: Arc<Sampler>,
     criteria: Criteria,
-    snapshot: Arc<RwLock<LiveSnapshot>>,
+    snapshot: Arc<arc_swap::ArcSwap<LiveSnapshot>>,
     run_view: RunView,
     ready: Arc<AtomicBool>,
     /// The kernel pre-sampling rate wanted (dashboard, SIGHUP) and the one applied.
@@ -417,8 +417,6 @@ impl Running {
             diffs,
             egress,
         };
-        if let Ok(mut s) = self.snapshot.write() {
-            *s = snap;
-        }
+        self.snapshot.store(Arc::new(snap));
     }
 }

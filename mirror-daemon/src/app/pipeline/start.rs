@@ -3,7 +3,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
@@ -126,7 +126,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
 
     let desired_ppm = Arc::new(AtomicU32::new(sampler.kernel_ppm().unwrap_or(PPM_ALL)));
     let run_view = run_view(&input, &host, &run_id, &replay, sample_percent);
-    let snapshot = Arc::new(RwLock::new(LiveSnapshot {
+    let snapshot = Arc::new(arc_swap::ArcSwap::from_pointee(LiveSnapshot {
         run: run_view.clone(),
         ..Default::default()
     }));
@@ -139,6 +139,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
             ready: ready.clone(),
             control: Some(sample_control(&sampler, &desired_ppm)),
         },
+        priority,
     )
     .await?;
 
@@ -255,17 +256,51 @@ async fn fence_candidate(
     Ok((fence, unfenced))
 }
 
-/// The dashboard, API and `/metrics` listener; it stops when the sender is used or
-/// dropped.
+/// The dashboard, API and `/metrics` listener, on its own thread at the reader's
+/// priority: the pipeline runs at `SCHED_IDLE`, and on a busy host a scrape served there
+/// would time out exactly when the SRE needs the figures. It stops when the sender is
+/// used or dropped.
 async fn open_dashboard(
     cfg: ServeConfig,
     state: ServeState,
+    priority: PipelinePriority,
 ) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let bound = serve::serve(cfg, state, async move {
-        let _ = stopped.await;
-    })
-    .await?;
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("dashboard".into())
+        .spawn(move || {
+            isolation::monitor_thread(priority);
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match serve::Listener::bind(cfg, state).await {
+                    Ok(listener) => {
+                        let _ = bound_tx.send(Ok(listener.addr));
+                        listener
+                            .run(async move {
+                                let _ = stopped.await;
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e.into()));
+                    }
+                }
+            });
+        })
+        .context("starting the dashboard thread")?;
+    let bound = bound_rx
+        .await
+        .context("the dashboard thread stopped before binding")??;
     eprintln!("dashboard: http://{bound}/   metrics: http://{bound}/metrics");
     Ok((bound, stop))
 }
