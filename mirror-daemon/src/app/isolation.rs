@@ -1,7 +1,7 @@
 //! CPU isolation: the daemon never takes CPU the legacy service wants.
 //!
 //! Every pipeline thread (tokio workers and blocking pool: sampling, masking, replay,
-//! comparison, store, dashboard) runs at `SCHED_IDLE`: it gets only CPU time nothing
+//! comparison, store) runs at `SCHED_IDLE`: it gets only CPU time nothing
 //! else on the host asks for. Under pressure those stages fall behind, their bounded
 //! queues fill, and the excess is dropped and counted (`queue_full`,
 //! `replay_queue_full`, `replay_late`, …) instead of slowing the legacy service.
@@ -12,6 +12,10 @@
 //! nice [`READER_NICE`]: above the idle pipeline, far below the legacy service's threads
 //! (weight 110 against 1024 for each nice-0 thread). Should it fall behind anyway, the
 //! kernel counts `ring_full`.
+//!
+//! The dashboard/metrics listener has its own thread at the reader's nice value: a
+//! scrape costs little and comes seldom, and served from the idle pipeline it would time
+//! out on a busy host, exactly when the figures matter.
 //!
 //! `--pipeline-priority normal` leaves every thread as it was started (for debugging, and
 //! for measuring what isolation buys: `cargo xtask bench`).
