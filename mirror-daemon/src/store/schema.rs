@@ -159,11 +159,12 @@ const V5: &[&str] = &["DROP INDEX IF EXISTS exchanges_route_outcome"];
 
 /// `exchanges_route_sample (route, sample_key)` was the one index with a random key (a
 /// hash): every insert landed on a random leaf page, so once a store outgrew the page
-/// cache each exchange cost a page read and a page written to the WAL (at 1.2M rows about
-/// three quarters of the insert's CPU; docs/cost.md, round 7). Its only reader, the latency sample,
-/// scanned it to avoid a sort and then fetched every row from the table in random order;
-/// without it, it reads the rows in table (or `exchanges_ts`, `exchanges_host_run`) order
-/// and sorts them, which measured faster on a 1M-row store. The sample is the same rows.
+/// cache each exchange cost a page read and a page written to the WAL (at 1.2M rows
+/// about three quarters of the insert's CPU; docs/cost.md, round 7). Its readers, the
+/// latency sample and the unfiltered counts per route, scanned it to avoid a sort and
+/// fetched every row from the table in random order; without it they read the table (or
+/// `exchanges_ts`, `exchanges_host_run`) in order and sort, faster on a 1.2M-row store.
+/// The sample is the same rows.
 const V6: &[&str] = &["DROP INDEX IF EXISTS exchanges_route_sample"];
 
 /// Creates the version table (idempotent).
