@@ -36,8 +36,8 @@ fn star_indexes(s: &str) -> String {
 }
 
 /// A deterministic pseudo-random key per exchange id. `load` samples latencies by taking
-/// the lowest keys per route: a uniform sample that is the same from both backends and
-/// can be read off an index.
+/// the lowest keys per route: a uniform sample that is the same from both backends. No
+/// index holds it (schema 6): a random key would make every insert touch a random page.
 pub(crate) fn sample_key(host: &str, id: &str) -> i64 {
     // FNV-1a over host, a separator and id, then a SplitMix64 finalizer to spread bits.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -32,11 +32,11 @@ impl Dialect {
 }
 
 /// The schema version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations, in order; migration `i` brings the schema from version `i` to `i + 1`.
 /// Queries must not contain `?` other than placeholders (PostgreSQL rewriting is textual).
-pub(crate) const MIGRATIONS: &[&[&str]] = &[V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: &[&[&str]] = &[V1, V2, V3, V4, V5, V6];
 
 /// The first schema.
 const V1: &[&str] = &[
@@ -157,6 +157,16 @@ const V4: &[&str] = &["ALTER TABLE runs ADD COLUMN candidate_cpu TEXT"];
 /// groups its few groups in a temporary tree, a report-time cost instead of a per-exchange one.
 const V5: &[&str] = &["DROP INDEX IF EXISTS exchanges_route_outcome"];
 
+/// `exchanges_route_sample (route, sample_key)` was the one index with a random key (a
+/// hash): every insert landed on a random leaf page, so once a store outgrew the page
+/// cache each exchange cost a page read and a page written to the WAL (at 1.2M rows
+/// about three quarters of the insert's CPU; docs/cost.md, round 7). Its readers, the
+/// latency sample and the unfiltered counts per route, scanned it to avoid a sort and
+/// fetched every row from the table in random order; without it they read the table (or
+/// `exchanges_ts`, `exchanges_host_run`) in order and sort, faster on a 1.2M-row store.
+/// The sample is the same rows.
+const V6: &[&str] = &["DROP INDEX IF EXISTS exchanges_route_sample"];
+
 /// Creates the version table (idempotent).
 pub(crate) const CREATE_VERSION_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
@@ -177,7 +187,7 @@ pub(crate) const INSERT_EXCHANGE: &str = concat!(insert_exchange!(), " RETURNING
 
 /// SQLite's write path: the same insert without `RETURNING`. SQLite runs a `RETURNING`
 /// clause as a trigger, and a statement with a trigger keeps a statement journal (a copy
-/// of every page it touches: the table and its four indexes, about a quarter of the
+/// of every page it touches: the table and its indexes, about a quarter of the
 /// insert's instructions); the writer reads whether the row was inserted from the change
 /// count and its `seq` from the last rowid instead.
 pub(crate) const INSERT_EXCHANGE_SQLITE: &str = insert_exchange!();

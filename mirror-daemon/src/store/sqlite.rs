@@ -39,8 +39,9 @@ fn connect(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
     // NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power loss
     // can undo the last transactions, never corrupt the file.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // The default 2 MiB page cache thrashes once the indexes outgrow it (random sample_key
-    // inserts, report scans); 64 MiB keeps a 1M-row store's indexes mostly in memory.
+    // The default 2 MiB page cache thrashes once the indexes outgrow it (report scans; the
+    // indexes' inserts land at their right edge since schema 6); 64 MiB keeps a 1M-row
+    // store's indexes mostly in memory.
     conn.pragma_update(None, "cache_size", -65_536)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)

@@ -1280,18 +1280,15 @@ const V4_EXCHANGE: &str = "INSERT INTO exchanges (host, id, run_id, ts_unix_ms, 
     200, 500, 1, 1000, 2000, 1500, 2500, 7, '[]')";
 
 /// What a store migrated from version 4 must give: no `exchanges_route_outcome` index
-/// (`indexes` lists the exchanges table's indexes), the old exchange still counted per
-/// route and outcome, and new ones counted beside it.
+/// (`indexes` lists the exchanges table's indexes; `exchanges_route_sample` goes too, in
+/// schema 6), the old exchange still counted per route and outcome, and new ones counted
+/// beside it.
 async fn check_migrated_from_4(store: &Store, indexes: Vec<String>) {
     assert!(
         !indexes.iter().any(|i| i == "exchanges_route_outcome"),
         "{indexes:?}"
     );
-    for kept in [
-        "exchanges_ts",
-        "exchanges_route_sample",
-        "exchanges_host_run",
-    ] {
+    for kept in ["exchanges_ts", "exchanges_host_run"] {
         assert!(indexes.iter().any(|i| i == kept), "{kept} in {indexes:?}");
     }
     let new = [
@@ -1351,6 +1348,192 @@ async fn postgres_store_of_schema_4_migrates_without_the_route_outcome_index() {
         .map(|row| row.get::<_, String>(0))
         .collect();
     check_migrated_from_4(&store, indexes).await;
+}
+
+// Migration from schema version 5 (exchanges had a (route, sample_key) index).
+
+/// An exchange row as a schema-5 build wrote it: `sample_key` computed as the writer does.
+fn v5_exchange(id: &str, route: &str, ts: i64, ttfb: i64) -> String {
+    format!(
+        "INSERT INTO exchanges (host, id, run_id, ts_unix_ms, route, method, target, outcome, \
+         error_kind, legacy_status, candidate_status, status_mismatch, legacy_ttfb_ns, \
+         legacy_ttlb_ns, candidate_ttfb_ns, candidate_ttlb_ns, sample_key, diffs) VALUES \
+         ('old-host', '{id}', 'old-run', {ts}, '{route}', 'GET', '/x', 'matched', NULL, 200, 200, \
+         0, {ttfb}, {ttlb}, {ttfb}, {ttlb}, {key}, '[]')",
+        ttlb = ttfb + 1,
+        key = super::rows::sample_key("old-host", id),
+    )
+}
+
+/// Exchanges per route in the schema-5 tests: more than the sample size, so the sample is
+/// a proper subset, on two routes.
+const V5_ROWS: i64 = 60;
+const V5_SAMPLES: u32 = 25;
+
+/// The latency sample by its definition, in Rust: per route, the `V5_SAMPLES` exchanges
+/// with the lowest (sample_key, host, id), in that order, each exchange's legacy TTFB.
+fn lowest_keys(rows: &[(String, String, String, i64, u64)], since: i64) -> Vec<(String, Vec<u64>)> {
+    let mut by_route: BTreeMapOf<String, Vec<(i64, &str, &str, u64)>> = Default::default();
+    for (host, id, route, ts, ttfb) in rows {
+        if *ts >= since {
+            by_route.entry(route.clone()).or_default().push((
+                super::rows::sample_key(host, id),
+                host,
+                id,
+                *ttfb,
+            ));
+        }
+    }
+    by_route
+        .into_iter()
+        .map(|(route, mut v)| {
+            v.sort();
+            let take = v.iter().take(V5_SAMPLES as usize).map(|x| x.3).collect();
+            (route, take)
+        })
+        .collect()
+}
+
+type BTreeMapOf<K, V> = std::collections::BTreeMap<K, V>;
+
+/// A migrated schema-5 store has no `exchanges_route_sample`, and its latency sample,
+/// unfiltered and filtered by time, over old rows and new ones, is still the rows with the
+/// lowest sample keys per route, in key order: what the index used to be read for.
+async fn check_migrated_from_5(store: &Store, indexes: Vec<String>) {
+    assert!(
+        !indexes.iter().any(|i| i == "exchanges_route_sample"),
+        "{indexes:?}"
+    );
+    for kept in ["exchanges_ts", "exchanges_host_run"] {
+        assert!(indexes.iter().any(|i| i == kept), "{kept} in {indexes:?}");
+    }
+    let mut all: Vec<(String, String, String, i64, u64)> = (0..V5_ROWS)
+        .flat_map(|i| {
+            ["GET /a", "GET /b"].map(|route| {
+                let id = format!("old-{route}-{i}");
+                (
+                    "old-host".to_string(),
+                    id,
+                    route.to_string(),
+                    i,
+                    1_000 + i as u64,
+                )
+            })
+        })
+        .collect();
+    let new: Vec<ExchangeRecord> = (0..V5_ROWS)
+        .map(|i| {
+            let route = if i % 2 == 0 { "GET /a" } else { "GET /b" };
+            let mut r = record(
+                "new-host",
+                &format!("new-{i}"),
+                100 + i,
+                route,
+                Outcome::Matched,
+            );
+            r.legacy_ttfb_ns = 5_000 + i as u64;
+            all.push((
+                r.host.clone(),
+                r.id.clone(),
+                route.into(),
+                r.ts_unix_ms,
+                r.legacy_ttfb_ns,
+            ));
+            r
+        })
+        .collect();
+    store.write_batch(&new).await.expect("new exchanges");
+    for since in [None, Some(30), Some(100)] {
+        let filter = ReportFilter {
+            since,
+            ..ReportFilter::default()
+        };
+        let ev = store.load(&filter).await.expect("load");
+        let got: Vec<(String, Vec<u64>)> = ev
+            .latency
+            .iter()
+            .map(|l| {
+                (
+                    l.route.clone(),
+                    l.samples.iter().map(|s| s.legacy_ttfb_ns).collect(),
+                )
+            })
+            .collect();
+        let want = lowest_keys(&all, since.unwrap_or(i64::MIN));
+        assert_eq!(got, want, "since {since:?}");
+        assert!(got.iter().all(|(_, v)| v.len() == V5_SAMPLES as usize));
+    }
+}
+
+fn v5_rows() -> Vec<String> {
+    (0..V5_ROWS)
+        .flat_map(|i| {
+            ["GET /a", "GET /b"].map(|r| v5_exchange(&format!("old-{r}-{i}"), r, i, 1_000 + i))
+        })
+        .collect()
+}
+
+fn v5_opts() -> StoreOptions {
+    StoreOptions {
+        latency_samples_per_route: V5_SAMPLES,
+        ..opts()
+    }
+}
+
+#[tokio::test]
+async fn sqlite_store_of_schema_5_migrates_without_the_route_sample_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mirror.db");
+    let rows = v5_rows();
+    old_sqlite_store(&path, 5, &rows[0], &[]);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    for q in &rows[1..] {
+        conn.execute(q, []).expect("old exchange");
+    }
+    let url = parse_store_url(path.to_str().expect("utf-8")).expect("url");
+    let store = Store::open(&url, v5_opts())
+        .await
+        .expect("open and migrate");
+    let mut list = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges'")
+        .expect("prepare");
+    let indexes = list
+        .query_map([], |row| row.get::<_, String>(0))
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("index names");
+    check_migrated_from_5(&store, indexes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_of_schema_5_migrates_without_the_route_sample_index() {
+    let Some(server) = PgTestServer::start() else {
+        return;
+    };
+    let url = server.create_database("v5").await;
+    let rows = v5_rows();
+    old_postgres_store(&url, 5, &rows[0], &[]).await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    for q in &rows[1..] {
+        client.batch_execute(q).await.expect("old exchange");
+    }
+    let store = Store::open(&parse_store_url(&url).expect("url"), v5_opts())
+        .await
+        .expect("open and migrate");
+    let indexes = client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'exchanges'",
+            &[],
+        )
+        .await
+        .expect("index names")
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect();
+    check_migrated_from_5(&store, indexes).await;
 }
 
 // `replay_late` (a drop reason added without a schema change: ledgers are stored as JSON
