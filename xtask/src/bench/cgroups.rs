@@ -9,6 +9,76 @@ use anyhow::{Context as _, Result};
 
 /// deploy/mirror.service: `CPUWeight=20` (cgroup v1: shares = weight × 1024 / 100).
 pub const DAEMON_CPU_WEIGHT: u64 = 20;
+
+/// How the daemon's threads sit in its cgroup (`--daemon-cpu-weight`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum DaemonWeight {
+    /// `cpu.weight` of the daemon's cgroup, every thread in it (deploy/mirror.service:
+    /// 20). `SCHED_IDLE` threads inside still get the group's share: the policy ranks
+    /// them only against the group's other threads.
+    Weight(u64),
+    /// Started at weight 20, then (once the tap is attached) every thread moved to a
+    /// child cgroup marked `cpu.idle`: the whole daemon, reader included, runs only on
+    /// CPU nothing outside it wants.
+    Idle,
+    /// Started at weight 20, then every thread but the ring-buffer reader (`capture`)
+    /// moved to the `cpu.idle` child: the reader keeps the group's share, the pipeline
+    /// gets only idle CPU.
+    Split,
+}
+
+impl std::str::FromStr for DaemonWeight {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "idle" => Ok(DaemonWeight::Idle),
+            "split" => Ok(DaemonWeight::Split),
+            n => match n.parse::<u64>() {
+                Ok(w) if (1..=10_000).contains(&w) => Ok(DaemonWeight::Weight(w)),
+                _ => Err(format!(
+                    "`{n}`: expected `idle`, `split` or a weight 1–10000"
+                )),
+            },
+        }
+    }
+}
+
+static DAEMON_WEIGHT: std::sync::OnceLock<DaemonWeight> = std::sync::OnceLock::new();
+
+pub fn set_daemon_weight(w: DaemonWeight) {
+    let _ = DAEMON_WEIGHT.set(w);
+}
+
+/// The daemon cgroup's weight for this run (deploy/mirror.service's unless overridden).
+pub fn daemon_weight() -> DaemonWeight {
+    DAEMON_WEIGHT
+        .get()
+        .copied()
+        .unwrap_or(DaemonWeight::Weight(DAEMON_CPU_WEIGHT))
+}
+
+/// The weight of the daemon's cgroup itself (`Idle` and `Split` start there).
+pub fn daemon_group_weight() -> u64 {
+    match daemon_weight() {
+        DaemonWeight::Weight(w) => w,
+        DaemonWeight::Idle | DaemonWeight::Split => DAEMON_CPU_WEIGHT,
+    }
+}
+
+impl std::fmt::Display for DaemonWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonWeight::Idle => {
+                f.write_str("idle (all threads in a cpu.idle child once attached)")
+            }
+            DaemonWeight::Split => {
+                f.write_str("split (all but the reader in a cpu.idle child once attached)")
+            }
+            DaemonWeight::Weight(w) => write!(f, "{w}"),
+        }
+    }
+}
+
 /// deploy/mirror.service: `CPUQuota=50%`.
 pub const DAEMON_CPU_PERCENT: u64 = 50;
 /// The candidate's limit, as `--candidate-cpu 50%` would set it.
@@ -111,6 +181,31 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// A child cgroup marked `cpu.idle` (kernel 5.15+, either hierarchy): its threads
+    /// compete with everything outside it as `SCHED_IDLE` tasks do. On cgroup v2 it is
+    /// made threaded, so single threads can move into it.
+    pub fn idle_child(&self, name: &str) -> Result<Cgroup> {
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let child = Cgroup { dir };
+        if child.dir.join("cgroup.type").exists() {
+            child.write("cgroup.type", "threaded")?;
+            self.write("cgroup.subtree_control", "+cpu")?;
+        }
+        child.write("cpu.idle", "1")?;
+        Ok(child)
+    }
+
+    /// Moves one thread into the cgroup (v1 `tasks`, v2 `cgroup.threads`).
+    pub fn add_thread(&self, tid: u32) -> Result<()> {
+        let file = if self.dir.join("cgroup.threads").exists() {
+            "cgroup.threads"
+        } else {
+            "tasks"
+        };
+        self.write(file, &tid.to_string())
+    }
+
     /// Moves a process (all its threads) into the cgroup.
     pub fn add(&self, pid: u32) -> Result<()> {
         self.write("cgroup.procs", &pid.to_string())
@@ -145,6 +240,16 @@ impl Drop for Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn daemon_weight_is_idle_or_a_cgroup_weight() {
+        assert_eq!("idle".parse(), Ok(DaemonWeight::Idle));
+        assert_eq!("split".parse(), Ok(DaemonWeight::Split));
+        assert_eq!("20".parse(), Ok(DaemonWeight::Weight(20)));
+        assert!("0".parse::<DaemonWeight>().is_err());
+        assert!("10001".parse::<DaemonWeight>().is_err());
+        assert!("Idle".parse::<DaemonWeight>().is_err());
+    }
 
     #[test]
     fn cpu_stat_of_either_hierarchy_gives_the_throttling() {

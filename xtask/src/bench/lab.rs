@@ -90,6 +90,9 @@ pub struct Lab {
     /// The daemon's cgroup (deploy/mirror.service's CPU settings) and the candidate's
     /// (a stated CPU limit): see `cgroups`.
     pub daemon_cgroup: Option<Cgroup>,
+    /// `--daemon-cpu-weight idle|split`: the `cpu.idle` child of `daemon_cgroup` the
+    /// daemon's threads move to once the tap is attached.
+    pub daemon_idle_cgroup: Option<Cgroup>,
     /// Measuring instruments (the fidelity section's tap on the candidate's interface):
     /// the daemon's weight, but not its quota, which is the product's own.
     pub instruments_cgroup: Option<Cgroup>,
@@ -110,6 +113,7 @@ impl Lab {
             created: Vec::new(),
             bpf_stats_old: None,
             daemon_cgroup: None,
+            daemon_idle_cgroup: None,
             instruments_cgroup: None,
             candidate_cgroup: None,
         };
@@ -179,12 +183,17 @@ impl Lab {
         lab.sysctl(s, "net.core.somaxconn", "65535")?;
         lab.sysctl(s, "net.ipv4.tcp_max_syn_backlog", "65535")?;
         super::clients::spread(c, &cif, SERVER_IP, &LEGACY_PORTS)?;
-        lab.daemon_cgroup = Some(Cgroup::create(
+        let daemon_cgroup = Cgroup::create(
             &format!("mbench-{id}-daemon"),
-            Some(cgroups::DAEMON_CPU_WEIGHT),
+            Some(cgroups::daemon_group_weight()),
             cgroups::daemon_cpu_quota().0,
             cgroups::daemon_cpu_quota().1,
-        )?);
+        )?;
+        if cgroups::daemon_weight() != cgroups::DaemonWeight::Weight(cgroups::daemon_group_weight())
+        {
+            lab.daemon_idle_cgroup = Some(daemon_cgroup.idle_child("idle")?);
+        }
+        lab.daemon_cgroup = Some(daemon_cgroup);
         lab.instruments_cgroup = Some(Cgroup::create(
             &format!("mbench-{id}-instruments"),
             Some(cgroups::DAEMON_CPU_WEIGHT),
@@ -260,6 +269,7 @@ impl Drop for Lab {
             let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
         }
         let _ = fs::remove_dir_all(&self.dir);
+        self.daemon_idle_cgroup = None;
         self.daemon_cgroup = None;
         self.instruments_cgroup = None;
         self.candidate_cgroup = None;

@@ -102,6 +102,24 @@ pub fn pipeline_priority() -> &'static str {
     PIPELINE_PRIORITY.get().map_or("idle", String::as_str)
 }
 
+/// `--daemon-cpu-weight idle|split`: the daemon's threads (all, or all but the reader)
+/// into the `cpu.idle` child. Threads started later inherit their creator's cgroup.
+fn move_to_idle(idle: &super::cgroups::Cgroup, pid: u32) -> Result<()> {
+    let keep_reader = super::cgroups::daemon_weight() == super::cgroups::DaemonWeight::Split;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if keep_reader && comm.trim() == "capture" {
+            continue;
+        }
+        idle.add_thread(tid)?;
+    }
+    Ok(())
+}
+
 impl TapDaemon {
     /// `run` replaying every request (the cost and growth sections' configuration).
     pub fn start(lab: &Lab, daemon: &Path, mode: TapMode, port: u16, bound: u64) -> Result<Self> {
@@ -204,6 +222,9 @@ impl TapDaemon {
                     .with_context(|| format!("mirror-daemon run: {}", proc.tail()))?;
                 proc.wait_for("tap attached", Duration::from_secs(30))?;
             }
+        }
+        if let Some(idle) = &lab.daemon_idle_cgroup {
+            move_to_idle(idle, proc.pid())?;
         }
         Ok(TapDaemon {
             mode,
