@@ -375,10 +375,7 @@ pub struct PipelineArgs {
     pub max_headers: usize,
     /// `idle`: pipeline threads at SCHED_IDLE, the ring-buffer reader at nice 10, so the
     /// daemon only takes CPU the legacy service leaves (excess is dropped and counted);
-    /// `idle-cgroup`: as `idle`, and once the tap is attached the pipeline threads move
-    /// into a child cgroup marked cpu.idle (SCHED_IDLE alone ranks them only within the
-    /// daemon's cgroup, which competes at its weight); `normal`: threads keep the
-    /// service's priority (debugging, comparisons).
+    /// `normal`: threads keep the service's priority (debugging, comparisons).
     #[arg(long, value_enum, default_value_t = mirror_daemon::app::isolation::PipelinePriority::Idle)]
     pub pipeline_priority: mirror_daemon::app::isolation::PipelinePriority,
 }

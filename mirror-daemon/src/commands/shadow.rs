@@ -98,15 +98,8 @@ fn shadow_run(
         .build()?;
     rt.block_on(async move {
         let mut running = pipeline::start(plan).await?;
-        // The tap is attached: under `idle-cgroup` the pipeline now takes only CPU nobody
-        // else wants.
-        let idle = isolation::IdleGroup::enter(p.pipeline_priority);
         let stopped_by = until_stopped(&mut running, &mut signals, config.as_ref()).await;
         tracing::info!(reason = stopped_by.as_str(), "stopping");
-        // The drain (replays in flight, the store's last commit) at the group's weight.
-        if let Some(g) = idle {
-            g.leave();
-        }
         let end = running.shutdown(deadlines).await?;
         Ok(print_final(&end, stopped_by))
     })

@@ -21,10 +21,6 @@ pub enum DaemonWeight {
     /// child cgroup marked `cpu.idle`: the whole daemon, reader included, runs only on
     /// CPU nothing outside it wants.
     Idle,
-    /// Started at weight 20, then every thread but the ring-buffer reader (`capture`)
-    /// moved to the `cpu.idle` child: the reader keeps the group's share, the pipeline
-    /// gets only idle CPU.
-    Split,
 }
 
 impl std::str::FromStr for DaemonWeight {
@@ -32,12 +28,9 @@ impl std::str::FromStr for DaemonWeight {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "idle" => Ok(DaemonWeight::Idle),
-            "split" => Ok(DaemonWeight::Split),
             n => match n.parse::<u64>() {
                 Ok(w) if (1..=10_000).contains(&w) => Ok(DaemonWeight::Weight(w)),
-                _ => Err(format!(
-                    "`{n}`: expected `idle`, `split` or a weight 1–10000"
-                )),
+                _ => Err(format!("`{n}`: expected `idle` or a weight 1–10000")),
             },
         }
     }
@@ -57,11 +50,11 @@ pub fn daemon_weight() -> DaemonWeight {
         .unwrap_or(DaemonWeight::Weight(DAEMON_CPU_WEIGHT))
 }
 
-/// The weight of the daemon's cgroup itself (`Idle` and `Split` start there).
+/// The weight of the daemon's cgroup itself (`Idle` starts there).
 pub fn daemon_group_weight() -> u64 {
     match daemon_weight() {
         DaemonWeight::Weight(w) => w,
-        DaemonWeight::Idle | DaemonWeight::Split => DAEMON_CPU_WEIGHT,
+        DaemonWeight::Idle => DAEMON_CPU_WEIGHT,
     }
 }
 
@@ -70,9 +63,6 @@ impl std::fmt::Display for DaemonWeight {
         match self {
             DaemonWeight::Idle => {
                 f.write_str("idle (all threads in a cpu.idle child once attached)")
-            }
-            DaemonWeight::Split => {
-                f.write_str("split (all but the reader in a cpu.idle child once attached)")
             }
             DaemonWeight::Weight(w) => write!(f, "{w}"),
         }
@@ -244,7 +234,7 @@ mod tests {
     #[test]
     fn daemon_weight_is_idle_or_a_cgroup_weight() {
         assert_eq!("idle".parse(), Ok(DaemonWeight::Idle));
-        assert_eq!("split".parse(), Ok(DaemonWeight::Split));
+        assert!("split".parse::<DaemonWeight>().is_err());
         assert_eq!("20".parse(), Ok(DaemonWeight::Weight(20)));
         assert!("0".parse::<DaemonWeight>().is_err());
         assert!("10001".parse::<DaemonWeight>().is_err());

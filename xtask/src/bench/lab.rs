@@ -90,7 +90,7 @@ pub struct Lab {
     /// The daemon's cgroup (deploy/mirror.service's CPU settings) and the candidate's
     /// (a stated CPU limit): see `cgroups`.
     pub daemon_cgroup: Option<Cgroup>,
-    /// `--daemon-cpu-weight idle|split`: the `cpu.idle` child of `daemon_cgroup` the
+    /// `--daemon-cpu-weight idle`: the `cpu.idle` child of `daemon_cgroup` the
     /// daemon's threads move to once the tap is attached.
     pub daemon_idle_cgroup: Option<Cgroup>,
     /// Measuring instruments (the fidelity section's tap on the candidate's interface):

@@ -64,9 +64,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = cgroups::DAEMON_CPU_PERCENT, value_parser = clap::value_parser!(u64).range(1..=800))]
     daemon_cpu_percent: u64,
     /// The daemon cgroup's CPU weight (default 20: deploy/mirror.service's `CPUWeight=`),
-    /// or `idle` / `split`: started at 20, then once the tap is attached every thread
-    /// (`idle`) or every thread but the ring-buffer reader (`split`) moved to a child
-    /// cgroup marked `cpu.idle`, to measure what true idle scheduling would buy.
+    /// or `idle`: started at 20, then once the tap is attached every thread, the
+    /// ring-buffer reader included, moved to a child cgroup marked `cpu.idle` (what an
+    /// entirely idle daemon would cost: `CPUWeight=idle` on the unit, without starving
+    /// the tap's start-up).
     #[arg(long, default_value = "20")]
     daemon_cpu_weight: cgroups::DaemonWeight,
     /// Only this legacy service in the overhead, completeness and capture-path sections

@@ -102,19 +102,14 @@ pub fn pipeline_priority() -> &'static str {
     PIPELINE_PRIORITY.get().map_or("idle", String::as_str)
 }
 
-/// `--daemon-cpu-weight idle|split`: the daemon's threads (all, or all but the reader)
-/// into the `cpu.idle` child. Threads started later inherit their creator's cgroup.
+/// `--daemon-cpu-weight idle`: every thread of the daemon into the `cpu.idle` child.
+/// Threads started later inherit their creator's cgroup.
 fn move_to_idle(idle: &super::cgroups::Cgroup, pid: u32) -> Result<()> {
-    let keep_reader = super::cgroups::daemon_weight() == super::cgroups::DaemonWeight::Split;
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let entry = entry?;
         let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if keep_reader && comm.trim() == "capture" {
-            continue;
-        }
         idle.add_thread(tid)?;
     }
     Ok(())
