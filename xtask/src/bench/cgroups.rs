@@ -17,9 +17,9 @@ pub enum DaemonWeight {
     /// 20). `SCHED_IDLE` threads inside still get the group's share: the policy ranks
     /// them only against the group's other threads.
     Weight(u64),
-    /// Started at weight 20, then (once the tap is attached) every thread moved to a
-    /// child cgroup marked `cpu.idle`: the whole daemon, reader included, runs only on
-    /// CPU nothing outside it wants.
+    /// Started at weight 20, then (once the tap is attached) the daemon's cgroup marked
+    /// `cpu.idle` until it is stopped: the whole daemon, reader included, runs only on
+    /// CPU nothing outside it wants (deploy/mirror.service would say `CPUWeight=idle`).
     Idle,
 }
 
@@ -61,9 +61,7 @@ pub fn daemon_group_weight() -> u64 {
 impl std::fmt::Display for DaemonWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DaemonWeight::Idle => {
-                f.write_str("idle (all threads in a cpu.idle child once attached)")
-            }
+            DaemonWeight::Idle => f.write_str("idle (cpu.idle once attached)"),
             DaemonWeight::Weight(w) => write!(f, "{w}"),
         }
     }
@@ -171,29 +169,12 @@ impl Cgroup {
         Ok(cg)
     }
 
-    /// A child cgroup marked `cpu.idle` (kernel 5.15+, either hierarchy): its threads
-    /// compete with everything outside it as `SCHED_IDLE` tasks do. On cgroup v2 it is
-    /// made threaded, so single threads can move into it.
-    pub fn idle_child(&self, name: &str) -> Result<Cgroup> {
-        let dir = self.dir.join(name);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let child = Cgroup { dir };
-        if child.dir.join("cgroup.type").exists() {
-            child.write("cgroup.type", "threaded")?;
-            self.write("cgroup.subtree_control", "+cpu")?;
-        }
-        child.write("cpu.idle", "1")?;
-        Ok(child)
-    }
-
-    /// Moves one thread into the cgroup (v1 `tasks`, v2 `cgroup.threads`).
-    pub fn add_thread(&self, tid: u32) -> Result<()> {
-        let file = if self.dir.join("cgroup.threads").exists() {
-            "cgroup.threads"
-        } else {
-            "tasks"
-        };
-        self.write(file, &tid.to_string())
+    /// Marks the cgroup `cpu.idle` or not (kernel 5.15+, either hierarchy): idle, its
+    /// threads compete with its siblings (here the legacy service, in the root) as
+    /// `SCHED_IDLE` tasks do. A `cpu.idle` child of it would not do: idle only against
+    /// the group's other members, while the group keeps its weight (docs/cost.md).
+    pub fn set_idle(&self, idle: bool) -> Result<()> {
+        self.write("cpu.idle", if idle { "1" } else { "0" })
     }
 
     /// Moves a process (all its threads) into the cgroup.

@@ -90,9 +90,6 @@ pub struct Lab {
     /// The daemon's cgroup (deploy/mirror.service's CPU settings) and the candidate's
     /// (a stated CPU limit): see `cgroups`.
     pub daemon_cgroup: Option<Cgroup>,
-    /// `--daemon-cpu-weight idle`: the `cpu.idle` child of `daemon_cgroup` the
-    /// daemon's threads move to once the tap is attached.
-    pub daemon_idle_cgroup: Option<Cgroup>,
     /// Measuring instruments (the fidelity section's tap on the candidate's interface):
     /// the daemon's weight, but not its quota, which is the product's own.
     pub instruments_cgroup: Option<Cgroup>,
@@ -113,7 +110,6 @@ impl Lab {
             created: Vec::new(),
             bpf_stats_old: None,
             daemon_cgroup: None,
-            daemon_idle_cgroup: None,
             instruments_cgroup: None,
             candidate_cgroup: None,
         };
@@ -189,10 +185,6 @@ impl Lab {
             cgroups::daemon_cpu_quota().0,
             cgroups::daemon_cpu_quota().1,
         )?;
-        if cgroups::daemon_weight() != cgroups::DaemonWeight::Weight(cgroups::daemon_group_weight())
-        {
-            lab.daemon_idle_cgroup = Some(daemon_cgroup.idle_child("idle")?);
-        }
         lab.daemon_cgroup = Some(daemon_cgroup);
         lab.instruments_cgroup = Some(Cgroup::create(
             &format!("mbench-{id}-instruments"),
@@ -269,7 +261,6 @@ impl Drop for Lab {
             let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
         }
         let _ = fs::remove_dir_all(&self.dir);
-        self.daemon_idle_cgroup = None;
         self.daemon_cgroup = None;
         self.instruments_cgroup = None;
         self.candidate_cgroup = None;

@@ -102,19 +102,6 @@ pub fn pipeline_priority() -> &'static str {
     PIPELINE_PRIORITY.get().map_or("idle", String::as_str)
 }
 
-/// `--daemon-cpu-weight idle`: every thread of the daemon into the `cpu.idle` child.
-/// Threads started later inherit their creator's cgroup.
-fn move_to_idle(idle: &super::cgroups::Cgroup, pid: u32) -> Result<()> {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let entry = entry?;
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        idle.add_thread(tid)?;
-    }
-    Ok(())
-}
-
 impl TapDaemon {
     /// `run` replaying every request (the cost and growth sections' configuration).
     pub fn start(lab: &Lab, daemon: &Path, mode: TapMode, port: u16, bound: u64) -> Result<Self> {
@@ -218,8 +205,11 @@ impl TapDaemon {
                 proc.wait_for("tap attached", Duration::from_secs(30))?;
             }
         }
-        if let Some(idle) = &lab.daemon_idle_cgroup {
-            move_to_idle(idle, proc.pid())?;
+        // `--daemon-cpu-weight idle`: idle once attached (start-up is not starved).
+        if let Some(cg) = &lab.daemon_cgroup
+            && super::cgroups::daemon_weight() == super::cgroups::DaemonWeight::Idle
+        {
+            cg.set_idle(true)?;
         }
         Ok(TapDaemon {
             mode,
@@ -235,6 +225,10 @@ impl TapDaemon {
 
     /// Stops the daemon and counts what it rebuilt.
     pub fn stop(mut self, lab: &Lab, daemon: &Path) -> Result<TapReport> {
+        // The stop and its drain at the group's weight again.
+        if let Some(cg) = &lab.daemon_cgroup {
+            let _ = cg.set_idle(false);
+        }
         let mut report = TapReport {
             mode: self.mode.label().into(),
             ..TapReport::default()
