@@ -1,10 +1,13 @@
 //! CPU isolation: the daemon never takes CPU the legacy service wants.
 //!
 //! Every pipeline thread (tokio workers and blocking pool: sampling, masking, replay,
-//! comparison, store, dashboard) runs at `SCHED_IDLE`: it gets only CPU time nothing
-//! else on the host asks for. Under pressure those stages fall behind, their bounded
-//! queues fill, and the excess is dropped and counted (`queue_full`,
-//! `replay_queue_full`, `replay_late`, …) instead of slowing the legacy service.
+//! comparison, store, dashboard) runs at `SCHED_IDLE`: it gets no CPU time the daemon's
+//! other threads ask for. Against the legacy service it is the daemon's cgroup that
+//! competes, at its weight (deploy/mirror.service's `CPUWeight=20`): a `SCHED_IDLE`
+//! thread alone in that cgroup still took 5–28 % of a CPU from a saturated host, and a
+//! `cpu.idle` child cgroup would not change that (docs/cost.md, round 7). Under pressure
+//! those stages fall behind, their bounded queues fill, and the excess is dropped and
+//! counted (`queue_full`, `replay_queue_full`, `replay_late`, …).
 //!
 //! The capture thread is the ring-buffer reader: it frees ring space as it reassembles
 //! and frames in place (the records are borrowed from the ring, never copied), so it is
