@@ -88,9 +88,10 @@ fn unit_has_the_promised_settings() {
         ("MemoryMax", "512M"),
         ("CPUQuota", "50%"),
         // Issue 16: below the services it watches; the daemon sets its own threads'
-        // policies (pipeline SCHED_IDLE, reader nice 10), so no CPUSchedulingPolicy.
+        // policies (pipeline SCHED_IDLE, reader nice 10), so no CPUSchedulingPolicy, and
+        // those rank threads only within the unit's cgroup: the lowest weight.
         ("Nice", "10"),
-        ("CPUWeight", "20"),
+        ("CPUWeight", "1"),
         ("Restart", "on-failure"),
         ("RestartSec", "2s"),
         ("LimitMEMLOCK", "infinity"),

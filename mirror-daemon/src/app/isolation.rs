@@ -1,17 +1,21 @@
 //! CPU isolation: the daemon never takes CPU the legacy service wants.
 //!
 //! Every pipeline thread (tokio workers and blocking pool: sampling, masking, replay,
-//! comparison, store) runs at `SCHED_IDLE`: it gets only CPU time nothing
-//! else on the host asks for. Under pressure those stages fall behind, their bounded
-//! queues fill, and the excess is dropped and counted (`queue_full`,
-//! `replay_queue_full`, `replay_late`, …) instead of slowing the legacy service.
+//! comparison, store) runs at `SCHED_IDLE`: it gets no CPU time the daemon's other
+//! threads ask for. Against the legacy service it is the daemon's cgroup that competes,
+//! at its weight: a `SCHED_IDLE` thread alone in a cgroup of weight 20 still took 5–28 %
+//! of a CPU from a saturated host, in one of weight 1 about 1 %, and a `cpu.idle` child
+//! cgroup would not change that (docs/cost.md, round 7b). Hence deploy/mirror.service's
+//! `CPUWeight=1`. Under pressure those stages fall behind, their bounded queues fill,
+//! and the excess is dropped and counted (`queue_full`, `replay_queue_full`,
+//! `replay_late`, …).
 //!
 //! The capture thread is the ring-buffer reader: it frees ring space as it reassembles
 //! and frames in place (the records are borrowed from the ring, never copied), so it is
 //! the least work that keeps the kernel tap from overflowing. It stays `SCHED_OTHER` at
-//! nice [`READER_NICE`]: above the idle pipeline, far below the legacy service's threads
-//! (weight 110 against 1024 for each nice-0 thread). Should it fall behind anyway, the
-//! kernel counts `ring_full`.
+//! nice [`READER_NICE`]: above the idle pipeline within the daemon's cgroup, whose weight
+//! ranks it against the legacy service. Should it fall behind anyway (a saturated host
+//! leaves the weight-1 unit about 1 % of a CPU), the kernel counts `ring_full`.
 //!
 //! The dashboard/metrics listener has its own thread at the reader's nice value: a
 //! scrape costs little and comes seldom, and served from the idle pipeline it would time

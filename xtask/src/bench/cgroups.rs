@@ -7,8 +7,66 @@ use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
-/// deploy/mirror.service: `CPUWeight=20` (cgroup v1: shares = weight × 1024 / 100).
-pub const DAEMON_CPU_WEIGHT: u64 = 20;
+/// deploy/mirror.service: `CPUWeight=1` (cgroup v1: shares = weight × 1024 / 100).
+pub const DAEMON_CPU_WEIGHT: u64 = 1;
+
+/// How the daemon's threads sit in its cgroup (`--daemon-cpu-weight`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum DaemonWeight {
+    /// `cpu.weight` of the daemon's cgroup, every thread in it (deploy/mirror.service:
+    /// 1). `SCHED_IDLE` threads inside still get the group's share: the policy ranks
+    /// them only against the group's other threads.
+    Weight(u64),
+    /// Started at deploy/mirror.service's weight, then (once the tap is attached) the daemon's cgroup marked
+    /// `cpu.idle` until it is stopped: the whole daemon, reader included, runs only on
+    /// CPU nothing outside it wants (deploy/mirror.service would say `CPUWeight=idle`).
+    Idle,
+}
+
+impl std::str::FromStr for DaemonWeight {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "idle" => Ok(DaemonWeight::Idle),
+            n => match n.parse::<u64>() {
+                Ok(w) if (1..=10_000).contains(&w) => Ok(DaemonWeight::Weight(w)),
+                _ => Err(format!("`{n}`: expected `idle` or a weight 1–10000")),
+            },
+        }
+    }
+}
+
+static DAEMON_WEIGHT: std::sync::OnceLock<DaemonWeight> = std::sync::OnceLock::new();
+
+pub fn set_daemon_weight(w: DaemonWeight) {
+    let _ = DAEMON_WEIGHT.set(w);
+}
+
+/// The daemon cgroup's weight for this run (deploy/mirror.service's unless overridden).
+pub fn daemon_weight() -> DaemonWeight {
+    DAEMON_WEIGHT
+        .get()
+        .copied()
+        .unwrap_or(DaemonWeight::Weight(DAEMON_CPU_WEIGHT))
+}
+
+/// The weight of the daemon's cgroup itself (`Idle` starts there).
+pub fn daemon_group_weight() -> u64 {
+    match daemon_weight() {
+        DaemonWeight::Weight(w) => w,
+        DaemonWeight::Idle => DAEMON_CPU_WEIGHT,
+    }
+}
+
+impl std::fmt::Display for DaemonWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonWeight::Idle => f.write_str("idle (cpu.idle once attached)"),
+            DaemonWeight::Weight(w) => write!(f, "{w}"),
+        }
+    }
+}
+
 /// deploy/mirror.service: `CPUQuota=50%`.
 pub const DAEMON_CPU_PERCENT: u64 = 50;
 /// The candidate's limit, as `--candidate-cpu 50%` would set it.
@@ -111,6 +169,14 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// Marks the cgroup `cpu.idle` or not (kernel 5.15+, either hierarchy): idle, its
+    /// threads compete with its siblings (here the legacy service, in the root) as
+    /// `SCHED_IDLE` tasks do. A `cpu.idle` child of it would not do: idle only against
+    /// the group's other members, while the group keeps its weight (docs/cost.md).
+    pub fn set_idle(&self, idle: bool) -> Result<()> {
+        self.write("cpu.idle", if idle { "1" } else { "0" })
+    }
+
     /// Moves a process (all its threads) into the cgroup.
     pub fn add(&self, pid: u32) -> Result<()> {
         self.write("cgroup.procs", &pid.to_string())
@@ -145,6 +211,16 @@ impl Drop for Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn daemon_weight_is_idle_or_a_cgroup_weight() {
+        assert_eq!("idle".parse(), Ok(DaemonWeight::Idle));
+        assert!("split".parse::<DaemonWeight>().is_err());
+        assert_eq!("20".parse(), Ok(DaemonWeight::Weight(20)));
+        assert!("0".parse::<DaemonWeight>().is_err());
+        assert!("10001".parse::<DaemonWeight>().is_err());
+        assert!("Idle".parse::<DaemonWeight>().is_err());
+    }
 
     #[test]
     fn cpu_stat_of_either_hierarchy_gives_the_throttling() {

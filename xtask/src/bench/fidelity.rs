@@ -1150,7 +1150,7 @@ pub fn table(runs: &[FidelityRun]) -> Table {
          --max-candidate-errors 0%, no floor / with --min-latency-delta {FLOOR}; \
          daemon in a cgroup with weight {} and quota {} % per {} ms (deploy/mirror.service: \
          50 % per 100 ms), --pipeline-priority {}; the candidate's tap in a cgroup of its own",
-        super::cgroups::DAEMON_CPU_WEIGHT,
+        super::cgroups::daemon_weight(),
         super::cgroups::daemon_cpu_quota().0,
         super::cgroups::daemon_cpu_quota().1 / 1_000,
         pipeline_priority()

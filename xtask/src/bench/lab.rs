@@ -179,12 +179,13 @@ impl Lab {
         lab.sysctl(s, "net.core.somaxconn", "65535")?;
         lab.sysctl(s, "net.ipv4.tcp_max_syn_backlog", "65535")?;
         super::clients::spread(c, &cif, SERVER_IP, &LEGACY_PORTS)?;
-        lab.daemon_cgroup = Some(Cgroup::create(
+        let daemon_cgroup = Cgroup::create(
             &format!("mbench-{id}-daemon"),
-            Some(cgroups::DAEMON_CPU_WEIGHT),
+            Some(cgroups::daemon_group_weight()),
             cgroups::daemon_cpu_quota().0,
             cgroups::daemon_cpu_quota().1,
-        )?);
+        )?;
+        lab.daemon_cgroup = Some(daemon_cgroup);
         lab.instruments_cgroup = Some(Cgroup::create(
             &format!("mbench-{id}-instruments"),
             Some(cgroups::DAEMON_CPU_WEIGHT),

@@ -63,6 +63,16 @@ pub struct BenchArgs {
     /// deploy/mirror.service's `CPUQuota=`).
     #[arg(long, default_value_t = cgroups::DAEMON_CPU_PERCENT, value_parser = clap::value_parser!(u64).range(1..=800))]
     daemon_cpu_percent: u64,
+    /// The daemon cgroup's CPU weight (default 1: deploy/mirror.service's `CPUWeight=`),
+    /// or `idle`: started at that weight, then once the tap is attached the daemon's
+    /// cgroup marked `cpu.idle` (what an entirely idle daemon would cost: `CPUWeight=idle`
+    /// on the unit, without starving the tap's start-up).
+    #[arg(long, default_value = "1")]
+    daemon_cpu_weight: cgroups::DaemonWeight,
+    /// Only this legacy service in the overhead, completeness and capture-path sections
+    /// (default: both; the capture path's default is nginx alone).
+    #[arg(long, value_enum)]
+    target: Option<Target>,
     /// The period that quota is enforced over, in ms (default 100: systemd's default,
     /// which deploy/mirror.service keeps).
     #[arg(long, default_value_t = cgroups::DAEMON_CPU_PERIOD_US / 1_000, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -121,6 +131,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     tap::set_pipeline_priority(&args.pipeline_priority);
     cgroups::set_daemon_cpu_quota(args.daemon_cpu_percent, args.daemon_cpu_period_ms);
+    cgroups::set_daemon_weight(args.daemon_cpu_weight);
+    overhead::set_only_target(args.target);
     let env = setup::run(true)?;
     util::build_release(&env)?;
     let want = |s: Section| args.only.is_none_or(|o| o == s);
@@ -218,7 +230,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if want(Section::Completeness) {
         if !runs.iter().any(|r| r.tap.is_some()) {
-            for target in overhead::TARGETS {
+            for target in overhead::targets() {
                 for &l in &overhead_loads {
                     runs.push(overhead::measure(
                         &ctx,
@@ -278,7 +290,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let mut capture_path_legs = Vec::new();
     if want(Section::CapturePath) {
-        capture_path_legs = capture_path::run(&mut ctx, args.baseline_daemon.as_deref())?;
+        capture_path_legs = capture_path::run(
+            &mut ctx,
+            args.target.unwrap_or(Target::Nginx),
+            args.baseline_daemon.as_deref(),
+        )?;
         let t = capture_path::table(&capture_path_legs, ctx.seconds);
         t.print();
         tables.push(t);
@@ -366,7 +382,7 @@ fn targets_table(runs: &[Run], conn_rss: &[(usize, f64)]) -> Table {
         ),
         (Config::Shadow100, &[Load::Rate(10_000)], None, 2.0),
     ];
-    for target in overhead::TARGETS {
+    for target in overhead::targets() {
         for (config, loads, min_rps, max_p99) in goals {
             for &load in loads {
                 let ratio_of = |pick: fn(&Run) -> f64| {

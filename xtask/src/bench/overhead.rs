@@ -86,13 +86,30 @@ pub enum Build {
     Baseline,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Target {
     Nginx,
     Examples,
 }
 
 pub const TARGETS: [Target; 2] = [Target::Nginx, Target::Examples];
+
+/// `cargo xtask bench --target`: only this legacy service (default both).
+static ONLY_TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
+
+pub fn set_only_target(target: Option<Target>) {
+    if let Some(t) = target {
+        let _ = ONLY_TARGET.set(t);
+    }
+}
+
+/// The legacy services this run measures.
+pub fn targets() -> Vec<Target> {
+    match ONLY_TARGET.get() {
+        Some(t) => vec![*t],
+        None => TARGETS.to_vec(),
+    }
+}
 
 impl Target {
     pub fn label(self) -> &'static str {
@@ -116,7 +133,7 @@ impl Target {
         }
     }
 
-    fn path(self) -> &'static str {
+    pub fn path(self) -> &'static str {
         match self {
             Target::Nginx => DATA_PATH,
             Target::Examples => EXAMPLES_PATH,
@@ -256,7 +273,7 @@ pub fn measure(
 /// Section 1: every configuration, interleaved a,b,c,d per load, repeated `rounds` times.
 pub fn overhead(ctx: &Ctx, loads: &[Load]) -> Result<Vec<Run>> {
     // One unmeasured pass per target warms caches, connection pools and the JIT'd paths.
-    for target in TARGETS {
+    for target in targets() {
         for config in [Config::Nothing, Config::NginxMirror] {
             let port = if config == Config::NginxMirror {
                 target.tee_port()
@@ -269,7 +286,7 @@ pub fn overhead(ctx: &Ctx, loads: &[Load]) -> Result<Vec<Run>> {
     }
     let mut runs = Vec::new();
     for round in 0..ctx.rounds {
-        for target in TARGETS {
+        for target in targets() {
             for &l in loads {
                 for config in CONFIGS {
                     // With a baseline, both builds back to back under the same conditions,
@@ -302,7 +319,7 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
         ],
         3,
     );
-    for target in TARGETS {
+    for target in targets() {
         for l in distinct_loads(runs) {
             let of = |config: Config, build: Build| {
                 runs.iter().filter(move |r| {
@@ -363,7 +380,7 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
          exchanges sent to the candidate",
         TAP_MODE.label(),
         tap::pipeline_priority(),
-        super::cgroups::DAEMON_CPU_WEIGHT,
+        super::cgroups::daemon_weight(),
         super::cgroups::daemon_cpu_quota().0,
         super::cgroups::daemon_cpu_quota().1 / 1_000,
         super::cgroups::CANDIDATE_CPU_PERCENT,
@@ -399,7 +416,7 @@ pub fn completeness_table(runs: &[Run]) -> Table {
         ],
         3,
     );
-    for target in TARGETS {
+    for target in targets() {
         for (l, config) in distinct_loads(runs)
             .into_iter()
             .flat_map(|l| CONFIGS.map(|c| (l, c)))

@@ -205,6 +205,12 @@ impl TapDaemon {
                 proc.wait_for("tap attached", Duration::from_secs(30))?;
             }
         }
+        // `--daemon-cpu-weight idle`: idle once attached (start-up is not starved).
+        if let Some(cg) = &lab.daemon_cgroup
+            && super::cgroups::daemon_weight() == super::cgroups::DaemonWeight::Idle
+        {
+            cg.set_idle(true)?;
+        }
         Ok(TapDaemon {
             mode,
             proc,
@@ -219,6 +225,10 @@ impl TapDaemon {
 
     /// Stops the daemon and counts what it rebuilt.
     pub fn stop(mut self, lab: &Lab, daemon: &Path) -> Result<TapReport> {
+        // The stop and its drain at the group's weight again.
+        if let Some(cg) = &lab.daemon_cgroup {
+            let _ = cg.set_idle(false);
+        }
         let mut report = TapReport {
             mode: self.mode.label().into(),
             ..TapReport::default()
