@@ -9,6 +9,9 @@ use anyhow::{Context as _, Result};
 
 /// deploy/mirror.service: `CPUWeight=1` (cgroup v1: shares = weight × 1024 / 100).
 pub const DAEMON_CPU_WEIGHT: u64 = 1;
+/// The bench's measuring instruments (fidelity's tap on the candidate's side): the
+/// daemon's weight before it went to 1, so they time what they timed before.
+pub const INSTRUMENTS_CPU_WEIGHT: u64 = 20;
 
 /// How the daemon's threads sit in its cgroup (`--daemon-cpu-weight`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

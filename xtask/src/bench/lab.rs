@@ -188,7 +188,7 @@ impl Lab {
         lab.daemon_cgroup = Some(daemon_cgroup);
         lab.instruments_cgroup = Some(Cgroup::create(
             &format!("mbench-{id}-instruments"),
-            Some(cgroups::DAEMON_CPU_WEIGHT),
+            Some(cgroups::INSTRUMENTS_CPU_WEIGHT),
             100,
             cgroups::daemon_cpu_quota().1,
         )?);
