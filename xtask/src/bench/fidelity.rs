@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use mirror_common::cpu_priority::CandidatePriority;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde_json::Value;
@@ -109,19 +110,28 @@ pub enum Source {
     Control,
 }
 
-/// The candidate's CPU: as legacy's (no limit: both share the box alike), or capped as
-/// `--candidate-cpu 100%` (the daemon's default) caps it.
+/// The candidate's CPU: as legacy's (no limit, default weight: both share the box
+/// alike), or fenced as `run --candidate-cmd` fences it: capped at `--candidate-cpu
+/// 100%` (the daemon's default) at a `--candidate-priority`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum CandidateCpu {
     AsLegacy,
-    Capped100,
+    Capped100 { priority: &'static str },
 }
 
 impl CandidateCpu {
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
-            CandidateCpu::AsLegacy => "as legacy",
-            CandidateCpu::Capped100 => "100% cap",
+            CandidateCpu::AsLegacy => "as legacy".into(),
+            CandidateCpu::Capped100 { priority } => format!("100% cap, {priority}"),
+        }
+    }
+
+    /// Distinct per setting (file names of a leg).
+    fn tag(self) -> &'static str {
+        match self {
+            CandidateCpu::AsLegacy => "0",
+            CandidateCpu::Capped100 { priority } => priority,
         }
     }
 }
@@ -192,6 +202,8 @@ pub struct Plan {
     pub seconds: u64,
     /// Also run the live legs with the candidate capped (what the cap costs).
     pub capped_too: bool,
+    /// The capped legs' `--candidate-priority` settings, each its own leg.
+    pub priorities: Vec<CandidatePriority>,
     /// Another `mirror-daemon` build (e.g. before a change) whose `run` and `replay`
     /// legs run interleaved with this build's, for a before/after in one run.
     pub baseline: Option<std::path::PathBuf>,
@@ -343,7 +355,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
             .iter()
             .copied()
             .filter(|&r| {
-                (plan.capped_too && plan.legs.is_empty())
+                ((plan.capped_too || plan.priorities.len() > 1) && plan.legs.is_empty())
                     || plan
                         .legs
                         .iter()
@@ -355,17 +367,22 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
             // when it needs more than one CPU in a 100 ms period.
             capped.add(twin.pid())?;
             for &rate in &capped_rates {
-                let r = leg(
-                    ctx,
-                    plan,
-                    current,
-                    service,
-                    rate,
-                    Source::Live,
-                    CandidateCpu::Capped100,
-                )?;
-                print_leg(&r);
-                runs.push(r);
+                for &p in &plan.priorities {
+                    capped.set_priority(p)?;
+                    let r = leg(
+                        ctx,
+                        plan,
+                        current,
+                        service,
+                        rate,
+                        Source::Live,
+                        CandidateCpu::Capped100 {
+                            priority: p.as_str(),
+                        },
+                    )?;
+                    print_leg(&r);
+                    runs.push(r);
+                }
             }
         }
         drop(twin);
@@ -414,7 +431,7 @@ fn leg(
         "fid-{}-{rate}-{}-{}-{}",
         service.legacy_port(),
         source as u8,
-        matches!(cpu, CandidateCpu::Capped100) as u8,
+        cpu.tag(),
         by.label.len()
     );
     let store = lab.path(&format!("{tag}.db"));
@@ -1180,6 +1197,7 @@ mod tests {
             rates: vec![1_000, 10_000],
             seconds: 5,
             capped_too: false,
+            priorities: vec![CandidatePriority::Idle],
             baseline: None,
             legs: legs
                 .iter()
