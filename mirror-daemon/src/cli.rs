@@ -174,6 +174,12 @@ pub struct GuardArgs {
     /// CPU limit of the candidate's cgroup in percent of one CPU (e.g. 100%; `max`).
     #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_CPU)]
     pub candidate_cpu: String,
+    /// How the candidate's cgroup competes with legacy for the CPU on a shared host:
+    /// `idle` (cpu.idle: only CPU time nothing else wants; a legacy thread that wakes
+    /// preempts it), `low` (a tenth of legacy's weight) or `normal` (equal weight: the
+    /// candidate's latency then reads as legacy's would, but legacy waits for it).
+    #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_PRIORITY)]
+    pub candidate_priority: String,
     /// Most tasks (processes and threads) in the candidate's cgroup (`max` for none).
     #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_PIDS)]
     pub candidate_pids: String,
