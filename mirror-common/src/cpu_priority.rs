@@ -23,7 +23,10 @@ pub enum CandidatePriority {
 }
 
 /// The flag's default.
-pub const DEFAULT: &str = "idle";
+/// `low`: in interleaved runs on the 2-core box (docs/fidelity.md, round 6) it lowered
+/// legacy's run-queue wait against `normal` at 3k and 10k req/s, where `idle` did at one
+/// rate and not the other, and it starved the candidate about 3× less than `idle`.
+pub const DEFAULT: &str = "low";
 
 /// One write to a cgroup file, in order; `optional` files may be absent (older kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +104,7 @@ mod tests {
         }
         assert_eq!(
             CandidatePriority::parse(DEFAULT),
-            Some(CandidatePriority::Idle)
+            Some(CandidatePriority::Low)
         );
         assert_eq!(
             CandidatePriority::parse("IDLE"),

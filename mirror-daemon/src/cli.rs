@@ -175,9 +175,9 @@ pub struct GuardArgs {
     #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_CPU)]
     pub candidate_cpu: String,
     /// How the candidate's cgroup competes with legacy for the CPU on a shared host:
-    /// `idle` (cpu.idle: only CPU time nothing else wants; a legacy thread that wakes
-    /// preempts it), `low` (a tenth of legacy's weight) or `normal` (equal weight: the
-    /// candidate's latency then reads as legacy's would, but legacy waits for it).
+    /// `low` (a tenth of legacy's weight), `idle` (cpu.idle: only CPU time nothing else
+    /// wants) or `normal` (equal weight: the candidate's latency then reads as legacy's
+    /// would, but legacy waits for it).
     #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_PRIORITY)]
     pub candidate_priority: String,
     /// Most tasks (processes and threads) in the candidate's cgroup (`max` for none).

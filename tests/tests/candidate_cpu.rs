@@ -332,13 +332,25 @@ fn a_candidate_without_limits_is_charged_to_its_own_cgroup() {
     assert!(p.iter().all(|(k, v)| *k != "cpu.idle" || v == "0"), "{p:?}");
 }
 
-/// With the defaults (one CPU, `--candidate-priority idle`): its own cgroup everywhere,
-/// and its cpu cgroup is idle (`cpu.idle`), or at the lowest weight where the kernel has
-/// no `cpu.idle`. (Where its CPU is charged is the test above: an idle candidate gets
-/// CPU only when the box has some to spare, which a shared test box may not.)
+/// With the defaults (one CPU, `--candidate-priority low`): its own cgroup everywhere,
+/// at a tenth of the default weight (`cpu.weight` 10, v1 `cpu.shares` 102), not idle.
+/// (Where its CPU is charged is the test above: a low-priority candidate gets little CPU
+/// while the box is busy, which a shared test box may be.)
 #[test]
-fn a_default_candidate_is_charged_to_its_own_idle_cgroup() {
+fn a_default_candidate_is_in_its_own_low_weight_cgroup() {
     let p = candidate_cpu_is_its_own("ccdef", &[], false);
+    let get = |f: &str| p.iter().find(|(k, _)| *k == f).map(|(_, v)| v.as_str());
+    assert!(get("cpu.idle").is_none_or(|v| v == "0"), "{p:?}");
+    assert!(
+        get("cpu.weight") == Some("10") || get("cpu.shares") == Some("102"),
+        "{p:?}"
+    );
+}
+
+/// `--candidate-priority idle`: `cpu.idle`, or the lowest weight on a kernel without it.
+#[test]
+fn an_idle_candidate_is_in_an_idle_cgroup() {
+    let p = candidate_cpu_is_its_own("ccidle", &["--candidate-priority", "idle"], false);
     let get = |f: &str| p.iter().find(|(k, _)| *k == f).map(|(_, v)| v.as_str());
     match get("cpu.idle") {
         Some(idle) => assert_eq!(idle, "1", "{p:?}"),
