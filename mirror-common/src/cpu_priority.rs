@@ -23,10 +23,10 @@ pub enum CandidatePriority {
 }
 
 /// The flag's default.
-/// `low`: in interleaved runs on the 2-core box (docs/fidelity.md, round 6) it lowered
-/// legacy's run-queue wait against `normal` at 3k and 10k req/s, where `idle` did at one
-/// rate and not the other, and it starved the candidate about 3× less than `idle`.
-pub const DEFAULT: &str = "low";
+/// `normal`: measured side by side on the shared 2-core box (docs/fidelity.md, round 6),
+/// `low` and `idle` made an identical candidate read 2–8× and 20–320× slower than legacy,
+/// while what they saved legacy stayed inside the box's noise.
+pub const DEFAULT: &str = "normal";
 
 /// One write to a cgroup file, in order; `optional` files may be absent (older kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +104,7 @@ mod tests {
         }
         assert_eq!(
             CandidatePriority::parse(DEFAULT),
-            Some(CandidatePriority::Low)
+            Some(CandidatePriority::Normal)
         );
         assert_eq!(
             CandidatePriority::parse("IDLE"),

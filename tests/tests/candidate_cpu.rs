@@ -310,8 +310,9 @@ fn candidate_cpu_is_its_own(tag: &str, flags: &[&str], burn: bool) -> Vec<(&'sta
     priority
 }
 
-/// With every limit lifted (`max`), nothing required a cgroup in the v1 hierarchies; the
-/// candidate still gets its own in each, so nothing it uses is the daemon's.
+/// With every limit lifted (`max`) and the default weight, nothing required a cgroup in
+/// the v1 hierarchies; the candidate still gets its own in each, so nothing it uses is
+/// the daemon's.
 #[test]
 fn a_candidate_without_limits_is_charged_to_its_own_cgroup() {
     let p = candidate_cpu_is_its_own(
@@ -323,22 +324,20 @@ fn a_candidate_without_limits_is_charged_to_its_own_cgroup() {
             "max",
             "--candidate-pids",
             "max",
-            "--candidate-priority",
-            "normal",
         ],
         true,
     );
-    // `normal` is the kernel's default weight, not idle.
+    // The default, `normal`, is the kernel's default weight, not idle.
     assert!(p.iter().all(|(k, v)| *k != "cpu.idle" || v == "0"), "{p:?}");
 }
 
-/// With the defaults (one CPU, `--candidate-priority low`): its own cgroup everywhere,
-/// at a tenth of the default weight (`cpu.weight` 10, v1 `cpu.shares` 102), not idle.
-/// (Where its CPU is charged is the test above: a low-priority candidate gets little CPU
-/// while the box is busy, which a shared test box may be.)
+/// `--candidate-priority low`: its own cgroup everywhere, at a tenth of the default
+/// weight (`cpu.weight` 10, v1 `cpu.shares` 102), not idle. (Where its CPU is charged is
+/// the test above: a low-priority candidate gets little CPU while the box is busy, which
+/// a shared test box may be.)
 #[test]
-fn a_default_candidate_is_in_its_own_low_weight_cgroup() {
-    let p = candidate_cpu_is_its_own("ccdef", &[], false);
+fn a_low_priority_candidate_is_in_its_own_low_weight_cgroup() {
+    let p = candidate_cpu_is_its_own("cclow", &["--candidate-priority", "low"], false);
     let get = |f: &str| p.iter().find(|(k, _)| *k == f).map(|(_, v)| v.as_str());
     assert!(get("cpu.idle").is_none_or(|v| v == "0"), "{p:?}");
     assert!(

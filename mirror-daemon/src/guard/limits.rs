@@ -425,7 +425,7 @@ mod tests {
         let d = CandidateLimits::parse(DEFAULT_MEMORY, DEFAULT_CPU, DEFAULT_PIDS, DEFAULT_PRIORITY)
             .unwrap();
         assert!(d.memory_bytes.is_some() && d.cpu_percent.is_some() && d.pids.is_some());
-        assert_eq!(d.priority, CandidatePriority::Low);
+        assert_eq!(d.priority, CandidatePriority::Normal);
         assert_eq!(parse_priority("normal"), Ok(CandidatePriority::Normal));
     }
 

@@ -1176,7 +1176,7 @@ pub fn table(runs: &[FidelityRun]) -> Table {
                 format!("{}/s", r.rate),
                 format!("{:?}", r.source).to_lowercase(),
                 r.daemon.clone(),
-                r.candidate_cpu.label().into(),
+                r.candidate_cpu.label(),
                 fig.route.clone(),
                 if fig.route.starts_with('(') {
                     "-".into()
