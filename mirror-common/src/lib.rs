@@ -1,11 +1,12 @@
 //! Types shared between the kernel programs (`mirror-ebpf`) and the daemon.
 //!
 //! Everything here is `#[repr(C)]` and plain data: the kernel writes these bytes into
-//! the ring buffer and the daemon reads them back without parsing. One exception,
-//! [`cpu_stat`], is shared by the daemon and the bench (`xtask`), which cannot depend on
-//! the daemon's crate.
+//! the ring buffer and the daemon reads them back without parsing. Two exceptions,
+//! [`cpu_stat`] and [`cpu_priority`], are shared by the daemon and the bench (`xtask`),
+//! which cannot depend on the daemon's crate.
 #![no_std]
 
+pub mod cpu_priority;
 pub mod cpu_stat;
 
 /// Payload bytes carried by one ring-buffer record. Larger TCP payloads (GSO/GRO

@@ -174,6 +174,12 @@ pub struct GuardArgs {
     /// CPU limit of the candidate's cgroup in percent of one CPU (e.g. 100%; `max`).
     #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_CPU)]
     pub candidate_cpu: String,
+    /// How the candidate's cgroup competes with legacy for the CPU on a shared host:
+    /// `normal` (equal weight: its latency reads as legacy's would), `low` (a tenth of
+    /// legacy's weight) or `idle` (cpu.idle: only CPU time nothing else wants); below
+    /// `normal` legacy waits less for it and its latency reads higher.
+    #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_PRIORITY)]
+    pub candidate_priority: String,
     /// Most tasks (processes and threads) in the candidate's cgroup (`max` for none).
     #[arg(long, default_value = mirror_daemon::guard::limits::DEFAULT_PIDS)]
     pub candidate_pids: String,

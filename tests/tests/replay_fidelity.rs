@@ -3,8 +3,8 @@
 //! timestamps), so an identical candidate is judged identical by the product itself.
 //!
 //! Controls: the legacy binary (an example service, and nginx serving static files)
-//! replayed to itself, with the CPU legacy has (`--candidate-cpu max`; nginx is started
-//! by the test, uncapped), gives GO under a 15 % p95 limit, live and from a capture (and the
+//! replayed to itself, with the CPU legacy has (`--candidate-cpu max --candidate-priority
+//! normal`; nginx is started by the test, uncapped), gives GO under a 15 % p95 limit, live and from a capture (and the
 //! example service live at 1k req/s; the ratios themselves are measured side by side by
 //! `cargo xtask bench --only fidelity`, not asserted here); a capture
 //! replayed at its own pace to a one-thread candidate with a tiny accept backlog gets no
@@ -209,6 +209,8 @@ fn identical_example_service_is_go_live_and_from_a_capture() {
         MIN_DELTA,
         "--candidate-cpu",
         "max",
+        "--candidate-priority",
+        "normal",
     ]));
     let daemon = Daemon::start(topo.legacy(), dir.path(), "run", &args).expect("test setup");
     let answered = paced_load(topo.client(), &topo.legacy_addr());
@@ -240,6 +242,8 @@ fn identical_example_service_is_go_live_and_from_a_capture() {
         CAPTURE_MIN_DELTA,
         "--candidate-cpu",
         "max",
+        "--candidate-priority",
+        "normal",
     ]));
     let (code, stderr) = run_to_end(&topo, dir.path(), "replay", &args);
     assert_eq!(code, Some(0), "replay: GO expected: {stderr}");
@@ -289,6 +293,8 @@ fn identical_example_service_is_go_live_at_1k_per_second() {
         // the rest of a 100 ms period whenever a burst uses it up, which legacy never is.
         "--candidate-cpu",
         "max",
+        "--candidate-priority",
+        "normal",
         // `GET /users/{id}` says when it was generated: replayed later, it differs.
         "--ignore",
         "json:$.generated_at",

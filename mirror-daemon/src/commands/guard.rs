@@ -24,16 +24,13 @@ pub fn fence_config(args: &GuardArgs) -> anyhow::Result<FenceConfig> {
     // Unfenced, the limits are not applied; and without a command of ours nothing runs
     // as the candidate's user.
     let limits = if args.no_egress_guard {
-        CandidateLimits {
-            memory_bytes: None,
-            cpu_percent: None,
-            pids: None,
-        }
+        CandidateLimits::none()
     } else {
         CandidateLimits::parse(
             &args.candidate_memory,
             &args.candidate_cpu,
             &args.candidate_pids,
+            &args.candidate_priority,
         )
         .map_err(usage)?
     };

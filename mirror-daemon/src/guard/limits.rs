@@ -1,11 +1,17 @@
 //! Memory, CPU and task limits on the candidate's cgroup, so a runaway candidate cannot
-//! starve the legacy service on the same host.
+//! starve the legacy service on the same host, and its CPU priority against legacy
+//! (`--candidate-priority`, [`CandidatePriority`]).
 //!
 //! On a pure cgroup v2 host the limits go on the candidate's own v2 cgroup. On a hybrid
 //! host (cgroup2 next to v1 hierarchies, as systemd's "hybrid" layout and many container
-//! hosts have) the memory, cpu and pids controllers live in their v1 hierarchies: the
-//! candidate then also joins a cgroup of the same name in each of them.
+//! hosts have) the memory, cpu, cpuacct and pids controllers live in their v1
+//! hierarchies: the candidate then joins a cgroup of the same name in **each** of them,
+//! limit or not, so that what it uses is never charged to the daemon's cgroups there
+//! (a candidate left in the daemon's v1 `cpu` cgroup would eat the daemon's
+//! `CPUQuota=`, and the quota caveat would blame the daemon).
 use std::path::{Path, PathBuf};
+
+pub use mirror_common::cpu_priority::CandidatePriority;
 
 /// Limits for the candidate; `None` is "no limit" (`max`, explicit only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,12 +20,18 @@ pub struct CandidateLimits {
     /// Percent of one CPU (200 = two CPUs).
     pub cpu_percent: Option<u32>,
     pub pids: Option<u64>,
+    /// How its cgroup competes with legacy for the CPU.
+    pub priority: CandidatePriority,
 }
+
+/// The v1 controllers whose hierarchies the candidate gets a cgroup of its own in.
+pub const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
 
 /// Defaults that keep a legacy host usable: 1 GiB, one CPU, 512 tasks.
 pub const DEFAULT_MEMORY: &str = "1G";
 pub const DEFAULT_CPU: &str = "100%";
 pub const DEFAULT_PIDS: &str = "512";
+pub const DEFAULT_PRIORITY: &str = mirror_common::cpu_priority::DEFAULT;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LimitError {
@@ -101,6 +113,15 @@ pub fn parse_cpu(input: &str) -> Result<Option<u32>, LimitError> {
     Ok(Some(n))
 }
 
+/// `idle`, `low` or `normal`.
+pub fn parse_priority(input: &str) -> Result<CandidatePriority, LimitError> {
+    CandidatePriority::parse(input).ok_or_else(|| LimitError::Parse {
+        flag: "--candidate-priority",
+        input: input.to_string(),
+        reason: "expected idle, low or normal",
+    })
+}
+
 /// A task count, or `max`.
 pub fn parse_pids(input: &str) -> Result<Option<u64>, LimitError> {
     let s = input.trim();
@@ -118,12 +139,23 @@ pub fn parse_pids(input: &str) -> Result<Option<u64>, LimitError> {
 }
 
 impl CandidateLimits {
-    pub fn parse(memory: &str, cpu: &str, pids: &str) -> Result<Self, LimitError> {
+    pub fn parse(memory: &str, cpu: &str, pids: &str, priority: &str) -> Result<Self, LimitError> {
         Ok(Self {
             memory_bytes: parse_memory(memory)?,
             cpu_percent: parse_cpu(cpu)?,
             pids: parse_pids(pids)?,
+            priority: parse_priority(priority)?,
         })
+    }
+
+    /// No limit and the kernel's default weight (an unfenced candidate).
+    pub fn none() -> Self {
+        Self {
+            memory_bytes: None,
+            cpu_percent: None,
+            pids: None,
+            priority: CandidatePriority::Normal,
+        }
     }
 
     /// One line for logs and the self-test message.
@@ -140,7 +172,10 @@ impl CandidateLimits {
             .pids
             .map(|p| p.to_string())
             .unwrap_or_else(|| "no limit".into());
-        format!("memory {mem}, cpu {cpu}, tasks {pids}")
+        format!(
+            "memory {mem}, cpu {cpu} at priority {}, tasks {pids}",
+            self.priority.as_str()
+        )
     }
 }
 
@@ -155,6 +190,8 @@ struct Controller {
     v2: Vec<(&'static str, String)>,
     /// (file, value) on cgroup v1.
     v1: Vec<(&'static str, String)>,
+    /// The CPU priority, written after the files above (`cpu` only).
+    priority: Option<CandidatePriority>,
 }
 
 fn controllers(l: &CandidateLimits) -> Vec<Controller> {
@@ -169,18 +206,34 @@ fn controllers(l: &CandidateLimits) -> Vec<Controller> {
                 ("memory.swap.max", "0".into()),
             ],
             v1: vec![("memory.limit_in_bytes", b.to_string())],
+            priority: None,
         });
     }
-    if let Some(c) = l.cpu_percent {
-        let quota = u64::from(c) * CPU_PERIOD_US / 100;
+    let priority = (l.priority != CandidatePriority::Normal).then_some(l.priority);
+    if l.cpu_percent.is_some() || priority.is_some() {
+        let (v2, v1) = match l.cpu_percent {
+            Some(c) => {
+                let quota = u64::from(c) * CPU_PERIOD_US / 100;
+                (
+                    vec![("cpu.max", format!("{quota} {CPU_PERIOD_US}"))],
+                    vec![
+                        ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                        ("cpu.cfs_quota_us", quota.to_string()),
+                    ],
+                )
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         out.push(Controller {
             name: "cpu",
-            flag: "--candidate-cpu",
-            v2: vec![("cpu.max", format!("{quota} {CPU_PERIOD_US}"))],
-            v1: vec![
-                ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
-                ("cpu.cfs_quota_us", quota.to_string()),
-            ],
+            flag: if l.cpu_percent.is_some() {
+                "--candidate-cpu"
+            } else {
+                "--candidate-priority"
+            },
+            v2,
+            v1,
+            priority,
         });
     }
     if let Some(p) = l.pids {
@@ -189,6 +242,7 @@ fn controllers(l: &CandidateLimits) -> Vec<Controller> {
             flag: "--candidate-pids",
             v2: vec![("pids.max", p.to_string())],
             v1: vec![("pids.max", p.to_string())],
+            priority: None,
         });
     }
     out
@@ -220,14 +274,15 @@ fn host_v1_mount(controller: &str) -> Option<PathBuf> {
     super::cgroup::private_mount(&format!("cgroup-{controller}"), "cgroup", Some(&options)).ok()
 }
 
-/// Every v1 hierarchy root that carries one of the limit controllers.
+/// Every v1 hierarchy root that carries one of [`V1_CONTROLLERS`].
 pub fn v1_roots() -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut roots: Vec<PathBuf> = ["memory", "cpu", "pids"]
-        .iter()
-        .filter_map(|c| v1_mount(&mounts, c))
-        .collect();
-    roots.dedup();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for root in V1_CONTROLLERS.iter().filter_map(|c| v1_mount(&mounts, c)) {
+        if !roots.contains(&root) {
+            roots.push(root);
+        }
+    }
     roots
 }
 
@@ -245,9 +300,53 @@ fn write(flag: &'static str, path: &Path, value: &str) -> Result<(), LimitError>
     })
 }
 
+/// Writes the CPU priority on one cgroup (`v2`: a cgroup2 directory, else a v1 `cpu`
+/// one). `cpu.idle` is absent below Linux 5.15: `idle` then takes the lowest weight.
+fn write_priority(
+    flag: &'static str,
+    dir: &Path,
+    p: CandidatePriority,
+    v2: bool,
+) -> Result<(), LimitError> {
+    for w in p.writes(v2) {
+        let path = dir.join(w.file);
+        if !path.exists() && w.optional {
+            continue;
+        }
+        if !path.exists() && w.file == "cpu.idle" {
+            let f = CandidatePriority::idle_fallback(v2);
+            write(flag, &dir.join(f.file), f.value)?;
+            continue;
+        }
+        write(flag, &path, w.value)?;
+    }
+    Ok(())
+}
+
+/// Creates `<root>/<name>` once (recorded in `applied`) and returns it.
+fn v1_dir(
+    applied: &mut Applied,
+    flag: &'static str,
+    root: &Path,
+    name: &str,
+) -> Result<PathBuf, LimitError> {
+    let dir = root.join(name);
+    if !applied.v1_dirs.contains(&dir) {
+        std::fs::create_dir(&dir).map_err(|e| LimitError::Apply {
+            flag,
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        applied.v1_dirs.push(dir.clone());
+    }
+    Ok(dir)
+}
+
 /// Puts `limits` on the candidate cgroup `v2_dir` (a child of `v2_mount`) or, for
 /// controllers only v1 has here, on `<v1 root>/<name>` (created). Fails when a limit
-/// cannot be enforced anywhere.
+/// cannot be enforced anywhere. On a hybrid host `<v1 root>/<name>` is also created in
+/// every other v1 hierarchy of [`V1_CONTROLLERS`], without limits: the candidate joins
+/// them all and is charged nowhere to the daemon.
 pub fn apply(
     limits: &CandidateLimits,
     v2_mount: &Path,
@@ -277,6 +376,9 @@ pub fn apply(
                 }
                 write(c.flag, &path, value)?;
             }
+            if let Some(p) = c.priority {
+                write_priority("--candidate-priority", v2_dir, p, true)?;
+            }
             continue;
         }
         let Some(root) = v1_mount(&mounts, c.name).or_else(|| host_v1_mount(c.name)) else {
@@ -285,17 +387,22 @@ pub fn apply(
                 controller: c.name,
             });
         };
-        let dir = root.join(name);
-        if !applied.v1_dirs.contains(&dir) {
-            std::fs::create_dir(&dir).map_err(|e| LimitError::Apply {
-                flag: c.flag,
-                path: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            applied.v1_dirs.push(dir.clone());
-        }
+        let dir = v1_dir(&mut applied, c.flag, &root, name)?;
         for (file, value) in &c.v1 {
             write(c.flag, &dir.join(file), value)?;
+        }
+        if let Some(p) = c.priority {
+            write_priority("--candidate-priority", &dir, p, false)?;
+        }
+    }
+    // Limit or not, a cgroup of its own in every v1 resource hierarchy (not in v2's: the
+    // candidate's v2 cgroup is already its own).
+    for controller in V1_CONTROLLERS {
+        if available.split_whitespace().any(|a| a == controller) {
+            continue;
+        }
+        if let Some(root) = v1_mount(&mounts, controller).or_else(|| host_v1_mount(controller)) {
+            v1_dir(&mut applied, "--candidate-cmd", &root, name)?;
         }
     }
     Ok(applied)
@@ -315,8 +422,11 @@ mod tests {
         assert_eq!(parse_cpu("MAX"), Ok(None));
         assert_eq!(parse_pids("512"), Ok(Some(512)));
         assert_eq!(parse_pids("max"), Ok(None));
-        let d = CandidateLimits::parse(DEFAULT_MEMORY, DEFAULT_CPU, DEFAULT_PIDS).unwrap();
+        let d = CandidateLimits::parse(DEFAULT_MEMORY, DEFAULT_CPU, DEFAULT_PIDS, DEFAULT_PRIORITY)
+            .unwrap();
         assert!(d.memory_bytes.is_some() && d.cpu_percent.is_some() && d.pids.is_some());
+        assert_eq!(d.priority, CandidatePriority::Normal);
+        assert_eq!(parse_priority("normal"), Ok(CandidatePriority::Normal));
     }
 
     #[test]
@@ -333,6 +443,7 @@ mod tests {
             (parse_cpu("0%").map(|_| ()), "--candidate-cpu"),
             (parse_pids("3").map(|_| ()), "--candidate-pids"),
             (parse_pids("-1").map(|_| ()), "--candidate-pids"),
+            (parse_priority("nice").map(|_| ()), "--candidate-priority"),
         ] {
             let e = r.unwrap_err().to_string();
             assert!(e.starts_with(flag), "{e}");
@@ -345,18 +456,26 @@ mod tests {
             memory_bytes: Some(1 << 30),
             cpu_percent: Some(50),
             pids: Some(64),
+            priority: CandidatePriority::Idle,
         };
         let c = controllers(&l);
         assert_eq!(c[0].v2[0], ("memory.max", "1073741824".to_string()));
         assert_eq!(c[1].v2[0], ("cpu.max", "50000 100000".to_string()));
         assert_eq!(c[1].v1[1], ("cpu.cfs_quota_us", "50000".to_string()));
         assert_eq!(c[2].v1[0], ("pids.max", "64".to_string()));
-        let none = CandidateLimits {
-            memory_bytes: None,
-            cpu_percent: None,
-            pids: None,
+        assert_eq!(c[1].priority, Some(CandidatePriority::Idle));
+        assert!(controllers(&CandidateLimits::none()).is_empty());
+        // No CPU limit but a priority: the cpu controller is still needed.
+        let idle_only = CandidateLimits {
+            priority: CandidatePriority::Low,
+            ..CandidateLimits::none()
         };
-        assert!(controllers(&none).is_empty());
+        let c = controllers(&idle_only);
+        assert_eq!(
+            (c.len(), c[0].name, c[0].flag),
+            (1, "cpu", "--candidate-priority")
+        );
+        assert!(c[0].v1.is_empty() && c[0].v2.is_empty());
     }
 
     #[test]

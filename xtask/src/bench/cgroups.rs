@@ -6,6 +6,7 @@
 use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
+use mirror_common::cpu_priority::CandidatePriority;
 
 /// deploy/mirror.service: `CPUWeight=1` (cgroup v1: shares = weight × 1024 / 100).
 pub const DAEMON_CPU_WEIGHT: u64 = 1;
@@ -132,6 +133,7 @@ impl Throttling {
 /// One cgroup created for the run, removed (once empty) when dropped.
 pub struct Cgroup {
     dir: PathBuf,
+    v2: bool,
 }
 
 impl Cgroup {
@@ -155,7 +157,7 @@ impl Cgroup {
         }
         let dir = root.join(name);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let cg = Cgroup { dir };
+        let cg = Cgroup { dir, v2 };
         let quota = cpu_percent * period_us / 100;
         if v2 {
             cg.write("cpu.max", &format!("{quota} {period_us}"))?;
@@ -183,6 +185,23 @@ impl Cgroup {
     /// Moves a process (all its threads) into the cgroup.
     pub fn add(&self, pid: u32) -> Result<()> {
         self.write("cgroup.procs", &pid.to_string())
+    }
+
+    /// Sets how the cgroup competes for the CPU, with the writes `mirror-daemon run
+    /// --candidate-priority` makes on a candidate's cgroup.
+    pub fn set_priority(&self, p: CandidatePriority) -> Result<()> {
+        for w in p.writes(self.v2) {
+            if w.optional && !self.dir.join(w.file).exists() {
+                continue;
+            }
+            if w.file == "cpu.idle" && !self.dir.join(w.file).exists() {
+                let f = CandidatePriority::idle_fallback(self.v2);
+                self.write(f.file, f.value)?;
+                continue;
+            }
+            self.write(w.file, w.value)?;
+        }
+        Ok(())
     }
 
     /// The quota's effect so far (zero when `cpu.stat` cannot be read).

@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use mirror_common::cpu_priority::CandidatePriority;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde_json::Value;
@@ -23,7 +24,7 @@ use serde_json::Value;
 use super::cgroups::{Cgroup, Throttling};
 use super::lab::{CANDIDATE_IP, Lab, in_netns, sleep, wait_port};
 use super::load::{LoadResult, oha_finish, oha_rate_urls, oha_start, urls_target};
-use super::procs::{Proc, cpu_seconds};
+use super::procs::{Proc, cpu_seconds, tree_sched_times};
 use super::servers::{
     EXAMPLES_PORT, NGINX_PORT, TWIN_EXAMPLES_PORT, TWIN_NGINX_PORT, examples_twin, nginx_twin,
 };
@@ -109,19 +110,28 @@ pub enum Source {
     Control,
 }
 
-/// The candidate's CPU: as legacy's (no limit: both share the box alike), or capped as
-/// `--candidate-cpu 100%` (the daemon's default) caps it.
+/// The candidate's CPU: as legacy's (no limit, default weight: both share the box
+/// alike), or fenced as `run --candidate-cmd` fences it: capped at `--candidate-cpu
+/// 100%` (the daemon's default) at a `--candidate-priority`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum CandidateCpu {
     AsLegacy,
-    Capped100,
+    Capped100 { priority: &'static str },
 }
 
 impl CandidateCpu {
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
-            CandidateCpu::AsLegacy => "as legacy",
-            CandidateCpu::Capped100 => "100% cap",
+            CandidateCpu::AsLegacy => "as legacy".into(),
+            CandidateCpu::Capped100 { priority } => format!("100% cap, {priority}"),
+        }
+    }
+
+    /// Distinct per setting (file names of a leg).
+    fn tag(self) -> &'static str {
+        match self {
+            CandidateCpu::AsLegacy => "0",
+            CandidateCpu::Capped100 { priority } => priority,
         }
     }
 }
@@ -162,6 +172,11 @@ pub struct FidelityRun {
     /// The `mirror-daemon` build that replayed (`baseline` or `this build`).
     pub daemon: String,
     pub candidate_cpu: CandidateCpu,
+    /// schedstat run-queue wait of legacy's and the candidate's threads over the leg, per
+    /// request legacy completed: what each side waited for a CPU (the candidate's
+    /// priority moves it from one side to the other).
+    pub legacy_wait_us_per_req: Option<f64>,
+    pub candidate_wait_us_per_req: Option<f64>,
     pub load: LoadResult,
     pub loadavg: String,
     /// The daemon's `replay: N requests sent …` line.
@@ -192,6 +207,8 @@ pub struct Plan {
     pub seconds: u64,
     /// Also run the live legs with the candidate capped (what the cap costs).
     pub capped_too: bool,
+    /// The capped legs' `--candidate-priority` settings, each its own leg.
+    pub priorities: Vec<CandidatePriority>,
     /// Another `mirror-daemon` build (e.g. before a change) whose `run` and `replay`
     /// legs run interleaved with this build's, for a before/after in one run.
     pub baseline: Option<std::path::PathBuf>,
@@ -333,7 +350,16 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
                     &replayers[..]
                 };
                 for &by in builds {
-                    let r = leg(ctx, plan, by, service, rate, source, CandidateCpu::AsLegacy)?;
+                    let r = leg(
+                        ctx,
+                        plan,
+                        by,
+                        service,
+                        rate,
+                        source,
+                        CandidateCpu::AsLegacy,
+                        twin.pid(),
+                    )?;
                     print_leg(&r);
                     runs.push(r);
                 }
@@ -343,7 +369,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
             .iter()
             .copied()
             .filter(|&r| {
-                (plan.capped_too && plan.legs.is_empty())
+                ((plan.capped_too || plan.priorities.len() > 1) && plan.legs.is_empty())
                     || plan
                         .legs
                         .iter()
@@ -354,18 +380,33 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Result<(Table, Vec<FidelityRun>)> {
             // nginx is one process; mirror-examples is threaded: the cap moves it only
             // when it needs more than one CPU in a 100 ms period.
             capped.add(twin.pid())?;
+            // With several priorities, the control too: the twin driven directly, so
+            // what its priority does to either side shows without the daemon.
+            let sources: &[Source] = if plan.priorities.len() > 1 {
+                &[Source::Control, Source::Live]
+            } else {
+                &[Source::Live]
+            };
             for &rate in &capped_rates {
-                let r = leg(
-                    ctx,
-                    plan,
-                    current,
-                    service,
-                    rate,
-                    Source::Live,
-                    CandidateCpu::Capped100,
-                )?;
-                print_leg(&r);
-                runs.push(r);
+                for &source in sources {
+                    for &p in &plan.priorities {
+                        capped.set_priority(p)?;
+                        let r = leg(
+                            ctx,
+                            plan,
+                            current,
+                            service,
+                            rate,
+                            source,
+                            CandidateCpu::Capped100 {
+                                priority: p.as_str(),
+                            },
+                            twin.pid(),
+                        )?;
+                        print_leg(&r);
+                        runs.push(r);
+                    }
+                }
             }
         }
         drop(twin);
@@ -400,7 +441,38 @@ fn urls_file(lab: &Lab, service: Service, to_twin: bool) -> Result<std::path::Pa
     Ok(file)
 }
 
+/// One leg, with legacy's and the twin's (`twin_pid`) run-queue waits around it.
+#[allow(clippy::too_many_arguments)]
 fn leg(
+    ctx: &Ctx,
+    plan: &Plan,
+    by: Replayer<'_>,
+    service: Service,
+    rate: u32,
+    source: Source,
+    cpu: CandidateCpu,
+    twin_pid: u32,
+) -> Result<FidelityRun> {
+    let target = match service {
+        Service::Examples => super::overhead::Target::Examples,
+        Service::Nginx => super::overhead::Target::Nginx,
+    };
+    let legacy_pid = ctx
+        .legacy_pids
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map(|(_, p)| *p);
+    let waits = || (legacy_pid.map(tree_sched_times), tree_sched_times(twin_pid));
+    let (l0, t0) = waits();
+    let mut r = leg_inner(ctx, plan, by, service, rate, source, cpu)?;
+    let (l1, t1) = waits();
+    let n = r.load.completed.max(1) as f64;
+    r.legacy_wait_us_per_req = l0.zip(l1).map(|(a, b)| a.until(b).wait_ns as f64 / 1e3 / n);
+    r.candidate_wait_us_per_req = Some(t0.until(t1).wait_ns as f64 / 1e3 / n);
+    Ok(r)
+}
+
+fn leg_inner(
     ctx: &Ctx,
     plan: &Plan,
     by: Replayer<'_>,
@@ -414,7 +486,7 @@ fn leg(
         "fid-{}-{rate}-{}-{}-{}",
         service.legacy_port(),
         source as u8,
-        matches!(cpu, CandidateCpu::Capped100) as u8,
+        cpu.tag(),
         by.label.len()
     );
     let store = lab.path(&format!("{tag}.db"));
@@ -560,6 +632,8 @@ fn leg(
         source,
         daemon: by.label.into(),
         candidate_cpu: cpu,
+        legacy_wait_us_per_req: None,
+        candidate_wait_us_per_req: None,
         load,
         loadavg: format!("{loadavg_at_start} → {}", loadavg()),
         replay_line,
@@ -739,6 +813,8 @@ fn control_run(
         source: Source::Control,
         daemon: "-".into(),
         candidate_cpu: cpu,
+        legacy_wait_us_per_req: None,
+        candidate_wait_us_per_req: None,
         load,
         loadavg: format!("{loadavg_at_start} → {}", loadavg()),
         replay_line: String::new(),
@@ -1031,8 +1107,14 @@ fn print_leg(r: &FidelityRun) {
             t.throttled_periods, t.periods, t.throttled_ms
         )
     });
+    let waits = match (r.legacy_wait_us_per_req, r.candidate_wait_us_per_req) {
+        (Some(l), Some(c)) => {
+            format!("; run-queue wait per request: legacy {l:.1} µs, candidate {c:.1} µs")
+        }
+        _ => String::new(),
+    };
     let cpu = format!(
-        "{cpu}{throttled}; arrivals at the candidate: {}, at legacy: {}",
+        "{cpu}{throttled}{waits}; arrivals at the candidate: {}, at legacy: {}",
         shape(&r.candidate_shape),
         shape(&r.legacy_shape)
     );
@@ -1094,7 +1176,7 @@ pub fn table(runs: &[FidelityRun]) -> Table {
                 format!("{}/s", r.rate),
                 format!("{:?}", r.source).to_lowercase(),
                 r.daemon.clone(),
-                r.candidate_cpu.label().into(),
+                r.candidate_cpu.label(),
                 fig.route.clone(),
                 if fig.route.starts_with('(') {
                     "-".into()
@@ -1180,6 +1262,7 @@ mod tests {
             rates: vec![1_000, 10_000],
             seconds: 5,
             capped_too: false,
+            priorities: vec![CandidatePriority::Idle],
             baseline: None,
             legs: legs
                 .iter()

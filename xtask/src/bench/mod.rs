@@ -32,6 +32,7 @@ use serde_json::json;
 use crate::{setup, tools, util};
 use lab::Lab;
 use load::Load;
+use mirror_common::cpu_priority::CandidatePriority;
 use overhead::{Build, Config, Run, Target};
 use table::{Table, median};
 use tap::TAP_MODE;
@@ -87,6 +88,12 @@ pub struct BenchArgs {
     /// whichever side's request found it halted (see xtask/src/bench/idle.rs).
     #[arg(long, value_enum, default_value_t = idle::CpuIdle::Hold)]
     cpu_idle: idle::CpuIdle,
+    /// The candidate cgroup's CPU priority against legacy, as `mirror-daemon run
+    /// --candidate-priority` sets it (`idle`, `low`, `normal`). The first is used
+    /// throughout; with more, the overhead section's `d shadow 100%` and the fidelity
+    /// section's `fenced` legs also run with each other one, side by side.
+    #[arg(long, value_delimiter = ',', default_value = mirror_common::cpu_priority::DEFAULT, value_parser = parse_priority)]
+    candidate_priority: Vec<CandidatePriority>,
     /// Internal: hold this many idle connections (the growth section's helper process).
     #[arg(long, hide = true)]
     hold_conns: Option<usize>,
@@ -94,6 +101,10 @@ pub struct BenchArgs {
     hold_targets: Vec<SocketAddr>,
     #[arg(long, hide = true, default_value_t = 300)]
     hold_seconds: u64,
+}
+
+fn parse_priority(s: &str) -> Result<CandidatePriority, String> {
+    CandidatePriority::parse(s).ok_or_else(|| format!("{s:?}: expected idle, low or normal"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,6 +130,26 @@ pub struct Ctx {
     pub seconds: u64,
     pub rounds: usize,
     pub ticks: f64,
+    /// `--candidate-priority`: the first is the candidate cgroup's setting throughout.
+    pub candidate_priorities: Vec<CandidatePriority>,
+    /// Each legacy server's main pid (schedstat readings of its process tree).
+    pub legacy_pids: Vec<(Target, u32)>,
+    /// The overhead section's candidate (mirror-examples in the candidate cgroup).
+    pub candidate_pid: Option<u32>,
+}
+
+impl Ctx {
+    /// The candidate cgroup's priority for the next measurement.
+    pub fn set_candidate_priority(&self, p: CandidatePriority) -> Result<()> {
+        match &self.lab.candidate_cgroup {
+            Some(cg) => cg.set_priority(p),
+            None => Ok(()),
+        }
+    }
+
+    pub fn default_priority(&self) -> CandidatePriority {
+        self.candidate_priorities[0]
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -194,7 +225,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         seconds,
         rounds,
         ticks: procs::clock_ticks(),
+        candidate_priorities: args.candidate_priority.clone(),
+        legacy_pids: Vec::new(),
+        candidate_pid: None,
     };
+    ctx.set_candidate_priority(ctx.default_priority())?;
     eprintln!(
         "xtask bench: lab {} up ({} / {} / {}); (b) = {}; {seconds}s per run, {rounds} round(s)",
         ctx.lab.id,
@@ -209,6 +244,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let _nginx = servers::nginx_legacy(&ctx.lab)?;
     let _tee = servers::nginx_tee(&ctx.lab)?;
     let _legacy = servers::examples_legacy(&ctx.lab, &ctx.examples)?;
+    ctx.candidate_pid = Some(_candidate.pid());
+    ctx.legacy_pids = vec![
+        (Target::Nginx, _nginx.pid()),
+        (Target::Examples, _legacy.pid()),
+    ];
 
     let mut tables: Vec<Table> = Vec::new();
     let mut runs: Vec<Run> = Vec::new();
@@ -273,6 +313,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             // Long enough for ~20 samples in each route's p95 tail at 1k req/s.
             seconds: args.seconds.unwrap_or(if quick { 5 } else { 12 }).max(1),
             capped_too: !quick,
+            priorities: ctx.candidate_priorities.clone(),
             baseline: args.baseline_daemon.clone(),
             legs: args.legs.clone(),
         };

@@ -3,12 +3,13 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use mirror_common::cpu_priority::CandidatePriority;
 use serde::Serialize;
 
 use super::Ctx;
 use super::lab::{SERVER_IP, check_interrupted};
 use super::load::{self, Load, LoadResult};
-use super::procs::{cpu_seconds, status_mib};
+use super::procs::{SchedTimes, cpu_seconds, status_mib, tree_sched_times};
 use super::servers::{
     DATA_PATH, EXAMPLES_PATH, EXAMPLES_PORT, NGINX_PORT, TEE_PROXY_PORT, TEE_STATIC_PORT,
 };
@@ -159,6 +160,16 @@ pub struct Run {
     pub observer_hwm_mib: Option<f64>,
     pub bpf: Option<BpfStats>,
     pub load_wall_s: f64,
+    /// The candidate cgroup's CPU priority during the run (`--candidate-priority`).
+    pub candidate_priority: &'static str,
+    /// Legacy's threads (every process of the server) over the load, per completed
+    /// request, from schedstat: time on a CPU, and time runnable but waiting for one. The
+    /// wait is what the daemon, the candidate and the rest of the box add to legacy's
+    /// latency, whatever the box's clock speed; the other helpers' load adds to it too.
+    pub legacy_cpu_us_per_req: Option<f64>,
+    pub legacy_wait_us_per_req: Option<f64>,
+    /// The candidate's CPU seconds over the load (its share of the box).
+    pub candidate_cpu_s: Option<f64>,
 }
 
 impl Run {
@@ -178,7 +189,32 @@ pub fn measure(
     round: usize,
     with_bpf_stats: bool,
 ) -> Result<Run> {
+    measure_with(
+        ctx,
+        target,
+        load_spec,
+        config,
+        build,
+        round,
+        with_bpf_stats,
+        ctx.default_priority(),
+    )
+}
+
+/// [`measure`] with the candidate's cgroup at `priority` for this run (put back after).
+#[allow(clippy::too_many_arguments)]
+pub fn measure_with(
+    ctx: &Ctx,
+    target: Target,
+    load_spec: Load,
+    config: Config,
+    build: Build,
+    round: usize,
+    with_bpf_stats: bool,
+    priority: CandidatePriority,
+) -> Result<Run> {
     check_interrupted()?;
+    ctx.set_candidate_priority(priority)?;
     let daemon_path = match build {
         Build::This => &ctx.daemon,
         Build::Baseline => ctx
@@ -213,6 +249,15 @@ pub fn measure(
         .map(TapDaemon::pid)
         .or(dump.as_ref().map(Tcpdump::pid));
     let cpu0 = observer.map(|p| cpu_seconds(p, ctx.ticks)).transpose()?;
+    let legacy_pid = ctx
+        .legacy_pids
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map(|(_, p)| *p);
+    let sched0 = legacy_pid.map(tree_sched_times);
+    let cand0 = ctx
+        .candidate_pid
+        .and_then(|p| cpu_seconds(p, ctx.ticks).ok());
     let t0 = Instant::now();
     let result = load::run(
         &ctx.lab,
@@ -223,6 +268,12 @@ pub fn measure(
         &format!("load-{}-{round}", config.label().replace(' ', "-")),
     )?;
     let load_wall_s = t0.elapsed().as_secs_f64();
+    let sched = sched0
+        .zip(legacy_pid.map(tree_sched_times))
+        .map(|(a, b): (SchedTimes, SchedTimes)| a.until(b));
+    let cand1 = ctx
+        .candidate_pid
+        .and_then(|p| cpu_seconds(p, ctx.ticks).ok());
     // Let the observer catch up with what is already queued before reading its CPU.
     super::lab::sleep(std::time::Duration::from_millis(300))?;
     let cpu1 = observer.map(|p| cpu_seconds(p, ctx.ticks)).transpose()?;
@@ -233,6 +284,12 @@ pub fn measure(
     };
     let tap = daemon.map(|d| d.stop(&ctx.lab, daemon_path)).transpose()?;
     let tcpdump = dump.map(Tcpdump::stop).transpose()?;
+    let completed = result.completed;
+    let per_req = |pick: fn(&SchedTimes) -> u64| {
+        sched
+            .filter(|_| completed > 0)
+            .map(|s| pick(&s) as f64 / 1e3 / completed as f64)
+    };
     let run = Run {
         target,
         load: load_spec.label(),
@@ -247,7 +304,12 @@ pub fn measure(
         observer_hwm_mib: hwm,
         bpf,
         load_wall_s,
+        candidate_priority: priority.as_str(),
+        legacy_cpu_us_per_req: per_req(|s| s.run_ns),
+        legacy_wait_us_per_req: per_req(|s| s.wait_ns),
+        candidate_cpu_s: cand0.zip(cand1).map(|(a, b)| b - a),
     };
+    ctx.set_candidate_priority(ctx.default_priority())?;
     eprintln!(
         "xtask bench: {:<22} {:<10} {:<26} round {}: {:>8.0} req/s p50 {:>7.3} ms p99 {:>7.3} ms{}",
         target.label(),
@@ -260,6 +322,15 @@ pub fn measure(
         run.completeness()
             .map(|c| format!(" completeness {:.3}%", c * 100.0))
             .unwrap_or_default()
+            + &run
+                .legacy_wait_us_per_req
+                .map(|w| format!(" legacy wait {w:.1} us/req"))
+                .unwrap_or_default()
+            + &run
+                .candidate_cpu_s
+                .filter(|c| *c > 0.0)
+                .map(|c| format!(" cand {c:.2} CPU-s ({})", priority.as_str()))
+                .unwrap_or_default()
             + &run
                 .tap
                 .as_ref()
@@ -301,6 +372,21 @@ pub fn overhead(ctx: &Ctx, loads: &[Load]) -> Result<Vec<Run>> {
                     for build in builds {
                         runs.push(measure(ctx, target, l, config, build, round, false)?);
                     }
+                    // The candidate's other priorities, side by side with the default.
+                    if config == Config::Shadow100 {
+                        for &p in &ctx.candidate_priorities[1..] {
+                            runs.push(measure_with(
+                                ctx,
+                                target,
+                                l,
+                                config,
+                                Build::This,
+                                round,
+                                false,
+                                p,
+                            )?);
+                        }
+                    }
                 }
             }
         }
@@ -314,32 +400,63 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
             "1. legacy-path overhead (median of {rounds} round(s); ratios to (a) nothing attached)"
         ),
         &[
-            "legacy", "load", "config", "req/s", "p50 ms", "p99 ms", "max ms", "req/s×", "p50×",
-            "p99×", "max×", "errors", "replayed",
+            "legacy",
+            "load",
+            "config",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "req/s×",
+            "p50×",
+            "p99×",
+            "max×",
+            "errors",
+            "replayed",
+            "legacy wait µs/req",
+            "legacy CPU µs/req",
+            "cand CPU %",
         ],
         3,
     );
+    // The candidate priority of (a)–(f); `d` may also have run with others.
+    let default_prio = runs.first().map_or("idle", |r| r.candidate_priority);
+    let mut priorities: Vec<&'static str> = vec![default_prio];
+    for r in runs {
+        if !priorities.contains(&r.candidate_priority) {
+            priorities.push(r.candidate_priority);
+        }
+    }
+    let priorities = &priorities;
     for target in targets() {
         for l in distinct_loads(runs) {
-            let of = |config: Config, build: Build| {
+            let of = |config: Config, build: Build, prio: &'static str| {
                 runs.iter().filter(move |r| {
-                    r.target == target && r.load_spec == l && r.config == config && r.build == build
+                    r.target == target
+                        && r.load_spec == l
+                        && r.config == config
+                        && r.build == build
+                        && r.candidate_priority == prio
                 })
             };
             let base = |pick: fn(&LoadResult) -> f64| {
                 median(
-                    of(Config::Nothing, Build::This)
+                    of(Config::Nothing, Build::This, default_prio)
                         .map(|r| pick(&r.result))
                         .collect(),
                 )
                 .unwrap_or(f64::NAN)
             };
-            for (config, build) in CONFIGS
-                .into_iter()
-                .flat_map(|c| [(c, Build::This), (c, Build::Baseline)])
-            {
+            for (config, build, prio) in CONFIGS.into_iter().flat_map(|c| {
+                [(c, Build::This), (c, Build::Baseline)]
+                    .into_iter()
+                    .flat_map(move |(c, b)| priorities.iter().map(move |p| (c, b, *p)))
+            }) {
                 let med = |pick: fn(&LoadResult) -> f64| {
-                    median(of(config, build).map(|r| pick(&r.result)).collect())
+                    median(of(config, build, prio).map(|r| pick(&r.result)).collect())
+                };
+                let med_of = |pick: fn(&Run) -> Option<f64>| {
+                    median(of(config, build, prio).filter_map(pick).collect())
                 };
                 let Some(rps) = med(|r| r.rps) else {
                     continue;
@@ -347,16 +464,29 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
                 let p50 = med(|r| r.p50_ms).unwrap_or(f64::NAN);
                 let p99 = med(|r| r.p99_ms).unwrap_or(f64::NAN);
                 let max = med(|r| r.max_ms).unwrap_or(f64::NAN);
-                let errors: u64 = of(config, build).map(|r| r.result.errors).sum();
+                let errors: u64 = of(config, build, prio).map(|r| r.result.errors).sum();
                 let replayed = median(
-                    of(config, build)
+                    of(config, build, prio)
                         .filter_map(|r| r.tap.as_ref()?.replayed_share())
                         .collect(),
                 );
+                let label = if prio == default_prio {
+                    build.label(config)
+                } else {
+                    format!("{} (candidate {prio})", build.label(config))
+                };
+                let cand_pct = med_of(|r| {
+                    r.candidate_cpu_s
+                        .filter(|_| r.load_wall_s > 0.0)
+                        .map(|c| c / r.load_wall_s * 100.0)
+                });
+                let opt = |v: Option<f64>, digits: usize| {
+                    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+                };
                 t.row(vec![
                     target.label().into(),
                     l.label(),
-                    build.label(config),
+                    label,
                     format!("{rps:.0}"),
                     format!("{p50:.3}"),
                     format!("{p99:.3}"),
@@ -367,6 +497,9 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
                     ratio(max, base(|r| r.max_ms)),
                     errors.to_string(),
                     replayed.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
+                    opt(med_of(|r| r.legacy_wait_us_per_req), 1),
+                    opt(med_of(|r| r.legacy_cpu_us_per_req), 1),
+                    opt(cand_pct, 0),
                 ]);
             }
         }
@@ -374,7 +507,8 @@ pub fn overhead_table(runs: &[Run], rounds: usize) -> Table {
     t.note(format!(
         "(b)–(d) = mirror-daemon {} --pipeline-priority {} in a cgroup with cpu weight {} and \
          quota {}% per {} ms (deploy/mirror.service); the candidate in its own cgroup limited to {}% of a \
-         CPU; load from {} client addresses (one in the 5% sample); fixed rates by oha (-q, \
+         CPU at priority {default_prio} (`run --candidate-priority`); legacy wait = schedstat run-queue \
+         wait of legacy's threads per request; cand CPU % = the candidate's CPU over the load; load from {} client addresses (one in the 5% sample); fixed rates by oha (-q, \
          --latency-correction), saturation by wrk (-t2 -c64); (e) for mirror-examples is nginx \
          proxy+mirror in front of it, so it includes a proxy hop; replayed = share of rebuilt \
          exchanges sent to the candidate",

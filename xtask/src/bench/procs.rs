@@ -212,3 +212,52 @@ pub fn clock_ticks() -> f64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
 }
+
+/// What the scheduler recorded for a process and every process below it, all threads
+/// (`/proc/PID/task/TID/schedstat`): time on a CPU and time runnable but waiting for one
+/// (the run-queue wait a request pays when something else holds the CPU), in ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedTimes {
+    pub run_ns: u64,
+    pub wait_ns: u64,
+}
+
+impl SchedTimes {
+    /// What happened between `self` (earlier) and `later`.
+    pub fn until(self, later: SchedTimes) -> SchedTimes {
+        SchedTimes {
+            run_ns: later.run_ns.saturating_sub(self.run_ns),
+            wait_ns: later.wait_ns.saturating_sub(self.wait_ns),
+        }
+    }
+}
+
+/// [`SchedTimes`] of `pid` and its descendants (nginx's workers are its master's
+/// children). Threads that ended between two readings drop out of the sum, so readings
+/// are taken around a load during which the server's threads live on.
+pub fn tree_sched_times(pid: u32) -> SchedTimes {
+    let mut total = SchedTimes::default();
+    let mut todo = vec![pid];
+    let mut seen = 0;
+    while let Some(p) = todo.pop() {
+        seen += 1;
+        if seen > 4096 {
+            break;
+        }
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let dir = t.path();
+            if let Ok(s) = fs::read_to_string(dir.join("schedstat")) {
+                let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+                total.run_ns += f.next().unwrap_or(0);
+                total.wait_ns += f.next().unwrap_or(0);
+            }
+            if let Ok(c) = fs::read_to_string(dir.join("children")) {
+                todo.extend(c.split_whitespace().filter_map(|v| v.parse::<u32>().ok()));
+            }
+        }
+    }
+    total
+}

@@ -52,6 +52,18 @@ impl Fencing {
     }
 }
 
+impl Fencing {
+    /// The CPU priority of a candidate mirror starts (`--candidate-priority`); `None`
+    /// when the candidate's cgroup is the user's own.
+    pub fn candidate_priority(&self) -> Option<crate::guard::limits::CandidatePriority> {
+        let (Fencing::Guard(cfg) | Fencing::Off(cfg)) = self;
+        match cfg.candidate {
+            crate::app::fence::CandidateSource::Command(_) => Some(cfg.limits.priority),
+            _ => None,
+        }
+    }
+}
+
 /// Retention limits of the store (none: keep everything).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Retention {

@@ -75,6 +75,15 @@ pub async fn start(plan: Plan) -> anyhow::Result<Running> {
     {
         tracing::warn!("p95 criterion: {}", cap.caveat());
     }
+    if let Some(p) = fencing.candidate_priority()
+        && p != crate::guard::limits::CandidatePriority::Normal
+        && criteria.judges_p95()
+    {
+        tracing::warn!(
+            "p95 criterion: the candidate runs at --candidate-priority {}: on a busy host it waits for legacy's threads and its latency reads higher for that alone; give --candidate-priority normal (legacy then shares its CPU with the candidate) or run the candidate on another host",
+            p.as_str()
+        );
+    }
     store
         .write_run(&RunInfo {
             host: host.clone(),

@@ -113,11 +113,7 @@ fn plan(dir: &std::path::Path, candidate: SocketAddr, timeout: Duration) -> Plan
             candidate: CandidateSource::External,
             identity: None,
             netns: None,
-            limits: CandidateLimits {
-                memory_bytes: None,
-                cpu_percent: None,
-                pids: None,
-            },
+            limits: CandidateLimits::none(),
             allow_egress: Vec::new(),
             egress_sink: None,
             allow_dns: None,
