@@ -1393,7 +1393,10 @@ mod remembered_results {
                     ("Cookie", format!("session={}; theme=dark", v(5)).as_bytes()),
                     ("Authorization", format!("Basic {basic}").as_bytes()),
                     ("X-Note", v(0).as_bytes()),
-                    ("Referer", format!("https://x.example/?e={}", v(4)).as_bytes()),
+                    (
+                        "Referer",
+                        format!("https://x.example/?e={}", v(4)).as_bytes(),
+                    ),
                     ("Content-Type", b"application/json"),
                 ],
                 body.as_bytes(),
@@ -1433,11 +1436,15 @@ mod remembered_results {
                 // The candidate's answer: other bytes than legacy's, echoing the values.
                 let mut cand = e.response.clone();
                 cand.body = Bytes::from(format!("{} {}", e.request.target, b"x".len()));
-                cand.headers.push(Header::new("X-Copy", e.request.target.as_bytes()));
+                cand.headers
+                    .push(Header::new("X-Copy", e.request.target.as_bytes()));
                 let ca = remembering.mask_response_tainted(&cand, &ta);
                 let cb = recomputing.mask_response_tainted(&cand, &tb);
                 assert_eq!(ca, cb);
-                assert_eq!(remembering.stats().snapshot(), recomputing.stats().snapshot());
+                assert_eq!(
+                    remembering.stats().snapshot(),
+                    recomputing.stats().snapshot()
+                );
             }
             assert!(remembering.memo.len() > 0, "the memo was used");
             assert_eq!(recomputing.memo.len(), 0);
