@@ -1,9 +1,9 @@
 //! Results of the masker's slow paths, kept for the next identical input.
 //!
-//! Masking a string through the detectors, or a header value that a rule, a secret name
-//! or a detector changes, is a pure function of the masker (key, rules, detectors,
-//! action) and the input bytes, with two kinds of side effect: a count per masked value
-//! (`Pass::count`) and a taint entry per masked value (`Pass::taint`). So the first time
+//! Masking a string through the detectors, a header value that a rule, a secret name or
+//! a detector changes, or a request's target, is a pure function of the masker (key,
+//! rules, detectors, action) and the input bytes, with two kinds of side effect: a count
+//! per masked value (`Pass::count`) and a taint entry per masked value (`Pass::taint`). So the first time
 //! such an input is masked, the output is kept with the list of those calls, in order;
 //! the next time, the calls are made again (the same counts, the same taint: the request
 //! taint is collected as if the value had been masked anew) and the output is copied.
@@ -12,7 +12,7 @@
 //! and phone in the request, legacy's answer and the next exchanges' answers.
 //!
 //! Only inputs that reach a slow path are kept (a string a detector's gate lets through,
-//! a header the masker changes); at most [`MEMO_MAX`] entries of at most
+//! a header the masker changes, a target); at most [`MEMO_MAX`] entries of at most
 //! [`MEMO_MAX_KEY`] bytes, each with at most [`MEMO_MAX_EFFECTS`] calls, emptied whole
 //! when full. Keys are values clients choose: a randomly seeded foldhash. The values are
 //! held in memory only, as the token cache holds them.
@@ -36,6 +36,8 @@ pub(crate) enum MemoKind {
     Text = 1,
     /// `headers::mask_header` of `name:value` (name lower-cased).
     Header = 2,
+    /// `urlenc::mask_target` of a request's target.
+    Target = 3,
 }
 
 /// One side effect of a slow path, as `Pass` was asked to make it.

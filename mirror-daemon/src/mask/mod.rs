@@ -503,10 +503,30 @@ impl<'m> Pass<'m> {
         let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
         Request {
             method: r.method.clone(),
-            target: urlenc::mask_target(self, &r.target).into_owned(),
+            target: self.mask_request_target(&r.target),
             version: r.version,
             headers,
             body,
+        }
+    }
+
+    /// A request's target, through the memo (`memo.rs`): clients ask for the same
+    /// targets again.
+    fn mask_request_target(&self, target: &str) -> String {
+        let out =
+            self.memoized(
+                memo::MemoKind::Target,
+                target.as_bytes(),
+                || match urlenc::mask_target(self, target) {
+                    Cow::Owned(t) => Some(t.into_bytes()),
+                    Cow::Borrowed(_) => None,
+                },
+            );
+        match out {
+            None => target.to_string(),
+            // Kept outputs are `String`s' bytes: always UTF-8, so never lossy.
+            Some(o) => String::from_utf8(o)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         }
     }
 
