@@ -167,15 +167,21 @@ pub(crate) enum BodyKind {
 
 /// Classify by `Content-Type`, sniffing when it is absent or not specific.
 pub(crate) fn classify(headers: &[Header], data: &[u8]) -> BodyKind {
-    let ct = header(headers, "content-type").map(|v| {
-        let v = String::from_utf8_lossy(v);
-        v.split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase()
-    });
-    match ct.as_deref() {
+    let mut buf = [0u8; 64];
+    let owned;
+    let ct = match header(headers, "content-type") {
+        None => None,
+        Some(v) => match media_type_in(v, &mut buf) {
+            Some(t) => Some(t),
+            None => {
+                owned = media_type(v);
+                Some(owned.as_str())
+            }
+        },
+    };
+    match ct {
+        // The common case, decided before the substring searches (it contains neither).
+        Some("application/json") => BodyKind::Json,
         Some("application/x-www-form-urlencoded") => BodyKind::Form,
         Some(t) if t.contains("ndjson") || t.contains("json-seq") => BodyKind::Text,
         Some(t) if t == "application/json" || t.ends_with("+json") || t.ends_with("/json") => {
@@ -191,6 +197,25 @@ pub(crate) fn classify(headers: &[Header], data: &[u8]) -> BodyKind {
         }
         _ => sniff(data),
     }
+}
+
+/// The media type of a `Content-Type` value: before any `;`, trimmed, lower-cased.
+fn media_type(v: &[u8]) -> String {
+    String::from_utf8_lossy(v)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// [`media_type`] in `buf`, when the value is UTF-8 and the type fits (no allocation).
+fn media_type_in<'b>(v: &[u8], buf: &'b mut [u8; 64]) -> Option<&'b str> {
+    let t = std::str::from_utf8(v).ok()?.split(';').next()?.trim();
+    let out = buf.get_mut(..t.len())?;
+    out.copy_from_slice(t.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
 }
 
 const TEXT_TYPES: &[&str] = &[
@@ -244,6 +269,34 @@ fn sniff(data: &[u8]) -> BodyKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The media type read on the stack is the allocating reading's, or not taken.
+    #[test]
+    fn media_type_in_is_media_type() {
+        for v in [
+            &b"application/json"[..],
+            b"Application/JSON; charset=utf-8",
+            b"  text/html ;q=1",
+            b"application/x-www-form-urlencoded",
+            b"\x0bapplication/json\x0b",
+            b"application/vnd.api+json",
+            b"",
+            b";",
+            "appl\u{e9}cation/json".as_bytes(),
+            b"\xffapplication/json",
+            b"application/a-very-long-media-type-name-that-does-not-fit-in-the-buffer+json",
+        ] {
+            let mut buf = [0u8; 64];
+            if let Some(t) = media_type_in(v, &mut buf) {
+                assert_eq!(t, media_type(v), "{v:?}");
+            } else {
+                assert!(
+                    std::str::from_utf8(v).is_err() || media_type(v).len() > 64,
+                    "{v:?}"
+                );
+            }
+        }
+    }
 
     fn h(name: &str, v: &str) -> Header {
         Header::new(name, v)

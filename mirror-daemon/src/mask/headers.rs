@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use base64::Engine as _;
 
 use super::Pass;
+use super::memo::MemoKind;
 use super::secret::is_secret_name;
 use super::stats::MaskKind;
 use super::token::is_masked_value;
@@ -48,7 +49,12 @@ pub(crate) fn mask_header(m: &Pass<'_>, name: &str, value: &[u8]) -> Option<Vec<
     if key.is_some_and(|k| m.unchanged_headers.contains(k)) {
         return None;
     }
-    let out = mask_named(m, lname, value);
+    // Values the masker changes (credentials, cookies, PII) repeat too: the same
+    // client's cookie on every request. Their result and side effects are remembered.
+    let out = match key {
+        Some(k) => m.memoized(MemoKind::Header, k, || mask_named(m, lname, value)),
+        None => mask_named(m, lname, value),
+    };
     if out.is_none()
         && let Some(k) = key
     {

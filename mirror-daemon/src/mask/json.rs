@@ -182,7 +182,7 @@ const KEY_SLOTS: usize = 128;
 
 impl KeyMemo {
     /// The first (up to) eight bytes of `src[start..start + len]` as a number.
-    #[inline]
+    #[inline(always)]
     fn word(src: &[u8], start: usize, len: usize) -> u64 {
         let n = len.min(8);
         let x = match src.get(start..start + 8) {
@@ -200,7 +200,7 @@ impl KeyMemo {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn slot(word: u64, len: usize) -> usize {
         let x = word ^ (len as u64).rotate_right(8);
         (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize % KEY_SLOTS
@@ -208,7 +208,7 @@ impl KeyMemo {
 
     /// Whether the key `src[start..start + len]` names a secret, when it was met
     /// before.
-    #[inline]
+    #[inline(always)]
     fn get(&self, src: &[u8], start: usize, len: usize) -> Option<bool> {
         let word = Self::word(src, start, len);
         let i = Self::slot(word, len);

@@ -30,6 +30,7 @@ mod json_reference;
 #[cfg(test)]
 mod json_tests;
 mod key;
+mod memo;
 mod reuse;
 mod rules;
 mod secret;
@@ -175,6 +176,10 @@ pub struct Masker {
     token_cache: TokenCache,
     /// Recent headers that mask to themselves (see `headers::UnchangedHeaders`).
     unchanged_headers: headers::UnchangedHeaders,
+    /// Recent results of the slow paths, with their side effects (see `memo.rs`).
+    memo: memo::MaskMemo,
+    /// Off only in tests: the memo's results are compared with the paths it skips.
+    memo_on: std::sync::atomic::AtomicBool,
     /// Unique per masker in the process: a body memo (`reuse.rs`) is only reused by
     /// the masker that made it.
     id: u64,
@@ -229,6 +234,8 @@ impl Masker {
             taints: TaintCache::default(),
             token_cache: TokenCache::default(),
             unchanged_headers: headers::UnchangedHeaders::default(),
+            memo: memo::MaskMemo::default(),
+            memo_on: std::sync::atomic::AtomicBool::new(true),
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -251,11 +258,20 @@ impl Masker {
         &self.stats
     }
 
-    /// Forgets the tokens (and the unchanged headers) kept for repeated values, so the
-    /// next values are masked as if never seen (the cost bench's cold figure).
+    /// Forgets the tokens (and the unchanged headers and remembered results) kept for
+    /// repeated values, so the next values are masked as if never seen (the cost bench's
+    /// cold figure).
     pub fn forget_tokens(&self) {
         self.token_cache.clear();
         self.unchanged_headers.clear();
+        self.memo.clear();
+    }
+
+    /// Turns the memo of slow-path results (`memo.rs`) on or off (tests compare both).
+    #[cfg(test)]
+    pub(crate) fn set_memo(&self, on: bool) {
+        self.memo_on.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.memo.clear();
     }
 
     /// A keyed digest (HMAC-SHA256 under the mask key, hex) of any bytes: what may be
@@ -430,6 +446,9 @@ pub(crate) struct Pass<'m> {
     /// document found invalid half-way is masked again as text, and must not count or
     /// taint twice).
     deferred: RefCell<Option<Deferred>>,
+    /// While a slow path whose result the memo will keep runs: the side effects it asked
+    /// for so far (`count`, `taint`), in order (see `Pass::memoized`).
+    effects: RefCell<Option<Vec<memo::Effect>>>,
 }
 
 /// Side effects of a pass held back (see `Pass::deferred`), bounded whatever the
@@ -455,6 +474,7 @@ impl<'m> Pass<'m> {
             collect: None,
             apply: None,
             deferred: RefCell::new(None),
+            effects: RefCell::new(None),
         }
     }
 
@@ -464,6 +484,7 @@ impl<'m> Pass<'m> {
             collect: Some(RefCell::new(TaintSet::default())),
             apply: None,
             deferred: RefCell::new(None),
+            effects: RefCell::new(None),
         }
     }
 
@@ -473,6 +494,7 @@ impl<'m> Pass<'m> {
             collect: None,
             apply: (!taint.is_empty()).then_some(taint),
             deferred: RefCell::new(None),
+            effects: RefCell::new(None),
         }
     }
 
@@ -481,10 +503,30 @@ impl<'m> Pass<'m> {
         let body = self.mask_message_body(&r.headers, &r.body, &mut headers);
         Request {
             method: r.method.clone(),
-            target: urlenc::mask_target(self, &r.target).into_owned(),
+            target: self.mask_request_target(&r.target),
             version: r.version,
             headers,
             body,
+        }
+    }
+
+    /// A request's target, through the memo (`memo.rs`): clients ask for the same
+    /// targets again.
+    fn mask_request_target(&self, target: &str) -> String {
+        let out =
+            self.memoized(
+                memo::MemoKind::Target,
+                target.as_bytes(),
+                || match urlenc::mask_target(self, target) {
+                    Cow::Owned(t) => Some(t.into_bytes()),
+                    Cow::Borrowed(_) => None,
+                },
+            );
+        match out {
+            None => target.to_string(),
+            // Kept outputs are `String`s' bytes: always UTF-8, so never lossy.
+            Some(o) => String::from_utf8(o)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         }
     }
 
@@ -525,6 +567,9 @@ impl<'m> Pass<'m> {
 
     /// Remember, for the rest of the exchange, that `value` became `replacement`.
     fn taint(&self, value: &[u8], replacement: &str) {
+        if let Some(e) = self.effects.borrow_mut().as_mut() {
+            e.push(memo::Effect::Taint(value.into(), replacement.into()));
+        }
         if let Some(c) = &self.collect {
             c.borrow_mut().add(value, replacement);
         }
@@ -532,10 +577,64 @@ impl<'m> Pass<'m> {
 
     /// Count one masked value (held back while a JSON scan runs).
     fn count(&self, kind: MaskKind) {
+        if let Some(e) = self.effects.borrow_mut().as_mut() {
+            e.push(memo::Effect::Count(kind));
+        }
         match self.deferred.borrow_mut().as_mut() {
             Some(d) => d.counts[kind as usize] += 1,
             None => self.stats.count(kind),
         }
+    }
+
+    /// `compute()`, a slow path that is a pure function of the masker and `input` apart
+    /// from its `count`/`taint` calls, taken from the memo when `input` was seen: its
+    /// output copied and its side effects made again, in order (see `memo.rs`).
+    fn memoized(
+        &self,
+        kind: memo::MemoKind,
+        input: &[u8],
+        compute: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
+        let mut buf = [0u8; memo::MEMO_MAX_KEY];
+        let key = match memo::memo_key(kind, input, &mut buf) {
+            Some(k) if self.memo_on.load(std::sync::atomic::Ordering::Relaxed) => k,
+            _ => return compute(),
+        };
+        if let Some(e) = self.memo.get(key) {
+            for effect in &e.effects {
+                match effect {
+                    memo::Effect::Count(k) => self.count(*k),
+                    memo::Effect::Taint(v, r) => self.taint(v, r),
+                }
+            }
+            return e.out.as_deref().map(<[u8]>::to_vec);
+        }
+        // Record this path's effects; an enclosing recording keeps them as well.
+        let start = {
+            let mut r = self.effects.borrow_mut();
+            match r.as_mut() {
+                Some(v) => Some(v.len()),
+                None => {
+                    *r = Some(Vec::new());
+                    None
+                }
+            }
+        };
+        let out = compute();
+        let mut r = self.effects.borrow_mut();
+        let effects = match start {
+            Some(at) => r.as_ref().map(|v| v.get(at..).unwrap_or_default().to_vec()),
+            None => r.take(),
+        };
+        drop(r);
+        if let Some(effects) = effects {
+            // A header that masks to itself is kept by `headers::UnchangedHeaders`.
+            let unchanged = out.is_none() && effects.is_empty();
+            if !(unchanged && matches!(kind, memo::MemoKind::Header)) {
+                self.memo.put(key, out.as_deref(), &effects);
+            }
+        }
+        out
     }
 
     /// Runs `scan` with its counts and taint held back: applied when it succeeds,
@@ -721,8 +820,26 @@ impl<'m> Pass<'m> {
         self.mask_str_slow(s, p)
     }
 
+    /// The slow path of [`Pass::mask_str_profiled`], through the memo (`memo.rs`).
     #[inline(never)]
     fn mask_str_slow<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
+        let out = self.memoized(memo::MemoKind::Text, s.as_bytes(), || {
+            match self.mask_str_computed(s, p) {
+                Cow::Owned(o) => Some(o.into_bytes()),
+                Cow::Borrowed(_) => None,
+            }
+        });
+        match out {
+            None => Cow::Borrowed(s),
+            // Kept outputs are `String`s' bytes: always UTF-8, so never lossy.
+            Some(o) => Cow::Owned(
+                String::from_utf8(o)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
+        }
+    }
+
+    fn mask_str_computed<'a>(&self, s: &'a str, p: &Profile) -> Cow<'a, str> {
         let plain = self.detect_str_profiled(s, p);
         // Nothing found: `plain` is `s`, whose profile says whether it holds a `%`.
         if matches!(plain, Cow::Borrowed(_)) && !p.has_percent() {

@@ -220,6 +220,13 @@ fn build(values: Values) -> Option<Matcher> {
 /// it none, and it walks every byte of every response through its states. This table
 /// lets the scan skip to the positions where a match can start (a few percent of a
 /// JSON body) and ask the automaton, anchored there, for the longest match.
+///
+/// Between those positions it skips as the Wu–Manber search does: every pattern is at
+/// least `shortest` bytes long, so a match starting at `i` covers `hay[i..i + shortest]`
+/// and its last two bytes are two consecutive bytes of some pattern's first `shortest`.
+/// `shift[block]` is how far the window can move before such a pair could be its last
+/// two bytes (0: it can be now); a window whose last pair has a shift `s > 0` starts no
+/// match at any of the next `s` positions.
 #[derive(Debug)]
 struct Starts {
     /// Bit `a << 8 | b` is set when some pattern starts with the bytes `a`, `b`
@@ -228,15 +235,41 @@ struct Starts {
     /// Byte `a` starts some pattern, in either case (indexed by the byte as it is, so
     /// the scan folds only where it looks at a pair).
     first: [bool; 256],
+    /// Skip distance by the (lower-cased, hashed: [`block`]) last two bytes of the
+    /// window; colliding pairs keep the smaller distance, which only skips less.
+    shift: Box<[u8; SHIFT_BLOCKS]>,
+    /// The shortest pattern's length (the window), at least 2; 0: no skipping.
+    window: usize,
+}
+
+const SHIFT_BLOCKS: usize = 4096;
+
+/// The shift table's slot of the two bytes `a`, `b` (lower-cased).
+#[inline(always)]
+fn block(a: u8, b: u8) -> usize {
+    (usize::from(FOLD[usize::from(a)]) << 6 ^ usize::from(FOLD[usize::from(b)])) % SHIFT_BLOCKS
 }
 
 impl Starts {
     fn of(patterns: &[Vec<u8>]) -> Self {
+        let shortest = patterns.iter().map(Vec::len).min().unwrap_or(0);
+        let window = if shortest >= 2 { shortest } else { 0 };
         let mut s = Starts {
             pairs: Box::new([0; 1024]),
             first: [false; 256],
+            shift: Box::new(
+                [u8::try_from(window.saturating_sub(1)).unwrap_or(u8::MAX); SHIFT_BLOCKS],
+            ),
+            window,
         };
         for p in patterns {
+            if window >= 2 {
+                for j in 0..=window - 2 {
+                    let slot = &mut s.shift[block(p[j], p[j + 1])];
+                    let d = u8::try_from(window - 2 - j).unwrap_or(u8::MAX);
+                    *slot = (*slot).min(d);
+                }
+            }
             // Every pattern has at least `MIN_TAINT_LEN` (4) bytes.
             if let [a, b, ..] = p[..] {
                 let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
@@ -252,6 +285,9 @@ impl Starts {
     /// The first position at or after `from` where a pattern may start.
     #[inline]
     fn next(&self, hay: &[u8], from: usize) -> Option<usize> {
+        if self.window >= 2 {
+            return self.next_skipping(hay, from);
+        }
         let end = hay.len().checked_sub(1)?;
         let start = from.min(end);
         // Over `hay[..end]`: every position with a byte after it.
@@ -264,6 +300,31 @@ impl Starts {
                     return Some(i);
                 }
             }
+        }
+        None
+    }
+
+    /// [`Starts::next`] with windows of `self.window` bytes skipped by `self.shift`.
+    #[inline]
+    fn next_skipping(&self, hay: &[u8], from: usize) -> Option<usize> {
+        let w = self.window;
+        let mut i = from;
+        // A match starting at `i` ends at `i + w` or later.
+        while let Some(&[a, b]) = hay.get(i + w - 2..i + w) {
+            let s = self.shift[block(a, b)];
+            if s > 0 {
+                i += usize::from(s);
+                continue;
+            }
+            let c = hay[i];
+            if self.first[usize::from(c)] {
+                let pair = usize::from(FOLD[usize::from(c)]) << 8
+                    | usize::from(FOLD[usize::from(hay[i + 1])]);
+                if self.pairs[pair >> 6] & 1 << (pair & 63) != 0 {
+                    return Some(i);
+                }
+            }
+            i += 1;
         }
         None
     }
@@ -709,6 +770,39 @@ mod prefilter {
                 "ana@example.com",
             ]);
             prop_assert_eq!(hits(m.matches(&hay)), hits(m.ac.find_iter(&hay[..])));
+        }
+
+        /// The same with long values only: the window is 12 bytes, the skips longer.
+        #[test]
+        fn skipping_scan_is_the_plain_scan(hay in hay()) {
+            let m = matcher(&[
+                "eyJhbGciOiJIUzI1NiJ9.e30.c2ln",
+                "7f3a9c2e51b84d0fa1c6",
+                "session=7f3a9c2e51b84d0fa1c6; theme=dark",
+                "ana@example.com",
+            ]);
+            prop_assert!(m.starts.window >= 12, "{}", m.starts.window);
+            prop_assert_eq!(hits(m.matches(&hay)), hits(m.ac.find_iter(&hay[..])));
+        }
+    }
+
+    /// The skipping scan passes over no position where a pattern starts: from every
+    /// position of a text with echoes, it stops at or before the first such position.
+    #[test]
+    fn skips_pass_over_no_start() {
+        let m = matcher(&["7f3a9c2e51b84d0fa1c6", "ana@example.com", "dark"]);
+        let hay = b"{\"a\":\"x7F3A9C2E51B84D0FA1C6\",\"b\":\"ANA%40EXAMPLE.COM dark darker\"}";
+        for from in 0..hay.len() {
+            let first_start = (from..hay.len()).find(|&i| {
+                m.ac.try_find(Input::new(&hay[..]).range(i..).anchored(Anchored::Yes))
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
+            let next = m.starts.next_skipping(hay, from);
+            if let Some(s) = first_start {
+                assert!(next.is_some_and(|n| n <= s), "from {from}: {next:?} > {s}");
+            }
         }
     }
 }

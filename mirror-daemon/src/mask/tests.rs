@@ -1339,3 +1339,142 @@ mod reused_bodies {
         assert_eq!(vouched, 3, "the first three documents");
     }
 }
+
+/// The memo of slow-path results (`memo.rs`): a masker that remembers masks every
+/// exchange exactly as one that recomputes everything: the same messages, counts and
+/// request taint (so the same echoes masked in the answer).
+mod remembered_results {
+    use super::*;
+
+    /// Values that reach the slow paths (PII for each detector, percent-encoded PII,
+    /// timestamps and ids the gates let through, a masked token) and plain ones.
+    const VALUES: &[&str] = &[
+        "ana.silva@example.com",
+        "+1 415 555 0142",
+        "(415) 555-0142",
+        "2024-03-01T10:22:31Z",
+        "4111 1111 1111 1111",
+        "123-45-6789",
+        "bob%40example.org",
+        "mail ana.silva@example.com or call +44 20 7946 0958",
+        "DE89 3704 0044 0532 0130 00",
+        "203.0.113.77",
+        "0b4f2c9e-6d1a-4c3b-9e7f-1a2b3c4d5e6f",
+        "tok_0123456789abcdef",
+        "plain words",
+        "7f3a9c2e51b84d0fa1c6",
+    ];
+
+    /// One exchange from choices of values: headers, a target, a JSON body with the
+    /// values as strings and as a key, and an answer echoing them (raw and in base64).
+    fn exchange(picks: &[usize]) -> Exchange {
+        use base64::Engine as _;
+        let v = |i: usize| VALUES[picks[i % picks.len()] % VALUES.len()];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(v(1));
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("u:{}", v(2)));
+        let body = format!(
+            r#"{{"a":{:?},"list":[{:?},{:?}],{:?}:1,"password":{:?}}}"#,
+            v(0),
+            v(1),
+            v(2),
+            v(3),
+            v(4)
+        );
+        let echo = format!(r#"{{"seen":{:?},"again":{:?},"b64":"{b64}"}}"#, v(1), v(5));
+        let target = format!("/u/{}?q={}&token={}", v(2), v(3), v(5)).replace(' ', "%20");
+        let client: SocketAddr = "198.18.7.9:51234".parse().expect("addr");
+        let server: SocketAddr = "10.0.0.2:8080".parse().expect("addr");
+        Exchange {
+            id: CorrelationId::new(),
+            flow: crate::capture::FlowKey { client, server },
+            request: req(
+                &target,
+                &[
+                    ("Cookie", format!("session={}; theme=dark", v(5)).as_bytes()),
+                    ("Authorization", format!("Basic {basic}").as_bytes()),
+                    ("X-Note", v(0).as_bytes()),
+                    (
+                        "Referer",
+                        format!("https://x.example/?e={}", v(4)).as_bytes(),
+                    ),
+                    ("Content-Type", b"application/json"),
+                ],
+                body.as_bytes(),
+            ),
+            response: resp(
+                &[
+                    ("X-Echo", v(1).as_bytes()),
+                    ("Set-Cookie", format!("s={}; Path=/", v(3)).as_bytes()),
+                    ("Content-Type", b"application/json"),
+                ],
+                echo.as_bytes(),
+            ),
+            timing: Timing::default(),
+        }
+    }
+
+    fn configs() -> Vec<Masker> {
+        vec![
+            masker(&["json:$.list[1]"]),
+            masker_with(&[], |c| {
+                c.detectors = Detectors::all();
+                c.action = Action::Redact;
+            }),
+        ]
+    }
+
+    /// Masks `exchanges` with the memo on and off (fresh maskers of the same
+    /// configuration): everything each exchange leaves must be the same.
+    fn same_with_and_without(exchanges: &[Exchange]) {
+        for (remembering, recomputing) in configs().into_iter().zip(configs()) {
+            recomputing.set_memo(false);
+            for e in exchanges {
+                let (a, ta) = remembering.mask_exchange_tainted(e);
+                let (b, tb) = recomputing.mask_exchange_tainted(e);
+                assert_eq!(exchange_text(&a), exchange_text(&b));
+                assert_eq!(ta.values(), tb.values());
+                // The candidate's answer: other bytes than legacy's, echoing the values.
+                let mut cand = e.response.clone();
+                cand.body = Bytes::from(format!("{} {}", e.request.target, b"x".len()));
+                cand.headers
+                    .push(Header::new("X-Copy", e.request.target.as_bytes()));
+                let ca = remembering.mask_response_tainted(&cand, &ta);
+                let cb = recomputing.mask_response_tainted(&cand, &tb);
+                assert_eq!(ca, cb);
+                assert_eq!(
+                    remembering.stats().snapshot(),
+                    recomputing.stats().snapshot()
+                );
+            }
+            assert!(remembering.memo.len() > 0, "the memo was used");
+            assert_eq!(recomputing.memo.len(), 0);
+        }
+    }
+
+    fn exchange_text(e: &Exchange) -> String {
+        format!("{:?} {:?} {:?}", e.flow, e.request, e.response)
+    }
+
+    #[test]
+    fn the_benchs_exchange_masks_alike_every_time() {
+        let picks: Vec<usize> = (0..VALUES.len()).collect();
+        let e = exchange(&picks);
+        same_with_and_without(&[e.clone(), e.clone(), e]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Sequences of exchanges drawing from a few values (so they repeat across
+        /// messages and exchanges, in other places and combinations).
+        #[test]
+        fn remembered_results_mask_as_recomputed_ones(
+            picks in proptest::collection::vec(proptest::collection::vec(0usize..VALUES.len(), 6), 1..5)
+        ) {
+            let exchanges: Vec<Exchange> = picks.iter().map(|p| exchange(p)).collect();
+            // Each exchange twice: the second time from the memo.
+            let twice: Vec<Exchange> = exchanges.iter().chain(&exchanges).cloned().collect();
+            same_with_and_without(&twice);
+        }
+    }
+}
