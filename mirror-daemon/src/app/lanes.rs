@@ -416,6 +416,8 @@ async fn lane(
     let mut secondary_conn: Option<CandidateConn> = None;
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut concluding = JoinSet::new();
+    // Small exchanges replied to, waiting for their requests' transmit stamps.
+    let mut unsettled: Vec<Concluding> = Vec::new();
     loop {
         while ahead.len() < MAX_AHEAD {
             match rx.try_recv() {
@@ -424,6 +426,9 @@ async fn lane(
             }
         }
         if ahead.is_empty() {
+            // Nothing else to do: conclude what waits before waiting.
+            settle(&shadow, [&mut conn, &mut secondary_conn], &mut unsettled);
+            conclude_all(&shadow, unsettled.drain(..));
             match timeout(LANE_IDLE, rx.recv()).await {
                 Ok(Some(item)) => ahead.push_back(start(item)),
                 Ok(None) => break,
@@ -516,15 +521,62 @@ async fn lane(
             secondary_conn = None;
         }
         let small = prepared.iter().all(|p| in_place(&p.ex));
-        let done = with_replies(&shadow, prepared, replies, secondary);
+        let mut done = with_replies(prepared, replies, secondary);
         if small {
-            // Small: compared and recorded here, no hand-over.
-            conclude_all(&shadow, done);
+            // Small: compared and recorded here, no hand-over, once SETTLE_EVERY have
+            // been replied to: their transmit stamps are then read in one system call.
+            unsettled.append(&mut done);
+            let bytes: usize = unsettled.iter().map(|c| held_bytes(&c.0)).sum();
+            if unsettled.len() >= SETTLE_EVERY || bytes >= SETTLE_BYTES {
+                settle(&shadow, [&mut conn, &mut secondary_conn], &mut unsettled);
+                conclude_all(&shadow, unsettled.drain(..));
+            }
         } else {
+            settle(&shadow, [&mut conn, &mut secondary_conn], &mut done);
             concluding.spawn(conclude(shadow.clone(), done));
         }
     }
+    settle(&shadow, [&mut conn, &mut secondary_conn], &mut unsettled);
+    conclude_all(&shadow, unsettled.drain(..));
     while concluding.join_next().await.is_some() {}
+}
+
+/// Small exchanges a lane concludes together, at most, so their requests' transmit
+/// stamps are read from the error queue in one system call (`stamps::TX_BATCH` per call)
+/// rather than one per request. It delays their outcomes by as many exchanges of their
+/// connection (about 0.1 s at 10k req/s over 64 connections); a lane with nothing else
+/// queued concludes what it holds before it waits.
+const SETTLE_EVERY: usize = 16;
+/// ... or exchanges holding this many bytes (`held_bytes`), so what a lane holds back is
+/// bounded in bytes too (all lanes: `--concurrency` times this).
+const SETTLE_BYTES: usize = 64 * 1024;
+
+/// Times `done`'s replies with their requests' transmit stamps (read from `conns` now;
+/// a connection dropped since read its own when it closed) and counts them in their
+/// replayer's figures.
+fn settle<const N: usize>(
+    shadow: &Shadow,
+    conns: [&mut Option<CandidateConn>; N],
+    done: &mut [Concluding],
+) {
+    if done.is_empty() {
+        return;
+    }
+    for conn in conns.into_iter().flatten() {
+        conn.read_tx_stamps();
+    }
+    for (_, _, _, reply, secondary) in done.iter_mut() {
+        if let Ok(r) = reply {
+            r.settle();
+        }
+        shadow.replayer.figures.reply(reply);
+        if let (Some(s), Some(r)) = (&shadow.secondary, secondary) {
+            if let Ok(r) = r {
+                r.settle();
+            }
+            s.figures.reply(r);
+        }
+    }
 }
 
 /// Sleeps until `at` when it is still ahead (a past deadline would wait for the timer's
@@ -653,10 +705,8 @@ async fn replay_batch(
     all(CandidateErrorKind::Reset)
 }
 
-/// The batch's exchanges with their candidate's and secondary's replies, the replies
-/// counted in their replayer's figures.
+/// The batch's exchanges with their candidate's and secondary's replies.
 fn with_replies(
-    shadow: &Shadow,
     prepared: Vec<Prepared>,
     replies: Vec<ReplayResult>,
     secondary: Option<Vec<ReplayResult>>,
@@ -670,13 +720,7 @@ fn with_replies(
         .into_iter()
         .zip(replies)
         .zip(secondary)
-        .map(|((p, reply), sec)| {
-            shadow.replayer.figures.reply(&reply);
-            if let (Some(s), Some(r)) = (&shadow.secondary, &sec) {
-                s.figures.reply(r);
-            }
-            (p.ex, p.masked, p.taint, reply, sec)
-        })
+        .map(|((p, reply), sec)| (p.ex, p.masked, p.taint, reply, sec))
         .collect()
 }
 
