@@ -428,7 +428,7 @@ async fn lane(
         if ahead.is_empty() {
             // Nothing else to do: conclude what waits before waiting.
             settle(&shadow, [&mut conn, &mut secondary_conn], &mut unsettled);
-            conclude_all(&shadow, unsettled.drain(..));
+            conclude_yielding(&shadow, &mut unsettled).await;
             match timeout(LANE_IDLE, rx.recv()).await {
                 Ok(Some(item)) => ahead.push_back(start(item)),
                 Ok(None) => break,
@@ -529,7 +529,7 @@ async fn lane(
             let bytes: usize = unsettled.iter().map(|c| held_bytes(&c.0)).sum();
             if unsettled.len() >= SETTLE_EVERY || bytes >= SETTLE_BYTES {
                 settle(&shadow, [&mut conn, &mut secondary_conn], &mut unsettled);
-                conclude_all(&shadow, unsettled.drain(..));
+                conclude_yielding(&shadow, &mut unsettled).await;
             }
         } else {
             settle(&shadow, [&mut conn, &mut secondary_conn], &mut done);
@@ -537,7 +537,7 @@ async fn lane(
         }
     }
     settle(&shadow, [&mut conn, &mut secondary_conn], &mut unsettled);
-    conclude_all(&shadow, unsettled.drain(..));
+    conclude_yielding(&shadow, &mut unsettled).await;
     while concluding.join_next().await.is_some() {}
 }
 
@@ -550,6 +550,21 @@ const SETTLE_EVERY: usize = 16;
 /// ... or exchanges holding this many bytes (`held_bytes`), so what a lane holds back is
 /// bounded in bytes too (all lanes: `--concurrency` times this).
 const SETTLE_BYTES: usize = 64 * 1024;
+
+/// Concludes `done` on the lane's thread, one exchange at a time, letting the runtime run
+/// its other tasks once a millisecond has gone: concluding a whole batch at once held a
+/// worker for the batch's time (seconds in a debug build under load), so other lanes'
+/// timeouts fired late and the API did not answer (e2e `shadow`, hanging candidate).
+async fn conclude_yielding(shadow: &Shadow, done: &mut Vec<Concluding>) {
+    let mut since = Instant::now();
+    for c in done.drain(..) {
+        conclude_all(shadow, [c]);
+        if since.elapsed() > Duration::from_millis(1) {
+            tokio::task::yield_now().await;
+            since = Instant::now();
+        }
+    }
+}
 
 /// Times `done`'s replies with their requests' transmit stamps (read from `conns` now;
 /// a connection dropped since read its own when it closed) and counts them in their

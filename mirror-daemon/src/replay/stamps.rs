@@ -119,8 +119,7 @@ fn tx_stamp(hdr: &libc::msghdr) -> Option<(u32, u64)> {
             {
                 let e: libc::sock_extended_err =
                     std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::sock_extended_err>());
-                if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING && e.ee_info == SCM_TSTAMP_SCHED
-                {
+                if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING && e.ee_info == SCM_TSTAMP_SCHED {
                     id = Some(e.ee_data);
                 }
             }
@@ -196,12 +195,6 @@ pub fn recv_stamped<F: AsFd>(
         }
     }
     Ok((msg.bytes, stamp))
-}
-
-/// One non-blocking read with no stamps (a socket the kernel refused to stamp).
-pub fn recv_plain<F: AsFd>(sock: &F, buf: &mut [u8]) -> io::Result<usize> {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock.as_fd());
-    nix::sys::socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
 }
 
 /// What [`recv_first_stamped`] read: the bytes, and the receive stamps (ns) of the
@@ -420,7 +413,10 @@ mod tests {
         }
         assert_eq!(book.len(), TX_BOOK);
         assert_eq!(book.take(0), None, "the oldest went first");
-        assert_eq!(book.take(TX_BOOK as u32 + 9), Some(u64::from(TX_BOOK as u32) + 10));
+        assert_eq!(
+            book.take(TX_BOOK as u32 + 9),
+            Some(u64::from(TX_BOOK as u32) + 10)
+        );
     }
 
     /// Real loopback sockets: the stamps of three writes are read in one call, each
@@ -439,7 +435,11 @@ mod tests {
         let mut got = [0u8; 6];
         server.read_exact(&mut got).unwrap();
         let mut book = TxBook::default();
-        assert_eq!(read_tx_stamps(&client, &mut book), 3, "one message per write");
+        assert_eq!(
+            read_tx_stamps(&client, &mut book),
+            3,
+            "one message per write"
+        );
         let a = book.take(0).expect("the first write's stamp");
         let b = book.take(2).expect("the second write's stamp");
         let c = book.take(5).expect("the third write's stamp");
