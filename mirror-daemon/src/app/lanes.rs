@@ -418,6 +418,7 @@ async fn lane(
     let mut concluding = JoinSet::new();
     // Small exchanges replied to, waiting for their requests' transmit stamps.
     let mut unsettled: Vec<Concluding> = Vec::new();
+    let mut unsettled_since = Instant::now();
     loop {
         while ahead.len() < MAX_AHEAD {
             match rx.try_recv() {
@@ -525,9 +526,15 @@ async fn lane(
         if small {
             // Small: compared and recorded here, no hand-over, once SETTLE_EVERY have
             // been replied to: their transmit stamps are then read in one system call.
+            if unsettled.is_empty() {
+                unsettled_since = Instant::now();
+            }
             unsettled.append(&mut done);
             let bytes: usize = unsettled.iter().map(|c| held_bytes(&c.0)).sum();
-            if unsettled.len() >= SETTLE_EVERY || bytes >= SETTLE_BYTES {
+            if unsettled.len() >= SETTLE_EVERY
+                || bytes >= SETTLE_BYTES
+                || unsettled_since.elapsed() >= SETTLE_WITHIN
+            {
                 settle(&shadow, [&mut conn, &mut secondary_conn], &mut unsettled);
                 conclude_yielding(&shadow, &mut unsettled).await;
             }
@@ -544,9 +551,13 @@ async fn lane(
 /// Small exchanges a lane concludes together, at most, so their requests' transmit
 /// stamps are read from the error queue in one system call (`stamps::TX_BATCH` per call)
 /// rather than one per request. It delays their outcomes by as many exchanges of their
-/// connection (about 0.1 s at 10k req/s over 64 connections); a lane with nothing else
-/// queued concludes what it holds before it waits.
+/// connection (about 0.1 s at 10k req/s over 64 connections, at most [`SETTLE_WITHIN`]);
+/// a lane with nothing else queued concludes what it holds before it waits.
 const SETTLE_EVERY: usize = 16;
+/// ... or once the first of them has waited this long, so a slow candidate's outcomes
+/// (each a timeout long) are not held 16 timeouts (e2e `reliability`: a run stopped
+/// right after its load had them still in flight) ...
+const SETTLE_WITHIN: Duration = Duration::from_millis(100);
 /// ... or exchanges holding this many bytes (`held_bytes`), so what a lane holds back is
 /// bounded in bytes too (all lanes: `--concurrency` times this).
 const SETTLE_BYTES: usize = 64 * 1024;
