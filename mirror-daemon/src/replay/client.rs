@@ -121,6 +121,10 @@ pub struct ReplayConfig {
 
 /// The candidate's answer with its timings (ns), measured like the legacy side: first
 /// byte and last byte of the response after the last request byte left.
+///
+/// The request's transmit stamp is read from its connection's error queue in batches,
+/// after the reply: until [`CandidateReply::settle`] the timings are the daemon's clock's
+/// and `kernel_timed` is false.
 #[derive(Clone, Debug)]
 pub struct CandidateReply {
     pub response: Response,
@@ -129,6 +133,35 @@ pub struct CandidateReply {
     /// Timed from kernel timestamps (the normal case); false when the kernel gave none
     /// and the daemon's own clock was used.
     pub kernel_timed: bool,
+    /// The receive stamps waiting for the request's transmit stamp.
+    unsettled: Option<Unsettled>,
+}
+
+/// A reply's receive stamps (ns), and where its request's transmit stamp will be.
+#[derive(Clone, Debug)]
+struct Unsettled {
+    book: Arc<Mutex<stamps::TxBook>>,
+    /// The offset of the request's last byte: its transmit stamp's id.
+    id: u32,
+    first_ns: u64,
+    last_ns: u64,
+}
+
+impl CandidateReply {
+    /// Times the reply from kernel stamps once its request's transmit stamp is in its
+    /// connection's book ([`CandidateConn::read_tx_stamps`], or the connection's drop);
+    /// without it the daemon's clock's timings stay (counted as `userspace_timed`).
+    pub fn settle(&mut self) {
+        let Some(u) = self.unsettled.take() else {
+            return;
+        };
+        let tx = u.book.lock().ok().and_then(|mut b| b.take(u.id));
+        if let Some(tx) = tx {
+            self.ttfb_ns = u.first_ns.saturating_sub(tx);
+            self.ttlb_ns = u.last_ns.saturating_sub(tx);
+            self.kernel_timed = true;
+        }
+    }
 }
 
 pub type ReplayResult = Result<CandidateReply, CandidateErrorKind>;
@@ -146,9 +179,13 @@ struct Stamp {
     kernel_ns: Option<u64>,
 }
 
-/// When the last byte of a request left.
+/// When the last byte of a request left (the daemon's clock), and the id of its
+/// transmit stamp when the connection is stamped.
 #[derive(Clone, Copy, Debug)]
-pub struct Sent(Stamp);
+pub struct Sent {
+    at: Instant,
+    tx_id: Option<u32>,
+}
 
 /// Why an exchange on a connection did not complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,6 +219,19 @@ pub struct CandidateConn {
     /// Bytes written since stamping was enabled (wrapping): the id of the last request
     /// byte's transmit stamp is this minus one.
     written: u32,
+    /// Transmit stamps read from the error queue, until their replies take them.
+    book: Arc<Mutex<stamps::TxBook>>,
+    /// Writes whose transmit stamps are still in the error queue (about: a write may
+    /// have been stamped twice, or not at all).
+    unread: usize,
+}
+
+impl Drop for CandidateConn {
+    /// The stamps still queued are read before the socket goes, so the replies that wait
+    /// for them are still timed by the kernel.
+    fn drop(&mut self) {
+        self.read_tx_stamps();
+    }
 }
 
 impl CandidateConn {
@@ -200,7 +250,26 @@ impl CandidateConn {
             carry: Vec::new(),
             carry_stamp: None,
             written: 0,
+            book: Arc::default(),
+            unread: 0,
         })
+    }
+
+    /// Reads the transmit stamps queued on this connection into its book, in batches of
+    /// `stamps::TX_BATCH` per system call (bounded): call before settling its replies.
+    pub fn read_tx_stamps(&mut self) {
+        if !self.stamped || self.unread == 0 {
+            return;
+        }
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        for _ in 0..4 {
+            if stamps::read_tx_stamps(&self.stream, &mut book) < stamps::TX_BATCH {
+                break;
+            }
+        }
+        self.unread = 0;
     }
 
     /// The transmit-stamp id of the last byte written.
@@ -220,20 +289,24 @@ impl CandidateConn {
         let at = Instant::now();
         // Stamp ids are 32-bit byte offsets: truncation is their wrapping.
         self.written = self.written.wrapping_add(wire.len() as u32);
-        // Loopback and veth stamp the segment inside the write: it is queued already.
-        let kernel_ns = if self.stamped {
-            let id = self.last_byte();
-            stamps::last_tx_stamp(&self.stream, &mut self.cmsg, id)
-        } else {
-            None
-        };
-        Ok(Sent(Stamp { at, kernel_ns }))
+        // The transmit stamp is read later, with others (`read_tx_stamps`).
+        self.unread += 1;
+        let tx_id = self.stamped.then(|| self.last_byte());
+        Ok(Sent { at, tx_id })
     }
 
     /// One read: the bytes, the stamp of the segment its first byte came from and of
     /// the last one. While waiting for the first byte of a response the first byte is
     /// read apart in the same system call (`stamps::recv_first_stamped`), so its receive
     /// stamp is that of the segment carrying the response's first byte.
+    ///
+    /// The first try is made on the readiness left from the previous read, so it may
+    /// find nothing (`EAGAIN`, then a wait). That try is kept on purpose: on one host the
+    /// candidate often answers during the request's `send` (its receive runs in the
+    /// sender's softirq and wakes it), and then the try finds the response with no wait;
+    /// clearing the readiness after a draining read instead made every exchange wait for
+    /// the runtime's next `epoll_wait` (round 6 of docs/fidelity.md: 9 times the context
+    /// switches at 1k req/s).
     async fn recv(&mut self, first: bool) -> std::io::Result<(usize, Stamp, Stamp)> {
         let Self {
             stream,
@@ -278,7 +351,10 @@ impl CandidateConn {
         let mut first: Option<Stamp> = None;
         if !self.carry.is_empty() {
             let carried = std::mem::take(&mut self.carry);
-            let stamp = self.carry_stamp.take().unwrap_or(sent.0);
+            let stamp = self.carry_stamp.take().unwrap_or(Stamp {
+                at: sent.at,
+                kernel_ns: None,
+            });
             first = Some(stamp);
             if let Some(done) = self.feed(&mut reader, &carried, sent, stamp, stamp)? {
                 return Ok(done);
@@ -333,33 +409,24 @@ impl CandidateConn {
         }
     }
 
-    /// Times the reply: kernel stamps when all three exist, else the daemon's clock.
-    fn reply(
-        &mut self,
-        response: Response,
-        sent: Sent,
-        first: Stamp,
-        done: Stamp,
-    ) -> CandidateReply {
-        let mut tx = sent.0.kernel_ns;
-        if tx.is_none() && self.stamped {
-            // The stamp was not queued yet when the write returned.
-            let id = self.last_byte();
-            tx = stamps::last_tx_stamp(&self.stream, &mut self.cmsg, id);
-        }
-        match (tx, first.kernel_ns, done.kernel_ns) {
-            (Some(tx), Some(f), Some(d)) => CandidateReply {
-                response,
-                ttfb_ns: f.saturating_sub(tx),
-                ttlb_ns: d.saturating_sub(tx),
-                kernel_timed: true,
-            },
-            _ => CandidateReply {
-                response,
-                ttfb_ns: first.at.saturating_duration_since(sent.0.at).as_nanos() as u64,
-                ttlb_ns: done.at.saturating_duration_since(sent.0.at).as_nanos() as u64,
-                kernel_timed: false,
-            },
+    /// Times the reply with the daemon's clock, and keeps its receive stamps to be timed
+    /// by the kernel once the request's transmit stamp is read ([`CandidateReply::settle`]).
+    fn reply(&self, response: Response, sent: Sent, first: Stamp, done: Stamp) -> CandidateReply {
+        let unsettled = match (sent.tx_id, first.kernel_ns, done.kernel_ns) {
+            (Some(id), Some(first_ns), Some(last_ns)) => Some(Unsettled {
+                book: self.book.clone(),
+                id,
+                first_ns,
+                last_ns,
+            }),
+            _ => None,
+        };
+        CandidateReply {
+            response,
+            ttfb_ns: first.at.saturating_duration_since(sent.at).as_nanos() as u64,
+            ttlb_ns: done.at.saturating_duration_since(sent.at).as_nanos() as u64,
+            kernel_timed: false,
+            unsettled,
         }
     }
 }
@@ -525,7 +592,9 @@ impl Replayer {
     ) -> Result<CandidateReply, Attempt> {
         let sent = conn.write_request(wire).await?;
         self.figures.requests.fetch_add(1, Ordering::Relaxed);
-        let (reply, open) = conn.read_response(method, self.cfg.limits, sent).await?;
+        let (mut reply, open) = conn.read_response(method, self.cfg.limits, sent).await?;
+        conn.read_tx_stamps();
+        reply.settle();
         if open {
             self.give_back(conn);
         }

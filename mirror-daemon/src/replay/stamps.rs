@@ -6,8 +6,10 @@
 //!   layer (`__dev_queue_xmit`, just before the tc egress hook the tap uses on legacy's
 //!   side; every device's transmit passes there). Stamps are read back from the
 //!   socket's error queue; `SOF_TIMESTAMPING_OPT_ID` numbers each with the offset of
-//!   the last byte of its write, so the read stops at the request's own stamp: one
-//!   `recvmsg` per request, not a drain to `EAGAIN`.
+//!   the last byte of its write. The error queue is read in batches ([`read_tx_stamps`]:
+//!   one `recvmmsg` for up to [`TX_BATCH`] stamps) into a [`TxBook`], where each reply
+//!   finds its request's stamp by that id: a lane reads it once per [`TX_BATCH`] exchanges
+//!   or so, not once per request (docs/fidelity.md, round 6).
 //! - Receive: `SOF_TIMESTAMPING_RX_SOFTWARE` stamps a segment as the device hands it to
 //!   the stack (before the tc ingress hook); `recvmsg` returns the stamp of the last
 //!   segment it copied from.
@@ -22,8 +24,110 @@ use nix::sys::socket::{
 
 /// `ee_info` of a transmit stamp (linux/errqueue.h): at the device layer.
 const SCM_TSTAMP_SCHED: u32 = 1;
-/// Error-queue messages read per exchange at most (one per write of the request).
-const MAX_TX_STAMPS: usize = 64;
+/// Transmit stamps read from the error queue per system call at most.
+pub const TX_BATCH: usize = 32;
+/// Transmit stamps a [`TxBook`] keeps at most (the oldest go first): a request whose
+/// reply never came leaves its stamp behind, and a book must stay bounded.
+const TX_BOOK: usize = 4 * TX_BATCH;
+
+/// Transmit stamps read from one connection's error queue, kept by id (the offset of
+/// the last byte of the write they stamp) until the reply that waits for each takes it.
+#[derive(Debug, Default)]
+pub struct TxBook {
+    stamps: std::collections::VecDeque<(u32, u64)>,
+}
+
+impl TxBook {
+    /// Keeps the stamp (ns) of the write whose last byte has offset `id`.
+    pub fn add(&mut self, id: u32, ns: u64) {
+        if self.stamps.len() >= TX_BOOK {
+            self.stamps.pop_front();
+        }
+        self.stamps.push_back((id, ns));
+    }
+
+    /// The stamp of the write whose last byte has offset `id`, taken out of the book.
+    /// Only that id's: another write's stamp would time the reply from another instant.
+    pub fn take(&mut self, id: u32) -> Option<u64> {
+        let at = self.stamps.iter().position(|(i, _)| *i == id)?;
+        self.stamps.remove(at).map(|(_, ns)| ns)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.stamps.len()
+    }
+}
+
+/// Control space for one transmit stamp's message (`scm_timestamping` and
+/// `sock_extended_err` with its offender address), aligned for `cmsghdr`.
+type TxSpace = [u64; 32];
+
+/// One non-blocking `recvmmsg` of the error queue: adds up to [`TX_BATCH`] device-layer
+/// transmit stamps to `book`; returns the number of messages read (0 when the queue was
+/// empty or the call failed).
+pub fn read_tx_stamps<F: AsFd>(sock: &F, book: &mut TxBook) -> usize {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock.as_fd());
+    let mut space: [TxSpace; TX_BATCH] = [[0; 32]; TX_BATCH];
+    // SAFETY: all-zero is a valid `mmsghdr` (null pointers, zero lengths); with
+    // `SOF_TIMESTAMPING_OPT_TSONLY` the messages carry no payload, so no iovec is needed.
+    let mut msgs: [libc::mmsghdr; TX_BATCH] = unsafe { std::mem::zeroed() };
+    for (m, c) in msgs.iter_mut().zip(space.iter_mut()) {
+        m.msg_hdr.msg_control = c.as_mut_ptr().cast();
+        m.msg_hdr.msg_controllen = std::mem::size_of::<TxSpace>() as _;
+    }
+    // SAFETY: each `mmsghdr` points at its own control buffer in `space`, which outlives
+    // the call; `TX_BATCH` is the array's length.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            TX_BATCH as _,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    let Ok(n) = usize::try_from(n) else {
+        return 0;
+    };
+    for m in &msgs[..n] {
+        if let Some((id, ns)) = tx_stamp(&m.msg_hdr) {
+            book.add(id, ns);
+        }
+    }
+    n
+}
+
+/// The device-layer transmit stamp in one error-queue message: its id and ns.
+fn tx_stamp(hdr: &libc::msghdr) -> Option<(u32, u64)> {
+    if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        return None;
+    }
+    let (mut stamp, mut id) = (None, None);
+    // SAFETY: `hdr` was filled by the kernel in `recvmmsg`; its control pointer and length
+    // describe the buffer given to it, and the CMSG_* walk stays within that length.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+            if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPING {
+                let ts: [libc::timespec; 3] =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<[libc::timespec; 3]>());
+                stamp = to_ns(&nix::sys::time::TimeSpec::from(ts[0]));
+            } else if (level == libc::SOL_IP && kind == libc::IP_RECVERR)
+                || (level == libc::SOL_IPV6 && kind == libc::IPV6_RECVERR)
+            {
+                let e: libc::sock_extended_err =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::sock_extended_err>());
+                if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING && e.ee_info == SCM_TSTAMP_SCHED {
+                    id = Some(e.ee_data);
+                }
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    id.zip(stamp)
+}
 
 fn flags() -> TimestampingFlag {
     TimestampingFlag::from_bits_retain(
@@ -180,52 +284,6 @@ fn rx_stamp(hdr: &libc::msghdr) -> Option<u64> {
     None
 }
 
-/// The transmit stamp (ns) of the last request byte sent: the device-layer stamp whose
-/// id is `last_byte` (the offset of the request's last byte on this connection, counted
-/// from 0 since stamping was enabled, wrapping). Reads the error queue up to that stamp
-/// (earlier ones left unread are passed over); when it is not queued (yet), the latest
-/// device-layer stamp read, if any.
-pub fn last_tx_stamp<F: AsFd>(sock: &F, cmsg: &mut Vec<u8>, last_byte: u32) -> Option<u64> {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock.as_fd());
-    let mut latest = None::<u64>;
-    let mut scratch = [0u8; 64];
-    for _ in 0..MAX_TX_STAMPS {
-        let mut iov = [IoSliceMut::new(&mut scratch)];
-        let Ok(msg) = recvmsg::<SockaddrStorage>(
-            fd,
-            &mut iov,
-            Some(cmsg),
-            MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
-        ) else {
-            break;
-        };
-        let (mut stamp, mut id) = (None, None);
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                match c {
-                    ControlMessageOwned::ScmTimestampsns(ts) => stamp = to_ns(&ts.system),
-                    ControlMessageOwned::Ipv4RecvErr(e, _)
-                    | ControlMessageOwned::Ipv6RecvErr(e, _)
-                        if e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING
-                            && e.ee_info == SCM_TSTAMP_SCHED =>
-                    {
-                        id = Some(e.ee_data)
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let (Some(s), Some(id)) = (stamp, id) else {
-            continue;
-        };
-        latest = Some(latest.map_or(s, |old| old.max(s)));
-        if id == last_byte {
-            return Some(s);
-        }
-    }
-    latest
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::{Read as _, Write as _};
@@ -259,9 +317,11 @@ mod tests {
                 }
             };
             assert_eq!(&buf[..n], b"pong");
-            let tx = last_tx_stamp(&client, &mut cmsg, sent - 1).expect("a transmit stamp");
-            // The stamp was the request's own (found by its id): nothing is left queued.
-            assert_eq!(last_tx_stamp(&client, &mut cmsg, sent - 1), None);
+            let mut book = TxBook::default();
+            read_tx_stamps(&client, &mut book);
+            let tx = book.take(sent - 1).expect("a transmit stamp");
+            // Every earlier request's stamp was read with its own exchange.
+            assert_eq!(book.len(), 0);
             if let Some(rx) = rx {
                 assert!(rx >= tx, "reply stamped {rx} before request {tx}");
                 return;
@@ -335,24 +395,55 @@ mod tests {
         panic!("the close never arrived");
     }
 
-    /// The read stops at the stamp asked for by its id (one `recvmsg`), leaving later
-    /// writes' stamps queued for their own reads.
+    /// A book hands each reply its own request's stamp, by id, once; an id it does not
+    /// hold gets nothing (not a neighbour's stamp); it stays bounded, the oldest going.
     #[test]
-    fn a_transmit_stamp_is_found_by_the_offset_of_its_last_byte() {
+    fn a_book_matches_stamps_to_requests_by_id() {
+        let mut book = TxBook::default();
+        book.add(99, 1_000);
+        book.add(199, 2_000);
+        book.add(u32::MAX, 3_000);
+        assert_eq!(book.take(199), Some(2_000));
+        assert_eq!(book.take(199), None, "taken once");
+        assert_eq!(book.take(150), None, "no neighbour's stamp");
+        assert_eq!(book.take(u32::MAX), Some(3_000));
+        assert_eq!(book.take(99), Some(1_000));
+        for i in 0..(TX_BOOK as u32 + 10) {
+            book.add(i, u64::from(i) + 1);
+        }
+        assert_eq!(book.len(), TX_BOOK);
+        assert_eq!(book.take(0), None, "the oldest went first");
+        assert_eq!(
+            book.take(TX_BOOK as u32 + 9),
+            Some(u64::from(TX_BOOK as u32) + 10)
+        );
+    }
+
+    /// Real loopback sockets: the stamps of three writes are read in one call, each
+    /// under the offset of its write's last byte, in order.
+    #[test]
+    fn transmit_stamps_of_several_writes_are_read_in_one_call() {
         let _keeper = Keeper::new();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server, _) = listener.accept().unwrap();
         client.set_nodelay(true).unwrap();
         assert!(enable(&client), "SO_TIMESTAMPING refused");
-        let mut cmsg = cmsg_buffer();
-        client.write_all(b"a").unwrap();
-        client.write_all(b"bc").unwrap();
-        let mut got = [0u8; 3];
+        for chunk in [&b"a"[..], b"bc", b"def"] {
+            client.write_all(chunk).unwrap();
+        }
+        let mut got = [0u8; 6];
         server.read_exact(&mut got).unwrap();
-        let first = last_tx_stamp(&client, &mut cmsg, 0).expect("the first write's stamp");
-        let second = last_tx_stamp(&client, &mut cmsg, 2).expect("the second write's stamp");
-        assert!(second >= first);
-        assert_eq!(last_tx_stamp(&client, &mut cmsg, 2), None);
+        let mut book = TxBook::default();
+        assert_eq!(
+            read_tx_stamps(&client, &mut book),
+            3,
+            "one message per write"
+        );
+        let a = book.take(0).expect("the first write's stamp");
+        let b = book.take(2).expect("the second write's stamp");
+        let c = book.take(5).expect("the third write's stamp");
+        assert!(a <= b && b <= c, "{a} {b} {c}");
+        assert_eq!(read_tx_stamps(&client, &mut book), 0, "the queue is empty");
     }
 }
