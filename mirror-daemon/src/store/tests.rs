@@ -1307,6 +1307,30 @@ async fn check_migrated_from_4(store: &Store, indexes: Vec<String>) {
     assert_eq!(ev.routes[0].status_mismatches, 1, "the old row's mismatch");
 }
 
+/// The names of the `exchanges` table's indexes in a SQLite store.
+fn sqlite_exchange_indexes(conn: &rusqlite::Connection) -> Vec<String> {
+    conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges'")
+        .expect("prepare")
+        .query_map([], |row| row.get::<_, String>(0))
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("index names")
+}
+
+/// The names of the `exchanges` table's indexes in a PostgreSQL store.
+async fn postgres_exchange_indexes(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'exchanges'",
+            &[],
+        )
+        .await
+        .expect("index names")
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect()
+}
+
 #[tokio::test]
 async fn sqlite_store_of_schema_4_migrates_without_the_route_outcome_index() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1314,14 +1338,7 @@ async fn sqlite_store_of_schema_4_migrates_without_the_route_outcome_index() {
     old_sqlite_store(&path, 4, V4_EXCHANGE, &[]);
     let (store, _) = sqlite_store(dir.path()).await;
     let conn = rusqlite::Connection::open(&path).expect("open");
-    let mut list = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges'")
-        .expect("prepare");
-    let indexes = list
-        .query_map([], |row| row.get::<_, String>(0))
-        .expect("query")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("index names");
+    let indexes = sqlite_exchange_indexes(&conn);
     check_migrated_from_4(&store, indexes).await;
 }
 
@@ -1337,16 +1354,7 @@ async fn postgres_store_of_schema_4_migrates_without_the_route_outcome_index() {
         .await
         .expect("connect");
     tokio::spawn(conn);
-    let indexes = client
-        .query(
-            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'exchanges'",
-            &[],
-        )
-        .await
-        .expect("index names")
-        .iter()
-        .map(|row| row.get::<_, String>(0))
-        .collect();
+    let indexes = postgres_exchange_indexes(&client).await;
     check_migrated_from_4(&store, indexes).await;
 }
 
@@ -1494,14 +1502,7 @@ async fn sqlite_store_of_schema_5_migrates_without_the_route_sample_index() {
     let store = Store::open(&url, v5_opts())
         .await
         .expect("open and migrate");
-    let mut list = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges'")
-        .expect("prepare");
-    let indexes = list
-        .query_map([], |row| row.get::<_, String>(0))
-        .expect("query")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("index names");
+    let indexes = sqlite_exchange_indexes(&conn);
     check_migrated_from_5(&store, indexes).await;
 }
 
@@ -1523,16 +1524,7 @@ async fn postgres_store_of_schema_5_migrates_without_the_route_sample_index() {
     let store = Store::open(&parse_store_url(&url).expect("url"), v5_opts())
         .await
         .expect("open and migrate");
-    let indexes = client
-        .query(
-            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'exchanges'",
-            &[],
-        )
-        .await
-        .expect("index names")
-        .iter()
-        .map(|row| row.get::<_, String>(0))
-        .collect();
+    let indexes = postgres_exchange_indexes(&client).await;
     check_migrated_from_5(&store, indexes).await;
 }
 
