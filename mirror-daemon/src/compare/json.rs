@@ -438,7 +438,7 @@ fn tree_at(raw: &str, depth: usize) -> Option<Value> {
 /// The member `k` of `members`, through `index` when there are many.
 fn member<'a>(
     members: &[(&'a str, &'a str)],
-    index: Option<&HashMap<&str, usize>>,
+    index: Option<&MemberIndex<'_>>,
     k: &str,
 ) -> Option<&'a str> {
     match index {
@@ -450,7 +450,10 @@ fn member<'a>(
 /// Objects with more members than this are looked up through a hash map.
 const LINEAR_LOOKUP: usize = 16;
 
-fn index_of<'a>(members: &[(&'a str, &'a str)]) -> Option<HashMap<&'a str, usize>> {
+/// Member name → position; keys come from the bodies, so a seeded foldhash.
+type MemberIndex<'a> = HashMap<&'a str, usize, foldhash::fast::RandomState>;
+
+fn index_of<'a>(members: &[(&'a str, &'a str)]) -> Option<MemberIndex<'a>> {
     (members.len() > LINEAR_LOOKUP).then(|| {
         members
             .iter()

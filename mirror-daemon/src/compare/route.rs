@@ -25,7 +25,8 @@ pub const OTHER_ROUTE: &str = "other";
 pub struct RouteTemplater {
     overrides: Vec<(Regex, String)>,
     max_routes: usize,
-    seen: Mutex<HashSet<String>>,
+    /// Looked up once per exchange: a seeded foldhash, not SipHash.
+    seen: Mutex<HashSet<String, foldhash::fast::RandomState>>,
     overflowed: AtomicU64,
 }
 
@@ -54,7 +55,7 @@ impl RouteTemplater {
         Ok(RouteTemplater {
             overrides: parsed,
             max_routes: DEFAULT_MAX_ROUTES,
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new(HashSet::default()),
             overflowed: AtomicU64::new(0),
         })
     }
