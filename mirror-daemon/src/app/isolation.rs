@@ -53,7 +53,10 @@ impl std::fmt::Display for PipelinePriority {
 /// Called first on every pipeline thread (tokio's `on_thread_start`).
 pub fn pipeline_thread(priority: PipelinePriority) {
     if priority == PipelinePriority::Idle {
-        report(set_idle(), "SCHED_IDLE for a pipeline thread");
+        report(
+            set_policy(libc::SCHED_IDLE),
+            "SCHED_IDLE for a pipeline thread",
+        );
     }
 }
 
@@ -74,7 +77,10 @@ fn above_pipeline(priority: PipelinePriority, what: &str) {
     if priority == PipelinePriority::Idle {
         // SAFETY: plain system call on the calling thread.
         if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
-            report(set_other(), &format!("SCHED_OTHER for {what}"));
+            report(
+                set_policy(libc::SCHED_OTHER),
+                &format!("SCHED_OTHER for {what}"),
+            );
         }
         report(set_nice(READER_NICE), &format!("nice for {what}"));
     }
@@ -96,23 +102,12 @@ fn report(result: std::io::Result<()>, what: &str) {
     }
 }
 
-/// The calling thread (pid 0 means the caller) to `SCHED_IDLE`.
-fn set_idle() -> std::io::Result<()> {
+/// The calling thread (pid 0 means the caller) to `policy` (`SCHED_IDLE`, or back to
+/// `SCHED_OTHER`: a no-op when it is already).
+fn set_policy(policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: plain system call on the calling thread with a valid parameter block.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// The calling thread back to `SCHED_OTHER` (a no-op when it is already).
-fn set_other() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain system call on the calling thread with a valid parameter block.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {
